@@ -1,0 +1,168 @@
+"""Assets, accounts and the double-entry ledger.
+
+Every change of a balance is a `LedgerTransaction` whose `LedgerEntry` legs sum to
+zero per asset; the database refuses anything else (a statement-level trigger, see
+migration 0002) and refuses edits of entries (append-only). `Balance` is the running
+total per (account, asset), written only by `apps.ledger.services` in the same
+database transaction as the entries.
+"""
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from .fields import MoneyField
+
+
+class Asset(models.Model):
+    code = models.CharField(max_length=16, unique=True)
+    name = models.CharField(max_length=64, blank=True)
+    # Fractional digits a booked amount of this asset may carry (USDT: 8).
+    precision = models.PositiveSmallIntegerField(default=8)
+
+    class Meta:
+        ordering = ["code"]
+        constraints = [
+            models.CheckConstraint(condition=Q(precision__lte=18), name="asset_precision_max_18"),
+            models.CheckConstraint(condition=Q(code__regex=r"^[A-Z0-9]{2,16}$"), name="asset_code_upper"),
+        ]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class AccountKind(models.TextChoices):
+    # Belong to a user.
+    WALLET = "WALLET", "User wallet (cross margin lives here)"
+    ORDER_MARGIN = "ORDER_MARGIN", "Margin held by open orders"
+    ISOLATED_MARGIN = "ISOLATED_MARGIN", "Isolated position margin (per contract)"
+    # System accounts, one of each.
+    FEE_INCOME = "FEE_INCOME", "Fee income"
+    INSURANCE_FUND = "INSURANCE_FUND", "Insurance fund"
+    FUNDING_CLEARING = "FUNDING_CLEARING", "Funding clearing (holds funding rounding dust)"
+    PNL_CLEARING = "PNL_CLEARING", "Realized PnL clearing"
+    BAD_DEBT = "BAD_DEBT", "Bad debt"
+    EXTERNAL = "EXTERNAL", "External world (deposits and withdrawals)"
+
+
+USER_KINDS = (AccountKind.WALLET, AccountKind.ORDER_MARGIN, AccountKind.ISOLATED_MARGIN)
+SYSTEM_KINDS = tuple(kind for kind in AccountKind if kind not in USER_KINDS)
+# Accounts whose balance may be negative by construction (the counterpart of money
+# that entered or left, or a clearing account in between). Every other balance has a
+# database CHECK that keeps it >= 0.
+MAY_GO_NEGATIVE_KINDS = (
+    AccountKind.EXTERNAL,
+    AccountKind.PNL_CLEARING,
+    AccountKind.FUNDING_CLEARING,
+    AccountKind.BAD_DEBT,
+)
+
+
+class Account(models.Model):
+    kind = models.CharField(max_length=24, choices=AccountKind.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_accounts"
+    )
+    contract = models.ForeignKey(
+        "contracts.Contract", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "user", "contract"], nulls_distinct=False, name="account_unique_kind_user_contract"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=USER_KINDS, user__isnull=False) | (~Q(kind__in=USER_KINDS) & Q(user__isnull=True)),
+                name="account_user_iff_user_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind=AccountKind.ISOLATED_MARGIN, contract__isnull=False)
+                | (~Q(kind=AccountKind.ISOLATED_MARGIN) & Q(contract__isnull=True)),
+                name="account_contract_iff_isolated",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = self.user.get_username() if self.user_id else "system"
+        suffix = f" {self.contract.symbol}" if self.contract_id else ""
+        return f"{owner}:{self.kind}{suffix}"
+
+    @property
+    def is_user_account(self) -> bool:
+        return self.kind in USER_KINDS
+
+
+class Balance(models.Model):
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="balances")
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
+    amount = MoneyField(default=0)
+    # Copied from the account kind when the row is created so the database itself can
+    # refuse a negative user balance (a CHECK cannot look at another table).
+    may_go_negative = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["account_id", "asset_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "asset"], name="balance_unique_account_asset"),
+            models.CheckConstraint(
+                condition=Q(may_go_negative=True) | Q(amount__gte=0), name="balance_non_negative_unless_allowed"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.amount} {self.asset.code}"
+
+
+class TransactionKind(models.TextChoices):
+    DEPOSIT = "DEPOSIT"
+    WITHDRAWAL = "WITHDRAWAL"
+    ADJUSTMENT = "ADJUSTMENT", "Manual adjustment by ops"
+    TRANSFER = "TRANSFER"
+    ORDER_MARGIN = "ORDER_MARGIN", "Order margin hold / release"
+    TRADE = "TRADE", "Trade: fees, realized PnL, margin"
+    FUNDING = "FUNDING"
+    LIQUIDATION = "LIQUIDATION"
+    INSURANCE = "INSURANCE"
+    ADL = "ADL", "Auto-deleveraging"
+    BAD_DEBT = "BAD_DEBT"
+    DELIVERY = "DELIVERY"
+
+
+class LedgerTransaction(models.Model):
+    kind = models.CharField(max_length=16, choices=TransactionKind.choices)
+    # Repeats are refused by key: a job or an external adjustment carries one.
+    idempotency_key = models.CharField(max_length=128, null=True, blank=True, unique=True)
+    memo = models.CharField(max_length=255, blank=True)
+    reference = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.kind}"
+
+
+class LedgerEntry(models.Model):
+    transaction = models.ForeignKey(LedgerTransaction, on_delete=models.PROTECT, related_name="entries")
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
+    amount = MoneyField()
+    # The account's balance of this asset right after this entry: a balance history
+    # (insurance fund, wallets) without replaying the ledger.
+    balance_after = MoneyField()
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "ledger entries"
+        indexes = [models.Index(fields=["account", "asset", "id"], name="entry_account_asset_id")]
+        constraints = [models.CheckConstraint(condition=~Q(amount=0), name="entry_amount_non_zero")]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.amount:+} {self.asset.code}"

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import apis
+
+urlpatterns = [
+    path("v1/ping", apis.PingApi.as_view(), name="fapi-ping"),
+    path("v1/time", apis.ServerTimeApi.as_view(), name="fapi-time"),
+]

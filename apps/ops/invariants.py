@@ -1,0 +1,12 @@
+"""Every invariant of design section 2, gathered from the apps that own them."""
+from apps.ledger.invariants import LEDGER_CHECKS, Violation
+from apps.positions.invariants import POSITION_CHECKS
+
+ALL_CHECKS = (*LEDGER_CHECKS, *POSITION_CHECKS)
+
+
+def run_all_invariants() -> list[Violation]:
+    violations: list[Violation] = []
+    for check in ALL_CHECKS:
+        violations.extend(check())
+    return violations

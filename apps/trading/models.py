@@ -1,0 +1,111 @@
+"""Orders and trades.
+
+An order row is written (with its journal sequence number) before the client gets an
+acknowledgement; the matcher owns every later change of it. Trades are immutable
+records of fills, written by the matcher's booking service.
+"""
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+from apps.ledger.fields import MoneyField
+
+
+class Side(models.TextChoices):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+class OrderType(models.TextChoices):
+    LIMIT = "LIMIT"
+    MARKET = "MARKET"
+    STOP = "STOP"
+    STOP_MARKET = "STOP_MARKET"
+    TAKE_PROFIT = "TAKE_PROFIT"
+    TAKE_PROFIT_MARKET = "TAKE_PROFIT_MARKET"
+    TRAILING_STOP_MARKET = "TRAILING_STOP_MARKET"
+    LIQUIDATION = "LIQUIDATION"
+
+
+class TimeInForce(models.TextChoices):
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+    GTX = "GTX", "Post only"
+
+
+class OrderStatus(models.TextChoices):
+    PENDING_NEW = "PENDING_NEW", "Accepted, not yet matched"
+    NEW = "NEW"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    CANCELED = "CANCELED"
+    EXPIRED = "EXPIRED"
+    REJECTED = "REJECTED"
+
+
+OPEN_STATUSES = (OrderStatus.PENDING_NEW, OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
+
+
+class Order(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
+    contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="orders")
+    client_order_id = models.CharField(max_length=36)
+    side = models.CharField(max_length=4, choices=Side.choices)
+    order_type = models.CharField(max_length=24, choices=OrderType.choices)
+    time_in_force = models.CharField(max_length=3, choices=TimeInForce.choices, default=TimeInForce.GTC)
+    price = MoneyField(null=True, blank=True)
+    stop_price = MoneyField(null=True, blank=True)
+    quantity = MoneyField()
+    executed_qty = MoneyField(default=Decimal("0"))
+    cum_quote = MoneyField(default=Decimal("0"))
+    reduce_only = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=OrderStatus.choices, default=OrderStatus.PENDING_NEW)
+    # Initial margin plus worst-case fee held in the user's ORDER_MARGIN account.
+    margin_held = MoneyField(default=Decimal("0"))
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "client_order_id"], name="order_unique_client_id"),
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="order_quantity_positive"),
+            models.CheckConstraint(condition=Q(executed_qty__gte=0), name="order_executed_non_negative"),
+            models.CheckConstraint(condition=Q(executed_qty__lte=F("quantity")), name="order_not_overfilled"),
+            models.CheckConstraint(condition=Q(price__isnull=True) | Q(price__gt=0), name="order_price_positive"),
+            models.CheckConstraint(condition=Q(margin_held__gte=0), name="order_margin_non_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["contract", "status"], name="order_contract_status"),
+            models.Index(fields=["user", "contract", "-id"], name="order_user_contract"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.side} {self.quantity} {self.contract.symbol}"
+
+
+class Trade(models.Model):
+    contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="trades")
+    price = MoneyField()
+    quantity = MoneyField()
+    taker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="+")
+    maker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="+")
+    taker_side = models.CharField(max_length=4, choices=Side.choices)
+    taker_fee = MoneyField(default=Decimal("0"))
+    maker_fee = MoneyField(default=Decimal("0"))
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(price__gt=0), name="trade_price_positive"),
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="trade_quantity_positive"),
+            models.CheckConstraint(condition=~Q(taker_order=F("maker_order")), name="trade_distinct_orders"),
+        ]
+        indexes = [models.Index(fields=["contract", "-id"], name="trade_contract_recent")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.contract.symbol} {self.quantity}@{self.price}"

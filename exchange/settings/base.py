@@ -1,0 +1,146 @@
+"""Base settings, read from the environment through `env.py`.
+
+Defaults point at the project-local PostgreSQL and Redis that `make run` / `make test`
+start under `var/` (scripts/services.sh), so a fresh checkout works without
+configuration. Integration settings live in their own modules (celery, channels,
+logging) and are star-imported at the end.
+"""
+from pathlib import Path
+
+import dj_database_url
+
+from .env import env_bool, env_int, env_list, env_str
+from .safety import refuse_insecure_production
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+# A default secret is fine for development; exchange.checks refuses it in production.
+DEFAULT_SECRET_KEY = "dev-insecure-secret-key-change-me"
+SECRET_KEY = env_str("SECRET_KEY", DEFAULT_SECRET_KEY)
+DEBUG = env_bool("DEBUG", True)
+# Production mode is explicit, not inferred from DEBUG, so the secret check cannot be
+# skipped by forgetting one flag.
+EXCHANGE_PRODUCTION = env_bool("EXCHANGE_PRODUCTION", False)
+if EXCHANGE_PRODUCTION:
+    refuse_insecure_production(secret_key=SECRET_KEY, default_secret_key=DEFAULT_SECRET_KEY, debug=DEBUG)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+LOCAL_PG_PORT = env_int("LOCAL_PG_PORT", 54329)
+LOCAL_REDIS_PORT = env_int("LOCAL_REDIS_PORT", 63799)
+DATABASE_URL = env_str("DATABASE_URL", f"postgres://postgres@127.0.0.1:{LOCAL_PG_PORT}/exchange")
+REDIS_URL = env_str("REDIS_URL", f"redis://127.0.0.1:{LOCAL_REDIS_PORT}/0")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_prometheus",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "apps.ledger",
+    "apps.contracts",
+    "apps.positions",
+    "apps.trading",
+    "apps.marketdata",
+    "apps.risk",
+    "apps.settlement",
+    "apps.ops",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "exchange.urls"
+WSGI_APPLICATION = "exchange.wsgi.application"
+ASGI_APPLICATION = "exchange.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))
+if _db["ENGINE"] not in ("django.db.backends.postgresql",):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "DATABASE_URL must point at PostgreSQL: the exchange relies on advisory locks, "
+        "row locks and NUMERIC; got " + _db["ENGINE"]
+    )
+_db["ENGINE"] = "django_prometheus.db.backends.postgresql"
+_db.setdefault("TEST", {})["NAME"] = env_str("TEST_DATABASE_NAME", "test_exchange")
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
+# Serve straight from the app folders outside production, so `make run` needs no
+# collectstatic; production collects into STATIC_ROOT.
+WHITENOISE_USE_FINDERS = not EXCHANGE_PRODUCTION
+WHITENOISE_AUTOREFRESH = DEBUG and not EXCHANGE_PRODUCTION
+
+LOGIN_URL = "admin:login"
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "exchange.api.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Futures exchange API",
+    "DESCRIPTION": "Binance USDⓈ-M Futures compatible client API and staff ops API.",
+    "VERSION": "0.1.0",
+}
+
+# Money: NUMERIC(38, 18) columns — 20 integer and 18 fractional digits.
+MONEY_MAX_DIGITS = 38
+MONEY_DECIMAL_PLACES = 18
+
+# Where `seed_demo` leaves the generated ops credentials (gitignored).
+OPS_CREDENTIALS_FILE = BASE_DIR / "var" / "ops-credentials.txt"
+
+from .celery import *  # noqa: E402,F401,F403
+from .channels import *  # noqa: E402,F401,F403
+from .logging import *  # noqa: E402,F401,F403

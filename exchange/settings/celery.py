@@ -1,0 +1,20 @@
+"""Celery settings and the beat schedule, declared in code."""
+from celery.schedules import crontab  # noqa: F401  (used as the schedule grows)
+
+from .env import env_bool, env_str
+
+_redis = env_str("REDIS_URL", "")
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", _redis or "redis://127.0.0.1:63799/0")
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TIMEZONE = "UTC"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+CELERY_BEAT_SCHEDULE = {
+    "ops-beat-heartbeat": {"task": "apps.ops.tasks.beat_heartbeat", "schedule": 10.0},
+    "ledger-invariants": {"task": "apps.ledger.tasks.ledger_check_invariants", "schedule": 300.0},
+}

@@ -1,0 +1,1616 @@
+/*
+ * matching_native._book -- price-time priority limit order book for one symbol.
+ *
+ * Layout of this file:
+ *   1. wire records (Cmd / Event / SnapOrder) and codes -- mirrored by the numpy
+ *      dtypes in matching_native/__init__.py and documented in README.md;
+ *   2. the pure matching core: integer ticks and lots only, no I/O, no Python
+ *      objects, no per-order malloc in the steady state (order pool + free list,
+ *      open-addressing hash oid -> slot, direct-indexed price ladder in lazily
+ *      allocated chunks, 3-level bitmap of non-empty levels for best-price moves);
+ *   3. the CPython binding (heap type `Book`, per-module state, METH_FASTCALL).
+ *
+ * Results leave the core only as Event records appended to a preallocated event
+ * buffer (grown by doubling); Python reads them with Book.events().
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <assert.h>
+
+/* ------------------------------------------------------------------ codes */
+
+enum { OP_LIMIT = 1, OP_IOC = 2, OP_FOK = 3, OP_POST_ONLY = 4, OP_MARKET = 5,
+       OP_CANCEL = 6, OP_AMEND = 7 };
+enum { SIDE_BUY = 1, SIDE_SELL = 2 };
+enum { STP_NONE = 0, STP_EXPIRE_TAKER = 1, STP_EXPIRE_MAKER = 2, STP_EXPIRE_BOTH = 3 };
+enum { EV_FILL = 1, EV_RESTED = 2, EV_CANCELLED = 3, EV_AMENDED = 4, EV_REJECTED = 5 };
+enum {
+    R_NONE = 0,
+    /* cancelled / expired */
+    R_USER_CANCEL = 1, R_REMAINDER_EXPIRED = 2, R_FOK_NOT_FILLABLE = 3,
+    R_STP_TAKER = 4, R_STP_MAKER = 5, R_POST_ONLY_WOULD_TAKE = 6,
+    /* rejected */
+    R_UNKNOWN_ORDER = 10, R_DUPLICATE_ORDER_ID = 11, R_BAD_QTY = 12,
+    R_PRICE_OUT_OF_BAND = 13, R_AMEND_UNKNOWN_ORDER = 14, R_BAD_OP = 15,
+    R_BAD_SIDE = 16, R_BAD_STP = 17, R_BOOK_FULL = 18, R_AMEND_WOULD_CROSS = 19
+};
+enum { F_MAKER_DONE = 1, F_TAKER_DONE = 2, F_PRIORITY_KEPT = 4 };
+
+#define MAX_QTY ((int64_t)((1LL << 36) - 1))   /* per order, lots */
+#define MAX_LEVELS (1u << 28)                    /* max_tick - min_tick + 1 */
+#define MAX_ORDERS (1u << 26)                    /* pool capacity ceiling */
+#define NIL UINT32_MAX
+#define OFF(T, f) ((Py_ssize_t)offsetof(T, f))
+
+/* ------------------------------------------------------------ wire records */
+
+typedef struct {            /* COMMAND_DTYPE, 40 bytes */
+    uint8_t op, side, stp, pad[5];
+    int64_t oid, owner, price, qty;
+} Cmd;
+
+typedef struct {            /* EVENT_DTYPE, 72 bytes */
+    uint8_t kind, reason, side, flags, op, pad[3];
+    int64_t oid, owner, maker_oid, maker_owner, price, qty, leaves, maker_leaves;
+} Event;
+
+typedef struct {            /* ORDER_DTYPE (snapshot record), 40 bytes */
+    int64_t oid, owner, price, qty;
+    uint8_t side, pad[7];
+} SnapOrder;
+
+_Static_assert(sizeof(Cmd) == 40, "Cmd layout");
+_Static_assert(sizeof(Event) == 72, "Event layout");
+_Static_assert(sizeof(SnapOrder) == 40, "SnapOrder layout");
+
+/* --------------------------------------------------------- internal state */
+
+typedef struct {
+    int64_t oid, owner, qty;     /* qty = open quantity */
+    uint32_t next, prev;         /* FIFO links inside the level; next = free list link */
+    uint32_t lvl;                /* price - min_tick */
+    uint8_t side;
+} Order;
+
+typedef struct {
+    int64_t total;               /* sum of open qty */
+    uint32_t head, tail, count;  /* head/tail meaningless when count == 0 */
+} Level;
+
+typedef struct {
+    int64_t key;
+    uint32_t val;                /* slot + 1, 0 = empty */
+    uint32_t pad;
+} HEntry;
+
+#define CHUNK_BITS 10
+#define CHUNK_LEVELS (1u << CHUNK_BITS)
+#define CHUNK_MASK (CHUNK_LEVELS - 1)
+
+typedef struct {
+    int64_t min_tick, max_tick;
+    uint32_t nlevels, nchunks;
+    Level **chunks;                  /* lazily allocated, CHUNK_LEVELS each */
+    uint64_t *bm[3];                 /* bit i of bm[0]: level i non-empty; bm[k+1] summarises bm[k] words */
+    uint64_t bmw[3];                 /* words per bitmap level */
+    int64_t best_bid, best_ask;      /* level index, -1 = none */
+    Order *orders;
+    uint32_t cap, free_head, count;
+    HEntry *ht;
+    uint64_t ht_mask;
+    int ht_shift;
+    Event *ev;
+    size_t ev_n, ev_cap;
+    int ev_oom;
+    Event ev_scratch;
+} Core;
+
+/* ------------------------------------------------------------------ bitmap */
+
+static inline int ctz64(uint64_t x) { return __builtin_ctzll(x); }
+static inline int msb64(uint64_t x) { return 63 - __builtin_clzll(x); }
+
+static inline void bm_set(Core *b, uint32_t i)
+{
+    uint64_t w0 = i >> 6, w1 = w0 >> 6, w2 = w1 >> 6;
+    uint64_t old = b->bm[0][w0];
+    b->bm[0][w0] = old | (1ULL << (i & 63));
+    if (old) return;
+    old = b->bm[1][w1];
+    b->bm[1][w1] = old | (1ULL << (w0 & 63));
+    if (old) return;
+    b->bm[2][w2] |= 1ULL << (w1 & 63);
+}
+
+static inline void bm_clear(Core *b, uint32_t i)
+{
+    uint64_t w0 = i >> 6, w1 = w0 >> 6, w2 = w1 >> 6;
+    if ((b->bm[0][w0] &= ~(1ULL << (i & 63)))) return;
+    if ((b->bm[1][w1] &= ~(1ULL << (w0 & 63)))) return;
+    b->bm[2][w2] &= ~(1ULL << (w1 & 63));
+}
+
+static inline int bm_test(const Core *b, uint32_t i)
+{
+    return (int)((b->bm[0][i >> 6] >> (i & 63)) & 1);
+}
+
+/* lowest set index >= i, or -1 */
+static int64_t bm_next(const Core *b, int64_t i)
+{
+    if (i < 0) i = 0;
+    if ((uint64_t)i >= b->nlevels) return -1;
+    uint64_t w0 = (uint64_t)i >> 6;
+    uint64_t m = b->bm[0][w0] & (~0ULL << (i & 63));
+    if (m) return (int64_t)((w0 << 6) | (uint64_t)ctz64(m));
+    uint64_t i1 = w0 + 1;
+    if (i1 >= b->bmw[0]) return -1;
+    uint64_t w1 = i1 >> 6;
+    m = b->bm[1][w1] & (~0ULL << (i1 & 63));
+    if (!m) {
+        uint64_t i2 = w1 + 1;
+        if (i2 >= b->bmw[1]) return -1;
+        uint64_t w2 = i2 >> 6;
+        m = b->bm[2][w2] & (~0ULL << (i2 & 63));
+        while (!m) {
+            if (++w2 >= b->bmw[2]) return -1;
+            m = b->bm[2][w2];
+        }
+        w1 = (w2 << 6) | (uint64_t)ctz64(m);
+        m = b->bm[1][w1];
+    }
+    w0 = (w1 << 6) | (uint64_t)ctz64(m);
+    return (int64_t)((w0 << 6) | (uint64_t)ctz64(b->bm[0][w0]));
+}
+
+/* highest set index <= i, or -1 */
+static int64_t bm_prev(const Core *b, int64_t i)
+{
+    if (i < 0) return -1;
+    if ((uint64_t)i >= b->nlevels) i = (int64_t)b->nlevels - 1;
+    uint64_t w0 = (uint64_t)i >> 6;
+    uint64_t m = b->bm[0][w0] & (~0ULL >> (63 - (i & 63)));
+    if (m) return (int64_t)((w0 << 6) | (uint64_t)msb64(m));
+    if (w0 == 0) return -1;
+    uint64_t i1 = w0 - 1, w1 = i1 >> 6;
+    m = b->bm[1][w1] & (~0ULL >> (63 - (i1 & 63)));
+    if (!m) {
+        if (w1 == 0) return -1;
+        uint64_t i2 = w1 - 1, w2 = i2 >> 6;
+        m = b->bm[2][w2] & (~0ULL >> (63 - (i2 & 63)));
+        while (!m) {
+            if (w2 == 0) return -1;
+            m = b->bm[2][--w2];
+        }
+        w1 = (w2 << 6) | (uint64_t)msb64(m);
+        m = b->bm[1][w1];
+    }
+    w0 = (w1 << 6) | (uint64_t)msb64(m);
+    return (int64_t)((w0 << 6) | (uint64_t)msb64(b->bm[0][w0]));
+}
+
+/* ------------------------------------------------------------ price ladder */
+
+static inline Level *lv(const Core *b, uint32_t i)
+{
+    return &b->chunks[i >> CHUNK_BITS][i & CHUNK_MASK];
+}
+
+static int ensure_chunk(Core *b, uint32_t i)
+{
+    uint32_t c = i >> CHUNK_BITS;
+    if (b->chunks[c]) return 0;
+    b->chunks[c] = (Level *)calloc(CHUNK_LEVELS, sizeof(Level));
+    return b->chunks[c] ? 0 : -1;
+}
+
+/* -------------------------------------------------------------- hash table */
+
+static inline uint64_t hslot(int64_t k, int shift)
+{
+    return ((uint64_t)k * 0x9E3779B97F4A7C15ULL) >> shift;
+}
+
+static inline uint32_t ht_find(const Core *b, int64_t oid)
+{
+    uint64_t i = hslot(oid, b->ht_shift);
+    for (;;) {
+        const HEntry *e = &b->ht[i];
+        if (e->val == 0) return NIL;
+        if (e->key == oid) return e->val - 1;
+        i = (i + 1) & b->ht_mask;
+    }
+}
+
+static inline void ht_put(HEntry *ht, uint64_t mask, int shift, int64_t oid, uint32_t slot)
+{
+    uint64_t i = hslot(oid, shift);
+    while (ht[i].val) i = (i + 1) & mask;
+    ht[i].key = oid;
+    ht[i].val = slot + 1;
+}
+
+static void ht_remove(Core *b, int64_t oid)
+{
+    uint64_t mask = b->ht_mask, i = hslot(oid, b->ht_shift);
+    while (b->ht[i].key != oid || b->ht[i].val == 0) {
+        assert(b->ht[i].val != 0);
+        i = (i + 1) & mask;
+    }
+    /* backward-shift deletion: no tombstones */
+    uint64_t j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (b->ht[j].val == 0) break;
+        uint64_t k = hslot(b->ht[j].key, b->ht_shift);
+        if (((j - k) & mask) >= ((j - i) & mask)) {
+            b->ht[i] = b->ht[j];
+            i = j;
+        }
+    }
+    b->ht[i].val = 0;
+    b->ht[i].key = 0;
+}
+
+static int ht_alloc(uint64_t want, HEntry **out, uint64_t *mask, int *shift)
+{
+    int bits = 4;
+    while ((1ULL << bits) < want) bits++;
+    HEntry *t = (HEntry *)calloc((size_t)1 << bits, sizeof(HEntry));
+    if (!t) return -1;
+    *out = t;
+    *mask = (1ULL << bits) - 1;
+    *shift = 64 - bits;
+    return 0;
+}
+
+/* --------------------------------------------------------------- order pool */
+
+static int pool_grow(Core *b)
+{
+    if (b->cap >= MAX_ORDERS) return -1;
+    uint32_t ncap = b->cap * 2;
+    if (ncap > MAX_ORDERS) ncap = MAX_ORDERS;
+    HEntry *nht = NULL;
+    uint64_t nmask = b->ht_mask;
+    int nshift = b->ht_shift;
+    if ((uint64_t)ncap * 2 > b->ht_mask + 1) {
+        if (ht_alloc((uint64_t)ncap * 2, &nht, &nmask, &nshift) < 0) return -1;
+    }
+    Order *no = (Order *)realloc(b->orders, (size_t)ncap * sizeof(Order));
+    if (!no) {
+        free(nht);
+        return -1;
+    }
+    b->orders = no;
+    for (uint32_t s = b->cap; s < ncap; s++) no[s].next = (s + 1 < ncap) ? s + 1 : b->free_head;
+    b->free_head = b->cap;
+    b->cap = ncap;
+    if (nht) {
+        for (uint64_t i = 0; i <= b->ht_mask; i++)
+            if (b->ht[i].val) ht_put(nht, nmask, nshift, b->ht[i].key, b->ht[i].val - 1);
+        free(b->ht);
+        b->ht = nht;
+        b->ht_mask = nmask;
+        b->ht_shift = nshift;
+    }
+    return 0;
+}
+
+static inline int pool_ensure(Core *b)
+{
+    return (b->free_head != NIL || pool_grow(b) == 0) ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ events */
+
+static int ev_reserve(Core *b, size_t extra)
+{
+    if (b->ev_n + extra <= b->ev_cap) return 0;
+    size_t ncap = b->ev_cap ? b->ev_cap : 1024;
+    while (ncap < b->ev_n + extra) ncap *= 2;
+    Event *ne = (Event *)realloc(b->ev, ncap * sizeof(Event));
+    if (!ne) return -1;
+    b->ev = ne;
+    b->ev_cap = ncap;
+    return 0;
+}
+
+static inline Event *ev_push(Core *b, uint8_t kind, uint8_t reason, uint8_t op)
+{
+    Event *e;
+    if (b->ev_n == b->ev_cap && ev_reserve(b, 1) < 0) {
+        b->ev_oom = 1;
+        e = &b->ev_scratch;
+    } else {
+        e = &b->ev[b->ev_n++];
+    }
+    memset(e, 0, sizeof(*e));
+    e->kind = kind;
+    e->reason = reason;
+    e->op = op;
+    return e;
+}
+
+static void ev_reject(Core *b, const Cmd *c, uint8_t reason)
+{
+    Event *e = ev_push(b, EV_REJECTED, reason, c->op);
+    e->side = c->side;
+    e->oid = c->oid;
+    e->owner = c->owner;
+    e->price = c->price;
+    e->qty = c->qty;
+}
+
+static void ev_cancelled(Core *b, uint8_t op, uint8_t reason, uint8_t side, int64_t oid,
+                         int64_t owner, int64_t price, int64_t qty)
+{
+    Event *e = ev_push(b, EV_CANCELLED, reason, op);
+    e->side = side;
+    e->oid = oid;
+    e->owner = owner;
+    e->price = price;
+    e->qty = qty;
+}
+
+/* ------------------------------------------------------------------- core */
+
+static void core_free(Core *b)
+{
+    if (b->chunks) {
+        for (uint32_t c = 0; c < b->nchunks; c++) free(b->chunks[c]);
+        free(b->chunks);
+        b->chunks = NULL;
+    }
+    for (int k = 0; k < 3; k++) {
+        free(b->bm[k]);
+        b->bm[k] = NULL;
+    }
+    free(b->orders);
+    b->orders = NULL;
+    free(b->ht);
+    b->ht = NULL;
+    free(b->ev);
+    b->ev = NULL;
+}
+
+static void core_reset_orders(Core *b)
+{
+    for (uint32_t s = 0; s < b->cap; s++) b->orders[s].next = (s + 1 < b->cap) ? s + 1 : NIL;
+    b->free_head = b->cap ? 0 : NIL;
+    b->count = 0;
+    b->best_bid = b->best_ask = -1;
+}
+
+/* returns 0, -1 on allocation failure (caller frees with core_free) */
+static int core_init(Core *b, int64_t min_tick, int64_t max_tick, uint32_t cap)
+{
+    memset(b, 0, sizeof(*b));
+    b->min_tick = min_tick;
+    b->max_tick = max_tick;
+    b->nlevels = (uint32_t)(max_tick - min_tick + 1);
+    b->nchunks = (b->nlevels + CHUNK_LEVELS - 1) >> CHUNK_BITS;
+    b->chunks = (Level **)calloc(b->nchunks, sizeof(Level *));
+    if (!b->chunks) return -1;
+    b->bmw[0] = (b->nlevels + 63) / 64;
+    b->bmw[1] = (b->bmw[0] + 63) / 64;
+    b->bmw[2] = (b->bmw[1] + 63) / 64;
+    for (int k = 0; k < 3; k++) {
+        b->bm[k] = (uint64_t *)calloc(b->bmw[k], sizeof(uint64_t));
+        if (!b->bm[k]) return -1;
+    }
+    if (cap < 16) cap = 16;
+    if (cap > MAX_ORDERS) cap = MAX_ORDERS;
+    b->cap = cap;
+    b->orders = (Order *)malloc((size_t)cap * sizeof(Order));
+    if (!b->orders) return -1;
+    if (ht_alloc((uint64_t)cap * 2, &b->ht, &b->ht_mask, &b->ht_shift) < 0) return -1;
+    core_reset_orders(b);
+    return ev_reserve(b, 1024);
+}
+
+/* remove every resting order, keep the allocations */
+static void core_clear(Core *b)
+{
+    for (uint32_t c = 0; c < b->nchunks; c++)
+        if (b->chunks[c]) memset(b->chunks[c], 0, CHUNK_LEVELS * sizeof(Level));
+    for (int k = 0; k < 3; k++) memset(b->bm[k], 0, b->bmw[k] * sizeof(uint64_t));
+    memset(b->ht, 0, (b->ht_mask + 1) * sizeof(HEntry));
+    core_reset_orders(b);
+}
+
+/* Append slot s (fields oid/owner/qty/side/lvl set) to the tail of its level.
+   The level's chunk must exist. */
+static inline void level_append(Core *b, uint32_t s)
+{
+    Order *o = &b->orders[s];
+    Level *L = lv(b, o->lvl);
+    o->next = NIL;
+    if (L->count == 0) {
+        o->prev = NIL;
+        L->head = L->tail = s;
+        bm_set(b, o->lvl);
+        if (o->side == SIDE_BUY) {
+            if ((int64_t)o->lvl > b->best_bid) b->best_bid = o->lvl;
+        } else {
+            if (b->best_ask < 0 || (int64_t)o->lvl < b->best_ask) b->best_ask = o->lvl;
+        }
+    } else {
+        o->prev = L->tail;
+        b->orders[L->tail].next = s;
+        L->tail = s;
+    }
+    L->count++;
+    L->total += o->qty;
+}
+
+/* Unlink slot s from its level (slot and hash entry stay). */
+static inline void level_unlink(Core *b, uint32_t s)
+{
+    Order *o = &b->orders[s];
+    Level *L = lv(b, o->lvl);
+    if (o->prev != NIL) b->orders[o->prev].next = o->next;
+    else L->head = o->next;
+    if (o->next != NIL) b->orders[o->next].prev = o->prev;
+    else L->tail = o->prev;
+    L->count--;
+    L->total -= o->qty;
+    if (L->count == 0) {
+        bm_clear(b, o->lvl);
+        if (o->side == SIDE_BUY) {
+            if ((int64_t)o->lvl == b->best_bid) b->best_bid = bm_prev(b, (int64_t)o->lvl - 1);
+        } else {
+            if ((int64_t)o->lvl == b->best_ask) b->best_ask = bm_next(b, (int64_t)o->lvl + 1);
+        }
+    }
+}
+
+/* Remove order s from the book entirely. */
+static inline void order_remove(Core *b, uint32_t s)
+{
+    level_unlink(b, s);
+    ht_remove(b, b->orders[s].oid);
+    b->orders[s].next = b->free_head;
+    b->free_head = s;
+    b->count--;
+}
+
+/* Rest a new order (pool_ensure and ensure_chunk already succeeded). */
+static void order_rest(Core *b, uint8_t side, int64_t oid, int64_t owner, uint32_t lvl, int64_t qty)
+{
+    uint32_t s = b->free_head;
+    Order *o = &b->orders[s];
+    b->free_head = o->next;
+    o->oid = oid;
+    o->owner = owner;
+    o->qty = qty;
+    o->lvl = lvl;
+    o->side = side;
+    level_append(b, s);
+    ht_put(b->ht, b->ht_mask, b->ht_shift, oid, s);
+    b->count++;
+}
+
+static inline int crosses(const Core *b, uint8_t side, int64_t lvl)
+{
+    if (side == SIDE_BUY) return b->best_ask >= 0 && lvl >= b->best_ask;
+    return b->best_bid >= 0 && lvl <= b->best_bid;
+}
+
+/* Could a taker of `qty` be filled completely within limit level `lim`? */
+static int fok_fillable(const Core *b, const Cmd *c, int64_t lim)
+{
+    int64_t need = c->qty;
+    int buy = c->side == SIDE_BUY;
+    int64_t i = buy ? b->best_ask : b->best_bid;
+    while (i >= 0 && (buy ? i <= lim : i >= lim)) {
+        const Level *L = lv(b, (uint32_t)i);
+        if (c->stp == STP_NONE) {
+            if (L->total >= need) return 1;
+            need -= L->total;
+        } else {
+            for (uint32_t s = L->head; s != NIL; s = b->orders[s].next) {
+                const Order *o = &b->orders[s];
+                if (o->owner == c->owner) {
+                    if (c->stp == STP_EXPIRE_MAKER) continue;
+                    return 0;
+                }
+                if (o->qty >= need) return 1;
+                need -= o->qty;
+            }
+        }
+        i = buy ? bm_next(b, i + 1) : bm_prev(b, i - 1);
+    }
+    return 0;
+}
+
+/* Match taker `c` against the opposite side up to limit level `lim`.
+   Returns the remaining qty; *expired set if STP expired the taker. */
+static int64_t match(Core *b, const Cmd *c, int64_t lim, int *expired)
+{
+    int64_t rem = c->qty;
+    int buy = c->side == SIDE_BUY;
+    while (rem > 0) {
+        int64_t best = buy ? b->best_ask : b->best_bid;
+        if (best < 0 || (buy ? best > lim : best < lim)) break;
+        Level *L = lv(b, (uint32_t)best);
+        uint32_t s = L->head;
+        Order *o = &b->orders[s];
+        if (c->stp != STP_NONE && o->owner == c->owner) {
+            if (c->stp != STP_EXPIRE_TAKER) {
+                ev_cancelled(b, c->op, R_STP_MAKER, o->side, o->oid, o->owner,
+                             b->min_tick + (int64_t)o->lvl, o->qty);
+                order_remove(b, s);
+            }
+            if (c->stp != STP_EXPIRE_MAKER) {
+                ev_cancelled(b, c->op, R_STP_TAKER, c->side, c->oid, c->owner, c->price, rem);
+                *expired = 1;
+                return rem;
+            }
+            continue;
+        }
+        int64_t q = rem < o->qty ? rem : o->qty;
+        rem -= q;
+        o->qty -= q;
+        L->total -= q;
+        Event *e = ev_push(b, EV_FILL, R_NONE, c->op);
+        e->side = c->side;
+        e->oid = c->oid;
+        e->owner = c->owner;
+        e->maker_oid = o->oid;
+        e->maker_owner = o->owner;
+        e->price = b->min_tick + best;
+        e->qty = q;
+        e->leaves = rem;
+        e->maker_leaves = o->qty;
+        e->flags = (uint8_t)((o->qty == 0 ? F_MAKER_DONE : 0) | (rem == 0 ? F_TAKER_DONE : 0));
+        if (o->qty == 0) order_remove(b, s);
+    }
+    return rem;
+}
+
+static void cmd_new(Core *b, const Cmd *c)
+{
+    if (c->side != SIDE_BUY && c->side != SIDE_SELL) { ev_reject(b, c, R_BAD_SIDE); return; }
+    if (c->stp > STP_EXPIRE_BOTH) { ev_reject(b, c, R_BAD_STP); return; }
+    if (c->qty <= 0 || c->qty > MAX_QTY) { ev_reject(b, c, R_BAD_QTY); return; }
+    if (c->price < b->min_tick || c->price > b->max_tick) { ev_reject(b, c, R_PRICE_OUT_OF_BAND); return; }
+    if (ht_find(b, c->oid) != NIL) { ev_reject(b, c, R_DUPLICATE_ORDER_ID); return; }
+    uint32_t lvl = (uint32_t)(c->price - b->min_tick);
+    int rests = c->op == OP_LIMIT || c->op == OP_POST_ONLY;
+    if (rests && (pool_ensure(b) < 0 || ensure_chunk(b, lvl) < 0)) {
+        ev_reject(b, c, R_BOOK_FULL);
+        return;
+    }
+    if (c->op == OP_POST_ONLY && crosses(b, c->side, lvl)) {
+        ev_cancelled(b, c->op, R_POST_ONLY_WOULD_TAKE, c->side, c->oid, c->owner, c->price, c->qty);
+        return;
+    }
+    if (c->op == OP_FOK && !fok_fillable(b, c, lvl)) {
+        ev_cancelled(b, c->op, R_FOK_NOT_FILLABLE, c->side, c->oid, c->owner, c->price, c->qty);
+        return;
+    }
+    int expired = 0;
+    int64_t rem = match(b, c, lvl, &expired);
+    if (rem == 0 || expired) return;
+    if (rests) {
+        order_rest(b, c->side, c->oid, c->owner, lvl, rem);
+        Event *e = ev_push(b, EV_RESTED, R_NONE, c->op);
+        e->side = c->side;
+        e->oid = c->oid;
+        e->owner = c->owner;
+        e->price = c->price;
+        e->qty = rem;
+        e->leaves = rem;
+    } else {
+        ev_cancelled(b, c->op, R_REMAINDER_EXPIRED, c->side, c->oid, c->owner, c->price, rem);
+    }
+}
+
+static void cmd_cancel(Core *b, const Cmd *c)
+{
+    uint32_t s = ht_find(b, c->oid);
+    if (s == NIL) { ev_reject(b, c, R_UNKNOWN_ORDER); return; }
+    Order *o = &b->orders[s];
+    ev_cancelled(b, c->op, R_USER_CANCEL, o->side, o->oid, o->owner,
+                 b->min_tick + (int64_t)o->lvl, o->qty);
+    order_remove(b, s);
+}
+
+static void cmd_amend(Core *b, const Cmd *c)
+{
+    if (c->qty <= 0 || c->qty > MAX_QTY) { ev_reject(b, c, R_BAD_QTY); return; }
+    if (c->price != 0 && (c->price < b->min_tick || c->price > b->max_tick)) {
+        ev_reject(b, c, R_PRICE_OUT_OF_BAND);
+        return;
+    }
+    uint32_t s = ht_find(b, c->oid);
+    if (s == NIL) { ev_reject(b, c, R_AMEND_UNKNOWN_ORDER); return; }
+    Order *o = &b->orders[s];
+    uint32_t nl = c->price == 0 ? o->lvl : (uint32_t)(c->price - b->min_tick);
+    uint8_t flags = 0;
+    if (nl == o->lvl && c->qty <= o->qty) {
+        lv(b, nl)->total -= o->qty - c->qty;
+        o->qty = c->qty;
+        flags = F_PRIORITY_KEPT;
+    } else {
+        if (nl != o->lvl && crosses(b, o->side, nl)) { ev_reject(b, c, R_AMEND_WOULD_CROSS); return; }
+        if (ensure_chunk(b, nl) < 0) { ev_reject(b, c, R_BOOK_FULL); return; }
+        level_unlink(b, s);
+        o->lvl = nl;
+        o->qty = c->qty;
+        level_append(b, s);
+    }
+    Event *e = ev_push(b, EV_AMENDED, R_NONE, c->op);
+    e->side = o->side;
+    e->flags = flags;
+    e->oid = o->oid;
+    e->owner = o->owner;
+    e->price = b->min_tick + (int64_t)nl;
+    e->qty = o->qty;
+    e->leaves = o->qty;
+}
+
+static inline void core_process(Core *b, const Cmd *c)
+{
+    switch (c->op) {
+    case OP_LIMIT: case OP_IOC: case OP_FOK: case OP_POST_ONLY: case OP_MARKET:
+        cmd_new(b, c);
+        break;
+    case OP_CANCEL:
+        cmd_cancel(b, c);
+        break;
+    case OP_AMEND:
+        cmd_amend(b, c);
+        break;
+    default:
+        ev_reject(b, c, R_BAD_OP);
+    }
+}
+
+/* Iterate resting orders in priority order: bids best->worst, then asks best->worst.
+   fn returns nonzero to stop. */
+typedef int (*order_visitor)(const Core *b, const Order *o, void *arg);
+
+static int core_visit(const Core *b, order_visitor fn, void *arg)
+{
+    for (int64_t i = b->best_bid; i >= 0; i = bm_prev(b, i - 1))
+        for (uint32_t s = lv(b, (uint32_t)i)->head; s != NIL; s = b->orders[s].next)
+            if (fn(b, &b->orders[s], arg)) return 1;
+    for (int64_t i = b->best_ask; i >= 0; i = bm_next(b, i + 1))
+        for (uint32_t s = lv(b, (uint32_t)i)->head; s != NIL; s = b->orders[s].next)
+            if (fn(b, &b->orders[s], arg)) return 1;
+    return 0;
+}
+
+#define HASH_SEED 0xcbf29ce484222325ULL
+#define HASH_PRIME 0x100000001b3ULL
+
+static inline uint64_t hmixin(uint64_t h, uint64_t v)
+{
+    h = (h ^ v) * HASH_PRIME;
+    return h ^ (h >> 32);
+}
+
+static int visit_hash(const Core *b, const Order *o, void *arg)
+{
+    uint64_t *h = (uint64_t *)arg;
+    *h = hmixin(*h, o->side);
+    *h = hmixin(*h, (uint64_t)(b->min_tick + (int64_t)o->lvl));
+    *h = hmixin(*h, (uint64_t)o->oid);
+    *h = hmixin(*h, (uint64_t)o->owner);
+    *h = hmixin(*h, (uint64_t)o->qty);
+    return 0;
+}
+
+static int visit_snap(const Core *b, const Order *o, void *arg)
+{
+    SnapOrder **p = (SnapOrder **)arg;
+    SnapOrder *r = (*p)++;
+    memset(r, 0, sizeof(*r));
+    r->oid = o->oid;
+    r->owner = o->owner;
+    r->price = b->min_tick + (int64_t)o->lvl;
+    r->qty = o->qty;
+    r->side = o->side;
+    return 0;
+}
+
+/* Returns NULL if consistent, else a static description of the first failure. */
+static const char *core_check(const Core *b)
+{
+    uint64_t seen = 0;
+    int64_t hi_bid = -1, lo_ask = -1;
+    for (uint32_t c = 0; c < b->nchunks; c++) {
+        if (!b->chunks[c]) {
+            for (uint64_t w = (uint64_t)c * (CHUNK_LEVELS / 64);
+                 w < b->bmw[0] && w < (uint64_t)(c + 1) * (CHUNK_LEVELS / 64); w++)
+                if (b->bm[0][w]) return "bitmap bit set for a level in an unallocated chunk";
+            continue;
+        }
+        for (uint32_t j = 0; j < CHUNK_LEVELS; j++) {
+            uint32_t i = (c << CHUNK_BITS) | j;
+            if (i >= b->nlevels) break;
+            const Level *L = lv(b, i);
+            if (L->count == 0) {
+                if (L->total != 0) return "empty level with non-zero total";
+                if (bm_test(b, i)) return "bitmap bit set for an empty level";
+                continue;
+            }
+            if (!bm_test(b, i)) return "bitmap bit clear for a non-empty level";
+            uint32_t n = 0, prev = NIL;
+            int64_t total = 0;
+            uint8_t side = 0;
+            for (uint32_t s = L->head; s != NIL; s = b->orders[s].next) {
+                if (s >= b->cap) return "order link out of range";
+                const Order *o = &b->orders[s];
+                if (o->prev != prev) return "broken prev link";
+                if (o->lvl != i) return "order level mismatch";
+                if (o->qty <= 0) return "resting order with qty <= 0";
+                if (side == 0) side = o->side;
+                if (o->side != side || (side != SIDE_BUY && side != SIDE_SELL)) return "mixed sides in a level";
+                if (ht_find(b, o->oid) != s) return "hash map does not point at the resting order";
+                total += o->qty;
+                prev = s;
+                if (++n > b->count) return "cycle in level list";
+            }
+            if (L->tail != prev) return "level tail mismatch";
+            if (n != L->count) return "level count mismatch";
+            if (total != L->total) return "level total mismatch";
+            seen += n;
+            if (side == SIDE_BUY) {
+                if ((int64_t)i > hi_bid) hi_bid = i;
+            } else if (lo_ask < 0) {
+                lo_ask = i;
+            }
+            if (side == SIDE_BUY && lo_ask >= 0) return "bid level above an ask level";
+        }
+    }
+    if (seen != b->count) return "order_count does not match the orders in the levels";
+    if (hi_bid != b->best_bid) return "best bid pointer wrong";
+    if (lo_ask != b->best_ask) return "best ask pointer wrong";
+    if (b->best_bid >= 0 && b->best_ask >= 0 && b->best_bid >= b->best_ask) return "book crossed";
+    for (int k = 0; k < 2; k++)
+        for (uint64_t w = 0; w < b->bmw[k + 1] * 64; w++) {
+            int nz = w < b->bmw[k] && b->bm[k][w] != 0;
+            int bit = (int)((b->bm[k + 1][w >> 6] >> (w & 63)) & 1);
+            if (nz != bit) return "bitmap summary inconsistent";
+        }
+    uint64_t used = 0;
+    for (uint64_t i = 0; i <= b->ht_mask; i++) {
+        if (!b->ht[i].val) continue;
+        used++;
+        uint32_t s = b->ht[i].val - 1;
+        if (s >= b->cap || b->orders[s].oid != b->ht[i].key) return "hash entry points at a wrong slot";
+        if (ht_find(b, b->ht[i].key) != s) return "hash entry not reachable by probing";
+    }
+    if (used != b->count) return "hash size does not match order_count";
+    uint64_t nfree = 0;
+    for (uint32_t s = b->free_head; s != NIL; s = b->orders[s].next) {
+        if (s >= b->cap) return "free list link out of range";
+        if (++nfree > b->cap) return "cycle in free list";
+    }
+    if (nfree + b->count != b->cap) return "free list + resting != capacity";
+    return NULL;
+}
+
+/* ============================================================ Python glue */
+
+typedef struct {
+    PyObject *book_type;
+    PyObject *invariant_error;
+} module_state;
+
+typedef struct {
+    PyObject_HEAD
+    Core core;
+} BookObject;
+
+static inline module_state *state_of(PyObject *self)
+{
+    return (module_state *)PyType_GetModuleState(Py_TYPE(self));
+}
+
+static int as_i64(PyObject *o, int64_t *out, const char *name)
+{
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_Format(PyLong_Check(o) ? PyExc_OverflowError : PyExc_TypeError,
+                         "%s must be an int in the int64 range, got %.100R", name, o);
+        }
+        return -1;
+    }
+    *out = (int64_t)v;
+    return 0;
+}
+
+static int as_u8(PyObject *o, uint8_t *out, const char *name)
+{
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s must be an int in 0..255, got %.100R", name, o);
+        }
+        return -1;
+    }
+    if (v < 0 || v > 255) {
+        PyErr_Format(PyExc_ValueError, "%s must be an int in 0..255, got %ld", name, v);
+        return -1;
+    }
+    *out = (uint8_t)v;
+    return 0;
+}
+
+static PyObject *finish_events(BookObject *self, size_t before)
+{
+    if (self->core.ev_oom) {
+        self->core.ev_oom = 0;
+        return PyErr_NoMemory();
+    }
+    return PyLong_FromSize_t(self->core.ev_n - before);
+}
+
+static PyObject *run_one(BookObject *self, const Cmd *c)
+{
+    size_t before = self->core.ev_n;
+    core_process(&self->core, c);
+    return finish_events(self, before);
+}
+
+/* ---- constructor / destructor */
+
+static PyObject *Book_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"min_tick", "max_tick", "capacity", NULL};
+    long long min_tick, max_tick;
+    Py_ssize_t capacity = 1024;
+    BookObject *self = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LL|n:Book", kwlist, &min_tick, &max_tick, &capacity))
+        goto error;
+    if (min_tick < 1 || max_tick < min_tick) {
+        PyErr_SetString(PyExc_ValueError, "need 1 <= min_tick <= max_tick");
+        goto error;
+    }
+    if ((unsigned long long)(max_tick - min_tick) >= MAX_LEVELS) {
+        PyErr_Format(PyExc_ValueError, "price band too wide: at most %u ticks", MAX_LEVELS);
+        goto error;
+    }
+    if (capacity < 1 || capacity > (Py_ssize_t)MAX_ORDERS) {
+        PyErr_Format(PyExc_ValueError, "capacity must be in 1..%u", MAX_ORDERS);
+        goto error;
+    }
+    self = (BookObject *)type->tp_alloc(type, 0);
+    if (!self) goto error;
+    if (core_init(&self->core, min_tick, max_tick, (uint32_t)capacity) < 0) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    return (PyObject *)self;
+error:
+    Py_XDECREF(self);
+    return NULL;
+}
+
+static void Book_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    core_free(&((BookObject *)self)->core);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* ---- single commands */
+
+PyDoc_STRVAR(Book_submit_doc,
+"submit(op, side, oid, owner, price, qty, stp=0, /) -> int\n--\n\n"
+"Process one command (fields as in COMMAND_DTYPE). The events it produces are\n"
+"appended to the pending event buffer (read them with events()); returns how\n"
+"many were appended. Invalid commands produce a REJECTED event, never an\n"
+"exception; only values that do not fit the record (op/side/stp outside 0..255,\n"
+"ints outside int64) raise.");
+
+static PyObject *Book_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Cmd c;
+    memset(&c, 0, sizeof(c));
+    if (nargs != 6 && nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "submit() takes 6 or 7 positional arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (as_u8(args[0], &c.op, "op") < 0 || as_u8(args[1], &c.side, "side") < 0 ||
+        as_i64(args[2], &c.oid, "oid") < 0 || as_i64(args[3], &c.owner, "owner") < 0 ||
+        as_i64(args[4], &c.price, "price") < 0 || as_i64(args[5], &c.qty, "qty") < 0 ||
+        (nargs == 7 && as_u8(args[6], &c.stp, "stp") < 0))
+        return NULL;
+    return run_one((BookObject *)self, &c);
+}
+
+/* limit/ioc/fok/post_only/market(side, oid, owner, price, qty, stp=0) */
+static PyObject *new_order_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                uint8_t op, const char *name)
+{
+    Cmd c;
+    memset(&c, 0, sizeof(c));
+    c.op = op;
+    if (nargs != 5 && nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 5 or 6 positional arguments (%zd given)", name, nargs);
+        return NULL;
+    }
+    if (as_u8(args[0], &c.side, "side") < 0 || as_i64(args[1], &c.oid, "oid") < 0 ||
+        as_i64(args[2], &c.owner, "owner") < 0 || as_i64(args[3], &c.price, "price") < 0 ||
+        as_i64(args[4], &c.qty, "qty") < 0 || (nargs == 6 && as_u8(args[5], &c.stp, "stp") < 0))
+        return NULL;
+    return run_one((BookObject *)self, &c);
+}
+
+#define NEW_ORDER_METHOD(fname, OPC, pyname, what)                                              \
+    PyDoc_STRVAR(fname##_doc, pyname "(side, oid, owner, price, qty, stp=0, /) -> int\n--\n\n" \
+                 what " Same as submit(" #OPC ", side, ...). Returns the number of events.");   \
+    static PyObject *fname(PyObject *self, PyObject *const *args, Py_ssize_t nargs)           \
+    {                                                                                          \
+        return new_order_call(self, args, nargs, OPC, pyname);                                 \
+    }
+
+NEW_ORDER_METHOD(Book_limit, OP_LIMIT, "limit", "GTC limit order: match, rest the remainder.")
+NEW_ORDER_METHOD(Book_ioc, OP_IOC, "ioc", "Immediate-or-cancel: match, expire the remainder.")
+NEW_ORDER_METHOD(Book_fok, OP_FOK, "fok", "Fill-or-kill: fill completely or cancel untouched.")
+NEW_ORDER_METHOD(Book_post_only, OP_POST_ONLY, "post_only", "Post-only: cancelled if it would take.")
+NEW_ORDER_METHOD(Book_market, OP_MARKET, "market",
+                 "Market order; price is the protection price (buy never above, sell never below).")
+
+PyDoc_STRVAR(Book_cancel_doc,
+"cancel(oid, /) -> int\n--\n\nCancel a resting order. Returns the number of events.");
+
+static PyObject *Book_cancel(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Cmd c;
+    memset(&c, 0, sizeof(c));
+    c.op = OP_CANCEL;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "cancel() takes 1 positional argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (as_i64(args[0], &c.oid, "oid") < 0) return NULL;
+    return run_one((BookObject *)self, &c);
+}
+
+PyDoc_STRVAR(Book_amend_doc,
+"amend(oid, qty, price=0, /) -> int\n--\n\n"
+"Amend a resting order: qty is the new open quantity, price the new price\n"
+"(0 keeps the price). Returns the number of events.");
+
+static PyObject *Book_amend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Cmd c;
+    memset(&c, 0, sizeof(c));
+    c.op = OP_AMEND;
+    if (nargs != 2 && nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "amend() takes 2 or 3 positional arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (as_i64(args[0], &c.oid, "oid") < 0 || as_i64(args[1], &c.qty, "qty") < 0 ||
+        (nargs == 3 && as_i64(args[2], &c.price, "price") < 0))
+        return NULL;
+    return run_one((BookObject *)self, &c);
+}
+
+/* ---- batch */
+
+PyDoc_STRVAR(Book_execute_doc,
+"execute(commands, offsets=None, /) -> int\n--\n\n"
+"Process a batch of commands: any C-contiguous buffer of COMMAND_DTYPE records\n"
+"(item size 40, or raw bytes whose length is a multiple of 40). Events are\n"
+"appended to the pending event buffer exactly as one submit() per command would;\n"
+"returns the number appended. If `offsets` is given it must be a writable\n"
+"C-contiguous int64 buffer of at least len(commands)+1 items: offsets[i] is the\n"
+"index (in the pending buffer) of the first event of command i, offsets[n] the end.");
+
+static PyObject *Book_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    BookObject *bo = (BookObject *)self;
+    Py_buffer cv, ov;
+    int have_c = 0, have_o = 0;
+    PyObject *result = NULL;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "execute() takes 1 or 2 positional arguments (%zd given)", nargs);
+        goto error;
+    }
+    if (PyObject_GetBuffer(args[0], &cv, PyBUF_C_CONTIGUOUS) < 0) goto error;
+    have_c = 1;
+    if (cv.itemsize != (Py_ssize_t)sizeof(Cmd) && cv.itemsize != 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "commands must be COMMAND_DTYPE records (item size %zu) or raw bytes; got item size %zd",
+                     sizeof(Cmd), cv.itemsize);
+        goto error;
+    }
+    if (cv.len % (Py_ssize_t)sizeof(Cmd) != 0) {
+        PyErr_Format(PyExc_ValueError, "commands buffer length %zd is not a multiple of %zu",
+                     cv.len, sizeof(Cmd));
+        goto error;
+    }
+    Py_ssize_t n = cv.len / (Py_ssize_t)sizeof(Cmd);
+    int64_t *offs = NULL;
+    if (nargs == 2 && args[1] != Py_None) {
+        if (PyObject_GetBuffer(args[1], &ov, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto error;
+        have_o = 1;
+        if (ov.itemsize != 8 || ov.len < (n + 1) * 8) {
+            PyErr_Format(PyExc_ValueError,
+                         "offsets must be a writable int64 buffer of at least %zd items", n + 1);
+            goto error;
+        }
+        offs = (int64_t *)ov.buf;
+    }
+    Core *b = &bo->core;
+    size_t before = b->ev_n;
+    const char *p = (const char *)cv.buf;
+    if (offs) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Cmd c;
+            memcpy(&c, p + i * (Py_ssize_t)sizeof(Cmd), sizeof(Cmd));
+            offs[i] = (int64_t)b->ev_n;
+            core_process(b, &c);
+        }
+        offs[n] = (int64_t)b->ev_n;
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Cmd c;
+            memcpy(&c, p + i * (Py_ssize_t)sizeof(Cmd), sizeof(Cmd));
+            core_process(b, &c);
+        }
+    }
+    result = finish_events(bo, before);
+error:
+    if (have_o) PyBuffer_Release(&ov);
+    if (have_c) PyBuffer_Release(&cv);
+    return result;
+}
+
+/* ---- events */
+
+PyDoc_STRVAR(Book_events_doc,
+"events(clear=True, /) -> bytes\n--\n\n"
+"The pending events as EVENT_DTYPE records (np.frombuffer(b, EVENT_DTYPE)).\n"
+"With clear=True (default) the pending buffer is emptied.");
+
+static PyObject *Book_events(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Core *b = &((BookObject *)self)->core;
+    int clear = 1;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "events() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (nargs == 1 && (clear = PyObject_IsTrue(args[0])) < 0) return NULL;
+    PyObject *r = PyBytes_FromStringAndSize((const char *)b->ev, (Py_ssize_t)(b->ev_n * sizeof(Event)));
+    if (r && clear) b->ev_n = 0;
+    return r;
+}
+
+PyDoc_STRVAR(Book_clear_events_doc, "clear_events() -> None\n--\n\nDrop the pending events.");
+
+static PyObject *Book_clear_events(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    ((BookObject *)self)->core.ev_n = 0;
+    Py_RETURN_NONE;
+}
+
+/* ---- queries */
+
+static PyObject *level_price_or_none(const Core *b, int64_t i)
+{
+    if (i < 0) Py_RETURN_NONE;
+    return PyLong_FromLongLong(b->min_tick + i);
+}
+
+PyDoc_STRVAR(Book_best_bid_doc, "best_bid() -> int | None\n--\n\nBest bid price in ticks.");
+static PyObject *Book_best_bid(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    const Core *b = &((BookObject *)self)->core;
+    return level_price_or_none(b, b->best_bid);
+}
+
+PyDoc_STRVAR(Book_best_ask_doc, "best_ask() -> int | None\n--\n\nBest ask price in ticks.");
+static PyObject *Book_best_ask(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    const Core *b = &((BookObject *)self)->core;
+    return level_price_or_none(b, b->best_ask);
+}
+
+static PyObject *depth_side(const Core *b, int buy, Py_ssize_t n)
+{
+    PyObject *lst = PyList_New(0), *t = NULL;
+    if (!lst) goto error;
+    int64_t i = buy ? b->best_bid : b->best_ask;
+    for (Py_ssize_t k = 0; k < n && i >= 0; k++) {
+        const Level *L = lv(b, (uint32_t)i);
+        t = Py_BuildValue("(LLI)", (long long)(b->min_tick + i), (long long)L->total, (unsigned)L->count);
+        if (!t || PyList_Append(lst, t) < 0) goto error;
+        Py_CLEAR(t);
+        i = buy ? bm_prev(b, i - 1) : bm_next(b, i + 1);
+    }
+    return lst;
+error:
+    Py_XDECREF(t);
+    Py_XDECREF(lst);
+    return NULL;
+}
+
+PyDoc_STRVAR(Book_depth_doc,
+"depth(n, /) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]\n--\n\n"
+"Aggregated depth: (bids, asks), each up to n levels best first as\n"
+"(price_ticks, total_lots, order_count).");
+
+static PyObject *Book_depth(PyObject *self, PyObject *arg)
+{
+    const Core *b = &((BookObject *)self)->core;
+    PyObject *bids = NULL, *asks = NULL, *r = NULL;
+    Py_ssize_t n = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (n == -1 && PyErr_Occurred()) goto error;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "depth(n): n must be >= 0");
+        goto error;
+    }
+    if (!(bids = depth_side(b, 1, n)) || !(asks = depth_side(b, 0, n))) goto error;
+    r = PyTuple_Pack(2, bids, asks);
+error:
+    Py_XDECREF(bids);
+    Py_XDECREF(asks);
+    return r;
+}
+
+static PyObject *pylong_from_u128(unsigned __int128 v)
+{
+    PyObject *hi = NULL, *lo = NULL, *sh = NULL, *t = NULL, *r = NULL;
+    if (v <= (unsigned __int128)UINT64_MAX) return PyLong_FromUnsignedLongLong((unsigned long long)v);
+    if (!(hi = PyLong_FromUnsignedLongLong((unsigned long long)(v >> 64)))) goto error;
+    if (!(lo = PyLong_FromUnsignedLongLong((unsigned long long)v))) goto error;
+    if (!(sh = PyLong_FromLong(64))) goto error;
+    if (!(t = PyNumber_Lshift(hi, sh))) goto error;
+    r = PyNumber_Or(t, lo);
+error:
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    Py_XDECREF(sh);
+    Py_XDECREF(t);
+    return r;
+}
+
+static unsigned __int128 gcd_u128(unsigned __int128 a, unsigned __int128 b)
+{
+    while (b) {
+        unsigned __int128 t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+PyDoc_STRVAR(Book_impact_price_doc,
+"impact_price(side, notional, /) -> tuple[int, int] | None\n--\n\n"
+"Average execution price of a taker of `side` (BUY walks the asks, SELL the bids)\n"
+"spending `notional` (ticks*lots, > 0), with the last level taken fractionally.\n"
+"Returns the exact reduced fraction (numerator, denominator) in ticks, or None\n"
+"if the side does not hold that much notional. STP is not considered.");
+
+static PyObject *Book_impact_price(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    const Core *b = &((BookObject *)self)->core;
+    uint8_t side;
+    int64_t notional;
+    PyObject *num = NULL, *den = NULL, *r = NULL;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "impact_price() takes 2 positional arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (as_u8(args[0], &side, "side") < 0 || as_i64(args[1], &notional, "notional") < 0) return NULL;
+    if (side != SIDE_BUY && side != SIDE_SELL) {
+        PyErr_SetString(PyExc_ValueError, "side must be BUY (1) or SELL (2)");
+        return NULL;
+    }
+    if (notional <= 0) {
+        PyErr_SetString(PyExc_ValueError, "notional must be > 0");
+        return NULL;
+    }
+    int buy = side == SIDE_BUY;
+    unsigned __int128 rem = (unsigned __int128)notional, q = 0;
+    for (int64_t i = buy ? b->best_ask : b->best_bid; i >= 0; i = buy ? bm_next(b, i + 1) : bm_prev(b, i - 1)) {
+        const Level *L = lv(b, (uint32_t)i);
+        unsigned __int128 p = (unsigned __int128)(b->min_tick + i);
+        unsigned __int128 ln = p * (unsigned __int128)L->total;
+        if (ln >= rem) {
+            unsigned __int128 n = (unsigned __int128)notional * p;
+            unsigned __int128 d = q * p + rem;
+            unsigned __int128 g = gcd_u128(n, d);
+            if (!(num = pylong_from_u128(n / g)) || !(den = pylong_from_u128(d / g))) goto error;
+            r = PyTuple_Pack(2, num, den);
+            goto error;
+        }
+        rem -= ln;
+        q += (unsigned __int128)L->total;
+    }
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(num);
+    Py_XDECREF(den);
+    return r;
+}
+
+PyDoc_STRVAR(Book_get_doc,
+"get(oid, /) -> tuple[int, int, int, int] | None\n--\n\n"
+"A resting order as (side, price_ticks, open_qty, owner), or None.");
+
+static PyObject *Book_get(PyObject *self, PyObject *arg)
+{
+    const Core *b = &((BookObject *)self)->core;
+    int64_t oid;
+    if (as_i64(arg, &oid, "oid") < 0) return NULL;
+    uint32_t s = ht_find(b, oid);
+    if (s == NIL) Py_RETURN_NONE;
+    const Order *o = &b->orders[s];
+    return Py_BuildValue("(iLLL)", (int)o->side, (long long)(b->min_tick + (int64_t)o->lvl),
+                         (long long)o->qty, (long long)o->owner);
+}
+
+PyDoc_STRVAR(Book_snapshot_doc,
+"snapshot() -> bytes\n--\n\n"
+"All resting orders as ORDER_DTYPE records in priority order: bids best to\n"
+"worst, then asks best to worst, FIFO within a level.");
+
+static PyObject *Book_snapshot(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    const Core *b = &((BookObject *)self)->core;
+    PyObject *r = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)b->count * (Py_ssize_t)sizeof(SnapOrder));
+    if (!r) return NULL;
+    SnapOrder *p = (SnapOrder *)PyBytes_AS_STRING(r);
+    core_visit(b, visit_snap, &p);
+    return r;
+}
+
+PyDoc_STRVAR(Book_restore_doc,
+"restore(snapshot, /) -> None\n--\n\n"
+"Replace the resting orders by those of a snapshot() buffer (ORDER_DTYPE\n"
+"records; FIFO order within a level is the order of the records). Raises\n"
+"ValueError on an invalid snapshot (bad side, qty, price outside the band,\n"
+"duplicate order id, crossed book); the book is then left empty. Pending\n"
+"events are kept.");
+
+static PyObject *Book_restore(PyObject *self, PyObject *arg)
+{
+    Core *b = &((BookObject *)self)->core;
+    Py_buffer v;
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(arg, &v, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if ((v.itemsize != (Py_ssize_t)sizeof(SnapOrder) && v.itemsize != 1) ||
+        v.len % (Py_ssize_t)sizeof(SnapOrder) != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "snapshot must be ORDER_DTYPE records (%zu bytes each); got item size %zd, length %zd",
+                     sizeof(SnapOrder), v.itemsize, v.len);
+        goto error;
+    }
+    Py_ssize_t n = v.len / (Py_ssize_t)sizeof(SnapOrder);
+    const char *p = (const char *)v.buf;
+    int64_t max_bid = INT64_MIN, min_ask = INT64_MAX;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        SnapOrder r;
+        memcpy(&r, p + i * (Py_ssize_t)sizeof(SnapOrder), sizeof(r));
+        if (r.side != SIDE_BUY && r.side != SIDE_SELL) {
+            PyErr_Format(PyExc_ValueError, "snapshot record %zd: bad side %d", i, (int)r.side);
+            goto error;
+        }
+        if (r.qty <= 0 || r.qty > MAX_QTY) {
+            PyErr_Format(PyExc_ValueError, "snapshot record %zd: bad qty %lld", i, (long long)r.qty);
+            goto error;
+        }
+        if (r.price < b->min_tick || r.price > b->max_tick) {
+            PyErr_Format(PyExc_ValueError, "snapshot record %zd: price %lld outside the band", i,
+                         (long long)r.price);
+            goto error;
+        }
+        if (r.side == SIDE_BUY && r.price > max_bid) max_bid = r.price;
+        if (r.side == SIDE_SELL && r.price < min_ask) min_ask = r.price;
+    }
+    if (max_bid >= min_ask) {
+        PyErr_SetString(PyExc_ValueError, "snapshot is crossed (a bid at or above an ask)");
+        goto error;
+    }
+    core_clear(b);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        SnapOrder r;
+        memcpy(&r, p + i * (Py_ssize_t)sizeof(SnapOrder), sizeof(r));
+        uint32_t lvl = (uint32_t)(r.price - b->min_tick);
+        if (ht_find(b, r.oid) != NIL) {
+            core_clear(b);
+            PyErr_Format(PyExc_ValueError, "snapshot record %zd: duplicate order id %lld", i, (long long)r.oid);
+            goto error;
+        }
+        if (pool_ensure(b) < 0 || ensure_chunk(b, lvl) < 0) {
+            core_clear(b);
+            PyErr_NoMemory();
+            goto error;
+        }
+        order_rest(b, r.side, r.oid, r.owner, lvl, r.qty);
+    }
+    result = Py_NewRef(Py_None);
+error:
+    PyBuffer_Release(&v);
+    return result;
+}
+
+PyDoc_STRVAR(Book_clear_doc, "clear() -> None\n--\n\nRemove every resting order (no events).");
+
+static PyObject *Book_clear(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    core_clear(&((BookObject *)self)->core);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Book_state_hash_doc,
+"state_hash() -> int\n--\n\n"
+"64-bit hash of the resting orders in priority order (side, price, oid, owner,\n"
+"qty of each); equal books have equal hashes.");
+
+static PyObject *Book_state_hash(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    const Core *b = &((BookObject *)self)->core;
+    uint64_t h = HASH_SEED;
+    core_visit(b, visit_hash, &h);
+    h = hmixin(h, b->count);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+PyDoc_STRVAR(Book_validate_doc,
+"validate() -> None\n--\n\n"
+"Check the internal invariants (level links, totals and counts, best prices,\n"
+"bitmaps, hash map, free list); raises BookInvariantError on the first failure.");
+
+static PyObject *Book_validate(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    const char *msg = core_check(&((BookObject *)self)->core);
+    if (msg) {
+        PyErr_SetString(state_of(self)->invariant_error, msg);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Book_memory_doc,
+"memory_bytes() -> int\n--\n\nBytes allocated by the book (pool, hash, ladder, bitmaps, events).");
+
+static PyObject *Book_memory_bytes(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    const Core *b = &((BookObject *)self)->core;
+    size_t m = (size_t)b->cap * sizeof(Order) + (b->ht_mask + 1) * sizeof(HEntry) +
+               b->nchunks * sizeof(Level *) + b->ev_cap * sizeof(Event);
+    for (uint32_t c = 0; c < b->nchunks; c++)
+        if (b->chunks[c]) m += CHUNK_LEVELS * sizeof(Level);
+    for (int k = 0; k < 3; k++) m += b->bmw[k] * sizeof(uint64_t);
+    return PyLong_FromSize_t(m);
+}
+
+static Py_ssize_t Book_len(PyObject *self)
+{
+    return (Py_ssize_t)((BookObject *)self)->core.count;
+}
+
+static PyObject *get_order_count(PyObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLong(((BookObject *)self)->core.count);
+}
+static PyObject *get_min_tick(PyObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromLongLong(((BookObject *)self)->core.min_tick);
+}
+static PyObject *get_max_tick(PyObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromLongLong(((BookObject *)self)->core.max_tick);
+}
+static PyObject *get_capacity(PyObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLong(((BookObject *)self)->core.cap);
+}
+static PyObject *get_pending(PyObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromSize_t(((BookObject *)self)->core.ev_n);
+}
+
+static PyGetSetDef Book_getset[] = {
+    {"order_count", get_order_count, NULL, "Number of resting orders.", NULL},
+    {"min_tick", get_min_tick, NULL, "Lowest accepted price (ticks).", NULL},
+    {"max_tick", get_max_tick, NULL, "Highest accepted price (ticks).", NULL},
+    {"capacity", get_capacity, NULL, "Current order pool capacity (grows by doubling).", NULL},
+    {"pending_events", get_pending, NULL, "Number of events waiting in the buffer.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Book_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))Book_submit, METH_FASTCALL, Book_submit_doc},
+    {"limit", (PyCFunction)(void (*)(void))Book_limit, METH_FASTCALL, Book_limit_doc},
+    {"ioc", (PyCFunction)(void (*)(void))Book_ioc, METH_FASTCALL, Book_ioc_doc},
+    {"fok", (PyCFunction)(void (*)(void))Book_fok, METH_FASTCALL, Book_fok_doc},
+    {"post_only", (PyCFunction)(void (*)(void))Book_post_only, METH_FASTCALL, Book_post_only_doc},
+    {"market", (PyCFunction)(void (*)(void))Book_market, METH_FASTCALL, Book_market_doc},
+    {"cancel", (PyCFunction)(void (*)(void))Book_cancel, METH_FASTCALL, Book_cancel_doc},
+    {"amend", (PyCFunction)(void (*)(void))Book_amend, METH_FASTCALL, Book_amend_doc},
+    {"execute", (PyCFunction)(void (*)(void))Book_execute, METH_FASTCALL, Book_execute_doc},
+    {"events", (PyCFunction)(void (*)(void))Book_events, METH_FASTCALL, Book_events_doc},
+    {"clear_events", Book_clear_events, METH_NOARGS, Book_clear_events_doc},
+    {"best_bid", Book_best_bid, METH_NOARGS, Book_best_bid_doc},
+    {"best_ask", Book_best_ask, METH_NOARGS, Book_best_ask_doc},
+    {"depth", Book_depth, METH_O, Book_depth_doc},
+    {"impact_price", (PyCFunction)(void (*)(void))Book_impact_price, METH_FASTCALL, Book_impact_price_doc},
+    {"get", Book_get, METH_O, Book_get_doc},
+    {"snapshot", Book_snapshot, METH_NOARGS, Book_snapshot_doc},
+    {"restore", Book_restore, METH_O, Book_restore_doc},
+    {"clear", Book_clear, METH_NOARGS, Book_clear_doc},
+    {"state_hash", Book_state_hash, METH_NOARGS, Book_state_hash_doc},
+    {"validate", Book_validate, METH_NOARGS, Book_validate_doc},
+    {"memory_bytes", Book_memory_bytes, METH_NOARGS, Book_memory_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(Book_doc,
+"Book(min_tick, max_tick, capacity=1024)\n--\n\n"
+"Price-time priority order book for one symbol. Prices are integer ticks in\n"
+"[min_tick, max_tick] (1 <= min_tick, at most 2**28 ticks wide), quantities\n"
+"integer lots in 1..2**36-1. `capacity` presizes the resting-order pool\n"
+"(it doubles when full). See the module docstring for commands and events.");
+
+static PyType_Slot Book_slots[] = {
+    {Py_tp_new, Book_new},
+    {Py_tp_dealloc, Book_dealloc},
+    {Py_tp_methods, Book_methods},
+    {Py_tp_getset, Book_getset},
+    {Py_tp_doc, (void *)Book_doc},
+    {Py_mp_length, Book_len},
+    {Py_sq_length, Book_len},
+    {0, NULL},
+};
+
+static PyType_Spec Book_spec = {
+    .name = "matching_native._book.Book",
+    .basicsize = sizeof(BookObject),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Book_slots,
+};
+
+/* ---------------------------------------------------------------- module */
+
+PyDoc_STRVAR(layout_doc,
+"_layout() -> dict\n--\n\n"
+"{record: (itemsize, {field: offset})} of the C records, for checking the numpy dtypes.");
+
+static PyObject *mod_layout(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue(
+        "{s:(n{s:n,s:n,s:n,s:n,s:n,s:n,s:n}),"
+        "s:(n{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}),"
+        "s:(n{s:n,s:n,s:n,s:n,s:n})}",
+        "command", (Py_ssize_t)sizeof(Cmd),
+        "op", OFF(Cmd, op), "side", OFF(Cmd, side), "stp", OFF(Cmd, stp),
+        "oid", OFF(Cmd, oid), "owner", OFF(Cmd, owner), "price", OFF(Cmd, price),
+        "qty", OFF(Cmd, qty),
+        "event", (Py_ssize_t)sizeof(Event),
+        "kind", OFF(Event, kind), "reason", OFF(Event, reason), "side", OFF(Event, side),
+        "flags", OFF(Event, flags), "op", OFF(Event, op), "oid", OFF(Event, oid),
+        "owner", OFF(Event, owner), "maker_oid", OFF(Event, maker_oid),
+        "maker_owner", OFF(Event, maker_owner), "price", OFF(Event, price),
+        "qty", OFF(Event, qty), "leaves", OFF(Event, leaves),
+        "maker_leaves", OFF(Event, maker_leaves),
+        "order", (Py_ssize_t)sizeof(SnapOrder),
+        "oid", OFF(SnapOrder, oid), "owner", OFF(SnapOrder, owner),
+        "price", OFF(SnapOrder, price), "qty", OFF(SnapOrder, qty),
+        "side", OFF(SnapOrder, side));
+}
+
+static PyMethodDef module_methods[] = {
+    {"_layout", mod_layout, METH_NOARGS, layout_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static int module_exec(PyObject *m)
+{
+    module_state *st = (module_state *)PyModule_GetState(m);
+    struct { const char *name; long value; } consts[] = {
+        {"OP_LIMIT", OP_LIMIT}, {"OP_IOC", OP_IOC}, {"OP_FOK", OP_FOK},
+        {"OP_POST_ONLY", OP_POST_ONLY}, {"OP_MARKET", OP_MARKET}, {"OP_CANCEL", OP_CANCEL},
+        {"OP_AMEND", OP_AMEND},
+        {"SIDE_BUY", SIDE_BUY}, {"SIDE_SELL", SIDE_SELL},
+        {"STP_NONE", STP_NONE}, {"STP_EXPIRE_TAKER", STP_EXPIRE_TAKER},
+        {"STP_EXPIRE_MAKER", STP_EXPIRE_MAKER}, {"STP_EXPIRE_BOTH", STP_EXPIRE_BOTH},
+        {"EV_FILL", EV_FILL}, {"EV_RESTED", EV_RESTED}, {"EV_CANCELLED", EV_CANCELLED},
+        {"EV_AMENDED", EV_AMENDED}, {"EV_REJECTED", EV_REJECTED},
+        {"R_NONE", R_NONE}, {"R_USER_CANCEL", R_USER_CANCEL},
+        {"R_REMAINDER_EXPIRED", R_REMAINDER_EXPIRED}, {"R_FOK_NOT_FILLABLE", R_FOK_NOT_FILLABLE},
+        {"R_STP_TAKER", R_STP_TAKER}, {"R_STP_MAKER", R_STP_MAKER},
+        {"R_POST_ONLY_WOULD_TAKE", R_POST_ONLY_WOULD_TAKE}, {"R_UNKNOWN_ORDER", R_UNKNOWN_ORDER},
+        {"R_DUPLICATE_ORDER_ID", R_DUPLICATE_ORDER_ID}, {"R_BAD_QTY", R_BAD_QTY},
+        {"R_PRICE_OUT_OF_BAND", R_PRICE_OUT_OF_BAND}, {"R_AMEND_UNKNOWN_ORDER", R_AMEND_UNKNOWN_ORDER},
+        {"R_BAD_OP", R_BAD_OP}, {"R_BAD_SIDE", R_BAD_SIDE}, {"R_BAD_STP", R_BAD_STP},
+        {"R_BOOK_FULL", R_BOOK_FULL}, {"R_AMEND_WOULD_CROSS", R_AMEND_WOULD_CROSS},
+        {"F_MAKER_DONE", F_MAKER_DONE}, {"F_TAKER_DONE", F_TAKER_DONE},
+        {"F_PRIORITY_KEPT", F_PRIORITY_KEPT},
+        {"MAX_LEVELS", (long)MAX_LEVELS}, {"MAX_ORDERS", (long)MAX_ORDERS},
+    };
+    for (size_t i = 0; i < sizeof(consts) / sizeof(consts[0]); i++)
+        if (PyModule_AddIntConstant(m, consts[i].name, consts[i].value) < 0) return -1;
+    PyObject *mq = PyLong_FromLongLong(MAX_QTY);
+    if (!mq) return -1;
+    int rc = PyModule_AddObjectRef(m, "MAX_QTY", mq);
+    Py_DECREF(mq);
+    if (rc < 0) return -1;
+    st->invariant_error = PyErr_NewExceptionWithDoc(
+        "matching_native._book.BookInvariantError",
+        "Raised by Book.validate() when an internal invariant does not hold.",
+        PyExc_AssertionError, NULL);
+    if (!st->invariant_error) return -1;
+    if (PyModule_AddObjectRef(m, "BookInvariantError", st->invariant_error) < 0) return -1;
+    st->book_type = PyType_FromModuleAndSpec(m, &Book_spec, NULL);
+    if (!st->book_type) return -1;
+    if (PyModule_AddObjectRef(m, "Book", st->book_type) < 0) return -1;
+    return 0;
+}
+
+static int module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    module_state *st = (module_state *)PyModule_GetState(m);
+    if (st) {
+        Py_VISIT(st->book_type);
+        Py_VISIT(st->invariant_error);
+    }
+    return 0;
+}
+
+static int module_clear(PyObject *m)
+{
+    module_state *st = (module_state *)PyModule_GetState(m);
+    if (st) {
+        Py_CLEAR(st->book_type);
+        Py_CLEAR(st->invariant_error);
+    }
+    return 0;
+}
+
+static void module_free(void *m)
+{
+    module_clear((PyObject *)m);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+PyDoc_STRVAR(module_doc,
+"C price-time priority order book (see matching_native/README.md).\n"
+"\n"
+"Integer ticks and lots only. One Book per symbol. Commands are COMMAND_DTYPE\n"
+"records (40 bytes: op u1, side u1, stp u1, 5 pad, oid i8, owner i8, price i8,\n"
+"qty i8); events are EVENT_DTYPE records (72 bytes: kind u1, reason u1, side u1,\n"
+"flags u1, op u1, 3 pad, oid, owner, maker_oid, maker_owner, price, qty, leaves,\n"
+"maker_leaves, all i8); snapshots are ORDER_DTYPE records (40 bytes: oid, owner,\n"
+"price, qty i8, side u1, 7 pad). The codes are the module constants OP_*, SIDE_*,\n"
+"STP_*, EV_*, R_*, F_*; matching_native documents each of them.");
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "matching_native._book",
+    .m_doc = module_doc,
+    .m_size = sizeof(module_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__book(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

@@ -1,0 +1,158 @@
+"""The ledger service: balanced postings, exact balances, clear refusals that change nothing."""
+from decimal import Decimal
+
+import pytest
+from django.db import IntegrityError, transaction
+
+from apps.ledger.errors import InsufficientBalance, InvalidAmount, PrecisionExceeded, Unbalanced, UnknownAsset
+from apps.ledger.models import AccountKind, Balance, LedgerEntry, LedgerTransaction, TransactionKind
+from apps.ledger.money import quantize_amount, split_exact
+from apps.ledger.selectors import balance_amount
+from apps.ledger.services import (
+    Leg,
+    Posting,
+    ledger_post,
+    ledger_post_many,
+    ledger_transfer,
+    system_account,
+    wallet_deposit,
+    wallet_withdraw,
+)
+
+D = Decimal
+
+
+def snapshot():
+    return (
+        LedgerTransaction.objects.count(),
+        LedgerEntry.objects.count(),
+        sorted(Balance.objects.values_list("account_id", "asset_id", "amount")),
+    )
+
+
+def test_deposit_and_withdraw_book_balanced_entries(alice, usdt, wallet, external):
+    wallet_deposit(user=alice, asset="USDT", amount=D("100.5"))
+    txn = wallet_withdraw(user=alice, asset=usdt, amount=D("0.25"))
+    assert balance_amount(account=wallet(alice), asset_code="USDT") == D("100.25")
+    assert balance_amount(account=external, asset_code="USDT") == D("-100.25")
+    legs = list(txn.entries.order_by("id").values_list("amount", "balance_after"))
+    assert legs == [(D("-0.25"), D("100.25")), (D("0.25"), D("-100.25"))]
+    assert txn.kind == TransactionKind.WITHDRAWAL
+
+
+def test_transfer_between_user_accounts(alice, usdt, wallet):
+    wallet_deposit(user=alice, asset=usdt, amount=D("10"))
+    margin = system_account(AccountKind.INSURANCE_FUND)
+    ledger_transfer(source=wallet(alice), destination=margin, asset=usdt, amount=D("3.00000001"))
+    assert balance_amount(account=wallet(alice), asset_code="USDT") == D("6.99999999")
+    assert balance_amount(account=margin, asset_code="USDT") == D("3.00000001")
+
+
+@pytest.mark.parametrize(
+    "amount, error",
+    [
+        (D("-1"), InvalidAmount),
+        (D("0"), InvalidAmount),
+        (D("1.000000001"), PrecisionExceeded),
+        ("abc", InvalidAmount),
+        (1.5, InvalidAmount),
+        (D("NaN"), InvalidAmount),
+    ],
+)
+def test_bad_deposit_amounts_are_refused_and_change_nothing(alice, usdt, wallet, amount, error):
+    wallet_deposit(user=alice, asset=usdt, amount=D("5"))
+    before = snapshot()
+    with pytest.raises(error) as excinfo:
+        wallet_deposit(user=alice, asset=usdt, amount=amount)
+    assert excinfo.value.msg
+    assert snapshot() == before
+
+
+def test_unknown_asset_is_refused(alice, usdt):
+    before = snapshot()
+    with pytest.raises(UnknownAsset, match="DOGE"):
+        wallet_deposit(user=alice, asset="DOGE", amount=D("1"))
+    assert snapshot() == before
+
+
+def test_overdraw_of_a_user_wallet_is_refused_and_changes_nothing(alice, usdt, wallet):
+    wallet_deposit(user=alice, asset=usdt, amount=D("5"))
+    before = snapshot()
+    with pytest.raises(InsufficientBalance) as excinfo:
+        wallet_withdraw(user=alice, asset=usdt, amount=D("5.00000001"))
+    assert excinfo.value.code == -2018
+    assert snapshot() == before
+
+
+def test_service_refuses_legs_that_do_not_sum_to_zero(alice, usdt, wallet, external):
+    before = snapshot()
+    with pytest.raises(Unbalanced, match="sum to zero"):
+        ledger_post(
+            kind=TransactionKind.ADJUSTMENT,
+            legs=[Leg(wallet(alice), usdt, D("10")), Leg(external, usdt, D("-9.99999999"))],
+        )
+    with pytest.raises(Unbalanced):
+        ledger_post(kind=TransactionKind.ADJUSTMENT, legs=[Leg(wallet(alice), usdt, D("10"))])
+    assert snapshot() == before
+
+
+def test_database_refuses_an_unbalanced_transaction(alice, usdt, wallet):
+    account = wallet(alice)
+    txn = LedgerTransaction.objects.create(kind=TransactionKind.ADJUSTMENT)
+    with pytest.raises(IntegrityError, match="does not balance"):
+        with transaction.atomic():
+            LedgerEntry.objects.bulk_create(
+                [LedgerEntry(transaction=txn, account=account, asset=usdt, amount=D("1"), balance_after=D("1"))]
+            )
+
+
+def test_database_refuses_edits_of_ledger_entries(alice, usdt, wallet):
+    txn = wallet_deposit(user=alice, asset=usdt, amount=D("1"))
+    entry = txn.entries.first()
+    with pytest.raises(Exception, match="append-only"):
+        with transaction.atomic():
+            LedgerEntry.objects.filter(pk=entry.pk).update(amount=D("2"))
+    with pytest.raises(Exception, match="append-only"):
+        with transaction.atomic():
+            LedgerEntry.objects.filter(pk=entry.pk).delete()
+
+
+def test_database_refuses_a_negative_user_balance(alice, usdt, wallet):
+    wallet_deposit(user=alice, asset=usdt, amount=D("1"))
+    with pytest.raises(IntegrityError, match="balance_non_negative_unless_allowed"):
+        with transaction.atomic():
+            Balance.objects.filter(account=wallet(alice)).update(amount=D("-1"))
+
+
+def test_idempotency_key_books_once(alice, usdt, wallet):
+    first = wallet_deposit(user=alice, asset=usdt, amount=D("7"), idempotency_key="dep-1")
+    again = wallet_deposit(user=alice, asset=usdt, amount=D("7"), idempotency_key="dep-1")
+    assert first.pk == again.pk
+    assert balance_amount(account=wallet(alice), asset_code="USDT") == D("7")
+
+
+def test_external_and_clearing_accounts_may_go_negative(usdt, external):
+    pnl = system_account(AccountKind.PNL_CLEARING)
+    ledger_transfer(source=pnl, destination=external, asset=usdt, amount=D("3"))
+    assert balance_amount(account=pnl, asset_code="USDT") == D("-3")
+
+
+def test_many_postings_cost_a_constant_number_of_statements(make_user, usdt, wallet, external, django_assert_max_num_queries):
+    users = [make_user(f"u{i}") for i in range(40)]
+    postings = [
+        Posting(kind=TransactionKind.DEPOSIT, legs=[Leg(wallet(u), usdt, D("1.5")), Leg(external, usdt, D("-1.5"))])
+        for u in users
+    ]
+    with django_assert_max_num_queries(12):
+        txns = ledger_post_many(postings=postings)
+    assert len(txns) == 40 and LedgerEntry.objects.count() == 80
+    assert balance_amount(account=external, asset_code="USDT") == D("-60")
+
+
+def test_quantize_and_split_exact():
+    assert quantize_amount(D("1.000000005"), 8) == D("1.00000000")  # half-even
+    assert quantize_amount(D("1.000000015"), 8) == D("1.00000002")
+    parts = split_exact(D("0.00000010"), [D(1), D(1), D(1)], 8)
+    assert sum(parts) == D("0.00000010") and sorted(parts) == [D("0.00000003"), D("0.00000003"), D("0.00000004")]
+    negative = split_exact(D("-1"), [D(2), D(1)], 2)
+    assert negative == [D("-0.67"), D("-0.33")] and sum(negative) == D("-1")

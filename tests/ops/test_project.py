@@ -1,0 +1,85 @@
+"""Project plumbing: health endpoints, the demo seed, production settings refusal, client API basics."""
+import os
+from io import StringIO
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from apps.contracts.models import Contract, ContractType
+from apps.ledger.models import AccountKind, Balance
+from apps.ops.demo import DEMO_DEPOSIT, DEMO_USERS, INSURANCE_SEED
+from apps.ops.health import heartbeat_record
+from apps.ops.tasks import beat_heartbeat
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_reports_each_dependency(client):
+    heartbeat_record("beat")
+    response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["ready"] is True and set(body["checks"]) == {"database", "redis", "beat"}
+
+
+@pytest.mark.django_db
+def test_beat_heartbeat_task_feeds_readiness(client):
+    beat_heartbeat.apply()
+    assert client.get("/readyz").json()["checks"]["beat"]["ok"] is True
+
+
+def test_client_api_time_and_errors(client):
+    assert client.get("/fapi/v1/ping").json() == {}
+    assert isinstance(client.get("/fapi/v1/time").json()["serverTime"], int)
+
+
+@pytest.mark.django_db
+def test_seed_demo_is_idempotent_and_balanced(tmp_path, settings):
+    settings.OPS_CREDENTIALS_FILE = tmp_path / "ops.txt"
+    call_command("seed_demo", "--if-empty", stdout=StringIO())
+    call_command("seed_demo", stdout=StringIO())
+    assert set(Contract.objects.values_list("contract_type", flat=True)) == {ContractType.PERPETUAL, ContractType.DELIVERY}
+    assert Contract.objects.count() == 3
+    wallets = Balance.objects.filter(account__kind=AccountKind.WALLET)
+    assert sorted(wallets.values_list("amount", flat=True)) == [DEMO_DEPOSIT] * len(DEMO_USERS)
+    fund = Balance.objects.get(account__kind=AccountKind.INSURANCE_FUND)
+    assert fund.amount == INSURANCE_SEED
+    assert "password:" in settings.OPS_CREDENTIALS_FILE.read_text()
+    assert sum(Balance.objects.values_list("amount", flat=True)) == Decimal(0)
+    call_command("check_ledger", stdout=StringIO())
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({}, "default SECRET_KEY"),
+        ({"SECRET_KEY": "short"}, "shorter than 32"),
+        ({"SECRET_KEY": "x" * 40, "DEBUG": "1"}, "DEBUG on"),
+    ],
+)
+def test_production_settings_refuse_unsafe_values(env, message):
+    clean = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")}
+    clean.update(env, DJANGO_SETTINGS_MODULE="exchange.settings.production")
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=clean, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and message in result.stderr
+
+
+def test_production_settings_start_with_a_real_secret():
+    clean = dict(os.environ, DJANGO_SETTINGS_MODULE="exchange.settings.production", SECRET_KEY="k" * 50, DEBUG="0")
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); print('ok')"],
+        cwd=ROOT, env=clean, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
