@@ -908,7 +908,8 @@ static void Book_dealloc(PyObject *self)
 /* ---- single commands */
 
 PyDoc_STRVAR(Book_submit_doc,
-"submit(op, side, oid, owner, price, qty, stp=0, /) -> int\n--\n\n"
+"submit($self, op, side, oid, owner, price, qty, stp=0, /)\n--\n\n"
+"Returns int. "
 "Process one command (fields as in COMMAND_DTYPE). The events it produces are\n"
 "appended to the pending event buffer (read them with events()); returns how\n"
 "many were appended. Invalid commands produce a REJECTED event, never an\n"
@@ -950,8 +951,8 @@ static PyObject *new_order_call(PyObject *self, PyObject *const *args, Py_ssize_
 }
 
 #define NEW_ORDER_METHOD(fname, OPC, pyname, what)                                              \
-    PyDoc_STRVAR(fname##_doc, pyname "(side, oid, owner, price, qty, stp=0, /) -> int\n--\n\n" \
-                 what " Same as submit(" #OPC ", side, ...). Returns the number of events.");   \
+    PyDoc_STRVAR(fname##_doc, pyname "($self, side, oid, owner, price, qty, stp=0, /)\n--\n\n" \
+                 what " Same as submit(op, side, ...). Returns the number of events appended.");   \
     static PyObject *fname(PyObject *self, PyObject *const *args, Py_ssize_t nargs)           \
     {                                                                                          \
         return new_order_call(self, args, nargs, OPC, pyname);                                 \
@@ -965,7 +966,7 @@ NEW_ORDER_METHOD(Book_market, OP_MARKET, "market",
                  "Market order; price is the protection price (buy never above, sell never below).")
 
 PyDoc_STRVAR(Book_cancel_doc,
-"cancel(oid, /) -> int\n--\n\nCancel a resting order. Returns the number of events.");
+"cancel($self, oid, /)\n--\n\nReturns int. Cancel a resting order. Returns the number of events.");
 
 static PyObject *Book_cancel(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -981,7 +982,8 @@ static PyObject *Book_cancel(PyObject *self, PyObject *const *args, Py_ssize_t n
 }
 
 PyDoc_STRVAR(Book_amend_doc,
-"amend(oid, qty, price=0, /) -> int\n--\n\n"
+"amend($self, oid, qty, price=0, /)\n--\n\n"
+"Returns int. "
 "Amend a resting order: qty is the new open quantity, price the new price\n"
 "(0 keeps the price). Returns the number of events.");
 
@@ -1003,7 +1005,8 @@ static PyObject *Book_amend(PyObject *self, PyObject *const *args, Py_ssize_t na
 /* ---- batch */
 
 PyDoc_STRVAR(Book_execute_doc,
-"execute(commands, offsets=None, /) -> int\n--\n\n"
+"execute($self, commands, offsets=None, /)\n--\n\n"
+"Returns int. "
 "Process a batch of commands: any C-contiguous buffer of COMMAND_DTYPE records\n"
 "(item size 40, or raw bytes whose length is a multiple of 40). Events are\n"
 "appended to the pending event buffer exactly as one submit() per command would;\n"
@@ -1074,7 +1077,8 @@ error:
 /* ---- events */
 
 PyDoc_STRVAR(Book_events_doc,
-"events(clear=True, /) -> bytes\n--\n\n"
+"events($self, clear=True, /)\n--\n\n"
+"Returns bytes. "
 "The pending events as EVENT_DTYPE records (np.frombuffer(b, EVENT_DTYPE)).\n"
 "With clear=True (default) the pending buffer is emptied.");
 
@@ -1092,7 +1096,7 @@ static PyObject *Book_events(PyObject *self, PyObject *const *args, Py_ssize_t n
     return r;
 }
 
-PyDoc_STRVAR(Book_clear_events_doc, "clear_events() -> None\n--\n\nDrop the pending events.");
+PyDoc_STRVAR(Book_clear_events_doc, "clear_events($self)\n--\n\nReturns None. Drop the pending events.");
 
 static PyObject *Book_clear_events(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -1108,14 +1112,14 @@ static PyObject *level_price_or_none(const Core *b, int64_t i)
     return PyLong_FromLongLong(b->min_tick + i);
 }
 
-PyDoc_STRVAR(Book_best_bid_doc, "best_bid() -> int | None\n--\n\nBest bid price in ticks.");
+PyDoc_STRVAR(Book_best_bid_doc, "best_bid($self)\n--\n\nReturns int | None. Best bid price in ticks.");
 static PyObject *Book_best_bid(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     const Core *b = &((BookObject *)self)->core;
     return level_price_or_none(b, b->best_bid);
 }
 
-PyDoc_STRVAR(Book_best_ask_doc, "best_ask() -> int | None\n--\n\nBest ask price in ticks.");
+PyDoc_STRVAR(Book_best_ask_doc, "best_ask($self)\n--\n\nReturns int | None. Best ask price in ticks.");
 static PyObject *Book_best_ask(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     const Core *b = &((BookObject *)self)->core;
@@ -1142,7 +1146,8 @@ error:
 }
 
 PyDoc_STRVAR(Book_depth_doc,
-"depth(n, /) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]\n--\n\n"
+"depth($self, n, /)\n--\n\n"
+"Returns tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]. "
 "Aggregated depth: (bids, asks), each up to n levels best first as\n"
 "(price_ticks, total_lots, order_count).");
 
@@ -1192,7 +1197,8 @@ static unsigned __int128 gcd_u128(unsigned __int128 a, unsigned __int128 b)
 }
 
 PyDoc_STRVAR(Book_impact_price_doc,
-"impact_price(side, notional, /) -> tuple[int, int] | None\n--\n\n"
+"impact_price($self, side, notional, /)\n--\n\n"
+"Returns tuple[int, int] | None. "
 "Average execution price of a taker of `side` (BUY walks the asks, SELL the bids)\n"
 "spending `notional` (ticks*lots, > 0), with the last level taken fractionally.\n"
 "Returns the exact reduced fraction (numerator, denominator) in ticks, or None\n"
@@ -1242,7 +1248,8 @@ error:
 }
 
 PyDoc_STRVAR(Book_get_doc,
-"get(oid, /) -> tuple[int, int, int, int] | None\n--\n\n"
+"get($self, oid, /)\n--\n\n"
+"Returns tuple[int, int, int, int] | None. "
 "A resting order as (side, price_ticks, open_qty, owner), or None.");
 
 static PyObject *Book_get(PyObject *self, PyObject *arg)
@@ -1258,7 +1265,8 @@ static PyObject *Book_get(PyObject *self, PyObject *arg)
 }
 
 PyDoc_STRVAR(Book_snapshot_doc,
-"snapshot() -> bytes\n--\n\n"
+"snapshot($self)\n--\n\n"
+"Returns bytes. "
 "All resting orders as ORDER_DTYPE records in priority order: bids best to\n"
 "worst, then asks best to worst, FIFO within a level.");
 
@@ -1273,7 +1281,8 @@ static PyObject *Book_snapshot(PyObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(Book_restore_doc,
-"restore(snapshot, /) -> None\n--\n\n"
+"restore($self, snapshot, /)\n--\n\n"
+"Returns None. "
 "Replace the resting orders by those of a snapshot() buffer (ORDER_DTYPE\n"
 "records; FIFO order within a level is the order of the records). Raises\n"
 "ValueError on an invalid snapshot (bad side, qty, price outside the band,\n"
@@ -1342,7 +1351,7 @@ error:
     return result;
 }
 
-PyDoc_STRVAR(Book_clear_doc, "clear() -> None\n--\n\nRemove every resting order (no events).");
+PyDoc_STRVAR(Book_clear_doc, "clear($self)\n--\n\nReturns None. Remove every resting order (no events).");
 
 static PyObject *Book_clear(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -1351,7 +1360,8 @@ static PyObject *Book_clear(PyObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(Book_state_hash_doc,
-"state_hash() -> int\n--\n\n"
+"state_hash($self)\n--\n\n"
+"Returns int. "
 "64-bit hash of the resting orders in priority order (side, price, oid, owner,\n"
 "qty of each); equal books have equal hashes.");
 
@@ -1365,7 +1375,8 @@ static PyObject *Book_state_hash(PyObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(Book_validate_doc,
-"validate() -> None\n--\n\n"
+"validate($self)\n--\n\n"
+"Returns None. "
 "Check the internal invariants (level links, totals and counts, best prices,\n"
 "bitmaps, hash map, free list); raises BookInvariantError on the first failure.");
 
@@ -1380,7 +1391,7 @@ static PyObject *Book_validate(PyObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(Book_memory_doc,
-"memory_bytes() -> int\n--\n\nBytes allocated by the book (pool, hash, ladder, bitmaps, events).");
+"memory_bytes($self)\n--\n\nReturns int. Bytes allocated by the book (pool, hash, ladder, bitmaps, events).");
 
 static PyObject *Book_memory_bytes(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -1483,7 +1494,8 @@ static PyType_Spec Book_spec = {
 /* ---------------------------------------------------------------- module */
 
 PyDoc_STRVAR(layout_doc,
-"_layout() -> dict\n--\n\n"
+"_layout($module)\n--\n\n"
+"Returns dict. "
 "{record: (itemsize, {field: offset})} of the C records, for checking the numpy dtypes.");
 
 static PyObject *mod_layout(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
