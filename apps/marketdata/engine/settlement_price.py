@@ -177,7 +177,7 @@ class SettlementPriceCalculator:
             reason = (
                 "no valid sample in the window"
                 if not values
-                else f"only {len(values)} valid minutes, {self.min_valid_minutes} required"
+                else f"{len(values)} valid minute(s), {self.min_valid_minutes} required"
             )
             return SettlementPriceResult(
                 symbol=symbol,
