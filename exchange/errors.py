@@ -32,6 +32,7 @@ class ErrorCode(IntEnum):
     INVALID_ASSET = -4003
     AMOUNT_MUST_BE_POSITIVE = -4004
     DUPLICATE_REQUEST = -4015
+    CLIENT_ORDER_ID_DUPLICATED = -4116
 
 
 class ExchangeError(Exception):

@@ -46,6 +46,7 @@ class ContractAdmin(admin.ModelAdmin):
         (None, {"fields": ("symbol", "contract_type", "status", "base_asset", "quote_asset", "settle_asset", "onboard_time")}),
         ("Grid and limits", {"fields": (
             "contract_size", "tick_size", "lot_size", "min_qty", "max_qty", "market_max_qty", "min_notional",
+            "min_price", "max_price",
             "price_precision", "quantity_precision", "max_open_orders",
             "percent_price_up", "percent_price_down", "market_max_deviation",
         )}),

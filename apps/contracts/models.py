@@ -49,6 +49,9 @@ class Contract(models.Model):
     max_qty = MoneyField(default=Decimal("1000"))
     market_max_qty = MoneyField(default=Decimal("120"))
     min_notional = MoneyField(default=Decimal("5"))
+    # PRICE_FILTER bounds; also the matcher's price band (in ticks).
+    min_price = MoneyField(default=Decimal("0.1"))
+    max_price = MoneyField(default=Decimal("1000000"))
     price_precision = models.PositiveSmallIntegerField(default=1)
     quantity_precision = models.PositiveSmallIntegerField(default=3)
     max_open_orders = models.PositiveIntegerField(default=200)
@@ -92,6 +95,9 @@ class Contract(models.Model):
             models.CheckConstraint(condition=Q(max_qty__gte=F("min_qty")), name="contract_max_qty_ge_min"),
             models.CheckConstraint(condition=Q(market_max_qty__gte=F("min_qty")), name="contract_market_max_ge_min"),
             models.CheckConstraint(condition=Q(min_notional__gte=0), name="contract_min_notional_non_negative"),
+            models.CheckConstraint(
+                condition=Q(min_price__gte=F("tick_size"), max_price__gt=F("min_price")), name="contract_price_bounds"
+            ),
             models.CheckConstraint(condition=Q(max_leverage__gte=1, max_leverage__lte=200), name="contract_leverage_range"),
             models.CheckConstraint(
                 condition=Q(maker_fee_rate__gte=Decimal("-0.01"), maker_fee_rate__lte=Decimal("0.01")),

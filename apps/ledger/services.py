@@ -251,6 +251,22 @@ def account_get_or_create(*, kind: str, user=None, contract=None) -> Account:
     return account
 
 
+def accounts_for_users(*, kind: str, user_ids, contract=None) -> dict[int, int]:
+    """Account ids of a kind for many users at once (created when missing): user id -> account id."""
+    user_ids = sorted(set(user_ids))
+    if not user_ids:
+        return {}
+    rows = Account.objects.filter(kind=kind, contract=contract, user_id__in=user_ids)
+    found = dict(rows.values_list("user_id", "pk"))
+    missing = [u for u in user_ids if u not in found]
+    if missing:
+        Account.objects.bulk_create(
+            [Account(kind=kind, user_id=u, contract=contract) for u in missing], ignore_conflicts=True
+        )
+        found = dict(rows.values_list("user_id", "pk"))
+    return found
+
+
 def system_account(kind: str) -> Account:
     return account_get_or_create(kind=kind)
 

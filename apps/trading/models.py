@@ -46,6 +46,13 @@ class OrderStatus(models.TextChoices):
     REJECTED = "REJECTED"
 
 
+class StpMode(models.TextChoices):
+    NONE = "NONE"
+    EXPIRE_TAKER = "EXPIRE_TAKER"
+    EXPIRE_MAKER = "EXPIRE_MAKER"
+    EXPIRE_BOTH = "EXPIRE_BOTH"
+
+
 OPEN_STATUSES = (OrderStatus.PENDING_NEW, OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
 
 
@@ -63,8 +70,14 @@ class Order(models.Model):
     cum_quote = MoneyField(default=Decimal("0"))
     reduce_only = models.BooleanField(default=False)
     status = models.CharField(max_length=16, choices=OrderStatus.choices, default=OrderStatus.PENDING_NEW)
-    # Initial margin plus worst-case fee held in the user's ORDER_MARGIN account.
+    # Initial margin plus worst-case fee still held in the user's ORDER_MARGIN account
+    # for the open quantity; released as the order fills or closes.
     margin_held = MoneyField(default=Decimal("0"))
+    leverage = models.PositiveSmallIntegerField(default=20)
+    stp_mode = models.CharField(max_length=16, choices=StpMode.choices, default=StpMode.EXPIRE_TAKER)
+    # Book priority assigned by the matcher when the order rests (its processing order);
+    # the book is rebuilt from resting orders in this order.
+    priority = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -87,6 +100,48 @@ class Order(models.Model):
         return f"#{self.pk} {self.side} {self.quantity} {self.contract.symbol}"
 
 
+class CommandKind(models.TextChoices):
+    NEW = "NEW"
+    CANCEL = "CANCEL"
+    AMEND = "AMEND"
+
+
+class CommandStatus(models.TextChoices):
+    PENDING = "PENDING"
+    DONE = "DONE"
+
+
+class OrderCommand(models.Model):
+    """The journal: every accepted command, persisted before it is acknowledged.
+
+    `seq` (a bigserial) orders the commands; the matcher of the contract processes the
+    PENDING ones in `seq` order and marks them DONE in the same transaction that books
+    their results, so a crash replays exactly the unfinished ones.
+    """
+
+    seq = models.BigAutoField(primary_key=True)
+    contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=8, choices=CommandKind.choices)
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="commands")
+    # AMEND: the new price (null keeps it) and the new total quantity.
+    price = MoneyField(null=True, blank=True)
+    quantity = MoneyField(null=True, blank=True)
+    status = models.CharField(max_length=8, choices=CommandStatus.choices, default=CommandStatus.PENDING)
+    created_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["seq"]
+        indexes = [
+            models.Index(
+                fields=["contract", "seq"], condition=Q(status="PENDING"), name="command_pending_by_contract"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.kind} order {self.order_id}"
+
+
 class Trade(models.Model):
     contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="trades")
     price = MoneyField()
@@ -96,6 +151,10 @@ class Trade(models.Model):
     taker_side = models.CharField(max_length=4, choices=Side.choices)
     taker_fee = MoneyField(default=Decimal("0"))
     maker_fee = MoneyField(default=Decimal("0"))
+    taker_realized_pnl = MoneyField(default=Decimal("0"))
+    maker_realized_pnl = MoneyField(default=Decimal("0"))
+    # The journal command whose processing produced this fill.
+    command_seq = models.BigIntegerField()
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

@@ -1,0 +1,198 @@
+"""The fill-booking service: one matcher batch into positions and the ledger.
+
+Called by the matcher inside the batch's database transaction. For every fill, in
+order, both sides' positions are netted (`netting.net_fill`), maker and taker fees
+are charged, realized PnL is booked against the PnL clearing account, and for
+isolated positions the opened part's initial margin moves into the position's
+isolated-margin account (and a proportional part moves back when it is reduced).
+Order margin released by the matcher returns to the wallet.
+
+Everything is netted per account into ONE balanced ledger transaction per batch (the
+Trade rows carry each fill's fees and PnL for audit), positions are written with one
+UPDATE, and a wallet that a loss would take below zero is topped up from the
+insurance fund and then the bad-debt account, so a batch can always be booked and no
+user wallet goes negative except by recorded bad debt.
+"""
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db import connection
+
+from apps.ledger.models import AccountKind, Balance, TransactionKind
+from apps.ledger.money import quantize_amount
+from apps.ledger.services import Leg, Posting, accounts_for_users, ledger_post_many, system_account
+
+from .models import MarginType, Position
+from .netting import net_fill
+
+
+@dataclass(frozen=True)
+class Fill:
+    taker_user_id: int
+    maker_user_id: int
+    taker_is_buyer: bool
+    price: Decimal
+    quantity: Decimal
+
+
+@dataclass(frozen=True)
+class BookedFill:
+    taker_fee: Decimal
+    maker_fee: Decimal
+    taker_realized_pnl: Decimal
+    maker_realized_pnl: Decimal
+
+
+@dataclass
+class _PositionState:
+    row: Position
+    size: Decimal
+    entry_price: Decimal
+    realized: Decimal = Decimal(0)
+    isolated_balance: Decimal = Decimal(0)
+
+
+@dataclass
+class BatchBooking:
+    fills: list[BookedFill] = field(default_factory=list)
+    ledger_transaction_id: int | None = None
+
+
+def _ensure_positions(contract, user_ids: set[int]) -> dict[int, Position]:
+    existing = {p.user_id: p for p in Position.objects.filter(contract=contract, user_id__in=user_ids)}
+    missing = [Position(user_id=u, contract=contract) for u in user_ids if u not in existing]
+    if missing:
+        Position.objects.bulk_create(missing, ignore_conflicts=True)
+        existing = {p.user_id: p for p in Position.objects.filter(contract=contract, user_id__in=user_ids)}
+    return existing
+
+
+def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], reference: dict) -> BatchBooking:
+    """Book a batch: `fills` in execution order, `releases` = order margin returned per user id."""
+    asset = contract.settle_asset
+    precision = asset.precision
+    cs = contract.contract_size
+    user_ids = {f.taker_user_id for f in fills} | {f.maker_user_id for f in fills} | set(releases)
+    if not user_ids:
+        return BatchBooking()
+    positions = _ensure_positions(contract, user_ids)
+    isolated_users = {u for u, p in positions.items() if p.margin_type == MarginType.ISOLATED}
+    wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=user_ids)
+    order_margin = accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=user_ids)
+    isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=isolated_users, contract=contract)
+    current = dict(
+        Balance.objects.filter(account_id__in=[*wallets.values(), *isolated.values()], asset=asset).values_list(
+            "account_id", "amount"
+        )
+    )
+    states = {
+        u: _PositionState(row=p, size=p.size, entry_price=p.entry_price,
+                          isolated_balance=current.get(isolated.get(u), Decimal(0)))
+        for u, p in positions.items()
+    }
+
+    delta: dict[int, Decimal] = defaultdict(Decimal)  # account id -> amount
+    fee_income = Decimal(0)
+    pnl_clearing = Decimal(0)
+    booking = BatchBooking()
+
+    def apply(user_id: int, signed_qty: Decimal, price: Decimal, fee_rate: Decimal) -> tuple[Decimal, Decimal]:
+        state = states[user_id]
+        before = state.size
+        result = net_fill(size=state.size, entry_price=state.entry_price, signed_qty=signed_qty, price=price,
+                          contract_size=cs)
+        realized = quantize_amount(result.realized_pnl, precision)
+        fee = quantize_amount(abs(signed_qty) * price * cs * fee_rate, precision)
+        state.size, state.entry_price = result.size, result.entry_price
+        state.realized += realized
+        wallet = wallets[user_id]
+        delta[wallet] += realized - fee
+        if user_id in isolated_users:
+            iso = isolated[user_id]
+            if result.closed:
+                back = state.isolated_balance if result.size == 0 or (before > 0) != (result.size > 0) else \
+                    quantize_amount(state.isolated_balance * result.closed / abs(before), precision)
+                state.isolated_balance -= back
+                delta[iso] -= back
+                delta[wallet] += back
+            if result.opened:
+                im = quantize_amount(result.opened * price * cs / Decimal(state.row.leverage), precision)
+                state.isolated_balance += im
+                delta[iso] += im
+                delta[wallet] -= im
+        return fee, realized
+
+    for fill in fills:
+        taker_qty = fill.quantity if fill.taker_is_buyer else -fill.quantity
+        taker_fee, taker_pnl = apply(fill.taker_user_id, taker_qty, fill.price, contract.taker_fee_rate)
+        maker_fee, maker_pnl = apply(fill.maker_user_id, -taker_qty, fill.price, contract.maker_fee_rate)
+        fee_income += taker_fee + maker_fee
+        pnl_clearing -= taker_pnl + maker_pnl
+        booking.fills.append(BookedFill(taker_fee, maker_fee, taker_pnl, maker_pnl))
+
+    for user_id, amount in releases.items():
+        if amount:
+            delta[order_margin[user_id]] -= amount
+            delta[wallets[user_id]] += amount
+
+    legs = [Leg(account_id, asset, amount) for account_id, amount in sorted(delta.items()) if amount]
+    if fee_income:
+        legs.append(Leg(system_account(AccountKind.FEE_INCOME), asset, fee_income))
+    if pnl_clearing:
+        legs.append(Leg(system_account(AccountKind.PNL_CLEARING), asset, pnl_clearing))
+    legs.extend(_deficit_cover(wallets, delta, current, asset))
+    if legs:
+        booking.ledger_transaction_id = ledger_post_many(
+            postings=[Posting(kind=TransactionKind.TRADE, legs=legs, reference=reference)]
+        )[0].pk
+    _write_positions(states.values())
+    return booking
+
+
+def _deficit_cover(wallets: dict[int, int], delta: dict[int, Decimal], current: dict[int, Decimal], asset) -> list[Leg]:
+    """Legs topping up wallets that would end below zero: insurance fund first, then bad debt."""
+    shortfalls = {
+        account: -(current.get(account, Decimal(0)) + delta.get(account, Decimal(0)))
+        for account in wallets.values()
+        if current.get(account, Decimal(0)) + delta.get(account, Decimal(0)) < 0
+    }
+    if not shortfalls:
+        return []
+    fund = system_account(AccountKind.INSURANCE_FUND)
+    fund_balance = Balance.objects.filter(account=fund, asset=asset).values_list("amount", flat=True).first() or Decimal(0)
+    legs: list[Leg] = []
+    from_fund = Decimal(0)
+    from_bad_debt = Decimal(0)
+    for account, missing in sorted(shortfalls.items()):
+        legs.append(Leg(account, asset, missing))
+        covered = min(missing, fund_balance - from_fund)
+        from_fund += covered
+        from_bad_debt += missing - covered
+    if from_fund:
+        legs.append(Leg(fund, asset, -from_fund))
+    if from_bad_debt:
+        legs.append(Leg(system_account(AccountKind.BAD_DEBT), asset, -from_bad_debt))
+    return legs
+
+
+def _write_positions(states) -> None:
+    changed = [s for s in states if s.size != s.row.size or s.entry_price != s.row.entry_price or s.realized]
+    if not changed:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE positions_position AS p
+            SET size = t.size, entry_price = t.entry_price, realized_pnl = p.realized_pnl + t.realized,
+                updated_at = now()
+            FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[]) AS t(id, size, entry_price, realized)
+            WHERE p.id = t.id
+            """,
+            [
+                [s.row.pk for s in changed],
+                [s.size for s in changed],
+                [s.entry_price for s in changed],
+                [s.realized for s in changed],
+            ],
+        )

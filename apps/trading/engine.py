@@ -1,0 +1,89 @@
+"""A contract's book in the C matcher and the conversions at its boundary.
+
+`SymbolEngine` owns one `matching_native.Book`: it rebuilds it from the resting
+orders in priority order, turns journal commands into the C command records (integer
+ticks and lots, exact), and hands back the events with, for each command, the range
+of events it produced.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from apps.contracts.grid import Grid
+from matching_native import COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, Book, Op, Side, Stp
+
+from .models import CommandKind, Order, OrderStatus, OrderType, Side as OrderSide, StpMode, TimeInForce
+
+OP_FOR_TIME_IN_FORCE = {
+    TimeInForce.GTC: Op.LIMIT,
+    TimeInForce.IOC: Op.IOC,
+    TimeInForce.FOK: Op.FOK,
+    TimeInForce.GTX: Op.POST_ONLY,
+}
+STP_CODES = {
+    StpMode.NONE: Stp.NONE,
+    StpMode.EXPIRE_TAKER: Stp.EXPIRE_TAKER,
+    StpMode.EXPIRE_MAKER: Stp.EXPIRE_MAKER,
+    StpMode.EXPIRE_BOTH: Stp.EXPIRE_BOTH,
+}
+SIDE_CODES = {OrderSide.BUY: Side.BUY, OrderSide.SELL: Side.SELL}
+RESTING_STATUSES = (OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
+
+
+@dataclass
+class EngineRun:
+    events: np.ndarray  # EVENT_DTYPE
+    offsets: np.ndarray  # command i produced events[offsets[i]:offsets[i + 1]]
+
+
+class SymbolEngine:
+    def __init__(self, contract):
+        self.contract = contract
+        self.grid = Grid.of(contract)
+        self.book = Book(self.grid.ticks(contract.min_price), self.grid.ticks(contract.max_price), 1 << 16)
+        self.next_priority = 1
+
+    def rebuild(self) -> int:
+        """Load the resting orders of the contract into an empty book, in priority order."""
+        rows = list(
+            Order.objects.filter(contract=self.contract, status__in=RESTING_STATUSES, priority__isnull=False)
+            .order_by("priority")
+            .values_list("pk", "user_id", "price", "quantity", "executed_qty", "side", "priority")
+        )
+        snapshot = np.zeros(len(rows), ORDER_DTYPE)
+        for i, (pk, user_id, price, quantity, executed, side, _) in enumerate(rows):
+            snapshot[i] = (pk, user_id, self.grid.ticks(price), self.grid.lots(quantity - executed), SIDE_CODES[side])
+        self.book.clear()
+        self.book.restore(snapshot.tobytes())
+        self.book.events()
+        self.next_priority = (rows[-1][6] + 1) if rows else 1
+        return len(rows)
+
+    def command_records(self, commands) -> np.ndarray:
+        """C command records for journal commands (each with its `order` loaded)."""
+        records = np.zeros(len(commands), COMMAND_DTYPE)
+        grid = self.grid
+        for i, command in enumerate(commands):
+            order = command.order
+            if command.kind == CommandKind.NEW:
+                op = Op.MARKET if order.order_type == OrderType.MARKET else OP_FOR_TIME_IN_FORCE[order.time_in_force]
+                records[i] = (op, SIDE_CODES[order.side], STP_CODES[order.stp_mode], order.pk, order.user_id,
+                              grid.ticks(order.price), grid.lots(order.quantity - order.executed_qty))
+            elif command.kind == CommandKind.CANCEL:
+                records[i] = (Op.CANCEL, 0, 0, order.pk, order.user_id, 0, 0)
+            else:
+                new_price = grid.ticks(command.price) if command.price is not None else 0
+                records[i] = (Op.AMEND, 0, 0, order.pk, order.user_id, new_price,
+                              grid.lots(command.quantity - order.executed_qty))
+        return records
+
+    def execute(self, records: np.ndarray) -> EngineRun:
+        offsets = np.zeros(len(records) + 1, np.int64)
+        self.book.execute(records, offsets)
+        events = np.frombuffer(self.book.events(), dtype=EVENT_DTYPE)
+        return EngineRun(events=events, offsets=offsets)
+
+    def take_priority(self) -> int:
+        priority = self.next_priority
+        self.next_priority += 1
+        return priority

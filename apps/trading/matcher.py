@@ -1,0 +1,155 @@
+"""The matcher worker: leases, the batch loop, heartbeats and metrics.
+
+One process serves a group of symbols. For each it holds a lease — a session-level
+PostgreSQL advisory lock, released by the server when the process or its connection
+dies — so exactly one matcher writes a symbol's book, orders, trades and positions.
+A second process for the same symbols waits as a standby, retrying the locks, and
+takes over within a poll interval of the leader's death: it rebuilds the book from
+the database and continues with the pending commands.
+"""
+import logging
+import os
+import signal
+import time
+
+from django.conf import settings
+from django.db import connection
+from prometheus_client import Counter, Gauge, Histogram
+
+from apps.contracts.models import Contract, ContractStatus
+from apps.ops.health import heartbeat_record
+from exchange.redis import get_redis
+
+from .doorbell import CHANNEL as DOORBELL_CHANNEL
+from .engine import SymbolEngine
+from .matching import batch_process
+
+logger = logging.getLogger(__name__)
+LEASE_NAMESPACE = 0x4D41  # "MA": first key of the two-int advisory lock
+HEARTBEAT_EVERY = 1.0
+LEASE_RETRY_SECONDS = 0.5
+
+COMMANDS = Counter("matcher_commands_total", "Journal commands processed", ["symbol"])
+TRADES = Counter("matcher_trades_total", "Trades produced", ["symbol"])
+BATCH_SECONDS = Histogram(
+    "matcher_batch_seconds", "Time to match and book one batch", ["symbol"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+LEASES = Gauge("matcher_leases_held", "Symbols whose lease this process holds")
+
+
+def lease_try(contract_id: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [LEASE_NAMESPACE, contract_id])
+        return bool(cursor.fetchone()[0])
+
+
+class Matcher:
+    def __init__(self, symbols: list[str] | None, *, batch_size: int = 2000, poll_seconds: float = 0.2):
+        self.symbols = symbols
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.engines: dict[str, SymbolEngine] = {}
+        self.stopping = False
+        self._last_heartbeat = 0.0
+        self._last_lease_attempt = -LEASE_RETRY_SECONDS
+
+    def contracts(self) -> list[Contract]:
+        """The group's contracts; with no explicit symbols, every contract that is not settled."""
+        rows = Contract.objects.select_related("settle_asset")
+        if self.symbols is None:
+            return list(rows.exclude(status__in=(ContractStatus.SETTLED, ContractStatus.PENDING)))
+        found = list(rows.filter(symbol__in=self.symbols))
+        missing = set(self.symbols) - {c.symbol for c in found}
+        if missing:
+            raise SystemExit(f"unknown symbol(s): {', '.join(sorted(missing))}")
+        return found
+
+    def acquire_leases(self) -> None:
+        for contract in self.contracts():
+            if contract.symbol in self.engines or not lease_try(contract.pk):
+                continue
+            engine = SymbolEngine(contract)
+            resting = engine.rebuild()
+            self.engines[contract.symbol] = engine
+            logger.info("lease on %s acquired; book rebuilt with %d resting orders", contract.symbol, resting)
+        LEASES.set(len(self.engines))
+
+    def step(self) -> int:
+        """Process one batch per held symbol; returns the number of commands processed."""
+        processed = 0
+        for symbol, engine in self.engines.items():
+            try:
+                result = batch_process(engine, limit=self.batch_size)
+            except Exception:
+                logger.exception("batch for %s failed; rebuilding the book from the database", symbol)
+                connection.close()
+                engine.rebuild()
+                continue
+            if result is None:
+                continue
+            processed += result.commands
+            COMMANDS.labels(symbol).inc(result.commands)
+            TRADES.labels(symbol).inc(len(result.trades))
+            BATCH_SECONDS.labels(symbol).observe(result.seconds)
+        return processed
+
+    def heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat < HEARTBEAT_EVERY:
+            return
+        self._last_heartbeat = now
+        try:
+            for symbol in self.engines:
+                heartbeat_record(f"matcher:{symbol}")
+        except Exception:
+            logger.warning("heartbeat not recorded", exc_info=True)
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        pubsub = self._subscribe()
+        logger.info("matcher for %s started (pid %d)", ",".join(self.symbols or ["all contracts"]), os.getpid())
+        while not self.stopping:
+            if self.symbols is None or len(self.engines) < len(self.symbols):
+                self._maybe_acquire()
+            processed = self.step() if self.engines else 0
+            self.heartbeat()
+            if processed == 0:
+                self._wait(pubsub)
+        logger.info("matcher stopping")
+
+    def _maybe_acquire(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lease_attempt >= LEASE_RETRY_SECONDS:
+            self._last_lease_attempt = now
+            self.acquire_leases()
+
+    def _stop(self, *_):
+        self.stopping = True
+
+    def _subscribe(self):
+        try:
+            pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(DOORBELL_CHANNEL)
+            return pubsub
+        except Exception:
+            logger.warning("doorbell unavailable; polling only", exc_info=True)
+            return None
+
+    def _wait(self, pubsub) -> None:
+        if pubsub is None:
+            time.sleep(self.poll_seconds)
+            return
+        try:
+            pubsub.get_message(timeout=self.poll_seconds)
+        except Exception:
+            time.sleep(self.poll_seconds)
+
+
+def pin_cpu() -> None:
+    """Optional (MATCHER_CPU): pin this single-threaded process to one core."""
+    cpu = getattr(settings, "MATCHER_CPU", None)
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(cpu)})
+        logger.info("matcher pinned to CPU %s", cpu)

@@ -1,0 +1,199 @@
+"""One matcher batch: pending journal commands → C book → one booked transaction.
+
+`batch_process` reads the contract's PENDING commands in `seq` order, matches them in
+the C book, and in ONE database transaction inserts the trades, updates the orders,
+books fills and released margin through `apps.positions.booking.fills_book`, and marks
+the commands DONE. If anything fails the transaction rolls back and the caller
+rebuilds the book from the database, so the batch replays with the same result.
+Events go out to Redis only after commit.
+"""
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db import connection, transaction
+from django.db.models.functions import Now
+
+from apps.positions.booking import Fill, fills_book
+from matching_native import EventKind, Flag, Reason
+
+from exchange.redis import get_redis
+
+from .engine import SymbolEngine
+from .margin import hold_release, order_hold
+from .models import CommandKind, CommandStatus, Order, OrderCommand, OrderStatus, Side, Trade
+
+logger = logging.getLogger(__name__)
+EVENTS_CHANNEL = "events:{symbol}"
+
+
+@dataclass
+class _OrderState:
+    row: dict
+    open_qty: Decimal
+    held: Decimal
+    executed: Decimal
+    cum_quote: Decimal
+    status: str
+    priority: int | None
+    quantity: Decimal
+    price: Decimal | None
+    changed: bool = False
+
+
+@dataclass
+class BatchResult:
+    commands: int
+    trades: list = field(default_factory=list)
+    order_updates: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+ORDER_FIELDS = ("pk", "user_id", "side", "price", "quantity", "executed_qty", "cum_quote", "margin_held",
+                "status", "priority", "leverage", "reduce_only")
+
+
+def _load_orders(ids) -> dict[int, _OrderState]:
+    states = {}
+    for row in Order.objects.filter(pk__in=ids).values(*ORDER_FIELDS):
+        states[row["pk"]] = _OrderState(
+            row=row, open_qty=row["quantity"] - row["executed_qty"], held=row["margin_held"],
+            executed=row["executed_qty"], cum_quote=row["cum_quote"], status=row["status"],
+            priority=row["priority"], quantity=row["quantity"], price=row["price"],
+        )
+    return states
+
+
+def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | None:
+    contract = engine.contract
+    started = time.perf_counter()
+    with transaction.atomic(durable=True):
+        commands = list(
+            OrderCommand.objects.filter(contract=contract, status=CommandStatus.PENDING)
+            .select_related("order")
+            .order_by("seq")[:limit]
+        )
+        if not commands:
+            return None
+        run = engine.execute(engine.command_records(commands))
+        events = run.events
+        ids = {c.order_id for c in commands}
+        ids.update(int(x) for x in events["maker_oid"][events["kind"] == EventKind.FILL])
+        orders = _load_orders(ids)
+        grid, precision, cs = engine.grid, contract.settle_asset.precision, contract.contract_size
+
+        fills: list[Fill] = []
+        trade_rows: list[Trade] = []
+        releases: dict[int, Decimal] = defaultdict(Decimal)
+
+        def fill_side(state: _OrderState, qty: Decimal, price: Decimal) -> None:
+            release = hold_release(held=state.held, open_qty=state.open_qty, filled_qty=qty, precision=precision)
+            state.held -= release
+            releases[state.row["user_id"]] += release
+            state.open_qty -= qty
+            state.executed += qty
+            state.cum_quote += qty * price * cs
+            state.status = OrderStatus.FILLED if state.open_qty == 0 else OrderStatus.PARTIALLY_FILLED
+            state.changed = True
+
+        def close(state: _OrderState, status: str) -> None:
+            releases[state.row["user_id"]] += state.held
+            state.held = Decimal(0)
+            state.status = status
+            state.changed = True
+
+        for index, command in enumerate(commands):
+            for event in events[run.offsets[index]:run.offsets[index + 1]]:
+                kind = event["kind"]
+                state = orders.get(int(event["oid"]))
+                if kind == EventKind.FILL:
+                    maker = orders[int(event["maker_oid"])]
+                    qty, price = grid.quantity(int(event["qty"])), grid.price(int(event["price"]))
+                    fill_side(state, qty, price)
+                    fill_side(maker, qty, price)
+                    fills.append(Fill(taker_user_id=state.row["user_id"], maker_user_id=maker.row["user_id"],
+                                      taker_is_buyer=state.row["side"] == Side.BUY, price=price, quantity=qty))
+                    trade_rows.append(Trade(contract=contract, price=price, quantity=qty, taker_order_id=state.row["pk"],
+                                            maker_order_id=maker.row["pk"], taker_side=state.row["side"],
+                                            command_seq=command.seq))
+                elif kind == EventKind.RESTED:
+                    state.priority = engine.take_priority()
+                    if state.status == OrderStatus.PENDING_NEW:
+                        state.status = OrderStatus.NEW
+                    state.changed = True
+                elif kind == EventKind.CANCELLED:
+                    close(state, OrderStatus.CANCELED if event["reason"] == Reason.USER_CANCEL else OrderStatus.EXPIRED)
+                elif kind == EventKind.AMENDED:
+                    state.open_qty = grid.quantity(int(event["qty"]))
+                    state.price = grid.price(int(event["price"]))
+                    state.quantity = state.executed + state.open_qty
+                    if not event["flags"] & Flag.PRIORITY_KEPT:
+                        state.priority = engine.take_priority()
+                    required = order_hold(quantity=state.open_qty, price=state.price, contract=contract,
+                                          leverage=state.row["leverage"], reduce_only=state.row["reduce_only"])
+                    if state.held > required:
+                        releases[state.row["user_id"]] += state.held - required
+                        state.held = required
+                    state.changed = True
+                elif kind == EventKind.REJECTED and command.kind == CommandKind.NEW and state is not None:
+                    close(state, OrderStatus.REJECTED)
+
+        booking = fills_book(contract=contract, fills=fills, releases=dict(releases),
+                             reference={"symbol": contract.symbol, "first_seq": commands[0].seq,
+                                        "last_seq": commands[-1].seq})
+        for trade, booked in zip(trade_rows, booking.fills):
+            trade.taker_fee, trade.maker_fee = booked.taker_fee, booked.maker_fee
+            trade.taker_realized_pnl, trade.maker_realized_pnl = booked.taker_realized_pnl, booked.maker_realized_pnl
+        Trade.objects.bulk_create(trade_rows)
+        changed = [s for s in orders.values() if s.changed]
+        _write_orders(changed)
+        OrderCommand.objects.filter(seq__in=[c.seq for c in commands]).update(
+            status=CommandStatus.DONE, processed_at=Now()
+        )
+        result = BatchResult(
+            commands=len(commands),
+            trades=[(t.pk, str(t.price), str(t.quantity), t.taker_side) for t in trade_rows],
+            order_updates=[(s.row["pk"], s.row["user_id"], s.status, str(s.executed)) for s in changed],
+        )
+        transaction.on_commit(lambda: _publish(contract.symbol, result))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _write_orders(states: list[_OrderState]) -> None:
+    if not states:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE trading_order AS o
+            SET status = t.status, executed_qty = t.executed, cum_quote = t.cum_quote, margin_held = t.held,
+                priority = t.priority, quantity = t.quantity, price = t.price, updated_at = now()
+            FROM unnest(%s::bigint[], %s::text[], %s::numeric[], %s::numeric[], %s::numeric[], %s::bigint[],
+                        %s::numeric[], %s::numeric[])
+                 AS t(id, status, executed, cum_quote, held, priority, quantity, price)
+            WHERE o.id = t.id
+            """,
+            [
+                [s.row["pk"] for s in states],
+                [s.status for s in states],
+                [s.executed for s in states],
+                [s.cum_quote for s in states],
+                [s.held for s in states],
+                [s.priority for s in states],
+                [s.quantity for s in states],
+                [s.price for s in states],
+            ],
+        )
+
+
+def _publish(symbol: str, result: BatchResult) -> None:
+    """Fan out to websocket groups; a lost publish loses no data (clients re-read over REST)."""
+    try:
+        payload = {"trades": result.trades, "orders": result.order_updates}
+        get_redis().publish(EVENTS_CHANNEL.format(symbol=symbol), json.dumps(payload))
+    except Exception:
+        logger.warning("event publish for %s failed", symbol, exc_info=True)

@@ -1,0 +1,137 @@
+"""Order entry → journal → C book → one booked batch: positions, fees, margin, invariants."""
+from decimal import Decimal
+
+import pytest
+
+from apps.ledger.models import AccountKind, Balance, LedgerTransaction
+from apps.ledger.selectors import balance_amount
+from apps.ledger.services import account_get_or_create, system_account
+from apps.ops.invariants import run_all_invariants
+from apps.positions.models import MarginType, Position
+from apps.trading.engine import SymbolEngine
+from apps.trading.errors import BadPrecision, MarginInsufficient, OrderRejected
+from apps.trading.matching import batch_process
+from apps.trading.models import CommandStatus, Order, OrderCommand, OrderStatus, Trade
+from apps.trading.services import order_cancel, order_place
+
+D = Decimal
+
+
+def wallet_of(user):
+    return balance_amount(account=account_get_or_create(kind=AccountKind.WALLET, user=user), asset_code="USDT")
+
+
+def held_of(user):
+    return balance_amount(account=account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=user), asset_code="USDT")
+
+
+def state():
+    return (Order.objects.count(), OrderCommand.objects.count(), LedgerTransaction.objects.count(),
+            sorted(Balance.objects.values_list("account_id", "amount")))
+
+
+def test_cross_trade_books_positions_fees_and_releases_margin(funded, btcusdt):
+    alice, bob = funded("alice"), funded("bob")
+    engine = SymbolEngine(btcusdt)
+    buy = order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.5"), price=D("50000"))
+    # hold = 0.5 × 50,000 × (1/20 + 0.0004) = 25,000 × 0.0504 = 1,260
+    assert buy.margin_held == D("1260") and held_of(alice) == D("1260") and wallet_of(alice) == D("98740")
+    order_place(user=bob, contract=btcusdt, side="SELL", quantity=D("0.2"), price=D("49990"))
+    result = batch_process(engine)
+    assert result.commands == 2 and len(result.trades) == 1
+
+    trade = Trade.objects.get()
+    assert (trade.price, trade.quantity, trade.taker_side) == (D("50000"), D("0.2"), "SELL")
+    # taker fee 0.2 × 50,000 × 0.04% = 4; maker fee 0.02% = 2
+    assert (trade.taker_fee, trade.maker_fee) == (D("4"), D("2"))
+    buy.refresh_from_db()
+    assert buy.status == OrderStatus.PARTIALLY_FILLED and buy.executed_qty == D("0.2")
+    # 0.2 of 0.5 filled: 2/5 of the 1,260 hold released
+    assert buy.margin_held == D("756") and held_of(alice) == D("756")
+    assert wallet_of(alice) == D("100000") - D("756") - D("2")
+    assert wallet_of(bob) == D("100000") - D("4")  # bob's IOC-like remainder: fully filled, hold released
+    assert held_of(bob) == 0
+    long, short = Position.objects.get(user=alice), Position.objects.get(user=bob)
+    assert (long.size, long.entry_price) == (D("0.2"), D("50000"))
+    assert (short.size, short.entry_price) == (D("-0.2"), D("50000"))
+    assert balance_amount(account=system_account(AccountKind.FEE_INCOME), asset_code="USDT") == D("6")
+    assert run_all_invariants() == []
+
+    order_cancel(user=alice, order_id=buy.pk)
+    batch_process(engine)
+    buy.refresh_from_db()
+    assert buy.status == OrderStatus.CANCELED and buy.margin_held == 0 and held_of(alice) == 0
+    assert wallet_of(alice) == D("99998")
+    assert OrderCommand.objects.filter(status=CommandStatus.PENDING).count() == 0
+    assert run_all_invariants() == []
+
+
+def test_reducing_realizes_pnl_against_clearing(funded, btcusdt):
+    alice, bob = funded("alice"), funded("bob")
+    engine = SymbolEngine(btcusdt)
+    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("1"), price=D("50000"))
+    order_place(user=bob, contract=btcusdt, side="SELL", quantity=D("1"), price=D("50000"))
+    batch_process(engine)
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("0.4"), price=D("51000"))
+    order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.4"), price=D("51000"))
+    batch_process(engine)
+    long, short = Position.objects.get(user=alice), Position.objects.get(user=bob)
+    assert (long.size, long.entry_price, long.realized_pnl) == (D("0.6"), D("50000"), D("400"))
+    assert (short.size, short.entry_price, short.realized_pnl) == (D("-0.6"), D("50000"), D("-400"))
+    # fees: trade 1 at 50,000: taker(bob) 20, maker(alice) 10; trade 2 at 51,000 × 0.4: taker(alice) 8.16, maker(bob) 4.08
+    assert wallet_of(alice) == D("100000") - 10 + 400 - D("8.16")
+    assert wallet_of(bob) == D("100000") - 20 - 400 - D("4.08")
+    assert balance_amount(account=system_account(AccountKind.PNL_CLEARING), asset_code="USDT") == 0
+    assert run_all_invariants() == []
+
+
+def test_isolated_position_moves_initial_margin(funded, btcusdt):
+    alice, bob = funded("alice"), funded("bob")
+    Position.objects.create(user=alice, contract=btcusdt, margin_type=MarginType.ISOLATED, leverage=10)
+    engine = SymbolEngine(btcusdt)
+    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("1"), price=D("30000"))
+    order_place(user=bob, contract=btcusdt, side="SELL", quantity=D("1"), price=D("30000"))
+    batch_process(engine)
+    isolated = account_get_or_create(kind=AccountKind.ISOLATED_MARGIN, user=alice, contract=btcusdt)
+    assert balance_amount(account=isolated, asset_code="USDT") == D("3000")  # 30,000 / 10
+    assert wallet_of(alice) == D("100000") - D("3000") - D("6")
+    order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.5"), price=D("30000"))
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("0.5"), price=D("30000"))
+    batch_process(engine)
+    assert balance_amount(account=isolated, asset_code="USDT") == D("1500")
+    assert run_all_invariants() == []
+
+
+def test_rebuilt_book_equals_the_live_book(funded, btcusdt):
+    alice, bob = funded("alice"), funded("bob")
+    engine = SymbolEngine(btcusdt)
+    for i in range(5):
+        order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.01"), price=D("49000") + i)
+        order_place(user=bob, contract=btcusdt, side="SELL", quantity=D("0.01"), price=D("51000") - i)
+    order_place(user=bob, contract=btcusdt, side="SELL", quantity=D("0.015"), price=D("49003"))
+    batch_process(engine)
+    rebuilt = SymbolEngine(btcusdt)
+    rebuilt.rebuild()
+    rebuilt.book.validate()
+    assert rebuilt.book.state_hash() == engine.book.state_hash()
+    assert rebuilt.next_priority == engine.next_priority
+
+
+def test_bad_orders_are_refused_and_persist_nothing(funded, btcusdt):
+    alice = funded("alice", D("100"))
+    before = state()
+    with pytest.raises(BadPrecision) as off_grid:
+        order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.01"), price=D("50000.05"))
+    assert off_grid.value.code == -1111
+    with pytest.raises(BadPrecision):
+        order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.0001"), price=D("50000"))
+    with pytest.raises(MarginInsufficient) as margin:
+        order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("1"), price=D("50000"))
+    assert margin.value.code == -2019
+    with pytest.raises(OrderRejected, match="notional"):
+        order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.001"), price=D("1000"))
+    with pytest.raises(OrderRejected, match="side"):
+        order_place(user=alice, contract=btcusdt, side="HOLD", quantity=D("0.01"), price=D("50000"))
+    with pytest.raises(OrderRejected, match="positive"):
+        order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("-1"), price=D("50000"))
+    assert state() == before
