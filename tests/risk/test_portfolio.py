@@ -319,12 +319,13 @@ def test_batch_var_equals_single_account_var_on_shared_scenarios():
     np.testing.assert_allclose(single_precision.var, res.var, rtol=1e-4)
 
 
-def test_batch_var_worker_processes_give_the_same_numbers():
+@pytest.mark.parametrize("start_method", [None, pytest.param("spawn", marks=pytest.mark.slow)])
+def test_batch_var_worker_processes_give_the_same_numbers(start_method):
     rng = np.random.default_rng(2)
     cov = np.diag(rng.uniform(0.02, 0.06, 4) ** 2)
     w = rng.normal(0, 1e4, (400, 4))
     one = batch_var(w, covariance=cov, paths=3000, chunk_size=50)
-    two = batch_var(w, covariance=cov, paths=3000, chunk_size=50, workers=2)
+    two = batch_var(w, covariance=cov, paths=3000, chunk_size=50, workers=2, start_method=start_method)
     assert len(two.worker_seconds) == 2
     np.testing.assert_allclose(two.var, one.var, rtol=1e-12)
     np.testing.assert_allclose(two.es, one.es, rtol=1e-12)
