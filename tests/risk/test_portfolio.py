@@ -344,3 +344,13 @@ def test_inputs_are_validated():
         batch_var(np.ones(3), covariance=[[1e-4]])
     with pytest.raises(ValueError):
         order_statistic_index(1.0, 100)
+
+
+def test_score_calibration_rescales_the_components():
+    from apps.risk.analytics.portfolio import ScoreCalibration
+
+    kw = dict(var_95_ratio=0.05, var_99_ratio=0.07, stress_loss_ratio=0.3, concentration=1.0)
+    seed = score_components(**kw)
+    assert seed == pytest.approx({"var_95": 50, "var_99": 70, "stress_loss": 100, "concentration": 100})
+    loose = score_components(**kw, calibration=ScoreCalibration(var_full_scale=0.5, stress_full_scale=1.0))
+    assert loose == pytest.approx({"var_95": 10, "var_99": 14, "stress_loss": 30, "concentration": 100})

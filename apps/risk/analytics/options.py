@@ -222,7 +222,8 @@ def _classify(price, S, K, T, r, is_call):
     """Vectorized pre-check: the status of every option before any root finding
     (OK means: inside the no-arbitrage bounds, still to be bracketed)."""
     status = np.full(price.shape, IVStatus.OK, dtype=np.int8)
-    valid = np.isfinite(price) & (S > 0) & (K > 0) & np.isfinite(S) & np.isfinite(K) & (T >= 0) & np.isfinite(T) & np.isfinite(r)
+    finite = np.isfinite(price) & np.isfinite(S) & np.isfinite(K) & np.isfinite(T) & np.isfinite(r)
+    valid = finite & (S > 0) & (K > 0) & (T >= 0)
     status[~valid] = IVStatus.INVALID_INPUT
     with np.errstate(invalid="ignore", over="ignore"):
         lower, upper = _bounds(S, K, T, r, is_call)

@@ -47,6 +47,7 @@ __all__ = [
     "StressScenario",
     "StressResult",
     "DEFAULT_STRESS_SCENARIOS",
+    "STRESS_CONFIDENCE",
     "Recommendation",
     "RiskAssessment",
     "BatchVarResult",
@@ -524,9 +525,15 @@ def risk_recommendations(
     if not has_positions:
         return ()
     if equity <= 0:
-        recs.append(Recommendation("NEGATIVE_EQUITY", "Account equity is not positive: deposit margin or close positions now."))
+        recs.append(
+            Recommendation("NEGATIVE_EQUITY", "Account equity is not positive: deposit margin or close positions now.")
+        )
     if level is RiskLevel.CRITICAL:
-        recs.append(Recommendation("REDUCE_ONLY", "Risk is CRITICAL: accept only orders that reduce exposure until the score falls."))
+        recs.append(
+            Recommendation(
+                "REDUCE_ONLY", "Risk is CRITICAL: accept only orders that reduce exposure until the score falls."
+            )
+        )
     if var_95_ratio >= 0.05:
         recs.append(
             Recommendation(
@@ -538,7 +545,8 @@ def risk_recommendations(
         recs.append(
             Recommendation(
                 "STRESS_LIQUIDATION",
-                f"Scenario {worst_scenario!r} loses {_pct(stress_loss_ratio)} of equity: the account would be liquidated; add margin or hedge.",
+                f"Scenario {worst_scenario!r} loses {_pct(stress_loss_ratio)} of equity: "
+                "the account would be liquidated; add margin or hedge.",
             )
         )
     elif stress_loss_ratio >= 0.2:
@@ -552,7 +560,8 @@ def risk_recommendations(
         recs.append(
             Recommendation(
                 "DIVERSIFY",
-                f"{largest_symbol} is {largest_share:.0%} of gross notional (concentration {concentration:.2f}): spread exposure across symbols.",
+                f"{largest_symbol} is {largest_share:.0%} of gross notional "
+                f"(concentration {concentration:.2f}): spread exposure across symbols.",
             )
         )
     return tuple(recs)
@@ -787,9 +796,10 @@ def batch_var(
     same scenarios. P&L = notional_chunk @ scenariosᵀ, ``chunk_size`` accounts at a
     time (peak extra memory ≈ chunk_size × paths × itemsize), quantiles by
     `np.partition`. ``workers`` > 1 splits the accounts into that many contiguous
-    blocks computed in worker processes (``start_method`` as in multiprocessing;
-    default the platform's), each with a single-threaded BLAS. ``dtype=np.float32`` halves memory traffic at a relative
-    precision of about 1e-7.
+    blocks computed in worker processes, each with a single-threaded BLAS
+    (``start_method`` as in multiprocessing, default the platform's; a book smaller
+    than two chunks stays in-process). ``dtype=np.float32`` halves memory traffic at
+    a relative precision of about 1e-7.
     """
     w = np.asarray(notional, dtype=np.float64)
     if w.ndim != 2:
@@ -815,7 +825,9 @@ def batch_var(
 
     blocks = np.array_split(w, workers)
     ctx = get_context(start_method) if start_method else None
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_limit_blas_threads, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_limit_blas_threads, initargs=(1,)
+    ) as pool:
         futures = [pool.submit(_batch_block, b, scen_t, confidences, chunk_size) for b in blocks]
         parts = [f.result() for f in futures]
     var = np.concatenate([p[0] for p in parts])

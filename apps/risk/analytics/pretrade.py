@@ -46,7 +46,11 @@ RISK_TOO_HIGH_EN = "risk too high"
 
 DEFAULT_MAX_LEVEL = RiskLevel.HIGH
 """Highest level an order may lead to (the seed's RiskLevel.ACCEPTABLE is not
-defined; only CRITICAL is refused by default)."""
+defined; only CRITICAL is refused by default). Mind the calibration: with the seed's
+normalization (VaR of 10% of equity and a stress loss of 20% score 100) a
+single-symbol account at 4% daily volatility is CRITICAL from about 0.7× effective
+leverage, so pass a `ScoreCalibration` suited to the leverage the product allows
+before using this as a hard gate."""
 
 
 @dataclass(frozen=True)
