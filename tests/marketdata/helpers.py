@@ -14,7 +14,9 @@ SAMPLE = Path(__file__).resolve().parents[2] / "apps" / "marketdata" / "samples"
 SAMPLE_T0 = 1_717_200_000_000  # 2024-06-01T00:00:00Z
 
 
-def q(venue: str, price, volume="1000", *, ts: int = 1_000_000, symbol: str = "BTCUSDT", bid=None, ask=None) -> VenueQuote:
+def q(
+    venue: str, price, volume="1000", *, ts: int = 1_000_000, symbol: str = "BTCUSDT", bid=None, ask=None
+) -> VenueQuote:
     """Terse quote constructor for hand examples (strings become Decimals)."""
     return VenueQuote(venue, symbol, Decimal(str(price)), Decimal(str(volume)), bid, ask, ts)
 

@@ -69,7 +69,11 @@ def test_no_basis_means_mark_equals_index():
 
 @pytest.mark.parametrize(
     ("contract", "expected", "clamped"),
-    [(Decimal(1080), Decimal("1050.0"), True), (Decimal(920), Decimal("950.0"), True), (Decimal(1049), Decimal("1049.0"), False)],
+    [
+        (Decimal(1080), Decimal("1050.0"), True),
+        (Decimal(920), Decimal("950.0"), True),
+        (Decimal(1049), Decimal("1049.0"), False),
+    ],
 )
 def test_mark_is_clamped_to_five_percent_of_index(contract, expected, clamped):
     result = MarkCalculator(tick=TICK).compute("X", index=Decimal(1000), contract_price=contract, now=T)
@@ -188,3 +192,52 @@ def test_fresh_mark_stays_within_five_percent_of_index(index, tick, observations
     assert result.status is MarkStatus.FRESH
     assert index * Decimal("0.95") <= result.price <= index * Decimal("1.05")
     assert result.price % tick == 0
+
+
+def direct_average(observations, now, decay_ms=300_000, window_ms=300_000):
+    """The defining formula, computed naively with 40-digit exponentials."""
+    num = den = Decimal(0)
+    for t, b in observations:
+        if now - window_ms <= t <= now:
+            w = PRECISE.exp(Decimal(t - now) / Decimal(decay_ms))
+            num += b * w
+            den += w
+    return None if den == 0 else PRECISE.divide(num, den)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=200_000),  # gap to the next observation
+            st.decimals(min_value=Decimal(-50), max_value=Decimal(50), places=4),  # basis
+            st.booleans(),  # query after this observation?
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    tail=st.integers(min_value=0, max_value=400_000),
+)
+def test_incremental_basis_average_equals_from_scratch(steps, tail):
+    polled = MarkCalculator(tick=TICK)
+    fresh = MarkCalculator(tick=TICK)
+    observations = []
+    t = T
+    for gap, basis, query in steps:
+        t += gap
+        for calc in (polled, fresh):
+            calc.record_basis("X", contract_price=Decimal(1000) + basis, index_price=Decimal(1000), at=t)
+        if observations and observations[-1][0] == t:
+            observations.pop()
+        observations.append((t, basis))
+        if query:
+            polled.basis_average("X", now=t)
+            polled.basis_average("X", now=t, smoothing=2)
+    now = t + tail
+    incremental = polled.basis_average("X", now=now)
+    assert incremental == fresh.basis_average("X", now=now)  # exactly, digit for digit
+    expected = direct_average(observations, now)
+    if expected is None:
+        assert incremental == (None, 0)
+    else:
+        assert abs(incremental[0] - expected) < Decimal("1e-24")

@@ -11,19 +11,22 @@ When no index can be made (unavailable or held) the last mark is repeated
 `smoothing` factor k that stretches both the decay constant and the window (k=2:
 e^(-age/600 s) over 10 minutes), so a manipulated contract price moves the mark
 half as fast; basis history is therefore kept for window x `max_smoothing`.
-Weights come from exact Decimal tables of e^(-s/tau) and e^(-ms/tau), so marks are
-bit-for-bit reproducible on any machine. `evaluate` computes without publishing
-and `accept`/`hold` publish, so a caller (the pipeline) can run the anomaly rules
-on the candidate before it becomes the mark; `compute` does both in one call.
+Weights come from Decimal tables of e^(-s/tau) and e^(-ms/tau) (no float, so marks
+are bit-for-bit reproducible on any machine), and the weighted sums are kept
+exactly and updated incrementally, so a mark costs O(1) per tick instead of a pass
+over the 5-minute history, and is the same whether it was queried every second or
+once (see `_WindowSums`). The basis is kept to 12 decimals. `evaluate` computes
+without publishing and `accept`/`hold` publish, so a caller (the pipeline) can run
+the anomaly rules on the candidate before it becomes the mark; `compute` does both.
 """
 from __future__ import annotations
 
 import enum
-from collections import deque
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import Context, Decimal
+from decimal import Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow
 from functools import lru_cache
 
 from .index import IndexResult
@@ -40,6 +43,13 @@ __all__ = ["MarkCalculator", "MarkResult", "MarkStatus", "decay_weight"]
 
 _ONE = Decimal(1)
 _TABLE_CONTEXT = Context(prec=34)
+# Running basis sums: exact (Inexact is trapped as an internal assertion), so adding
+# and removing observations is reversible. Terms have at most 30 + 12 integer and
+# fractional basis digits times 32 weight decimals, far below 96 digits.
+_SUM_CONTEXT = Context(prec=96, traps=[InvalidOperation, Inexact, Overflow, DivisionByZero])
+_WEIGHT_QUANTUM = Decimal("1e-32")
+_BASIS_QUANTUM = Decimal("1e-12")
+_MAX_BASIS = Decimal("1e30")
 
 
 class MarkStatus(str, enum.Enum):
@@ -98,15 +108,16 @@ class MarkResult:
 
 
 @lru_cache(maxsize=32)
-def _decay_tables(decay_ms: int, window_ms: int) -> tuple[tuple[Decimal, ...], tuple[Decimal, ...]]:
+def _decay_tables(decay_ms: int, max_age_ms: int) -> tuple[tuple[Decimal, ...], tuple[Decimal, ...]]:
     """e^(-1000 s / tau) for whole seconds and e^(-m / tau) for the ms remainder.
 
     e^(-age/tau) = e^(-1000*(age//1000)/tau) * e^(-(age%1000)/tau), so one Decimal
-    multiplication gives an exact-to-34-digits weight for any age in the window.
+    multiplication gives a weight correct to ~33 digits for any age up to
+    `max_age_ms`, identical on every machine (libmpdec's exp is correctly rounded).
     """
     ctx = _TABLE_CONTEXT
     tau = Decimal(decay_ms)
-    seconds = tuple(ctx.exp(ctx.divide(Decimal(-1000 * k), tau)) for k in range(window_ms // 1000 + 1))
+    seconds = tuple(ctx.exp(ctx.divide(Decimal(-1000 * k), tau)) for k in range(max_age_ms // 1000 + 1))
     millis = tuple(ctx.exp(ctx.divide(Decimal(-m), tau)) for m in range(1000))
     return seconds, millis
 
@@ -119,9 +130,40 @@ def decay_weight(age_ms: int, decay_ms: int = 300_000, window_ms: int = 300_000)
     return _TABLE_CONTEXT.multiply(seconds[age_ms // 1000], millis[age_ms % 1000])
 
 
+def _anchored_weight(tables: tuple[tuple[Decimal, ...], tuple[Decimal, ...]], age_ms: int) -> Decimal:
+    """e^(-age/tau) rounded to a fixed 32 decimals, so running sums stay exact."""
+    seconds, millis = tables
+    return _TABLE_CONTEXT.quantize(
+        _TABLE_CONTEXT.multiply(seconds[age_ms // 1000], millis[age_ms % 1000]), _WEIGHT_QUANTUM
+    )
+
+
+@dataclass(slots=True)
+class _WindowSums:
+    """Exact running sums of one smoothing factor's window at instant `now`.
+
+    Weights are taken relative to `ref`, the end of the decay period containing
+    `now` (w_i = e^(-(ref - t_i)/tau)); the common factor e^(-(now - ref)/tau)
+    cancels in the average, so it equals the e^(-age/tau) average while each term
+    stays fixed as time passes. Terms are fixed-point and the sums exact, so adding
+    and removing observations gives exactly the from-scratch result for the same
+    `ref`: the mark does not depend on how often it was queried.
+    """
+
+    ref: int
+    now: int
+    lo: int  # sequence number of the oldest included observation
+    hi: int  # one past the newest included observation
+    weights: Decimal
+    weighted: Decimal
+
+
 @dataclass(slots=True)
 class _SymbolState:
-    basis: deque  # of (timestamp_ms, basis Decimal), oldest first
+    times: list[int] = field(default_factory=list)  # observation times, ascending
+    values: list[Decimal] = field(default_factory=list)  # basis at those times
+    offset: int = 0  # sequence number of times[0]
+    sums: dict[int, _WindowSums] = field(default_factory=dict)  # per smoothing factor
     last_mark: Decimal | None = None
     last_at: int | None = None
 
@@ -151,9 +193,11 @@ class MarkCalculator:
         else:
             self._ticks = {}
             self._default_tick = to_decimal(tick, name="tick")
-        for t in [*self._ticks.values(), *( [self._default_tick] if self._default_tick is not None else [])]:
-            if t <= 0:
-                raise ValueError(f"tick must be positive, got {t}")
+        configured = list(self._ticks.values())
+        if self._default_tick is not None:
+            configured.append(self._default_tick)
+        if any(t <= 0 for t in configured):
+            raise ValueError(f"ticks must be positive, got {configured}")
         self.band = to_decimal(band, name="band")
         if not 0 < self.band < 1:
             raise ValueError("band must be in (0, 1)")
@@ -185,8 +229,14 @@ class MarkCalculator:
     def _symbol(self, symbol: str) -> _SymbolState:
         state = self._state.get(symbol)
         if state is None:
-            state = self._state[symbol] = _SymbolState(basis=deque())
+            state = self._state[symbol] = _SymbolState()
         return state
+
+    def _factor(self, smoothing: int) -> tuple[int, int, tuple[tuple[Decimal, ...], tuple[Decimal, ...]]]:
+        """(decay, window, weight tables covering ages up to decay + window)."""
+        decay = self.decay_ms * smoothing
+        window = self.window_ms * smoothing
+        return decay, window, _decay_tables(decay, decay + window)
 
     def record_basis(
         self,
@@ -198,57 +248,95 @@ class MarkCalculator:
     ) -> Decimal:
         """Store basis = contract price - index at `at`; returns the basis.
 
-        Observations must come in time order; a second observation at the same
-        millisecond replaces the first (so re-running a tick does not double it),
-        an older one is refused.
+        The basis is kept to 12 decimal places. Observations must come in time
+        order; a second observation at the same millisecond replaces the first (so
+        re-running a tick does not double it), an older one is refused. History is
+        kept for window x max_smoothing.
         """
         at_ms = to_ms(at, name="at")
-        basis = CALC_CONTEXT.subtract(
-            to_decimal(contract_price, name="contract_price"), to_decimal(index_price, name="index_price")
+        basis = CALC_CONTEXT.quantize(
+            CALC_CONTEXT.subtract(
+                to_decimal(contract_price, name="contract_price"), to_decimal(index_price, name="index_price")
+            ),
+            _BASIS_QUANTUM,
         )
+        if abs(basis) >= _MAX_BASIS:
+            raise ValueError(f"basis {basis} is not a plausible price difference")
         state = self._symbol(symbol)
-        history = state.basis
-        if history and at_ms < history[-1][0]:
-            raise ValueError(
-                f"basis observation at {at_ms} is older than the last one ({history[-1][0]}) for {symbol}"
-            )
-        if history and at_ms == history[-1][0]:
-            history.pop()
-        history.append((at_ms, basis))
-        horizon = at_ms - self.window_ms * self.max_smoothing
-        while history and history[0][0] < horizon:
-            history.popleft()
+        times, values = state.times, state.values
+        if times and at_ms < times[-1]:
+            raise ValueError(f"basis observation at {at_ms} is older than the last one ({times[-1]}) for {symbol}")
+        if times and at_ms == times[-1]:
+            seq = state.offset + len(times) - 1
+            old = values[-1]
+            values[-1] = basis
+            for factor, sums in state.sums.items():
+                if sums.lo <= seq < sums.hi:
+                    decay, _, tables = self._factor(factor)
+                    w = _anchored_weight(tables, sums.ref - at_ms)
+                    sums.weighted = _SUM_CONTEXT.add(
+                        sums.weighted, _SUM_CONTEXT.multiply(_SUM_CONTEXT.subtract(basis, old), w)
+                    )
+        else:
+            times.append(at_ms)
+            values.append(basis)
+        expired = bisect_left(times, at_ms - self.window_ms * self.max_smoothing)
+        if expired:
+            del times[:expired]
+            del values[:expired]
+            state.offset += expired
+            for factor in [f for f, sums in state.sums.items() if sums.lo < state.offset]:
+                del state.sums[factor]  # rebuilt on next use
         return basis
 
     def basis_average(self, symbol: str, *, now: int | datetime, smoothing: int = 1) -> tuple[Decimal | None, int]:
         """(time-weighted basis average, observation count) over the window at `now`.
 
-        The average is None when the window holds no observation.
+        The window is [now - window, now]; each observation weighs
+        e^(-(now - t)/decay). The average is None when the window is empty.
+        Amortized O(1) per call when `now` moves forward.
         """
         now_ms = to_ms(now, name="now")
         self._check_smoothing(smoothing)
         state = self._state.get(symbol)
-        if state is None or not state.basis:
+        if state is None or not state.times:
             return None, 0
-        window = self.window_ms * smoothing
-        seconds, millis = _decay_tables(self.decay_ms * smoothing, window)
-        ctx = CALC_CONTEXT
-        weighted = Decimal(0)
-        total = Decimal(0)
-        count = 0
-        for at_ms, basis in reversed(state.basis):
-            age = now_ms - at_ms
-            if age < 0:
-                continue  # observation after `now` (a replayed earlier instant)
-            if age > window:
-                break
-            w = _TABLE_CONTEXT.multiply(seconds[age // 1000], millis[age % 1000])
-            weighted = ctx.add(weighted, ctx.multiply(basis, w))
-            total = ctx.add(total, w)
-            count += 1
+        decay, window, tables = self._factor(smoothing)
+        ref = (now_ms // decay + 1) * decay
+        cutoff = now_ms - window
+        times, values, offset = state.times, state.values, state.offset
+        sums = state.sums.get(smoothing)
+        end = offset + len(times)
+        if (
+            sums is None
+            or sums.ref != ref
+            or now_ms < sums.now
+            or (sums.hi < end and times[sums.hi - offset] <= now_ms and times[sums.hi - offset] < cutoff)
+        ):
+            lo = offset + bisect_left(times, cutoff)
+            hi = offset + bisect_right(times, now_ms)
+            sums = _WindowSums(ref=ref, now=now_ms, lo=lo, hi=lo, weights=Decimal(0), weighted=Decimal(0))
+            state.sums[smoothing] = sums
+        else:
+            sums.now = now_ms
+            hi = offset + bisect_right(times, now_ms, sums.hi - offset)
+        ctx = _SUM_CONTEXT
+        while sums.hi < hi:  # add observations that entered the window
+            i = sums.hi - offset
+            w = _anchored_weight(tables, ref - times[i])
+            sums.weights = ctx.add(sums.weights, w)
+            sums.weighted = ctx.add(sums.weighted, ctx.multiply(values[i], w))
+            sums.hi += 1
+        while sums.lo < sums.hi and times[sums.lo - offset] < cutoff:  # remove expired ones
+            i = sums.lo - offset
+            w = _anchored_weight(tables, ref - times[i])
+            sums.weights = ctx.subtract(sums.weights, w)
+            sums.weighted = ctx.subtract(sums.weighted, ctx.multiply(values[i], w))
+            sums.lo += 1
+        count = sums.hi - sums.lo
         if count == 0:
             return None, 0
-        return ctx.divide(weighted, total), count
+        return CALC_CONTEXT.divide(sums.weighted, sums.weights), count
 
     def _check_smoothing(self, smoothing: int) -> None:
         if not isinstance(smoothing, int) or not 1 <= smoothing <= self.max_smoothing:

@@ -827,7 +827,15 @@ def write_csv(quotes: Iterable[VenueQuote], path: str | Path) -> int:
         writer.writerow(CSV_COLUMNS)
         for q in quotes:
             writer.writerow(
-                [q.timestamp, q.venue, q.symbol, q.price, q.volume, "" if q.bid is None else q.bid, "" if q.ask is None else q.ask]
+                [
+                    q.timestamp,
+                    q.venue,
+                    q.symbol,
+                    q.price,
+                    q.volume,
+                    "" if q.bid is None else q.bid,
+                    "" if q.ask is None else q.ask,
+                ]
             )
             count += 1
     return count
