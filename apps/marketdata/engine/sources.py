@@ -1,27 +1,23 @@
 """Price sources: where venue quotes come from, behind one small interface.
 
 `PriceSource.quotes_at(now)` returns the quotes a consumer would hold at instant
-`now` (the latest quote each venue has delivered for each symbol), and
-`batches(start, stop, step_ms)` iterates those snapshots on a time grid; the
-pricefeed process and the benchmark only use these two. Implementations:
-
-* `SimulatedVenues` (the default): per symbol a seeded price path (geometric
-  Brownian motion with Poisson jumps and a Markov chain of volatility regimes),
-  quoted by several venues, each with its own noise, spread, volume, quote
-  interval, latency, occasional outliers, frozen (stale) feeds and outages. It is
-  a pure function of (seed, configuration, scenarios, time): `quotes_at(t)` gives
-  the same answer whatever was asked before, because all randomness comes from
-  counter-based streams per (symbol, venue, hour). Scenario events force a crash,
-  an outage, a frozen feed or an outlier quote at a chosen time.
-* `CsvReplay`: recorded ticks (timestamp, venue, symbol, price, volume, bid,
-  ask) from CSV files, with `CsvFormatError` naming file and line for a
-  malformed row; `write_csv` records any quotes in the same format.
-* `LiveVenues`: the interface point for real exchanges. It is off by default and
-  adds no dependency: it needs a `fetcher` callable, and without one it requires
-  the optional `ccxt` package and raises `SourceUnavailable` if it is missing.
-
-`make_source(kind, **options)` builds one of them by name ("simulated", "csv",
-"live") for configuration-driven processes.
+`now` (the latest quote each venue has delivered for each symbol) and
+`batches(start, stop, step_ms)` iterates such snapshots on a time grid; the
+pricefeed process and the benchmark need nothing else. `SimulatedVenues` (the
+default) draws per symbol a seeded price path (geometric Brownian motion with
+Poisson jumps and a Markov chain of volatility regimes) quoted by several venues,
+each with its own noise, spread, volume, quote interval, latency, occasional
+outliers, frozen (stale) feeds and outages; it is a pure function of (seed,
+configuration, scenarios, time), because all randomness comes from counter-based
+streams per (symbol, venue, hour), and scenario events (`Crash`, `Outage`,
+`StaleFeed`, `Outlier`) force a crash, an outage, a frozen feed or an outlier
+quote at a chosen time. `CsvReplay` replays recorded ticks (timestamp, venue,
+symbol, price, volume, bid, ask), raising `CsvFormatError` with file and line for
+a malformed row, and `write_csv` records quotes in that format. `LiveVenues` is
+the interface point for real exchanges, off by default and adding no dependency:
+it takes a `fetcher` callable, and without one needs the optional `ccxt` package,
+raising `SourceUnavailable` when it is missing. `make_source(kind, **options)`
+builds one by name ("simulated", "csv", "live") for configuration-driven processes.
 """
 from __future__ import annotations
 
