@@ -354,3 +354,11 @@ def test_score_calibration_rescales_the_components():
     assert seed == pytest.approx({"var_95": 50, "var_99": 70, "stress_loss": 100, "concentration": 100})
     loose = score_components(**kw, calibration=ScoreCalibration(var_full_scale=0.5, stress_full_scale=1.0))
     assert loose == pytest.approx({"var_95": 10, "var_99": 14, "stress_loss": 30, "concentration": 100})
+
+
+def test_batch_var_restores_the_callers_blas_threads():
+    from apps.risk.analytics.portfolio import _openblas_thread_controls
+
+    before = [getter() for getter, _ in _openblas_thread_controls()]
+    batch_var(np.ones((10, 2)), covariance=np.eye(2) * 1e-4, paths=500)
+    assert [getter() for getter, _ in _openblas_thread_controls()] == before

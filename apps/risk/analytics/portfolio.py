@@ -23,6 +23,7 @@ import math
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from functools import cached_property
@@ -727,36 +728,67 @@ class BatchVarResult:
         return self.var_at(0.99)
 
 
-def _limit_blas_threads(n: int) -> None:
-    """Cap the OpenBLAS thread pool of *this* process (a worker of `batch_var`).
+_BLAS_THREAD_FUNCTIONS = (
+    # (getter, setter) per OpenBLAS build: NumPy's and SciPy's wheels bundle their own
+    # with prefixed symbols; a system OpenBLAS has the plain names.
+    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+    ("openblas_get_num_threads", "openblas_set_num_threads"),
+)
 
-    Each worker already owns a core; letting every worker's BLAS also start one thread
-    per core oversubscribes the machine (measured: 2 workers ran slower than 1). Best
-    effort and Linux-only: finds the loaded OpenBLAS builds in /proc/self/maps (NumPy's
-    and SciPy's bundle their own, with prefixed symbols) and calls their
-    set_num_threads; anything else is left alone.
+
+def _openblas_thread_controls() -> list[tuple[object, object]]:
+    """(get_num_threads, set_num_threads) of every OpenBLAS loaded in this process.
+
+    Best effort and Linux-only (reads /proc/self/maps, like threadpoolctl does);
+    returns [] anywhere else, and callers then leave threading alone.
     """
     try:
         with open("/proc/self/maps", encoding="utf-8") as f:
-            libraries = set(re.findall(r"(/\S*openblas\S*\.so\S*)", f.read()))
+            libraries = sorted(set(re.findall(r"(/\S*openblas\S*\.so\S*)", f.read())))
     except OSError:
-        return
-    names = (
-        "scipy_openblas_set_num_threads64_",
-        "scipy_openblas_set_num_threads",
-        "openblas_set_num_threads64_",
-        "openblas_set_num_threads",
-    )
+        return []
+    controls = []
     for path in libraries:
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for name in names:
-            setter = getattr(lib, name, None)
-            if setter is not None:
-                setter(ctypes.c_int(n))
+        for get_name, set_name in _BLAS_THREAD_FUNCTIONS:
+            getter, setter = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if getter is not None and setter is not None:
+                getter.restype = ctypes.c_int
+                controls.append((getter, setter))
                 break
+    return controls
+
+
+def _limit_blas_threads(n: int) -> None:
+    """Worker-process initializer: cap this process's OpenBLAS pools at ``n`` threads."""
+    for _, setter in _openblas_thread_controls():
+        setter(ctypes.c_int(n))
+
+
+@contextmanager
+def _single_threaded_blas():
+    """Run the block with one BLAS thread, then restore the previous counts.
+
+    The P&L product has an inner dimension of N symbols (about 20): too small for
+    threads to pay, and OpenBLAS's spinning threads collapse when the cores are busy
+    (measured on the 2-core machine under load: 15 s instead of 4.5 s for the
+    100k-account book). Each worker already owns a core, so letting every worker's
+    BLAS also start one thread per core oversubscribes the machine.
+    """
+    controls = _openblas_thread_controls()
+    previous = [int(getter()) for getter, _ in controls]
+    for _, setter in controls:
+        setter(ctypes.c_int(1))
+    try:
+        yield
+    finally:
+        for (_, setter), count in zip(controls, previous):
+            setter(ctypes.c_int(count))
 
 
 def _batch_block(notional: np.ndarray, scenarios_t: np.ndarray, confidences, chunk_size: int):
@@ -796,9 +828,10 @@ def batch_var(
     same scenarios. P&L = notional_chunk @ scenariosᵀ, ``chunk_size`` accounts at a
     time (peak extra memory ≈ chunk_size × paths × itemsize), quantiles by
     `np.partition`. ``workers`` > 1 splits the accounts into that many contiguous
-    blocks computed in worker processes, each with a single-threaded BLAS
-    (``start_method`` as in multiprocessing, default the platform's; a book smaller
-    than two chunks stays in-process). ``dtype=np.float32`` halves memory traffic at
+    blocks computed in worker processes (``start_method`` as in multiprocessing,
+    default the platform's; a book smaller than two chunks stays in-process). BLAS
+    runs single-threaded throughout (in-process: for the duration of the call only),
+    so the worker count is the number of cores used. ``dtype=np.float32`` halves memory traffic at
     a relative precision of about 1e-7.
     """
     w = np.asarray(notional, dtype=np.float64)
@@ -820,7 +853,8 @@ def batch_var(
     w = w.astype(dtype, copy=False)
 
     if workers == 1 or w.shape[0] < 2 * chunk_size:
-        var, es, seconds = _batch_block(w, scen_t, confidences, chunk_size)
+        with _single_threaded_blas():
+            var, es, seconds = _batch_block(w, scen_t, confidences, chunk_size)
         return BatchVarResult(confidences, var, es, (seconds,), time.perf_counter() - started)
 
     blocks = np.array_split(w, workers)
