@@ -179,6 +179,20 @@ class ReferenceBook:
     def clear_events(self):
         self._ev = []
 
+    def read_events(self, out):
+        mv = memoryview(out)
+        if mv.readonly or not mv.c_contiguous:
+            raise BufferError("out must be a writable C-contiguous buffer")
+        if mv.itemsize not in (72, 1):
+            raise TypeError(f"out must be EVENT_DTYPE records or raw bytes; got item size {mv.itemsize}")
+        k = min(mv.nbytes // 72, len(self._ev))
+        keep = self._ev[k:]
+        self._ev = self._ev[:k]
+        raw = self.events()
+        self._ev = keep
+        mv.cast("B")[:len(raw)] = raw
+        return k
+
     # ------------------------------------------------------------ commands
     def submit(self, op, side, oid, owner, price, qty, stp=0):
         op, side = _u8(op, "op"), _u8(side, "side")

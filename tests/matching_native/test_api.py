@@ -135,6 +135,23 @@ def test_events_accumulate_until_read(book):
     assert book.pending_events == 0
 
 
+def test_read_events_into_preallocated_buffer(book):
+    for i in range(5):
+        book.limit(BUY, i + 1, 1, 100 - i, 1)
+    out = np.zeros(3, EVENT_DTYPE)
+    assert book.read_events(out) == 3
+    assert out["oid"].tolist() == [1, 2, 3] and book.pending_events == 2
+    raw = bytearray(72 * 4)
+    assert book.read_events(raw) == 2
+    assert np.frombuffer(bytes(raw[:144]), EVENT_DTYPE)["oid"].tolist() == [4, 5]
+    assert book.read_events(out) == 0
+    assert book.read_events(bytearray(71)) == 0
+    with pytest.raises((TypeError, BufferError)):
+        book.read_events(b"x" * 72)                   # read-only
+    with pytest.raises(TypeError):
+        book.read_events(np.zeros(9, np.int64))       # item size 8
+
+
 def test_helpers(book):
     arr = mn.commands([(LIMIT, BUY, 1, 7, 100, 5), (LIMIT, SELL, 2, 8, 100, 2, 1)])
     assert arr.dtype == COMMAND_DTYPE and arr["stp"].tolist() == [0, 1]
