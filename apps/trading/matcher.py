@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 LEASE_NAMESPACE = 0x4D41  # "MA": first key of the two-int advisory lock
 HEARTBEAT_EVERY = 1.0
 LEASE_RETRY_SECONDS = 0.5
+LEADER_KEY = "matcher:leader:{symbol}"  # OS pid of the lease holder, for ops and tests
 
 COMMANDS = Counter("matcher_commands_total", "Journal commands processed", ["symbol"])
 TRADES = Counter("matcher_trades_total", "Trades produced", ["symbol"])
@@ -72,6 +73,7 @@ class Matcher:
             engine = SymbolEngine(contract)
             resting = engine.rebuild()
             self.engines[contract.symbol] = engine
+            self._announce_leader(contract.symbol)
             logger.info("lease on %s acquired; book rebuilt with %d resting orders", contract.symbol, resting)
         LEASES.set(len(self.engines))
 
@@ -93,6 +95,12 @@ class Matcher:
             TRADES.labels(symbol).inc(len(result.trades))
             BATCH_SECONDS.labels(symbol).observe(result.seconds)
         return processed
+
+    def _announce_leader(self, symbol: str) -> None:
+        try:
+            get_redis().set(LEADER_KEY.format(symbol=symbol), os.getpid())
+        except Exception:
+            logger.warning("leader key for %s not written", symbol, exc_info=True)
 
     def heartbeat(self) -> None:
         now = time.monotonic()
