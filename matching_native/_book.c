@@ -879,8 +879,30 @@ static inline module_state *state_of(PyObject *self)
     return (module_state *)PyType_GetModuleState(Py_TYPE(self));
 }
 
+/* Fast path for exact ints that fit one internal digit (|v| < 2**30): no call. */
+static inline int small_int(PyObject *o, int64_t *out)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    if (PyLong_CheckExact(o) && PyUnstable_Long_IsCompact((PyLongObject *)o)) {
+        *out = (int64_t)PyUnstable_Long_CompactValue((PyLongObject *)o);
+        return 1;
+    }
+#else
+    if (PyLong_CheckExact(o)) {
+        Py_ssize_t size = Py_SIZE(o);
+        if (size == 0 || size == 1 || size == -1) {
+            int64_t d = (int64_t)((PyLongObject *)o)->ob_digit[0];
+            *out = size < 0 ? -d : d;
+            return 1;
+        }
+    }
+#endif
+    return 0;
+}
+
 static int as_i64(PyObject *o, int64_t *out, const char *name)
 {
+    if (small_int(o, out)) return 0;
     long long v = PyLong_AsLongLong(o);
     if (v == -1 && PyErr_Occurred()) {
         if (PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_OverflowError)) {
@@ -896,6 +918,11 @@ static int as_i64(PyObject *o, int64_t *out, const char *name)
 
 static int as_u8(PyObject *o, uint8_t *out, const char *name)
 {
+    int64_t fast;
+    if (small_int(o, &fast) && fast >= 0 && fast <= 255) {
+        *out = (uint8_t)fast;
+        return 0;
+    }
     long v = PyLong_AsLong(o);
     if (v == -1 && PyErr_Occurred()) {
         if (PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_OverflowError)) {
