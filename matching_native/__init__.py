@@ -21,6 +21,8 @@ Entry points
 ``book.events(clear=True) -> bytes``
     the pending events as ``EVENT_DTYPE`` records; ``events_array(book)`` wraps
     them in a numpy array.
+``book.read_events(out) -> int``
+    moves pending events into a preallocated writable buffer (no allocation).
 Queries: ``best_bid()``, ``best_ask()`` (int or None), ``depth(n)`` ->
 ``(bids, asks)`` lists of ``(price, total_qty, order_count)`` best first,
 ``impact_price(side, notional)`` -> exact ``(numerator, denominator)`` or None,
