@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test stop setup asan bench-matcher clean
+.PHONY: run test stop setup asan clean
 
 run: setup
 	scripts/run.sh

@@ -19,3 +19,18 @@ def machine_line() -> str:
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def ensure_services() -> None:
+    """Use DATABASE_URL/REDIS_URL when set, else start the project-local servers (as `make run` does)."""
+    import subprocess
+    from pathlib import Path
+
+    if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
+        return
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([str(root / "scripts" / "services.sh"), "start"], check=True, capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            os.environ[key] = value

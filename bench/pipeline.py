@@ -1,0 +1,117 @@
+"""End-to-end pipeline benchmark: order entry into PostgreSQL, then the matcher's batches.
+
+    .venv/bin/python bench/pipeline.py [--orders 20000] [--batch 2000] [--users 50]
+
+Creates a throw-away database (`bench_pipeline`), accepts orders through the real
+order-entry service (`order_place`: validation, ledger hold, journal row), then runs
+the matcher's `batch_process` until the journal is drained, and prints accepted
+orders/s, matched-and-booked orders/s and batch latency percentiles — with batch size 1
+in the same run as the baseline (one command per transaction), so the ratio shows what
+batching buys. Ends with `check_ledger`.
+"""
+import argparse
+import os
+import random
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import ensure_services, machine_line, peak_rss_mb  # noqa: E402
+
+D = Decimal
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=20000)
+    parser.add_argument("--baseline-orders", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    ensure_services()
+    os.environ["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
+    os.environ["TEST_DATABASE_NAME"] = "bench_pipeline"
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
+    try:
+        run(args)
+    finally:
+        connection.creation.destroy_test_db("bench_pipeline", verbosity=0)
+
+
+def run(args) -> None:
+    import numpy as np
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from apps.ledger.services import wallet_deposit
+    from apps.ops.demo import seed_demo
+    from apps.contracts.models import Contract
+    from apps.trading.engine import SymbolEngine
+    from apps.trading.matching import batch_process
+    from apps.trading.services import order_place
+
+    seed_demo()
+    contract = Contract.objects.select_related("settle_asset").get(symbol="BTCUSDT")
+    users = [get_user_model().objects.create_user(f"bench{i}") for i in range(args.users)]
+    for user in users:
+        wallet_deposit(user=user, asset="USDT", amount=D("100000000"))
+    rng = random.Random(args.seed)
+
+    def accept(count: int) -> float:
+        started = time.perf_counter()
+        for _ in range(count):
+            side = rng.choice(("BUY", "SELL"))
+            offset = rng.randint(-30, 30)
+            price = D(50000) + (offset if side == "BUY" else -offset) * D("0.5")
+            order_place(user=rng.choice(users), contract=contract, side=side,
+                        quantity=D(rng.randint(1, 50)) / 1000, price=price)
+        return time.perf_counter() - started
+
+    def drain(batch: int) -> tuple[float, list[float], int, int]:
+        engine = SymbolEngine(contract)
+        engine.rebuild()
+        latencies, commands, trades = [], 0, 0
+        started = time.perf_counter()
+        while (result := batch_process(engine, limit=batch)) is not None:
+            latencies.append(result.seconds)
+            commands += result.commands
+            trades += len(result.trades)
+        return time.perf_counter() - started, latencies, commands, trades
+
+    def report(label: str, accepted_s: float, drained: tuple, count: int) -> float:
+        seconds, latencies, commands, trades = drained
+        lat = np.array(latencies) * 1000
+        rate = commands / seconds
+        print(f"  {label}")
+        print(f"    accept (order_place, 1 process): {count / accepted_s:10.0f} orders/s  ({accepted_s:.2f} s)")
+        print(f"    match + book:                    {rate:10.0f} orders/s  ({commands} commands, {trades} trades, "
+              f"{len(latencies)} batches, {seconds:.2f} s)")
+        print(f"    batch latency ms: p50 {np.percentile(lat, 50):.2f}  p95 {np.percentile(lat, 95):.2f}  "
+              f"p99 {np.percentile(lat, 99):.2f}  max {lat.max():.2f}")
+        print(f"    end to end (accept + match):     {count / (accepted_s + seconds):10.0f} orders/s")
+        return rate
+
+    print(f"pipeline bench: BTCUSDT, {args.users} users, seed {args.seed}")
+    base_accept = accept(args.baseline_orders)
+    base_rate = report(f"baseline: batch size 1, {args.baseline_orders} orders", base_accept, drain(1),
+                       args.baseline_orders)
+    main_accept = accept(args.orders)
+    main_rate = report(f"batch size {args.batch}, {args.orders} orders", main_accept, drain(args.batch), args.orders)
+    print(f"  ratio match+book batch {args.batch} / batch 1: {main_rate / base_rate:.1f}x")
+    call_command("check_ledger")
+    print(f"  peak RSS {peak_rss_mb():.0f} MiB")
+    print(machine_line())
+
+
+if __name__ == "__main__":
+    main()
