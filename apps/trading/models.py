@@ -97,7 +97,7 @@ class Order(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"#{self.pk} {self.side} {self.quantity} {self.contract.symbol}"
+        return f"#{self.pk} {self.side} {self.quantity.normalize():f} {self.contract.symbol}"
 
 
 class CommandKind(models.TextChoices):
@@ -167,4 +167,4 @@ class Trade(models.Model):
         indexes = [models.Index(fields=["contract", "-id"], name="trade_contract_recent")]
 
     def __str__(self) -> str:
-        return f"#{self.pk} {self.contract.symbol} {self.quantity}@{self.price}"
+        return f"#{self.pk} {self.contract.symbol} {self.quantity.normalize():f}@{self.price.normalize():f}"
