@@ -16,8 +16,6 @@ from apps.risk.analytics.volatility import (
     simulate_garch,
 )
 
-from .arch_compat import import_arch_model
-
 TRUE = dict(omega=0.05, alpha=0.10, beta=0.85)  # percent returns: long-run variance 1.0
 
 
@@ -29,7 +27,9 @@ def garch_returns():
 
 @pytest.fixture(scope="module")
 def arch_model():
-    return import_arch_model()
+    from arch import arch_model as reference
+
+    return reference
 
 
 def test_annualization_factors_are_the_seeds():
