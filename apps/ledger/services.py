@@ -128,6 +128,28 @@ def _lock_balances(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], list]:
         return {(row[1], row[2]): [row[0], row[3], row[4]] for row in cursor.fetchall()}
 
 
+def _lock_pairs(pairs: set[tuple[int, int]]) -> dict[tuple[int, int], list]:
+    """Create missing balance rows, then lock them all in (account id, asset id) order."""
+    ordered = sorted(pairs)
+    account_ids = sorted({account_id for account_id, _ in ordered})
+    kinds = dict(Account.objects.filter(pk__in=account_ids).values_list("pk", "kind"))
+    if len(kinds) != len(account_ids):
+        missing = sorted(set(account_ids) - kinds.keys())
+        raise LedgerError(f"Unknown ledger account(s): {missing}.")
+    _ensure_balance_rows(ordered, kinds)
+    return _lock_balances(ordered)
+
+
+def balances_lock(*, account_ids, asset: Asset) -> dict[int, Decimal]:
+    """Lock the balances of these accounts in one asset, in the ledger's lock order; account id -> amount.
+
+    For a service that must decide its legs from current balances (e.g. covering a
+    deficit) inside its transaction: the later `ledger_post_many` finds the rows locked.
+    """
+    locked = _lock_pairs({(account_id, asset.pk) for account_id in account_ids})
+    return {account_id: state[1] for (account_id, _), state in locked.items()}
+
+
 def _write_balances(rows: list[tuple[int, Decimal]]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
@@ -151,14 +173,7 @@ def ledger_post_many(*, postings: Sequence[Posting]) -> list[LedgerTransaction]:
         raise LedgerError("The same idempotency key appears twice in one call.")
 
     with transaction.atomic():
-        account_ids = sorted({leg.account_id for legs in normalized for leg in legs})
-        kinds = dict(Account.objects.filter(pk__in=account_ids).values_list("pk", "kind"))
-        if len(kinds) != len(account_ids):
-            missing = sorted(set(account_ids) - kinds.keys())
-            raise LedgerError(f"Unknown ledger account(s): {missing}.")
-        pairs = sorted({(leg.account_id, leg.asset_id) for legs in normalized for leg in legs})
-        _ensure_balance_rows(pairs, kinds)
-        balances = _lock_balances(pairs)
+        balances = _lock_pairs({(leg.account_id, leg.asset_id) for legs in normalized for leg in legs})
         # Checked after the locks: a concurrent poster of the same key touches the same
         # balances, so it has either committed (we see its key) or not started.
         booked = dict(
@@ -175,12 +190,12 @@ def ledger_post_many(*, postings: Sequence[Posting]) -> list[LedgerTransaction]:
                 state = balances[(leg.account_id, leg.asset_id)]
                 state[1] += leg.amount
                 rows.append((leg, state[1]))
-            for leg, after in rows:
-                if after < 0 and not balances[(leg.account_id, leg.asset_id)][2]:
-                    code = next(a.code for a in assets.values() if a.pk == leg.asset_id)
-                    raise InsufficientBalance(
-                        f"Insufficient balance: account {leg.account_id} would hold {after} {code}."
-                    )
+            # A transaction is atomic: what must not go negative is each balance after all its legs.
+            for key in {(leg.account_id, leg.asset_id) for leg in legs}:
+                _, final, may_go_negative = balances[key]
+                if final < 0 and not may_go_negative:
+                    code = next(a.code for a in assets.values() if a.pk == key[1])
+                    raise InsufficientBalance(f"Insufficient balance: account {key[0]} would hold {final} {code}.")
             new_txns.append(
                 LedgerTransaction(
                     kind=posting.kind,

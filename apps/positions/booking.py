@@ -19,9 +19,16 @@ from decimal import Decimal
 
 from django.db import connection
 
-from apps.ledger.models import AccountKind, Balance, TransactionKind
+from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import quantize_amount
-from apps.ledger.services import Leg, Posting, accounts_for_users, ledger_post_many, system_account
+from apps.ledger.services import (
+    Leg,
+    Posting,
+    accounts_for_users,
+    balances_lock,
+    ledger_post_many,
+    system_account,
+)
 
 from .models import MarginType, Position
 from .netting import net_fill
@@ -81,14 +88,13 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
     wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=user_ids)
     order_margin = accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=user_ids)
     isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=isolated_users, contract=contract)
-    current = dict(
-        Balance.objects.filter(account_id__in=[*wallets.values(), *isolated.values()], asset=asset).values_list(
-            "account_id", "amount"
-        )
-    )
+    fund = system_account(AccountKind.INSURANCE_FUND).pk
+    bad_debt = system_account(AccountKind.BAD_DEBT).pk
+    # Locked before anything is decided from them, all at once in the ledger's lock order.
+    current = balances_lock(account_ids=[*wallets.values(), *isolated.values(), fund, bad_debt], asset=asset)
     states = {
         u: _PositionState(row=p, size=p.size, entry_price=p.entry_price,
-                          isolated_balance=current.get(isolated.get(u), Decimal(0)))
+                          isolated_balance=current[isolated[u]] if u in isolated else Decimal(0))
         for u, p in positions.items()
     }
 
@@ -136,12 +142,10 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
             delta[order_margin[user_id]] -= amount
             delta[wallets[user_id]] += amount
 
+    delta[system_account(AccountKind.FEE_INCOME).pk] += fee_income
+    delta[system_account(AccountKind.PNL_CLEARING).pk] += pnl_clearing
+    _cover_deficits(wallets=wallets, delta=delta, current=current, fund=fund, bad_debt=bad_debt)
     legs = [Leg(account_id, asset, amount) for account_id, amount in sorted(delta.items()) if amount]
-    if fee_income:
-        legs.append(Leg(system_account(AccountKind.FEE_INCOME), asset, fee_income))
-    if pnl_clearing:
-        legs.append(Leg(system_account(AccountKind.PNL_CLEARING), asset, pnl_clearing))
-    legs.extend(_deficit_cover(wallets, delta, current, asset))
     if legs:
         booking.ledger_transaction_id = ledger_post_many(
             postings=[Posting(kind=TransactionKind.TRADE, legs=legs, reference=reference)]
@@ -150,30 +154,17 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
     return booking
 
 
-def _deficit_cover(wallets: dict[int, int], delta: dict[int, Decimal], current: dict[int, Decimal], asset) -> list[Leg]:
-    """Legs topping up wallets that would end below zero: insurance fund first, then bad debt."""
-    shortfalls = {
-        account: -(current.get(account, Decimal(0)) + delta.get(account, Decimal(0)))
-        for account in wallets.values()
-        if current.get(account, Decimal(0)) + delta.get(account, Decimal(0)) < 0
-    }
-    if not shortfalls:
-        return []
-    fund = system_account(AccountKind.INSURANCE_FUND)
-    fund_balance = Balance.objects.filter(account=fund, asset=asset).values_list("amount", flat=True).first() or Decimal(0)
-    legs: list[Leg] = []
-    from_fund = Decimal(0)
-    from_bad_debt = Decimal(0)
-    for account, missing in sorted(shortfalls.items()):
-        legs.append(Leg(account, asset, missing))
-        covered = min(missing, fund_balance - from_fund)
-        from_fund += covered
-        from_bad_debt += missing - covered
-    if from_fund:
-        legs.append(Leg(fund, asset, -from_fund))
-    if from_bad_debt:
-        legs.append(Leg(system_account(AccountKind.BAD_DEBT), asset, -from_bad_debt))
-    return legs
+def _cover_deficits(*, wallets: dict[int, int], delta: dict[int, Decimal], current: dict[int, Decimal],
+                    fund: int, bad_debt: int) -> None:
+    """Top up wallets that would end below zero: from the insurance fund first, then bad debt."""
+    for account in sorted(wallets.values()):
+        missing = -(current[account] + delta[account])
+        if missing <= 0:
+            continue
+        covered = min(missing, max(Decimal(0), current[fund] + delta[fund]))
+        delta[account] += missing
+        delta[fund] -= covered
+        delta[bad_debt] -= missing - covered
 
 
 def _write_positions(states) -> None:

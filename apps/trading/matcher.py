@@ -84,10 +84,9 @@ class Matcher:
             try:
                 result = batch_process(engine, limit=self.batch_size)
             except Exception:
-                logger.exception("batch for %s failed; rebuilding the book from the database", symbol)
-                connection.close()
-                engine.rebuild()
-                continue
+                logger.exception("batch for %s failed; its transaction rolled back", symbol)
+                self._recover(engine)
+                return processed
             if result is None:
                 continue
             processed += result.commands
@@ -95,6 +94,24 @@ class Matcher:
             TRADES.labels(symbol).inc(len(result.trades))
             BATCH_SECONDS.labels(symbol).observe(result.seconds)
         return processed
+
+    def _recover(self, engine: SymbolEngine) -> None:
+        """After a failed batch: rebuild the book from the database, or give up every lease.
+
+        The leases are session-level advisory locks on this connection. If it is broken,
+        they are gone (a standby may already hold them), so this process must drop its
+        books and compete for the leases again, never keep matching on a lost lease.
+        """
+        try:
+            if connection.is_usable():
+                engine.rebuild()
+                return
+        except Exception:
+            logger.exception("rebuild of %s failed", engine.contract.symbol)
+        logger.error("database connection lost: dropping all leases and books")
+        connection.close()
+        self.engines.clear()
+        LEASES.set(0)
 
     def _announce_leader(self, symbol: str) -> None:
         try:
@@ -157,7 +174,7 @@ class Matcher:
 
 def pin_cpu() -> None:
     """Optional (MATCHER_CPU): pin this single-threaded process to one core."""
-    cpu = getattr(settings, "MATCHER_CPU", None)
-    if cpu is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {int(cpu)})
+    cpu = settings.MATCHER_CPU
+    if cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
         logger.info("matcher pinned to CPU %s", cpu)

@@ -32,7 +32,7 @@ EVENTS_CHANNEL = "events:{symbol}"
 
 @dataclass
 class _OrderState:
-    row: dict
+    order: Order
     open_qty: Decimal
     held: Decimal
     executed: Decimal
@@ -43,6 +43,12 @@ class _OrderState:
     price: Decimal | None
     changed: bool = False
 
+    @classmethod
+    def of(cls, order: Order) -> "_OrderState":
+        return cls(order=order, open_qty=order.quantity - order.executed_qty, held=order.margin_held,
+                   executed=order.executed_qty, cum_quote=order.cum_quote, status=order.status,
+                   priority=order.priority, quantity=order.quantity, price=order.price)
+
 
 @dataclass
 class BatchResult:
@@ -50,21 +56,6 @@ class BatchResult:
     trades: list = field(default_factory=list)
     order_updates: list = field(default_factory=list)
     seconds: float = 0.0
-
-
-ORDER_FIELDS = ("pk", "user_id", "side", "price", "quantity", "executed_qty", "cum_quote", "margin_held",
-                "status", "priority", "leverage", "reduce_only")
-
-
-def _load_orders(ids) -> dict[int, _OrderState]:
-    states = {}
-    for row in Order.objects.filter(pk__in=ids).values(*ORDER_FIELDS):
-        states[row["pk"]] = _OrderState(
-            row=row, open_qty=row["quantity"] - row["executed_qty"], held=row["margin_held"],
-            executed=row["executed_qty"], cum_quote=row["cum_quote"], status=row["status"],
-            priority=row["priority"], quantity=row["quantity"], price=row["price"],
-        )
-    return states
 
 
 def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | None:
@@ -80,9 +71,10 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
             return None
         run = engine.execute(engine.command_records(commands))
         events = run.events
-        ids = {c.order_id for c in commands}
-        ids.update(int(x) for x in events["maker_oid"][events["kind"] == EventKind.FILL])
-        orders = _load_orders(ids)
+        # The commands' orders came with the commands; only resting makers are loaded.
+        orders = {c.order_id: _OrderState.of(c.order) for c in commands}
+        makers = {int(x) for x in events["maker_oid"][events["kind"] == EventKind.FILL]} - orders.keys()
+        orders.update((o.pk, _OrderState.of(o)) for o in Order.objects.filter(pk__in=makers))
         grid, precision, cs = engine.grid, contract.settle_asset.precision, contract.contract_size
 
         fills: list[Fill] = []
@@ -92,7 +84,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
         def fill_side(state: _OrderState, qty: Decimal, price: Decimal) -> None:
             release = hold_release(held=state.held, open_qty=state.open_qty, filled_qty=qty, precision=precision)
             state.held -= release
-            releases[state.row["user_id"]] += release
+            releases[state.order.user_id] += release
             state.open_qty -= qty
             state.executed += qty
             state.cum_quote += qty * price * cs
@@ -100,7 +92,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
             state.changed = True
 
         def close(state: _OrderState, status: str) -> None:
-            releases[state.row["user_id"]] += state.held
+            releases[state.order.user_id] += state.held
             state.held = Decimal(0)
             state.status = status
             state.changed = True
@@ -114,10 +106,10 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
                     qty, price = grid.quantity(int(event["qty"])), grid.price(int(event["price"]))
                     fill_side(state, qty, price)
                     fill_side(maker, qty, price)
-                    fills.append(Fill(taker_user_id=state.row["user_id"], maker_user_id=maker.row["user_id"],
-                                      taker_is_buyer=state.row["side"] == Side.BUY, price=price, quantity=qty))
-                    trade_rows.append(Trade(contract=contract, price=price, quantity=qty, taker_order_id=state.row["pk"],
-                                            maker_order_id=maker.row["pk"], taker_side=state.row["side"],
+                    fills.append(Fill(taker_user_id=state.order.user_id, maker_user_id=maker.order.user_id,
+                                      taker_is_buyer=state.order.side == Side.BUY, price=price, quantity=qty))
+                    trade_rows.append(Trade(contract=contract, price=price, quantity=qty, taker_order_id=state.order.pk,
+                                            maker_order_id=maker.order.pk, taker_side=state.order.side,
                                             command_seq=command.seq))
                 elif kind == EventKind.RESTED:
                     state.priority = engine.take_priority()
@@ -133,9 +125,9 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
                     if not event["flags"] & Flag.PRIORITY_KEPT:
                         state.priority = engine.take_priority()
                     required = order_hold(quantity=state.open_qty, price=state.price, contract=contract,
-                                          leverage=state.row["leverage"], reduce_only=state.row["reduce_only"])
+                                          leverage=state.order.leverage, reduce_only=state.order.reduce_only)
                     if state.held > required:
-                        releases[state.row["user_id"]] += state.held - required
+                        releases[state.order.user_id] += state.held - required
                         state.held = required
                     state.changed = True
                 elif kind == EventKind.REJECTED and command.kind == CommandKind.NEW and state is not None:
@@ -156,7 +148,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
         result = BatchResult(
             commands=len(commands),
             trades=[(t.pk, str(t.price), str(t.quantity), t.taker_side) for t in trade_rows],
-            order_updates=[(s.row["pk"], s.row["user_id"], s.status, str(s.executed)) for s in changed],
+            order_updates=[(s.order.pk, s.order.user_id, s.status, str(s.executed)) for s in changed],
         )
         transaction.on_commit(lambda: _publish(contract.symbol, result))
     result.seconds = time.perf_counter() - started
@@ -178,7 +170,7 @@ def _write_orders(states: list[_OrderState]) -> None:
             WHERE o.id = t.id
             """,
             [
-                [s.row["pk"] for s in states],
+                [s.order.pk for s in states],
                 [s.status for s in states],
                 [s.executed for s in states],
                 [s.cum_quote for s in states],

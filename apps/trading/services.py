@@ -4,10 +4,11 @@ The order row, the margin hold and the journal command are written in one
 transaction before the caller acknowledges; the matcher is woken after commit.
 Anything refused raises an `ExchangeError` subclass and leaves nothing behind.
 """
+import re
 import uuid
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from apps.contracts.grid import Grid, OffGrid
 from apps.contracts.models import Contract, ContractStatus
@@ -26,13 +27,13 @@ from .models import (
     CommandKind,
     Order,
     OrderCommand,
-    OrderStatus,
     OrderType,
     Side,
     StpMode,
     TimeInForce,
 )
 
+CLIENT_ORDER_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")
 ACCEPTING_STATUSES = (ContractStatus.TRADING, ContractStatus.CLOSE_ONLY)
 
 
@@ -67,6 +68,11 @@ def order_place(
         raise OrderRejected(f"Order type {order_type} is not accepted here.")
     if time_in_force not in TimeInForce.values:
         raise OrderRejected(f"Invalid timeInForce {time_in_force!r}.")
+    if stp_mode not in StpMode.values:
+        raise OrderRejected(f"Invalid selfTradePreventionMode {stp_mode!r}.")
+    if client_order_id is not None and not CLIENT_ORDER_ID.fullmatch(client_order_id):
+        raise OrderRejected("clientOrderId must be 1-36 characters of [.A-Z:/a-z0-9_-].",
+                            code=ErrorCode.ILLEGAL_CHARS)
     quantity = _decimal(quantity, "quantity")
     price = _decimal(price, "price")
     grid = Grid.of(contract)
@@ -83,29 +89,32 @@ def order_place(
         raise OrderRejected(f"Order's notional must be no smaller than {contract.min_notional.normalize()}.")
     client_order_id = client_order_id or f"x-{uuid.uuid4().hex[:24]}"
 
+    if contract.status == ContractStatus.CLOSE_ONLY and not reduce_only:
+        raise OrderRejected(f"{contract.symbol} is close-only: only reduce-only orders are accepted.")
+
     with transaction.atomic():
         position, _ = Position.objects.get_or_create(user=user, contract=contract)
-        if contract.status == ContractStatus.CLOSE_ONLY and not reduce_only:
-            raise OrderRejected(f"{contract.symbol} is close-only: only reduce-only orders are accepted.")
-        if Order.objects.filter(user=user, client_order_id=client_order_id).exists():
-            raise OrderRejected("ClientOrderId is duplicated.", code=ErrorCode.CLIENT_ORDER_ID_DUPLICATED)
         hold = order_hold(
             quantity=quantity, price=price, contract=contract, leverage=position.leverage, reduce_only=reduce_only
         )
-        order = Order.objects.create(
-            user=user,
-            contract=contract,
-            client_order_id=client_order_id,
-            side=side,
-            order_type=order_type,
-            time_in_force=time_in_force,
-            price=price,
-            quantity=quantity,
-            reduce_only=reduce_only,
-            leverage=position.leverage,
-            stp_mode=stp_mode,
-            margin_held=hold,
-        )
+        try:
+            with transaction.atomic():  # the unique key decides a race between two equal ids
+                order = Order.objects.create(
+                    user=user,
+                    contract=contract,
+                    client_order_id=client_order_id,
+                    side=side,
+                    order_type=order_type,
+                    time_in_force=time_in_force,
+                    price=price,
+                    quantity=quantity,
+                    reduce_only=reduce_only,
+                    leverage=position.leverage,
+                    stp_mode=stp_mode,
+                    margin_held=hold,
+                )
+        except IntegrityError as exc:
+            raise OrderRejected("ClientOrderId is duplicated.", code=ErrorCode.CLIENT_ORDER_ID_DUPLICATED) from exc
         if hold > 0:
             try:
                 ledger_transfer(
@@ -135,5 +144,3 @@ def order_cancel(*, user, order_id: int) -> Order:
         transaction.on_commit(lambda: doorbell.ring(order.contract_id))
     return order
 
-
-__all__ = ["order_place", "order_cancel", "OrderStatus"]

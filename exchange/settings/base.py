@@ -145,6 +145,5 @@ from .celery import *  # noqa: E402,F401,F403
 from .channels import *  # noqa: E402,F401,F403
 from .logging import *  # noqa: E402,F401,F403
 
-# Matcher: optional CPU to pin the (single-threaded) matcher process to.
+# Matcher: the CPU to pin the (single-threaded) matcher process to; -1 leaves it free.
 MATCHER_CPU = env_int("MATCHER_CPU", -1)
-MATCHER_CPU = None if MATCHER_CPU < 0 else MATCHER_CPU

@@ -1,6 +1,4 @@
 """Celery settings and the beat schedule, declared in code."""
-from celery.schedules import crontab  # noqa: F401  (used as the schedule grows)
-
 from .env import env_bool, env_str
 
 _redis = env_str("REDIS_URL", "")

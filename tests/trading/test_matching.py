@@ -135,3 +135,73 @@ def test_bad_orders_are_refused_and_persist_nothing(funded, btcusdt):
     with pytest.raises(OrderRejected, match="positive"):
         order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("-1"), price=D("50000"))
     assert state() == before
+
+
+def insurance_fund(usdt, amount):
+    from apps.ledger.services import Leg, ledger_post
+
+    ledger_post(kind="INSURANCE", legs=[Leg(system_account(AccountKind.INSURANCE_FUND), usdt, amount),
+                                        Leg(system_account(AccountKind.EXTERNAL), usdt, -amount)])
+
+
+def losing_round_trip(funded, btcusdt):
+    """bob (3,000 USDT) buys 1 BTC at 50,000 from alice, then sells it to alice at 40,000."""
+    alice, bob = funded("alice"), funded("bob", D("3000"))
+    engine = SymbolEngine(btcusdt)
+    order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("1"), price=D("50000"))
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("1"), price=D("50000"))
+    batch_process(engine)
+    assert wallet_of(bob) == D("2980")  # taker fee 20
+    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("1"), price=D("40000"))
+    order_place(user=bob, contract=btcusdt, side="SELL", quantity=D("1"), price=D("40000"))
+    batch_process(engine)
+    return bob
+
+
+def test_loss_beyond_the_wallet_is_covered_by_the_insurance_fund(funded, usdt, btcusdt):
+    insurance_fund(usdt, D("5000"))
+    bob = losing_round_trip(funded, btcusdt)
+    # 2,980 − 10,000 loss − 16 fee = −7,036: 5,000 from the fund, 2,036 recorded as bad debt
+    assert wallet_of(bob) == 0
+    assert balance_amount(account=system_account(AccountKind.INSURANCE_FUND), asset_code="USDT") == 0
+    assert balance_amount(account=system_account(AccountKind.BAD_DEBT), asset_code="USDT") == D("-2036")
+    assert Position.objects.get(user=bob).size == 0
+    assert run_all_invariants() == []
+
+
+def test_duplicate_client_order_id_is_refused(funded, btcusdt):
+    alice = funded("alice")
+    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.01"), price=D("50000"), client_order_id="a-1")
+    before = state()
+    with pytest.raises(OrderRejected) as duplicate:
+        order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.01"), price=D("50000"),
+                    client_order_id="a-1")
+    assert duplicate.value.code == -4116
+    for bad in ("x" * 37, "bad id", ""):
+        with pytest.raises(OrderRejected, match="clientOrderId"):
+            order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.01"), price=D("50000"),
+                        client_order_id=bad)
+    with pytest.raises(OrderRejected, match="selfTradePreventionMode"):
+        order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.01"), price=D("50000"), stp_mode="X")
+    assert state() == before
+
+
+def test_a_failed_batch_books_nothing_and_the_matcher_replays_it(funded, btcusdt, monkeypatch):
+    from apps.trading import matching
+    from apps.trading.matcher import Matcher
+
+    alice, bob = funded("alice"), funded("bob")
+    matcher = Matcher(["BTCUSDT"])
+    engine = SymbolEngine(btcusdt)
+    matcher.engines["BTCUSDT"] = engine
+    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.5"), price=D("50000"))
+    order_place(user=bob, contract=btcusdt, side="SELL", quantity=D("0.2"), price=D("50000"))
+    real = matching.fills_book
+    monkeypatch.setattr(matching, "fills_book", lambda **kw: (_ for _ in ()).throw(RuntimeError("disk full")))
+    assert matcher.step() == 0
+    assert not Trade.objects.exists() and OrderCommand.objects.filter(status=CommandStatus.PENDING).count() == 2
+    assert len(engine.book) == 0 and matcher.engines  # book rebuilt from the database, lease kept
+    monkeypatch.setattr(matching, "fills_book", real)
+    assert matcher.step() == 2
+    assert Trade.objects.get().quantity == D("0.2") and len(engine.book) == 1
+    assert run_all_invariants() == []
