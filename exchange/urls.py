@@ -12,7 +12,12 @@ admin.site.index_title = "Back office"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("ops/", include("apps.ops.urls")),
+    # Client API (Binance USDⓈ-M paths); each app mounts its own endpoints here.
     path("fapi/", include("apps.marketdata.urls")),
+    path("fapi/", include("apps.contracts.urls")),
+    path("fapi/", include("apps.accounts.urls")),
+    path("fapi/", include("apps.trading.urls")),
+    path("fapi/", include("apps.positions.urls")),
     path("healthz", ops_views.healthz, name="healthz"),
     path("readyz", ops_views.readyz, name="readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "channels",
     "apps.ledger",
+    "apps.accounts",
     "apps.contracts",
     "apps.positions",
     "apps.trading",

@@ -1,0 +1,1 @@
+"""Client access: API keys, listen keys. Models arrive with the API issue."""
