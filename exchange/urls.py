@@ -17,6 +17,7 @@ urlpatterns = [
     path("fapi/", include("apps.contracts.urls")),
     path("fapi/", include("apps.accounts.urls")),
     path("fapi/", include("apps.trading.urls")),
+    path("fapi/", include("apps.trading.public_urls")),
     path("fapi/", include("apps.positions.urls")),
     path("healthz", ops_views.healthz, name="healthz"),
     path("readyz", ops_views.readyz, name="readyz"),
