@@ -309,16 +309,19 @@ def anomaly_event_close(*, contract: Contract, kind: str, at: datetime) -> int:
 
 
 def price_pause_lift(*, anomalies: Iterable[PriceAnomaly], by, at: datetime | None = None) -> int:
-    """Ops action: end the mark pauses of these HIGH anomalies now.
+    """Ops action: end the mark pause of the contracts of these anomalies now.
 
-    Only pauses still in force are lifted; returns how many. The running pricefeed
+    Every HIGH pause still in force on those contracts is lifted (the pause is
+    per symbol); returns how many rows. The running pricefeed
     polls for lifts and resumes mark updates of the symbol on its next tick.
     """
     at = at or timezone.now()
-    ids = [a.pk for a in anomalies]
+    contract_ids = {a.contract_id for a in anomalies}
     with transaction.atomic():
+        # A symbol's pause is lifted as a whole: every HIGH pause of its contract in force.
         lifted = PriceAnomaly.objects.filter(
-            pk__in=ids, severity=AnomalySeverity.HIGH, paused_until__gt=at, lifted_at__isnull=True
+            contract_id__in=contract_ids, severity=AnomalySeverity.HIGH, paused_until__gt=at,
+            lifted_at__isnull=True,
         ).update(lifted_at=at, lifted_by=by)
     if lifted:
         logger.warning("pricefeed.pause_lifted %d pause(s) by %s", lifted, by)

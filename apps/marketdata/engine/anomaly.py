@@ -227,6 +227,13 @@ class AnomalyDetector:
         """The factor the mark calculator should use now (1, or 2 after MEDIUM)."""
         return self.state(symbol, now=now).smoothing
 
+    def restore_pause(self, symbol: str, *, until: int | datetime) -> None:
+        """Re-impose a stored pause after a restart (the process keeps no other state)."""
+        until_ms = to_ms(until, name="until")
+        st = self._symbol(symbol)
+        if st.paused_until is None or st.paused_until < until_ms:
+            st.paused_until = until_ms
+
     def lift_pause(self, symbol: str, *, at: int | datetime, by: str | None = None, reset_history: bool = True) -> bool:
         """Ops action: resume mark updates now. Returns whether a pause was active.
 
