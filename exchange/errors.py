@@ -15,6 +15,7 @@ class ErrorCode(IntEnum):
     TOO_MANY_REQUESTS = -1003
     UNEXPECTED_RESPONSE = -1006
     TIMEOUT = -1007
+    TOO_MANY_ORDERS = -1015
     INVALID_TIMESTAMP = -1021
     INVALID_SIGNATURE = -1022
     # Not a Binance code: a signature seen before inside its window (Binance accepts replays).
