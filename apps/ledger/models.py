@@ -166,3 +166,41 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account} {self.amount:+} {self.asset.code}"
+
+
+class IncomeType(models.TextChoices):
+    """Binance `incomeType` values (their spelling, including DELIVERED_SETTELMENT)."""
+
+    TRANSFER = "TRANSFER"
+    REALIZED_PNL = "REALIZED_PNL"
+    FUNDING_FEE = "FUNDING_FEE"
+    COMMISSION = "COMMISSION"
+    INSURANCE_CLEAR = "INSURANCE_CLEAR"
+    DELIVERED_SETTELMENT = "DELIVERED_SETTELMENT"
+    AUTO_EXCHANGE = "AUTO_EXCHANGE"
+
+
+class Income(models.Model):
+    """A user's cash flow as the client API reports it (`GET /fapi/v1/income`).
+
+    The ledger nets a whole matcher batch into one transaction, so the per-trade and
+    per-position lines a client sees are kept here, written in the same transaction
+    as the ledger posting they explain (`transaction` points at it).
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="incomes")
+    symbol = models.CharField(max_length=32, blank=True)
+    income_type = models.CharField(max_length=24, choices=IncomeType.choices)
+    amount = MoneyField()
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
+    info = models.CharField(max_length=64, blank=True)
+    trade_id = models.BigIntegerField(null=True, blank=True)
+    transaction = models.ForeignKey(LedgerTransaction, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["user", "created_at"], name="income_user_time")]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.income_type} {self.amount}"

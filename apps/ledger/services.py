@@ -21,6 +21,8 @@ from .models import (
     Account,
     AccountKind,
     Asset,
+    Income,
+    IncomeType,
     LedgerEntry,
     LedgerTransaction,
     TransactionKind,
@@ -331,14 +333,21 @@ def wallet_adjust(
         raise LedgerError("A manual adjustment needs a reason (memo).")
     wallet = account_get_or_create(kind=AccountKind.WALLET, user=user)
     external = system_account(AccountKind.EXTERNAL)
-    return ledger_post(
-        kind=kind,
-        legs=[Leg(wallet, asset, amount), Leg(external, asset, -amount)],
-        idempotency_key=idempotency_key,
-        memo=memo,
-        reference={"user_id": user.pk},
-        created_by=created_by,
-    )
+    with transaction.atomic():
+        posted = ledger_post(
+            kind=kind,
+            legs=[Leg(wallet, asset, amount), Leg(external, asset, -amount)],
+            idempotency_key=idempotency_key,
+            memo=memo,
+            reference={"user_id": user.pk},
+            created_by=created_by,
+        )
+        # get_or_create: a repeated idempotency key returns the earlier transaction.
+        Income.objects.get_or_create(
+            transaction=posted, user=user, income_type=IncomeType.TRANSFER,
+            defaults={"amount": amount, "asset": _asset(asset), "info": kind, "created_at": posted.created_at},
+        )
+    return posted
 
 
 def wallet_deposit(*, user, asset: Asset | str, amount: Decimal, idempotency_key: str | None = None, memo: str = ""):
@@ -371,3 +380,12 @@ def _positive(amount) -> Decimal:
     if value <= 0:
         raise InvalidAmount("The amount must be positive.")
     return value
+
+
+def _asset(asset: Asset | str) -> Asset:
+    if isinstance(asset, Asset):
+        return asset
+    found = Asset.objects.filter(code=asset).first()
+    if found is None:
+        raise UnknownAsset(f"Unknown asset {asset!r}.")
+    return found

@@ -19,7 +19,7 @@ from decimal import Decimal
 
 from django.db import connection
 
-from apps.ledger.models import AccountKind, TransactionKind
+from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
 from apps.ledger.money import quantize_amount
 from apps.ledger.services import (
     Leg,
@@ -152,6 +152,23 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
         )[0].pk
     _write_positions(states.values())
     return booking
+
+
+def incomes_record(*, contract, fills: list[Fill], booking: BatchBooking, trade_ids: list[int], at) -> None:
+    """The client-facing income lines of a booked batch: commission and realized PnL per side per trade."""
+    if booking.ledger_transaction_id is None:
+        return
+    rows = []
+    for fill, booked, trade_id in zip(fills, booking.fills, trade_ids):
+        for user_id, fee, pnl in ((fill.taker_user_id, booked.taker_fee, booked.taker_realized_pnl),
+                                  (fill.maker_user_id, booked.maker_fee, booked.maker_realized_pnl)):
+            common = dict(user_id=user_id, symbol=contract.symbol, asset_id=contract.settle_asset_id,
+                          trade_id=trade_id, transaction_id=booking.ledger_transaction_id, created_at=at)
+            if fee:
+                rows.append(Income(income_type=IncomeType.COMMISSION, amount=-fee, **common))
+            if pnl:
+                rows.append(Income(income_type=IncomeType.REALIZED_PNL, amount=pnl, **common))
+    Income.objects.bulk_create(rows)
 
 
 def _cover_deficits(*, wallets: dict[int, int], delta: dict[int, Decimal], current: dict[int, Decimal],

@@ -12,7 +12,7 @@ import numpy as np
 from apps.contracts.grid import Grid
 from matching_native import COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, Book, Op, Side, Stp
 
-from .models import CommandKind, Order, OrderStatus, OrderType, Side as OrderSide, StpMode, TimeInForce
+from .models import MARKET_TYPES, CommandKind, Order, OrderStatus, Side as OrderSide, StpMode, TimeInForce
 
 OP_FOR_TIME_IN_FORCE = {
     TimeInForce.GTC: Op.LIMIT,
@@ -66,9 +66,12 @@ class SymbolEngine:
         for i, command in enumerate(commands):
             order = command.order
             if command.kind == CommandKind.NEW:
-                op = Op.MARKET if order.order_type == OrderType.MARKET else OP_FOR_TIME_IN_FORCE[order.time_in_force]
+                if order.order_type in MARKET_TYPES:
+                    op, price = Op.MARKET, order.protection_price
+                else:
+                    op, price = OP_FOR_TIME_IN_FORCE[order.time_in_force], order.price
                 records[i] = (op, SIDE_CODES[order.side], STP_CODES[order.stp_mode], order.pk, order.user_id,
-                              grid.ticks(order.price), grid.lots(order.quantity - order.executed_qty))
+                              grid.ticks(price), grid.lots(order.quantity - order.executed_qty))
             elif command.kind == CommandKind.CANCEL:
                 records[i] = (Op.CANCEL, 0, 0, order.pk, order.user_id, 0, 0)
             else:

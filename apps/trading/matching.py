@@ -17,7 +17,7 @@ from decimal import Decimal
 from django.db import connection, transaction
 from django.db.models.functions import Now
 
-from apps.positions.booking import Fill, fills_book
+from apps.positions.booking import Fill, fills_book, incomes_record
 from matching_native import EventKind, Flag, Reason
 
 from exchange.redis import get_redis
@@ -140,6 +140,9 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
             trade.taker_fee, trade.maker_fee = booked.taker_fee, booked.maker_fee
             trade.taker_realized_pnl, trade.maker_realized_pnl = booked.taker_realized_pnl, booked.maker_realized_pnl
         Trade.objects.bulk_create(trade_rows)
+        if trade_rows:
+            incomes_record(contract=contract, fills=fills, booking=booking, trade_ids=[t.pk for t in trade_rows],
+                           at=trade_rows[0].created_at)
         changed = [s for s in orders.values() if s.changed]
         _write_orders(changed)
         OrderCommand.objects.filter(seq__in=[c.seq for c in commands]).update(

@@ -36,6 +36,29 @@ class TimeInForce(models.TextChoices):
     GTX = "GTX", "Post only"
 
 
+class WorkingType(models.TextChoices):
+    MARK_PRICE = "MARK_PRICE"
+    CONTRACT_PRICE = "CONTRACT_PRICE"
+
+
+# Conditional (Binance "algo") orders wait, outside the book, for their trigger.
+CONDITIONAL_TYPES = (
+    OrderType.STOP,
+    OrderType.STOP_MARKET,
+    OrderType.TAKE_PROFIT,
+    OrderType.TAKE_PROFIT_MARKET,
+    OrderType.TRAILING_STOP_MARKET,
+)
+# Types that execute as market orders (with a protection price) once live.
+MARKET_TYPES = (
+    OrderType.MARKET,
+    OrderType.STOP_MARKET,
+    OrderType.TAKE_PROFIT_MARKET,
+    OrderType.TRAILING_STOP_MARKET,
+    OrderType.LIQUIDATION,
+)
+
+
 class OrderStatus(models.TextChoices):
     PENDING_NEW = "PENDING_NEW", "Accepted, not yet matched"
     NEW = "NEW"
@@ -64,7 +87,19 @@ class Order(models.Model):
     order_type = models.CharField(max_length=24, choices=OrderType.choices)
     time_in_force = models.CharField(max_length=3, choices=TimeInForce.choices, default=TimeInForce.GTC)
     price = MoneyField(null=True, blank=True)
+    # Market-type orders: the worst price they may fill at (mark ± the contract's market
+    # deviation), fixed when they go live so a replay matches them identically.
+    protection_price = MoneyField(null=True, blank=True)
+    # Conditional orders: trigger on `working_type` crossing `stop_price`; trailing stops
+    # arm at `activation_price` and trigger `callback_rate` percent off `trail_extreme`.
     stop_price = MoneyField(null=True, blank=True)
+    working_type = models.CharField(max_length=16, choices=WorkingType.choices, default=WorkingType.CONTRACT_PRICE)
+    close_position = models.BooleanField(default=False)
+    price_protect = models.BooleanField(default=False)
+    activation_price = MoneyField(null=True, blank=True)
+    callback_rate = models.DecimalField(max_digits=6, decimal_places=2, null=True, blank=True)
+    trail_extreme = MoneyField(null=True, blank=True)
+    triggered_at = models.DateTimeField(null=True, blank=True)
     quantity = MoneyField()
     executed_qty = MoneyField(default=Decimal("0"))
     cum_quote = MoneyField(default=Decimal("0"))
@@ -94,10 +129,24 @@ class Order(models.Model):
         indexes = [
             models.Index(fields=["contract", "status"], name="order_contract_status"),
             models.Index(fields=["user", "contract", "-id"], name="order_user_contract"),
+            models.Index(
+                fields=["contract"], condition=Q(status="NEW", triggered_at__isnull=True,
+                                                 order_type__in=CONDITIONAL_TYPES),
+                name="order_conditional_waiting",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.side} {self.quantity.normalize():f} {self.contract.symbol}"
+
+    @property
+    def is_conditional(self) -> bool:
+        return self.order_type in CONDITIONAL_TYPES
+
+    @property
+    def is_waiting(self) -> bool:
+        """A conditional order not yet triggered: open, but not in the book."""
+        return self.is_conditional and self.triggered_at is None and self.status in OPEN_STATUSES
 
 
 class CommandKind(models.TextChoices):

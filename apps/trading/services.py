@@ -1,146 +1,422 @@
 """Order entry: validate, hold margin through the ledger, journal the command.
 
-The order row, the margin hold and the journal command are written in one
-transaction before the caller acknowledges; the matcher is woken after commit.
-Anything refused raises an `ExchangeError` subclass and leaves nothing behind.
+The order row, the margin hold and (for an order that goes live at once) the journal
+command are written in one transaction before the caller acknowledges; the matcher
+is woken after commit. Conditional orders wait outside the book until
+`apps.trading.triggers` journals them. Anything refused raises an `ExchangeError`
+subclass and leaves nothing behind.
+
+The checks run in the order Binance reports them: parameters, grid and filters,
+then (under the position's row lock, so two concurrent orders of one account are
+judged one after the other) reduce-only, open-order limits, the leverage tier and
+finally the margin hold.
 """
 import re
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Coalesce
 
 from apps.contracts.grid import Grid, OffGrid
 from apps.contracts.models import Contract, ContractStatus
+from apps.contracts.tiers import TierError, max_leverage_for_notional
 from apps.ledger.errors import InsufficientBalance
+from apps.ledger.fields import MoneyField
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import to_decimal
 from apps.ledger.services import account_get_or_create, ledger_transfer
 from apps.positions.models import Position
+from apps.positions.tiers import contract_tiers
 from exchange.errors import ErrorCode
 
 from . import doorbell
 from .errors import BadPrecision, BadSymbol, CancelRejected, MarginInsufficient, NoSuchOrder, OrderRejected
 from .margin import order_hold
 from .models import (
+    CONDITIONAL_TYPES,
+    MARKET_TYPES,
     OPEN_STATUSES,
     CommandKind,
     Order,
     OrderCommand,
+    OrderStatus,
     OrderType,
     Side,
     StpMode,
     TimeInForce,
+    WorkingType,
 )
+from .prices import mark_price, working_price
+from .rules import band_limits, is_triggered, protection_price
 
 CLIENT_ORDER_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")
 ACCEPTING_STATUSES = (ContractStatus.TRADING, ContractStatus.CLOSE_ONLY)
+CALLBACK_RATE_RANGE = (Decimal("0.1"), Decimal("10"))
+ZERO = Decimal(0)
+
+# Which parameters each order type needs (Binance USDⓈ-M "new order" rules).
+NEEDS_PRICE = (OrderType.LIMIT, OrderType.STOP, OrderType.TAKE_PROFIT)
+NEEDS_STOP_PRICE = (OrderType.STOP, OrderType.STOP_MARKET, OrderType.TAKE_PROFIT, OrderType.TAKE_PROFIT_MARKET)
+CLOSE_POSITION_TYPES = (OrderType.STOP_MARKET, OrderType.TAKE_PROFIT_MARKET)
+CLIENT_TYPES = [t for t in OrderType.values if t != OrderType.LIQUIDATION]
 
 
-def _decimal(value, name: str) -> Decimal:
+@dataclass(frozen=True)
+class OrderSpec:
+    """A validated order request: typed, on the grid, inside the static filters."""
+
+    side: str
+    order_type: str
+    quantity: Decimal | None
+    price: Decimal | None
+    stop_price: Decimal | None
+    time_in_force: str
+    reduce_only: bool
+    close_position: bool
+    client_order_id: str
+    stp_mode: str
+    working_type: str
+    activation_price: Decimal | None
+    callback_rate: Decimal | None
+    price_protect: bool
+
+
+def _error(msg: str, code: ErrorCode) -> OrderRejected:
+    return OrderRejected(msg, code=code)
+
+
+def _missing(name: str) -> OrderRejected:
+    return _error(f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.",
+                  ErrorCode.MANDATORY_PARAM_EMPTY_OR_MALFORMED)
+
+
+def _not_required(name: str) -> OrderRejected:
+    return _error(f"Parameter '{name}' sent when not required.", ErrorCode.PARAM_NOT_REQUIRED)
+
+
+def _positive(value, name: str) -> Decimal | None:
+    if value is None or value == "":
+        return None
     try:
         result = to_decimal(value)
-    except (TypeError, ValueError) as exc:
-        raise OrderRejected(f"Invalid {name}: {value!r}.") from exc
-    if result <= 0:
-        raise OrderRejected(f"{name.capitalize()} must be positive.")
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise _missing(name) from exc
+    if not result.is_finite() or result <= 0:
+        raise _error(f"Parameter '{name}' must be a positive number.", ErrorCode.INVALID_PARAMETER)
     return result
 
 
-def order_place(
-    *,
-    user,
-    contract: Contract,
-    side: str,
-    quantity,
-    price=None,
-    order_type: str = OrderType.LIMIT,
-    time_in_force: str = TimeInForce.GTC,
-    reduce_only: bool = False,
-    client_order_id: str | None = None,
-    stp_mode: str = StpMode.EXPIRE_TAKER,
-) -> Order:
+def order_spec(*, contract: Contract, side: str, order_type: str, quantity=None, price=None, stop_price=None,
+               time_in_force: str | None = None, reduce_only: bool = False, close_position: bool = False,
+               client_order_id: str | None = None, stp_mode: str = StpMode.EXPIRE_TAKER,
+               working_type: str = WorkingType.CONTRACT_PRICE, activation_price=None, callback_rate=None,
+               price_protect: bool = False) -> OrderSpec:
+    """Check everything that does not depend on the account or the market; raise on the first problem."""
     if contract.status not in ACCEPTING_STATUSES:
         raise BadSymbol(f"Symbol {contract.symbol} is not trading (status {contract.status}).")
     if side not in Side.values:
-        raise OrderRejected(f"Invalid side {side!r}.")
-    if order_type != OrderType.LIMIT:
-        raise OrderRejected(f"Order type {order_type} is not accepted here.")
-    if time_in_force not in TimeInForce.values:
-        raise OrderRejected(f"Invalid timeInForce {time_in_force!r}.")
+        raise _error(f"Invalid side {side!r}.", ErrorCode.INVALID_SIDE)
+    if order_type not in CLIENT_TYPES:
+        raise _error(f"Invalid orderType {order_type!r}.", ErrorCode.INVALID_ORDER_TYPE)
     if stp_mode not in StpMode.values:
-        raise OrderRejected(f"Invalid selfTradePreventionMode {stp_mode!r}.")
+        raise _error(f"Invalid selfTradePreventionMode {stp_mode!r}.", ErrorCode.INVALID_PARAMETER)
+    if working_type not in WorkingType.values:
+        raise _error(f"Invalid workingType {working_type!r}.", ErrorCode.INVALID_PARAMETER)
     if client_order_id is not None and not CLIENT_ORDER_ID.fullmatch(client_order_id):
-        raise OrderRejected("clientOrderId must be 1-36 characters of [.A-Z:/a-z0-9_-].",
-                            code=ErrorCode.ILLEGAL_CHARS)
-    quantity = _decimal(quantity, "quantity")
-    price = _decimal(price, "price")
+        raise _error("newClientOrderId must be 1-36 characters of [.A-Z:/a-z0-9_-].", ErrorCode.ILLEGAL_CHARS)
+
+    quantity = _positive(quantity, "quantity")
+    price = _positive(price, "price")
+    stop_price = _positive(stop_price, "stopPrice")
+    activation_price = _positive(activation_price, "activationPrice")
+    callback_rate = _positive(callback_rate, "callbackRate")
+
+    if order_type in NEEDS_PRICE:
+        if price is None:
+            raise _missing("price")
+        time_in_force = time_in_force or TimeInForce.GTC
+        if time_in_force not in TimeInForce.values:
+            raise _error(f"Invalid timeInForce {time_in_force!r}.", ErrorCode.INVALID_TIF)
+    else:
+        if price is not None:
+            raise _not_required("price")
+        if time_in_force not in (None, TimeInForce.GTC, TimeInForce.IOC):
+            raise _error(f"timeInForce {time_in_force} is not valid for {order_type} orders.", ErrorCode.INVALID_TIF)
+        time_in_force = TimeInForce.IOC  # market-type orders never rest
+    if order_type in NEEDS_STOP_PRICE:
+        if stop_price is None:
+            raise _missing("stopPrice")
+    elif stop_price is not None:
+        raise _not_required("stopPrice")
+    if order_type == OrderType.TRAILING_STOP_MARKET:
+        if callback_rate is None:
+            raise _missing("callbackRate")
+        low, high = CALLBACK_RATE_RANGE
+        if not low <= callback_rate <= high:
+            raise _error(f"callbackRate must be between {low} and {high}.", ErrorCode.INVALID_PARAMETER)
+    elif callback_rate is not None or activation_price is not None:
+        raise _not_required("callbackRate" if callback_rate is not None else "activationPrice")
+    if close_position:
+        if order_type not in CLOSE_POSITION_TYPES:
+            raise _error("closePosition is only valid with STOP_MARKET or TAKE_PROFIT_MARKET.",
+                         ErrorCode.OPTIONAL_PARAMS_BAD_COMBO)
+        if quantity is not None:
+            raise _not_required("quantity")
+        if reduce_only:
+            raise _not_required("reduceOnly")
+    elif quantity is None:
+        raise _missing("quantity")
+    if contract.status == ContractStatus.CLOSE_ONLY and not (reduce_only or close_position):
+        raise _error(f"{contract.symbol} is close-only: only reduce-only orders are accepted.",
+                     ErrorCode.NEW_ORDER_REJECTED)
+
     grid = Grid.of(contract)
     try:
-        grid.ticks(price)
-        grid.lots(quantity)
+        for value in (price, stop_price, activation_price):
+            if value is not None:
+                grid.ticks(value)
+        if quantity is not None:
+            grid.lots(quantity)
     except OffGrid as exc:
         raise BadPrecision(f"Precision is over the maximum defined for this asset: {exc}.") from exc
-    if quantity < contract.min_qty or quantity > contract.max_qty:
-        raise OrderRejected(f"Quantity must be between {contract.min_qty.normalize()} and {contract.max_qty.normalize()}.")
-    if price < contract.min_price or price > contract.max_price:
-        raise OrderRejected(f"Price must be between {contract.min_price.normalize()} and {contract.max_price.normalize()}.")
-    if quantity * price * contract.contract_size < contract.min_notional:
-        raise OrderRejected(f"Order's notional must be no smaller than {contract.min_notional.normalize()}.")
-    client_order_id = client_order_id or f"x-{uuid.uuid4().hex[:24]}"
+    for value in (price, stop_price, activation_price):
+        if value is not None and value < contract.min_price:
+            raise _error(f"Price less than min price {contract.min_price.normalize():f}.",
+                         ErrorCode.PRICE_LESS_THAN_MIN_PRICE)
+        if value is not None and value > contract.max_price:
+            raise _error(f"Price greater than max price {contract.max_price.normalize():f}.",
+                         ErrorCode.PRICE_HIGHER_THAN_MULTIPLIER_UP)
+    if quantity is not None:
+        max_qty = contract.market_max_qty if order_type in MARKET_TYPES else contract.max_qty
+        if quantity < contract.min_qty:
+            raise _error(f"Quantity less than min quantity {contract.min_qty.normalize():f}.",
+                         ErrorCode.QTY_LESS_THAN_MIN_QTY)
+        if quantity > max_qty:
+            raise _error(f"Quantity greater than max quantity {max_qty.normalize():f}.",
+                         ErrorCode.QTY_GREATER_THAN_MAX_QTY)
+    return OrderSpec(side=side, order_type=order_type, quantity=quantity, price=price, stop_price=stop_price,
+                     time_in_force=time_in_force, reduce_only=reduce_only, close_position=close_position,
+                     client_order_id=client_order_id or f"x-{uuid.uuid4().hex[:24]}", stp_mode=stp_mode,
+                     working_type=working_type, activation_price=activation_price, callback_rate=callback_rate,
+                     price_protect=price_protect)
 
-    if contract.status == ContractStatus.CLOSE_ONLY and not reduce_only:
-        raise OrderRejected(f"{contract.symbol} is close-only: only reduce-only orders are accepted.")
+
+def position_lock(*, user, contract: Contract) -> Position:
+    """The (user, contract) position row, created if missing, locked for this transaction."""
+    Position.objects.bulk_create([Position(user=user, contract=contract)], ignore_conflicts=True)
+    return Position.objects.select_for_update().get(user=user, contract=contract)
+
+
+def _open_exposure(*, user, contract: Contract) -> dict:
+    """Counts, open quantities and open notionals of the account's open orders on the contract, in one query."""
+    plain = Q(reduce_only=False, close_position=False)
+    open_qty = F("quantity") - F("executed_qty")
+    order_price = Coalesce("price", "protection_price", "stop_price", "activation_price", ZERO)
+
+    def total(expression, condition):
+        return Coalesce(Sum(expression, filter=condition, output_field=MoneyField()), ZERO)
+
+    return Order.objects.filter(user=user, contract=contract, status__in=OPEN_STATUSES).aggregate(
+        count=Count("id"),
+        buy_notional=total(open_qty * order_price, plain & Q(side=Side.BUY)),
+        sell_notional=total(open_qty * order_price, plain & Q(side=Side.SELL)),
+        reducing_buys=total(open_qty, ~plain & Q(side=Side.BUY)),
+        reducing_sells=total(open_qty, ~plain & Q(side=Side.SELL)),
+    )
+
+
+def _check_reducing(spec: OrderSpec, position: Position, exposure: dict) -> Decimal:
+    """Reduce-only / close-position orders must shrink the position; returns their quantity."""
+    size = position.size
+    if size == 0 or (size > 0) == (spec.side == Side.BUY):
+        raise _error("ReduceOnly Order is rejected: it would not reduce the position.", ErrorCode.REDUCE_ONLY_REJECT)
+    if spec.close_position:
+        return abs(size)
+    pending = exposure["reducing_buys"] if spec.side == Side.BUY else exposure["reducing_sells"]
+    if spec.quantity + pending > abs(size):
+        raise _error(
+            f"ReduceOnly Order is rejected: {spec.quantity.normalize():f} plus {pending.normalize():f} in other "
+            f"reduce-only orders exceeds the position of {abs(size).normalize():f}.",
+            ErrorCode.REDUCE_ONLY_REJECT,
+        )
+    return spec.quantity
+
+
+def _check_band(spec: OrderSpec, contract: Contract, mark: Decimal | None) -> None:
+    if spec.price is None or mark is None:
+        return
+    lowest_sell, highest_buy = band_limits(mark=mark, up=contract.percent_price_up, down=contract.percent_price_down)
+    if spec.side == Side.BUY and spec.price > highest_buy:
+        raise _error(f"Limit price can't be higher than {highest_buy.normalize():f}.",
+                     ErrorCode.PRICE_HIGHER_THAN_MULTIPLIER_UP)
+    if spec.side == Side.SELL and spec.price < lowest_sell:
+        raise _error(f"Limit price can't be lower than {lowest_sell.normalize():f}.",
+                     ErrorCode.PRICE_LOWER_THAN_MULTIPLIER_DOWN)
+
+
+def _check_leverage_tier(spec: OrderSpec, contract: Contract, position: Position, exposure: dict,
+                         quantity: Decimal, price: Decimal) -> None:
+    """The side this order adds to (position plus open orders plus it) must fit the tier its leverage allows."""
+    if spec.side == Side.BUY:
+        held, pending = max(ZERO, position.size), exposure["buy_notional"]
+    else:
+        held, pending = max(ZERO, -position.size), exposure["sell_notional"]
+    notional = (held * position.entry_price + pending + quantity * price) * contract.contract_size
+    try:
+        allowed = max_leverage_for_notional(contract_tiers(contract), notional)
+    except TierError:
+        allowed = 0  # beyond the last tier: no leverage allows it
+    if position.leverage > allowed:
+        raise _error(
+            f"Exceeded the maximum allowable position at current leverage: a notional of "
+            f"{notional.normalize():f} allows at most {allowed}x.",
+            ErrorCode.MAX_LEVERAGE_RATIO,
+        )
+
+
+def order_place(*, user, contract: Contract, side: str, order_type: str = OrderType.LIMIT, **params) -> Order:
+    """Accept an order (or refuse it with nothing persisted)."""
+    spec = order_spec(contract=contract, side=side, order_type=order_type, **params)
+    conditional = spec.order_type in CONDITIONAL_TYPES
+    market = spec.order_type in MARKET_TYPES
+    reducing = spec.reduce_only or spec.close_position
+    mark = mark_price(contract)
+    _check_band(spec, contract, mark)
+    protection = None
+    if market and not conditional:
+        if mark is None:
+            raise _error(f"No mark price for {contract.symbol} yet: market orders are not accepted.",
+                         ErrorCode.NEW_ORDER_REJECTED)
+        protection = protection_price(side=spec.side, mark=mark, deviation=contract.market_max_deviation,
+                                      tick=contract.tick_size, min_price=contract.min_price,
+                                      max_price=contract.max_price)
+    if conditional and spec.stop_price is not None:
+        current = working_price(contract, spec.working_type)
+        if current is not None and is_triggered(order_type=spec.order_type, side=spec.side,
+                                                stop_price=spec.stop_price, price=current):
+            raise _error("Order would immediately trigger.", ErrorCode.ORDER_WOULD_IMMEDIATELY_TRIGGER)
+    if not spec.reduce_only and not spec.close_position and spec.price is not None and spec.quantity is not None:
+        if spec.quantity * spec.price * contract.contract_size < contract.min_notional:
+            raise _error(f"Order's notional must be no smaller than {contract.min_notional.normalize():f} "
+                         "(unless you choose reduce only).", ErrorCode.MIN_NOTIONAL)
 
     with transaction.atomic():
-        position, _ = Position.objects.get_or_create(user=user, contract=contract)
-        hold = order_hold(
-            quantity=quantity, price=price, contract=contract, leverage=position.leverage, reduce_only=reduce_only
-        )
+        position = position_lock(user=user, contract=contract)
+        exposure = _open_exposure(user=user, contract=contract)
+        if exposure["count"] >= contract.max_open_orders:
+            raise _error("Reach max open order limit.", ErrorCode.MAX_OPEN_ORDER_EXCEEDED)
+        quantity = _check_reducing(spec, position, exposure) if reducing else spec.quantity
+        # The price margin is judged at: the limit, the protection price of a market buy,
+        # the mark for a market sell (it fills at or below the bid), the trigger for stops.
+        hold_price = spec.price or (protection if spec.side == Side.BUY else None) or mark \
+            or spec.stop_price or spec.activation_price or working_price(contract, spec.working_type)
+        if hold_price is None:
+            raise _error(f"No reference price for {contract.symbol} yet.", ErrorCode.NEW_ORDER_REJECTED)
+        if not reducing:
+            if spec.price is None and quantity * hold_price * contract.contract_size < contract.min_notional:
+                raise _error(f"Order's notional must be no smaller than {contract.min_notional.normalize():f} "
+                             "(unless you choose reduce only).", ErrorCode.MIN_NOTIONAL)
+            _check_leverage_tier(spec, contract, position, exposure, quantity, hold_price)
+        hold = order_hold(quantity=quantity, price=hold_price, contract=contract, leverage=position.leverage,
+                          reduce_only=reducing)
         try:
             with transaction.atomic():  # the unique key decides a race between two equal ids
                 order = Order.objects.create(
-                    user=user,
-                    contract=contract,
-                    client_order_id=client_order_id,
-                    side=side,
-                    order_type=order_type,
-                    time_in_force=time_in_force,
-                    price=price,
-                    quantity=quantity,
-                    reduce_only=reduce_only,
-                    leverage=position.leverage,
-                    stp_mode=stp_mode,
-                    margin_held=hold,
+                    user=user, contract=contract, client_order_id=spec.client_order_id, side=spec.side,
+                    order_type=spec.order_type, time_in_force=spec.time_in_force, price=spec.price,
+                    protection_price=protection, stop_price=spec.stop_price, quantity=quantity,
+                    reduce_only=spec.reduce_only, close_position=spec.close_position, leverage=position.leverage,
+                    stp_mode=spec.stp_mode, working_type=spec.working_type, price_protect=spec.price_protect,
+                    activation_price=spec.activation_price, callback_rate=spec.callback_rate, margin_held=hold,
+                    status=OrderStatus.NEW if conditional else OrderStatus.PENDING_NEW,
                 )
         except IntegrityError as exc:
-            raise OrderRejected("ClientOrderId is duplicated.", code=ErrorCode.CLIENT_ORDER_ID_DUPLICATED) from exc
+            raise _error("ClientOrderId is duplicated.", ErrorCode.CLIENT_ORDER_ID_DUPLICATED) from exc
         if hold > 0:
-            try:
-                ledger_transfer(
-                    source=account_get_or_create(kind=AccountKind.WALLET, user=user),
-                    destination=account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=user),
-                    asset=contract.settle_asset,
-                    amount=hold,
-                    kind=TransactionKind.ORDER_MARGIN,
-                    reference={"order_id": order.pk},
-                )
-            except InsufficientBalance as exc:
-                raise MarginInsufficient("Margin is insufficient.") from exc
-        OrderCommand.objects.create(contract=contract, kind=CommandKind.NEW, order=order)
-        transaction.on_commit(lambda: doorbell.ring(contract.pk))
+            _hold(user=user, contract=contract, order=order, amount=hold)
+        if not conditional:
+            OrderCommand.objects.create(contract=contract, kind=CommandKind.NEW, order=order)
+            transaction.on_commit(lambda: doorbell.ring(contract.pk))
     return order
 
 
-def order_cancel(*, user, order_id: int) -> Order:
-    """Journal a cancel; the matcher closes the order and releases its hold."""
+def _hold(*, user, contract: Contract, order: Order, amount: Decimal) -> None:
+    try:
+        ledger_transfer(
+            source=account_get_or_create(kind=AccountKind.WALLET, user=user),
+            destination=account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=user),
+            asset=contract.settle_asset, amount=amount, kind=TransactionKind.ORDER_MARGIN,
+            reference={"order_id": order.pk},
+        )
+    except InsufficientBalance as exc:
+        raise MarginInsufficient("Margin is insufficient.") from exc
+
+
+def _release(*, order: Order, amount: Decimal) -> None:
+    if amount > 0:
+        ledger_transfer(
+            source=account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=order.user),
+            destination=account_get_or_create(kind=AccountKind.WALLET, user=order.user),
+            asset=order.contract.settle_asset, amount=amount, kind=TransactionKind.ORDER_MARGIN,
+            reference={"order_id": order.pk, "release": True},
+        )
+
+
+def order_get(*, user, contract: Contract | None = None, order_id: int | None = None, client_order_id: str | None = None,
+              lock: bool = False) -> Order:
+    if order_id is None and not client_order_id:
+        raise _error("Either orderId or origClientOrderId must be sent.", ErrorCode.MANDATORY_PARAM_EMPTY_OR_MALFORMED)
+    rows = Order.objects.select_related("contract", "contract__settle_asset").filter(user=user)
+    if contract is not None:
+        rows = rows.filter(contract=contract)
+    rows = rows.filter(pk=order_id) if order_id is not None else rows.filter(client_order_id=client_order_id)
+    order = (rows.select_for_update(of=("self",)) if lock else rows).first()
+    if order is None:
+        raise NoSuchOrder("Order does not exist.")
+    return order
+
+
+def order_cancel(*, user, contract: Contract | None = None, order_id: int | None = None,
+                 client_order_id: str | None = None) -> Order:
+    """Cancel an open order: journal it for the matcher, or close a waiting conditional order at once."""
     with transaction.atomic():
-        order = Order.objects.select_for_update().filter(pk=order_id, user=user).first()
-        if order is None:
-            raise NoSuchOrder("Unknown order sent.")
-        if order.status not in OPEN_STATUSES:
-            raise CancelRejected(f"Order is {order.status}; it cannot be cancelled.")
-        OrderCommand.objects.create(contract_id=order.contract_id, kind=CommandKind.CANCEL, order=order)
-        transaction.on_commit(lambda: doorbell.ring(order.contract_id))
+        order = order_get(user=user, contract=contract, order_id=order_id, client_order_id=client_order_id, lock=True)
+        _cancel_locked(order)
     return order
 
+
+def _cancel_locked(order: Order) -> None:
+    if order.status not in OPEN_STATUSES:
+        raise CancelRejected(f"Order is {order.status}; it cannot be cancelled.", code=ErrorCode.CANCEL_REJECTED)
+    if order.is_waiting:
+        # Not in the book: the matcher never saw it, so it closes here, under the row lock
+        # the trigger also takes.
+        _release(order=order, amount=order.margin_held)
+        Order.objects.filter(pk=order.pk).update(status=OrderStatus.CANCELED, margin_held=ZERO)
+        order.status, order.margin_held = OrderStatus.CANCELED, ZERO
+        return
+    OrderCommand.objects.create(contract_id=order.contract_id, kind=CommandKind.CANCEL, order=order)
+    transaction.on_commit(lambda: doorbell.ring(order.contract_id))
+
+
+def orders_cancel_all(*, user, contract: Contract) -> int:
+    """Cancel every open order of the account on the symbol; returns how many were cancelled."""
+    with transaction.atomic():
+        orders = list(
+            Order.objects.select_related("contract__settle_asset", "user")
+            .filter(user=user, contract=contract, status__in=OPEN_STATUSES)
+            .order_by("pk").select_for_update(of=("self",))
+        )
+        live = [o for o in orders if not o.is_waiting]
+        for order in orders:
+            if order.is_waiting:
+                _cancel_locked(order)
+        OrderCommand.objects.bulk_create(
+            [OrderCommand(contract_id=contract.pk, kind=CommandKind.CANCEL, order=o) for o in live]
+        )
+        if live:
+            transaction.on_commit(lambda: doorbell.ring(contract.pk))
+    return len(orders)

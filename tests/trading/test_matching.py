@@ -178,7 +178,7 @@ def test_duplicate_client_order_id_is_refused(funded, btcusdt):
                     client_order_id="a-1")
     assert duplicate.value.code == -4116
     for bad in ("x" * 37, "bad id", ""):
-        with pytest.raises(OrderRejected, match="clientOrderId"):
+        with pytest.raises(OrderRejected, match="ClientOrderId"):
             order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.01"), price=D("50000"),
                         client_order_id=bad)
     with pytest.raises(OrderRejected, match="selfTradePreventionMode"):

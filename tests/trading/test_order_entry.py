@@ -1,0 +1,186 @@
+"""Order entry rules: types, filters, the mark-price band, reduce-only, limits, conditional orders.
+
+Every refusal is checked to leave the database exactly as it was.
+"""
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from apps.ledger.models import Income, IncomeType, LedgerTransaction
+from apps.marketdata.services import price_publish
+from apps.ops.invariants import run_all_invariants
+from apps.positions.models import Position
+from apps.trading.engine import SymbolEngine
+from apps.trading.matching import batch_process
+from apps.trading.models import Order, OrderCommand, OrderStatus, Trade
+from apps.trading.services import order_cancel, order_place, orders_cancel_all
+from exchange.errors import ExchangeError
+
+from .test_matching import held_of, state, wallet_of
+
+D = Decimal
+
+
+def mark(contract, price):
+    price_publish(contract=contract, index_price=D(price), mark_price=D(price), at=timezone.now())
+
+
+def refused(code, **kwargs):
+    before = state()
+    with pytest.raises(ExchangeError) as caught:
+        order_place(**kwargs)
+    assert caught.value.code == code, caught.value.msg
+    assert state() == before
+    return caught.value
+
+
+def open_long(contract, buyer, seller, qty="0.1", price="50000"):
+    engine = SymbolEngine(contract)
+    order_place(user=seller, contract=contract, side="SELL", quantity=D(qty), price=D(price))
+    order_place(user=buyer, contract=contract, side="BUY", quantity=D(qty), price=D(price))
+    batch_process(engine)
+    return engine
+
+
+def test_parameter_rules_per_type(funded, btcusdt):
+    alice = funded("alice")
+    base = dict(user=alice, contract=btcusdt, side="BUY")
+    refused(-1102, **base, order_type="LIMIT", quantity="0.1")  # no price
+    refused(-1106, **base, order_type="MARKET", quantity="0.1", price="50000")
+    refused(-1102, **base, order_type="STOP", quantity="0.1", price="50000")  # no stopPrice
+    refused(-1102, **base, order_type="TRAILING_STOP_MARKET", quantity="0.1")  # no callbackRate
+    refused(-1130, **base, order_type="TRAILING_STOP_MARKET", quantity="0.1", callback_rate="11")
+    refused(-1128, **base, order_type="LIMIT", quantity="0.1", price="50000", close_position=True)
+    refused(-1106, **base, order_type="STOP_MARKET", stop_price="51000", close_position=True, quantity="0.1")
+    refused(-1116, **base, order_type="LIQUIDATION", quantity="0.1")
+    refused(-1117, user=alice, contract=btcusdt, side="LONG", quantity="0.1", price="50000")
+    refused(-1115, **base, quantity="0.1", price="50000", time_in_force="DAY")
+    refused(-1102, **base, quantity="abc", price="50000")
+    refused(-1130, **base, quantity="-1", price="50000")
+    refused(-1111, **base, quantity="0.0001", price="50000")
+    refused(-1111, **base, quantity="0.1", price="50000.05")
+    refused(-4005, **base, quantity="1001", price="50000")
+    refused(-4005, **base, order_type="MARKET", quantity="121")
+    refused(-4164, **base, quantity="0.001", price="4000")  # notional 4 < 5
+    btcusdt.min_qty, btcusdt.min_price = D("0.01"), D("100")
+    btcusdt.save()
+    refused(-4004, **base, quantity="0.005", price="50000")
+    refused(-4013, **base, quantity="0.1", price="99.9")
+
+
+def test_limit_price_band_around_the_mark(funded, btcusdt):
+    alice = funded("alice")
+    mark(btcusdt, "50000")
+    refused(-4016, user=alice, contract=btcusdt, side="BUY", quantity="0.1", price="57500.1")
+    refused(-4024, user=alice, contract=btcusdt, side="SELL", quantity="0.1", price="42499.9")
+    assert order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.1"), price=D("57500")).pk
+    assert order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.1"), price=D("42500")).pk
+
+
+def test_market_order_fills_inside_its_protection_price(funded, btcusdt):
+    alice, bob = funded("alice"), funded("bob")
+    refused(-2010, user=alice, contract=btcusdt, side="BUY", order_type="MARKET", quantity="0.1")  # no mark yet
+    mark(btcusdt, "50000")
+    engine = SymbolEngine(btcusdt)
+    order_place(user=bob, contract=btcusdt, side="SELL", quantity=D("0.1"), price=D("50010"))
+    order_place(user=bob, contract=btcusdt, side="SELL", quantity=D("0.1"), price=D("65000.1"))  # beyond protection
+    batch_process(engine)
+    buy = order_place(user=alice, contract=btcusdt, side="BUY", order_type="MARKET", quantity=D("0.2"))
+    assert buy.protection_price == D("65000")  # 50,000 × 1.30
+    # held at the protection price: 0.2 × 65,000 × (1/20 + 0.0004)
+    assert buy.margin_held == D("655.2")
+    batch_process(engine)
+    buy.refresh_from_db()
+    assert buy.status == OrderStatus.EXPIRED and buy.executed_qty == D("0.1") and buy.margin_held == 0
+    assert held_of(alice) == 0
+    assert Trade.objects.get().price == D("50010")
+    assert run_all_invariants() == []
+
+
+def test_reduce_only_and_close_position(funded, btcusdt):
+    alice, bob = funded("alice"), funded("bob")
+    kwargs = dict(user=alice, contract=btcusdt, reduce_only=True)
+    refused(-2022, **kwargs, side="SELL", quantity="0.1", price="50000")  # no position
+    open_long(btcusdt, alice, bob)
+    refused(-2022, **kwargs, side="BUY", quantity="0.1", price="50000")  # same side as the long
+    refused(-2022, **kwargs, side="SELL", quantity="0.2", price="50000")  # more than the position
+    first = order_place(**kwargs, side="SELL", quantity=D("0.06"), price=D("51000"))
+    assert first.margin_held == D("1.224")  # fee only: 0.06 × 51,000 × 0.0004
+    refused(-2022, **kwargs, side="SELL", quantity="0.05", price="51000")  # 0.06 already reducing
+    assert order_place(**kwargs, side="SELL", quantity=D("0.04"), price=D("51000")).pk
+    stop = order_place(user=alice, contract=btcusdt, side="SELL", order_type="STOP_MARKET", stop_price=D("45000"),
+                       close_position=True)
+    assert stop.quantity == D("0.1") and stop.close_position and stop.status == OrderStatus.NEW
+    # reduce-only orders are exempt from the min notional
+    assert order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("0.001"), price=D("1000"),
+                       reduce_only=True).pk
+
+
+def test_open_order_limit(funded, btcusdt):
+    alice = funded("alice")
+    btcusdt.max_open_orders = 3
+    btcusdt.save()
+    for i in range(3):
+        order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.01"), price=D(40000 + i))
+    refused(-2025, user=alice, contract=btcusdt, side="BUY", quantity="0.01", price="40000")
+
+
+def test_leverage_must_fit_the_tier_of_the_resulting_position(funded, btcusdt):
+    whale = funded("whale", D("10000000"))
+    Position.objects.create(user=whale, contract=btcusdt, leverage=125)
+    # 125x allows a notional up to 50,000: 0.9 BTC @ 50,000 = 45,000 fits, one more 0.2 does not
+    order_place(user=whale, contract=btcusdt, side="BUY", quantity=D("0.9"), price=D("50000"))
+    refused(-2027, user=whale, contract=btcusdt, side="BUY", quantity="0.2", price="50000")
+    # the other side is judged on its own exposure
+    assert order_place(user=whale, contract=btcusdt, side="SELL", quantity=D("0.8"), price=D("60000")).pk
+
+
+def test_margin_insufficient_persists_nothing(funded, btcusdt):
+    poor = funded("poor", D("100"))
+    refused(-2019, user=poor, contract=btcusdt, side="BUY", quantity="0.1", price="50000")
+
+
+def test_conditional_orders_wait_outside_the_book(funded, btcusdt):
+    alice = funded("alice")
+    mark(btcusdt, "50000")
+    refused(-2021, user=alice, contract=btcusdt, side="BUY", order_type="STOP_MARKET", stop_price="49000",
+            quantity="0.1", working_type="MARK_PRICE")
+    stop = order_place(user=alice, contract=btcusdt, side="BUY", order_type="STOP", stop_price=D("52000"),
+                       price=D("52100"), quantity=D("0.1"), working_type="MARK_PRICE")
+    assert stop.status == OrderStatus.NEW and stop.is_waiting
+    assert not OrderCommand.objects.filter(order=stop).exists()
+    assert stop.margin_held == held_of(alice) > 0
+    order_cancel(user=alice, contract=btcusdt, order_id=stop.pk)  # closes at once: never in the book
+    stop.refresh_from_db()
+    assert stop.status == OrderStatus.CANCELED and held_of(alice) == 0 and wallet_of(alice) == D("100000")
+    assert run_all_invariants() == []
+
+
+def test_cancel_all_journals_live_orders_and_closes_waiting_ones(funded, btcusdt):
+    alice = funded("alice")
+    engine = SymbolEngine(btcusdt)
+    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.1"), price=D("40000"))
+    order_place(user=alice, contract=btcusdt, side="SELL", order_type="TAKE_PROFIT_MARKET", stop_price=D("60000"),
+                quantity=D("0.1"))
+    batch_process(engine)
+    assert orders_cancel_all(user=alice, contract=btcusdt) == 2
+    batch_process(engine)
+    assert set(Order.objects.values_list("status", flat=True)) == {OrderStatus.CANCELED}
+    assert held_of(alice) == 0 and wallet_of(alice) == D("100000")
+
+
+def test_trades_write_income_lines(funded, btcusdt):
+    alice, bob = funded("alice"), funded("bob")
+    open_long(btcusdt, alice, bob)
+    order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.1"), price=D("51000"))
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("0.1"), price=D("51000"))
+    batch_process(SymbolEngine(btcusdt))
+    lines = Income.objects.filter(user=alice).exclude(income_type=IncomeType.TRANSFER)
+    pnl = lines.filter(income_type=IncomeType.REALIZED_PNL).get()
+    assert pnl.amount == D("100") and pnl.symbol == "BTCUSDT" and pnl.trade_id == Trade.objects.first().pk
+    fees = sorted(lines.filter(income_type=IncomeType.COMMISSION).values_list("amount", flat=True))
+    assert fees == [D("-2"), D("-1.02")]  # taker when opening at 50,000, maker when closing at 51,000
+    total = sum(Income.objects.filter(user=alice).values_list("amount", flat=True))
+    assert total == wallet_of(alice)
+    assert LedgerTransaction.objects.filter(pk=pnl.transaction_id).exists()
