@@ -1,6 +1,6 @@
 """Demo data for a fresh exchange: assets, BTC/ETH perpetuals with published brackets,
 the next quarterly BTC contract, system accounts, a funded insurance fund, demo users
-with balances and a staff login. Idempotent: existing rows are kept, deposits carry
+with balances, a staff login and the default alert rules. Idempotent: existing rows are kept, deposits carry
 idempotency keys.
 """
 import secrets
@@ -18,6 +18,8 @@ from apps.contracts.models import Contract, ContractStatus, ContractType
 from apps.contracts.services import Bracket, contract_create, tiers_from_brackets
 from apps.ledger.models import Account, AccountKind, Asset, TransactionKind
 from apps.ledger.services import Leg, ledger_post, system_account, wallet_deposit
+from apps.ops.alert_defaults import rules_seed
+from apps.ops.models import AlertRule
 
 D = Decimal
 
@@ -146,6 +148,8 @@ def seed_demo(*, credentials_file: Path | None = None) -> SeedResult:
             user, _ = User.objects.get_or_create(username=name, defaults={"email": f"{name}@demo.invalid"})
             Account.objects.get_or_create(kind=AccountKind.WALLET, user=user, contract=None)
             wallet_deposit(user=user, asset=usdt, amount=DEMO_DEPOSIT, idempotency_key=f"seed:deposit:{name}")
+
+        rules_seed(AlertRule)  # the migration made them; a flushed database gets them back here
 
         password = None
         if not User.objects.filter(username=OPS_USERNAME).exists():

@@ -1,16 +1,19 @@
 """Readiness probes of the parts a running exchange depends on, and heartbeats.
 
 Each probe returns a dict with `ok` and detail; `/readyz` is ready when all are ok.
-Processes record heartbeats in Redis under `ops:heartbeat:<name>` (epoch seconds).
+Processes record heartbeats in Redis under `ops:heartbeat:<name>` (epoch seconds):
+`beat`, `matcher:<symbol>` (every second from the lease holder) and `pricefeed`.
 """
 import time
 
+from django.conf import settings
 from django.db import connection
 
 from exchange.redis import get_redis
 
 HEARTBEAT_PREFIX = "ops:heartbeat:"
 BEAT_MAX_AGE_SECONDS = 60
+MATCHER_LEADER_KEY = "matcher:leader:{symbol}"  # written by apps.trading.matcher
 
 
 def heartbeat_record(name: str) -> None:
@@ -20,6 +23,17 @@ def heartbeat_record(name: str) -> None:
 def heartbeat_age(name: str) -> float | None:
     raw = get_redis().get(HEARTBEAT_PREFIX + name)
     return None if raw is None else max(0.0, time.time() - float(raw))
+
+
+def matcher_symbols() -> list[str]:
+    """Contracts a matcher must be serving: every one listed and not yet settled."""
+    from apps.contracts.models import Contract, ContractStatus
+
+    return list(
+        Contract.objects.exclude(status__in=(ContractStatus.PENDING, ContractStatus.SETTLED))
+        .order_by("symbol")
+        .values_list("symbol", flat=True)
+    )
 
 
 def probe_database() -> dict:
@@ -39,6 +53,13 @@ def probe_redis() -> dict:
         return {"ok": False, "error": str(exc)[:200]}
 
 
+def _heartbeat(name: str, max_age: float) -> dict:
+    age = heartbeat_age(name)
+    if age is None:
+        return {"ok": False, "age_seconds": None, "max_age_seconds": max_age, "error": "no heartbeat recorded"}
+    return {"ok": age <= max_age, "age_seconds": round(age, 1), "max_age_seconds": max_age}
+
+
 def probe_beat() -> dict:
     try:
         age = heartbeat_age("beat")
@@ -49,6 +70,44 @@ def probe_beat() -> dict:
     return {"ok": age <= BEAT_MAX_AGE_SECONDS, "age_seconds": round(age, 1), "max_age_seconds": BEAT_MAX_AGE_SECONDS}
 
 
+def probe_matchers() -> dict:
+    """Heartbeat age of each symbol's matcher, and the pid of its lease holder."""
+    max_age = settings.OPS_MATCHER_MAX_AGE_SECONDS
+    try:
+        symbols = matcher_symbols()
+        redis = get_redis()
+        result = {}
+        for symbol in symbols:
+            entry = _heartbeat(f"matcher:{symbol}", max_age)
+            leader = redis.get(MATCHER_LEADER_KEY.format(symbol=symbol))
+            entry["leader_pid"] = int(leader) if leader else None
+            result[symbol] = entry
+    except Exception as exc:
+        return {"ok": False, "error": str(exc)[:200]}
+    stale = sorted(symbol for symbol, entry in result.items() if not entry["ok"])
+    probe = {"ok": not stale, "max_age_seconds": max_age, "symbols": result}
+    if stale:
+        probe["error"] = "no fresh heartbeat for " + ", ".join(stale)
+    return probe
+
+
+def probe_pricefeed() -> dict:
+    """Freshness of the price service; it decides readiness only when OPS_PRICEFEED_REQUIRED."""
+    required = settings.OPS_PRICEFEED_REQUIRED
+    try:
+        entry = _heartbeat("pricefeed", settings.OPS_PRICEFEED_MAX_AGE_SECONDS)
+    except Exception as exc:
+        entry = {"ok": False, "error": str(exc)[:200]}
+    fresh = entry["ok"]
+    return {**entry, "ok": fresh or not required, "fresh": fresh, "required": required}
+
+
 def readiness() -> dict:
-    checks = {"database": probe_database(), "redis": probe_redis(), "beat": probe_beat()}
+    checks = {
+        "database": probe_database(),
+        "redis": probe_redis(),
+        "beat": probe_beat(),
+        "matchers": probe_matchers(),
+        "pricefeed": probe_pricefeed(),
+    }
     return {"ready": all(check["ok"] for check in checks.values()), "checks": checks}

@@ -145,6 +145,7 @@ OPS_CREDENTIALS_FILE = BASE_DIR / "var" / "ops-credentials.txt"
 from .celery import *  # noqa: E402,F401,F403
 from .channels import *  # noqa: E402,F401,F403
 from .logging import *  # noqa: E402,F401,F403
+from .ops import *  # noqa: E402,F401,F403
 from .access import *  # noqa: E402,F401,F403
 
 # Matcher: the CPU to pin the (single-threaded) matcher process to; -1 leaves it free.

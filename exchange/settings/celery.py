@@ -1,5 +1,7 @@
 """Celery settings and the beat schedule, declared in code."""
 from .env import env_bool, env_str
+from .ops import OPS_ALERT_EVALUATE_SECONDS as _OPS_ALERT_EVALUATE_SECONDS
+from .ops import OPS_BACKUP_SCHEDULE as _OPS_BACKUP_SCHEDULE
 
 _redis = env_str("REDIS_URL", "")
 
@@ -15,4 +17,6 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "ops-beat-heartbeat": {"task": "apps.ops.tasks.beat_heartbeat", "schedule": 10.0},
     "ledger-invariants": {"task": "apps.ledger.tasks.ledger_check_invariants", "schedule": 300.0},
+    "ops-alerts-evaluate": {"task": "apps.ops.tasks.alerts_evaluate", "schedule": _OPS_ALERT_EVALUATE_SECONDS},
+    "ops-backup-daily": {"task": "apps.ops.tasks.backup_daily", "schedule": _OPS_BACKUP_SCHEDULE},
 }

@@ -29,7 +29,7 @@ def test_readyz_reports_each_dependency(client):
     response = client.get("/readyz")
     body = response.json()
     assert response.status_code == 200, body
-    assert body["ready"] is True and set(body["checks"]) == {"database", "redis", "beat"}
+    assert body["ready"] is True and set(body["checks"]) == {"database", "redis", "beat", "matchers", "pricefeed"}
 
 
 @pytest.mark.django_db
