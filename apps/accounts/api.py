@@ -33,7 +33,7 @@ from rest_framework.views import APIView
 from exchange.errors import ErrorCode, ExchangeError
 
 from . import limits
-from .selectors import api_key_get_active
+from .selectors import api_key_cached_user_id, api_key_get_active
 from .services import api_key_touch
 
 API_KEY_HEADER = "HTTP_X_MBX_APIKEY"
@@ -66,10 +66,20 @@ def _django_request(request):
 
 
 def _raw_body(django_request) -> bytes:
+    """The body as received; an empty multipart form (what some HTTP clients and Django's
+    test client send for a POST without data) counts as no body at all."""
     try:
-        return django_request.body
+        body = django_request.body
     except RequestDataTooBig as exc:
         raise ExchangeError("Request body too large.", code=ErrorCode.TOO_MANY_PARAMETERS, http_status=413) from exc
+    if body and django_request.META.get("CONTENT_TYPE", "").startswith("multipart/form-data"):
+        try:
+            empty_form = not django_request.POST and not django_request.FILES
+        except Exception:  # noqa: BLE001 - any unparsable multipart body is simply not empty
+            empty_form = False
+        if empty_form:
+            return b""
+    return body
 
 
 def _pairs(raw: str, where: str) -> list[tuple[str, str]]:
@@ -234,6 +244,7 @@ class PublicApi(APIView):
             replay_signature=signed.signature if signed else None,
             # The marker outlives the window in which the timestamp check could pass.
             replay_ttl_ms=(signed.recv_window + settings.API_TIMESTAMP_FUTURE_TOLERANCE_MS + 1000) if signed else 0,
+            user_id_hint=api_key_cached_user_id(key) if key and self.counts_as_order else None,
         )
         self._access_verdict = verdict
         self._raise_for_limits(verdict, ip)

@@ -14,8 +14,9 @@ Ban deadlines are stored as epoch milliseconds (Redis TTLs only clean up), so th
 the web processes use (and tests travel) decides.
 
 The account behind an API key is read inside the script from a Redis hash (public key ->
-user id) that the key services and the key lookup keep filled; when Redis has lost it,
-orders count per key until the key is next loaded (at most API_KEY_CACHE_SECONDS later).
+user id) that key creation and every key lookup from the database fill, and that the
+script refills from the process's key cache; only when Redis lost it and no process has
+the key cached does a first order count per key instead of per account.
 """
 import math
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ OK, WEIGHT_LIMITED, ORDER_LIMITED, BANNED, REPLAYED = 0, 1, 2, 3, 4
 #       10 orders (per user, or per key when the user is unknown; suffix added here), 11 replay marker
 # ARGV: 1 now ms, 2 window end ms, 3 weight, 4 has key, 5 is order, 6 ip limit, 7 key limit,
 #       8 order limit, 9 refusals before ban, 10 ban base s, 11 ban max s, 12 ban memory s,
-#       13 replay ttl ms (0: none), 14 api key, 15 window id
+#       13 replay ttl ms (0: none), 14 api key, 15 window id, 16 user id if known in-process
 _SCRIPT = """
 local now = tonumber(ARGV[1])
 local window_left = tonumber(ARGV[2]) - now
@@ -78,6 +79,10 @@ end
 local orders = 0
 if is_order then
   local user = redis.call('HGET', KEYS[1], ARGV[14])
+  if not user and ARGV[16] ~= '' then
+    user = ARGV[16]
+    redis.call('HSET', KEYS[1], ARGV[14], user)
+  end
   local order_key
   if user then order_key = KEYS[10] .. 'u:' .. user .. ':' .. ARGV[15]
   else order_key = KEYS[10] .. 'k:' .. ARGV[14] .. ':' .. ARGV[15] end
@@ -140,7 +145,7 @@ def _script():
 
 def check(
     *, now_ms: int, ip: str, api_key: str | None, weight: int, is_order: bool, replay_signature: str | None = None,
-    replay_ttl_ms: int = 0,
+    replay_ttl_ms: int = 0, user_id_hint: int | None = None,
 ) -> Verdict:
     """Count this request against the limits (one round trip) and say whether it may proceed."""
     s = settings
@@ -159,7 +164,7 @@ def check(
         now_ms, window_end, weight, 1 if api_key else 0, 1 if is_order else 0,
         s.API_IP_WEIGHT_LIMIT_1M, s.API_KEY_WEIGHT_LIMIT_1M, s.API_ACCOUNT_ORDER_LIMIT_1M,
         s.API_BAN_AFTER_REFUSALS, s.API_BAN_BASE_SECONDS, s.API_BAN_MAX_SECONDS, s.API_BAN_MEMORY_SECONDS,
-        replay_ttl_ms if replay_signature else 0, key, window,
+        replay_ttl_ms if replay_signature else 0, key, window, user_id_hint or "",
     ]
     try:
         status, used, orders, retry_ms = _script()(keys=keys, args=args)

@@ -55,6 +55,12 @@ def api_key_cache_clear() -> None:
     _cache.clear()
 
 
+def api_key_cached_user_id(key: str) -> int | None:
+    """The user id of a key this process has cached (no I/O; may be a few seconds stale)."""
+    hit = _cache.get(key)
+    return hit[2].api_key.user_id if hit is not None else None
+
+
 def api_key_get_active(*, key: str) -> ActiveKey | None:
     """The active (not revoked, user active) key with this public key, or None."""
     now = time.time()

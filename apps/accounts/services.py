@@ -69,7 +69,8 @@ def api_key_create(*, user, label: str = "", can_trade: bool = False, ip_allowli
         can_trade=can_trade,
         ip_allowlist=normalize_ip_allowlist(ip_allowlist),
     )
-    transaction.on_commit(lambda: key_user_remember(api_key=api_key.key, user_id=user.pk))
+    # The limiter's key -> account map; a key whose row is rolled back maps nowhere harmful.
+    key_user_remember(api_key=api_key.key, user_id=user.pk)
     return api_key, secret
 
 
