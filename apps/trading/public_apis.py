@@ -51,7 +51,18 @@ def _integer(params: dict, name: str) -> int | None:
     if not _INTEGER.fullmatch(raw):
         raise ExchangeError(f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,19}}$'.",
                             code=ErrorCode.ILLEGAL_CHARS)
-    return int(raw)
+    value = int(raw)
+    if value > selectors.MAX_ID:
+        raise _invalid(name)
+    return value
+
+
+def _time(params: dict, name: str) -> int | None:
+    """Epoch milliseconds, up to the last millisecond of year 9999."""
+    value = _integer(params, name)
+    if value is not None and value > selectors.MAX_TIME_MS:
+        raise _invalid(name)
+    return value
 
 
 def _limit(params: dict, *, default: int, maximum: int) -> int:
@@ -64,7 +75,7 @@ def _limit(params: dict, *, default: int, maximum: int) -> int:
 
 
 def _time_range(params: dict) -> tuple[int | None, int | None]:
-    start, end = _integer(params, "startTime"), _integer(params, "endTime")
+    start, end = _time(params, "startTime"), _time(params, "endTime")
     if start is not None and end is not None and start > end:
         raise ExchangeError("startTime must not be after endTime.", code=ErrorCode.OPTIONAL_PARAMS_BAD_COMBO)
     return start, end

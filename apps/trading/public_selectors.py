@@ -28,6 +28,7 @@ from .models import Order, OrderCommand, OrderStatus, Side, Trade
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_ID = 2**63 - 1
+MAX_TIME_MS = 253402300799999  # 9999-12-31 23:59:59.999 UTC, the last moment a datetime holds
 RESTING_STATUSES = (OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
 
 # Kline interval → bucket width in ms (None: calendar month). Weekly klines open on
@@ -219,8 +220,10 @@ def agg_trades_list(
     an aggregate's time, the time of its first fill.
     """
     contract = contract_get(symbol=symbol)
-    params = {"contract": contract.pk, "limit": limit, "from_id": from_id, "start": start,
-              "end_excl": end + timedelta(milliseconds=1) if end else None, "max_id": MAX_ID}
+    # Trade times carry microseconds: "at or before end (ms)" is "before end + 1 ms".
+    end_excl = end + timedelta(milliseconds=1) if end is not None and end < from_ms(MAX_TIME_MS) else None
+    params = {"contract": contract.pk, "limit": limit, "from_id": from_id, "start": start, "end_excl": end_excl,
+              "max_id": MAX_ID}
     if from_id is not None or start is not None:
         lo_parts = []
         if from_id is not None:
@@ -228,7 +231,7 @@ def agg_trades_list(
         if start is not None:
             lo_parts.append("""coalesce((SELECT id FROM {trade} WHERE contract_id = %(contract)s
                 AND created_at >= %(start)s ORDER BY created_at, id LIMIT 1), %(max_id)s)""")
-        having = "HAVING min(created_at) < %(end_excl)s" if end is not None else ""
+        having = "HAVING min(created_at) < %(end_excl)s" if end_excl is not None else ""
         sql = f"""
             WITH lo AS (SELECT greatest({", ".join(lo_parts)}) AS id),
             prev AS (SELECT ROW(command_seq, price) AS k FROM {{trade}}
@@ -244,7 +247,7 @@ def agg_trades_list(
         """
     else:
         stop = "%(max_id)s::bigint"
-        if end is not None:
+        if end_excl is not None:
             # The first fill after the run that holds the last fill at or before `end`.
             stop = """(SELECT CASE WHEN b.id IS NULL THEN 0 ELSE coalesce(
                         (SELECT t.id FROM {trade} t WHERE t.contract_id = %(contract)s AND t.id > b.id
@@ -301,13 +304,15 @@ def kline_floor(interval: str, at_ms: int) -> int:
 
 
 def kline_next(interval: str, open_ms: int) -> int:
-    """Open time of the interval after the one opening at `open_ms`."""
+    """Open time of the interval after the one opening at `open_ms` (past year 9999: MAX_TIME_MS + 1)."""
     width = KLINE_INTERVALS_MS[interval]
     if width is None:
         moment = from_ms(open_ms)
+        if moment.year == 9999 and moment.month == 12:
+            return MAX_TIME_MS + 1
         year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
         return ms(datetime(year, month, 1, tzinfo=timezone.utc))
-    return open_ms + width
+    return min(open_ms + width, MAX_TIME_MS + 1)
 
 
 def klines_list(
@@ -332,10 +337,12 @@ def klines_list(
         if first_open < start_ms:
             first_open = kline_next(interval, first_open)
         conditions.append("created_at >= %(lo)s")
-        params["lo"] = from_ms(first_open)
+        params["lo"] = from_ms(min(first_open, MAX_TIME_MS))
     if end_ms is not None:
-        conditions.append("created_at < %(hi)s")
-        params["hi"] = from_ms(kline_next(interval, kline_floor(interval, end_ms)))
+        hi = kline_next(interval, kline_floor(interval, end_ms))
+        if hi <= MAX_TIME_MS:
+            conditions.append("created_at < %(hi)s")
+            params["hi"] = from_ms(hi)
     direction = "ASC" if start_ms is not None else "DESC"
     order = f"created_at {direction}, id {direction}"
     sql = f"""
