@@ -98,6 +98,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
             state.changed = True
 
         for index, command in enumerate(commands):
+            amended = False
             for event in events[run.offsets[index]:run.offsets[index + 1]]:
                 kind = event["kind"]
                 state = orders.get(int(event["oid"]))
@@ -119,6 +120,8 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
                 elif kind == EventKind.CANCELLED:
                     close(state, OrderStatus.CANCELED if event["reason"] == Reason.USER_CANCEL else OrderStatus.EXPIRED)
                 elif kind == EventKind.AMENDED:
+                    amended = True
+                    state.held += command.margin_added
                     state.open_qty = grid.quantity(int(event["qty"]))
                     state.price = grid.price(int(event["price"]))
                     state.quantity = state.executed + state.open_qty
@@ -132,6 +135,8 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
                     state.changed = True
                 elif kind == EventKind.REJECTED and command.kind == CommandKind.NEW and state is not None:
                     close(state, OrderStatus.REJECTED)
+            if command.kind == CommandKind.AMEND and not amended and command.margin_added:
+                releases[command.order.user_id] += command.margin_added  # refused amend: its extra hold returns
 
         booking = fills_book(contract=contract, fills=fills, releases=dict(releases),
                              reference={"symbol": contract.symbol, "first_seq": commands[0].seq,

@@ -175,6 +175,9 @@ class OrderCommand(models.Model):
     # AMEND: the new price (null keeps it) and the new total quantity.
     price = MoneyField(null=True, blank=True)
     quantity = MoneyField(null=True, blank=True)
+    # AMEND: extra margin moved into ORDER_MARGIN when the amend was accepted; the matcher
+    # adds it to the order's hold when the amend applies, and releases it when it is refused.
+    margin_added = MoneyField(default=Decimal("0"))
     status = models.CharField(max_length=8, choices=CommandStatus.choices, default=CommandStatus.PENDING)
     created_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)

@@ -29,6 +29,7 @@ from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import to_decimal
 from apps.ledger.services import account_get_or_create, ledger_transfer
 from apps.positions.models import Position
+from apps.positions.services import position_lock
 from apps.positions.tiers import contract_tiers
 from exchange.errors import ErrorCode
 
@@ -202,12 +203,6 @@ def order_spec(*, contract: Contract, side: str, order_type: str, quantity=None,
                      client_order_id=client_order_id or f"x-{uuid.uuid4().hex[:24]}", stp_mode=stp_mode,
                      working_type=working_type, activation_price=activation_price, callback_rate=callback_rate,
                      price_protect=price_protect)
-
-
-def position_lock(*, user, contract: Contract) -> Position:
-    """The (user, contract) position row, created if missing, locked for this transaction."""
-    Position.objects.bulk_create([Position(user=user, contract=contract)], ignore_conflicts=True)
-    return Position.objects.select_for_update().get(user=user, contract=contract)
 
 
 def _open_exposure(*, user, contract: Contract) -> dict:
@@ -420,3 +415,51 @@ def orders_cancel_all(*, user, contract: Contract) -> int:
         if live:
             transaction.on_commit(lambda: doorbell.ring(contract.pk))
     return len(orders)
+
+
+def order_amend(*, user, contract: Contract, quantity, price, side: str | None = None, order_id: int | None = None,
+                client_order_id: str | None = None) -> Order:
+    """Binance "modify order" (PUT /fapi/v1/order): new price and total quantity of an open LIMIT order.
+
+    A quantity decrease at the same price keeps book priority (the C book decides). Extra
+    margin for a larger or dearer order is held now and travels with the command.
+    """
+    quantity = _positive(quantity, "quantity")
+    price = _positive(price, "price")
+    if quantity is None:
+        raise _missing("quantity")
+    if price is None:
+        raise _missing("price")
+    with transaction.atomic():
+        order = order_get(user=user, contract=contract, order_id=order_id, client_order_id=client_order_id, lock=True)
+        if side is not None and side != order.side:
+            raise _error("Side does not match the order.", ErrorCode.INVALID_SIDE)
+        if order.status not in OPEN_STATUSES or order.order_type != OrderType.LIMIT:
+            raise _error(f"Only open LIMIT orders can be modified (order is {order.order_type} {order.status}).",
+                         ErrorCode.NEW_ORDER_REJECTED)
+        grid = Grid.of(contract)
+        try:
+            grid.ticks(price)
+            grid.lots(quantity)
+        except OffGrid as exc:
+            raise BadPrecision(f"Precision is over the maximum defined for this asset: {exc}.") from exc
+        if quantity <= order.executed_qty:
+            raise _error("Quantity must be greater than the executed quantity.", ErrorCode.NEW_ORDER_REJECTED)
+        if quantity > contract.max_qty:
+            raise _error(f"Quantity greater than max quantity {contract.max_qty.normalize():f}.",
+                         ErrorCode.QTY_GREATER_THAN_MAX_QTY)
+        spec = OrderSpec(side=order.side, order_type=OrderType.LIMIT, quantity=quantity, price=price, stop_price=None,
+                         time_in_force=order.time_in_force, reduce_only=order.reduce_only, close_position=False,
+                         client_order_id=order.client_order_id, stp_mode=order.stp_mode,
+                         working_type=order.working_type, activation_price=None, callback_rate=None,
+                         price_protect=False)
+        _check_band(spec, contract, mark_price(contract))
+        required = order_hold(quantity=quantity - order.executed_qty, price=price, contract=contract,
+                              leverage=order.leverage, reduce_only=order.reduce_only)
+        added = max(ZERO, required - order.margin_held)
+        if added:
+            _hold(user=user, contract=contract, order=order, amount=added)
+        OrderCommand.objects.create(contract=contract, kind=CommandKind.AMEND, order=order, price=price,
+                                    quantity=quantity, margin_added=added)
+        transaction.on_commit(lambda: doorbell.ring(contract.pk))
+    return order

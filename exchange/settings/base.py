@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from .env import env_bool, env_int, env_list, env_str
+from .env import env_bool, env_float, env_int, env_list, env_str
 from .safety import refuse_insecure_production
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -150,3 +150,6 @@ from .access import *  # noqa: E402,F401,F403
 
 # Matcher: the CPU to pin the (single-threaded) matcher process to; -1 leaves it free.
 MATCHER_CPU = env_int("MATCHER_CPU", -1)
+# Order entry: how long `newOrderRespType=RESULT` waits for the matcher before answering
+# with the accepted (NEW) state.
+ORDER_RESULT_WAIT_SECONDS = env_float("ORDER_RESULT_WAIT_SECONDS", 2.0)

@@ -1,0 +1,127 @@
+"""Changes a user makes to a position's settings and margin: leverage, margin type, isolated margin.
+
+Each runs under the position's row lock (the lock order entry also takes) and refuses
+a change that would leave the account unsafe, with the reference exchange's codes.
+"""
+from decimal import Decimal
+
+from django.db import transaction
+
+from apps.contracts.models import Contract
+from apps.contracts.tiers import TierError, max_leverage_for_notional
+from apps.ledger.errors import InsufficientBalance
+from apps.ledger.models import AccountKind, TransactionKind
+from apps.ledger.money import fits_precision
+from apps.ledger.services import account_get_or_create, ledger_transfer
+from exchange.errors import ErrorCode, ExchangeError
+
+from .models import MarginType, Position
+from .selectors import account_overview
+from .tiers import contract_tiers
+
+ZERO = Decimal(0)
+ADD, REDUCE = 1, 2
+
+
+def position_lock(*, user, contract: Contract) -> Position:
+    """The (user, contract) position row, created if missing, locked for this transaction."""
+    Position.objects.bulk_create([Position(user=user, contract=contract)], ignore_conflicts=True)
+    return Position.objects.select_for_update().get(user=user, contract=contract)
+
+
+def max_notional_for_leverage(contract: Contract, leverage: int) -> Decimal:
+    """The largest position notional the leverage allows: the cap of the last tier permitting it."""
+    allowed = [t.notional_cap for t in contract_tiers(contract) if t.max_leverage >= leverage]
+    return max(allowed, default=ZERO)
+
+
+def _view(user, contract):
+    overview = account_overview(user=user)
+    view = next(v for v in overview.positions if v.contract.pk == contract.pk)
+    return overview, view
+
+
+def leverage_change(*, user, contract: Contract, leverage: int) -> Position:
+    if not 1 <= leverage <= contract.max_leverage:
+        raise ExchangeError(f"Leverage {leverage} is not valid (1 to {contract.max_leverage}).",
+                            code=ErrorCode.INVALID_LEVERAGE)
+    with transaction.atomic():
+        position = position_lock(user=user, contract=contract)
+        if position.size:
+            overview, view = _view(user, contract)
+            notional = abs(view.risk.notional)
+            try:
+                allowed = max_leverage_for_notional(contract_tiers(contract), notional)
+            except TierError:
+                allowed = 0
+            if leverage > allowed:
+                raise ExchangeError(f"Leverage {leverage}x exceeds the {allowed}x allowed for a position of "
+                                    f"notional {notional.normalize():f}.", code=ErrorCode.MAX_LEVERAGE_RATIO)
+            new_initial = notional / Decimal(leverage)
+            if view.is_isolated:
+                short = new_initial > view.isolated_margin + view.risk.unrealized_pnl
+            else:
+                asset = overview.asset(contract.settle_asset.code)
+                short = asset.available + view.risk.initial_margin - new_initial < 0
+            if short:
+                raise ExchangeError("Leverage is smaller than permitted: insufficient margin balance.",
+                                    code=ErrorCode.MIN_LEVERAGE_RATIO)
+        Position.objects.filter(pk=position.pk).update(leverage=leverage)
+        position.leverage = leverage
+    return position
+
+
+def margin_type_change(*, user, contract: Contract, margin_type: str) -> Position:
+    from apps.trading.models import OPEN_STATUSES, Order  # trading builds on positions, not the reverse
+
+    if margin_type not in MarginType.values:
+        raise ExchangeError(f"Invalid marginType {margin_type!r}.", code=ErrorCode.INVALID_PARAMETER)
+    with transaction.atomic():
+        position = position_lock(user=user, contract=contract)
+        if position.margin_type == margin_type:
+            raise ExchangeError("No need to change margin type.", code=ErrorCode.NO_NEED_TO_CHANGE_MARGIN_TYPE)
+        if Order.objects.filter(user=user, contract=contract, status__in=OPEN_STATUSES).exists():
+            raise ExchangeError("Margin type cannot be changed if there exists open orders.",
+                                code=ErrorCode.THERE_EXISTS_OPEN_ORDERS)
+        if position.size:
+            raise ExchangeError("Margin type cannot be changed if there exists position.",
+                                code=ErrorCode.THERE_EXISTS_QUANTITY)
+        Position.objects.filter(pk=position.pk).update(margin_type=margin_type)
+        position.margin_type = margin_type
+    return position
+
+
+def position_margin_adjust(*, user, contract: Contract, amount: Decimal, direction: int) -> Decimal:
+    """Add margin to (1) or remove it from (2) an isolated position; returns the amount moved."""
+    asset = contract.settle_asset
+    if amount <= 0 or not fits_precision(amount, asset.precision):
+        raise ExchangeError(f"Invalid amount {amount}: positive, at most {asset.precision} decimals.",
+                            code=ErrorCode.BAD_PRECISION if amount > 0 else ErrorCode.AMOUNT_MUST_BE_POSITIVE)
+    if direction not in (ADD, REDUCE):
+        raise ExchangeError("type must be 1 (add) or 2 (reduce).", code=ErrorCode.INVALID_PARAMETER)
+    with transaction.atomic():
+        position = position_lock(user=user, contract=contract)
+        if position.margin_type != MarginType.ISOLATED or not position.size:
+            raise ExchangeError("Margin can only be adjusted on an open isolated position.",
+                                code=ErrorCode.INVALID_PARAMETER)
+        overview, view = _view(user, contract)
+        wallet = account_get_or_create(kind=AccountKind.WALLET, user=user)
+        isolated = account_get_or_create(kind=AccountKind.ISOLATED_MARGIN, user=user, contract=contract)
+        if direction == ADD:
+            if amount > overview.asset(asset.code).available:
+                raise ExchangeError("Margin is insufficient.", code=ErrorCode.MARGIN_NOT_SUFFICIENT)
+            source, destination = wallet, isolated
+        else:
+            removable = min(view.isolated_margin,
+                            view.isolated_margin + view.risk.unrealized_pnl - view.risk.initial_margin)
+            if amount > removable:
+                raise ExchangeError(f"Isolated balance insufficient: at most {max(ZERO, removable).normalize():f} "
+                                    "can be removed.", code=ErrorCode.ISOLATED_BALANCE_INSUFFICIENT)
+            source, destination = isolated, wallet
+        try:
+            ledger_transfer(source=source, destination=destination, asset=asset, amount=amount,
+                            kind=TransactionKind.TRANSFER,
+                            reference={"position_margin": direction, "symbol": contract.symbol})
+        except InsufficientBalance as exc:
+            raise ExchangeError("Margin is insufficient.", code=ErrorCode.MARGIN_NOT_SUFFICIENT) from exc
+    return amount

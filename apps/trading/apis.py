@@ -1,0 +1,326 @@
+"""Signed order endpoints (Binance USDⓈ-M paths, parameters and response fields).
+
+Views parse parameters, call one service or selector and shape the output; every
+refusal is an `ExchangeError` rendered as `{code, msg}` by the exception handler.
+"""
+import json
+from decimal import Decimal
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from apps.accounts.api import PERMISSION_READ, PERMISSION_TRADE, SignedApi, request_params
+from exchange import params as p
+from exchange.errors import ErrorCode, ExchangeError
+
+from .models import Order, OrderStatus, OrderType, Side, StpMode, TimeInForce, WorkingType
+from .selectors import order_wait_result, orders_all, orders_open, trades_of_user
+from .services import order_amend, order_cancel, order_get, order_place, orders_cancel_all
+
+MAX_BATCH_ORDERS = 5
+RESP_TYPES = ("ACK", "RESULT")
+
+
+def _ms(value) -> int:
+    return int(value.timestamp() * 1000) if value is not None else 0
+
+
+def _s(value: Decimal | None) -> str:
+    return format(value.normalize(), "f") if value is not None else "0"
+
+
+def order_payload(order: Order) -> dict:
+    """An order as Binance reports it (strings for decimals, int ms for times)."""
+    status = OrderStatus.NEW if order.status == OrderStatus.PENDING_NEW else order.status
+    executed = order.executed_qty
+    avg = order.cum_quote / (executed * order.contract.contract_size) if executed else None
+    return {
+        "orderId": order.pk,
+        "symbol": order.contract.symbol,
+        "status": str(status),
+        "clientOrderId": order.client_order_id,
+        "price": _s(order.price),
+        "avgPrice": _s(avg),
+        "origQty": _s(order.quantity),
+        "executedQty": _s(executed),
+        "cumQty": _s(executed),
+        "cumQuote": _s(order.cum_quote),
+        "timeInForce": order.time_in_force,
+        "type": order.order_type,
+        "origType": order.order_type,
+        "reduceOnly": order.reduce_only or order.close_position,
+        "closePosition": order.close_position,
+        "side": order.side,
+        "positionSide": "BOTH",
+        "stopPrice": _s(order.stop_price),
+        "workingType": order.working_type,
+        "priceProtect": order.price_protect,
+        "activatePrice": _s(order.activation_price) if order.activation_price is not None else None,
+        "priceRate": _s(order.callback_rate) if order.callback_rate is not None else None,
+        "priceMatch": "NONE",
+        "selfTradePreventionMode": order.stp_mode,
+        "goodTillDate": 0,
+        "time": _ms(order.created_at),
+        "updateTime": _ms(order.updated_at),
+    }
+
+
+def _order_params(params: dict) -> dict:
+    """Binance new-order parameters → `order_place` keyword arguments."""
+    position_side = p.optional(params, "positionSide")
+    if position_side not in (None, "BOTH"):
+        raise ExchangeError("Order's position side does not match user's setting (one-way mode).",
+                            code=ErrorCode.INVALID_PARAMETER)
+    return dict(
+        side=p.required(params, "side"),
+        order_type=p.required(params, "type"),
+        quantity=p.optional(params, "quantity"),
+        price=p.optional(params, "price"),
+        stop_price=p.optional(params, "stopPrice"),
+        time_in_force=p.optional(params, "timeInForce"),
+        reduce_only=p.boolean(params, "reduceOnly"),
+        close_position=p.boolean(params, "closePosition"),
+        client_order_id=p.optional(params, "newClientOrderId"),
+        stp_mode=p.optional(params, "selfTradePreventionMode") or StpMode.EXPIRE_TAKER,
+        working_type=p.optional(params, "workingType") or WorkingType.CONTRACT_PRICE,
+        activation_price=p.optional(params, "activationPrice"),
+        callback_rate=p.optional(params, "callbackRate"),
+        price_protect=p.boolean(params, "priceProtect"),
+    )
+
+
+def _place(user, params: dict) -> dict:
+    contract = p.contract(params)
+    resp_type = p.choice(params, "newOrderRespType", RESP_TYPES, default="ACK")
+    order = order_place(user=user, contract=contract, **_order_params(params))
+    order.contract = contract
+    if resp_type == "RESULT":
+        order = order_wait_result(order=order, timeout=settings.ORDER_RESULT_WAIT_SECONDS)
+    return order_payload(order)
+
+
+def _lookup(params: dict) -> dict:
+    return dict(order_id=p.integer(params, "orderId"), client_order_id=p.optional(params, "origClientOrderId"))
+
+
+ORDER_FIELDS = {
+    "orderId": serializers.IntegerField(), "symbol": serializers.CharField(), "status": serializers.CharField(),
+    "clientOrderId": serializers.CharField(), "price": serializers.CharField(), "avgPrice": serializers.CharField(),
+    "origQty": serializers.CharField(), "executedQty": serializers.CharField(), "cumQty": serializers.CharField(),
+    "cumQuote": serializers.CharField(), "timeInForce": serializers.CharField(), "type": serializers.CharField(),
+    "origType": serializers.CharField(), "reduceOnly": serializers.BooleanField(),
+    "closePosition": serializers.BooleanField(), "side": serializers.CharField(),
+    "positionSide": serializers.CharField(), "stopPrice": serializers.CharField(),
+    "workingType": serializers.CharField(), "priceProtect": serializers.BooleanField(),
+    "activatePrice": serializers.CharField(allow_null=True), "priceRate": serializers.CharField(allow_null=True),
+    "priceMatch": serializers.CharField(), "selfTradePreventionMode": serializers.CharField(),
+    "goodTillDate": serializers.IntegerField(), "time": serializers.IntegerField(),
+    "updateTime": serializers.IntegerField(),
+}
+ORDER = inline_serializer("Order", ORDER_FIELDS)
+ORDERS = inline_serializer("Order", ORDER_FIELDS, many=True)
+SYMBOL = OpenApiParameter("symbol", str, required=True)
+SIGNED = [OpenApiParameter("X-MBX-APIKEY", str, location=OpenApiParameter.HEADER, required=True),
+          OpenApiParameter("timestamp", int, required=True), OpenApiParameter("signature", str, required=True),
+          OpenApiParameter("recvWindow", int, required=False)]
+NEW_ORDER_PARAMS = [
+    SYMBOL,
+    OpenApiParameter("side", str, enum=Side.values, required=True),
+    OpenApiParameter("type", str, enum=[t for t in OrderType.values if t != OrderType.LIQUIDATION], required=True),
+    OpenApiParameter("quantity", str), OpenApiParameter("price", str), OpenApiParameter("stopPrice", str),
+    OpenApiParameter("timeInForce", str, enum=TimeInForce.values), OpenApiParameter("reduceOnly", str),
+    OpenApiParameter("closePosition", str), OpenApiParameter("newClientOrderId", str),
+    OpenApiParameter("workingType", str, enum=WorkingType.values), OpenApiParameter("activationPrice", str),
+    OpenApiParameter("callbackRate", str), OpenApiParameter("priceProtect", str),
+    OpenApiParameter("selfTradePreventionMode", str, enum=StpMode.values),
+    OpenApiParameter("newOrderRespType", str, enum=list(RESP_TYPES)), OpenApiParameter("positionSide", str),
+]
+LOOKUP_PARAMS = [SYMBOL, OpenApiParameter("orderId", int), OpenApiParameter("origClientOrderId", str)]
+
+
+class OrderApi(SignedApi):
+    """/fapi/v1/order: POST new order, PUT modify, DELETE cancel (TRADE); GET query (USER_DATA, a read)."""
+
+    @property
+    def permission(self) -> str:
+        return PERMISSION_READ if self.request.method == "GET" else PERMISSION_TRADE
+
+    @property
+    def counts_as_order(self) -> bool:
+        return self.request.method == "POST"
+
+    @extend_schema(parameters=SIGNED + NEW_ORDER_PARAMS, request=None, responses=ORDER)
+    def post(self, request):
+        return Response(_place(request.user, request_params(request)))
+
+    @extend_schema(parameters=SIGNED + LOOKUP_PARAMS + [OpenApiParameter("side", str), OpenApiParameter(
+        "quantity", str, required=True), OpenApiParameter("price", str, required=True)],
+        request=None, responses=ORDER)
+    def put(self, request):
+        params = request_params(request)
+        order = order_amend(user=request.user, contract=p.contract(params), **_lookup(params),
+                            side=p.optional(params, "side"), quantity=p.required(params, "quantity"),
+                            price=p.required(params, "price"))
+        return Response(order_payload(order))
+
+    @extend_schema(parameters=SIGNED + LOOKUP_PARAMS, responses=ORDER)
+    def get(self, request):
+        params = request_params(request)
+        return Response(order_payload(order_get(user=request.user, contract=p.contract(params), **_lookup(params))))
+
+    @extend_schema(parameters=SIGNED + LOOKUP_PARAMS, request=None, responses=ORDER)
+    def delete(self, request):
+        params = request_params(request)
+        order = order_cancel(user=request.user, contract=p.contract(params), **_lookup(params))
+        return Response(order_payload(order))
+
+
+def _batch(raw: str | None, name: str) -> list:
+    if not raw:
+        raise p.missing(name)
+    try:
+        items = json.loads(raw)
+    except ValueError as exc:
+        raise p.missing(name) from exc
+    if not isinstance(items, list) or not items:
+        raise p.missing(name)
+    if len(items) > MAX_BATCH_ORDERS:
+        raise ExchangeError(f"{name} may hold at most {MAX_BATCH_ORDERS} items.", code=ErrorCode.INVALID_PARAMETER)
+    return items
+
+
+class BatchOrdersApi(SignedApi):
+    """POST /fapi/v1/batchOrders (up to 5 orders, each accepted or refused on its own), DELETE (cancel a list)."""
+
+    permission = PERMISSION_TRADE
+    counts_as_order = True
+    weight = 5
+
+    @extend_schema(parameters=SIGNED + [OpenApiParameter("batchOrders", str, required=True)], request=None,
+                   responses=serializers.ListField(child=serializers.DictField()))
+    def post(self, request):
+        results = []
+        for item in _batch(request_params(request).get("batchOrders"), "batchOrders"):
+            try:
+                if not isinstance(item, dict):
+                    raise p.missing("batchOrders")
+                results.append(_place(request.user, {k: str(v) for k, v in item.items()}))
+            except ExchangeError as exc:
+                results.append(exc.as_body())
+        return Response(results)
+
+    @extend_schema(parameters=SIGNED + [SYMBOL, OpenApiParameter("orderIdList", str),
+                                        OpenApiParameter("origClientOrderIdList", str)],
+                   request=None, responses=serializers.ListField(child=serializers.DictField()))
+    def delete(self, request):
+        params = request_params(request)
+        contract = p.contract(params)
+        ids = params.get("orderIdList")
+        lookups = ([{"order_id": i} for i in _batch(ids, "orderIdList")] if ids else
+                   [{"client_order_id": c} for c in _batch(params.get("origClientOrderIdList"),
+                                                           "origClientOrderIdList")])
+        results = []
+        for lookup in lookups:
+            try:
+                if "order_id" in lookup and not isinstance(lookup["order_id"], int):
+                    raise p.invalid("orderIdList", lookup["order_id"])
+                results.append(order_payload(order_cancel(user=request.user, contract=contract, **lookup)))
+            except ExchangeError as exc:
+                results.append(exc.as_body())
+        return Response(results)
+
+
+class AllOpenOrdersApi(SignedApi):
+    """DELETE /fapi/v1/allOpenOrders."""
+
+    permission = PERMISSION_TRADE
+
+    @extend_schema(parameters=SIGNED + [SYMBOL], request=None,
+                   responses=inline_serializer("CancelAll", {"code": serializers.IntegerField(),
+                                                             "msg": serializers.CharField()}))
+    def delete(self, request):
+        orders_cancel_all(user=request.user, contract=p.contract(request_params(request)))
+        return Response({"code": 200, "msg": "The operation of cancel all open order is done."})
+
+
+class OpenOrdersApi(SignedApi):
+    """GET /fapi/v1/openOrders (weight 1 with a symbol, 40 without)."""
+
+    def get_weight(self, request):
+        return 1 if request_params(request).get("symbol") else 40
+
+    @extend_schema(parameters=SIGNED + [OpenApiParameter("symbol", str)], responses=ORDERS)
+    def get(self, request):
+        contract = p.contract(request_params(request), required_=False)
+        return Response([order_payload(o) for o in orders_open(user=request.user, contract=contract)])
+
+
+class OpenOrderApi(SignedApi):
+    """GET /fapi/v1/openOrder: one open order; -2013 when it is not open."""
+
+    @extend_schema(parameters=SIGNED + LOOKUP_PARAMS, responses=ORDER)
+    def get(self, request):
+        params = request_params(request)
+        order = order_get(user=request.user, contract=p.contract(params), **_lookup(params))
+        if order.status not in (OrderStatus.PENDING_NEW, OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED):
+            raise ExchangeError("Order does not exist.", code=ErrorCode.NO_SUCH_ORDER)
+        return Response(order_payload(order))
+
+
+class AllOrdersApi(SignedApi):
+    """GET /fapi/v1/allOrders."""
+
+    weight = 5
+
+    @extend_schema(parameters=SIGNED + [SYMBOL, OpenApiParameter("orderId", int), OpenApiParameter("startTime", int),
+                                        OpenApiParameter("endTime", int), OpenApiParameter("limit", int)],
+                   responses=ORDERS)
+    def get(self, request):
+        params = request_params(request)
+        start, end = p.time_range(params)
+        rows = orders_all(user=request.user, contract=p.contract(params), order_id=p.integer(params, "orderId"),
+                          start_ms=start, end_ms=end, limit=p.integer(params, "limit", default=500, low=1, high=1000))
+        return Response([order_payload(o) for o in rows])
+
+
+USER_TRADE_FIELDS = {
+    "id": serializers.IntegerField(), "symbol": serializers.CharField(), "orderId": serializers.IntegerField(),
+    "side": serializers.CharField(), "price": serializers.CharField(), "qty": serializers.CharField(),
+    "quoteQty": serializers.CharField(), "realizedPnl": serializers.CharField(),
+    "commission": serializers.CharField(), "commissionAsset": serializers.CharField(),
+    "buyer": serializers.BooleanField(), "maker": serializers.BooleanField(),
+    "positionSide": serializers.CharField(), "time": serializers.IntegerField(),
+}
+USER_TRADES = inline_serializer("UserTrade", USER_TRADE_FIELDS, many=True)
+
+
+class UserTradesApi(SignedApi):
+    """GET /fapi/v1/userTrades."""
+
+    weight = 5
+
+    @extend_schema(parameters=SIGNED + [SYMBOL, OpenApiParameter("fromId", int), OpenApiParameter("startTime", int),
+                                        OpenApiParameter("endTime", int), OpenApiParameter("limit", int)],
+                   responses=USER_TRADES)
+    def get(self, request):
+        params = request_params(request)
+        contract = p.contract(params)
+        start, end = p.time_range(params)
+        rows = trades_of_user(user=request.user, contract=contract, from_id=p.integer(params, "fromId"),
+                              start_ms=start, end_ms=end,
+                              limit=p.integer(params, "limit", default=500, low=1, high=1000))
+        out = []
+        for trade, taker in rows:
+            order = trade.taker_order if taker else trade.maker_order
+            out.append({
+                "id": trade.pk, "symbol": contract.symbol, "orderId": order.pk, "side": order.side,
+                "price": _s(trade.price), "qty": _s(trade.quantity),
+                "quoteQty": _s(trade.price * trade.quantity * contract.contract_size),
+                "realizedPnl": _s(trade.taker_realized_pnl if taker else trade.maker_realized_pnl),
+                "commission": _s(trade.taker_fee if taker else trade.maker_fee),
+                "commissionAsset": contract.settle_asset.code, "buyer": order.side == Side.BUY,
+                "maker": not taker, "positionSide": "BOTH", "time": _ms(trade.created_at),
+            })
+        return Response(out)

@@ -1,0 +1,112 @@
+"""Parsing of client API parameters (Binance conventions: everything arrives as strings).
+
+Each helper either returns a typed value or raises the `ExchangeError` Binance would
+send (-1102 missing or malformed, -1130 invalid value, -1121 unknown symbol), so views
+stay a few lines of "parse, call one service, shape the output".
+"""
+import time
+from decimal import Decimal, InvalidOperation
+
+from apps.contracts.models import Contract
+from exchange.errors import ErrorCode, ExchangeError
+
+CONTRACT_CACHE_SECONDS = 1.0
+_contracts: dict[str, tuple[float, Contract]] = {}
+
+
+def missing(name: str) -> ExchangeError:
+    return ExchangeError(f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.",
+                         code=ErrorCode.MANDATORY_PARAM_EMPTY_OR_MALFORMED)
+
+
+def invalid(name: str, value) -> ExchangeError:
+    return ExchangeError(f"Invalid value {value!r} for parameter '{name}'.", code=ErrorCode.INVALID_PARAMETER)
+
+
+def required(params: dict, name: str) -> str:
+    value = params.get(name)
+    if value is None or value == "":
+        raise missing(name)
+    return value
+
+
+def optional(params: dict, name: str) -> str | None:
+    value = params.get(name)
+    return None if value == "" else value
+
+
+def integer(params: dict, name: str, *, default: int | None = None, low: int | None = None,
+            high: int | None = None) -> int | None:
+    value = optional(params, name)
+    if value is None:
+        return default
+    try:
+        result = int(value)
+    except ValueError as exc:
+        raise invalid(name, value) from exc
+    if (low is not None and result < low) or (high is not None and result > high):
+        raise invalid(name, value)
+    return result
+
+
+def boolean(params: dict, name: str, *, default: bool = False) -> bool:
+    value = optional(params, name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered not in ("true", "false"):
+        raise invalid(name, value)
+    return lowered == "true"
+
+
+def decimal(params: dict, name: str) -> Decimal | None:
+    value = optional(params, name)
+    if value is None:
+        return None
+    try:
+        result = Decimal(value)
+    except InvalidOperation as exc:
+        raise missing(name) from exc
+    if not result.is_finite():
+        raise missing(name)
+    return result
+
+
+def choice(params: dict, name: str, choices, *, default: str | None = None, code: ErrorCode | None = None) -> str | None:
+    value = optional(params, name)
+    if value is None:
+        return default
+    if value not in choices:
+        raise ExchangeError(f"Invalid {name} {value!r}.", code=code or ErrorCode.INVALID_PARAMETER)
+    return value
+
+
+def contract(params: dict, name: str = "symbol", *, required_: bool = True) -> Contract | None:
+    """The contract named by `symbol`, with its settle asset; briefly cached per process."""
+    symbol = params.get(name)
+    if not symbol:
+        if required_:
+            raise missing(name)
+        return None
+    now = time.monotonic()
+    hit = _contracts.get(symbol)
+    if hit is not None and now - hit[0] < CONTRACT_CACHE_SECONDS:
+        return hit[1]
+    found = Contract.objects.select_related("settle_asset").filter(symbol=symbol).first()
+    if found is None:
+        raise ExchangeError("Invalid symbol.", code=ErrorCode.BAD_SYMBOL)
+    _contracts[symbol] = (now, found)
+    return found
+
+
+def time_range(params: dict) -> tuple[int | None, int | None]:
+    start = integer(params, "startTime", low=0)
+    end = integer(params, "endTime", low=0)
+    if start is not None and end is not None and start > end:
+        raise ExchangeError("startTime must not be after endTime.", code=ErrorCode.INVALID_PARAMETER)
+    return start, end
+
+
+def contracts_forget() -> None:
+    """Drop the contract cache (tests; a process sees edits within a second anyway)."""
+    _contracts.clear()
