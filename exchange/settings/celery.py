@@ -19,4 +19,5 @@ CELERY_BEAT_SCHEDULE = {
     "ledger-invariants": {"task": "apps.ledger.tasks.ledger_check_invariants", "schedule": 300.0},
     "ops-alerts-evaluate": {"task": "apps.ops.tasks.alerts_evaluate", "schedule": _OPS_ALERT_EVALUATE_SECONDS},
     "ops-backup-daily": {"task": "apps.ops.tasks.backup_daily", "schedule": _OPS_BACKUP_SCHEDULE},
+    "marketdata-samples-prune": {"task": "apps.marketdata.tasks.price_samples_prune_task", "schedule": 3600.0},
 }
