@@ -85,7 +85,8 @@ def pg_tool(name: str, *, server_major: int | None = None) -> str:
         if server_major is None:
             return str(path)
         version = subprocess.run([str(path), "--version"], capture_output=True, text=True).stdout
-        if _major(version.split(")")[-1]) >= server_major:
+        match = re.search(r"\(PostgreSQL\)\s*(\d+)", version)
+        if match and int(match.group(1)) >= server_major:
             return str(path)
     found = ", ".join(str(p) for p in seen) or "none"
     raise BackupError(
