@@ -19,6 +19,7 @@ from django.db.models.functions import Now
 
 from apps.positions.booking import Fill, fills_book, incomes_record
 from matching_native import EventKind, Flag, Reason
+from matching_native import Side as BookSide
 
 from exchange.redis import get_redis
 
@@ -28,6 +29,9 @@ from .models import CommandKind, CommandStatus, Order, OrderCommand, OrderStatus
 
 logger = logging.getLogger(__name__)
 EVENTS_CHANNEL = "events:{symbol}"
+# Cancellations of resting orders (the others are remainders of takers that never rested).
+LEFT_THE_BOOK = (Reason.USER_CANCEL, Reason.STP_MAKER)
+DEPTH_LEVELS = 1000  # depth changes are reported for the top this many levels per side
 
 
 @dataclass
@@ -53,8 +57,7 @@ class _OrderState:
 @dataclass
 class BatchResult:
     commands: int
-    trades: list = field(default_factory=list)
-    order_updates: list = field(default_factory=list)
+    trades: list = field(default_factory=list)  # Trade rows, in execution order
     seconds: float = 0.0
 
 
@@ -80,6 +83,13 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
         fills: list[Fill] = []
         trade_rows: list[Trade] = []
         releases: dict[int, Decimal] = defaultdict(Decimal)
+        # For the after-commit publish: (execution type, order state, status, executed, cum quote,
+        # fill index or None, maker?) per order event, and the book levels (side, ticks) touched.
+        executions: list[tuple] = []
+        touched: set[tuple[int, int]] = set()
+
+        def report(exec_type: str, state: _OrderState, fill: int | None = None, maker: bool = False) -> None:
+            executions.append((exec_type, state, state.status, state.executed, state.cum_quote, fill, maker))
 
         def fill_side(state: _OrderState, qty: Decimal, price: Decimal) -> None:
             release = hold_release(held=state.held, open_qty=state.open_qty, filled_qty=qty, precision=precision)
@@ -112,15 +122,28 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
                     trade_rows.append(Trade(contract=contract, price=price, quantity=qty, taker_order_id=state.order.pk,
                                             maker_order_id=maker.order.pk, taker_side=state.order.side,
                                             command_seq=command.seq))
+                    report("TRADE", state, len(fills) - 1)
+                    report("TRADE", maker, len(fills) - 1, maker=True)
+                    maker_side = BookSide.SELL if event["side"] == BookSide.BUY else BookSide.BUY
+                    touched.add((int(maker_side), int(event["price"])))
                 elif kind == EventKind.RESTED:
                     state.priority = engine.take_priority()
                     if state.status == OrderStatus.PENDING_NEW:
                         state.status = OrderStatus.NEW
                     state.changed = True
+                    report("NEW", state)
+                    touched.add((int(event["side"]), int(event["price"])))
                 elif kind == EventKind.CANCELLED:
-                    close(state, OrderStatus.CANCELED if event["reason"] == Reason.USER_CANCEL else OrderStatus.EXPIRED)
+                    user_cancel = event["reason"] == Reason.USER_CANCEL
+                    close(state, OrderStatus.CANCELED if user_cancel else OrderStatus.EXPIRED)
+                    report("CANCELED" if user_cancel else "EXPIRED", state)
+                    if event["reason"] in LEFT_THE_BOOK:
+                        touched.add((int(event["side"]), int(event["price"])))
                 elif kind == EventKind.AMENDED:
                     amended = True
+                    if state.price is not None:
+                        touched.add((int(event["side"]), grid.ticks(state.price)))
+                    touched.add((int(event["side"]), int(event["price"])))
                     state.held += command.margin_added
                     state.open_qty = grid.quantity(int(event["qty"]))
                     state.price = grid.price(int(event["price"]))
@@ -133,8 +156,10 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
                         releases[state.order.user_id] += state.held - required
                         state.held = required
                     state.changed = True
+                    report("AMENDMENT", state)
                 elif kind == EventKind.REJECTED and command.kind == CommandKind.NEW and state is not None:
                     close(state, OrderStatus.REJECTED)
+                    report("REJECTED", state)
             if command.kind == CommandKind.AMEND and not amended and command.margin_added:
                 releases[command.order.user_id] += command.margin_added  # refused amend: its extra hold returns
 
@@ -153,12 +178,10 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
         OrderCommand.objects.filter(seq__in=[c.seq for c in commands]).update(
             status=CommandStatus.DONE, processed_at=Now()
         )
-        result = BatchResult(
-            commands=len(commands),
-            trades=[(t.pk, str(t.price), str(t.quantity), t.taker_side) for t in trade_rows],
-            order_updates=[(s.order.pk, s.order.user_id, s.status, str(s.executed)) for s in changed],
-        )
-        transaction.on_commit(lambda: _publish(contract.symbol, result))
+        result = BatchResult(commands=len(commands), trades=trade_rows)
+        levels = _levels(engine, touched)
+        last_seq = commands[-1].seq
+        transaction.on_commit(lambda: _publish(contract, trade_rows, executions, levels, last_seq))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -190,10 +213,67 @@ def _write_orders(states: list[_OrderState]) -> None:
         )
 
 
-def _publish(symbol: str, result: BatchResult) -> None:
-    """Fan out to websocket groups; a lost publish loses no data (clients re-read over REST)."""
+def _text(value) -> str:
+    """A decimal as plain digits (no exponent), as the client API sends numbers."""
+    return format(value.normalize(), "f") if isinstance(value, Decimal) else str(value)
+
+
+def _levels(engine: SymbolEngine, touched: set[tuple[int, int]]) -> dict[str, list[list[str]]]:
+    """New total quantity of every touched book level ("0" = gone), within the top DEPTH_LEVELS of each side."""
+    if not touched:
+        return {"bids": [], "asks": []}
+    bids, asks = engine.book.depth(DEPTH_LEVELS)
+    out = {"bids": [], "asks": []}
+    for code, levels, name in ((BookSide.BUY, bids, "bids"), (BookSide.SELL, asks, "asks")):
+        totals = {price: qty for price, qty, _ in levels}
+        full = len(levels) < DEPTH_LEVELS  # else levels past the last one are unknown here
+        worst = levels[-1][0] if levels else None
+        for side, price in sorted(touched):
+            if side != code:
+                continue
+            beyond = not full and worst is not None and (price < worst if code == BookSide.BUY else price > worst)
+            if beyond:
+                continue
+            out[name].append([_text(engine.grid.price(price)), _text(engine.grid.quantity(totals.get(price, 0)))])
+    return out
+
+
+def _execution(contract, trades: list[Trade], entry: tuple) -> dict:
+    exec_type, state, status, executed, cum_quote, fill, maker = entry
+    order = state.order
+    trade = trades[fill] if fill is not None else None
+    out = {
+        "order_id": order.pk, "user_id": order.user_id, "client_order_id": order.client_order_id,
+        "side": order.side, "type": order.order_type, "time_in_force": order.time_in_force,
+        "orig_qty": _text(state.quantity), "price": _text(state.price or 0), "stop_price": _text(order.stop_price or 0),
+        "avg_price": _text(cum_quote / (executed * contract.contract_size)) if executed else "0",
+        "status": str(status), "exec_type": exec_type, "executed_qty": _text(executed),
+        "reduce_only": order.reduce_only or order.close_position, "working_type": order.working_type,
+        "last_qty": "0", "last_price": "0", "commission": "0", "realized_pnl": "0", "trade_id": 0, "is_maker": maker,
+        "commission_asset": contract.settle_asset.code,
+    }
+    if trade is not None:
+        out.update(last_qty=_text(trade.quantity), last_price=_text(trade.price), trade_id=trade.pk,
+                   commission=_text(trade.maker_fee if maker else trade.taker_fee),
+                   realized_pnl=_text(trade.maker_realized_pnl if maker else trade.taker_realized_pnl))
+    return out
+
+
+def _publish(contract, trades: list[Trade], executions: list[tuple], levels: dict, last_seq: int) -> None:
+    """Fan out to websocket groups and user streams; a lost publish loses no data (clients re-read over REST)."""
     try:
-        payload = {"trades": result.trades, "orders": result.order_updates}
-        get_redis().publish(EVENTS_CHANNEL.format(symbol=symbol), json.dumps(payload))
+        now_ms = int(time.time() * 1000)
+        payload = {
+            "symbol": contract.symbol, "time": now_ms, "last_seq": last_seq,
+            "trades": [
+                {"id": t.pk, "price": _text(t.price), "qty": _text(t.quantity), "taker_side": t.taker_side,
+                 "taker_order_id": t.taker_order_id, "maker_order_id": t.maker_order_id,
+                 "time": int(t.created_at.timestamp() * 1000)}
+                for t in trades
+            ],
+            "orders": [_execution(contract, trades, entry) for entry in executions],
+            "depth": levels,
+        }
+        get_redis().publish(EVENTS_CHANNEL.format(symbol=contract.symbol), json.dumps(payload))
     except Exception:
-        logger.warning("event publish for %s failed", symbol, exc_info=True)
+        logger.warning("event publish for %s failed", contract.symbol, exc_info=True)
