@@ -79,6 +79,8 @@ def api_key_update(*, api_key: ApiKey, label: str, can_trade: bool, ip_allowlist
     api_key.can_trade = can_trade
     api_key.ip_allowlist = normalize_ip_allowlist(ip_allowlist)
     api_key.save(update_fields=["label", "can_trade", "ip_allowlist"])
+    # Now (this process) and after commit (so a concurrent lookup cannot re-cache the old row).
+    api_key_cache_evict(api_key.key)
     transaction.on_commit(lambda: api_key_cache_evict(api_key.key))
     return api_key
 
