@@ -29,7 +29,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -497,8 +497,6 @@ def _version(rows: list[IndexConstituent]) -> tuple:
 
 
 def _close_broken_connection() -> None:
-    from django.db import connection
-
     try:
         if not connection.is_usable():
             connection.close()
