@@ -379,6 +379,10 @@ def test_admin_rejects_bad_threshold_and_acknowledges(client, make_user, test_so
     client.post(reverse("admin:ops_alert_changelist"), {"action": "acknowledge", "_selected_action": [alert.pk]})
     alert.refresh_from_db()
     assert alert.acknowledged_by == staff and alert.acknowledged_at is not None
+    assert client.get(reverse("admin:ops_alert_change", args=[alert.pk])).status_code == 200
+    notification = Notification.objects.first()
+    assert client.get(reverse("admin:ops_notification_change", args=[notification.pk])).status_code == 200
+    assert client.post(reverse("admin:ops_alert_change", args=[alert.pk]), {"message": "x"}).status_code == 403
     dashboard = client.get(reverse("ops:dashboard")).content.decode()
     assert "Test value high" in dashboard and "No backup yet" in dashboard
 

@@ -20,6 +20,7 @@ from apps.ops.backups import (
     pg_tool,
 )
 from apps.ops.models import Alert, AlertStatus, Backup, BackupStatus
+from apps.ops.tasks import backup_daily
 
 D = Decimal
 pytestmark = pytest.mark.django_db(transaction=True)  # pg_dump sees committed rows only
@@ -41,8 +42,9 @@ def scratch_names():
         database_drop(db, name)
 
 
-def test_backup_records_checksum_and_counts_then_verifies(ledger_data, tmp_path):
-    backup = backup_create(directory=tmp_path)
+def test_daily_backup_records_checksum_and_counts_then_verifies(ledger_data, tmp_path, settings):
+    settings.OPS_BACKUP_DIR = tmp_path
+    backup = Backup.objects.get(pk=backup_daily.apply().get())  # what beat runs: dump, verify, retention
     assert backup.status == BackupStatus.SUCCEEDED, backup.error
     path = Path(backup.path)
     assert path.parent == tmp_path and path.suffix == ".dump" and path.stat().st_size == backup.size_bytes
@@ -52,7 +54,6 @@ def test_backup_records_checksum_and_counts_then_verifies(ledger_data, tmp_path)
     assert backup.ledger_totals == {"USDT": "1244.5"}
     assert not list(tmp_path.glob("*.partial"))
 
-    backup_verify(backup=backup)
     assert backup.verified, backup.verify_error
     assert backup.verified_at is not None and backup.verify_error == ""
     assert not database_exists(Database.configured(), f"{backup.database}_verify_{backup.pk}")
