@@ -1,6 +1,7 @@
 """One matcher batch: pending journal commands → C book → one booked transaction.
 
-`batch_process` reads the contract's PENDING commands in `seq` order, matches them in
+`batch_process` first fires the contract's due conditional orders (`triggers.py`,
+journalling them), then reads the contract's PENDING commands in `seq` order, matches them in
 the C book, and in ONE database transaction inserts the trades, updates the orders,
 books fills and released margin through `apps.positions.booking.fills_book`, and marks
 the commands DONE. If anything fails the transaction rolls back and the caller
@@ -26,6 +27,7 @@ from exchange.redis import get_redis
 from .engine import SymbolEngine
 from .margin import hold_release, order_hold
 from .models import CommandKind, CommandStatus, Order, OrderCommand, OrderStatus, Side, Trade
+from .triggers import triggers_fire
 
 logger = logging.getLogger(__name__)
 EVENTS_CHANNEL = "events:{symbol}"
@@ -65,12 +67,16 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
     contract = engine.contract
     started = time.perf_counter()
     with transaction.atomic(durable=True):
+        _, expired = triggers_fire(contract=contract)
         commands = list(
             OrderCommand.objects.filter(contract=contract, status=CommandStatus.PENDING)
             .select_related("order")
             .order_by("seq")[:limit]
         )
         if not commands:
+            if expired:  # conditional orders that expired unfired: only their holds to return
+                fills_book(contract=contract, fills=[], releases=expired,
+                           reference={"symbol": contract.symbol, "expired_conditional": True})
             return None
         run = engine.execute(engine.command_records(commands))
         events = run.events
@@ -82,7 +88,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
 
         fills: list[Fill] = []
         trade_rows: list[Trade] = []
-        releases: dict[int, Decimal] = defaultdict(Decimal)
+        releases: dict[int, Decimal] = defaultdict(Decimal, expired)
         # For the after-commit publish: (execution type, order state, status, executed, cum quote,
         # fill index or None, maker?) per order event, and the book levels (side, ticks) touched.
         executions: list[tuple] = []
