@@ -221,7 +221,8 @@ def backup_create(*, directory: Path | None = None) -> Backup:
     final = directory / f"{db.name}-{now:%Y%m%dT%H%M%SZ}-{backup.pk}.dump"
     partial = final.with_name(final.name + ".partial")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial.touch(mode=0o600)  # a dump holds every secret in the database: owner only
         pg_dump = pg_tool("pg_dump", server_major=db.server_major())
         with db.connect(autocommit=True) as conn:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")

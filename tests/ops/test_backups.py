@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 
 from apps.ledger.services import wallet_deposit
 from apps.ops.backups import (
@@ -49,7 +50,7 @@ def test_daily_backup_records_checksum_and_counts_then_verifies(ledger_data, tmp
     path = Path(backup.path)
     assert path.parent == tmp_path and path.suffix == ".dump" and path.stat().st_size == backup.size_bytes
     assert path.read_bytes()[:5] == b"PGDMP"  # pg_dump's custom format
-    assert len(backup.sha256) == 64
+    assert len(backup.sha256) == 64 and path.stat().st_mode & 0o777 == 0o600
     assert backup.row_counts["auth_user"] == 2 and backup.row_counts["ledger_ledgertransaction"] == 2
     assert backup.ledger_totals == {"USDT": "1244.5"}
     assert not list(tmp_path.glob("*.partial"))
@@ -60,7 +61,7 @@ def test_daily_backup_records_checksum_and_counts_then_verifies(ledger_data, tmp
     assert not Alert.objects.filter(status=AlertStatus.FIRING).exists()
 
 
-def test_corrupted_backup_fails_verification_and_raises_an_alert(ledger_data, tmp_path):
+def test_corrupted_backup_fails_verification_and_raises_an_alert(ledger_data, tmp_path, client, make_user):
     backup = backup_create(directory=tmp_path)
     path = Path(backup.path)
     data = bytearray(path.read_bytes())
@@ -68,7 +69,9 @@ def test_corrupted_backup_fails_verification_and_raises_an_alert(ledger_data, tm
     data[middle:middle + 16] = bytes(16)  # damage on purpose
     path.write_bytes(bytes(data))
 
-    backup_verify(backup=backup)
+    client.force_login(make_user("ops", is_staff=True, is_superuser=True))
+    response = client.post(reverse("admin:ops_backup_changelist"), {"action": "verify_now", "_selected_action": [backup.pk]})
+    assert response.status_code == 302  # "verify now" queues the task (run at once here: eager Celery)
     backup.refresh_from_db()
     assert not backup.verified and "checksum mismatch" in backup.verify_error
     alert = Alert.objects.get(dedup_key=VERIFY_ALERT_KEY)
