@@ -12,6 +12,7 @@ admin.site.index_title = "Back office"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("ops/", include("apps.ops.urls")),
+    path("", include("apps.accounts.urls_pages")),  # /account/api-keys/
     # Client API (Binance USDⓈ-M paths); each app mounts its own endpoints here.
     path("fapi/", include("apps.marketdata.urls")),
     path("fapi/", include("apps.contracts.urls")),
