@@ -202,7 +202,7 @@ class OpenInterestSerializer(serializers.Serializer):
 
 def _one_or_list(name: str, serializer) -> PolymorphicProxySerializer:
     return PolymorphicProxySerializer(component_name=name, serializers=[serializer, serializer(many=True)],
-                                      resource_type_field_name=None)
+                                      resource_type_field_name=None, many=False)
 
 
 # --- views -----------------------------------------------------------------------------------

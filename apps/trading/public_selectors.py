@@ -202,12 +202,6 @@ class AggTradeList:
     trades: list[AggTrade]
 
 
-_AGG_SELECT = """
-    SELECT min(id), min(price), sum(quantity), min(id), max(id), min(created_at), bool_and(taker_side = 'SELL')
-    FROM numbered
-"""
-
-
 def agg_trades_list(
     *, symbol: str, limit: int, from_id: int | None = None, start: datetime | None = None, end: datetime | None = None
 ) -> AggTradeList:
@@ -218,12 +212,17 @@ def agg_trades_list(
     left out, as its id is smaller). Otherwise the last `limit` aggregates whose first
     fill is at or before `end` (default: now), each complete. `end` always applies to
     an aggregate's time, the time of its first fill.
+
+    One statement in two steps: find the first fills ("starts") of the wanted runs,
+    stopping after `limit` of them (a window run condition on count(*)), then aggregate
+    the fills between the first and the next unwanted start by (command, price).
     """
     contract = contract_get(symbol=symbol)
     # Trade times carry microseconds: "at or before end (ms)" is "before end + 1 ms".
     end_excl = end + timedelta(milliseconds=1) if end is not None and end < from_ms(MAX_TIME_MS) else None
     params = {"contract": contract.pk, "limit": limit, "from_id": from_id, "start": start, "end_excl": end_excl,
               "max_id": MAX_ID}
+    key = "ROW(command_seq, price)"
     if from_id is not None or start is not None:
         lo_parts = []
         if from_id is not None:
@@ -232,18 +231,25 @@ def agg_trades_list(
             lo_parts.append("""coalesce((SELECT id FROM {trade} WHERE contract_id = %(contract)s
                 AND created_at >= %(start)s ORDER BY created_at, id LIMIT 1), %(max_id)s)""")
         having = "HAVING min(created_at) < %(end_excl)s" if end_excl is not None else ""
+        # The fill just before `lo` decides whether the first fill scanned starts a run.
         sql = f"""
-            WITH lo AS (SELECT greatest({", ".join(lo_parts)}) AS id),
-            prev AS (SELECT ROW(command_seq, price) AS k FROM {{trade}}
-                     WHERE contract_id = %(contract)s AND id < (SELECT id FROM lo) ORDER BY id DESC LIMIT 1),
-            scan AS (
-                SELECT id, price, quantity, taker_side, created_at,
-                       ROW(command_seq, price) IS DISTINCT FROM
-                         coalesce(lag(ROW(command_seq, price)) OVER (ORDER BY id), (SELECT k FROM prev)) AS starts
-                FROM {{trade}} WHERE contract_id = %(contract)s AND id >= (SELECT id FROM lo)
-            ),
-            numbered AS (SELECT *, count(CASE WHEN starts THEN 1 END) OVER (ORDER BY id) AS n FROM scan)
-            {_AGG_SELECT} WHERE n >= 1 AND n <= %(limit)s GROUP BY n {having} ORDER BY n
+            WITH lo AS MATERIALIZED (SELECT greatest({", ".join(lo_parts)}) AS id),
+            prev AS MATERIALIZED (SELECT {key} AS k FROM {{trade}}
+                WHERE contract_id = %(contract)s AND id < (SELECT id FROM lo) ORDER BY id DESC LIMIT 1),
+            starts AS MATERIALIZED (
+                SELECT id FROM (
+                    SELECT id, count(*) OVER (ORDER BY id) AS n FROM (
+                        SELECT id, {key} IS DISTINCT FROM coalesce(lag({key}) OVER (ORDER BY id), (SELECT k FROM prev))
+                               AS starts
+                        FROM {{trade}} WHERE contract_id = %(contract)s AND id >= (SELECT id FROM lo)
+                    ) marked WHERE starts
+                ) numbered WHERE n <= %(limit)s + 1
+            )
+            SELECT min(id), min(price), sum(quantity), min(id), max(id), min(created_at), bool_and(taker_side = 'SELL')
+            FROM {{trade}}
+            WHERE contract_id = %(contract)s AND id >= (SELECT min(id) FROM starts)
+              AND id < coalesce((SELECT id FROM starts ORDER BY id OFFSET %(limit)s LIMIT 1), %(max_id)s)
+            GROUP BY command_seq, price {having} ORDER BY min(id)
         """
     else:
         stop = "%(max_id)s::bigint"
@@ -256,15 +262,21 @@ def agg_trades_list(
                       FROM (SELECT 1) one LEFT JOIN LATERAL (
                         SELECT id, command_seq, price FROM {trade} WHERE contract_id = %(contract)s
                           AND created_at < %(end_excl)s ORDER BY created_at DESC, id DESC LIMIT 1) b ON true)"""
+        # Newest first: a fill starts its run when the next older fill has another key.
         sql = f"""
-            WITH scan AS (
-                SELECT id, price, quantity, taker_side, created_at,
-                       ROW(command_seq, price) IS DISTINCT FROM lag(ROW(command_seq, price)) OVER (ORDER BY id DESC)
-                         AS ends
-                FROM {{trade}} WHERE contract_id = %(contract)s AND id < {stop}
-            ),
-            numbered AS (SELECT *, count(CASE WHEN ends THEN 1 END) OVER (ORDER BY id DESC) AS n FROM scan)
-            {_AGG_SELECT} WHERE n <= %(limit)s GROUP BY n ORDER BY n DESC
+            WITH stop AS MATERIALIZED (SELECT {stop} AS id),
+            starts AS MATERIALIZED (
+                SELECT id FROM (
+                    SELECT id, count(*) OVER (ORDER BY id DESC) AS n FROM (
+                        SELECT id, {key} IS DISTINCT FROM lead({key}) OVER (ORDER BY id DESC) AS starts
+                        FROM {{trade}} WHERE contract_id = %(contract)s AND id < (SELECT id FROM stop)
+                    ) marked WHERE starts
+                ) numbered WHERE n <= %(limit)s
+            )
+            SELECT min(id), min(price), sum(quantity), min(id), max(id), min(created_at), bool_and(taker_side = 'SELL')
+            FROM {{trade}}
+            WHERE contract_id = %(contract)s AND id >= (SELECT min(id) FROM starts) AND id < (SELECT id FROM stop)
+            GROUP BY command_seq, price ORDER BY min(id)
         """
     rows = _fetch(sql, params)
     return AggTradeList(contract=contract, trades=[AggTrade(*row) for row in rows])
@@ -343,21 +355,33 @@ def klines_list(
         if hi <= MAX_TIME_MS:
             conditions.append("created_at < %(hi)s")
             params["hi"] = from_ms(hi)
-    direction = "ASC" if start_ms is not None else "DESC"
-    order = f"created_at {direction}, id {direction}"
+    where = " AND ".join(conditions)
+    # Step 1: the open times of the wanted klines, stopping after `limit` of them (a run
+    # condition on count(*) over the first fill of each interval in scan order); step 2:
+    # aggregate the fills of exactly those intervals.
+    if start_ms is not None:
+        order, keep, upper = "created_at, id", "%(limit)s + 1", """
+            AND created_at < coalesce((SELECT bucket FROM opens ORDER BY bucket OFFSET %(limit)s LIMIT 1),
+                                      'infinity'::timestamptz)"""
+    else:
+        order, keep, upper = "created_at DESC, id DESC", "%(limit)s", ""
     sql = f"""
-        WITH scan AS (
-            SELECT id, price, quantity, taker_side, created_at, {bucket} AS bucket, lag({bucket}) OVER (ORDER BY {order}) AS prev
-            FROM {{trade}} WHERE {" AND ".join(conditions)}
-        ),
-        numbered AS (
-            SELECT *, count(CASE WHEN bucket IS DISTINCT FROM prev THEN 1 END) OVER (ORDER BY {order}) AS n FROM scan
+        WITH opens AS MATERIALIZED (
+            SELECT bucket FROM (
+                SELECT bucket, count(*) OVER (ORDER BY {order}) AS n FROM (
+                    SELECT created_at, id, {bucket} AS bucket,
+                           {bucket} IS DISTINCT FROM lag({bucket}) OVER (ORDER BY {order}) AS first_of_bucket
+                    FROM {{trade}} WHERE {where}
+                ) marked WHERE first_of_bucket
+            ) numbered WHERE n <= {keep}
         )
-        SELECT bucket, (array_agg(price ORDER BY id))[1], max(price), min(price), (array_agg(price ORDER BY id DESC))[1],
-               sum(quantity), sum(price * quantity) * %(size)s, count(*),
+        SELECT {bucket} AS open_time, (array_agg(price ORDER BY id))[1], max(price), min(price),
+               (array_agg(price ORDER BY id DESC))[1], sum(quantity), sum(price * quantity) * %(size)s, count(*),
                coalesce(sum(quantity) FILTER (WHERE taker_side = 'BUY'), 0),
                coalesce(sum(price * quantity) FILTER (WHERE taker_side = 'BUY'), 0) * %(size)s
-        FROM numbered WHERE n <= %(limit)s GROUP BY bucket ORDER BY bucket
+        FROM {{trade}}
+        WHERE {where} AND created_at >= (SELECT min(bucket) FROM opens) {upper}
+        GROUP BY open_time ORDER BY open_time
     """
     klines = []
     for bucket_start, o, h, low, c, volume, quote, count, buy_volume, buy_quote in _fetch(sql, params):
