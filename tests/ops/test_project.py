@@ -1,4 +1,5 @@
 """Project plumbing: health endpoints, the demo seed, production settings refusal, client API basics."""
+import base64
 import os
 from io import StringIO
 import subprocess
@@ -77,7 +78,9 @@ def test_production_settings_refuse_unsafe_values(env, message):
 
 
 def test_production_settings_start_with_a_real_secret():
-    clean = dict(os.environ, DJANGO_SETTINGS_MODULE="exchange.settings.production", SECRET_KEY="k" * 50, DEBUG="0")
+    fernet_key = base64.urlsafe_b64encode(os.urandom(32)).decode()  # production also needs the API key cipher
+    clean = dict(os.environ, DJANGO_SETTINGS_MODULE="exchange.settings.production", SECRET_KEY="k" * 50, DEBUG="0",
+                 API_KEY_ENCRYPTION_KEY=fernet_key)
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); print('ok')"],
         cwd=ROOT, env=clean, capture_output=True, text=True,
