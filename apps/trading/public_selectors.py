@@ -24,12 +24,11 @@ from apps.contracts.models import Contract
 from apps.contracts.selectors import contract_get
 from apps.positions.models import Position
 
-from .models import Order, OrderCommand, OrderStatus, Side, Trade
+from .models import Order, OrderCommand, Side, Trade
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_ID = 2**63 - 1
 MAX_TIME_MS = 253402300799999  # 9999-12-31 23:59:59.999 UTC, the last moment a datetime holds
-RESTING_STATUSES = (OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
 
 # Kline interval → bucket width in ms (None: calendar month). Weekly klines open on
 # Monday 00:00 UTC, the others on multiples of their width since the epoch.
