@@ -1,7 +1,10 @@
 """Websocket URL routes, collected from the apps that own streams.
 
-Market streams (apps.marketdata.consumers): `/ws`, `/ws/<streamName>` (raw) and
-`/stream?streams=a/b/c` (combined), Binance USDⓈ-M conventions.
+Market streams and the user data stream (apps.marketdata.consumers): `/ws`,
+`/ws/<streamName>` or `/ws/<listenKey>` (raw) and `/stream?streams=a/b/c` (combined),
+Binance USDⓈ-M conventions. One consumer serves both so a connection can mix them; a
+path segment that is a listen key (60+ letters and digits) is taken as one before any
+market stream name is parsed.
 """
 from django.urls import path, re_path
 

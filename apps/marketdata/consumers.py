@@ -10,21 +10,37 @@ type, 2 invalid request, 3 invalid JSON); an invalid stream in the URL gets the
 error frame and the connection is then closed (code 1008). Each stream joins the
 Channels group that carries it (the relay fills the groups); markPrice streams
 are throttled per connection to 3 s (or 1 s for `@1s`).
+
+User data stream: a listen key is accepted wherever a stream name is (`/ws/<listenKey>`,
+`/stream?streams=<listenKey>`, SUBSCRIBE params) and is recognised before any market
+stream name is parsed. It joins the user's group (`apps.accounts.user_stream`); an
+unknown or expired key gets an error frame (and a close with 1008 in the URL form).
+While the connection holds listen keys, they are re-checked every
+`LISTEN_KEY_CHECK_SECONDS`: a key that has expired (or was closed) gets
+`listenKeyExpired`, is dropped, and the connection is closed when nothing else is
+subscribed on it.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from urllib.parse import parse_qs
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from apps.accounts.selectors import listen_key_user_id
+from apps.accounts.user_stream import is_listen_key_name, listen_key_expired, user_group
 from apps.contracts.models import Contract, ContractStatus
 
 from .streams import InvalidStream, Stream, parse_stream
 
+logger = logging.getLogger(__name__)
 MAX_STREAMS = 200
+LISTEN_KEY_CHECK_SECONDS = 30.0
 SYMBOL_CACHE_SECONDS = 5.0
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 
@@ -56,8 +72,10 @@ class RequestError(Exception):
 class MarketStreamConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         self.streams: dict[str, Stream] = {}
+        self.listen_keys: dict[str, int] = {}  # listen key -> user id
         self.groups_joined: dict[str, int] = {}
         self.last_push: dict[str, float] = {}
+        self._key_watch: asyncio.Task | None = None
         kwargs = self.scope["url_route"]["kwargs"]
         self.combined = bool(kwargs.get("combined"))
         names: list[str] = []
@@ -76,6 +94,14 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
                 await self.close(code=1008)
 
     async def disconnect(self, code):
+        watch = getattr(self, "_key_watch", None)
+        if watch is not None and watch is not asyncio.current_task() and not watch.done():
+            watch.cancel()
+            try:
+                await watch
+            except asyncio.CancelledError:
+                pass
+        self._key_watch = None
         for group in list(getattr(self, "groups_joined", {})):
             await self.channel_layer.group_discard(group, self.channel_name)
         self.groups_joined = {}
@@ -121,30 +147,66 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
         return None
 
     async def _subscribe(self, names: list[str]) -> None:
+        """Subscribe to all of `names` or, if any is invalid, to none of them."""
         symbols = await streamable_symbols()
-        parsed, bad = [], []
+        parsed, keys, bad = [], {}, []
         for name in names:
+            if is_listen_key_name(name):
+                keys[name] = None
+                continue
             try:
                 parsed.append(parse_stream(name, symbols=symbols))
             except InvalidStream:
                 bad.append(name)
         if bad:
             raise RequestError(2, f"Invalid request: invalid stream name(s): {', '.join(map(str, bad))}")
+        for key in keys:
+            if key in self.listen_keys:
+                keys[key] = self.listen_keys[key]
+                continue
+            try:
+                keys[key] = await _listen_key_owner(key)
+            except Exception:
+                logger.warning("listen key lookup failed", exc_info=True)
+                raise RequestError(2, "Invalid request: listen keys cannot be checked now; retry later") from None
+            if keys[key] is None:
+                raise RequestError(2, "Invalid request: invalid listen key (unknown, expired or closed)")
         new = [s for s in parsed if s.name not in self.streams]
-        if len(self.streams) + len({s.name for s in new}) > MAX_STREAMS:
+        new_keys = [k for k in keys if k not in self.listen_keys]
+        count = len(self.streams) + len(self.listen_keys) + len({s.name for s in new}) + len(new_keys)
+        if count > MAX_STREAMS:
             raise RequestError(2, f"Invalid request: too many streams (at most {MAX_STREAMS} per connection)")
         for stream in new:
             if stream.name in self.streams:  # the same name twice in one request
                 continue
             self.streams[stream.name] = stream
-            count = self.groups_joined.get(stream.group, 0)
-            if count == 0:
-                await self.channel_layer.group_add(stream.group, self.channel_name)
-            self.groups_joined[stream.group] = count + 1
+            await self._join(stream.group)
+        for key in new_keys:
+            self.listen_keys[key] = keys[key]
+            await self._join(user_group(keys[key]))
+        if self.listen_keys and self._key_watch is None:
+            self._key_watch = asyncio.create_task(self._watch_listen_keys())
+
+    async def _join(self, group: str) -> None:
+        count = self.groups_joined.get(group, 0)
+        if count == 0:
+            await self.channel_layer.group_add(group, self.channel_name)
+        self.groups_joined[group] = count + 1
+
+    async def _leave(self, group: str) -> None:
+        count = self.groups_joined.get(group, 0) - 1
+        if count <= 0:
+            self.groups_joined.pop(group, None)
+            await self.channel_layer.group_discard(group, self.channel_name)
+        else:
+            self.groups_joined[group] = count
 
     async def _unsubscribe(self, params):
         symbols = await streamable_symbols()
         for name in _stream_list(params):
+            if name in self.listen_keys:
+                await self._leave(user_group(self.listen_keys.pop(name)))
+                continue
             try:
                 stream = parse_stream(name, symbols=symbols)
             except InvalidStream:
@@ -152,16 +214,11 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
             if self.streams.pop(stream.name, None) is None:
                 continue
             self.last_push.pop(stream.name, None)
-            count = self.groups_joined.get(stream.group, 0) - 1
-            if count <= 0:
-                self.groups_joined.pop(stream.group, None)
-                await self.channel_layer.group_discard(stream.group, self.channel_name)
-            else:
-                self.groups_joined[stream.group] = count
+            await self._leave(stream.group)
         return None
 
     async def _list_subscriptions(self, params):
-        return list(self.streams)
+        return list(self.streams) + list(self.listen_keys)
 
     async def _set_property(self, params):
         if not isinstance(params, list) or len(params) != 2 or not isinstance(params[0], str):
@@ -196,8 +253,45 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
                     continue
                 self.last_push[name] = now
             for payload in stream.render(message):
-                body = {"stream": name, "data": payload} if self.combined else payload
-                await self.send(text_data=json.dumps(body, separators=(",", ":")))
+                await self._push(name, payload)
+
+    async def user_push(self, message):
+        """User data stream events for one user (ORDER_TRADE_UPDATE, ACCOUNT_UPDATE)."""
+        user_id = message.get("user_id")
+        for key, owner in list(self.listen_keys.items()):
+            if owner != user_id:
+                continue
+            for payload in message.get("data") or ():
+                await self._push(key, payload)
+
+    async def _push(self, name: str, payload) -> None:
+        body = {"stream": name, "data": payload} if self.combined else payload
+        await self.send(text_data=json.dumps(body, separators=(",", ":")))
+
+    async def _watch_listen_keys(self) -> None:
+        """Re-check the listen keys; an expired one gets listenKeyExpired and is dropped."""
+        while self.listen_keys:
+            await asyncio.sleep(LISTEN_KEY_CHECK_SECONDS)
+            expired = False
+            for key, user_id in list(self.listen_keys.items()):
+                try:
+                    owner = await _listen_key_owner(key)
+                except Exception:  # Redis away: keep the stream, check again next round
+                    logger.warning("listen key check failed", exc_info=True)
+                    continue
+                if owner == user_id or key not in self.listen_keys:
+                    continue
+                self.listen_keys.pop(key)
+                expired = True
+                await self._leave(user_group(user_id))
+                await self._push(key, listen_key_expired(listen_key=key, event_ms=time.time_ns() // 1_000_000))
+            if expired and not self.listen_keys and not self.streams:
+                await self.close(code=1008)
+        self._key_watch = None
+
+
+async def _listen_key_owner(key: str) -> int | None:
+    return await sync_to_async(listen_key_user_id, thread_sensitive=False)(key)
 
 
 def _valid_id(value) -> bool:

@@ -12,6 +12,18 @@ level, "0" removes it), so applying a change twice is harmless. The relay also
 writes the last trade price per symbol (`md:last_trade:<SYMBOL>`) for the
 pricefeed's basis, and its heartbeat `ops:heartbeat:stream_relay`. A lost
 message loses no data: clients re-read over REST, as with the matcher's publish.
+
+Klines: the relay keeps the open candle per symbol and interval (1m ... 1d) from the
+trades of the events and pushes it after each event; a symbol's candles are seeded
+from the trades table on its first event, and a candle is pushed final (`x` true)
+when a trade of the next interval arrives or, at the latest, a second after it ends.
+
+User data stream: each execution report in an event's `orders` becomes an
+ORDER_TRADE_UPDATE for its user's group at once (no database read). Users whose
+balances the batch moved (fills, margin released or re-held) are queued for an
+ACCOUNT_UPDATE built from `account_overview`; a separate task does those reads (one
+per user per round, a user queued twice meanwhile is read once), so a batch touching
+many users never holds up the market streams.
 """
 from __future__ import annotations
 
@@ -25,8 +37,16 @@ import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import connection
 from django.db.models import F, Sum
 
+from apps.accounts.user_stream import (
+    ACCOUNT_EXEC_TYPES,
+    USER_PUSH,
+    account_update_for_user,
+    order_trade_update,
+    user_group,
+)
 from apps.contracts.models import Contract
 from apps.ops.health import HEARTBEAT_PREFIX
 
@@ -37,12 +57,16 @@ from .streams import (
     BOOK_GROUP,
     BOOK_LEVELS,
     DEPTH_GROUP,
+    KLINE_GROUP,
+    KLINE_INTERVALS_MS,
     MARK_ARR_GROUP,
     MARK_GROUP,
     PUSH,
     TRADE_GROUP,
+    Candle,
     LocalBook,
     agg_trades,
+    kline_open_ms,
     mark_price_update,
 )
 
@@ -51,6 +75,7 @@ EVENTS_PATTERN = "events:*"
 LAST_TRADE_KEY = "md:last_trade:{symbol}"
 HEARTBEAT_NAME = "stream_relay"
 CONTRACT_REFRESH_SECONDS = 60.0
+KLINE_CLOSE_GRACE_MS = 1000  # a final candle waits this long past its end for late events
 
 
 def _now_ms() -> int:
@@ -77,9 +102,41 @@ def _book_from_orders(symbol: str) -> tuple[list, list]:
 
 def _contracts() -> dict[str, dict]:
     return {
-        c.symbol: {"perpetual": c.is_perpetual, "contract": c}
-        for c in Contract.objects.all()
+        c.symbol: {"perpetual": c.is_perpetual, "contract": c, "settle": c.settle_asset.code}
+        for c in Contract.objects.select_related("settle_asset")
     }
+
+
+def _candles_from_trades(contract_id: int, at_ms: int) -> dict[str, Candle]:
+    """The candle of every interval that holds `at_ms`, from the trades table (one query each)."""
+    from apps.trading.models import Trade
+    from apps.trading.public_selectors import from_ms
+
+    table = Trade._meta.db_table
+    candles: dict[str, Candle] = {}
+    with connection.cursor() as cursor:
+        for interval in KLINE_INTERVALS_MS:
+            candle = Candle(interval, kline_open_ms(interval, at_ms))
+            cursor.execute(
+                f"""
+                SELECT min(t.id), max(t.id), (array_agg(t.price ORDER BY t.id))[1], max(t.price), min(t.price),
+                       (array_agg(t.price ORDER BY t.id DESC))[1], sum(t.quantity),
+                       sum(t.price * t.quantity) * c.contract_size, count(*),
+                       coalesce(sum(t.quantity) FILTER (WHERE t.taker_side = 'BUY'), 0),
+                       coalesce(sum(t.price * t.quantity) FILTER (WHERE t.taker_side = 'BUY'), 0) * c.contract_size
+                FROM {table} t JOIN {Contract._meta.db_table} c ON c.id = t.contract_id
+                WHERE t.contract_id = %s AND t.created_at >= %s AND t.created_at < %s
+                GROUP BY c.contract_size
+                """,
+                [contract_id, from_ms(candle.open_ms), from_ms(candle.close_ms + 1)],
+            )
+            row = cursor.fetchone()
+            if row is not None and row[8]:
+                first, last, o, h, low, c, volume, quote, count, buy_volume, buy_quote = row
+                candle.seed(first_id=first, last_id=last, open=o, high=h, low=low, close=c, volume=volume,
+                            quote=quote, count=count, buy_volume=buy_volume, buy_quote=buy_quote)
+            candles[interval] = candle
+    return candles
 
 
 class StreamRelay:
@@ -90,11 +147,28 @@ class StreamRelay:
         self._contracts: dict[str, dict] = {}
         self._contracts_loaded = 0.0
         self._last_heartbeat = 0.0
+        self.candles: dict[str, dict[str, Candle]] = {}
         self.ready = asyncio.Event()
         self.forwarded = 0
+        self._last_kline_check = 0.0
+        # user id -> (settle assets, symbols with fills, latest transaction time) awaiting an ACCOUNT_UPDATE
+        self._accounts_due: dict[int, tuple[set[str], set[str], int]] = {}
+        self._accounts_wake = asyncio.Event()
+        self.account_updates = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set; reconnects to Redis after errors."""
+        accounts = asyncio.create_task(self._account_worker(), name="stream-relay-accounts")
+        try:
+            await self._relay(stop)
+        finally:
+            accounts.cancel()
+            try:
+                await accounts
+            except asyncio.CancelledError:
+                pass
+
+    async def _relay(self, stop: asyncio.Event) -> None:
         backoff = 0.5
         while not stop.is_set():
             client = aioredis.Redis.from_url(self.redis_url)
@@ -107,6 +181,7 @@ class StreamRelay:
                 while not stop.is_set():
                     message = await pubsub.get_message(timeout=0.5)
                     await self._heartbeat(client)
+                    await self._close_due_klines()
                     if message is None:
                         continue
                     await self.handle(message["channel"], message["data"], client)
@@ -155,8 +230,8 @@ class StreamRelay:
             self._contracts_loaded = time.monotonic()
         return self._contracts.get(symbol)
 
-    async def _send(self, group: str, kind: str, symbol: str | None, data) -> None:
-        await self.layer.group_send(group, {"type": PUSH, "kind": kind, "symbol": symbol, "data": data})
+    async def _send(self, group: str, kind: str, symbol: str | None, data, **extra) -> None:
+        await self.layer.group_send(group, {"type": PUSH, "kind": kind, "symbol": symbol, "data": data, **extra})
         self.forwarded += 1
 
     async def _prices(self, body: list) -> None:
@@ -182,8 +257,11 @@ class StreamRelay:
             return
         event_ms = _now_ms()
         when = int(body.get("time") or event_ms)
-        trades = body.get("trades") or []
-        if trades:
+        orders = body.get("orders")
+        if orders and isinstance(orders, list):
+            await self._user_events(symbol, orders, event_ms, when)
+        trades = body.get("trades")
+        if trades and isinstance(trades, list):
             aggs = agg_trades(symbol=symbol, trades=trades, event_ms=event_ms)
             if aggs:
                 await self._send(TRADE_GROUP.format(symbol=symbol), "aggTrade", symbol, aggs)
@@ -191,6 +269,7 @@ class StreamRelay:
                     last = aggs[-1]
                     await client.set(LAST_TRADE_KEY.format(symbol=symbol),
                                      json.dumps({"p": last["p"], "t": last["T"]}), ex=3600)
+            await self._klines(symbol, trades, event_ms)
         depth = body.get("depth")
         if not isinstance(depth, dict):
             return
@@ -217,3 +296,108 @@ class StreamRelay:
         await self._send(BOOK_GROUP.format(symbol=symbol), "book", symbol, {
             "E": event_ms, "T": when, "s": symbol, "U": first, "u": u, "pu": pu, "b": top_bids, "a": top_asks,
         })
+
+    # -- klines ---------------------------------------------------------------------------
+
+    async def _klines(self, symbol: str, trades: list, event_ms: int) -> None:
+        info = await self._contract(symbol)
+        size = info["contract"].contract_size
+        fills = []
+        for trade in trades:
+            try:
+                fills.append((int(trade["id"]), Decimal(str(trade["price"])), Decimal(str(trade["qty"])),
+                              str(trade.get("taker_side", "")).upper() == "BUY", int(trade.get("time") or event_ms)))
+            except (KeyError, TypeError, ValueError, ArithmeticError):
+                continue
+        fills = [f for f in fills if f[1].is_finite() and f[2].is_finite() and f[1] > 0 and f[2] > 0]
+        if not fills:
+            return
+        fills.sort()
+        candles = self.candles.get(symbol)
+        if candles is None:
+            candles = await sync_to_async(_candles_from_trades)(info["contract"].pk, fills[0][4])
+            self.candles[symbol] = candles
+        for interval in KLINE_INTERVALS_MS:
+            out: list[dict] = []
+            candle = candles.get(interval)
+            changed = False
+            for trade_id, price, qty, buy, at in fills:
+                opens = kline_open_ms(interval, at)
+                if candle is None or opens > candle.open_ms:
+                    if candle is not None and not candle.empty and not candle.closed:
+                        candle.closed = True
+                        out.append(candle.payload(symbol=symbol, event_ms=event_ms))
+                    candle = candles[interval] = Candle(interval, opens)
+                elif opens < candle.open_ms:
+                    continue  # a late trade of a candle already pushed final
+                changed |= candle.add(trade_id=trade_id, price=price, qty=qty, quote=price * qty * size,
+                                      taker_buy=buy)
+            if changed:
+                out.append(candle.payload(symbol=symbol, event_ms=event_ms))
+            if out:
+                await self._send(KLINE_GROUP.format(symbol=symbol, interval=interval), "kline", symbol, out,
+                                 interval=interval)
+
+    async def _close_due_klines(self, now_ms: int | None = None) -> None:
+        """Push final (x=true) every candle whose interval ended over a grace period ago."""
+        if now_ms is None:
+            now = time.monotonic()
+            if now - self._last_kline_check < 1.0:
+                return
+            self._last_kline_check = now
+            now_ms = _now_ms()
+        for symbol, candles in self.candles.items():
+            for interval, candle in candles.items():
+                if candle.closed or candle.empty or candle.close_ms + KLINE_CLOSE_GRACE_MS >= now_ms:
+                    continue
+                candle.closed = True
+                await self._send(KLINE_GROUP.format(symbol=symbol, interval=interval), "kline", symbol,
+                                 [candle.payload(symbol=symbol, event_ms=now_ms)], interval=interval)
+
+    # -- user data stream -----------------------------------------------------------------
+
+    async def _user_events(self, symbol: str, orders: list, event_ms: int, when: int) -> None:
+        per_user: dict[int, list[dict]] = {}
+        for report in orders:
+            try:
+                user_id = int(report["user_id"])
+                payload = order_trade_update(symbol=symbol, report=report, event_ms=event_ms, transaction_ms=when)
+            except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
+                logger.warning("relay: malformed execution report on events:%s: %.200r", symbol, report)
+                continue
+            per_user.setdefault(user_id, []).append(payload)
+            if report.get("exec_type") in ACCOUNT_EXEC_TYPES:
+                self._account_due(user_id, symbol, filled=report.get("exec_type") == "TRADE", when=when)
+        for user_id, payloads in per_user.items():
+            await self.layer.group_send(user_group(user_id), {"type": USER_PUSH, "user_id": user_id, "data": payloads})
+            self.forwarded += 1
+
+    def _account_due(self, user_id: int, symbol: str, *, filled: bool, when: int) -> None:
+        info = self._contracts.get(symbol)
+        assets, symbols, _ = self._accounts_due.setdefault(user_id, (set(), set(), when))
+        if info is not None:
+            assets.add(info["settle"])
+        if filled:
+            symbols.add(symbol)
+        self._accounts_due[user_id] = (assets, symbols, when)
+        self._accounts_wake.set()
+
+    async def _account_worker(self) -> None:
+        """ACCOUNT_UPDATE for the queued users, one `account_overview` read each, in its own task."""
+        while True:
+            await self._accounts_wake.wait()
+            self._accounts_wake.clear()
+            due, self._accounts_due = self._accounts_due, {}
+            for user_id, (assets, symbols, when) in due.items():
+                try:
+                    payload = await sync_to_async(account_update_for_user)(
+                        user_id=user_id, assets=assets, symbols=symbols, event_ms=_now_ms(), transaction_ms=when)
+                    await self.layer.group_send(user_group(user_id),
+                                                {"type": USER_PUSH, "user_id": user_id, "data": [payload]})
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("relay: ACCOUNT_UPDATE for user %s failed", user_id)
+                    continue
+                self.account_updates += 1
+                self.forwarded += 1

@@ -5,11 +5,13 @@ name is parsed into a `Stream` (`parse_stream`), which says which Channels group
 carries it (`Stream.group`) and how a group message becomes the client payload
 (`Stream.render`). Supported names: `<symbol>@markPrice[@1s]`,
 `!markPrice@arr[@1s]`, `<symbol>@aggTrade`, `<symbol>@depth[@100ms|@250ms|@500ms|@0ms]`,
-`<symbol>@depth<5|10|20>[@...ms]` and `<symbol>@bookTicker`; symbols are
-lowercase in names. Group messages are `{"type": "md.push", "kind": ..., "symbol":
-..., "data": ...}` with kinds mark, markarr, aggTrade, depth and book. Payload
-field names and types follow Binance exactly (prices and quantities as strings,
-times as epoch ms).
+`<symbol>@depth<5|10|20>[@...ms]`, `<symbol>@bookTicker` and
+`<symbol>@kline_<interval>` (1m ... 1d); symbols are lowercase in names. Group
+messages are `{"type": "md.push", "kind": ..., "symbol": ..., "data": ...}` with
+kinds mark, markarr, aggTrade, depth, book and kline (which also carries
+"interval"). Payload field names and types follow Binance exactly (prices and
+quantities as strings, times as epoch ms). A listen key is not a stream name: the
+consumer tells it apart first (`apps.accounts.user_stream.is_listen_key_name`).
 """
 from __future__ import annotations
 
@@ -22,8 +24,17 @@ MARK_ARR_GROUP = "md.markarr"
 TRADE_GROUP = "md.trade.{symbol}"
 DEPTH_GROUP = "md.depth.{symbol}"
 BOOK_GROUP = "md.book.{symbol}"
+KLINE_GROUP = "md.kline.{symbol}.{interval}"
 BOOK_LEVELS = 20  # levels the relay sends in a book snapshot (the deepest partial stream)
 PUSH = "md.push"
+
+# Kline interval -> width in ms. Every one of these opens on a multiple of its width
+# since the epoch (as the REST klines do); 3d/1w/1M are REST-only.
+KLINE_INTERVALS_MS: dict[str, int] = {
+    "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+    "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
+    "12h": 43_200_000, "1d": 86_400_000,
+}
 
 _SYMBOL = r"(?P<symbol>[a-z0-9]+(?:_[0-9]{6})?)"
 _SPEED = r"(?:@(?P<speed>0|100|250|500)ms)?"
@@ -33,6 +44,7 @@ _PATTERNS = [
     ("aggTrade", re.compile(rf"^{_SYMBOL}@aggTrade$")),
     ("depth", re.compile(rf"^{_SYMBOL}@depth(?P<levels>5|10|20)?{_SPEED}$")),
     ("bookTicker", re.compile(rf"^{_SYMBOL}@bookTicker$")),
+    ("kline", re.compile(rf"^{_SYMBOL}@kline_(?P<interval>{'|'.join(KLINE_INTERVALS_MS)})$")),
 ]
 
 
@@ -43,9 +55,10 @@ class InvalidStream(ValueError):
 @dataclass(frozen=True, slots=True)
 class Stream:
     name: str  # canonical: lowercase symbol
-    kind: str  # mark, markarr, aggTrade, depth, bookTicker
+    kind: str  # mark, markarr, aggTrade, depth, bookTicker, kline
     symbol: str | None  # uppercase contract symbol (None for !markPrice@arr)
     levels: int | None = None  # partial depth
+    interval: str | None = None  # kline
     min_interval: float = 0.0  # seconds between pushes (markPrice: 3 s, @1s: 1 s)
 
     @property
@@ -58,6 +71,8 @@ class Stream:
             return TRADE_GROUP.format(symbol=self.symbol)
         if self.kind == "depth" and self.levels is None:
             return DEPTH_GROUP.format(symbol=self.symbol)
+        if self.kind == "kline":
+            return KLINE_GROUP.format(symbol=self.symbol, interval=self.interval)
         return BOOK_GROUP.format(symbol=self.symbol)  # partial depth, bookTicker
 
     def accepts(self, message: dict) -> bool:
@@ -68,6 +83,8 @@ class Stream:
             return False
         if self.kind in ("mark", "aggTrade"):
             return kind == self.kind
+        if self.kind == "kline":
+            return kind == "kline" and message.get("interval") == self.interval
         if self.kind == "depth" and self.levels is None:
             return kind == "depth"
         return kind == "book"
@@ -77,7 +94,7 @@ class Stream:
         data = message["data"]
         if self.kind in ("mark", "markarr"):
             return [data]
-        if self.kind == "aggTrade":
+        if self.kind in ("aggTrade", "kline"):
             return list(data)
         if self.kind == "depth" and self.levels is None:
             return [data]
@@ -114,6 +131,8 @@ def parse_stream(name: object, *, symbols: set[str] | frozenset[str]) -> Stream:
         if kind in ("mark", "markarr"):
             interval = 1.0 if groups.get("fast") else 3.0
             return Stream(candidate, kind, symbol, min_interval=interval)
+        if kind == "kline":
+            return Stream(candidate, kind, symbol, interval=groups["interval"])
         levels = groups.get("levels")
         return Stream(candidate, kind, symbol, levels=int(levels) if levels else None)
     raise InvalidStream(f"invalid stream name {name!r}")
@@ -214,3 +233,75 @@ class LocalBook:
         bids = sorted(self.bids.items(), key=lambda kv: -kv[0])[:n]
         asks = sorted(self.asks.items(), key=lambda kv: kv[0])[:n]
         return [[_plain(p), _plain(q)] for p, q in bids], [[_plain(p), _plain(q)] for p, q in asks]
+
+
+def kline_open_ms(interval: str, at_ms: int) -> int:
+    """Open time of the `interval` kline holding `at_ms`."""
+    width = KLINE_INTERVALS_MS[interval]
+    return at_ms // width * width
+
+
+class Candle:
+    """The open kline of one symbol and interval, kept by the relay from the trades it sees.
+
+    A trade counts once: trades with an id at or below the last one counted are
+    skipped, so a candle seeded from the trades table and then fed the event that
+    carried some of the same trades does not count them twice.
+    """
+
+    __slots__ = ("interval", "open_ms", "close_ms", "first_id", "last_id", "open", "high", "low", "close",
+                 "volume", "quote", "count", "buy_volume", "buy_quote", "closed")
+
+    def __init__(self, interval: str, open_ms: int) -> None:
+        self.interval = interval
+        self.open_ms = open_ms
+        self.close_ms = open_ms + KLINE_INTERVALS_MS[interval] - 1
+        self.first_id = -1
+        self.last_id = -1
+        self.open = self.high = self.low = self.close = None
+        self.volume = self.quote = self.buy_volume = self.buy_quote = Decimal(0)
+        self.count = 0
+        self.closed = False  # the final (x=true) payload was sent
+
+    def seed(self, *, first_id: int, last_id: int, open: Decimal, high: Decimal, low: Decimal, close: Decimal,
+             volume: Decimal, quote: Decimal, count: int, buy_volume: Decimal, buy_quote: Decimal) -> None:
+        self.first_id, self.last_id = first_id, last_id
+        self.open, self.high, self.low, self.close = open, high, low, close
+        self.volume, self.quote, self.count = volume, quote, count
+        self.buy_volume, self.buy_quote = buy_volume, buy_quote
+
+    def add(self, *, trade_id: int, price: Decimal, qty: Decimal, quote: Decimal, taker_buy: bool) -> bool:
+        """Count one trade; False when it was counted before (or the candle is final)."""
+        if trade_id <= self.last_id or self.closed:
+            return False
+        if self.open is None:
+            self.open = self.high = self.low = price
+            self.first_id = trade_id
+        self.high = max(self.high, price)
+        self.low = min(self.low, price)
+        self.close = price
+        self.last_id = trade_id
+        self.volume += qty
+        self.quote += quote
+        self.count += 1
+        if taker_buy:
+            self.buy_volume += qty
+            self.buy_quote += quote
+        return True
+
+    @property
+    def empty(self) -> bool:
+        return self.open is None
+
+    def payload(self, *, symbol: str, event_ms: int) -> dict:
+        """The Binance kline event (`x` is true once the candle is final)."""
+        return {
+            "e": "kline", "E": event_ms, "s": symbol,
+            "k": {
+                "t": self.open_ms, "T": self.close_ms, "s": symbol, "i": self.interval,
+                "f": self.first_id, "L": self.last_id,
+                "o": _plain(self.open), "c": _plain(self.close), "h": _plain(self.high), "l": _plain(self.low),
+                "v": _plain(self.volume), "n": self.count, "x": self.closed, "q": _plain(self.quote),
+                "V": _plain(self.buy_volume), "Q": _plain(self.buy_quote), "B": "0",
+            },
+        }
