@@ -1,18 +1,40 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels routing."""
+"""ASGI entry point: HTTP through Django's WSGI handler in a thread pool, websockets through Channels.
+
+Why not Django's ASGI handler for HTTP: under it every sync middleware hook and the
+sync DRF views each cost a hop between the event loop and a worker thread (about 40
+per request here, ~10 ms), and `thread_sensitive` runs them all in one thread per
+process. Every view of this project is synchronous, so one hop per request — the whole
+WSGI request in a pool thread — is the faster and simpler shape (~1.5 ms for a ping),
+and requests run concurrently (a `newOrderRespType=RESULT` wait does not stall others).
+"""
 import os
 
-from django.core.asgi import get_asgi_application
+from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "exchange.settings.base")
-django_asgi_app = get_asgi_application()
+django_wsgi_app = get_wsgi_application()
 
+from asgiref.sync import sync_to_async  # noqa: E402
+from asgiref.wsgi import WsgiToAsgi, WsgiToAsgiInstance  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from exchange.routing import websocket_urlpatterns  # noqa: E402
 
+
+class _PooledInstance(WsgiToAsgiInstance):
+    # asgiref runs the WSGI app thread_sensitive (one thread per process); these requests
+    # share no thread-bound state, so any pool thread will do.
+    run_wsgi_app = sync_to_async(WsgiToAsgiInstance.run_wsgi_app.__wrapped__, thread_sensitive=False)
+
+
+class PooledWsgiToAsgi(WsgiToAsgi):
+    async def __call__(self, scope, receive, send):
+        await _PooledInstance(self.wsgi_application, self.duplicate_header_limit)(scope, receive, send)
+
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": PooledWsgiToAsgi(django_wsgi_app),
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from apps.contracts.models import ContractStatus, ContractType
 from apps.contracts.services import contract_create, tiers_from_brackets
 from apps.ledger.models import AccountKind, Asset
-from apps.ledger.services import account_get_or_create, system_account
+from apps.ledger.services import account_get_or_create, accounts_forget, system_account
 from apps.ops.demo import BTC_BRACKETS
 from apps.positions.tiers import tiers_forget
 from exchange.params import contracts_forget
@@ -18,9 +18,11 @@ def _process_caches():
     """Per-process caches (contracts by symbol, margin tiers) start empty in every test."""
     contracts_forget()
     tiers_forget()
+    accounts_forget()
     yield
     contracts_forget()
     tiers_forget()
+    accounts_forget()
 
 
 @pytest.fixture

@@ -131,8 +131,15 @@ def _lock_balances(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], list]:
 
 
 def _lock_pairs(pairs: set[tuple[int, int]]) -> dict[tuple[int, int], list]:
-    """Create missing balance rows, then lock them all in (account id, asset id) order."""
+    """Lock the balance rows in (account id, asset id) order, creating the missing ones first.
+
+    The common case (every row exists) is one statement; otherwise the missing rows are
+    inserted and the lock is taken again over all of them, still in order.
+    """
     ordered = sorted(pairs)
+    locked = _lock_balances(ordered)
+    if len(locked) == len(ordered):
+        return locked
     account_ids = sorted({account_id for account_id, _ in ordered})
     kinds = dict(Account.objects.filter(pk__in=account_ids).values_list("pk", "kind"))
     if len(kinds) != len(account_ids):
@@ -174,6 +181,7 @@ def ledger_post_many(*, postings: Sequence[Posting]) -> list[LedgerTransaction]:
     if len(keys) != len(set(keys)):
         raise LedgerError("The same idempotency key appears twice in one call.")
 
+    # Its own savepoint: a refused posting leaves the caller's transaction usable.
     with transaction.atomic():
         balances = _lock_pairs({(leg.account_id, leg.asset_id) for legs in normalized for leg in legs})
         # Checked after the locks: a concurrent poster of the same key touches the same
@@ -211,7 +219,7 @@ def ledger_post_many(*, postings: Sequence[Posting]) -> list[LedgerTransaction]:
 
         if new_txns:
             try:
-                with transaction.atomic():
+                with transaction.atomic(savepoint=bool(keys)):  # only a keyed posting can collide
                     LedgerTransaction.objects.bulk_create(new_txns)
             except IntegrityError as exc:
                 raise LedgerError("Duplicate idempotency key (booked concurrently).") from exc
@@ -262,10 +270,26 @@ def ledger_post(
     return ledger_post_many(postings=[posting])[0]
 
 
+# Accounts are never deleted (PROTECT everywhere), so a process may remember them.
+_accounts: dict[tuple[str, int | None, int | None], Account] = {}
+
+
 def account_get_or_create(*, kind: str, user=None, contract=None) -> Account:
     """The account of a kind for a user (and contract), or the system account of a kind."""
-    account, _ = Account.objects.get_or_create(kind=kind, user=user, contract=contract)
+    key = (kind, user.pk if user is not None else None, contract.pk if contract is not None else None)
+    account = _accounts.get(key)
+    if account is None:
+        account, _ = Account.objects.get_or_create(kind=kind, user=user, contract=contract)
+        if not connection.in_atomic_block:
+            _accounts[key] = account  # only what is committed: a rolled-back creation must not stick
+        else:
+            transaction.on_commit(lambda: _accounts.setdefault(key, account))
     return account
+
+
+def accounts_forget() -> None:
+    """Drop remembered accounts (tests roll back what a process may have remembered)."""
+    _accounts.clear()
 
 
 def accounts_for_users(*, kind: str, user_ids, contract=None) -> dict[int, int]:

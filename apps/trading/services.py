@@ -16,15 +16,12 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db import IntegrityError, connection, transaction
 
 from apps.contracts.grid import Grid, OffGrid
 from apps.contracts.models import Contract, ContractStatus
 from apps.contracts.tiers import TierError, max_leverage_for_notional
 from apps.ledger.errors import InsufficientBalance
-from apps.ledger.fields import MoneyField
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import to_decimal
 from apps.ledger.services import account_get_or_create, ledger_transfer
@@ -206,21 +203,29 @@ def order_spec(*, contract: Contract, side: str, order_type: str, quantity=None,
 
 
 def _open_exposure(*, user, contract: Contract) -> dict:
-    """Counts, open quantities and open notionals of the account's open orders on the contract, in one query."""
-    plain = Q(reduce_only=False, close_position=False)
-    open_qty = F("quantity") - F("executed_qty")
-    order_price = Coalesce("price", "protection_price", "stop_price", "activation_price", ZERO)
+    """Count, open notional per side and reduce-only quantity per side of the account's open orders.
 
-    def total(expression, condition):
-        return Coalesce(Sum(expression, filter=condition, output_field=MoneyField()), ZERO)
-
-    return Order.objects.filter(user=user, contract=contract, status__in=OPEN_STATUSES).aggregate(
-        count=Count("id"),
-        buy_notional=total(open_qty * order_price, plain & Q(side=Side.BUY)),
-        sell_notional=total(open_qty * order_price, plain & Q(side=Side.SELL)),
-        reducing_buys=total(open_qty, ~plain & Q(side=Side.BUY)),
-        reducing_sells=total(open_qty, ~plain & Q(side=Side.SELL)),
-    )
+    One aggregate over the (user, contract) index. Raw SQL because the ORM spends longer
+    building this five-aggregate query than PostgreSQL spends running it.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT count(*),
+                   COALESCE(sum(open * px) FILTER (WHERE NOT reducing AND side = 'BUY'), 0),
+                   COALESCE(sum(open * px) FILTER (WHERE NOT reducing AND side = 'SELL'), 0),
+                   COALESCE(sum(open) FILTER (WHERE reducing AND side = 'BUY'), 0),
+                   COALESCE(sum(open) FILTER (WHERE reducing AND side = 'SELL'), 0)
+            FROM (SELECT side, quantity - executed_qty AS open, reduce_only OR close_position AS reducing,
+                         COALESCE(price, protection_price, stop_price, activation_price, 0) AS px
+                  FROM trading_order
+                  WHERE user_id = %s AND contract_id = %s AND status = ANY(%s)) AS o
+            """,
+            [user.pk, contract.pk, list(OPEN_STATUSES)],
+        )
+        count, buys, sells, reducing_buys, reducing_sells = cursor.fetchone()
+    return {"count": count, "buy_notional": buys, "sell_notional": sells,
+            "reducing_buys": reducing_buys, "reducing_sells": reducing_sells}
 
 
 def _check_reducing(spec: OrderSpec, position: Position, exposure: dict) -> Decimal:

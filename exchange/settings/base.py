@@ -96,6 +96,14 @@ if _db["ENGINE"] not in ("django.db.backends.postgresql",):
         "row locks and NUMERIC; got " + _db["ENGINE"]
     )
 _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
+# A psycopg connection pool per process (Django 5.1+) for the web process (the Procfile
+# sets DB_POOL=1): otherwise every request opens a PostgreSQL connection (~5 ms). Off
+# elsewhere: the matcher's leases are session advisory locks that must die with its
+# connection, not live on in a pool. Needs CONN_MAX_AGE 0.
+if env_bool("DB_POOL", False) and not _db.get("CONN_MAX_AGE"):
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DB_POOL_MIN", 2), "max_size": env_int("DB_POOL_MAX", 20), "timeout": 10,
+    }
 _db.setdefault("TEST", {})["NAME"] = env_str("TEST_DATABASE_NAME", "test_exchange")
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -1,0 +1,231 @@
+"""Signed order entry over HTTP: concurrent clients against the web process as the Procfile starts it.
+
+    .venv/bin/python bench/api_orders.py [--seconds 15] [--clients 32] [--procs 2] [--profile]
+
+Creates a throw-away database (`bench_api`), seeds the demo contracts, creates one
+funded user with an API key per client, then starts the `web` process (Daphne, the
+Procfile's command line) and the `matcher` on loopback. Each client thread keeps one
+HTTP connection and sends `POST /fapi/v1/order` signed the way Binance client
+libraries sign (query string, HMAC-SHA256), limit orders around a mid price so about
+half of them trade. Prints accepted orders/s and latency p50/p99, with unsigned
+`GET /fapi/v1/ping` at the same concurrency as the baseline (the ratio is what order
+entry costs over the bare stack), then checks that every acknowledged order is in the
+database and that the ledger invariants hold. Rate limits are raised for the run (one
+loopback IP). `--profile` samples the web process with py-spy while orders flow.
+"""
+import argparse
+import hashlib
+import hmac
+import http.client
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import ensure_services, machine_line  # noqa: E402
+
+PY = str(ROOT / ".venv" / "bin" / "python")
+DB_NAME = "bench_api"
+
+
+def database_url(base: str, name: str) -> str:
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def prepare(env: dict, clients: int) -> list[tuple[str, str]]:
+    """Fresh database, migrated and seeded; one funded user with a trade key per client."""
+    admin_url = database_url(env["DATABASE_URL"], "postgres")
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB_NAME}")
+    run = dict(env=env, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([PY, "manage.py", "migrate", "-v", "0"], **run)
+    subprocess.run([PY, "manage.py", "seed_demo", "--if-empty"], **run)
+    script = f"""
+import json
+from decimal import Decimal
+from django.contrib.auth import get_user_model
+from apps.accounts.services import api_key_create
+from apps.ledger.services import wallet_deposit
+keys = []
+for i in range({clients}):
+    user = get_user_model().objects.create_user(f"bench{{i}}")
+    wallet_deposit(user=user, asset="USDT", amount=Decimal("100000000"))
+    key, secret = api_key_create(user=user, label="bench", can_trade=True)
+    keys.append((key.key, secret))
+print(json.dumps(keys))
+"""
+    out = subprocess.run([PY, "manage.py", "shell", "-c", script], **run, text=True)
+    return [tuple(k) for k in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
+def start(env: dict, port: int) -> list[subprocess.Popen]:
+    # The Procfile's web and matcher command lines.
+    web = subprocess.Popen(["env", "DB_POOL=1", PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "exchange.asgi:application"],
+                           env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    matcher = subprocess.Popen([PY, "manage.py", "run_matcher", "--symbols", "BTCUSDT", "--metrics-port", "0"],
+                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return [web, matcher]
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("web process did not start: " + web.stderr.read(2000).decode(errors="replace"))
+
+
+def client_proc(port: int, keys: list, seconds: float, kind: str, seed: int, out) -> None:
+    """One client process: a thread per key, each with its own keep-alive connection."""
+    results = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def worker(index: int, key: str, secret: str) -> None:
+        rng = random.Random(seed * 1000 + index)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        latencies, statuses = [], {}
+        n = 0
+        while time.monotonic() < stop_at:
+            n += 1
+            if kind == "ping":
+                method, path, headers = "GET", "/fapi/v1/ping", {}
+            else:
+                side = rng.choice(("BUY", "SELL"))
+                offset = rng.randint(-20, 20)
+                price = 50000 + (offset if side == "BUY" else -offset) * 0.5
+                query = urlencode({"symbol": "BTCUSDT", "side": side, "type": "LIMIT", "timeInForce": "GTC",
+                                   "quantity": f"{rng.randint(1, 50) / 1000:.3f}", "price": f"{price:.1f}",
+                                   "newClientOrderId": f"b{seed}-{index}-{n}",
+                                   "timestamp": int(time.time() * 1000)})
+                query += "&signature=" + hmac.new(secret.encode(), query.encode(), hashlib.sha256).hexdigest()
+                method, path, headers = "POST", "/fapi/v1/order?" + query, {"X-MBX-APIKEY": key}
+            started = time.perf_counter()
+            conn.request(method, path, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            latencies.append(time.perf_counter() - started)
+            statuses[response.status] = statuses.get(response.status, 0) + 1
+        with lock:
+            results.append((latencies, statuses))
+
+    threads = [threading.Thread(target=worker, args=(i, k, s)) for i, (k, s) in enumerate(keys)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(results)
+
+
+def load(port: int, keys: list, seconds: float, procs: int, kind: str) -> dict:
+    queue = multiprocessing.Queue()
+    groups = [keys[i::procs] for i in range(procs)]
+    workers = [multiprocessing.Process(target=client_proc, args=(port, g, seconds, kind, i, queue))
+               for i, g in enumerate(groups)]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    results = [r for _ in workers for r in queue.get()]
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - started
+    import numpy as np
+
+    latencies = np.array([x for lat, _ in results for x in lat]) * 1000
+    statuses: dict[int, int] = {}
+    for _, st in results:
+        for code, count in st.items():
+            statuses[code] = statuses.get(code, 0) + count
+    return {"rate": statuses.get(200, 0) / elapsed, "p50": float(np.percentile(latencies, 50)),
+            "p99": float(np.percentile(latencies, 99)), "statuses": statuses, "ok": statuses.get(200, 0)}
+
+
+def profile(pid: int, seconds: int) -> None:
+    spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    if not Path(spy).exists():
+        print("  (--profile needs py-spy: .venv/bin/pip install py-spy)")
+        return
+    out = ROOT / "var" / "bench_api_profile.txt"
+    subprocess.run([spy, "record", "-p", str(pid), "-d", str(seconds), "-f", "raw", "-o", str(out), "-r", "200"],
+                   capture_output=True)
+    self_time: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        total += int(count)
+        for frame in set(frames):
+            name = frame.split(" (")[0] + " " + frame.split("/")[-1].rstrip(")") if "(" in frame else frame
+            self_time[name] = self_time.get(name, 0) + int(count)
+    print(f"  profile of the web process ({total} samples, inclusive share), full stacks in {out}:")
+    for name, count in sorted(self_time.items(), key=lambda kv: -kv[1])[:25]:
+        print(f"    {100 * count / total:5.1f}%  {name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--port", type=int, default=18642)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+
+    ensure_services()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.base",
+           "DATABASE_URL": database_url(os.environ["DATABASE_URL"], DB_NAME),
+           "REDIS_URL": os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/8", "DEBUG": "0",
+           "API_IP_WEIGHT_LIMIT_1M": "1000000000", "API_KEY_WEIGHT_LIMIT_1M": "1000000000",
+           "API_ACCOUNT_ORDER_LIMIT_1M": "1000000000"}
+    print(f"api_orders bench: {args.clients} clients in {args.procs} processes, {args.seconds:.0f} s per phase")
+    keys = prepare(env, args.clients)
+    processes = start(env, args.port)
+    try:
+        base = load(args.port, keys, args.seconds, args.procs, "ping")
+        print(f"  baseline GET /fapi/v1/ping:  {base['rate']:8.0f} req/s     p50 {base['p50']:6.2f} ms  "
+              f"p99 {base['p99']:6.2f} ms  statuses {base['statuses']}")
+        if args.profile:
+            spy = threading.Thread(target=profile, args=(processes[0].pid, int(args.seconds) - 2))
+            spy.start()
+        orders = load(args.port, keys, args.seconds, args.procs, "order")
+        if args.profile:
+            spy.join()
+        print(f"  POST /fapi/v1/order (signed): {orders['rate']:8.0f} orders/s  p50 {orders['p50']:6.2f} ms  "
+              f"p99 {orders['p99']:6.2f} ms  statuses {orders['statuses']}")
+        print(f"  ratio orders / ping: {orders['rate'] / base['rate']:.2f}")
+        time.sleep(2)  # let the matcher drain
+    finally:
+        for p in processes:
+            p.send_signal(signal.SIGTERM)
+        for p in processes:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    script = ("from apps.trading.models import Order, Trade, OrderCommand; "
+              "print(Order.objects.count(), Trade.objects.count(), OrderCommand.objects.filter(status='PENDING').count())")
+    out = subprocess.run([PY, "manage.py", "shell", "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    stored, trades, pending = map(int, out.stdout.strip().splitlines()[-1].split())
+    print(f"  acknowledged {orders['ok']}, stored {stored} orders ({trades} trades, {pending} commands pending)")
+    ledger = subprocess.run([PY, "manage.py", "check_ledger"], env=env, cwd=ROOT, capture_output=True, text=True)
+    print(f"  check_ledger: {'clean' if ledger.returncode == 0 else 'FAILED ' + ledger.stdout[-500:]}")
+    print(machine_line())
+
+
+if __name__ == "__main__":
+    main()
