@@ -181,7 +181,7 @@ class StreamRelay:
                 while not stop.is_set():
                     message = await pubsub.get_message(timeout=0.5)
                     await self._heartbeat(client)
-                    await self._close_due_klines()
+                    await self.klines_close_due()
                     if message is None:
                         continue
                     await self.handle(message["channel"], message["data"], client)
@@ -314,13 +314,14 @@ class StreamRelay:
             return
         fills.sort()
         candles = self.candles.get(symbol)
-        if candles is None:
+        seeded = candles is None  # the seed holds this event's trades already: push it anyway
+        if seeded:
             candles = await sync_to_async(_candles_from_trades)(info["contract"].pk, fills[0][4])
             self.candles[symbol] = candles
         for interval in KLINE_INTERVALS_MS:
             out: list[dict] = []
             candle = candles.get(interval)
-            changed = False
+            changed = seeded and candle is not None and not candle.empty
             for trade_id, price, qty, buy, at in fills:
                 opens = kline_open_ms(interval, at)
                 if candle is None or opens > candle.open_ms:
@@ -338,7 +339,7 @@ class StreamRelay:
                 await self._send(KLINE_GROUP.format(symbol=symbol, interval=interval), "kline", symbol, out,
                                  interval=interval)
 
-    async def _close_due_klines(self, now_ms: int | None = None) -> None:
+    async def klines_close_due(self, now_ms: int | None = None) -> None:
         """Push final (x=true) every candle whose interval ended over a grace period ago."""
         if now_ms is None:
             now = time.monotonic()
