@@ -12,7 +12,7 @@ from apps.contracts.tiers import TierError, max_leverage_for_notional
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import fits_precision
-from apps.ledger.services import account_get_or_create, ledger_transfer
+from apps.ledger.services import account_get_or_create, balances_lock, ledger_transfer
 from exchange.errors import ErrorCode, ExchangeError
 
 from .models import MarginType, Position
@@ -24,7 +24,18 @@ ADD, REDUCE = 1, 2
 
 
 def position_lock(*, user, contract: Contract) -> Position:
-    """The (user, contract) position row, created if missing, locked for this transaction."""
+    """Lock the user's balances in the contract's asset, then their position row (created if missing).
+
+    The project's lock order is balances (by account id), then positions, then orders:
+    the matcher locks every balance of a batch first and then writes positions and
+    orders, so anything that takes a position or order lock and later moves money must
+    have locked the money first, or the two can deadlock.
+    """
+    accounts = [account_get_or_create(kind=AccountKind.WALLET, user=user),
+                account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=user)]
+    if Position.objects.filter(user=user, contract=contract, margin_type=MarginType.ISOLATED).exists():
+        accounts.append(account_get_or_create(kind=AccountKind.ISOLATED_MARGIN, user=user, contract=contract))
+    balances_lock(account_ids=[a.pk for a in accounts], asset=contract.settle_asset)
     Position.objects.bulk_create([Position(user=user, contract=contract)], ignore_conflicts=True)
     return Position.objects.select_for_update().get(user=user, contract=contract)
 

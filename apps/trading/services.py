@@ -436,6 +436,7 @@ def order_amend(*, user, contract: Contract, quantity, price, side: str | None =
     if price is None:
         raise _missing("price")
     with transaction.atomic():
+        position_lock(user=user, contract=contract)  # money before the order row: the lock order
         order = order_get(user=user, contract=contract, order_id=order_id, client_order_id=client_order_id, lock=True)
         if side is not None and side != order.side:
             raise _error("Side does not match the order.", ErrorCode.INVALID_SIDE)
