@@ -15,16 +15,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db import connection, transaction
+import numpy as np
+from django.db import connection, models, transaction
 from django.db.models.functions import Now
 
 from apps.positions.booking import Fill, fills_book, incomes_record
-from matching_native import EventKind, Flag, Reason
+from apps.positions.models import Position
+from matching_native import COMMAND_DTYPE, EventKind, Flag, Op, Reason
 from matching_native import Side as BookSide
 
 from exchange.redis import get_redis
 
-from .engine import SymbolEngine
+from .engine import RESTING_STATUSES, SymbolEngine
 from .margin import hold_release, order_hold
 from .models import CommandKind, CommandStatus, Order, OrderCommand, OrderStatus, Side, Trade
 from .triggers import triggers_fire
@@ -169,6 +171,11 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
             if command.kind == CommandKind.AMEND and not amended and command.margin_added:
                 releases[command.order.user_id] += command.margin_added  # refused amend: its extra hold returns
 
+        for state, event in _reduce_only_excess(engine, fills, orders):
+            close(state, OrderStatus.EXPIRED)
+            report("EXPIRED", state)
+            touched.add((int(event["side"]), int(event["price"])))
+
         booking = fills_book(contract=contract, fills=fills, releases=dict(releases),
                              reference={"symbol": contract.symbol, "first_seq": commands[0].seq,
                                         "last_seq": commands[-1].seq})
@@ -190,6 +197,59 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
         transaction.on_commit(lambda: _publish(contract, trade_rows, executions, levels, last_seq))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _reduce_only_excess(engine: SymbolEngine, fills: list[Fill], orders: dict[int, _OrderState]):
+    """Take out of the book the reduce-only orders that the batch's fills left with nothing to reduce.
+
+    A reduce-only order was checked against the position when it was accepted; fills
+    since may have shrunk, closed or flipped that position. Per account and side the
+    oldest such orders are kept up to the size they may still reduce and the newer ones
+    are cancelled here, in the same batch, so a later fill can never open or flip a
+    position through them. Yields (order state, CANCELLED event).
+    """
+    contract = engine.contract
+    delta: dict[int, Decimal] = defaultdict(Decimal)
+    for f in fills:
+        delta[f.taker_user_id] += f.quantity if f.taker_is_buyer else -f.quantity
+        delta[f.maker_user_id] -= f.quantity if f.taker_is_buyer else -f.quantity
+    if not delta:
+        return
+    for row in (Order.objects.filter(contract=contract, user_id__in=delta.keys(), status__in=RESTING_STATUSES,
+                                     priority__isnull=False)
+                .filter(models.Q(reduce_only=True) | models.Q(close_position=True))):
+        orders.setdefault(row.pk, _OrderState.of(row))
+    resting = sorted(
+        (s for s in orders.values()
+         if (s.order.reduce_only or s.order.close_position) and s.order.user_id in delta
+         and s.status in RESTING_STATUSES and s.priority is not None and s.open_qty > 0),
+        key=lambda s: s.priority,
+    )
+    if not resting:
+        return
+    sizes = dict(Position.objects.filter(contract=contract, user_id__in=delta.keys()).values_list("user_id", "size"))
+    kept: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
+    excess = []
+    for state in resting:
+        row = state.order
+        size = sizes.get(row.user_id, Decimal(0)) + delta[row.user_id]
+        may_reduce = (size if row.side == Side.SELL else -size) if size else Decimal(0)
+        key = (row.user_id, row.side)
+        if kept[key] + state.open_qty <= max(Decimal(0), may_reduce):
+            kept[key] += state.open_qty
+        else:
+            excess.append(state)
+    if not excess:
+        return
+    records = np.zeros(len(excess), COMMAND_DTYPE)
+    for i, state in enumerate(excess):
+        records[i] = (Op.CANCEL, 0, 0, state.order.pk, state.order.user_id, 0, 0)
+    run = engine.execute(records)
+    by_order = {int(e["oid"]): e for e in run.events if e["kind"] == EventKind.CANCELLED}
+    for state in excess:
+        event = by_order.get(state.order.pk)
+        if event is not None:
+            yield state, event
 
 
 def _write_orders(states: list[_OrderState]) -> None:

@@ -184,3 +184,23 @@ def test_trades_write_income_lines(funded, btcusdt):
     total = sum(Income.objects.filter(user=alice).values_list("amount", flat=True))
     assert total == wallet_of(alice)
     assert LedgerTransaction.objects.filter(pk=pnl.transaction_id).exists()
+
+
+def test_reduce_only_orders_left_without_a_position_expire(funded, btcusdt):
+    alice, bob = funded("alice"), funded("bob")
+    engine = open_long(btcusdt, alice, bob, qty="0.1")
+    keep = order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.04"), price=D("52000"),
+                       reduce_only=True)
+    extra = order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.06"), price=D("53000"),
+                        reduce_only=True)
+    batch_process(engine)
+    # a plain sell of 0.05 leaves a 0.05 long: the older 0.04 still fits, the newer 0.06 does not
+    order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.05"), price=D("50000"))
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("0.05"), price=D("50000"))
+    batch_process(engine)
+    keep.refresh_from_db()
+    extra.refresh_from_db()
+    assert keep.status == OrderStatus.NEW
+    assert extra.status == OrderStatus.EXPIRED and extra.margin_held == 0
+    assert engine.book.get(extra.pk) is None and engine.book.get(keep.pk) is not None
+    assert run_all_invariants() == []
