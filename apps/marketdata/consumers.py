@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 MAX_STREAMS = 200
 LISTEN_KEY_CHECK_SECONDS = 30.0
 SYMBOL_CACHE_SECONDS = 5.0
+SYMBOL_REFRESH_MIN_SECONDS = 1.0
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 
 _symbols_cache: tuple[float, frozenset[str]] = (0.0, frozenset())
@@ -53,10 +54,12 @@ def _load_symbols() -> frozenset[str]:
     )
 
 
-async def streamable_symbols() -> frozenset[str]:
+async def streamable_symbols(*, refresh: bool = False) -> frozenset[str]:
     global _symbols_cache
     loaded_at, symbols = _symbols_cache
-    if time.monotonic() - loaded_at > SYMBOL_CACHE_SECONDS or not symbols:
+    age = time.monotonic() - loaded_at
+    # A refresh (asked for on an unknown symbol) reads at most once a second, whatever clients send.
+    if age > SYMBOL_CACHE_SECONDS or not symbols or (refresh and age > SYMBOL_REFRESH_MIN_SECONDS):
         symbols = await database_sync_to_async(_load_symbols)()
         _symbols_cache = (time.monotonic(), symbols)
     return symbols
@@ -148,16 +151,20 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
 
     async def _subscribe(self, names: list[str]) -> None:
         """Subscribe to all of `names` or, if any is invalid, to none of them."""
-        symbols = await streamable_symbols()
         parsed, keys, bad = [], {}, []
-        for name in names:
-            if is_listen_key_name(name):
-                keys[name] = None
-                continue
-            try:
-                parsed.append(parse_stream(name, symbols=symbols))
-            except InvalidStream:
-                bad.append(name)
+        for refresh in (False, True):  # an unknown symbol may be a contract listed since the cache was loaded
+            symbols = await streamable_symbols(refresh=refresh)
+            parsed, keys, bad = [], {}, []
+            for name in names:
+                if is_listen_key_name(name):
+                    keys[name] = None
+                    continue
+                try:
+                    parsed.append(parse_stream(name, symbols=symbols))
+                except InvalidStream:
+                    bad.append(name)
+            if not bad:
+                break
         if bad:
             raise RequestError(2, f"Invalid request: invalid stream name(s): {', '.join(map(str, bad))}")
         for key in keys:

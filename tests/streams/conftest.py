@@ -4,8 +4,17 @@ from decimal import Decimal
 import pytest
 
 from apps.accounts.services import listen_key_start
+from apps.marketdata import consumers
 from apps.ledger.services import wallet_deposit
 from exchange.redis import get_redis
+
+
+@pytest.fixture(autouse=True)
+def _fresh_symbol_cache():
+    """The consumers' per-process cache of streamable symbols starts and ends empty."""
+    consumers._symbols_cache = (0.0, frozenset())
+    yield
+    consumers._symbols_cache = (0.0, frozenset())
 
 
 @pytest.fixture
