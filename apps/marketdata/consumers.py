@@ -7,14 +7,14 @@ with live `SUBSCRIBE` / `UNSUBSCRIBE` / `LIST_SUBSCRIPTIONS` / `SET_PROPERTY` /
 gets an error frame `{"error": {"code": n, "msg": ...}, "id": ...}` and the
 connection stays open (codes as Binance: 0 unknown property, 1 invalid value
 type, 2 invalid request, 3 invalid JSON); an invalid stream in the URL gets the
-error frame and the connection is then closed (code 1008). Each stream joins the
+error frame and the connection is then closed (code 4008, see CLOSE_POLICY). Each stream joins the
 Channels group that carries it (the relay fills the groups); markPrice streams
 are throttled per connection to 3 s (or 1 s for `@1s`).
 
 User data stream: a listen key is accepted wherever a stream name is (`/ws/<listenKey>`,
 `/stream?streams=<listenKey>`, SUBSCRIBE params) and is recognised before any market
 stream name is parsed. It joins the user's group (`apps.accounts.user_stream`); an
-unknown or expired key gets an error frame (and a close with 1008 in the URL form).
+unknown or expired key gets an error frame (and a close with 4008 in the URL form).
 While the connection holds listen keys, they are re-checked every
 `LISTEN_KEY_CHECK_SECONDS`: a key that has expired (or was closed) gets
 `listenKeyExpired`, is dropped, and the connection is closed when nothing else is
@@ -41,6 +41,10 @@ from .streams import InvalidStream, Stream, parse_stream
 logger = logging.getLogger(__name__)
 MAX_STREAMS = 200
 LISTEN_KEY_CHECK_SECONDS = 30.0
+# "Policy violation" (1008) moved into the application range: daphne's websocket layer
+# (autobahn) lets an application close only with 1000 or 3000-4999 and raises on 1008,
+# which would end the connection with an abnormal close instead.
+CLOSE_POLICY = 4008
 SYMBOL_CACHE_SECONDS = 5.0
 SYMBOL_REFRESH_MIN_SECONDS = 1.0
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
@@ -94,7 +98,7 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
                 await self._subscribe(names)
             except RequestError as exc:
                 await self._error(exc, None)
-                await self.close(code=1008)
+                await self.close(code=CLOSE_POLICY)
 
     async def disconnect(self, code):
         watch = getattr(self, "_key_watch", None)
@@ -293,7 +297,7 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
                 await self._leave(user_group(user_id))
                 await self._push(key, listen_key_expired(listen_key=key, event_ms=time.time_ns() // 1_000_000))
             if expired and not self.listen_keys and not self.streams:
-                await self.close(code=1008)
+                await self.close(code=CLOSE_POLICY)
         self._key_watch = None
 
 

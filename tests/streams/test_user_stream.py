@@ -20,6 +20,7 @@ from apps.accounts.user_stream import (
     user_group,
 )
 from apps.marketdata import consumers
+from apps.marketdata.consumers import CLOSE_POLICY
 from apps.marketdata.services import price_publish
 from apps.positions.selectors import account_overview
 from apps.trading.engine import SymbolEngine
@@ -115,7 +116,7 @@ def test_unknown_listen_key_is_refused(btcusdt, clean_redis):
         reply = await frame(ws)
         assert reply["error"]["code"] == 2 and "listen key" in reply["error"]["msg"]
         closed = await ws.receive_output(timeout=5)
-        assert closed == {"type": "websocket.close", "code": 1008}
+        assert closed == {"type": "websocket.close", "code": CLOSE_POLICY}
         await ws.disconnect()
 
         ws = await connect("/ws")
@@ -283,7 +284,7 @@ def test_listen_key_expiry_is_announced_then_the_stream_ends(funded, listen_key,
         expired = await frame(alone)
         assert expired["e"] == "listenKeyExpired" and expired["listenKey"] == alice_key
         assert int(expired["E"]) > 0
-        assert await alone.receive_output(timeout=5) == {"type": "websocket.close", "code": 1008}
+        assert await alone.receive_output(timeout=5) == {"type": "websocket.close", "code": CLOSE_POLICY}
         await alone.disconnect()
 
         # A connection with other streams gets the event and keeps the rest.
