@@ -3,9 +3,11 @@
 daphne (`exchange.asgi:application`) and the stream relay (`manage.py
 run_stream_relay`) are started as OS processes on a free loopback port, against this
 test's database and Redis (as `tests/trading/test_matcher_process.py` starts the
-matcher); a websocket client (tests/streams/wsclient.py) subscribes over TCP. Every
-wait is bounded, and the processes are stopped (killed if need be) in `finally`.
+matcher); the `websockets` client subscribes over TCP (the test is skipped where that
+package is missing). Every wait is bounded, and the processes are stopped (killed if
+need be) in `finally`.
 """
+import asyncio
 import json
 import os
 import socket
@@ -26,8 +28,10 @@ from apps.marketdata.consumers import CLOSE_POLICY
 from apps.marketdata.services import price_publish
 from exchange.redis import get_redis
 
-from . import wsclient
 from tests.marketdata.test_streams import run
+
+websockets_client = pytest.importorskip("websockets.asyncio.client", reason="needs websockets >= 13")
+from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 D = Decimal
@@ -101,16 +105,19 @@ def test_daphne_and_relay_processes_serve_mark_price_and_user_stream(btcusdt, fu
             _wait_for(lambda: _accepts(port), 60, "daphne to listen", (web, relay))
             _wait_for(lambda: redis.get(RELAY_HEARTBEAT), 60, "the relay's heartbeat", (web, relay))
 
+            def connect(url):
+                return websockets_client.connect(url, open_timeout=30, close_timeout=10)
+
             async def body():
-                market = await wsclient.connect(f"ws://127.0.0.1:{port}/ws")
-                user = await wsclient.connect(f"ws://127.0.0.1:{port}/ws/{key}")
+                market = await connect(f"ws://127.0.0.1:{port}/ws")
+                user = await connect(f"ws://127.0.0.1:{port}/ws/{key}")
                 try:
                     await market.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@markPrice"], "id": 1}))
-                    assert json.loads(await market.recv(timeout=30)) == {"result": None, "id": 1}
+                    assert json.loads(await asyncio.wait_for(market.recv(), 30)) == {"result": None, "id": 1}
 
                     await sync_to_async(price_publish)(contract=btcusdt, index_price=D("90000.12"),
                                                        mark_price=D("90010.3"), at=timezone.now())
-                    update = json.loads(await market.recv(timeout=30))
+                    update = json.loads(await asyncio.wait_for(market.recv(), 30))
                     assert {k: update[k] for k in ("e", "s", "p", "i")} == {
                         "e": "markPriceUpdate", "s": "BTCUSDT", "p": "90010.30000000", "i": "90000.12000000"}
 
@@ -124,16 +131,16 @@ def test_daphne_and_relay_processes_serve_mark_price_and_user_stream(btcusdt, fu
                     await sync_to_async(redis.publish)("events:BTCUSDT", json.dumps(
                         {"symbol": "BTCUSDT", "time": 1, "last_seq": 1, "trades": [], "orders": [report],
                          "depth": {"bids": [], "asks": []}}))
-                    order = json.loads(await user.recv(timeout=30))
+                    order = json.loads(await asyncio.wait_for(user.recv(), 30))
                     assert (order["e"], order["o"]["i"], order["o"]["c"], order["o"]["X"]) == (
                         "ORDER_TRADE_UPDATE", 71, "c-71", "NEW")
 
                     # An unknown listen key: error frame, then close 4008 (1008 in the application range).
-                    stranger = await wsclient.connect(f"ws://127.0.0.1:{port}/ws/{'Q' * 64}")
-                    assert json.loads(await stranger.recv(timeout=30))["error"]["code"] == 2
-                    with pytest.raises(wsclient.Closed) as closed:
-                        await stranger.recv(timeout=30)
-                    assert closed.value.code == CLOSE_POLICY == 4008
+                    stranger = await connect(f"ws://127.0.0.1:{port}/ws/{'Q' * 64}")
+                    assert json.loads(await asyncio.wait_for(stranger.recv(), 30))["error"]["code"] == 2
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await asyncio.wait_for(stranger.recv(), 30)
+                    assert closed.value.rcvd.code == CLOSE_POLICY == 4008
                 finally:
                     await market.close()
                     await user.close()
