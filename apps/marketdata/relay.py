@@ -19,7 +19,8 @@ from the trades table on its first event, and a candle is pushed final (`x` true
 when a trade of the next interval arrives or, at the latest, a second after it ends.
 
 User data stream: each execution report in an event's `orders` becomes an
-ORDER_TRADE_UPDATE for its user's group at once (no database read). Users whose
+ORDER_TRADE_UPDATE for its user's group at once (no database read), for users with a
+live listen key (one MGET per event; nobody else can be listening). Users whose
 balances the batch moved (fills, margin released or re-held) are queued for an
 ACCOUNT_UPDATE built from `account_overview`; a separate task does those reads (one
 per user per round, a user queued twice meanwhile is read once), so a batch touching
@@ -40,6 +41,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import F, Sum
 
+from apps.accounts.selectors import listen_key_of_user_redis_key
 from apps.accounts.user_stream import (
     ACCOUNT_EXEC_TYPES,
     USER_PUSH,
@@ -259,7 +261,7 @@ class StreamRelay:
         when = int(body.get("time") or event_ms)
         orders = body.get("orders")
         if orders and isinstance(orders, list):
-            await self._user_events(symbol, orders, event_ms, when)
+            await self._user_events(symbol, orders, event_ms, when, client)
         trades = body.get("trades")
         if trades and isinstance(trades, list):
             aggs = agg_trades(symbol=symbol, trades=trades, event_ms=event_ms)
@@ -357,11 +359,28 @@ class StreamRelay:
 
     # -- user data stream -----------------------------------------------------------------
 
-    async def _user_events(self, symbol: str, orders: list, event_ms: int, when: int) -> None:
+    async def listening(self, client, user_ids) -> set[int]:
+        """Those of `user_ids` with a live listen key (one MGET): nobody else can be listening."""
+        user_ids = list(user_ids)
+        if client is None or not user_ids:
+            return set(user_ids)
+        values = await client.mget([listen_key_of_user_redis_key(uid) for uid in user_ids])
+        return {uid for uid, value in zip(user_ids, values) if value is not None}
+
+    async def _user_events(self, symbol: str, orders: list, event_ms: int, when: int, client=None) -> None:
+        ids = set()
+        for report in orders:
+            try:
+                ids.add(int(report["user_id"]))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+        listening = await self.listening(client, ids)
         per_user: dict[int, list[dict]] = {}
         for report in orders:
             try:
                 user_id = int(report["user_id"])
+                if user_id not in listening:
+                    continue
                 payload = order_trade_update(symbol=symbol, report=report, event_ms=event_ms, transaction_ms=when)
             except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
                 logger.warning("relay: malformed execution report on events:%s: %.200r", symbol, report)

@@ -8,7 +8,9 @@ import json
 from decimal import Decimal
 
 import pytest
+import redis.asyncio as redis_asyncio
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.utils import timezone
 
 from apps.accounts.services import listen_key_close
@@ -200,6 +202,12 @@ def test_order_trade_update_reaches_its_user_only(funded, listen_key):
             assert account["a"]["B"] == [{"a": "USDT", "wb": "100000", "cw": "100000", "bc": "0"}]
             assert account["a"]["P"] == []
             assert relay.account_updates >= 1
+            # Users without a live listen key cost neither a group message nor an account read.
+            client = redis_asyncio.Redis.from_url(settings.REDIS_URL)
+            try:
+                assert await relay.listening(client, [alice.pk, bob.pk, 424242]) == {alice.pk, bob.pk}
+            finally:
+                await client.aclose()
             await alice_ws.disconnect()
             await bob_ws.disconnect()
 
