@@ -8,9 +8,11 @@ import time
 from decimal import Decimal, InvalidOperation
 
 from apps.contracts.models import Contract
+from apps.contracts.selectors import contract_get
 from exchange.errors import ErrorCode, ExchangeError
 
 CONTRACT_CACHE_SECONDS = 1.0
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _contracts: dict[str, tuple[float, Contract]] = {}
 
 
@@ -44,7 +46,10 @@ def integer(params: dict, name: str, *, default: int | None = None, low: int | N
         result = int(value)
     except ValueError as exc:
         raise invalid(name, value) from exc
-    if (low is not None and result < low) or (high is not None and result > high):
+    # Ids and times are PostgreSQL bigints: anything wider is refused here, not by the database.
+    low = INT64_MIN if low is None else low
+    high = INT64_MAX if high is None else high
+    if not low <= result <= high:
         raise invalid(name, value)
     return result
 
@@ -82,7 +87,7 @@ def choice(params: dict, name: str, choices, *, default: str | None = None, code
 
 
 def contract(params: dict, name: str = "symbol", *, required_: bool = True) -> Contract | None:
-    """The contract named by `symbol`, with its settle asset; briefly cached per process."""
+    """The contract named by `symbol` (-1121 when unknown), briefly cached per process."""
     symbol = params.get(name)
     if not symbol:
         if required_:
@@ -92,9 +97,7 @@ def contract(params: dict, name: str = "symbol", *, required_: bool = True) -> C
     hit = _contracts.get(symbol)
     if hit is not None and now - hit[0] < CONTRACT_CACHE_SECONDS:
         return hit[1]
-    found = Contract.objects.select_related("settle_asset").filter(symbol=symbol).first()
-    if found is None:
-        raise ExchangeError("Invalid symbol.", code=ErrorCode.BAD_SYMBOL)
+    found = contract_get(symbol=symbol)
     _contracts[symbol] = (now, found)
     return found
 

@@ -28,7 +28,7 @@ class ListenKeyApi(KeyedApi):
         listen_key = listen_key_keepalive(user=request.user, listen_key=request_params(request).get("listenKey"))
         return Response({"listenKey": listen_key})
 
-    @extend_schema(parameters=[_API_KEY_HEADER, _KEY_PARAM], request=None, responses=_EMPTY)
+    @extend_schema(parameters=[_API_KEY_HEADER, _KEY_PARAM], request=None, responses={200: _EMPTY})
     def delete(self, request):
         """Close the user data stream."""
         listen_key_close(user=request.user, listen_key=request_params(request).get("listenKey"))

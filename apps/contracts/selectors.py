@@ -5,6 +5,7 @@ tier); the only derived values are the Binance classifications: the status a Bin
 client understands and the quarter (CURRENT_QUARTER / NEXT_QUARTER) of a delivery
 contract, ranked by delivery time among the listed quarterlies of the same pair.
 """
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -54,11 +55,16 @@ class SymbolInfo:
     maintenance_rate: Decimal | None
 
 
+# The shape the contract table's CHECK allows; anything else is unknown without a query
+# (and never reaches PostgreSQL, which refuses NUL bytes in text with an error).
+SYMBOL_RE = re.compile(r"[A-Z0-9]{1,24}(_[0-9]{6})?")
+
+
 def contract_get(*, symbol: str | None) -> Contract:
     """The contract (with its assets) of a symbol; an unknown symbol is -1121."""
     contract = (
         Contract.objects.select_related("base_asset", "quote_asset", "settle_asset").filter(symbol=symbol).first()
-        if symbol
+        if symbol and SYMBOL_RE.fullmatch(symbol)
         else None
     )
     if contract is None:

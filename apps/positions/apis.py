@@ -6,7 +6,7 @@ position row. Decimals go out as strings, times as int milliseconds.
 """
 from decimal import Decimal
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 
@@ -22,7 +22,80 @@ from .services import leverage_change, margin_type_change, max_notional_for_leve
 from .tiers import contract_tiers
 
 MARGIN_TYPES = {"ISOLATED": MarginType.ISOLATED, "CROSSED": MarginType.CROSS, "CROSS": MarginType.CROSS}
-ANY = serializers.DictField()
+
+
+def _strings(*names: str) -> dict:
+    return {name: serializers.CharField() for name in names}
+
+
+class PositionOut(serializers.Serializer):
+    """A position as `positionRisk` and `account` report it (the union of the v2 and v3 fields)."""
+
+    locals().update(_strings(
+        "symbol", "positionSide", "positionAmt", "entryPrice", "breakEvenPrice", "markPrice", "unRealizedProfit",
+        "unrealizedProfit", "liquidationPrice", "leverage", "maxNotionalValue", "maxNotional", "marginType",
+        "isAutoAddMargin", "isolatedMargin", "isolatedWallet", "notional", "marginAsset", "initialMargin",
+        "maintMargin", "positionInitialMargin", "openOrderInitialMargin", "bidNotional", "askNotional"))
+    isolated = serializers.BooleanField()
+    adl = serializers.IntegerField()
+    updateTime = serializers.IntegerField()
+
+
+class AssetOut(serializers.Serializer):
+    locals().update(_strings(
+        "asset", "walletBalance", "unrealizedProfit", "marginBalance", "maintMargin", "initialMargin",
+        "positionInitialMargin", "openOrderInitialMargin", "crossWalletBalance", "crossUnPnl", "availableBalance",
+        "maxWithdrawAmount"))
+    marginAvailable = serializers.BooleanField()
+    updateTime = serializers.IntegerField()
+
+
+class BalanceOut(AssetOut):
+    accountAlias = serializers.CharField()
+    balance = serializers.CharField()
+
+
+class AccountOut(serializers.Serializer):
+    locals().update(_strings(
+        "totalInitialMargin", "totalMaintMargin", "totalWalletBalance", "totalUnrealizedProfit",
+        "totalMarginBalance", "totalPositionInitialMargin", "totalOpenOrderInitialMargin",
+        "totalCrossWalletBalance", "totalCrossUnPnl", "availableBalance", "maxWithdrawAmount"))
+    feeTier = serializers.IntegerField()
+    feeBurn = serializers.BooleanField()
+    canTrade = serializers.BooleanField()
+    canDeposit = serializers.BooleanField()
+    canWithdraw = serializers.BooleanField()
+    updateTime = serializers.IntegerField()
+    multiAssetsMargin = serializers.BooleanField()
+    tradeGroupId = serializers.IntegerField()
+    assets = AssetOut(many=True)
+    positions = PositionOut(many=True)
+
+
+class IncomeOut(serializers.Serializer):
+    locals().update(_strings("symbol", "incomeType", "income", "asset", "info", "tradeId"))
+    time = serializers.IntegerField()
+    tranId = serializers.IntegerField()
+
+
+class BracketOut(serializers.Serializer):
+    bracket = serializers.IntegerField()
+    initialLeverage = serializers.IntegerField()
+    notionalCap = serializers.FloatField()
+    notionalFloor = serializers.FloatField()
+    maintMarginRatio = serializers.FloatField()
+    cum = serializers.FloatField()
+
+
+class SymbolBracketsOut(serializers.Serializer):
+    symbol = serializers.CharField()
+    brackets = BracketOut(many=True)
+
+
+SUCCESS = inline_serializer("Success", {"code": serializers.IntegerField(), "msg": serializers.CharField()})
+POSITION_MARGIN = inline_serializer("PositionMarginResult", {
+    "code": serializers.IntegerField(), "msg": serializers.CharField(), "amount": serializers.FloatField(),
+    "type": serializers.IntegerField()})
 
 
 def _ok(extra: dict | None = None) -> dict:
@@ -56,7 +129,7 @@ class MarginTypeApi(SignedApi):
 
     @extend_schema(parameters=SIGNED + [SYMBOL, OpenApiParameter("marginType", str, enum=["ISOLATED", "CROSSED"],
                                                                  required=True)],
-                   request=None, responses=ANY)
+                   request=None, responses=SUCCESS)
     def post(self, request):
         params = request_params(request)
         contract = p.contract(params)
@@ -75,7 +148,7 @@ class PositionMarginApi(SignedApi):
     @extend_schema(parameters=SIGNED + [SYMBOL, OpenApiParameter("amount", str, required=True),
                                         OpenApiParameter("type", int, enum=[1, 2], required=True),
                                         OpenApiParameter("positionSide", str)],
-                   request=None, responses=ANY)
+                   request=None, responses=POSITION_MARGIN)
     def post(self, request):
         params = request_params(request)
         contract = p.contract(params)
@@ -102,7 +175,9 @@ def _brackets(contract) -> dict:
 class LeverageBracketApi(SignedApi):
     """GET /fapi/v1/leverageBracket: one object for a symbol, else a list (numbers, as the reference sends)."""
 
-    @extend_schema(parameters=SIGNED + [OpenApiParameter("symbol", str)], responses=ANY)
+    @extend_schema(parameters=SIGNED + [OpenApiParameter("symbol", str)],
+                   responses=PolymorphicProxySerializer("LeverageBrackets", serializers=[
+                       SymbolBracketsOut, SymbolBracketsOut(many=True)], resource_type_field_name=None, many=False))
     def get(self, request):
         from apps.contracts.models import Contract, ContractStatus
 
@@ -188,7 +263,7 @@ class AccountApi(SignedApi):
 
     weight = 5
 
-    @extend_schema(parameters=SIGNED, responses=ANY)
+    @extend_schema(parameters=SIGNED, responses=AccountOut)
     def get(self, request):
         overview = account_overview(user=request.user)
         return Response({
@@ -205,7 +280,7 @@ class BalanceApi(SignedApi):
 
     weight = 5
 
-    @extend_schema(parameters=SIGNED, responses=ANY)
+    @extend_schema(parameters=SIGNED, responses=BalanceOut(many=True))
     def get(self, request):
         overview = account_overview(user=request.user)
         alias = f"u{request.user.pk}"
@@ -221,7 +296,7 @@ class PositionRiskApi(SignedApi):
     weight = 5
     only_open = False
 
-    @extend_schema(parameters=SIGNED + [OpenApiParameter("symbol", str)], responses=ANY)
+    @extend_schema(parameters=SIGNED + [OpenApiParameter("symbol", str)], responses=PositionOut(many=True))
     def get(self, request):
         contract = p.contract(request_params(request), required_=False)
         views = account_overview(user=request.user).positions
@@ -241,7 +316,7 @@ class IncomeApi(SignedApi):
                                         OpenApiParameter("incomeType", str, enum=IncomeType.values),
                                         OpenApiParameter("startTime", int), OpenApiParameter("endTime", int),
                                         OpenApiParameter("page", int), OpenApiParameter("limit", int)],
-                   responses=ANY)
+                   responses=IncomeOut(many=True))
     def get(self, request):
         params = request_params(request)
         rows = Income.objects.select_related("asset").filter(user=request.user)
@@ -257,7 +332,7 @@ class IncomeApi(SignedApi):
         if end is not None:
             rows = rows.filter(created_at__lte=ms_to_datetime(end))
         limit = p.integer(params, "limit", default=100, low=1, high=1000)
-        page = p.integer(params, "page", default=1, low=1)
+        page = p.integer(params, "page", default=1, low=1, high=10_000)
         if start is not None:
             picked = list(rows.order_by("id")[(page - 1) * limit:page * limit])
         else:

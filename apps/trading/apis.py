@@ -105,22 +105,59 @@ def _lookup(params: dict) -> dict:
     return dict(order_id=p.integer(params, "orderId"), client_order_id=p.optional(params, "origClientOrderId"))
 
 
-ORDER_FIELDS = {
-    "orderId": serializers.IntegerField(), "symbol": serializers.CharField(), "status": serializers.CharField(),
-    "clientOrderId": serializers.CharField(), "price": serializers.CharField(), "avgPrice": serializers.CharField(),
-    "origQty": serializers.CharField(), "executedQty": serializers.CharField(), "cumQty": serializers.CharField(),
-    "cumQuote": serializers.CharField(), "timeInForce": serializers.CharField(), "type": serializers.CharField(),
-    "origType": serializers.CharField(), "reduceOnly": serializers.BooleanField(),
-    "closePosition": serializers.BooleanField(), "side": serializers.CharField(),
-    "positionSide": serializers.CharField(), "stopPrice": serializers.CharField(),
-    "workingType": serializers.CharField(), "priceProtect": serializers.BooleanField(),
-    "activatePrice": serializers.CharField(allow_null=True), "priceRate": serializers.CharField(allow_null=True),
-    "priceMatch": serializers.CharField(), "selfTradePreventionMode": serializers.CharField(),
-    "goodTillDate": serializers.IntegerField(), "time": serializers.IntegerField(),
-    "updateTime": serializers.IntegerField(),
-}
-ORDER = inline_serializer("Order", ORDER_FIELDS)
-ORDERS = inline_serializer("Order", ORDER_FIELDS, many=True)
+class OrderOut(serializers.Serializer):
+    """An order as Binance USDⓈ-M reports it (documentation of `order_payload`)."""
+
+    orderId = serializers.IntegerField()
+    symbol = serializers.CharField()
+    status = serializers.CharField()
+    clientOrderId = serializers.CharField()
+    price = serializers.CharField()
+    avgPrice = serializers.CharField()
+    origQty = serializers.CharField()
+    executedQty = serializers.CharField()
+    cumQty = serializers.CharField()
+    cumQuote = serializers.CharField()
+    timeInForce = serializers.CharField()
+    type = serializers.CharField()
+    origType = serializers.CharField()
+    reduceOnly = serializers.BooleanField()
+    closePosition = serializers.BooleanField()
+    side = serializers.CharField()
+    positionSide = serializers.CharField()
+    stopPrice = serializers.CharField()
+    workingType = serializers.CharField()
+    priceProtect = serializers.BooleanField()
+    activatePrice = serializers.CharField(allow_null=True)
+    priceRate = serializers.CharField(allow_null=True)
+    priceMatch = serializers.CharField()
+    selfTradePreventionMode = serializers.CharField()
+    goodTillDate = serializers.IntegerField()
+    time = serializers.IntegerField()
+    updateTime = serializers.IntegerField()
+
+
+ORDER = OrderOut
+ORDERS = OrderOut(many=True)
+
+
+class OrderOrErrorOut(serializers.Serializer):
+    """One item of a batch answer: the order, or the `{code, msg}` of its refusal."""
+
+    code = serializers.IntegerField(required=False)
+    msg = serializers.CharField(required=False)
+    orderId = serializers.IntegerField(required=False)
+    symbol = serializers.CharField(required=False)
+    status = serializers.CharField(required=False)
+    clientOrderId = serializers.CharField(required=False)
+    price = serializers.CharField(required=False)
+    origQty = serializers.CharField(required=False)
+    executedQty = serializers.CharField(required=False)
+    type = serializers.CharField(required=False)
+    side = serializers.CharField(required=False)
+
+
+ORDERS_OR_ERRORS = OrderOrErrorOut(many=True)
 SYMBOL = OpenApiParameter("symbol", str, required=True)
 SIGNED = [OpenApiParameter("X-MBX-APIKEY", str, location=OpenApiParameter.HEADER, required=True),
           OpenApiParameter("timestamp", int, required=True), OpenApiParameter("signature", str, required=True),
@@ -199,7 +236,7 @@ class BatchOrdersApi(SignedApi):
     weight = 5
 
     @extend_schema(parameters=SIGNED + [OpenApiParameter("batchOrders", str, required=True)], request=None,
-                   responses=serializers.ListField(child=serializers.DictField()))
+                   responses=ORDERS_OR_ERRORS)
     def post(self, request):
         results = []
         for item in _batch(request_params(request).get("batchOrders"), "batchOrders"):
@@ -213,7 +250,7 @@ class BatchOrdersApi(SignedApi):
 
     @extend_schema(parameters=SIGNED + [SYMBOL, OpenApiParameter("orderIdList", str),
                                         OpenApiParameter("origClientOrderIdList", str)],
-                   request=None, responses=serializers.ListField(child=serializers.DictField()))
+                   request=None, responses=ORDERS_OR_ERRORS)
     def delete(self, request):
         params = request_params(request)
         contract = p.contract(params)
@@ -285,15 +322,24 @@ class AllOrdersApi(SignedApi):
         return Response([order_payload(o) for o in rows])
 
 
-USER_TRADE_FIELDS = {
-    "id": serializers.IntegerField(), "symbol": serializers.CharField(), "orderId": serializers.IntegerField(),
-    "side": serializers.CharField(), "price": serializers.CharField(), "qty": serializers.CharField(),
-    "quoteQty": serializers.CharField(), "realizedPnl": serializers.CharField(),
-    "commission": serializers.CharField(), "commissionAsset": serializers.CharField(),
-    "buyer": serializers.BooleanField(), "maker": serializers.BooleanField(),
-    "positionSide": serializers.CharField(), "time": serializers.IntegerField(),
-}
-USER_TRADES = inline_serializer("UserTrade", USER_TRADE_FIELDS, many=True)
+class UserTradeOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    symbol = serializers.CharField()
+    orderId = serializers.IntegerField()
+    side = serializers.CharField()
+    price = serializers.CharField()
+    qty = serializers.CharField()
+    quoteQty = serializers.CharField()
+    realizedPnl = serializers.CharField()
+    commission = serializers.CharField()
+    commissionAsset = serializers.CharField()
+    buyer = serializers.BooleanField()
+    maker = serializers.BooleanField()
+    positionSide = serializers.CharField()
+    time = serializers.IntegerField()
+
+
+USER_TRADES = UserTradeOut(many=True)
 
 
 class UserTradesApi(SignedApi):

@@ -315,6 +315,7 @@ def _execution(contract, trades: list[Trade], entry: tuple) -> dict:
         "avg_price": _text(cum_quote / (executed * contract.contract_size)) if executed else "0",
         "status": str(status), "exec_type": exec_type, "executed_qty": _text(executed),
         "reduce_only": order.reduce_only or order.close_position, "working_type": order.working_type,
+        "close_position": order.close_position, "price_protect": order.price_protect, "stp_mode": order.stp_mode,
         "last_qty": "0", "last_price": "0", "commission": "0", "realized_pnl": "0", "trade_id": 0, "is_maker": maker,
         "commission_asset": contract.settle_asset.code,
     }

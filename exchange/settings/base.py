@@ -141,6 +141,10 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Futures exchange API",
     "DESCRIPTION": "Binance USDⓈ-M Futures compatible client API and staff ops API.",
     "VERSION": "0.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "exchange.schema.add_error_responses",
+    ],
 }
 
 # Money: NUMERIC(38, 18) columns — 20 integer and 18 fractional digits.
