@@ -73,8 +73,9 @@ print(json.dumps(keys))
 
 def start(env: dict, port: int) -> list[subprocess.Popen]:
     # The Procfile's web and matcher command lines.
+    log = open(ROOT / "var" / "bench_api_web.log", "wb")  # a file: an unread pipe would block the server
     web = subprocess.Popen(["env", "DB_POOL=1", PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "exchange.asgi:application"],
-                           env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                           env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     matcher = subprocess.Popen([PY, "manage.py", "run_matcher", "--symbols", "BTCUSDT", "--metrics-port", "0"],
                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -86,7 +87,7 @@ def start(env: dict, port: int) -> list[subprocess.Popen]:
                 return [web, matcher]
         except OSError:
             time.sleep(0.2)
-    raise SystemExit("web process did not start: " + web.stderr.read(2000).decode(errors="replace"))
+    raise SystemExit("web process did not start; see var/bench_api_web.log")
 
 
 def client_proc(port: int, keys: list, seconds: float, kind: str, seed: int, out) -> None:

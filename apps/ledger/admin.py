@@ -6,7 +6,7 @@ from django.shortcuts import render
 from exchange.errors import ExchangeError
 
 from .forms import WalletAdjustmentForm
-from .models import Account, AccountKind, Asset, Balance, LedgerEntry, LedgerTransaction
+from .models import Account, AccountKind, Asset, Balance, Income, LedgerEntry, LedgerTransaction
 from .services import wallet_adjust
 
 
@@ -130,3 +130,14 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
     list_filter = ("asset", "account__kind", "transaction__kind")
     search_fields = ("account__user__username", "transaction__memo")
     list_select_related = ("transaction", "account__user", "account__contract", "asset")
+
+
+@admin.register(Income)
+class IncomeAdmin(ReadOnlyAdmin):
+    """What clients see in GET /fapi/v1/income: transfers, commissions, realized PnL, funding."""
+
+    list_display = ("id", "user", "symbol", "income_type", "amount", "asset", "trade_id", "transaction", "created_at")
+    list_filter = ("income_type", "symbol", "asset")
+    search_fields = ("user__username",)
+    list_select_related = ("user", "asset", "transaction")
+    date_hierarchy = "created_at"

@@ -7,9 +7,11 @@ signed endpoints are signed the way client libraries sign them (so they get past
 authentication and exercise the endpoint). Every response must not be a 5xx, must use
 a documented status code and content type, and must match its documented schema.
 """
+import ctypes
 import hashlib
 import hmac
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +45,12 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
+def _die_with_parent() -> None:
+    """Child side of Popen: get SIGTERM when the test process dies, however it dies (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,16 +58,19 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def live_server_process(btcusdt):
+def live_server_process(btcusdt, tmp_path):
     s = connection.settings_dict
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test", "DB_POOL": "1",
            "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}",
            "API_IP_WEIGHT_LIMIT_1M": "100000000", "API_KEY_WEIGHT_LIMIT_1M": "100000000",
            "API_ACCOUNT_ORDER_LIMIT_1M": "100000000"}
     port = free_port()
+    # A file, not a pipe: nobody reads while the test runs, and a full pipe would block the
+    # server on its next log line.
+    log = open(tmp_path / "web.log", "wb")
     server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                               "exchange.asgi:application"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               "exchange.asgi:application"], cwd=ROOT, env=env, preexec_fn=_die_with_parent,
+                              stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -70,7 +81,7 @@ def live_server_process(btcusdt):
             except requests.ConnectionError:
                 time.sleep(0.2)
         else:
-            raise AssertionError("web process did not start: " + server.stderr.read(2000).decode(errors="replace"))
+            raise AssertionError("web process did not start: " + (tmp_path / "web.log").read_text()[-2000:])
         yield base
     finally:
         server.terminate()
@@ -79,7 +90,7 @@ def live_server_process(btcusdt):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-        server.stderr.close()
+        log.close()
 
 
 def test_every_operation_answers_as_documented(live_server_process, make_user, usdt, btcusdt):
