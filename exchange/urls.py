@@ -20,6 +20,8 @@ urlpatterns = [
     path("fapi/", include("apps.trading.urls")),
     path("fapi/", include("apps.trading.public_urls")),
     path("fapi/", include("apps.positions.urls")),
+    path("fapi/", include("apps.settlement.urls")),
+    path("fapi/", include("apps.risk.urls")),
     path("healthz", ops_views.healthz, name="healthz"),
     path("readyz", ops_views.readyz, name="readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),
