@@ -59,8 +59,11 @@ class _NormalLeg:
 
 
 def _resolve_assets(postings: Sequence[Posting]) -> dict[str, Asset]:
-    codes = {leg.asset if isinstance(leg.asset, str) else leg.asset.code for p in postings for leg in p.legs}
-    found = {asset.code: asset for asset in Asset.objects.filter(code__in=codes)}
+    """Assets by code: those passed as instances as they are, codes looked up in one query."""
+    given = {leg.asset.code: leg.asset for p in postings for leg in p.legs if isinstance(leg.asset, Asset)}
+    codes = {leg.asset for p in postings for leg in p.legs if isinstance(leg.asset, str)} - given.keys()
+    found = {**given, **({a.code: a for a in Asset.objects.filter(code__in=codes)} if codes else {})}
+    codes |= given.keys()
     unknown = sorted(codes - found.keys())
     if unknown:
         raise UnknownAsset(f"Unknown asset: {', '.join(unknown)}.")
@@ -157,6 +160,27 @@ def balances_lock(*, account_ids, asset: Asset) -> dict[int, Decimal]:
     """
     locked = _lock_pairs({(account_id, asset.pk) for account_id in account_ids})
     return {account_id: state[1] for (account_id, _), state in locked.items()}
+
+
+def user_balances_lock(*, user_id: int, asset: Asset) -> dict[int, Decimal]:
+    """Lock every existing balance of one user in one asset (wallet, order margin, isolated margins).
+
+    One statement, rows in account-id order: the same order `balances_lock` uses, so it
+    cannot deadlock with a matcher batch locking many users' balances. Rows created later
+    in the transaction are locked by their creator.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT b.account_id, b.amount
+            FROM ledger_balance b JOIN ledger_account a ON a.id = b.account_id
+            WHERE a.user_id = %s AND b.asset_id = %s
+            ORDER BY b.account_id
+            FOR UPDATE OF b
+            """,
+            [user_id, asset.pk],
+        )
+        return dict(cursor.fetchall())
 
 
 def _write_balances(rows: list[tuple[int, Decimal]]) -> None:

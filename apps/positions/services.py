@@ -12,7 +12,7 @@ from apps.contracts.tiers import TierError, max_leverage_for_notional
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import fits_precision
-from apps.ledger.services import account_get_or_create, balances_lock, ledger_transfer
+from apps.ledger.services import account_get_or_create, ledger_transfer, user_balances_lock
 from exchange.errors import ErrorCode, ExchangeError
 
 from .models import MarginType, Position
@@ -31,13 +31,13 @@ def position_lock(*, user, contract: Contract) -> Position:
     orders, so anything that takes a position or order lock and later moves money must
     have locked the money first, or the two can deadlock.
     """
-    accounts = [account_get_or_create(kind=AccountKind.WALLET, user=user),
-                account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=user)]
-    if Position.objects.filter(user=user, contract=contract, margin_type=MarginType.ISOLATED).exists():
-        accounts.append(account_get_or_create(kind=AccountKind.ISOLATED_MARGIN, user=user, contract=contract))
-    balances_lock(account_ids=[a.pk for a in accounts], asset=contract.settle_asset)
-    Position.objects.bulk_create([Position(user=user, contract=contract)], ignore_conflicts=True)
-    return Position.objects.select_for_update().get(user=user, contract=contract)
+    user_balances_lock(user_id=user.pk, asset=contract.settle_asset)
+    rows = Position.objects.select_for_update().filter(user=user, contract=contract)
+    position = rows.first()
+    if position is None:
+        Position.objects.bulk_create([Position(user=user, contract=contract)], ignore_conflicts=True)
+        position = rows.get()
+    return position
 
 
 def max_notional_for_leverage(contract: Contract, leverage: int) -> Decimal:

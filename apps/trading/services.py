@@ -323,16 +323,17 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
         hold = order_hold(quantity=quantity, price=hold_price, contract=contract, leverage=position.leverage,
                           reduce_only=reducing)
         try:
-            with transaction.atomic():  # the unique key decides a race between two equal ids
-                order = Order.objects.create(
-                    user=user, contract=contract, client_order_id=spec.client_order_id, side=spec.side,
-                    order_type=spec.order_type, time_in_force=spec.time_in_force, price=spec.price,
-                    protection_price=protection, stop_price=spec.stop_price, quantity=quantity,
-                    reduce_only=spec.reduce_only, close_position=spec.close_position, leverage=position.leverage,
-                    stp_mode=spec.stp_mode, working_type=spec.working_type, price_protect=spec.price_protect,
-                    activation_price=spec.activation_price, callback_rate=spec.callback_rate, margin_held=hold,
-                    status=OrderStatus.NEW if conditional else OrderStatus.PENDING_NEW,
-                )
+            # The unique key decides a race between two equal ids; no savepoint is needed
+            # because a refusal ends (rolls back) the whole transaction anyway.
+            order = Order.objects.create(
+                user=user, contract=contract, client_order_id=spec.client_order_id, side=spec.side,
+                order_type=spec.order_type, time_in_force=spec.time_in_force, price=spec.price,
+                protection_price=protection, stop_price=spec.stop_price, quantity=quantity,
+                reduce_only=spec.reduce_only, close_position=spec.close_position, leverage=position.leverage,
+                stp_mode=spec.stp_mode, working_type=spec.working_type, price_protect=spec.price_protect,
+                activation_price=spec.activation_price, callback_rate=spec.callback_rate, margin_held=hold,
+                status=OrderStatus.NEW if conditional else OrderStatus.PENDING_NEW,
+            )
         except IntegrityError as exc:
             raise _error("ClientOrderId is duplicated.", ErrorCode.CLIENT_ORDER_ID_DUPLICATED) from exc
         if hold > 0:
