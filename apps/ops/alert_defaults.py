@@ -9,6 +9,11 @@ DEFAULT_RULES = [
     dict(name="Order latency p95 high", key="trading.order_latency_p95_us", comparison="gt", threshold="1000",
          level="CRITICAL", for_seconds=0, cooldown_seconds=900,
          description="Seed: order latency > 1 ms (1000 µs) → CRITICAL. Reads the p95 a matcher publishes."),
+    dict(name="Latency SLA violated", key="ops.latency_sla_ratio", comparison="gt", threshold="1",
+         level="HIGH", for_seconds=60, cooldown_seconds=3600,
+         description="Seed LatencyMonitor SLAs, p95 over the last minute per operation: order processing 1 ms, "
+         "market data 100 µs, risk check 500 µs, position update 200 µs. Reads p95 / SLA (worst process); "
+         "held for a minute so one slow burst does not page."),
     dict(name="Insurance fund low", key="risk.insurance_fund_balance", comparison="lt", threshold="1000000",
          level="HIGH", for_seconds=0, cooldown_seconds=3600,
          description="Seed: insurance fund balance < 1,000,000 → HIGH."),

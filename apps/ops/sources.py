@@ -14,6 +14,11 @@ What the built-in sources read:
   under Redis key `ops:metric:order_latency_p95_us` (p95 of order processing in µs),
   ignored when older than 2 minutes. Process metrics live in each process's own
   Prometheus registry, out of a worker's reach, so they come through Redis.
+- ops.latency_sla_ratio — per operation (order_processing, market_data, risk_check,
+  position_update): the worst p95 over the last minute among the processes that report
+  it (`ops:latency:<operation>`, written by apps.ops.metrics' publisher thread from the
+  Prometheus histogram) divided by the seed's SLA; > 1 is a violation. A process that
+  processed nothing in the window reports 0; no fresh report reads as no data.
 - risk.insurance_fund_balance — the insurance fund system account's balance in
   OPS_INSURANCE_FUND_ASSET (USDT); PostgreSQL ledger_balance.
 - system.cpu_percent — host CPU use since the previous evaluation (psutil).
@@ -167,3 +172,10 @@ def invariant_violations() -> Decimal | None:
     if time.time() - float(data["at"]) > INVARIANT_RESULT_MAX_AGE_SECONDS:
         return None
     return Decimal(len(data["violations"]))
+
+
+@source_register("ops.latency_sla_ratio", description="Latency p95 over its SLA (per operation)", unit="× SLA")
+def latency_sla_ratio() -> dict[str, Decimal | None]:
+    from .metrics import latency_sla_ratios
+
+    return latency_sla_ratios()

@@ -6,6 +6,13 @@ dies — so exactly one matcher writes a symbol's book, orders, trades and posit
 A second process for the same symbols waits as a standby, retrying the locks, and
 takes over within a poll interval of the leader's death: it rebuilds the book from
 the database and continues with the pending commands.
+
+Metrics (its own `/metrics`, `--metrics-port`, 9101 in the Procfile): commands and
+trades per symbol, batch time, order processing latency per command
+(`exchange_operation_latency_seconds{operation="order_processing"}`, whose p95 the
+latency publisher of apps.ops.metrics writes to Redis for the alert rules), and every
+5 s the book's depth per symbol, plus a point per symbol for the ops dashboard
+(`ops:series:matcher:<symbol>`: orders/s, trades/s, batch p95).
 """
 import logging
 import os
@@ -18,6 +25,14 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from apps.contracts.models import Contract, ContractStatus
 from apps.ops.health import heartbeat_record
+from apps.ops.metrics import (
+    ORDER_PROCESSING,
+    HistogramWindow,
+    histogram_quantile,
+    observe_latency,
+    process_role_set,
+    series_append,
+)
 from exchange.redis import get_redis
 
 from .doorbell import CHANNEL as DOORBELL_CHANNEL
@@ -37,6 +52,11 @@ BATCH_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 LEASES = Gauge("matcher_leases_held", "Symbols whose lease this process holds")
+BOOK_ORDERS = Gauge("matcher_book_orders", "Resting orders in the book", ["symbol"])
+BOOK_LEVELS = Gauge("matcher_book_levels", "Price levels in the book (top 1000 counted)", ["symbol", "side"])
+BOOK_DEPTH = Gauge("matcher_book_depth_quantity", "Resting quantity on the top 20 levels", ["symbol", "side"])
+BOOK_BEST = Gauge("matcher_book_best_price", "Best bid / ask price (NaN when the side is empty)", ["symbol", "side"])
+SAMPLE_EVERY = 5.0  # seconds between book-depth gauges and dashboard points
 
 
 def lease_try(contract_id: int) -> bool:
@@ -54,6 +74,9 @@ class Matcher:
         self.stopping = False
         self._last_heartbeat = 0.0
         self._last_lease_attempt = -LEASE_RETRY_SECONDS
+        self._last_sample = time.monotonic()
+        self._batch_window = HistogramWindow(BATCH_SECONDS, SAMPLE_EVERY)
+        self._counted: dict[str, list[float]] = {}  # symbol → [commands, trades] since the last sample
 
     def contracts(self) -> list[Contract]:
         """The group's contracts; with no explicit symbols, every contract that is not settled."""
@@ -93,6 +116,12 @@ class Matcher:
             COMMANDS.labels(symbol).inc(result.commands)
             TRADES.labels(symbol).inc(len(result.trades))
             BATCH_SECONDS.labels(symbol).observe(result.seconds)
+            # Per command: the batch's time spread over its commands (they are matched
+            # and booked together, in one transaction).
+            observe_latency(ORDER_PROCESSING, result.seconds / result.commands, count=result.commands)
+            counted = self._counted.setdefault(symbol, [0, 0])
+            counted[0] += result.commands
+            counted[1] += len(result.trades)
         return processed
 
     def _recover(self, engine: SymbolEngine) -> None:
@@ -129,10 +158,40 @@ class Matcher:
                 heartbeat_record(f"matcher:{symbol}")
         except Exception:
             logger.warning("heartbeat not recorded", exc_info=True)
+        if now - self._last_sample >= SAMPLE_EVERY:
+            self.sample(elapsed=now - self._last_sample)
+            self._last_sample = now
+
+    def sample(self, *, elapsed: float) -> None:
+        """Book depth gauges and one dashboard point per held symbol (main thread: the
+        C book is only touched between batches)."""
+        batches = self._batch_window.advance()
+        t = round(time.time(), 3)
+        points = {}
+        for symbol, engine in self.engines.items():
+            grid, book = engine.grid, engine.book
+            BOOK_ORDERS.labels(symbol).set(book.order_count)
+            bids, asks = book.depth(1000)
+            for side, levels, best in (("bid", bids, book.best_bid()), ("ask", asks, book.best_ask())):
+                BOOK_LEVELS.labels(symbol, side).set(len(levels))
+                BOOK_DEPTH.labels(symbol, side).set(float(grid.quantity(sum(lots for _, lots, _ in levels[:20]))))
+                BOOK_BEST.labels(symbol, side).set(float(grid.price(best)) if best is not None else float("nan"))
+            commands, trades = self._counted.pop(symbol, (0, 0))
+            p95 = histogram_quantile(0.95, batches.get((symbol,), []))
+            points[symbol] = {
+                "t": t, "orders_per_s": round(commands / elapsed, 3), "trades_per_s": round(trades / elapsed, 3),
+                "batch_p95_ms": None if p95 is None else round(p95 * 1000, 3),
+            }
+        try:
+            for symbol, point in points.items():
+                series_append(f"matcher:{symbol}", point)
+        except Exception:
+            logger.warning("dashboard points not recorded", exc_info=True)
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        process_role_set("matcher")
         pubsub = self._subscribe()
         logger.info("matcher for %s started (pid %d)", ",".join(self.symbols or ["all contracts"]), os.getpid())
         while not self.stopping:

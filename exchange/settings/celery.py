@@ -1,7 +1,12 @@
 """Celery settings and the beat schedule, declared in code."""
-from .env import env_bool, env_str
+from celery.schedules import crontab as _crontab
+
+from .env import env_bool, env_int, env_str
 from .ops import OPS_ALERT_EVALUATE_SECONDS as _OPS_ALERT_EVALUATE_SECONDS
 from .ops import OPS_BACKUP_SCHEDULE as _OPS_BACKUP_SCHEDULE
+
+# Premium sampling cadence of the funding engine (apps.settlement), seconds.
+FUNDING_SAMPLE_SECONDS = env_int("FUNDING_SAMPLE_SECONDS", 5)
 
 _redis = env_str("REDIS_URL", "")
 
@@ -20,4 +25,25 @@ CELERY_BEAT_SCHEDULE = {
     "ops-alerts-evaluate": {"task": "apps.ops.tasks.alerts_evaluate", "schedule": _OPS_ALERT_EVALUATE_SECONDS},
     "ops-backup-daily": {"task": "apps.ops.tasks.backup_daily", "schedule": _OPS_BACKUP_SCHEDULE},
     "marketdata-samples-prune": {"task": "apps.marketdata.tasks.price_samples_prune_task", "schedule": 3600.0},
+    # Volatility estimates and margin adjustments (the one-hour cache order entry reads).
+    "risk-volatility-hourly": {"task": "apps.risk.tasks.risk_volatility_update_task", "schedule": 3600.0},
+    # Every account with open positions; keep equal to RISK_ASSESS_INTERVAL_SECONDS (the run's bucket).
+    "risk-assess-accounts": {"task": "apps.risk.tasks.risk_assess_task", "schedule": 900.0},
+    # Funding (apps.settlement): a premium sample per perpetual every FUNDING_SAMPLE_SECONDS,
+    # settlement of due (and missed) funding times every minute at :00, sample retention.
+    "settlement-premium-sample": {"task": "apps.settlement.tasks.premium_sample_task",
+                                  "schedule": float(FUNDING_SAMPLE_SECONDS)},
+    "settlement-funding-due": {"task": "apps.settlement.tasks.funding_settle_due_task",
+                               "schedule": _crontab(minute="*")},
+    "settlement-samples-prune": {"task": "apps.settlement.tasks.premium_samples_prune_task", "schedule": 3600.0},
 }
+
+# Prometheus exporters of the Celery processes (apps/ops/celery_metrics.py); 0 turns one
+# off. Prefork children of a worker serve on OPS_METRICS_PORT_WORKER + 1 + child index.
+from .env import env_int as _env_int  # noqa: E402
+
+OPS_METRICS_ADDR = env_str("OPS_METRICS_ADDR", "127.0.0.1")
+OPS_METRICS_PORT_BEAT = _env_int("OPS_METRICS_PORT_BEAT", 9103)
+OPS_METRICS_PORT_WORKER = _env_int("OPS_METRICS_PORT_WORKER", 9110)
+# How often each process writes its latency p95 per operation to Redis (0: never).
+OPS_LATENCY_PUBLISH_SECONDS = float(_env_int("OPS_LATENCY_PUBLISH_SECONDS", 5))
