@@ -59,6 +59,9 @@ from decimal import Decimal
 from django.contrib.auth import get_user_model
 from apps.accounts.services import api_key_create
 from apps.ledger.services import wallet_deposit
+from apps.contracts.models import Contract
+# Each client keeps hundreds of orders resting: lift the per-account open-order limit (200).
+Contract.objects.filter(symbol="BTCUSDT").update(max_open_orders=1_000_000)
 keys = []
 for i in range({clients}):
     user = get_user_model().objects.create_user(f"bench{{i}}")

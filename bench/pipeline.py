@@ -62,6 +62,9 @@ def run(args) -> None:
 
     seed_demo()
     contract = Contract.objects.select_related("settle_asset").get(symbol="BTCUSDT")
+    # Hundreds of resting orders per account: lift the open-order limit (200) for the bench.
+    contract.max_open_orders = 1_000_000
+    contract.save(update_fields=["max_open_orders"])
     users = [get_user_model().objects.create_user(f"bench{i}") for i in range(args.users)]
     for user in users:
         wallet_deposit(user=user, asset="USDT", amount=D("100000000"))
