@@ -201,10 +201,12 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
 class HistogramWindow:
     """Quantiles of a histogram over a sliding window, from snapshots of its buckets."""
 
-    def __init__(self, histogram, window_seconds: float):
+    def __init__(self, histogram, window_seconds: float, *, from_now: bool = False, now: float | None = None):
+        """The first window counts from process start, or from now with `from_now`."""
         self.histogram = histogram
         self.window = window_seconds
-        self.snapshots: deque[tuple[float, dict]] = deque([(time.monotonic(), {})])
+        start = histogram_buckets(histogram) if from_now else {}
+        self.snapshots: deque[tuple[float, dict]] = deque([(time.monotonic() if now is None else now, start)])
 
     def advance(self, now: float | None = None) -> dict[tuple, list[tuple[float, float]]]:
         """Take a snapshot; return each child's buckets observed since the window's start."""
@@ -217,7 +219,7 @@ class HistogramWindow:
         return {key: buckets_delta(buckets, base.get(key)) for key, buckets in current.items()}
 
 
-def latency_publish(window: HistogramWindow) -> dict[str, dict]:
+def latency_publish(window: HistogramWindow, *, now: float | None = None) -> dict[str, dict]:
     """Write this process's p95 per observed operation to Redis; returns what it wrote."""
     from exchange.redis import get_redis
 
@@ -227,7 +229,7 @@ def latency_publish(window: HistogramWindow) -> dict[str, dict]:
     written = {}
     redis = get_redis()
     pipe = redis.pipeline(transaction=False)
-    for (operation,), buckets in window.advance().items():
+    for (operation,), buckets in window.advance(now).items():
         count = int(buckets[-1][1]) if buckets else 0
         p95 = histogram_quantile(0.95, buckets) if count else 0.0
         p95_us = round(p95 * 1_000_000, 1)
@@ -307,6 +309,16 @@ def _publisher_ensure() -> None:
             return
         _publisher = _Publisher(interval)
         _publisher.start()
+
+
+def publisher_stop() -> None:
+    """Stop this process's publisher and start none (tests publish by hand)."""
+    global _publisher, _publisher_pid
+    with _publisher_lock:
+        if _publisher is not None:
+            _publisher.stop.set()
+            _publisher.join(timeout=10)
+        _publisher, _publisher_pid = None, os.getpid()
 
 
 def _setting(name: str, default):
@@ -429,6 +441,7 @@ class DatabaseCollector:
         return [positions, open_interest, exposure, utilization, fund]
 
 
+DATABASE_COLLECTOR = DatabaseCollector()
 _installed = False
 
 
@@ -439,7 +452,7 @@ def install() -> None:
         return
     _installed = True
     REGISTRY.register(SystemCollector())
-    REGISTRY.register(DatabaseCollector())
+    REGISTRY.register(DATABASE_COLLECTOR)
     if _gc_callback not in gc.callbacks:
         gc.callbacks.append(_gc_callback)
 

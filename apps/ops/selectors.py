@@ -4,7 +4,7 @@ import json
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, Sum
 
-from apps.contracts.models import Contract
+from apps.contracts.models import Contract, ContractStatus
 from apps.ledger.selectors import system_balances
 from apps.ledger.tasks import LAST_RESULT_KEY
 from apps.ops.models import Alert, AlertStatus, Backup, BackupStatus
@@ -104,3 +104,106 @@ def risk_snapshot() -> dict:
         "insurance_fund_asset": asset,
         "insurance_fund_balance": insurance_fund_balance(),
     }
+
+
+DASHBOARD_MINUTES = 10
+DASHBOARD_MAX_POINTS = 300
+
+
+def _thin(rows: list, limit: int = DASHBOARD_MAX_POINTS) -> list:
+    """Every n-th row so at most `limit` remain, always keeping the newest."""
+    if len(rows) <= limit:
+        return rows
+    step = -(-len(rows) // limit)
+    return rows[::-1][::step][::-1]
+
+
+def dashboard_feed() -> dict:
+    """What the ops dashboard's charts and panels show, as JSON-ready data (times in epoch s).
+
+    - matcher: per symbol, the points the matcher writes every 5 s (orders/s, trades/s,
+      batch p95 in ms) from its Prometheus counters and histogram;
+    - prices: per symbol, index and mark from the stored samples (≤ 1 a second);
+    - insurance_fund: its balance after each ledger entry, and now;
+    - latency: per operation, the worst p95 reported by a process and the SLA;
+    - alerts (firing and pending, then the last resolved), health (as /readyz).
+    """
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from apps.ledger.models import AccountKind, LedgerEntry
+    from apps.marketdata.selectors import price_history
+
+    from .health import readiness
+    from .metrics import SLA_SECONDS, latency_read, series_read
+    from .sources import insurance_fund_balance, metric_read
+
+    now = timezone.now()
+    start = now - timedelta(minutes=DASHBOARD_MINUTES)
+    contracts = list(
+        Contract.objects.exclude(status__in=(ContractStatus.PENDING, ContractStatus.SETTLED)).order_by("symbol")
+    )
+    matcher, prices = {}, {}
+    for contract in contracts:
+        points = series_read(f"matcher:{contract.symbol}", since=start.timestamp())
+        matcher[contract.symbol] = {
+            "t": [p["t"] for p in points],
+            "orders_per_s": [p["orders_per_s"] for p in points],
+            "trades_per_s": [p["trades_per_s"] for p in points],
+            "batch_p95_ms": [p["batch_p95_ms"] for p in points],
+        }
+        samples = _thin(price_history(contract=contract, start=start, end=now + timedelta(seconds=1)))
+        prices[contract.symbol] = {
+            "t": [s.at.timestamp() for s in samples],
+            "mark": [float(s.mark_price) for s in samples],
+            "index": [float(s.index_price) for s in samples],
+        }
+    asset = getattr(settings, "OPS_INSURANCE_FUND_ASSET", "USDT")
+    entries = list(
+        LedgerEntry.objects.filter(
+            account__kind=AccountKind.INSURANCE_FUND, account__user__isnull=True, asset__code=asset
+        )
+        .order_by("-id")
+        .values_list("transaction__created_at", "balance_after")[:DASHBOARD_MAX_POINTS]
+    )[::-1]
+    balance = insurance_fund_balance()
+    fund_t = [at.timestamp() for at, _ in entries] + [now.timestamp()]
+    fund_v = [float(b) for _, b in entries] + [float(balance)]
+    latency = {}
+    for operation, sla in SLA_SECONDS.items():
+        reports = latency_read(operation)
+        worst = max((r["p95_us"] for r in reports.values()), default=None)
+        latency[operation] = {"p95_us": worst, "sla_us": round(sla * 1_000_000), "processes": len(reports),
+                              "violated": worst is not None and worst > sla * 1_000_000}
+    order_p95 = metric_read("order_latency_p95_us")
+    return {
+        "at": now.timestamp(),
+        "symbols": [c.symbol for c in contracts],
+        "matcher": matcher,
+        "prices": prices,
+        "insurance_fund": {"asset": asset, "t": fund_t, "balance": fund_v, "current": str(balance)},
+        "latency": latency,
+        "order_latency_p95_us": None if order_p95 is None else float(order_p95),
+        "alerts": alerts_feed(),
+        "health": readiness(),
+    }
+
+
+def alerts_feed(*, resolved: int = 10) -> list[dict]:
+    rank = {"CRITICAL": 0, "HIGH": 1, "WARNING": 2, "INFO": 3}
+    open_alerts = sorted(
+        Alert.objects.filter(status__in=(AlertStatus.FIRING, AlertStatus.PENDING)),
+        key=lambda a: (a.status != AlertStatus.FIRING, rank.get(a.level, 9), -a.last_seen.timestamp()),
+    )
+    recent = list(Alert.objects.filter(status=AlertStatus.RESOLVED).order_by("-resolved_at")[:resolved])
+    return [
+        {
+            "id": a.pk, "level": a.level, "status": a.status, "message": a.message, "count": a.count,
+            "since": (a.fired_at or a.first_seen).timestamp(),
+            "resolved_at": a.resolved_at.timestamp() if a.resolved_at else None,
+            "acknowledged": a.acknowledged_at is not None,
+        }
+        for a in open_alerts + recent
+    ]

@@ -1,10 +1,11 @@
-"""Landing page, health endpoints and the staff-only ops dashboard."""
+"""Landing page, health endpoints and the staff-only ops dashboard with its JSON feed."""
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import JsonResponse
 from django.shortcuts import render
+from django.views.decorators.cache import never_cache
 
 from .health import readiness
-from .selectors import dashboard_summary
+from .selectors import dashboard_feed, dashboard_summary
 
 
 def home(request):
@@ -24,3 +25,12 @@ def readyz(request):
 def dashboard(request):
     context = {**dashboard_summary(), "readiness": readiness(), "title": "Ops dashboard"}
     return render(request, "ops/dashboard.html", context)
+
+
+@never_cache
+def dashboard_data(request):
+    """The dashboard's live data, polled by its page; staff only (403 for anyone else)."""
+    user = request.user
+    if not (user.is_active and user.is_staff):
+        return JsonResponse({"detail": "staff only"}, status=403)
+    return JsonResponse(dashboard_feed())

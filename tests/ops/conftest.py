@@ -99,3 +99,16 @@ def test_source():
     sources.source_register(source.key, description="Test value", unit="u")(source.read)
     yield source
     sources.SOURCES.pop(source.key, None)
+
+
+@pytest.fixture(autouse=True)
+def metrics_process():
+    """The test process is a web process, and no latency publisher thread writes behind
+    the tests' back (they call latency_publish themselves)."""
+    from apps.ops import metrics
+
+    metrics.publisher_stop()
+    metrics.process_role_set("web")
+    metrics.DATABASE_COLLECTOR._cached = None
+    yield
+    metrics.process_role_set("web")

@@ -1,0 +1,181 @@
+/* Ops dashboard: polls the staff-only JSON feed and draws it with uPlot (vendored in
+ * static/ops/uplot). Every chart container gets data-points (how many x values it
+ * draws) so a browser test can see that the charts have data. Strings from the server
+ * are only ever set as textContent. */
+(function () {
+  "use strict";
+  var root = document.getElementById("live");
+  if (!root || typeof uPlot === "undefined") { return; }
+  var feedUrl = root.getAttribute("data-feed-url");
+  var pollMs = parseInt(root.getAttribute("data-poll-ms"), 10) || 3000;
+  var statusEl = document.getElementById("live-status");
+  var charts = {};  // id -> {plot, signature}
+  var COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+
+  function el(tag, text, cls) {
+    var node = document.createElement(tag);
+    if (text !== undefined && text !== null) { node.textContent = String(text); }
+    if (cls) { node.className = cls; }
+    return node;
+  }
+
+  function ago(epoch, now) {
+    var s = Math.max(0, Math.round(now - epoch));
+    if (s < 90) { return s + " s ago"; }
+    if (s < 5400) { return Math.round(s / 60) + " min ago"; }
+    return Math.round(s / 3600) + " h ago";
+  }
+
+  /* Several series with their own x values -> one x axis (union) with nulls for gaps. */
+  function align(seriesList) {
+    var xs = {};
+    seriesList.forEach(function (s) { s.t.forEach(function (t) { xs[t] = true; }); });
+    var x = Object.keys(xs).map(Number).sort(function (a, b) { return a - b; });
+    var data = [x];
+    seriesList.forEach(function (s) {
+      var at = {};
+      s.t.forEach(function (t, i) { at[t] = s.v[i]; });
+      data.push(x.map(function (t) { return at[t] === undefined ? null : at[t]; }));
+    });
+    return data;
+  }
+
+  function draw(id, labels, data, opts) {
+    var box = document.getElementById(id);
+    if (!box) { return; }
+    var signature = labels.join("|");
+    var entry = charts[id];
+    if (!entry || entry.signature !== signature) {
+      if (entry) { entry.plot.destroy(); }
+      var series = [{}].concat(labels.map(function (label, i) {
+        return { label: label, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true,
+                 paths: opts && opts.stepped ? uPlot.paths.stepped({ align: 1 }) : undefined };
+      }));
+      var plot = new uPlot({
+        width: Math.max(300, box.clientWidth || 460), height: 200, series: series,
+        scales: { x: { time: true } }, legend: { live: false },
+      }, data, box);
+      entry = charts[id] = { plot: plot, signature: signature };
+    } else {
+      entry.plot.setData(data);
+    }
+    box.setAttribute("data-points", String(data[0].length));
+  }
+
+  function drawRates(feed) {
+    var list = [], labels = [];
+    feed.symbols.forEach(function (symbol) {
+      var m = feed.matcher[symbol];
+      if (!m) { return; }
+      list.push({ t: m.t, v: m.orders_per_s }); labels.push(symbol + " orders/s");
+      list.push({ t: m.t, v: m.trades_per_s }); labels.push(symbol + " trades/s");
+    });
+    draw("chart-rates", labels, align(list));
+    var lat = [], latLabels = [];
+    feed.symbols.forEach(function (symbol) {
+      var m = feed.matcher[symbol];
+      if (m) { lat.push({ t: m.t, v: m.batch_p95_ms }); latLabels.push(symbol + " batch p95 ms"); }
+    });
+    draw("chart-latency", latLabels, align(lat));
+  }
+
+  function drawPrices(feed) {
+    var holder = document.getElementById("price-charts");
+    feed.symbols.forEach(function (symbol) {
+      var id = "chart-price-" + symbol;
+      if (!document.getElementById(id)) {
+        var panel = el("div", null, "panel");
+        panel.appendChild(el("h3", symbol));
+        var box = el("div", null, "chart");
+        box.id = id;
+        box.setAttribute("data-symbol", symbol);
+        panel.appendChild(box);
+        holder.appendChild(panel);
+      }
+      var p = feed.prices[symbol] || { t: [], mark: [], index: [] };
+      draw(id, ["mark", "index"], [p.t, p.mark, p.index]);
+    });
+  }
+
+  function drawFund(feed) {
+    var f = feed.insurance_fund;
+    document.getElementById("fund-asset").textContent = f.asset;
+    draw("chart-fund", ["balance"], [f.t, f.balance], { stepped: true });
+  }
+
+  function fillSla(feed) {
+    var body = document.querySelector("#sla-table tbody");
+    body.replaceChildren();
+    Object.keys(feed.latency).forEach(function (op) {
+      var row = feed.latency[op], tr = el("tr");
+      tr.appendChild(el("td", op));
+      var cell = el("td", row.p95_us === null ? "no data" : row.p95_us + " µs", row.violated ? "bad" : "");
+      tr.appendChild(cell);
+      tr.appendChild(el("td", row.sla_us + " µs"));
+      body.appendChild(tr);
+    });
+  }
+
+  function fillHealth(feed) {
+    var body = document.querySelector("#health-table tbody");
+    body.replaceChildren();
+    var checks = feed.health.checks;
+    function row(name, check, detail) {
+      var tr = el("tr");
+      tr.setAttribute("data-check", name);
+      tr.appendChild(el("td", name));
+      tr.appendChild(el("td", check.ok ? "yes" : "NO", check.ok ? "good" : "bad"));
+      tr.appendChild(el("td", detail));
+      body.appendChild(tr);
+    }
+    function age(check) {
+      if (check.error) { return check.error; }
+      return check.age_seconds === undefined || check.age_seconds === null ? "" : "heartbeat " + check.age_seconds + " s ago";
+    }
+    row("database", checks.database, checks.database.error || "");
+    row("redis", checks.redis, checks.redis.error || "");
+    row("beat + worker", checks.beat, age(checks.beat));
+    var symbols = (checks.matchers && checks.matchers.symbols) || {};
+    Object.keys(symbols).forEach(function (symbol) {
+      var m = symbols[symbol];
+      row("matcher " + symbol, m, age(m) + (m.leader_pid ? " (pid " + m.leader_pid + ")" : ""));
+    });
+    row("pricefeed", checks.pricefeed, age(checks.pricefeed) + (checks.pricefeed.required ? "" : " (not required)"));
+  }
+
+  function fillAlerts(feed) {
+    var body = document.querySelector("#alerts-table tbody");
+    body.replaceChildren();
+    if (!feed.alerts.length) {
+      var tr = el("tr"), td = el("td", "No alert.");
+      td.colSpan = 5; tr.appendChild(td); body.appendChild(tr);
+    }
+    feed.alerts.forEach(function (a) {
+      var tr = el("tr", null, a.status === "RESOLVED" ? "resolved" : "");
+      tr.setAttribute("data-alert-id", a.id);
+      tr.appendChild(el("td", a.level, "level-" + a.level));
+      tr.appendChild(el("td", a.status + (a.acknowledged ? " (ack)" : "")));
+      tr.appendChild(el("td", a.message));
+      tr.appendChild(el("td", ago(a.since, feed.at)));
+      tr.appendChild(el("td", a.count + "×"));
+      body.appendChild(tr);
+    });
+  }
+
+  var polls = 0;
+  function poll() {
+    fetch(feedUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { if (!r.ok) { throw new Error("HTTP " + r.status); } return r.json(); })
+      .then(function (feed) {
+        drawRates(feed); drawPrices(feed); drawFund(feed);
+        fillSla(feed); fillHealth(feed); fillAlerts(feed);
+        polls += 1;
+        root.setAttribute("data-polls", String(polls));
+        statusEl.textContent = (feed.health.ready ? "ready" : "NOT READY") + " · updated " + new Date(feed.at * 1000).toLocaleTimeString();
+        statusEl.className = feed.health.ready ? "good" : "bad";
+      })
+      .catch(function (err) { statusEl.textContent = "feed unavailable: " + err.message; statusEl.className = "bad"; })
+      .then(function () { setTimeout(poll, pollMs); });
+  }
+  poll();
+}());
