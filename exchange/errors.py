@@ -51,6 +51,7 @@ class ErrorCode(IntEnum):
     MAX_OPEN_ORDER_EXCEEDED = -2025
     MAX_LEVERAGE_RATIO = -2027
     MIN_LEVERAGE_RATIO = -2028
+    RISK_TOO_HIGH = -2030  # not Binance: the pre-trade risk gate (seed 风险过高)
     # 40xx: filters and parameters
     INVALID_ASSET = -4003
     AMOUNT_MUST_BE_POSITIVE = -4004
