@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.api import PublicApi, request_params
 from apps.contracts.models import Contract, ContractStatus
+from apps.settlement.selectors import funding_predicted_many
 from exchange.errors import ErrorCode, ExchangeError
 
 from .engine.quotes import to_ms
@@ -34,9 +35,11 @@ class ServerTimeApi(APIView):
 class PremiumIndexApi(PublicApi):
     """GET /fapi/v1/premiumIndex: one symbol, or every listed contract (weight 1 / 10).
 
-    `lastFundingRate` is "0.00000000" until the funding engine publishes rates;
-    `estimatedSettlePrice` is the index price for now. Delivery contracts do not
-    fund: empty rates and `nextFundingTime` 0, as the reference exchange sends.
+    `lastFundingRate` is the predicted rate of the current interval (the funding engine's
+    `funding_predicted_many`: its cached value, else computed from the interval's premium
+    samples so far), `nextFundingTime` the end of that interval, `interestRate` the
+    contract's interest component; `estimatedSettlePrice` is the index price for now.
+    Delivery contracts do not fund: empty rates and `nextFundingTime` 0, as the reference exchange sends.
     A contract with no published price yet reports zeros with `time` 0.
     """
 
@@ -71,11 +74,12 @@ class PremiumIndexApi(PublicApi):
             contracts = list(contracts.order_by("symbol"))
         prices = price_latest_many(contracts=contracts)
         now = timezone.now()
-        rows = [_row(c, prices.get(c.symbol), now) for c in contracts]
+        predicted = funding_predicted_many(contracts=contracts, now=now)
+        rows = [_row(c, prices.get(c.symbol), now, predicted.get(c.symbol)) for c in contracts]
         return Response(rows[0] if symbol is not None else rows)
 
 
-def _row(contract: Contract, snapshot, now) -> dict:
+def _row(contract: Contract, snapshot, now, predicted=None) -> dict:
     next_funding = funding_time_next(contract=contract, now=now)
     perpetual = contract.is_perpetual
     return {
@@ -83,7 +87,7 @@ def _row(contract: Contract, snapshot, now) -> dict:
         "markPrice": fmt8(snapshot.mark_price) if snapshot else ZERO,
         "indexPrice": fmt8(snapshot.index_price) if snapshot else ZERO,
         "estimatedSettlePrice": fmt8(snapshot.index_price) if snapshot else ZERO,
-        "lastFundingRate": ZERO if perpetual else "",
+        "lastFundingRate": (fmt8(predicted.rate) if predicted is not None else ZERO) if perpetual else "",
         "interestRate": fmt8(contract.interest_rate) if perpetual else "",
         "nextFundingTime": to_ms(next_funding) if next_funding else 0,
         "time": snapshot.at_ms if snapshot else 0,

@@ -51,6 +51,7 @@ from apps.accounts.user_stream import (
 )
 from apps.contracts.models import Contract
 from apps.ops.health import HEARTBEAT_PREFIX
+from apps.settlement.selectors import PREDICTED_KEY, predicted_parse
 
 from .engine.quotes import to_ms
 from .selectors import funding_time_next
@@ -220,7 +221,7 @@ class StreamRelay:
             return
         try:
             if channel == PRICE_CHANNEL:
-                await self._prices(body)
+                await self._prices(body, client)
             elif channel.startswith("events:"):
                 await self._events(channel.split(":", 1)[1], body, client)
         except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
@@ -236,18 +237,36 @@ class StreamRelay:
         await self.layer.group_send(group, {"type": PUSH, "kind": kind, "symbol": symbol, "data": data, **extra})
         self.forwarded += 1
 
-    async def _prices(self, body: list) -> None:
+    async def _predicted_rates(self, symbols: list[str], client) -> dict[str, dict]:
+        """symbol -> the funding engine's cached predicted rate (`r`, `T`, `c`), one MGET."""
+        if client is None or not symbols:
+            return {}
+        try:
+            raw = await client.mget([PREDICTED_KEY.format(symbol=s) for s in symbols])
+        except Exception:
+            return {}
+        parsed = {s: predicted_parse(v) for s, v in zip(symbols, raw, strict=True)}
+        return {s: body for s, body in parsed.items() if body is not None}
+
+    async def _prices(self, body: list, client=None) -> None:
         event_ms = _now_ms()
         updates = []
-        for item in body if isinstance(body, list) else [body]:
+        items = body if isinstance(body, list) else [body]
+        predicted = await self._predicted_rates([item["s"] for item in items], client)
+        for item in items:
             symbol = item["s"]
             info = await self._contract(symbol)
             if info is None:
                 continue
             next_funding = funding_time_next(contract=info["contract"])
+            next_ms = to_ms(next_funding) if next_funding else 0
+            # `r` is the predicted rate of the interval ending at `T`; a cached rate of another
+            # interval (sampler stopped across a funding time) or database is not used.
+            rate = predicted.get(symbol)
+            usable = rate is not None and rate["T"] == next_ms and rate["c"] in (None, info["contract"].pk)
             update = mark_price_update(
                 symbol=symbol, mark=Decimal(item["p"]), index=Decimal(item["i"]), event_ms=event_ms,
-                next_funding_ms=to_ms(next_funding) if next_funding else 0,
+                funding_rate=rate["r"] if usable else None, next_funding_ms=next_ms,
             )
             updates.append(update)
             await self._send(MARK_GROUP.format(symbol=symbol), "mark", symbol, update)

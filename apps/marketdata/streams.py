@@ -150,7 +150,8 @@ def mark_price_update(
     *, symbol: str, mark: Decimal, index: Decimal, event_ms: int, estimated_settle: Decimal | None = None,
     funding_rate: Decimal | None = None, next_funding_ms: int = 0,
 ) -> dict:
-    """markPriceUpdate: e, E, s, p, i, P, r, T (r is "0.00000000" until the funding engine exists)."""
+    """markPriceUpdate: e, E, s, p, i, P, r, T (r: the predicted funding rate of the interval
+    ending at T; "0.00000000" when the funding engine has none, e.g. delivery contracts)."""
     return {
         "e": "markPriceUpdate",
         "E": event_ms,

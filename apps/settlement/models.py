@@ -1,1 +1,121 @@
-"""Models of this app arrive with its issue."""
+"""Funding of perpetuals: premium samples, the settled rate history, and settlement runs.
+
+`PremiumSample` is one narrow row per contract per sampling slot (every
+`FUNDING_SAMPLE_SECONDS`, default 5 s, numbered from 1 within the funding interval it
+belongs to): the premium and the two prices it came from (contract price and mark
+for the SEED policy, impact bid/ask and index for the IMPACT policy; the other
+columns stay NULL). The slot number is the weight of the interval average
+(Σ i·Pᵢ / Σ i) and, with (contract, funding_time), the unique key, so two samplers
+firing at once store one row.
+
+`FundingRate` is the published history (`GET /fapi/v1/fundingRate`): one row per
+(contract, funding time), written in the settlement's transaction.
+
+`FundingSettlement` is the job record of one (contract, funding time): its row lock
+serializes concurrent runners, its status says whether the money moved, and it keeps
+the totals (paid by payers, received by receivers, and the rounding dust left in the
+FUNDING_CLEARING account, which is the one account that holds funding dust).
+"""
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from apps.contracts.models import RATE_DIGITS, FundingPolicy
+from apps.ledger.fields import MoneyField
+
+RATIO_DIGITS = {"max_digits": 30, "decimal_places": 12}
+
+
+class PremiumSample(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    contract = models.ForeignKey("contracts.Contract", on_delete=models.CASCADE, related_name="+")
+    funding_time = models.DateTimeField(help_text="End of the funding interval the sample belongs to.")
+    slot = models.PositiveIntegerField(help_text="1-based sample slot within the interval; its weight.")
+    at = models.DateTimeField()
+    policy = models.CharField(max_length=8, choices=FundingPolicy.choices)
+    premium = models.DecimalField(**RATIO_DIGITS)
+    # SEED: contract (last trade) price vs mark.
+    contract_price = MoneyField(null=True, blank=True)
+    mark_price = MoneyField(null=True, blank=True)
+    # IMPACT: impact bid / ask (average fill of the impact notional) vs index.
+    impact_bid = MoneyField(null=True, blank=True)
+    impact_ask = MoneyField(null=True, blank=True)
+    index_price = MoneyField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["contract_id", "-funding_time", "-slot"]
+        constraints = [
+            models.UniqueConstraint(fields=["contract", "funding_time", "slot"], name="premium_sample_unique_slot"),
+            models.CheckConstraint(condition=Q(slot__gte=1), name="premium_sample_slot_from_one"),
+        ]
+        indexes = [models.Index(fields=["at"], name="premium_sample_at")]
+
+    def __str__(self) -> str:
+        return f"{self.contract.symbol} {self.funding_time:%Y-%m-%d %H:%M} #{self.slot} {self.premium}"
+
+
+class FundingRate(models.Model):
+    contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="+")
+    funding_time = models.DateTimeField()
+    funding_rate = models.DecimalField(**RATE_DIGITS)
+    mark_price = MoneyField()
+    policy = models.CharField(max_length=8, choices=FundingPolicy.choices)
+    # The interval's time-weighted premium (before clamps), the interest it used and how
+    # many samples it had: enough to re-derive the rate from the formula.
+    premium_index = models.DecimalField(**RATIO_DIGITS)
+    interest_rate = models.DecimalField(**RATE_DIGITS)
+    samples = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["contract_id", "-funding_time"]
+        constraints = [
+            models.UniqueConstraint(fields=["contract", "funding_time"], name="funding_rate_unique_time"),
+            models.CheckConstraint(condition=Q(mark_price__gt=0), name="funding_rate_mark_positive"),
+        ]
+        indexes = [models.Index(fields=["funding_time"], name="funding_rate_time")]
+
+    def __str__(self) -> str:
+        return f"{self.contract.symbol} {self.funding_time:%Y-%m-%d %H:%M} {self.funding_rate}"
+
+
+class SettlementStatus(models.TextChoices):
+    PENDING = "PENDING", "Pending (not settled yet)"
+    DONE = "DONE", "Settled"
+    FAILED = "FAILED", "Failed (nothing booked; retried by the next run)"
+
+
+class FundingSettlement(models.Model):
+    contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="+")
+    funding_time = models.DateTimeField()
+    status = models.CharField(max_length=8, choices=SettlementStatus.choices, default=SettlementStatus.PENDING)
+    funding_rate = models.DecimalField(null=True, blank=True, **RATE_DIGITS)
+    mark_price = MoneyField(null=True, blank=True)
+    positions = models.PositiveIntegerField(default=0)
+    paid = MoneyField(default=0, help_text="Sum paid by the paying side (positive).")
+    received = MoneyField(default=0, help_text="Sum received by the receiving side (positive).")
+    dust = MoneyField(default=0, help_text="paid − received: left in the FUNDING_CLEARING account.")
+    covered = MoneyField(default=0, help_text="Payments the insurance fund or bad debt covered.")
+    ledger_transaction = models.ForeignKey(
+        "ledger.LedgerTransaction", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-funding_time", "contract_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["contract", "funding_time"], name="funding_settlement_unique_time"),
+            models.CheckConstraint(
+                condition=~Q(status="DONE") | Q(funding_rate__isnull=False, mark_price__isnull=False),
+                name="funding_settlement_done_has_rate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contract.symbol} {self.funding_time:%Y-%m-%d %H:%M} {self.status}"

@@ -1,0 +1,49 @@
+"""Funding invariant: funding paid equals funding received up to the documented dust account.
+
+Every funding settlement books its rounding dust (what payers paid minus what receivers
+got) into FUNDING_CLEARING and nothing else ever moves that account, so at any time,
+per asset, the FUNDING_CLEARING balance equals the dust recorded on the settled runs,
+and equals minus the sum of all FUNDING_FEE income lines plus what the insurance fund
+and bad debt covered. Register `check_funding_clearing_is_dust` in `apps.ops.invariants`.
+"""
+from django.db import connection
+
+from apps.ledger.invariants import Violation
+
+
+def check_funding_clearing_is_dust() -> list[Violation]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH clearing AS (
+                SELECT b.asset_id, b.amount FROM ledger_balance b
+                JOIN ledger_account a ON a.id = b.account_id WHERE a.kind = 'FUNDING_CLEARING'
+            ), runs AS (
+                SELECT c.settle_asset_id AS asset_id, SUM(r.dust) AS dust, SUM(r.covered) AS covered
+                FROM settlement_fundingsettlement r JOIN contracts_contract c ON c.id = r.contract_id
+                WHERE r.status = 'DONE' GROUP BY c.settle_asset_id
+            ), incomes AS (
+                SELECT asset_id, SUM(amount) AS total FROM ledger_income
+                WHERE income_type = 'FUNDING_FEE' GROUP BY asset_id
+            )
+            SELECT x.code, COALESCE(clearing.amount, 0), COALESCE(runs.dust, 0),
+                   COALESCE(incomes.total, 0), COALESCE(runs.covered, 0)
+            FROM ledger_asset x
+            LEFT JOIN clearing ON clearing.asset_id = x.id
+            LEFT JOIN runs ON runs.asset_id = x.id
+            LEFT JOIN incomes ON incomes.asset_id = x.id
+            WHERE COALESCE(clearing.amount, 0) <> COALESCE(runs.dust, 0)
+               OR COALESCE(clearing.amount, 0) <> -COALESCE(incomes.total, 0)
+            ORDER BY x.code
+            """
+        )
+        rows = cursor.fetchall()
+    return [
+        Violation("funding_clearing_is_dust",
+                  f"{code}: FUNDING_CLEARING holds {balance}, settled runs recorded dust {dust}, "
+                  f"funding income lines sum to {incomes} (covered {covered})")
+        for code, balance, dust, incomes, covered in rows
+    ]
+
+
+FUNDING_CHECKS = (check_funding_clearing_is_dust,)

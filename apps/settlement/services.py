@@ -1,0 +1,351 @@
+"""Funding writes: premium sampling and the zero-sum settlement of (contract, funding time).
+
+Sampling (`premium_samples_take`, every `FUNDING_SAMPLE_SECONDS` from beat) stores
+one `PremiumSample` per perpetual and slot and refreshes the cached predicted rate.
+
+Settlement (`funding_settle`) is one database transaction per (contract, funding time):
+1. the `FundingSettlement` row is created (unique per contract and time) and locked
+   FOR UPDATE, so a second runner (two beats, a manual "settle now") waits, then sees
+   DONE and returns without touching anything;
+2. the rate of that interval is computed from its samples (`selectors.rate_quote`),
+   the mark is the last stored mark before the funding time;
+3. every open position's payment (`formulas.payment`) goes to its margin account:
+   the WALLET for cross positions, the position's ISOLATED_MARGIN account for isolated
+   ones (as the reference exchange does: isolated funding moves the isolated margin);
+4. a payer whose account cannot pay in full is covered by the insurance fund, then
+   bad debt — the rule of `apps.positions.booking` (`_cover_deficits`), reused;
+5. ONE ledger posting (idempotency key `funding:<SYMBOL>:<funding ms>`) with a leg per
+   account and one FUNDING_CLEARING leg of −Σ payments; the rounding dust (what the
+   payers paid minus what the receivers got, a few 1e-8 per position at most) stays in
+   FUNDING_CLEARING, the one documented dust account, and is recorded on the run;
+6. one `Income` FUNDING_FEE row per position (one INSERT ... SELECT FROM unnest), the
+   `FundingRate` history row and the run's totals, in the same transaction.
+A crash anywhere rolls all of it back: the next run (the beat every minute retries
+due times, oldest first) settles it from scratch, so each position is charged exactly
+once. Failures mark the run FAILED and raise `job_failure:funding:<SYMBOL>`.
+
+Positions are those open when the settlement runs; for a funding time settled late
+(scheduler down) that is the positions at catch-up time, at the rate and mark of the
+missed interval (the system keeps no position history to do better).
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from apps.contracts.models import Contract, FundingPolicy
+from apps.ledger.models import Account, AccountKind, Income, IncomeType, TransactionKind
+from apps.ledger.money import quantize_amount
+from apps.ledger.services import Leg, Posting, accounts_for_users, balances_lock, ledger_post_many, system_account
+from apps.marketdata.engine.quotes import to_ms
+from apps.marketdata.models import PriceSample
+from apps.marketdata.selectors import price_latest
+from apps.positions.booking import _cover_deficits as cover_deficits
+from apps.positions.models import MarginType, Position
+from exchange.errors import ErrorCode, ExchangeError
+from exchange.redis import get_redis
+
+from . import formulas
+from .models import FundingRate, FundingSettlement, PremiumSample, SettlementStatus
+from .selectors import (
+    PREDICTED_KEY,
+    PREDICTED_TTL_SECONDS,
+    funding_contracts,
+    funding_interval,
+    funding_time_is_valid,
+    funding_time_of,
+    funding_times_due,
+    impact_prices,
+    predicted_to_json,
+    rate_quote,
+    sample_seconds,
+)
+
+logger = logging.getLogger(__name__)
+# A price snapshot older than this is not sampled (the pricefeed is down).
+SAMPLE_PRICE_MAX_AGE = timedelta(seconds=60)
+
+
+class FundingError(ExchangeError):
+    code = ErrorCode.INVALID_PARAMETER
+
+
+def idempotency_key(*, contract: Contract, funding_time: datetime) -> str:
+    return f"funding:{contract.symbol}:{to_ms(funding_time)}"
+
+
+# -- sampling --------------------------------------------------------------------------------
+
+
+def premium_sample_take(*, contract: Contract, now: datetime) -> PremiumSample | None:
+    """Store this slot's premium of one perpetual (None when there is nothing to sample)."""
+    if not contract.is_perpetual:
+        return None
+    funding_time = funding_time_of(contract=contract, at=now)
+    start = funding_time - funding_interval(contract)
+    slot = int((now - start).total_seconds() // sample_seconds()) + 1
+    snapshot = price_latest(contract=contract)
+    if snapshot is None or now - snapshot.at > SAMPLE_PRICE_MAX_AGE:
+        return None
+    row = PremiumSample(contract=contract, funding_time=funding_time, slot=slot, at=now,
+                        policy=contract.funding_policy)
+    if contract.funding_policy == FundingPolicy.IMPACT:
+        row.impact_bid, row.impact_ask = impact_prices(contract=contract)
+        row.index_price = snapshot.index_price
+        row.premium = formulas.premium_impact(impact_bid=row.impact_bid, impact_ask=row.impact_ask,
+                                              index_price=snapshot.index_price)
+    else:
+        from apps.trading.prices import last_price
+
+        contract_price = last_price(contract)
+        if contract_price is None:
+            return None
+        row.contract_price, row.mark_price = contract_price, snapshot.mark_price
+        row.premium = formulas.premium_seed(contract_price=contract_price, mark_price=snapshot.mark_price)
+    # A second sampler in the same slot stores nothing (unique contract, funding time, slot).
+    PremiumSample.objects.bulk_create([row], ignore_conflicts=True)
+    return row
+
+
+def premium_samples_take(*, now: datetime | None = None) -> int:
+    """Sample every funding perpetual and refresh its cached predicted rate; returns rows stored."""
+    now = now or timezone.now()
+    stored = 0
+    cache: list[tuple[str, str]] = []
+    for contract in funding_contracts():
+        try:
+            if premium_sample_take(contract=contract, now=now) is not None:
+                stored += 1
+            quote = rate_quote(contract=contract, funding_time=funding_time_of(contract=contract, at=now))
+            cache.append((PREDICTED_KEY.format(symbol=contract.symbol), predicted_to_json(contract=contract, quote=quote)))
+        except Exception:
+            logger.exception("premium sample failed for %s", contract.symbol)
+    if cache:
+        transaction.on_commit(lambda: _cache_predicted(cache))
+    return stored
+
+
+def _cache_predicted(items: list[tuple[str, str]]) -> None:
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        for key, value in items:
+            pipe.set(key, value, ex=PREDICTED_TTL_SECONDS)
+        pipe.execute()
+    except Exception:
+        logger.warning("caching predicted funding rates failed", exc_info=True)
+
+
+def premium_samples_prune(*, older_than: timedelta, now: datetime | None = None) -> int:
+    """Drop samples of intervals that ended before now − older_than (rates keep their inputs)."""
+    cutoff = (now or timezone.now()) - older_than
+    deleted, _ = PremiumSample.objects.filter(funding_time__lt=cutoff).delete()
+    return deleted
+
+
+# -- settlement ------------------------------------------------------------------------------
+
+
+def funding_settle(*, contract: Contract, funding_time: datetime, now: datetime | None = None,
+                   requested_by=None) -> FundingSettlement:
+    """Settle one funding time of one perpetual exactly once; returns its run (DONE).
+
+    Safe to call any number of times, concurrently: a DONE run is returned as it is.
+    Raises (after recording FAILED and raising the job-failure alert) when it cannot settle.
+    """
+    now = now or timezone.now()
+    if not contract.is_perpetual:
+        raise FundingError(f"{contract.symbol} is not a perpetual: it does not fund.")
+    if funding_time.tzinfo is None or not funding_time_is_valid(contract=contract, funding_time=funding_time):
+        raise FundingError(f"{funding_time.isoformat()} is not a funding time of {contract.symbol} "
+                           f"(every {contract.funding_interval_hours} h from 00:00 UTC).")
+    if funding_time > now:
+        raise FundingError(f"Funding time {funding_time.isoformat()} of {contract.symbol} has not come yet.")
+    run, _ = FundingSettlement.objects.get_or_create(contract=contract, funding_time=funding_time)
+    if run.status == SettlementStatus.DONE:
+        return run
+    try:
+        with transaction.atomic(durable=True):
+            run = FundingSettlement.objects.select_for_update().get(pk=run.pk)
+            if run.status == SettlementStatus.DONE:  # another runner finished while we waited
+                return run
+            _settle(run=run, contract=contract, funding_time=funding_time, now=now, requested_by=requested_by)
+    except Exception as exc:
+        FundingSettlement.objects.filter(pk=run.pk).exclude(status=SettlementStatus.DONE).update(
+            status=SettlementStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], attempts=F("attempts") + 1,
+        )
+        _alert_failure(contract=contract, funding_time=funding_time, exc=exc)
+        raise
+    run.refresh_from_db()
+    return run
+
+
+def _alert_failure(*, contract: Contract, funding_time: datetime, exc: Exception) -> None:
+    try:
+        from apps.ops.alerts import alert_raise
+
+        alert_raise(
+            key=f"job_failure:funding:{contract.symbol}", level="CRITICAL",
+            message=f"Funding settlement of {contract.symbol} at {funding_time:%Y-%m-%d %H:%M} UTC failed: {exc}",
+            details={"symbol": contract.symbol, "funding_time": to_ms(funding_time), "error": str(exc)[:500]},
+        )
+    except Exception:
+        logger.exception("raising the funding failure alert failed")
+
+
+def _mark_at(*, contract: Contract, funding_time: datetime) -> Decimal:
+    """The last stored mark before the funding time, within the interval (fixed once the time has passed)."""
+    mark = (
+        PriceSample.objects.filter(contract=contract, at__lt=funding_time,
+                                   at__gte=funding_time - funding_interval(contract))
+        .order_by("-at").values_list("mark_price", flat=True).first()
+    )
+    if mark is None:
+        raise FundingError(f"No mark price of {contract.symbol} in the interval before {funding_time.isoformat()}.")
+    return mark
+
+
+POSITIONS_SQL = """
+SELECT p.id, p.user_id, p.size, p.margin_type = 'ISOLATED', a.id
+FROM positions_position p
+LEFT JOIN ledger_account a
+  ON a.user_id = p.user_id
+ AND a.kind = CASE WHEN p.margin_type = 'ISOLATED' THEN 'ISOLATED_MARGIN' ELSE 'WALLET' END
+ AND a.contract_id IS NOT DISTINCT FROM CASE WHEN p.margin_type = 'ISOLATED' THEN p.contract_id END
+WHERE p.contract_id = %s AND p.size <> 0
+ORDER BY p.id
+"""
+
+
+def _open_positions(contract: Contract) -> list[tuple[int, int, Decimal, int]]:
+    """(position id, user id, size, margin account id) of every open position, one query."""
+    with connection.cursor() as cursor:
+        cursor.execute(POSITIONS_SQL, [contract.pk])
+        rows = cursor.fetchall()
+    missing_cross = [user for _, user, _, isolated, account in rows if account is None and not isolated]
+    missing_isolated = [user for _, user, _, isolated, account in rows if account is None and isolated]
+    cross = accounts_for_users(kind=AccountKind.WALLET, user_ids=missing_cross) if missing_cross else {}
+    iso = (accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=missing_isolated, contract=contract)
+           if missing_isolated else {})
+    return [
+        (pid, user, size, account if account is not None else (iso if isolated else cross)[user])
+        for pid, user, size, isolated, account in rows
+    ]
+
+
+def _settle(*, run: FundingSettlement, contract: Contract, funding_time: datetime, now: datetime,
+            requested_by) -> None:
+    asset = contract.settle_asset
+    quote = rate_quote(contract=contract, funding_time=funding_time)
+    mark = _mark_at(contract=contract, funding_time=funding_time)
+    rate = quote.rate
+    positions = _open_positions(contract)
+
+    precision = asset.precision
+    # formulas.payment, with −cs × mark × rate multiplied once (exact products, same result).
+    factor = -contract.contract_size * mark * rate
+    payments = [quantize_amount(size * factor, precision) for _, _, size, _ in positions]
+
+    delta: dict[int, Decimal] = defaultdict(Decimal)
+    payers: dict[int, int] = {}  # user id -> account id of accounts that pay (only they can go short)
+    paid = received = Decimal(0)
+    for (_, user, _, account), amount in zip(positions, payments):
+        if amount < 0:
+            paid -= amount
+            payers[user] = account
+        elif amount > 0:
+            received += amount
+        delta[account] += amount
+    clearing = system_account(AccountKind.FUNDING_CLEARING).pk
+    delta[clearing] += paid - received  # the posting balances: −Σ payments, the dust
+    covered = Decimal(0)
+    if payers:
+        fund = system_account(AccountKind.INSURANCE_FUND).pk
+        bad_debt = system_account(AccountKind.BAD_DEBT).pk
+        current = balances_lock(account_ids=[*payers.values(), fund, bad_debt], asset=asset)
+        before = {account: delta[account] for account in payers.values()}
+        cover_deficits(wallets=payers, delta=delta, current=current, fund=fund, bad_debt=bad_debt)
+        covered = sum((delta[account] - before[account] for account in payers.values()), Decimal(0))
+
+    txn_id = None
+    legs = [Leg(account, asset, amount) for account, amount in sorted(delta.items()) if amount]
+    if len(legs) >= 2:
+        txn = ledger_post_many(postings=[Posting(
+            kind=TransactionKind.FUNDING,
+            legs=legs,
+            idempotency_key=idempotency_key(contract=contract, funding_time=funding_time),
+            memo=f"Funding {contract.symbol} {funding_time:%Y-%m-%d %H:%M} UTC rate {rate} mark {mark}",
+            reference={"symbol": contract.symbol, "funding_time": to_ms(funding_time), "rate": str(rate),
+                       "mark_price": str(mark), "positions": len(positions)},
+            created_by_id=requested_by.pk if requested_by is not None else None,
+        )])[0]
+        txn_id = txn.pk
+        _incomes_insert(
+            rows=[(user, amount) for (_, user, _, _), amount in zip(positions, payments) if amount],
+            symbol=contract.symbol, asset_id=asset.pk, transaction_id=txn_id, at=funding_time,
+        )
+
+    FundingRate.objects.create(
+        contract=contract, funding_time=funding_time, funding_rate=rate, mark_price=mark,
+        policy=quote.policy, premium_index=quote.premium_index if quote.premium_index is not None else 0,
+        interest_rate=contract.interest_rate, samples=quote.samples,
+    )
+    FundingSettlement.objects.filter(pk=run.pk).update(
+        status=SettlementStatus.DONE, funding_rate=rate, mark_price=mark, positions=len(positions),
+        paid=paid, received=received, dust=paid - received, covered=covered, ledger_transaction_id=txn_id,
+        attempts=F("attempts") + 1, error="", finished_at=now,
+        requested_by=requested_by if requested_by is not None else run.requested_by,
+    )
+
+
+INCOME_SQL = f"""
+INSERT INTO {Income._meta.db_table} (user_id, symbol, income_type, amount, asset_id, info, trade_id,
+                                      transaction_id, created_at)
+SELECT t.user_id, %(symbol)s, %(kind)s, t.amount, %(asset)s, %(info)s, NULL, %(txn)s, %(at)s
+FROM unnest(%(users)s::bigint[], %(amounts)s::numeric[]) AS t(user_id, amount)
+"""
+
+
+def _incomes_insert(*, rows: list[tuple[int, Decimal]], symbol: str, asset_id: int, transaction_id: int,
+                    at: datetime) -> None:
+    """One FUNDING_FEE income line per position with a non-zero payment, one statement."""
+    if not rows:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(INCOME_SQL, {
+            "symbol": symbol, "kind": IncomeType.FUNDING_FEE, "asset": asset_id, "info": "FUNDING_FEE",
+            "txn": transaction_id, "at": at,
+            "users": [user for user, _ in rows], "amounts": [amount for _, amount in rows],
+        })
+
+
+def funding_settle_due(*, now: datetime | None = None) -> list[FundingSettlement]:
+    """Settle every due funding time of every funding perpetual, oldest first per contract.
+
+    A contract whose settlement fails is left for the next call (its later times wait:
+    the EMA needs the earlier rate); the others go on.
+    """
+    now = now or timezone.now()
+    done: list[FundingSettlement] = []
+    for contract in funding_contracts():
+        for funding_time in funding_times_due(contract=contract, now=now):
+            try:
+                done.append(funding_settle(contract=contract, funding_time=funding_time, now=now))
+            except Exception:
+                logger.exception("funding settlement of %s at %s failed", contract.symbol, funding_time)
+                break
+    return done
+
+
+def account_for_position(position: Position) -> Account:
+    """The account a position's funding moves (tests, admin)."""
+    from apps.ledger.services import account_get_or_create
+
+    if position.margin_type == MarginType.ISOLATED:
+        return account_get_or_create(kind=AccountKind.ISOLATED_MARGIN, user=position.user, contract=position.contract)
+    return account_get_or_create(kind=AccountKind.WALLET, user=position.user)
