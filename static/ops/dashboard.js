@@ -54,6 +54,10 @@
       var plot = new uPlot({
         width: Math.max(300, box.clientWidth || 460), height: 200, series: series,
         scales: { x: { time: true } }, legend: { live: false },
+        // Room for prices and fund balances (uPlot's default axis is sized for short numbers).
+        axes: [{}, { size: 80, values: function (u, splits) {
+          return splits.map(function (v) { return v === null ? "" : v.toLocaleString(undefined, { maximumFractionDigits: 4 }); });
+        } }],
       }, data, box);
       entry = charts[id] = { plot: plot, signature: signature };
     } else {
