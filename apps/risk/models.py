@@ -153,7 +153,7 @@ class RiskSnapshot(models.Model):
                                    name="risk_snapshot_score_range"),
         ]
         indexes = [
-            models.Index(fields=["user", "-bucket"], name="risk_snapshot_user_latest"),
+            models.Index(fields=["user", "-computed_at"], name="risk_snapshot_user_latest"),
             models.Index(fields=["bucket", "-overall_score"], name="risk_snapshot_bucket_score"),
         ]
 

@@ -137,7 +137,7 @@ def exposures_for_users(*, user_ids: list[int]) -> dict[int, Exposure]:
 
 
 def snapshot_latest(*, user) -> RiskSnapshot | None:
-    return RiskSnapshot.objects.filter(user=user).order_by("-bucket").first()
+    return RiskSnapshot.objects.filter(user=user).order_by("-computed_at", "-id").first()
 
 
 def run_latest(*, finished: bool = True) -> RiskRun | None:
