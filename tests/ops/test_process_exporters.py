@@ -1,0 +1,198 @@
+"""Every process serves its own /metrics: the matcher, the pricefeed, a Celery worker
+(main process and each prefork child) and beat, started as real OS processes against
+the test database and Redis. Their stderr goes to files and they die with the test."""
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import requests
+from django.db import connection
+from prometheus_client.parser import text_string_to_metric_families
+
+from apps.ledger.services import wallet_deposit
+from apps.ops import metrics
+from apps.ops.sources import metric_read
+from apps.trading.models import CommandStatus, OrderCommand
+from apps.trading.services import order_place
+from exchange.celery import app as celery_app
+
+ROOT = Path(__file__).resolve().parents[2]
+D = Decimal
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_ports(count: int = 1) -> int:
+    """A port p with p … p+count-1 all free (for a worker and its prefork children)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + count > 65535:
+            continue
+        try:
+            for p in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no free ports")
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    started: list[tuple[subprocess.Popen, object]] = []
+
+    def start(name: str, args: list[str], **env) -> subprocess.Popen:
+        s = connection.settings_dict
+        full_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test",
+                    "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}",
+                    **{k: str(v) for k, v in env.items()}}
+        log = open(tmp_path / f"{name}.log", "wb")
+        process = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=_die_with_parent)
+        process.log_path = tmp_path / f"{name}.log"
+        started.append((process, log))
+        return process
+
+    try:
+        yield start
+    finally:
+        for process, log in started:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            log.close()
+
+
+def wait_for(predicate, what: str, process: subprocess.Popen | None = None, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            break
+        time.sleep(0.1)
+    log = process.log_path.read_text()[-3000:] if process is not None else ""
+    raise AssertionError(f"timed out waiting for {what}\n{log}")
+
+
+def scrape(port: int) -> dict[tuple, float] | None:
+    """name + sorted labels → value, or None while the exporter is not up."""
+    try:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except requests.ConnectionError:
+        return None
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
+
+
+def value(samples: dict | None, name: str, **labels) -> float | None:
+    if samples is None:
+        return None
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def role_of(samples: dict | None) -> str | None:
+    if samples is None:
+        return None
+    return next((dict(labels)["role"] for name, labels in samples if name == "exchange_process_info"), None)
+
+
+def test_matcher_exports_order_latency_and_publishes_p95_for_the_alert_rule(spawn, make_user, usdt, btcusdt):
+    seller, buyer = make_user("seller"), make_user("buyer")
+    for user in (seller, buyer):
+        wallet_deposit(user=user, asset=usdt, amount=D("100000"))
+    port = free_ports()
+    matcher = spawn("matcher", [sys.executable, "manage.py", "run_matcher", "--symbols", "BTCUSDT", "--poll", "0.05",
+                                "--metrics-port", str(port)], OPS_LATENCY_PUBLISH_SECONDS=1)
+    wait_for(lambda: role_of(scrape(port)) == "matcher", "the matcher's exporter", matcher)
+    order_place(user=seller, contract=btcusdt, side="SELL", quantity=D("0.3"), price=D("50000"))
+    order_place(user=buyer, contract=btcusdt, side="BUY", quantity=D("0.1"), price=D("50000"))
+    wait_for(lambda: OrderCommand.objects.filter(status=CommandStatus.DONE).count() == 2, "the batch", matcher)
+
+    samples = wait_for(
+        lambda: (s := scrape(port)) and value(s, "matcher_book_orders", symbol="BTCUSDT") == 1 and s,
+        "the book depth sample", matcher, timeout=30,
+    )
+    assert value(samples, "matcher_commands_total", symbol="BTCUSDT") == 2
+    assert value(samples, "matcher_trades_total", symbol="BTCUSDT") == 1
+    assert value(samples, "exchange_operation_latency_seconds_count", operation="order_processing") == 2
+    assert value(samples, "exchange_operation_latency_seconds_bucket", operation="order_processing", le="0.001") \
+        is not None
+    assert value(samples, "exchange_active_positions", symbol="BTCUSDT") is None  # the web's job, not the matcher's
+    # The p95 reaches Redis: the "Order latency p95 high" rule has data, the SLA rule too.
+    wait_for(lambda: metric_read("order_latency_p95_us") is not None, "order_latency_p95_us", matcher, timeout=30)
+    (entry,) = wait_for(lambda: list(metrics.latency_read("order_processing").values()), "the p95 report", matcher)
+    assert entry["role"] == "matcher" and entry["p95_us"] > 0
+    assert wait_for(lambda: metrics.series_read("matcher:BTCUSDT"), "a dashboard point", matcher, timeout=30)
+
+
+def test_pricefeed_exports_market_data_latency(spawn, btcusdt):
+    port = free_ports()
+    feed = spawn("pricefeed", [sys.executable, "manage.py", "run_pricefeed", "--symbols", "BTCUSDT", "--interval",
+                               "0.1", "--seed", "5", "--metrics-port", str(port)])
+    samples = wait_for(
+        lambda: (s := scrape(port)) and (value(s, "exchange_operation_latency_seconds_count",
+                                               operation="market_data") or 0) >= 3 and s,
+        "market data latency observations", feed,
+    )
+    assert role_of(samples) == "pricefeed"
+    assert value(samples, "pricefeed_mark_price", symbol="BTCUSDT") > 0
+
+
+@pytest.fixture
+def not_eager():
+    """Send to the broker for real (the ops tests run tasks eagerly otherwise)."""
+    celery_app.conf.CELERY_TASK_ALWAYS_EAGER = False
+    assert not celery_app.conf.task_always_eager
+    yield
+
+
+def test_celery_worker_main_and_prefork_child_each_serve_metrics(spawn, not_eager, db):
+    base = free_ports(2)
+    queue = f"ops-metrics-{uuid.uuid4().hex[:8]}"
+    worker = spawn("worker", [str(ROOT / ".venv" / "bin" / "celery"), "-A", "exchange", "worker", "--pool", "prefork",
+                              "--concurrency", "1", "-Q", queue, "--hostname", f"{queue}@%h", "--loglevel", "INFO",
+                              "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                   OPS_METRICS_PORT_WORKER=base)
+    assert wait_for(lambda: role_of(scrape(base)), "the worker's exporter", worker) == "celery-worker"
+    assert wait_for(lambda: role_of(scrape(base + 1)), "the child's exporter", worker) == "celery-worker-child"
+
+    celery_app.send_task("apps.ops.tasks.beat_heartbeat", queue=queue)
+    samples = wait_for(
+        lambda: (s := scrape(base + 1)) and value(s, "celery_tasks_total", task="apps.ops.tasks.beat_heartbeat",
+                                                  state="succeeded") == 1 and s,
+        "the task counted in the child that ran it", worker,
+    )
+    assert value(samples, "celery_task_runtime_seconds_count", task="apps.ops.tasks.beat_heartbeat") == 1
+    assert value(samples, "process_cpu_seconds_total") is not None
+    assert value(scrape(base), "celery_tasks_total", task="apps.ops.tasks.beat_heartbeat", state="succeeded") is None
+
+
+def test_beat_serves_metrics(spawn, tmp_path, db):
+    port = free_ports()
+    beat = spawn("beat", [str(ROOT / ".venv" / "bin" / "celery"), "-A", "exchange", "beat", "--loglevel", "INFO",
+                          "--schedule", str(tmp_path / "celerybeat-schedule")], OPS_METRICS_PORT_BEAT=port)
+    samples = wait_for(lambda: scrape(port), "beat's exporter", beat)
+    assert role_of(samples) == "celery-beat"
+    assert value(samples, "exchange_host_memory_total_bytes") > 0
