@@ -1,0 +1,43 @@
+"""Child process of the process tests: settle one (symbol, funding time) and print the run.
+
+    settle_child.py MODE SYMBOL FUNDING_MS
+MODE "settle" just settles; "die-half-way" books the ledger posting and half the income
+lines inside the settlement's transaction, then kills itself with SIGKILL (a worker lost
+mid-job: PostgreSQL rolls the open transaction back when the connection drops).
+"""
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "exchange.settings.test")
+
+import django  # noqa: E402
+
+django.setup()
+
+from apps.contracts.models import Contract  # noqa: E402
+from apps.marketdata.engine.quotes import ms_to_datetime  # noqa: E402
+from apps.settlement import services  # noqa: E402
+
+
+def main() -> None:
+    mode, symbol, funding_ms = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if mode == "die-half-way":
+        original = services._incomes_insert
+
+        def half_then_die(*, rows, **kwargs):
+            original(rows=rows[: len(rows) // 2], **kwargs)
+            sys.stdout.write("half\n")
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        services._incomes_insert = half_then_die
+    contract = Contract.objects.select_related("settle_asset").get(symbol=symbol)
+    run = services.funding_settle(contract=contract, funding_time=ms_to_datetime(funding_ms))
+    print(run.pk, run.status, run.ledger_transaction_id, run.attempts)
+
+
+if __name__ == "__main__":
+    main()
