@@ -12,6 +12,7 @@ Task metrics (counted wherever the signal fires): `celery_tasks_total{task,state
 (succeeded, failed, retried), `celery_task_runtime_seconds{task}`, and
 `celery_tasks_sent_total{task}` in every process that sends (beat's schedule, web).
 Port 0 turns an exporter off; a port already taken is logged, never fatal.
+Beat also waits here for its leader lease (apps.ops.leases) once its exporter is up.
 """
 import logging
 import time
@@ -52,8 +53,17 @@ def _on_worker_process_init(**_):
     metrics_serve(base + 1 + index if base else 0, role="celery-worker-child")
 
 
+_beat_lease = None
+
+
 def _on_beat_init(**_):
+    global _beat_lease
     metrics_serve(_setting("OPS_METRICS_PORT_BEAT", 9103), role="celery-beat")
+    # Then the single-active-beat lease (apps.ops.leases): a second beat blocks here as
+    # a standby, with its exporter already up to say so.
+    from .leases import beat_lease_wait
+
+    _beat_lease = beat_lease_wait()
 
 
 def _on_prerun(task_id=None, task=None, **_):

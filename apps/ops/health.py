@@ -65,9 +65,20 @@ def probe_beat() -> dict:
         age = heartbeat_age("beat")
     except Exception as exc:
         return {"ok": False, "error": str(exc)[:200]}
+    leader = _leader_pid("beat")
     if age is None:
-        return {"ok": False, "error": "no scheduler heartbeat recorded"}
-    return {"ok": age <= BEAT_MAX_AGE_SECONDS, "age_seconds": round(age, 1), "max_age_seconds": BEAT_MAX_AGE_SECONDS}
+        return {"ok": False, "error": "no scheduler heartbeat recorded", "leader_pid": leader}
+    return {"ok": age <= BEAT_MAX_AGE_SECONDS, "age_seconds": round(age, 1), "max_age_seconds": BEAT_MAX_AGE_SECONDS,
+            "leader_pid": leader}
+
+
+def _leader_pid(service: str) -> int | None:
+    """Pid of the process holding `service`'s lease (apps.ops.leases), as it last announced."""
+    try:
+        raw = get_redis().get(f"ops:leader:{service}")
+    except Exception:
+        return None
+    return int(raw) if raw else None
 
 
 def probe_matchers() -> dict:

@@ -51,3 +51,6 @@ OPS_METRICS_PORT_BEAT = _env_int("OPS_METRICS_PORT_BEAT", 9103)
 OPS_METRICS_PORT_WORKER = _env_int("OPS_METRICS_PORT_WORKER", 9110)
 # How often each process writes its latency p95 per operation to Redis (0: never).
 OPS_LATENCY_PUBLISH_SECONDS = float(_env_int("OPS_LATENCY_PUBLISH_SECONDS", 5))
+# One active beat: a beat waits for a PostgreSQL advisory lease before it schedules
+# (apps/ops/leases.py), so a second one started for failover stands by.
+OPS_BEAT_LEASE = env_bool("OPS_BEAT_LEASE", True)

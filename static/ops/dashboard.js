@@ -138,7 +138,7 @@
     }
     row("database", checks.database, checks.database.error || "");
     row("redis", checks.redis, checks.redis.error || "");
-    row("beat + worker", checks.beat, age(checks.beat));
+    row("beat + worker", checks.beat, age(checks.beat) + (checks.beat.leader_pid ? " (beat pid " + checks.beat.leader_pid + ")" : ""));
     var symbols = (checks.matchers && checks.matchers.symbols) || {};
     Object.keys(symbols).forEach(function (symbol) {
       var m = symbols[symbol];

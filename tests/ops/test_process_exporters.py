@@ -189,10 +189,22 @@ def test_celery_worker_main_and_prefork_child_each_serve_metrics(spawn, not_eage
     assert value(scrape(base), "celery_tasks_total", task="apps.ops.tasks.beat_heartbeat", state="succeeded") is None
 
 
-def test_beat_serves_metrics(spawn, tmp_path, db):
-    port = free_ports()
-    beat = spawn("beat", [str(ROOT / ".venv" / "bin" / "celery"), "-A", "exchange", "beat", "--loglevel", "INFO",
-                          "--schedule", str(tmp_path / "celerybeat-schedule")], OPS_METRICS_PORT_BEAT=port)
-    samples = wait_for(lambda: scrape(port), "beat's exporter", beat)
-    assert role_of(samples) == "celery-beat"
-    assert value(samples, "exchange_host_memory_total_bytes") > 0
+def test_beat_serves_metrics_and_a_second_beat_stands_by_until_the_leader_dies(spawn, tmp_path, db):
+    from exchange.redis import get_redis
+
+    first_port, second_port = free_ports(), free_ports()
+    args = [str(ROOT / ".venv" / "bin" / "celery"), "-A", "exchange", "beat", "--loglevel", "INFO"]
+    first = spawn("beat1", args + ["--schedule", str(tmp_path / "schedule1")], OPS_METRICS_PORT_BEAT=first_port)
+    samples = wait_for(lambda: (s := scrape(first_port)) and value(s, "exchange_leader", service="beat") == 1 and s,
+                       "the first beat to lead", first)
+    assert role_of(samples) == "celery-beat" and value(samples, "exchange_host_memory_total_bytes") > 0
+    assert int(get_redis().get("ops:leader:beat")) == first.pid
+
+    second = spawn("beat2", args + ["--schedule", str(tmp_path / "schedule2")], OPS_METRICS_PORT_BEAT=second_port)
+    wait_for(lambda: value(scrape(second_port), "exchange_leader", service="beat") == 0, "the standby", second)
+    wait_for(lambda: "standing by" in second.log_path.read_text(), "the standby's log line", second)
+
+    first.kill()  # SIGKILL: no goodbye; the server drops its connection and with it the lease
+    first.wait()
+    wait_for(lambda: value(scrape(second_port), "exchange_leader", service="beat") == 1, "the takeover", second)
+    assert int(get_redis().get("ops:leader:beat")) == second.pid
