@@ -6,11 +6,13 @@ with SIGKILL while they work, and restarted (or replaced by a standby). The trad
 must equal an uninterrupted replay of the same commands through a fresh C book, every
 command must be processed exactly once, and every ledger invariant must hold.
 """
+import ctypes
 import os
 import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -32,15 +34,27 @@ D = Decimal
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
+_LOGS: list[Path] = []
+
+
+def _die_with_parent() -> None:
+    """Child side of Popen: SIGTERM when the test process dies, however it dies (Linux)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start_matcher(symbols: str = "BTCUSDT", batch_size: int = 100) -> subprocess.Popen:
     env = dict(os.environ)
     env["DATABASE_URL"] = _database_url()
     env["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "run_matcher", "--symbols", symbols, "--batch-size", str(batch_size),
-         "--poll", "0.05"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    # Its log goes to a file (an unread pipe blocks the child once full) that a timeout prints.
+    log_path = Path(tempfile.mkstemp(prefix="matcher-", suffix=".log")[1])
+    _LOGS.append(log_path)
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "run_matcher", "--symbols", symbols, "--batch-size", str(batch_size),
+             "--poll", "0.05"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=_die_with_parent,
+        )
 
 
 def _database_url() -> str:
@@ -55,7 +69,8 @@ def wait_for(predicate, timeout: float, what: str):
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    logs = "\n".join(f"--- {p.name}:\n{p.read_text(errors='replace')[-1500:]}" for p in _LOGS[-2:])
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
 
 
 def done_count() -> int:
@@ -70,8 +85,6 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    if process.stderr:
-        process.stderr.close()
 
 
 def place_random_orders(users, contract, count: int, seed: int) -> None:
@@ -146,7 +159,7 @@ def test_standby_takes_over_when_the_leader_dies(funded, btcusdt):
     first, second = start_matcher(), start_matcher()
     processes = {first.pid: first, second.pid: second}
     try:
-        leader_pid = int(wait_for(lambda: redis.get(LEADER_KEY.format(symbol="BTCUSDT")), 60, "a leader"))
+        leader_pid = int(wait_for(lambda: redis.get(LEADER_KEY.format(symbol="BTCUSDT")), 120, "a leader"))
         place_random_orders(users, btcusdt, 400, seed=11)
         wait_for(lambda: done_count() == 400, 120, "the leader to process phase 1")
         processes[leader_pid].send_signal(signal.SIGKILL)
