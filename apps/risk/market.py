@@ -31,6 +31,9 @@ import numpy as np
 from .analytics import (
     DEFAULT_STRESS_SCENARIOS,
     SCORE_WEIGHTS,
+    STRESS_CONFIDENCE,
+    StressKind,
+    StressResult,
     RiskLevel,
     ScoreCalibration,
     batch_var,
@@ -228,13 +231,39 @@ def _ratio(amount: float, equity: float) -> float:
     return amount / equity
 
 
+def stress_matrix(w: np.ndarray, cov: np.ndarray, scenarios=DEFAULT_STRESS_SCENARIOS) -> np.ndarray:
+    """`run_stress_tests` for many accounts at once (accounts × scenarios P&L, one-day
+    horizon), the library's formulas per `StressKind` as array operations."""
+    z = NormalDist().inv_cdf(STRESS_CONFIDENCE)
+    sigma = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    net = w.sum(axis=1)
+    sd = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", w, cov, w), 0.0, None))
+    exposure = w * sigma
+    out = np.empty((w.shape[0], len(scenarios)))
+    for k, sc in enumerate(scenarios):
+        kind = StressKind(sc.kind)
+        if kind is StressKind.PRICE_MOVE:
+            out[:, k] = sc.shock * net
+        elif kind is StressKind.VOLATILITY_SPIKE:
+            out[:, k] = -z * sc.shock * sd
+        elif kind is StressKind.CORRELATION_ONE:
+            out[:, k] = -z * sc.shock * np.abs(exposure.sum(axis=1))
+        else:
+            out[:, k] = -z * sc.shock * np.sqrt((exposure * exposure).sum(axis=1))
+    return out + 0.0
+
+
 def _score_one(
     *, model: MarketModel, w: np.ndarray, equity: float, var95: float, var99: float, es95: float, es99: float,
-    hist95, hist99, calibration: ScoreCalibration, thresholds,
+    hist95, hist99, calibration: ScoreCalibration, thresholds, stress_row: np.ndarray | None = None,
 ) -> AccountRisk:
     """Everything after the VaR: stress, concentration, score, level, recommendations
     (the tail of the library's `assess_portfolio_risk`, same rules)."""
-    stress = run_stress_tests(w, model.covariance, DEFAULT_STRESS_SCENARIOS)
+    if stress_row is None:
+        stress = run_stress_tests(w, model.covariance, DEFAULT_STRESS_SCENARIOS)
+    else:
+        stress = tuple(StressResult(sc.name, StressKind(sc.kind), float(x))
+                       for sc, x in zip(DEFAULT_STRESS_SCENARIOS, stress_row))
     worst = min(stress, key=lambda s: s.pnl, default=None)
     stress_loss = max(0.0, -worst.pnl) if worst is not None else 0.0
     worst_name = worst.name if worst is not None and stress_loss > 0 else ""
@@ -306,6 +335,7 @@ def assess_matrix(
         no_history = [model.index[s] for s in model.symbols if s not in model.history_symbols]
         missing = np.any(w[:, no_history] != 0, axis=1) if no_history else np.zeros(w.shape[0], dtype=bool)
         hist = [None if missing[i] else (float(hv[i, 0]), float(hv[i, 1])) for i in range(w.shape[0])]
+    stress = stress_matrix(w, model.covariance)
     out = []
     for i in range(w.shape[0]):
         h = hist[i]
@@ -314,7 +344,7 @@ def assess_matrix(
             var95=float(mc.var[i, 0]), var99=float(mc.var[i, 1]),
             es95=float(mc.es[i, 0]), es99=float(mc.es[i, 1]),
             hist95=h[0] if h else None, hist99=h[1] if h else None,
-            calibration=calibration, thresholds=thresholds,
+            calibration=calibration, thresholds=thresholds, stress_row=stress[i],
         ))
     return out
 

@@ -526,43 +526,69 @@ def risk_snapshots_prune(*, now: datetime | None = None) -> int:
 # ------------------------------------------------------------- pre-trade
 
 
-def _exposure_for_pretrade(*, user, contract: Contract) -> tuple[Decimal, dict[str, Decimal], dict[str, Decimal]]:
-    """(equity, worst-case signed quantity per symbol, mark per symbol) of one user:
-    positions, open non-reduce-only orders and balances in three queries plus one MGET."""
-    from apps.ledger.models import USER_KINDS, Balance
-    from apps.marketdata.selectors import price_latest_many
-    from apps.positions.models import Position
+_EXPOSURE_SQL: str | None = None
 
-    equity = Balance.objects.filter(
-        account__user=user, account__kind__in=USER_KINDS, asset__code=SETTLE_ASSET
-    ).aggregate(total=Sum("amount"))["total"] or ZERO
-    positions = list(Position.objects.filter(user=user).exclude(size=0).select_related("contract"))
-    orders = (
-        Order.objects.filter(user=user, status__in=OPEN_STATUSES, reduce_only=False, close_position=False)
-        .values("contract_id", "side").annotate(open=Sum(F("quantity") - F("executed_qty")))
-    )
-    order_rows = list(orders)
-    contracts = {p.contract_id: p.contract for p in positions}
-    contracts[contract.pk] = contract
-    missing = {row["contract_id"] for row in order_rows} - set(contracts)
-    if missing:
-        contracts.update({c.pk: c for c in Contract.objects.filter(pk__in=missing)})
+
+def _exposure_sql() -> str:
+    """One round trip for the pre-trade reads: settle-asset balance, open positions and
+    open non-reducing orders per contract and side, each row with its contract's symbol
+    and size. Raw SQL because the ORM's query compilation cost more than the queries."""
+    global _EXPOSURE_SQL
+    if _EXPOSURE_SQL is None:
+        from apps.ledger.models import Account, Asset, Balance
+        from apps.positions.models import Position
+
+        t = {m: m._meta.db_table for m in (Balance, Account, Asset, Position, Order, Contract)}
+        _EXPOSURE_SQL = f"""
+            SELECT 'B', NULL, NULL, NULL, COALESCE(SUM(b.amount), 0), NULL, NULL
+              FROM {t[Balance]} b JOIN {t[Account]} a ON a.id = b.account_id JOIN {t[Asset]} s ON s.id = b.asset_id
+             WHERE a.user_id = %(user)s AND a.kind = ANY(%(kinds)s) AND s.code = %(asset)s
+            UNION ALL
+            SELECT 'P', p.contract_id, c.symbol, c.contract_size, p.size, p.entry_price, NULL
+              FROM {t[Position]} p JOIN {t[Contract]} c ON c.id = p.contract_id
+             WHERE p.user_id = %(user)s AND p.size <> 0
+            UNION ALL
+            SELECT 'O', o.contract_id, c.symbol, c.contract_size, SUM(o.quantity - o.executed_qty), NULL, o.side
+              FROM {t[Order]} o JOIN {t[Contract]} c ON c.id = o.contract_id
+             WHERE o.user_id = %(user)s AND o.status = ANY(%(statuses)s) AND NOT o.reduce_only AND NOT o.close_position
+             GROUP BY o.contract_id, c.symbol, c.contract_size, o.side
+        """
+    return _EXPOSURE_SQL
+
+
+def _exposure_for_pretrade(*, user, contract: Contract) -> tuple[Decimal, dict[str, Decimal], dict]:
+    """(equity, signed position size per symbol in base units, {buys, sells, marks}) of
+    one user: one SQL round trip and one Redis MGET for the marks."""
+    from django.db import connection
+
+    from apps.ledger.models import USER_KINDS
+    from apps.marketdata.selectors import price_latest_many
+
+    with connection.cursor() as cursor:
+        cursor.execute(_exposure_sql(), {"user": user.pk, "kinds": [str(k) for k in USER_KINDS],
+                                         "asset": SETTLE_ASSET, "statuses": [str(s) for s in OPEN_STATUSES]})
+        rows = cursor.fetchall()
+    equity = ZERO
+    contracts = {contract.pk: contract}
+    for kind, contract_id, symbol, _, _, _, _ in rows:
+        if kind != "B" and contract_id not in contracts:
+            contracts[contract_id] = Contract(pk=contract_id, symbol=symbol)
     marks = price_latest_many(contracts=list(contracts.values()))
-    mark_of = {c.symbol: (marks[c.symbol].mark_price if marks.get(c.symbol) is not None else None)
-               for c in contracts.values()}
+    mark_of = {s: (snap.mark_price if snap is not None else None) for s, snap in marks.items()}
     size: dict[str, Decimal] = {}
-    for p in positions:
-        c = p.contract
-        mark = mark_of.get(c.symbol) or p.entry_price
-        mark_of[c.symbol] = mark
-        equity += p.size * (mark - p.entry_price) * c.contract_size
-        size[c.symbol] = p.size * c.contract_size
     buys: dict[str, Decimal] = {}
     sells: dict[str, Decimal] = {}
-    for row in order_rows:
-        c = contracts[row["contract_id"]]
-        target = buys if row["side"] == Side.BUY else sells
-        target[c.symbol] = target.get(c.symbol, ZERO) + (row["open"] or ZERO) * c.contract_size
+    for kind, _, symbol, contract_size, amount, entry, side in rows:
+        if kind == "B":
+            equity += amount
+        elif kind == "P":
+            mark = mark_of.get(symbol) or entry
+            mark_of[symbol] = mark
+            equity += amount * (mark - entry) * contract_size
+            size[symbol] = amount * contract_size
+        else:
+            target = buys if side == Side.BUY else sells
+            target[symbol] = target.get(symbol, ZERO) + (amount or ZERO) * contract_size
     return equity, size, {"buys": buys, "sells": sells, "marks": mark_of}
 
 

@@ -251,3 +251,17 @@ def test_volatility_task_updates_every_contract(book):
 
     assert risk_volatility_update_task.apply().get() == 2
     assert VolatilityEstimate.objects.count() == 2
+
+
+def test_vectorized_stress_equals_the_library():
+    from apps.risk.analytics import run_stress_tests
+    from apps.risk.market import stress_matrix
+
+    rng = np.random.default_rng(4)
+    vols = rng.uniform(0.02, 0.08, 5)
+    corr = np.full((5, 5), 0.6) + 0.4 * np.eye(5)
+    cov = corr * np.outer(vols, vols)
+    w = rng.normal(0, 10_000, (50, 5)) * (rng.random((50, 5)) < 0.6)
+    got = stress_matrix(w, cov)
+    for i in range(50):
+        assert got[i] == pytest.approx([s.pnl for s in run_stress_tests(w[i], cov)], rel=1e-12, abs=1e-9)
