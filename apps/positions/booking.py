@@ -41,6 +41,24 @@ class Fill:
     taker_is_buyer: bool
     price: Decimal
     quantity: Decimal
+    # Liquidation hook (apps.liquidation): set when the taker is a LIQUIDATION order, whose
+    # `price` field carries the bankruptcy price. See `_apply_liquidation` in fills_book.
+    liquidation_order_id: int | None = None
+    bankruptcy_price: Decimal | None = None
+
+
+@dataclass
+class LiquidationOutcome:
+    """What one liquidation order's fills in a batch paid to and drew from the insurance fund."""
+
+    order_id: int
+    user_id: int
+    quantity: Decimal = Decimal(0)
+    notional: Decimal = Decimal(0)
+    clearance_fee: Decimal = Decimal(0)
+    surplus_to_fund: Decimal = Decimal(0)
+    fund_cover: Decimal = Decimal(0)
+    bad_debt: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -129,11 +147,53 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
                 delta[wallet] -= im
         return fee, realized
 
+    # Liquidation hook (apps.liquidation): a LIQUIDATION taker pays no taker fee but the
+    # clearance fee (contract.liquidation_fee_rate × notional, at most the fill's surplus over
+    # the bankruptcy price) to the insurance fund. An isolated position's result is
+    # ring-fenced: everything the fill returns to the wallet beyond that (the rest of the
+    # surplus) goes to the fund too, and a loss beyond the isolated margin is covered by
+    # the fund and then recorded bad debt, never by the wallet. Cross deficits are covered
+    # by `_cover_deficits` below. Each order's outcome is recorded by the liquidation app.
+    outcomes: dict[int, LiquidationOutcome] = {}
+
+    def apply_liquidation(fill: Fill, signed_qty: Decimal) -> tuple[Decimal, Decimal]:
+        user_id, wallet = fill.taker_user_id, wallets[fill.taker_user_id]
+        before = delta[wallet]
+        _, realized = apply(user_id, signed_qty, fill.price, Decimal(0))
+        notional = fill.quantity * fill.price * cs
+        closing_long = signed_qty < 0
+        surplus = (fill.price - fill.bankruptcy_price) * fill.quantity * cs * (1 if closing_long else -1)
+        fee = max(Decimal(0), min(quantize_amount(notional * contract.liquidation_fee_rate, precision),
+                                  quantize_amount(surplus, precision)))
+        delta[wallet] -= fee
+        delta[fund] += fee
+        outcome = outcomes.setdefault(fill.liquidation_order_id, LiquidationOutcome(fill.liquidation_order_id, user_id))
+        outcome.quantity += fill.quantity
+        outcome.notional += notional
+        outcome.clearance_fee += fee
+        if user_id in isolated_users:
+            rest = delta[wallet] - before
+            delta[wallet] -= rest
+            if rest >= 0:
+                delta[fund] += rest
+                outcome.surplus_to_fund += rest
+            else:
+                covered = min(-rest, max(Decimal(0), current[fund] + delta[fund]))
+                delta[fund] -= covered
+                delta[bad_debt] -= -rest - covered
+                outcome.fund_cover += covered
+                outcome.bad_debt += -rest - covered
+        return fee, realized
+
     for fill in fills:
         taker_qty = fill.quantity if fill.taker_is_buyer else -fill.quantity
-        taker_fee, taker_pnl = apply(fill.taker_user_id, taker_qty, fill.price, contract.taker_fee_rate)
+        if fill.liquidation_order_id is None:
+            taker_fee, taker_pnl = apply(fill.taker_user_id, taker_qty, fill.price, contract.taker_fee_rate)
+            fee_income += taker_fee
+        else:
+            taker_fee, taker_pnl = apply_liquidation(fill, taker_qty)
         maker_fee, maker_pnl = apply(fill.maker_user_id, -taker_qty, fill.price, contract.maker_fee_rate)
-        fee_income += taker_fee + maker_fee
+        fee_income += maker_fee
         pnl_clearing -= taker_pnl + maker_pnl
         booking.fills.append(BookedFill(taker_fee, maker_fee, taker_pnl, maker_pnl))
 
@@ -144,13 +204,23 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
 
     delta[system_account(AccountKind.FEE_INCOME).pk] += fee_income
     delta[system_account(AccountKind.PNL_CLEARING).pk] += pnl_clearing
-    _cover_deficits(wallets=wallets, delta=delta, current=current, fund=fund, bad_debt=bad_debt)
+    covers = _cover_deficits(wallets=wallets, delta=delta, current=current, fund=fund, bad_debt=bad_debt)
+    if outcomes:  # liquidation hook: cross deficits of liquidated users, then the records
+        by_user = {o.user_id: o for o in outcomes.values()}
+        for user_id, account in wallets.items():
+            if user_id in by_user and account in covers:
+                by_user[user_id].fund_cover += covers[account][0]
+                by_user[user_id].bad_debt += covers[account][1]
     legs = [Leg(account_id, asset, amount) for account_id, amount in sorted(delta.items()) if amount]
     if legs:
         booking.ledger_transaction_id = ledger_post_many(
             postings=[Posting(kind=TransactionKind.TRADE, legs=legs, reference=reference)]
         )[0].pk
     _write_positions(states.values())
+    if outcomes:
+        from apps.liquidation.services import liquidation_outcomes_record  # liquidation builds on positions
+
+        liquidation_outcomes_record(contract=contract, outcomes=list(outcomes.values()))
     return booking
 
 
@@ -172,8 +242,12 @@ def incomes_record(*, contract, fills: list[Fill], booking: BatchBooking, trade_
 
 
 def _cover_deficits(*, wallets: dict[int, int], delta: dict[int, Decimal], current: dict[int, Decimal],
-                    fund: int, bad_debt: int) -> None:
-    """Top up wallets that would end below zero: from the insurance fund first, then bad debt."""
+                    fund: int, bad_debt: int) -> dict[int, tuple[Decimal, Decimal]]:
+    """Top up wallets that would end below zero: from the insurance fund first, then bad debt.
+
+    Returns account id -> (covered by the fund, recorded as bad debt) for the wallets topped up.
+    """
+    covers: dict[int, tuple[Decimal, Decimal]] = {}
     for account in sorted(wallets.values()):
         missing = -(current[account] + delta[account])
         if missing <= 0:
@@ -182,6 +256,8 @@ def _cover_deficits(*, wallets: dict[int, int], delta: dict[int, Decimal], curre
         delta[account] += missing
         delta[fund] -= covered
         delta[bad_debt] -= missing - covered
+        covers[account] = (covered, missing - covered)
+    return covers
 
 
 def _write_positions(states) -> None:

@@ -28,7 +28,7 @@ from exchange.redis import get_redis
 
 from .engine import RESTING_STATUSES, SymbolEngine
 from .margin import hold_release, order_hold
-from .models import CommandKind, CommandStatus, Order, OrderCommand, OrderStatus, Side, Trade
+from .models import CommandKind, CommandStatus, Order, OrderCommand, OrderStatus, OrderType, Side, Trade
 from .triggers import triggers_fire
 
 logger = logging.getLogger(__name__)
@@ -125,8 +125,13 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
                     qty, price = grid.quantity(int(event["qty"])), grid.price(int(event["price"]))
                     fill_side(state, qty, price)
                     fill_side(maker, qty, price)
+                    # Liquidation hook: a LIQUIDATION taker carries its bankruptcy price (the order's
+                    # `price`) so booking charges the clearance fee and settles the surplus or deficit.
+                    liquidating = state.order.order_type == OrderType.LIQUIDATION
                     fills.append(Fill(taker_user_id=state.order.user_id, maker_user_id=maker.order.user_id,
-                                      taker_is_buyer=state.order.side == Side.BUY, price=price, quantity=qty))
+                                      taker_is_buyer=state.order.side == Side.BUY, price=price, quantity=qty,
+                                      liquidation_order_id=state.order.pk if liquidating else None,
+                                      bankruptcy_price=state.order.price if liquidating else None))
                     trade_rows.append(Trade(contract=contract, price=price, quantity=qty, taker_order_id=state.order.pk,
                                             maker_order_id=maker.order.pk, taker_side=state.order.side,
                                             command_seq=command.seq))
@@ -195,8 +200,21 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
         levels = _levels(engine, touched)
         last_seq = commands[-1].seq
         transaction.on_commit(lambda: _publish(contract, trade_rows, executions, levels, last_seq))
+        if any(c.order.order_type == OrderType.LIQUIDATION for c in commands):
+            # Liquidation hook: the liquidation's next step is decided once these fills are committed.
+            transaction.on_commit(_liquidation_kick)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _liquidation_kick() -> None:
+    """Ask a worker to advance the active liquidations now (the beat sweep does it anyway)."""
+    try:
+        from apps.liquidation.tasks import liquidations_advance_task
+
+        liquidations_advance_task.delay()
+    except Exception:
+        logger.warning("liquidation kick failed", exc_info=True)
 
 
 def _reduce_only_excess(engine: SymbolEngine, fills: list[Fill], orders: dict[int, _OrderState]):

@@ -25,6 +25,7 @@ from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import to_decimal
 from apps.ledger.services import account_get_or_create, ledger_transfer
+from apps.liquidation.selectors import account_frozen
 from apps.positions.models import Position
 from apps.positions.services import position_lock
 from apps.positions.tiers import contract_tiers
@@ -305,6 +306,9 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
 
     with transaction.atomic():
         position = position_lock(user=user, contract=contract)
+        # Liquidation freeze: judged under the balance lock that starting a liquidation also takes.
+        if account_frozen(user_id=user.pk):
+            raise _error("User in liquidation mode now.", ErrorCode.USER_IN_LIQUIDATION)
         exposure = _open_exposure(user=user, contract=contract)
         if exposure["count"] >= contract.max_open_orders:
             raise _error("Reach max open order limit.", ErrorCode.MAX_OPEN_ORDER_EXCEEDED)

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "apps.accounts",
     "apps.contracts",
     "apps.positions",
+    "apps.liquidation",
     "apps.trading",
     "apps.marketdata",
     "apps.risk",

@@ -40,7 +40,13 @@ CELERY_BEAT_SCHEDULE = {
     "settlement-funding-due": {"task": "apps.settlement.tasks.funding_settle_due_task",
                                "schedule": _crontab(minute="*")},
     "settlement-samples-prune": {"task": "apps.settlement.tasks.premium_samples_prune_task", "schedule": 3600.0},
+    # Liquidation (apps.liquidation): screen every open position at the latest marks, margin
+    # calls, start and advance liquidations. The pricefeed can also screen after each mark
+    # (LIQUIDATION_SCREEN_ON_MARK=1).
+    "liquidation-sweep": {"task": "apps.liquidation.tasks.liquidation_sweep_task", "schedule": 2.0},
 }
+# Screen for liquidations in the pricefeed process after each published mark (apps.liquidation).
+LIQUIDATION_SCREEN_ON_MARK = env_bool("LIQUIDATION_SCREEN_ON_MARK", False)
 
 # Prometheus exporters of the Celery processes (apps/ops/celery_metrics.py); 0 turns one
 # off. Prefork children of a worker serve on OPS_METRICS_PORT_WORKER + 1 + child index.

@@ -1,0 +1,464 @@
+"""Margin calls and liquidations: the writes of this app.
+
+Margin calls (`margin_calls_evaluate`): each scope at or below 150% gets a Binance
+MARGIN_CALL event, recorded (`MarginCall`) and published after commit on the Redis
+channel `user:margin_call` as `{"user_id": ..., "event": {"e": "MARGIN_CALL", ...}}`;
+a scope is called again at the same level only after a repeat interval.
+
+Liquidation of a scope (the cross account in an asset, or one isolated position) is a
+state machine advanced one step per transaction, so a crash anywhere resumes where the
+committed state says (`liquidations_advance` is run by the sweep and after every
+matcher batch that held a liquidation order):
+
+1. `liquidation_start`: under the user's balance lock (the one order entry takes)
+   the scope is judged exactly; at or below 100% an ACTIVE `Liquidation` is created
+   (the freeze: order entry now refuses -2023, and the partial unique index stops a
+   second liquidation of the scope) and the account's open orders are cancelled
+   through the journal.
+2. `liquidation_advance`: while the last liquidation order is still open, wait for the
+   matcher. Otherwise judge the scope again; above 100% (or nothing left) finish and
+   unfreeze. Else take the first position in priority order (largest loss, then
+   liquidity = 24 h traded notional, then volatility = last hour's mark range) and
+   journal a reduce-only LIQUIDATION IOC order for the matcher: the smallest
+   reduction into a lower margin tier that brings the ratio above 100%, else the
+   whole position; its worst price is the bankruptcy price. If such an order filled
+   nothing or part (the market gapped through the bankruptcy price), the rest goes at
+   the market (mark ± the contract's market deviation) and the loss beyond bankruptcy
+   is covered by the insurance fund, then recorded as bad debt.
+3. The matcher books the fills; the booking hook (`apps.positions.booking`) charges
+   the clearance fee (and, for isolated positions, the whole surplus above bankruptcy)
+   to the insurance fund, covers deficits from the fund and bad debt, and calls
+   `liquidation_outcomes_record` in the same transaction: one EXECUTION record per order.
+
+Auto-deleveraging is not executed yet (see the README); `selectors.adl_quantiles` ranks.
+"""
+import json
+import logging
+import time
+from datetime import timedelta
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+from django.db import transaction
+from django.db.models import F, Max, Min, Avg, Sum
+from django.utils import timezone
+
+from apps.contracts.models import Contract
+from apps.ledger.models import AccountKind, Asset
+from apps.ledger.services import user_balances_lock
+from apps.marketdata.models import PriceSample
+from apps.positions.booking import LiquidationOutcome
+from apps.positions.risk import position_risk
+from apps.positions.selectors import PositionView, account_overview
+from apps.positions.tiers import contract_tiers
+from apps.trading import doorbell
+from apps.trading.models import (
+    OPEN_STATUSES,
+    CommandKind,
+    Order,
+    OrderCommand,
+    OrderStatus,
+    OrderType,
+    Side,
+    StpMode,
+    Trade,
+    TimeInForce,
+)
+from apps.trading.rules import protection_price
+from apps.trading.services import orders_cancel_all
+from exchange.redis import get_redis
+
+from .conf import liquidation_setting
+from .models import (
+    Liquidation,
+    LiquidationRecord,
+    LiquidationStatus,
+    MarginCall,
+    MarginLevel,
+    RecordKind,
+    Scope,
+)
+from .status import MarginStatus, bankruptcy_price, level_of, statuses_from_overview, thresholds
+
+logger = logging.getLogger(__name__)
+ZERO = Decimal(0)
+MARGIN_CALL_CHANNEL = "user:margin_call"
+LEVEL_RANK = {MarginLevel.NORMAL: 0, MarginLevel.WARNING: 1, MarginLevel.DANGER: 2, MarginLevel.LIQUIDATION: 3}
+RATIO_PLACES = Decimal("1e-18")
+
+
+def _plain(value: Decimal) -> str:
+    return format(value.normalize(), "f") if value else "0"
+
+
+def _ratio_field(ratio: Decimal | None) -> Decimal:
+    if ratio is None:
+        return Decimal("999999")
+    return max(Decimal("-999999"), min(Decimal("999999"), ratio)).quantize(RATIO_PLACES)
+
+
+def _scope_status(user, *, asset_code: str, contract_id: int | None) -> MarginStatus | None:
+    for status in statuses_from_overview(user.pk, account_overview(user=user)):
+        if contract_id is None and status.scope == Scope.CROSS and status.asset == asset_code:
+            return status
+        if contract_id is not None and status.scope == Scope.ISOLATED and status.contract.pk == contract_id:
+            return status
+    return None
+
+
+# Margin calls ------------------------------------------------------------------------------
+
+def margin_call_payload(status: MarginStatus, *, at_ms: int) -> dict:
+    """The Binance USDⓈ-M user data stream MARGIN_CALL event of one scope."""
+    cross = status.scope == Scope.CROSS
+    return {
+        "e": "MARGIN_CALL",
+        "E": at_ms,
+        **({"cw": _plain(status.backing)} if cross else {}),
+        "p": [
+            {
+                "s": v.contract.symbol,
+                "ps": "BOTH",  # one-way mode
+                "pa": _plain(v.position.size),
+                "mt": "CROSSED" if cross else "ISOLATED",
+                "iw": _plain(v.isolated_margin),
+                "mp": _plain(v.mark if v.mark is not None else v.position.entry_price),
+                "up": _plain(v.risk.unrealized_pnl),
+                "mm": _plain(v.risk.maintenance_margin),
+            }
+            for v in status.positions
+        ],
+    }
+
+
+def margin_calls_evaluate(*, user) -> list[MarginCall]:
+    """Record and publish a MARGIN_CALL for each of the user's scopes at WARNING or worse.
+
+    A scope already called at the same or a worse level within the repeat interval is skipped.
+    """
+    repeat = timedelta(seconds=float(liquidation_setting("LIQUIDATION_MARGIN_CALL_REPEAT_SECONDS")))
+    now = timezone.now()
+    calls: list[MarginCall] = []
+    for status in statuses_from_overview(user.pk, account_overview(user=user)):
+        level = status.level
+        if level == MarginLevel.NORMAL:
+            continue
+        contract_id = status.contract.pk if status.contract is not None else None
+        last = (MarginCall.objects.filter(user=user, contract_id=contract_id, scope=status.scope)
+                .order_by("-id").values_list("level", "created_at").first())
+        if last is not None and LEVEL_RANK[last[0]] >= LEVEL_RANK[level] and now - last[1] < repeat:
+            continue
+        deposits = status.deposits
+        calls.append(MarginCall(
+            user=user, scope=status.scope, contract_id=contract_id, level=level, ratio=_ratio_field(status.ratio),
+            equity=status.equity, maintenance=status.maintenance,
+            deposit_required=deposits[MarginLevel.WARNING],
+            payload=margin_call_payload(status, at_ms=int(now.timestamp() * 1000)),
+        ))
+    if calls:
+        with transaction.atomic():
+            MarginCall.objects.bulk_create(calls)
+            messages = [json.dumps({"user_id": user.pk, "event": c.payload}) for c in calls]
+            transaction.on_commit(lambda: _publish(messages))
+    return calls
+
+
+def _publish(messages: list[str]) -> None:
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        for message in messages:
+            pipe.publish(MARGIN_CALL_CHANNEL, message)
+        pipe.execute()
+    except Exception:  # recorded; the client also sees it in the account reads
+        logger.warning("margin call publish failed", exc_info=True)
+
+
+# Liquidation -------------------------------------------------------------------------------
+
+def _record(liquidation: Liquidation, kind: str, **fields) -> LiquidationRecord:
+    return LiquidationRecord.objects.create(liquidation=liquidation, kind=kind, **fields)
+
+
+def liquidation_start(*, user, asset: Asset, contract: Contract | None = None) -> Liquidation | None:
+    """Freeze and start liquidating the scope if it is at or below 100% now; None when it is not."""
+    with transaction.atomic():
+        user_balances_lock(user_id=user.pk, asset=asset)
+        if Liquidation.objects.filter(user=user, contract=contract, status=LiquidationStatus.ACTIVE).exists():
+            return None
+        status = _scope_status(user, asset_code=asset.code, contract_id=contract.pk if contract else None)
+        if status is None or level_of(status.ratio) != MarginLevel.LIQUIDATION:
+            return None
+        liquidation = Liquidation.objects.create(
+            user=user, asset=asset, scope=Scope.ISOLATED if contract else Scope.CROSS, contract=contract,
+            ratio=_ratio_field(status.ratio), equity=status.equity, maintenance=status.maintenance)
+        conditions = [{"type": "INSUFFICIENT_MARGIN", "ratio": str(status.ratio), "threshold":
+                       str(thresholds()[MarginLevel.LIQUIDATION])}]
+        if status.equity <= 0:
+            conditions.append({"type": "NEGATIVE_EQUITY", "equity": str(status.equity)})
+        _record(liquidation, RecordKind.CONDITIONS, ratio=liquidation.ratio, details={
+            "conditions": conditions, "equity": str(status.equity), "maintenance": str(status.maintenance),
+            "backing": str(status.backing), "unrealized": str(status.unrealized),
+            "positions": [_position_detail(v, status) for v in status.positions]})
+        # Cancel open orders: every symbol for the cross account, the position's symbol when isolated.
+        open_orders = Order.objects.filter(user=user, status__in=OPEN_STATUSES).exclude(
+            order_type=OrderType.LIQUIDATION)
+        if contract is not None:
+            open_orders = open_orders.filter(contract=contract)
+        else:
+            open_orders = open_orders.filter(contract__settle_asset=asset)
+        cancelled = {}
+        for symbol_contract in Contract.objects.filter(pk__in=open_orders.values("contract_id")).order_by("pk"):
+            cancelled[symbol_contract.symbol] = orders_cancel_all(user=user, contract=symbol_contract)
+        _record(liquidation, RecordKind.FREEZE, details={"cancelled_orders": cancelled})
+        symbols = [v.contract.symbol for v in status.positions]
+        transaction.on_commit(lambda: _count_started(symbols))
+    liquidation_advance(liquidation=liquidation)
+    liquidation.refresh_from_db()
+    return liquidation
+
+
+def _count_started(symbols: list[str]) -> None:
+    try:
+        from apps.ops.metrics import LIQUIDATIONS
+
+        for symbol in symbols:
+            LIQUIDATIONS.labels(symbol=symbol).inc()
+    except Exception:
+        logger.debug("liquidation metric not counted", exc_info=True)
+
+
+def _position_detail(view: PositionView, status: MarginStatus) -> dict:
+    return {"symbol": view.contract.symbol, "size": str(view.position.size),
+            "entry_price": str(view.position.entry_price), "mark": str(view.mark),
+            "unrealized": str(view.risk.unrealized_pnl), "maintenance": str(view.risk.maintenance_margin),
+            "liquidation_price": str(view.liquidation_price),
+            "bankruptcy_price": str(bankruptcy_price(view, status))}
+
+
+def _market_factors(contract_ids: list[int]) -> tuple[dict[int, Decimal], dict[int, Decimal]]:
+    """Liquidity (24 h traded notional) and volatility (last hour's mark range / mean) per contract."""
+    now = timezone.now()
+    liquidity = dict(Trade.objects.filter(contract_id__in=contract_ids, created_at__gte=now - timedelta(hours=24))
+                     .values("contract_id").annotate(n=Sum(F("price") * F("quantity")))
+                     .values_list("contract_id", "n"))
+    volatility = {}
+    for row in (PriceSample.objects.filter(contract_id__in=contract_ids, at__gte=now - timedelta(hours=1))
+                .values("contract_id").annotate(hi=Max("mark_price"), lo=Min("mark_price"), mean=Avg("mark_price"))):
+        volatility[row["contract_id"]] = (row["hi"] - row["lo"]) / row["mean"] if row["mean"] else ZERO
+    return liquidity, volatility
+
+
+def liquidation_plan(status: MarginStatus) -> list[PositionView]:
+    """The scope's open positions in liquidation order: largest loss, then liquidity, then volatility."""
+    views = [v for v in status.positions if v.position.size]
+    liquidity, volatility = _market_factors([v.contract.pk for v in views])
+    return sorted(views, key=lambda v: (v.risk.unrealized_pnl, -liquidity.get(v.contract.pk, ZERO),
+                                        -volatility.get(v.contract.pk, ZERO), v.contract.pk))
+
+
+def step_quantity(view: PositionView, status: MarginStatus) -> Decimal:
+    """The smallest reduction of the position into a lower margin tier that takes the scope above 100%
+    (judged at the mark, with the clearance fee the booking would charge), else the whole position."""
+    contract, size = view.contract, abs(view.position.size)
+    mark = view.mark if view.mark is not None else view.position.entry_price
+    tiers = contract_tiers(contract)
+    limit = thresholds()[MarginLevel.LIQUIDATION]
+    current = view.risk.tier
+    if current is None or mark <= 0:
+        return size
+    unit = contract.lot_size
+    bankruptcy = bankruptcy_price(view, status)
+    for lower in reversed([t for t in tiers if t.bracket < current.bracket]):
+        # Largest remaining size whose notional is below the lower tier's cap.
+        keep = (lower.notional_cap / (mark * contract.contract_size) / unit).to_integral_value(ROUND_FLOOR) * unit
+        if keep * mark * contract.contract_size >= lower.notional_cap:
+            keep -= unit
+        if keep <= 0 or keep >= size:
+            continue
+        cut = size - keep
+        rest = position_risk(size=keep, entry_price=view.position.entry_price, mark=mark,
+                             leverage=view.position.leverage, contract_size=contract.contract_size, tiers=tiers)
+        maintenance = status.maintenance - view.risk.maintenance_margin + rest.maintenance_margin
+        if status.scope == Scope.ISOLATED:
+            equity = status.equity * keep / size  # the cut part's margin and PnL go to the fund
+        else:  # the clearance fee is at most the surplus of the cut over the bankruptcy price
+            surplus = (mark - bankruptcy) * cut * contract.contract_size * (1 if view.position.size > 0 else -1)
+            fee = cut * mark * contract.contract_size * contract.liquidation_fee_rate
+            equity = status.equity - max(ZERO, min(fee, surplus))
+        if maintenance > 0 and equity / maintenance > limit:
+            return cut
+    return size
+
+
+def _on_grid(price: Decimal, contract: Contract, side: str) -> Decimal:
+    """The bankruptcy price on the tick grid, never worse for the liquidated side, inside the price limits."""
+    tick = contract.tick_size
+    rounding = ROUND_CEILING if side == Side.SELL else ROUND_FLOOR
+    price = (price / tick).to_integral_value(rounding=rounding) * tick
+    return min(max(price, contract.min_price), contract.max_price)
+
+
+def _journal_order(liquidation: Liquidation, view: PositionView, status: MarginStatus, quantity: Decimal,
+                   market: bool) -> Order:
+    contract, position = view.contract, view.position
+    side = Side.SELL if position.size > 0 else Side.BUY
+    bankruptcy = _on_grid(bankruptcy_price(view, status), contract, side)
+    worst = bankruptcy
+    if market:
+        mark = view.mark if view.mark is not None else position.entry_price
+        worst = protection_price(side=side, mark=mark, deviation=contract.market_max_deviation,
+                                 tick=contract.tick_size, min_price=contract.min_price, max_price=contract.max_price)
+    liquidation.steps += 1
+    Liquidation.objects.filter(pk=liquidation.pk).update(steps=liquidation.steps)
+    order = Order.objects.create(
+        user_id=liquidation.user_id, contract=contract, client_order_id=f"liq-{liquidation.pk}-{liquidation.steps}",
+        side=side, order_type=OrderType.LIQUIDATION, time_in_force=TimeInForce.IOC, price=bankruptcy,
+        protection_price=worst, quantity=quantity, reduce_only=True, leverage=position.leverage,
+        stp_mode=StpMode.EXPIRE_MAKER, margin_held=ZERO, status=OrderStatus.PENDING_NEW)
+    OrderCommand.objects.create(contract=contract, kind=CommandKind.NEW, order=order)
+    transaction.on_commit(lambda: doorbell.ring(contract.pk))
+    _record(liquidation, RecordKind.ORDER, symbol=contract.symbol, order=order, quantity=quantity, price=worst,
+            bankruptcy_price=bankruptcy, ratio=_ratio_field(status.ratio),
+            details={"stage": "market" if market else "bankruptcy", "side": side,
+                     "position_size": str(position.size), "mark": str(view.mark), "equity": str(status.equity),
+                     "maintenance": str(status.maintenance)})
+    return order
+
+
+def liquidation_advance(*, liquidation: Liquidation) -> str:
+    """One step of an active liquidation; returns what happened (waiting, ordered, finished, stalled, busy)."""
+    with transaction.atomic():
+        # NO KEY UPDATE: the matcher's booking inserts records pointing at this row (a KEY SHARE lock).
+        liquidation = (Liquidation.objects.select_for_update(no_key=True, skip_locked=True)
+                       .filter(pk=liquidation.pk, status=LiquidationStatus.ACTIVE).select_related("user", "asset")
+                       .first())
+        if liquidation is None:
+            return "busy"
+        last = liquidation.records.filter(kind=RecordKind.ORDER).select_related("order").order_by("-id").first()
+        if last is not None and last.order.status in OPEN_STATUSES:
+            return "waiting"
+        user = liquidation.user
+        user_balances_lock(user_id=user.pk, asset=liquidation.asset)
+        market = False
+        if last is not None and last.order.executed_qty < last.order.quantity and \
+                not liquidation.records.filter(kind=RecordKind.NO_FILL, order=last.order).exists():
+            _record(liquidation, RecordKind.NO_FILL, symbol=last.symbol, order=last.order,
+                    quantity=last.order.quantity - last.order.executed_qty,
+                    details={"stage": last.details.get("stage"), "executed": str(last.order.executed_qty)})
+        if last is not None and last.order.executed_qty < last.order.quantity:
+            if last.details.get("stage") == "market" and last.order.executed_qty == 0:
+                _stalled(liquidation, last)
+                return "stalled"
+            market = last.details.get("stage") == "bankruptcy"
+        status = _scope_status(user, asset_code=liquidation.asset.code, contract_id=liquidation.contract_id)
+        limit = thresholds()[MarginLevel.LIQUIDATION]
+        if status is None or status.ratio is None or status.ratio > limit:
+            _finish(liquidation, status)
+            return "finished"
+        plan = liquidation_plan(status)
+        if last is None:
+            _record(liquidation, RecordKind.PLAN, ratio=_ratio_field(status.ratio),
+                    details={"order": [_position_detail(v, status) for v in plan]})
+        view = plan[0]
+        if market and last.order.contract_id != view.contract.pk:
+            market = False  # the gapped position is not first any more: start again at bankruptcy
+        quantity = abs(view.position.size) if market else step_quantity(view, status)
+        _journal_order(liquidation, view, status, quantity, market)
+    return "ordered"
+
+
+def _stalled(liquidation: Liquidation, last: LiquidationRecord) -> None:
+    """Nothing filled even at the market: stay frozen, alert ops, retry on the next sweep."""
+    key = f"liquidation_stalled:{liquidation.pk}"
+    transaction.on_commit(lambda: _alert(key, liquidation, last.symbol))
+    # The next advance starts again at the bankruptcy price, then the market.
+    last.details = {**last.details, "stage": "stalled"}
+    last.save(update_fields=["details"])
+
+
+def _alert(key: str, liquidation: Liquidation, symbol: str) -> None:
+    try:
+        from apps.ops.alerts import alert_raise
+        from apps.ops.models import AlertLevel
+
+        alert_raise(key=key, level=AlertLevel.CRITICAL,
+                    message=f"Liquidation #{liquidation.pk} of user {liquidation.user_id} cannot fill on {symbol}: "
+                            "no liquidity even at the market price.",
+                    details={"liquidation_id": liquidation.pk, "symbol": symbol})
+    except Exception:
+        logger.exception("liquidation alert failed")
+
+
+def _finish(liquidation: Liquidation, status: MarginStatus | None) -> None:
+    now = timezone.now()
+    Liquidation.objects.filter(pk=liquidation.pk).update(status=LiquidationStatus.DONE, finished_at=now)
+    totals = liquidation.records.filter(kind=RecordKind.EXECUTION).aggregate(
+        fee=Sum("clearance_fee"), surplus=Sum("surplus_to_fund"), cover=Sum("fund_cover"), bad=Sum("bad_debt"))
+    _record(liquidation, RecordKind.FINISHED,
+            ratio=_ratio_field(status.ratio) if status is not None else None,
+            details={"equity": str(status.equity) if status else "0",
+                     "maintenance": str(status.maintenance) if status else "0",
+                     "positions_left": [_position_detail(v, status) for v in status.positions] if status else [],
+                     **{k: str(v or 0) for k, v in totals.items()}})
+
+
+def liquidation_outcomes_record(*, contract: Contract, outcomes: list[LiquidationOutcome]) -> None:
+    """Called by the matcher's booking, in the batch transaction: one EXECUTION record per liquidation order."""
+    orders = {o.pk: o for o in Order.objects.filter(pk__in=[x.order_id for x in outcomes])}
+    steps = {r.order_id: r.liquidation_id for r in LiquidationRecord.objects.filter(
+        kind=RecordKind.ORDER, order_id__in=list(orders))}
+    rows = []
+    for outcome in outcomes:
+        liquidation_id = steps.get(outcome.order_id)
+        if liquidation_id is None:
+            logger.error("liquidation order %s has no liquidation", outcome.order_id)
+            continue
+        order = orders[outcome.order_id]
+        rows.append(LiquidationRecord(
+            liquidation_id=liquidation_id, kind=RecordKind.EXECUTION, symbol=contract.symbol, order=order,
+            quantity=outcome.quantity, price=outcome.notional / (outcome.quantity * contract.contract_size),
+            bankruptcy_price=order.price, clearance_fee=outcome.clearance_fee,
+            surplus_to_fund=outcome.surplus_to_fund, fund_cover=outcome.fund_cover, bad_debt=outcome.bad_debt,
+            details={"notional": str(outcome.notional)}))
+    LiquidationRecord.objects.bulk_create(rows)
+
+
+def liquidations_advance() -> dict[str, int]:
+    """Advance every active liquidation one step (the sweep, and after matcher batches)."""
+    counts: dict[str, int] = {}
+    for liquidation in Liquidation.objects.filter(status=LiquidationStatus.ACTIVE).order_by("pk"):
+        outcome = liquidation_advance(liquidation=liquidation)
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+def liquidation_nominees_process(*, cross: list[tuple[int, int]], isolated: list[tuple[int, int]]) -> dict:
+    """Judge the screen's nominees exactly: margin calls for all, liquidations for those at or below 100%."""
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model().objects.in_bulk({u for u, _ in cross} | {u for u, _ in isolated})
+    assets = Asset.objects.in_bulk({a for _, a in cross})
+    contracts = Contract.objects.select_related("settle_asset").in_bulk({c for _, c in isolated})
+    started = 0
+    for user in users.values():
+        margin_calls_evaluate(user=user)
+    for user_id, asset_id in cross:
+        started += liquidation_start(user=users[user_id], asset=assets[asset_id]) is not None
+    for user_id, contract_id in isolated:
+        contract = contracts[contract_id]
+        started += liquidation_start(user=users[user_id], asset=contract.settle_asset, contract=contract) is not None
+    return {"nominees": len(cross) + len(isolated), "started": started}
+
+
+def liquidation_sweep() -> dict:
+    """Screen every open position at the latest marks, process the nominees, advance active liquidations."""
+    from .screen import ScreenBook, latest_marks
+
+    started = time.perf_counter()
+    book = ScreenBook.load()
+    loaded = time.perf_counter()
+    marks = latest_marks(book.contract_ids)
+    hits = book.screen(marks, ratio=float(thresholds()[MarginLevel.WARNING]))
+    result = liquidation_nominees_process(cross=hits.cross, isolated=hits.isolated)
+    result.update(advanced=liquidations_advance(), positions=book.positions,
+                  load_ms=round((loaded - started) * 1000, 1), screen_ms=round(hits.seconds * 1000, 2))
+    return result

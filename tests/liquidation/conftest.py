@@ -1,0 +1,73 @@
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from apps.ledger.models import AccountKind, TransactionKind
+from apps.ledger.services import Leg, ledger_post, system_account, wallet_deposit
+from apps.liquidation.selectors import adl_cache_forget
+from apps.marketdata.services import price_publish
+from apps.positions.models import MarginType
+from apps.positions.services import leverage_change, margin_type_change
+from apps.trading.engine import SymbolEngine
+from apps.trading.matching import batch_process
+from apps.trading.services import order_place
+
+D = Decimal
+
+
+@pytest.fixture(autouse=True)
+def _adl_cache():
+    adl_cache_forget()
+    yield
+    adl_cache_forget()
+
+
+@pytest.fixture
+def funded(make_user, usdt, btcusdt):
+    def make(name: str, amount="100000", *, leverage: int | None = None, isolated: bool = False):
+        user = make_user(name)
+        wallet_deposit(user=user, asset=usdt, amount=D(amount))
+        if isolated:
+            margin_type_change(user=user, contract=btcusdt, margin_type=MarginType.ISOLATED)
+        if leverage is not None:
+            leverage_change(user=user, contract=btcusdt, leverage=leverage)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def engine(btcusdt):
+    return SymbolEngine(btcusdt)
+
+
+@pytest.fixture
+def mark(btcusdt):
+    def publish(price, contract=None):
+        price_publish(contract=contract or btcusdt, index_price=D(price), mark_price=D(price), at=timezone.now())
+
+    return publish
+
+
+@pytest.fixture
+def trade(btcusdt, engine):
+    """maker rests `side` qty @ price, taker takes it; one batch."""
+
+    def run(maker, taker, side, qty, price):
+        order_place(user=maker, contract=btcusdt, side=side, quantity=D(qty), price=D(price))
+        order_place(user=taker, contract=btcusdt, side="SELL" if side == "BUY" else "BUY", quantity=D(qty),
+                    price=D(price))
+        return batch_process(engine)
+
+    return run
+
+
+@pytest.fixture
+def fund_seed(usdt):
+    def seed(amount):
+        ledger_post(kind=TransactionKind.INSURANCE, legs=[
+            Leg(system_account(AccountKind.INSURANCE_FUND), usdt, D(amount)),
+            Leg(system_account(AccountKind.EXTERNAL), usdt, -D(amount))], memo="fund seed")
+
+    return seed

@@ -1,0 +1,201 @@
+"""Liquidations through the real matcher batch: cross partial, isolated full, gaps into the
+insurance fund and beyond it into bad debt; invariants after every scenario."""
+from decimal import Decimal
+
+import pytest
+
+from apps.ledger.models import AccountKind
+from apps.ledger.selectors import balance_amount
+from apps.ledger.services import account_get_or_create, system_account
+from apps.liquidation.models import Liquidation, LiquidationRecord, LiquidationStatus, RecordKind
+from apps.liquidation.selectors import account_frozen, margin_status
+from apps.liquidation.services import liquidation_advance, liquidation_sweep
+from apps.ops.invariants import run_all_invariants
+from apps.positions.models import Position
+from apps.trading.errors import OrderRejected
+from apps.trading.matching import batch_process
+from apps.trading.models import Order, OrderStatus, OrderType
+from apps.trading.services import order_place
+from exchange.errors import ErrorCode
+
+D = Decimal
+
+
+def usdt_of(account) -> Decimal:
+    return balance_amount(account=account, asset_code="USDT")
+
+
+def wallet_of(user) -> Decimal:
+    return usdt_of(account_get_or_create(kind=AccountKind.WALLET, user=user))
+
+
+def fund() -> Decimal:
+    return usdt_of(system_account(AccountKind.INSURANCE_FUND))
+
+
+def bad_debt() -> Decimal:
+    return usdt_of(system_account(AccountKind.BAD_DEBT))
+
+
+def size_of(user) -> Decimal:
+    return Position.objects.get(user=user).size
+
+
+def records(liquidation, kind):
+    return list(LiquidationRecord.objects.filter(liquidation=liquidation, kind=kind).order_by("id"))
+
+
+def test_cross_account_is_liquidated_partially_into_a_lower_tier(funded, trade, mark, btcusdt, engine):
+    alice = funded("alice", "4420", leverage=25)
+    bob = funded("bob")
+    mark("50000")
+    trade(alice, bob, "BUY", "2", "50000")  # alice the maker: fee 20; cross wallet 4,400
+    assert wallet_of(alice) == D("4400")
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("1"), price=D("48000"))  # the bid
+    batch_process(engine)
+    mark("48000")
+    # equity 4,400 − 4,000 = 400; notional 96,000 in tier 2: MM 480 − 50 = 430; ratio 0.93
+    status = margin_status(user=alice)
+    assert (status.equity, status.maintenance) == (D("400"), D("430"))
+
+    result = liquidation_sweep()
+    assert result["started"] == 1
+    liquidation = Liquidation.objects.get(user=alice)
+    assert liquidation.status == LiquidationStatus.ACTIVE and account_frozen(user_id=alice.pk)
+    with pytest.raises(OrderRejected) as refused:
+        order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.1"), price=D("49000"))
+    assert refused.value.code == ErrorCode.USER_IN_LIQUIDATION
+    [order_record] = records(liquidation, RecordKind.ORDER)
+    order = order_record.order
+    # Down into tier 1: keep floor(50,000 / 48,000) = 1.041 BTC, sell 0.959 no worse than the
+    # bankruptcy price 50,000 − 4,400 / 2 = 47,800.
+    assert (order.order_type, order.side, order.time_in_force) == (OrderType.LIQUIDATION, "SELL", "IOC")
+    assert (order.quantity, order.price, order.protection_price) == (D("0.959"), D("47800"), D("47800"))
+    assert liquidation_advance(liquidation=liquidation) == "waiting"
+
+    batch_process(engine)
+    order.refresh_from_db()
+    assert order.status == OrderStatus.FILLED
+    # Filled at bob's 48,000: realized −2,000 × 0.959 = −1,918; surplus over bankruptcy
+    # 200 × 0.959 = 191.8 caps the clearance fee (0.959 × 48,000 × 1.25% = 575.4): 191.8 to the fund.
+    [execution] = records(liquidation, RecordKind.EXECUTION)
+    assert (execution.quantity, execution.price, execution.clearance_fee) == (D("0.959"), D("48000"), D("191.8"))
+    assert (execution.fund_cover, execution.bad_debt) == (0, 0)
+    assert fund() == D("191.8")
+    assert wallet_of(alice) == D("4400") - D("1918") - D("191.8")
+    assert size_of(alice) == D("1.041")
+
+    assert liquidation_advance(liquidation=liquidation) == "finished"
+    liquidation.refresh_from_db()
+    assert liquidation.status == LiquidationStatus.DONE and not account_frozen(user_id=alice.pk)
+    # equity 2,290.2 − 2,082 = 208.2 over MM 1.041 × 48,000 × 0.4% = 199.872: above 100%
+    status = margin_status(user=alice)
+    assert (status.equity, status.maintenance) == (D("208.2"), D("199.872")) and status.ratio > 1
+    kinds = [r.kind for r in liquidation.records.order_by("id")]
+    assert kinds == [RecordKind.CONDITIONS, RecordKind.FREEZE, RecordKind.PLAN, RecordKind.ORDER,
+                     RecordKind.EXECUTION, RecordKind.FINISHED]
+    order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.1"), price=D("49000"))  # unfrozen
+    assert liquidation_sweep()["started"] == 0  # nothing liquidated twice
+    assert run_all_invariants() == []
+
+
+def _isolated_short(funded, trade, mark):
+    carol = funded("carol", "10000", leverage=10, isolated=True)
+    dave = funded("dave")
+    mark("50000")
+    trade(dave, carol, "BUY", "1", "50000")  # carol: taker fee 20, isolated margin 5,000
+    assert wallet_of(carol) == D("4980")
+    return carol, dave
+
+
+def test_isolated_position_is_liquidated_fully_and_the_wallet_is_untouched(funded, trade, mark, btcusdt, engine):
+    carol, dave = _isolated_short(funded, trade, mark)
+    eve = funded("eve")
+    order_place(user=eve, contract=btcusdt, side="SELL", quantity=D("1"), price=D("54950"))
+    order_place(user=carol, contract=btcusdt, side="BUY", quantity=D("0.5"), price=D("40000"))  # cancelled
+    batch_process(engine)
+    mark("54900")  # equity 5,000 − 4,900 = 100 vs MM 54,900 × 0.5% − 50 = 224.5
+    assert liquidation_sweep()["started"] == 1
+    liquidation = Liquidation.objects.get(user=carol)
+    assert liquidation.contract == btcusdt
+    [order] = [r.order for r in records(liquidation, RecordKind.ORDER)]
+    assert (order.side, order.quantity, order.price) == ("BUY", D("1"), D("55000"))  # whole, worst 55,000
+    batch_process(engine)  # the cancel, then the liquidation order fills at eve's 54,950
+    assert Order.objects.get(user=carol, price=D("40000")).status == OrderStatus.CANCELED
+    [execution] = records(liquidation, RecordKind.EXECUTION)
+    # surplus (55,000 − 54,950) × 1 = 50 = clearance fee; the isolated margin is consumed entirely
+    assert (execution.price, execution.clearance_fee, execution.surplus_to_fund) == (D("54950"), D("50"), D("0"))
+    assert fund() == D("50") and size_of(carol) == 0
+    assert wallet_of(carol) == D("4980")  # an isolated loss never touches the wallet
+    assert usdt_of(account_get_or_create(kind=AccountKind.ISOLATED_MARGIN, user=carol, contract=btcusdt)) == 0
+    assert liquidation_advance(liquidation=liquidation) == "finished"
+    assert not account_frozen(user_id=carol.pk)
+    assert run_all_invariants() == []
+
+
+def test_gap_through_bankruptcy_is_covered_by_the_insurance_fund(funded, trade, mark, btcusdt, engine, fund_seed):
+    fund_seed("10000")
+    carol, dave = _isolated_short(funded, trade, mark)
+    eve = funded("eve")
+    order_place(user=eve, contract=btcusdt, side="SELL", quantity=D("1"), price=D("56000"))
+    batch_process(engine)
+    mark("56000")  # beyond the bankruptcy price 55,000
+    assert liquidation_sweep()["started"] == 1
+    liquidation = Liquidation.objects.get(user=carol)
+    batch_process(engine)  # no ask at or under 55,000: nothing fills
+    assert liquidation_advance(liquidation=liquidation) == "ordered"
+    no_fill = records(liquidation, RecordKind.NO_FILL)
+    assert len(no_fill) == 1 and no_fill[0].quantity == D("1")
+    market = records(liquidation, RecordKind.ORDER)[-1]
+    assert market.details["stage"] == "market" and market.order.protection_price == D("72800")  # mark + 30%
+    batch_process(engine)
+    [execution] = records(liquidation, RecordKind.EXECUTION)
+    # realized (50,000 − 56,000) = −6,000 against the 5,000 margin: 1,000 from the fund
+    assert (execution.price, execution.clearance_fee, execution.fund_cover, execution.bad_debt) == \
+        (D("56000"), 0, D("1000"), 0)
+    assert fund() == D("9000") and bad_debt() == 0 and wallet_of(carol) == D("4980")
+    assert liquidation_advance(liquidation=liquidation) == "finished"
+    assert run_all_invariants() == []
+
+
+def test_deficit_beyond_the_fund_is_recorded_bad_debt(funded, trade, mark, btcusdt, engine, fund_seed):
+    fund_seed("300")
+    carol, dave = _isolated_short(funded, trade, mark)
+    eve = funded("eve")
+    order_place(user=eve, contract=btcusdt, side="SELL", quantity=D("1"), price=D("56000"))
+    batch_process(engine)
+    mark("56000")
+    liquidation_sweep()
+    liquidation = Liquidation.objects.get(user=carol)
+    batch_process(engine)
+    liquidation_advance(liquidation=liquidation)
+    batch_process(engine)
+    [execution] = records(liquidation, RecordKind.EXECUTION)
+    assert (execution.fund_cover, execution.bad_debt) == (D("300"), D("700"))
+    assert fund() == 0 and bad_debt() == D("-700") and wallet_of(carol) == D("4980")
+    assert liquidation_advance(liquidation=liquidation) == "finished"
+    finished = records(liquidation, RecordKind.FINISHED)[0]
+    assert finished.details["bad"] == "700.000000000000000000"
+    assert run_all_invariants() == []
+
+
+def test_cross_gap_deficit_is_covered_by_the_fund(funded, trade, mark, btcusdt, engine, fund_seed):
+    fund_seed("5000")
+    alice = funded("alice", "3000")
+    bob = funded("bob")
+    mark("50000")
+    trade(alice, bob, "BUY", "1", "50000")  # cross wallet 2,990; bankruptcy 47,010
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("1"), price=D("46000"))
+    batch_process(engine)
+    mark("46000")
+    liquidation_sweep()
+    liquidation = Liquidation.objects.get(user=alice)
+    batch_process(engine)  # nothing at or above 47,010
+    assert liquidation_advance(liquidation=liquidation) == "ordered"
+    batch_process(engine)  # at the market: 46,000
+    [execution] = records(liquidation, RecordKind.EXECUTION)
+    # realized −4,000 against a 2,990 wallet: 1,010 from the fund, the wallet ends at zero
+    assert (execution.fund_cover, execution.bad_debt) == (D("1010"), 0)
+    assert wallet_of(alice) == 0 and fund() == D("3990")
+    assert liquidation_advance(liquidation=liquidation) == "finished"
+    assert run_all_invariants() == []
