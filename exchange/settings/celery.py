@@ -29,10 +29,6 @@ CELERY_BEAT_SCHEDULE = {
     "risk-volatility-hourly": {"task": "apps.risk.tasks.risk_volatility_update_task", "schedule": 3600.0},
     # Every account with open positions; keep equal to RISK_ASSESS_INTERVAL_SECONDS (the run's bucket).
     "risk-assess-accounts": {"task": "apps.risk.tasks.risk_assess_task", "schedule": 900.0},
-    # Volatility estimates and margin adjustments (the one-hour cache order entry reads).
-    "risk-volatility-hourly": {"task": "apps.risk.tasks.risk_volatility_update_task", "schedule": 3600.0},
-    # Every account with open positions; keep equal to RISK_ASSESS_INTERVAL_SECONDS (the run's bucket).
-    "risk-assess-accounts": {"task": "apps.risk.tasks.risk_assess_task", "schedule": 900.0},
     # Funding (apps.settlement): a premium sample per perpetual every FUNDING_SAMPLE_SECONDS,
     # settlement of due (and missed) funding times every minute at :00, sample retention.
     "settlement-premium-sample": {"task": "apps.settlement.tasks.premium_sample_task",
