@@ -11,6 +11,7 @@ run: setup
 	scripts/run.sh
 
 test: setup
+	scripts/browser.sh
 	scripts/test.sh
 
 stop:
