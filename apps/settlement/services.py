@@ -40,14 +40,13 @@ from django.db.models import F
 from django.utils import timezone
 
 from apps.contracts.models import Contract, FundingPolicy
-from apps.ledger.models import Account, AccountKind, Income, IncomeType, TransactionKind
+from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
 from apps.ledger.money import quantize_amount
 from apps.ledger.services import Leg, Posting, accounts_for_users, balances_lock, ledger_post_many, system_account
 from apps.marketdata.engine.quotes import to_ms
 from apps.marketdata.models import PriceSample
 from apps.marketdata.selectors import price_latest
 from apps.positions.booking import _cover_deficits as cover_deficits
-from apps.positions.models import MarginType, Position
 from exchange.errors import ErrorCode, ExchangeError
 from exchange.redis import get_redis
 
@@ -341,11 +340,3 @@ def funding_settle_due(*, now: datetime | None = None) -> list[FundingSettlement
                 break
     return done
 
-
-def account_for_position(position: Position) -> Account:
-    """The account a position's funding moves (tests, admin)."""
-    from apps.ledger.services import account_get_or_create
-
-    if position.margin_type == MarginType.ISOLATED:
-        return account_get_or_create(kind=AccountKind.ISOLATED_MARGIN, user=position.user, contract=position.contract)
-    return account_get_or_create(kind=AccountKind.WALLET, user=position.user)

@@ -8,7 +8,9 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 import time_machine
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connections
 
 from apps.contracts.models import FundingPolicy
 from apps.marketdata.engine.quotes import to_ms
@@ -153,6 +155,8 @@ def test_mark_price_stream_carries_r_and_t(btcusdt):
             await relay._prices([{"s": "BTCUSDT", "p": "50000", "i": "49990", "t": 1}], client)
         finally:
             await client.aclose()
+            # The relay read the contracts in a worker thread: close that thread's connection.
+            await sync_to_async(connections.close_all)()
 
     with time_machine.travel(START + timedelta(hours=2), tick=False):
         asyncio.run(body())

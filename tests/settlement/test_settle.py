@@ -1,6 +1,6 @@
 """Funding settlement with hand-computed numbers: who pays, how much, the dust, the
 accounts it moves, the income lines, the history row; idempotency; catch-up; bad inputs."""
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
