@@ -30,6 +30,7 @@ from apps.positions.tiers import contract_tiers
 from .conf import liquidation_setting
 
 logger = logging.getLogger(__name__)
+BAND = 1e13  # notional band per contract in the flat tier search (far above any notional)
 
 
 @dataclass
@@ -136,6 +137,24 @@ class ScreenBook:
             isolated=np.array(columns[4], dtype=bool), isolated_margin=np.array(columns[5], dtype=float),
             asset_id=np.array(columns[6], dtype=np.int64), wallets=wallets)
 
+    def _tier_index(self):
+        """Flat per-contract tier tables: banded caps (all but the last tier's), and rates/amounts."""
+        cached = getattr(self, "_tiers_flat", None)
+        if cached is None:
+            keys, starts, rates, amounts, offsets = [], [], [], [], []
+            for i in range(len(self.contract_ids)):
+                count = int(self.tier_count[i])
+                starts.append(len(keys))
+                keys.extend(i * BAND + self.caps[i, j] for j in range(max(0, count - 1)))
+                offsets.append(len(rates))
+                rates.extend(self.rates[i, :max(1, count)])
+                amounts.extend(self.amounts[i, :max(1, count)])
+            cached = (np.array(keys, dtype=float), np.array(starts, dtype=np.int64), np.array(rates, dtype=float),
+                      np.array(amounts, dtype=float))
+            self._tier_offsets = np.array(offsets, dtype=np.int64)
+            self._tiers_flat = cached
+        return cached
+
     def mark_vector(self, marks: dict[int, float]) -> np.ndarray:
         """Per-contract marks in column order (NaN where a contract has none: its positions are skipped)."""
         return np.array([marks.get(int(c), np.nan) for c in self.contract_ids], dtype=float)
@@ -153,9 +172,14 @@ class ScreenBook:
         mark = np.where(priced, mark, self.entry)
         qty = self.size * self.contract_size[ci]
         notional = np.abs(qty) * mark
-        # Tier = number of caps at or below the notional (caps are ascending, +inf padded).
-        tier = (notional[:, None] >= self.caps[ci]).sum(axis=1)
-        maintenance = np.maximum(0.0, notional * self.rates[ci, tier] - self.amounts[ci, tier])
+        # Tier: one searchsorted over every contract's caps, each contract's shifted into its own
+        # band (notional + index × BAND); the maintenance margin is continuous at a cap, so the
+        # float rounding of the shifted key near a cap changes nothing that matters.
+        keys, starts, rates, amounts = self._tier_index()
+        slot = np.searchsorted(keys, ci * BAND + notional, side="right")
+        tier = np.minimum(slot - starts[ci], self.tier_count[ci] - 1).clip(min=0)
+        flat = self._tier_offsets[ci] + tier
+        maintenance = np.maximum(0.0, notional * rates[flat] - amounts[flat])
         upnl = (mark - self.entry) * qty
         iso = self.isolated & priced
         iso_hit = iso & (maintenance > 0) & (self.isolated_margin + upnl <= limit * maintenance)
