@@ -38,12 +38,17 @@ from exchange.redis import get_redis
 from .doorbell import CHANNEL as DOORBELL_CHANNEL
 from .engine import SymbolEngine
 from .matching import batch_process
+from .models import CommandStatus, OrderCommand
+from .quarantine import command_quarantine
 
 logger = logging.getLogger(__name__)
 LEASE_NAMESPACE = 0x4D41  # "MA": first key of the two-int advisory lock
 HEARTBEAT_EVERY = 1.0
 LEASE_RETRY_SECONDS = 0.5
-LEADER_KEY = "matcher:leader:{symbol}"  # OS pid of the lease holder, for ops and tests
+LEADER_KEY = "matcher:leader:{symbol}"
+# Failed batches before matching one command at a time, and (twice as many) before the
+# command that still fails alone is quarantined.
+POISON_AFTER = 3  # OS pid of the lease holder, for ops and tests
 
 COMMANDS = Counter("matcher_commands_total", "Journal commands processed", ["symbol"])
 TRADES = Counter("matcher_trades_total", "Trades produced", ["symbol"])
@@ -75,6 +80,7 @@ class Matcher:
         self._last_heartbeat = 0.0
         self._last_lease_attempt = -LEASE_RETRY_SECONDS
         self._last_sample = time.monotonic()
+        self._failures: dict[str, int] = {}  # consecutive failed batches per symbol
         self._batch_window = HistogramWindow(BATCH_SECONDS, SAMPLE_EVERY)
         self._counted: dict[str, list[float]] = {}  # symbol → [commands, trades] since the last sample
 
@@ -104,12 +110,18 @@ class Matcher:
         """Process one batch per held symbol; returns the number of commands processed."""
         processed = 0
         for symbol, engine in self.engines.items():
+            # After a failed batch, one command per batch until one succeeds: a command that
+            # keeps failing on its own is a poison command and is set aside.
+            single = self._failures.get(symbol, 0) >= POISON_AFTER
             try:
-                result = batch_process(engine, limit=self.batch_size)
-            except Exception:
+                result = batch_process(engine, limit=1 if single else self.batch_size)
+            except Exception as exc:
                 logger.exception("batch for %s failed; its transaction rolled back", symbol)
                 self._recover(engine)
+                if symbol in self.engines:
+                    self._failed(symbol, single, exc)
                 return processed
+            self._failures.pop(symbol, None)
             if result is None:
                 continue
             processed += result.commands
@@ -123,6 +135,14 @@ class Matcher:
             counted[0] += result.commands
             counted[1] += len(result.trades)
         return processed
+
+    def _failed(self, symbol: str, single: bool, exc: Exception) -> None:
+        failures = self._failures.get(symbol, 0) + 1
+        self._failures[symbol] = failures
+        if single and failures >= 2 * POISON_AFTER:
+            seq = pending_head(self.engines[symbol].contract)
+            if seq is not None and command_quarantine(seq=seq, error=f"{type(exc).__name__}: {exc}"):
+                self._failures[symbol] = POISON_AFTER  # stay careful for the next command
 
     def _recover(self, engine: SymbolEngine) -> None:
         """After a failed batch: rebuild the book from the database, or give up every lease.
@@ -229,6 +249,12 @@ class Matcher:
             pubsub.get_message(timeout=self.poll_seconds)
         except Exception:
             time.sleep(self.poll_seconds)
+
+
+def pending_head(contract) -> int | None:
+    """Sequence number of the contract's first pending command (the one a batch of 1 takes)."""
+    return (OrderCommand.objects.filter(contract=contract, status=CommandStatus.PENDING)
+            .order_by("seq").values_list("seq", flat=True).first())
 
 
 def pin_cpu() -> None:

@@ -158,6 +158,9 @@ class CommandKind(models.TextChoices):
 class CommandStatus(models.TextChoices):
     PENDING = "PENDING"
     DONE = "DONE"
+    # A command whose processing failed repeatedly on its own: set aside so the symbol's
+    # journal moves on; ops are alerted (apps/trading/quarantine.py).
+    QUARANTINED = "QUARANTINED"
 
 
 class OrderCommand(models.Model):
@@ -178,7 +181,7 @@ class OrderCommand(models.Model):
     # AMEND: extra margin moved into ORDER_MARGIN when the amend was accepted; the matcher
     # adds it to the order's hold when the amend applies, and releases it when it is refused.
     margin_added = MoneyField(default=Decimal("0"))
-    status = models.CharField(max_length=8, choices=CommandStatus.choices, default=CommandStatus.PENDING)
+    status = models.CharField(max_length=12, choices=CommandStatus.choices, default=CommandStatus.PENDING)
     created_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)
 
