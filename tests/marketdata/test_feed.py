@@ -172,9 +172,10 @@ def test_minutes_are_recorded_for_settlement(feed, t0, btcusdt):
 def test_premium_index_one_symbol_and_list(client, btcusdt, ethusdt, clean_redis, t0):
     price_publish(contract=btcusdt, index_price=D("90000.12345678"), mark_price=D("90010.1"), at=t0)
     body = client.get("/fapi/v1/premiumIndex", {"symbol": "BTCUSDT"}).json()
+    # No premium samples yet: the predicted rate is the interest component alone.
     assert body == {
         "symbol": "BTCUSDT", "markPrice": "90010.10000000", "indexPrice": "90000.12345678",
-        "estimatedSettlePrice": "90000.12345678", "lastFundingRate": "0.00000000", "interestRate": "0.00010000",
+        "estimatedSettlePrice": "90000.12345678", "lastFundingRate": "0.00010000", "interestRate": "0.00010000",
         "nextFundingTime": body["nextFundingTime"], "time": to_ms(t0),
     }
     assert body["nextFundingTime"] % (8 * 3600 * 1000) == 0 and body["nextFundingTime"] > to_ms(timezone.now())
