@@ -39,11 +39,11 @@ from datetime import timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from django.db import transaction
-from django.db.models import F, Max, Min, Avg, Sum
+from django.db.models import Avg, F, Max, Min, Sum
 from django.utils import timezone
 
 from apps.contracts.models import Contract
-from apps.ledger.models import AccountKind, Asset
+from apps.ledger.models import Asset
 from apps.ledger.services import user_balances_lock
 from apps.marketdata.models import PriceSample
 from apps.positions.booking import LiquidationOutcome

@@ -1,7 +1,6 @@
 """Margin status, levels, deposits, liquidation and bankruptcy prices against hand-computed numbers."""
 from decimal import Decimal
 
-import pytest
 
 from apps.liquidation.models import MarginCall, MarginLevel, Scope
 from apps.liquidation.selectors import adl_quantiles, margin_status, margin_statuses
