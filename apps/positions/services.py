@@ -31,13 +31,18 @@ def position_lock(*, user, contract: Contract) -> Position:
     orders, so anything that takes a position or order lock and later moves money must
     have locked the money first, or the two can deadlock.
     """
-    user_balances_lock(user_id=user.pk, asset=contract.settle_asset)
+    return position_and_balances_lock(user=user, contract=contract)[0]
+
+
+def position_and_balances_lock(*, user, contract: Contract) -> tuple[Position, dict[int, Decimal]]:
+    """`position_lock`, also returning the locked balances (account id -> amount)."""
+    balances = user_balances_lock(user_id=user.pk, asset=contract.settle_asset)
     rows = Position.objects.select_for_update().filter(user=user, contract=contract)
     position = rows.first()
     if position is None:
         Position.objects.bulk_create([Position(user=user, contract=contract)], ignore_conflicts=True)
         position = rows.get()
-    return position
+    return position, balances
 
 
 def max_notional_for_leverage(contract: Contract, leverage: int) -> Decimal:

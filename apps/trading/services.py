@@ -26,8 +26,10 @@ from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import to_decimal
 from apps.ledger.services import account_get_or_create, ledger_transfer
 from apps.liquidation.selectors import account_frozen
+from apps.ops.metrics import RISK_CHECK, measure_latency
 from apps.positions.models import Position
-from apps.positions.services import position_lock
+from apps.positions.services import position_and_balances_lock, position_lock
+from apps.risk.services import risk_pretrade_check
 from apps.positions.tiers import contract_tiers
 from exchange.errors import ErrorCode
 
@@ -305,7 +307,7 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
                          "(unless you choose reduce only).", ErrorCode.MIN_NOTIONAL)
 
     with transaction.atomic():
-        position = position_lock(user=user, contract=contract)
+        position, balances = position_and_balances_lock(user=user, contract=contract)
         # Liquidation freeze: judged under the balance lock that starting a liquidation also takes.
         if account_frozen(user_id=user.pk):
             raise _error("User in liquidation mode now.", ErrorCode.USER_IN_LIQUIDATION)
@@ -326,6 +328,12 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
             _check_leverage_tier(spec, contract, position, exposure, quantity, hold_price)
         hold = order_hold(quantity=quantity, price=hold_price, contract=contract, leverage=position.leverage,
                           reduce_only=reducing)
+        wallet = account_get_or_create(kind=AccountKind.WALLET, user=user)
+        if hold > balances.get(wallet.pk, ZERO):  # the ledger would refuse it too; say so before the risk gate
+            raise MarginInsufficient("Margin is insufficient.")
+        if not reducing:  # before the order row exists: the check counts the open orders itself
+            with measure_latency(RISK_CHECK):
+                risk_pretrade_check(user=user, contract=contract, side=spec.side, quantity=quantity, price=hold_price)
         try:
             # The unique key decides a race between two equal ids; no savepoint is needed
             # because a refusal ends (rolls back) the whole transaction anyway.
