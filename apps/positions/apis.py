@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from apps.accounts.api import PERMISSION_TRADE, SignedApi, request_params
 from apps.ledger.models import Income, IncomeType
+from apps.liquidation.selectors import adl_quantiles
 from apps.trading.apis import SIGNED, SYMBOL, _ms, _s
 from apps.trading.selectors import ms_to_datetime
 from exchange import params as p
@@ -188,7 +189,7 @@ class LeverageBracketApi(SignedApi):
         return Response([_brackets(c) for c in listed.order_by("symbol")])
 
 
-def _position_fields(view: PositionView) -> dict:
+def _position_fields(view: PositionView, adl: dict[str, int] | None = None) -> dict:
     position, risk, contract = view.position, view.risk, view.contract
     isolated = view.is_isolated
     return {
@@ -215,7 +216,7 @@ def _position_fields(view: PositionView) -> dict:
         "maintMargin": _s(risk.maintenance_margin),
         "positionInitialMargin": _s(risk.initial_margin),
         "openOrderInitialMargin": _s(view.open_order_margin),
-        "adl": 0,
+        "adl": (adl or {}).get(contract.symbol, 0),
         "bidNotional": "0",
         "askNotional": "0",
         "updateTime": _ms(position.updated_at),
@@ -266,12 +267,13 @@ class AccountApi(SignedApi):
     @extend_schema(parameters=SIGNED, responses=AccountOut)
     def get(self, request):
         overview = account_overview(user=request.user)
+        adl = adl_quantiles(user=request.user)
         return Response({
             "feeTier": 0, "feeBurn": False, "canTrade": True, "canDeposit": True, "canWithdraw": True,
             "updateTime": 0, "multiAssetsMargin": False, "tradeGroupId": -1,
             **_totals(overview),
             "assets": [_asset_fields(a) for a in overview.assets.values()],
-            "positions": [_position_fields(v) for v in overview.positions],
+            "positions": [_position_fields(v, adl) for v in overview.positions],
         })
 
 
@@ -304,7 +306,8 @@ class PositionRiskApi(SignedApi):
             views = [v for v in views if v.contract.pk == contract.pk]
         if self.only_open:
             views = [v for v in views if v.position.size or v.open_order_margin]
-        return Response([_position_fields(v) for v in views])
+        adl = adl_quantiles(user=request.user)
+        return Response([_position_fields(v, adl) for v in views])
 
 
 class IncomeApi(SignedApi):
