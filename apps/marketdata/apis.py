@@ -44,6 +44,9 @@ class PremiumIndexApi(PublicApi):
     """
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "PremiumIndex"  # a unique OpenAPI component name
+
         symbol = serializers.CharField()
         markPrice = serializers.CharField()  # noqa: N815
         indexPrice = serializers.CharField()  # noqa: N815

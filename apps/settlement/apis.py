@@ -26,6 +26,9 @@ class FundingRateHistoryApi(PublicApi):
     weight = 1
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "FundingRateHistory"  # a unique OpenAPI component name
+
         symbol = serializers.CharField()
         fundingRate = serializers.CharField()  # noqa: N815
         fundingTime = serializers.IntegerField()  # noqa: N815
@@ -60,6 +63,9 @@ class FundingInfoApi(PublicApi):
     weight = 1
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "FundingInfo"  # a unique OpenAPI component name
+
         symbol = serializers.CharField()
         adjustedFundingRateCap = serializers.CharField()  # noqa: N815
         adjustedFundingRateFloor = serializers.CharField()  # noqa: N815
