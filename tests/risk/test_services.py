@@ -229,19 +229,30 @@ def test_failed_run_raises_an_alert(book, monkeypatch):
     assert "numerical trouble" in alert.message
 
 
-def test_celery_task_dispatches_chunks(book, settings, django_capture_on_commit_callbacks):
-    from apps.risk.tasks import risk_assess_task
+def test_celery_task_dispatches_chunks(book, settings, monkeypatch, django_capture_on_commit_callbacks):
+    """The beat task plans the run and hands one chunk task per chunk to the workers after commit.
 
-    settings.CELERY_TASK_ALWAYS_EAGER = True
+    The group is run here, chunk by chunk, instead of through a broker: the test is about
+    the tasks, not about which Celery app earlier tests left current.
+    """
+    from apps.risk import tasks
+
     settings.RISK_ASSESS_CHUNK = 1
-    from exchange.celery import app
+    dispatched = []
 
-    app.conf.task_always_eager = True
-    try:
-        with django_capture_on_commit_callbacks(execute=True):
-            assert risk_assess_task.apply().get() == 2
-    finally:
-        app.conf.task_always_eager = False
+    class EagerGroup:
+        def __init__(self, signatures):
+            self.signatures = list(signatures)
+
+        def apply_async(self):
+            dispatched.extend(self.signatures)
+            for signature in self.signatures:
+                signature.apply()
+
+    monkeypatch.setattr(tasks, "group", EagerGroup)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tasks.risk_assess_task.apply().get() == 2
+    assert len(dispatched) == 2
     run = RiskRun.objects.get()
     assert run.status == RunStatus.DONE and run.snapshots.count() == 2
 
