@@ -153,7 +153,7 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
     # ring-fenced: everything the fill returns to the wallet beyond that (the rest of the
     # surplus) goes to the fund too, and a loss beyond the isolated margin is covered by
     # the fund and then recorded bad debt, never by the wallet. Cross deficits are covered
-    # by `_cover_deficits` below. Each order's outcome is recorded by the liquidation app.
+    # by `deficits_cover` below. Each order's outcome is recorded by the liquidation app.
     outcomes: dict[int, LiquidationOutcome] = {}
 
     def apply_liquidation(fill: Fill, signed_qty: Decimal) -> tuple[Decimal, Decimal]:
@@ -204,7 +204,7 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
 
     delta[system_account(AccountKind.FEE_INCOME).pk] += fee_income
     delta[system_account(AccountKind.PNL_CLEARING).pk] += pnl_clearing
-    covers = _cover_deficits(wallets=wallets, delta=delta, current=current, fund=fund, bad_debt=bad_debt)
+    covers = deficits_cover(wallets=wallets, delta=delta, current=current, fund=fund, bad_debt=bad_debt)
     if outcomes:  # liquidation hook: cross deficits of liquidated users, then the records
         by_user = {o.user_id: o for o in outcomes.values()}
         for user_id, account in wallets.items():
@@ -241,7 +241,7 @@ def incomes_record(*, contract, fills: list[Fill], booking: BatchBooking, trade_
     Income.objects.bulk_create(rows)
 
 
-def _cover_deficits(*, wallets: dict[int, int], delta: dict[int, Decimal], current: dict[int, Decimal],
+def deficits_cover(*, wallets: dict[int, int], delta: dict[int, Decimal], current: dict[int, Decimal],
                     fund: int, bad_debt: int) -> dict[int, tuple[Decimal, Decimal]]:
     """Top up wallets that would end below zero: from the insurance fund first, then bad debt.
 

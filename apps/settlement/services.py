@@ -13,7 +13,7 @@ Settlement (`funding_settle`) is one database transaction per (contract, funding
    the WALLET for cross positions, the position's ISOLATED_MARGIN account for isolated
    ones (as the reference exchange does: isolated funding moves the isolated margin);
 4. a payer whose account cannot pay in full is covered by the insurance fund, then
-   bad debt — the rule of `apps.positions.booking` (`_cover_deficits`), reused;
+   bad debt — the rule of `apps.positions.booking` (`deficits_cover`), reused;
 5. ONE ledger posting (idempotency key `funding:<SYMBOL>:<funding ms>`) with a leg per
    account and one FUNDING_CLEARING leg of −Σ payments; the rounding dust (what the
    payers paid minus what the receivers got, a few 1e-8 per position at most) stays in
@@ -46,7 +46,7 @@ from apps.ledger.services import Leg, Posting, accounts_for_users, balances_lock
 from apps.marketdata.engine.quotes import to_ms
 from apps.marketdata.models import PriceSample
 from apps.marketdata.selectors import price_latest
-from apps.positions.booking import _cover_deficits as cover_deficits
+from apps.positions.booking import deficits_cover as cover_deficits
 from exchange.errors import ErrorCode, ExchangeError
 from exchange.redis import get_redis
 

@@ -19,6 +19,7 @@ import numpy as np
 from django.db import connection, models, transaction
 from django.db.models.functions import Now
 
+from apps.ops.metrics import POSITION_UPDATE, measure_latency
 from apps.positions.booking import Fill, fills_book, incomes_record
 from apps.positions.models import Position
 from matching_native import COMMAND_DTYPE, EventKind, Flag, Op, Reason
@@ -181,9 +182,10 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
             report("EXPIRED", state)
             touched.add((int(event["side"]), int(event["price"])))
 
-        booking = fills_book(contract=contract, fills=fills, releases=dict(releases),
-                             reference={"symbol": contract.symbol, "first_seq": commands[0].seq,
-                                        "last_seq": commands[-1].seq})
+        with measure_latency(POSITION_UPDATE):  # the SLA operation "position update" is the booking
+            booking = fills_book(contract=contract, fills=fills, releases=dict(releases),
+                                 reference={"symbol": contract.symbol, "first_seq": commands[0].seq,
+                                            "last_seq": commands[-1].seq})
         for trade, booked in zip(trade_rows, booking.fills):
             trade.taker_fee, trade.maker_fee = booked.taker_fee, booked.maker_fee
             trade.taker_realized_pnl, trade.maker_realized_pnl = booked.taker_realized_pnl, booked.maker_realized_pnl
