@@ -145,7 +145,9 @@ def test_latency_sla_rule_fires_when_p95_stays_above_sla_and_resolves(db):
     observe_latency("risk_check", 0.002, count=20)  # p95 in (1 ms, 2.5 ms]: ratio > 2
     latency_publish(window)
     reading = source_read("ops.latency_sla_ratio")
-    assert reading["risk_check"] > 2 and reading["position_update"] is None
+    # No position update in the window (earlier tests in this process may have booked
+    # fills before it opened: then it reads 0, not None).
+    assert reading["risk_check"] > 2 and not reading["position_update"]
     t0 = timezone.now()
     rules_evaluate(now=t0)
     alert = Alert.objects.get(rule=rule, label="risk_check")
