@@ -129,6 +129,10 @@ class Order(models.Model):
         indexes = [
             models.Index(fields=["contract", "status"], name="order_contract_status"),
             models.Index(fields=["user", "contract", "-id"], name="order_user_contract"),
+            # Open orders of an account: entry's exposure and open-order count, the risk
+            # gate and cancel-all read them on every order; history must not be scanned.
+            models.Index(fields=["user", "contract"], condition=Q(status__in=OPEN_STATUSES),
+                         name="order_user_contract_open"),
             models.Index(
                 fields=["contract"], condition=Q(status="NEW", triggered_at__isnull=True,
                                                  order_type__in=CONDITIONAL_TYPES),
