@@ -11,10 +11,10 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from apps.accounts.api import PERMISSION_TRADE, SignedApi, request_params
-from apps.ledger.models import Income, IncomeType
+from apps.ledger.models import IncomeType
+from apps.ledger.selectors import incomes_of_user
 from apps.liquidation.selectors import adl_quantiles
 from apps.trading.apis import SIGNED, SYMBOL, _ms, _s
-from apps.trading.selectors import ms_to_datetime
 from exchange import params as p
 
 from .models import MarginType
@@ -322,24 +322,14 @@ class IncomeApi(SignedApi):
                    responses=IncomeOut(many=True))
     def get(self, request):
         params = request_params(request)
-        rows = Income.objects.select_related("asset").filter(user=request.user)
         symbol = p.optional(params, "symbol")
-        if symbol is not None:
-            rows = rows.filter(symbol=p.contract(params).symbol)
-        income_type = p.choice(params, "incomeType", IncomeType.values)
-        if income_type is not None:
-            rows = rows.filter(income_type=income_type)
         start, end = p.time_range(params)
-        if start is not None:
-            rows = rows.filter(created_at__gte=ms_to_datetime(start))
-        if end is not None:
-            rows = rows.filter(created_at__lte=ms_to_datetime(end))
-        limit = p.integer(params, "limit", default=100, low=1, high=1000)
-        page = p.integer(params, "page", default=1, low=1, high=10_000)
-        if start is not None:
-            picked = list(rows.order_by("id")[(page - 1) * limit:page * limit])
-        else:
-            picked = list(reversed(rows.order_by("-id")[(page - 1) * limit:page * limit]))
+        picked = incomes_of_user(
+            user=request.user, symbol=p.contract(params).symbol if symbol is not None else None,
+            income_type=p.choice(params, "incomeType", IncomeType.values), start_ms=start, end_ms=end,
+            limit=p.integer(params, "limit", default=100, low=1, high=1000),
+            page=p.integer(params, "page", default=1, low=1, high=10_000),
+        )
         return Response([
             {"symbol": row.symbol, "incomeType": row.income_type, "income": _s(row.amount),
              "asset": row.asset.code, "info": row.info or row.income_type, "time": _ms(row.created_at),
