@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "apps.risk",
     "apps.settlement",
     "apps.ops",
+    "apps.simulation",
 ]
 
 MIDDLEWARE = [
