@@ -10,7 +10,9 @@ admin, keeps per-minute venue prices for settlement, reloads constituent weights
 writes the heartbeat `ops:heartbeat:pricefeed` and Prometheus metrics (pricing time
 per symbol as `exchange_operation_latency_seconds{operation="market_data"}`), and stops
 cleanly on SIGTERM/SIGINT (the tick in progress completes, the partial minute is
-stored). It never publishes a price without an index: until the first valid
+stored). Only the holder of the `pricefeed` lease (apps.ops.leases) runs: a second
+process waits as a hot standby and takes over within a second or two of the leader's
+death. It never publishes a price without an index: until the first valid
 quotes arrive nothing is published, and when every venue goes bad the last good
 index is held (status "held") and an `index_stale` event is recorded.
 """
@@ -36,6 +38,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from apps.contracts.models import Contract, ContractStatus
 from apps.ops.health import heartbeat_record
+from apps.ops.leases import lease_wait
 from apps.ops.metrics import MARKET_DATA, observe_latency, process_role_set
 from exchange.redis import get_redis
 
@@ -150,6 +153,7 @@ class PriceFeed:
         replay_paths: list[str] | None = None,
         replay_loop: bool = False,
         max_ticks: int | None = None,
+        lease: bool = True,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -160,6 +164,7 @@ class PriceFeed:
         self.replay_paths = replay_paths or [str(DEFAULT_REPLAY)]
         self.replay_loop = replay_loop
         self.max_ticks = max_ticks
+        self.lease = lease
         self.stopping = threading.Event()
         self.feeds: dict[str, _Symbol] = {}
         self.source: PriceSource | None = None
@@ -277,6 +282,21 @@ class PriceFeed:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         process_role_set("pricefeed")
+        # One publishing pricefeed (apps.ops.leases): a second one stands by here, and loads
+        # its state only once it leads, from what the previous leader stored.
+        lease = None
+        if self.lease:
+            lease = lease_wait("pricefeed", stop=self.stopping)
+            if lease is None:
+                logger.info("pricefeed stopped while standing by")
+                return
+        try:
+            self._run_leading()
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def _run_leading(self) -> None:
         self.setup()
         logger.info("pricefeed started (pid %d): %s, source %s, every %.3fs",
                     os.getpid(), ",".join(self.feeds), self.source_kind, self.interval)

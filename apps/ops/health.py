@@ -3,6 +3,7 @@
 Each probe returns a dict with `ok` and detail; `/readyz` is ready when all are ok.
 Processes record heartbeats in Redis under `ops:heartbeat:<name>` (epoch seconds):
 `beat`, `matcher:<symbol>` (every second from the lease holder) and `pricefeed`.
+Beat, each matcher and the pricefeed also say which pid holds their lease (`leader_pid`).
 """
 import time
 
@@ -73,12 +74,13 @@ def probe_beat() -> dict:
 
 
 def _leader_pid(service: str) -> int | None:
-    """Pid of the process holding `service`'s lease (apps.ops.leases), as it last announced."""
+    """Pid of the process holding `service`'s lease (apps.ops.leases); None if unknown."""
+    from .leases import leader_pid
+
     try:
-        raw = get_redis().get(f"ops:leader:{service}")
+        return leader_pid(service)
     except Exception:
         return None
-    return int(raw) if raw else None
 
 
 def probe_matchers() -> dict:
@@ -110,7 +112,8 @@ def probe_pricefeed() -> dict:
     except Exception as exc:
         entry = {"ok": False, "error": str(exc)[:200]}
     fresh = entry["ok"]
-    return {**entry, "ok": fresh or not required, "fresh": fresh, "required": required}
+    return {**entry, "ok": fresh or not required, "fresh": fresh, "required": required,
+            "leader_pid": _leader_pid("pricefeed")}
 
 
 def readiness() -> dict:

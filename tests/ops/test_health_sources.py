@@ -68,7 +68,7 @@ def test_pricefeed_freshness_is_reported_and_required_only_when_configured(clien
     assert body["ready"] is True
     assert body["checks"]["pricefeed"] == {
         "ok": True, "fresh": False, "required": False, "age_seconds": None, "max_age_seconds": 10,
-        "error": "no heartbeat recorded",
+        "error": "no heartbeat recorded", "leader_pid": None,
     }
     settings.OPS_PRICEFEED_REQUIRED = True
     assert client.get("/readyz").status_code == 503

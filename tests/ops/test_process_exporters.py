@@ -1,21 +1,11 @@
 """Every process serves its own /metrics: the matcher, the pricefeed, a Celery worker
 (main process and each prefork child) and beat, started as real OS processes against
 the test database and Redis. Their stderr goes to files and they die with the test."""
-import ctypes
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
-import requests
-from django.db import connection
-from prometheus_client.parser import text_string_to_metric_families
 
 from apps.ledger.services import wallet_deposit
 from apps.ops import metrics
@@ -24,98 +14,10 @@ from apps.trading.models import CommandStatus, OrderCommand
 from apps.trading.services import order_place
 from exchange.celery import app as celery_app
 
-ROOT = Path(__file__).resolve().parents[2]
+from .processes import ROOT, free_ports, role_of, scrape, spawn, value, wait_for  # noqa: F401 (spawn: a fixture)
+
 D = Decimal
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def free_ports(count: int = 1) -> int:
-    """A port p with p … p+count-1 all free (for a worker and its prefork children)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count > 65535:
-            continue
-        try:
-            for p in range(base, base + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no free ports")
-
-
-@pytest.fixture
-def spawn(tmp_path):
-    started: list[tuple[subprocess.Popen, object]] = []
-
-    def start(name: str, args: list[str], **env) -> subprocess.Popen:
-        s = connection.settings_dict
-        full_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test",
-                    "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}",
-                    **{k: str(v) for k, v in env.items()}}
-        log = open(tmp_path / f"{name}.log", "wb")
-        process = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=_die_with_parent)
-        process.log_path = tmp_path / f"{name}.log"
-        started.append((process, log))
-        return process
-
-    try:
-        yield start
-    finally:
-        for process, log in started:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            log.close()
-
-
-def wait_for(predicate, what: str, process: subprocess.Popen | None = None, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            break
-        time.sleep(0.1)
-    log = process.log_path.read_text()[-3000:] if process is not None else ""
-    raise AssertionError(f"timed out waiting for {what}\n{log}")
-
-
-def scrape(port: int) -> dict[tuple, float] | None:
-    """name + sorted labels → value, or None while the exporter is not up."""
-    try:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    except requests.ConnectionError:
-        return None
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
-    }
-
-
-def value(samples: dict | None, name: str, **labels) -> float | None:
-    if samples is None:
-        return None
-    return samples.get((name, tuple(sorted(labels.items()))))
-
-
-def role_of(samples: dict | None) -> str | None:
-    if samples is None:
-        return None
-    return next((dict(labels)["role"] for name, labels in samples if name == "exchange_process_info"), None)
 
 
 def test_matcher_exports_order_latency_and_publishes_p95_for_the_alert_rule(spawn, make_user, usdt, btcusdt):

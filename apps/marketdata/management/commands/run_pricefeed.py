@@ -1,9 +1,14 @@
-"""`manage.py run_pricefeed`: index and mark prices for every live contract, every tick."""
+"""`manage.py run_pricefeed`: index and mark prices for every live contract, every tick.
+
+Only one runs at a time (the `pricefeed` lease); another one started stands by, its
+metrics exporter up (`exchange_leader{service="pricefeed"} 0`) and on a port of its own
+if given one (a port already taken is logged, not fatal).
+"""
 from django.core.management.base import BaseCommand, CommandError
-from prometheus_client import start_http_server
 
 from apps.marketdata.engine import SourceUnavailable
 from apps.marketdata.feed import PriceFeed
+from apps.ops.metrics import metrics_serve
 
 
 class Command(BaseCommand):
@@ -21,16 +26,17 @@ class Command(BaseCommand):
         parser.add_argument("--replay-loop", action="store_true", help="Start the replay again when it ends")
         parser.add_argument("--max-ticks", type=int, default=None, help="Stop after this many ticks")
         parser.add_argument("--metrics-port", type=int, default=9102, help="Prometheus metrics port (0: off)")
+        parser.add_argument("--no-lease", action="store_true",
+                            help="Publish without the single-pricefeed lease (e.g. disjoint --symbols groups)")
 
     def handle(self, *args, source, symbols, interval, seed, replay_file, replay_loop, max_ticks, metrics_port,
-               **options):
+               no_lease, **options):
         if interval <= 0:
             raise CommandError("--interval must be positive")
-        if metrics_port:
-            start_http_server(metrics_port, addr="127.0.0.1")
+        metrics_serve(metrics_port, role="pricefeed", addr="127.0.0.1")
         group = [s.strip().upper() for s in symbols.split(",") if s.strip()] or None
         feed = PriceFeed(source=source, symbols=group, interval=interval, seed=seed, replay_paths=replay_file,
-                         replay_loop=replay_loop, max_ticks=max_ticks)
+                         replay_loop=replay_loop, max_ticks=max_ticks, lease=not no_lease)
         try:
             feed.run()
         except SourceUnavailable as exc:
