@@ -1,6 +1,6 @@
 """Websocket fan-out benchmark: N clients on one stream, M updates, delivered messages/s and latency.
 
-    .venv/bin/python bench/ws_fanout.py [--clients 200] [--updates 150] [--rate 5] [--baseline-clients 1]
+    .venv/bin/python bench/ws_fanout.py [--clients 200 500] [--updates 150] [--rate 5] [--baseline-clients 1]
 
 Starts the real serving path as OS processes on a free loopback port, against a
 throw-away database (`bench_ws_fanout`) and the test Redis database: daphne
@@ -12,14 +12,17 @@ in place); then M matcher events with one trade each are published on
 matcher does after a batch. The relay turns each into an aggTrade (and the kline
 candles) for the Channels groups; daphne sends the frames.
 
+Each client count in `--clients` is one round, after a baseline round with
+`--baseline-clients` (default 1) in the same run; every round prints delivered /
+expected, messages/s, latency p50/p99/max, the machine load at its end, and its
+ratios against the baseline (messages/s against the ideal N x, latency p50/p99).
+
 Delivery latency is publish -> client receive, on this process's monotonic clock
 (publisher and clients share it), matched by the aggTrade id. Delivered messages/s
 is the count received divided by the time from the first publish to the last
 receipt. A run ends when every message has arrived or nothing has arrived for
-`--idle` seconds (the channel layer drops messages for a consumer more than 100
-behind, so a saturated run reports losses instead of hanging). The same run is
-first done with `--baseline-clients` (default 1) as the baseline; the ratios
-compare the two. Processes are stopped in `finally`.
+`--idle` seconds (a saturated run reports losses instead of hanging). Processes
+are stopped in `finally`.
 """
 from __future__ import annotations
 
@@ -44,13 +47,13 @@ STREAM = "btcusdt@aggTrade"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--clients", type=int, nargs="+", default=[200, 500])
     parser.add_argument("--baseline-clients", type=int, default=1)
     parser.add_argument("--updates", type=int, default=150)
     parser.add_argument("--rate", type=float, default=5.0, help="updates per second (0: unpaced)")
     parser.add_argument("--idle", type=float, default=10.0, help="end a run after this long without a message")
     args = parser.parse_args()
-    if args.clients < 1 or args.baseline_clients < 1 or args.updates < 1:
+    if min(args.clients) < 1 or args.baseline_clients < 1 or args.updates < 1:
         parser.error("--clients, --baseline-clients and --updates must be at least 1")
 
     try:
@@ -106,11 +109,12 @@ def run(args, *, database: dict) -> None:
         next_id = [1_000_000]
         base = asyncio.run(_round(port, client, args.baseline_clients, args, next_id))
         _report(f"baseline: {args.baseline_clients} client(s)", base)
-        main_run = asyncio.run(_round(port, client, args.clients, args, next_id))
-        _report(f"{args.clients} clients", main_run)
-        print(f"  ratios {args.clients} / {args.baseline_clients} clients: delivered msgs/s "
-              f"{main_run['rate'] / base['rate']:.1f}x (ideal {args.clients / args.baseline_clients:g}x), "
-              f"latency p50 {main_run['p50'] / base['p50']:.1f}x, p99 {main_run['p99'] / base['p99']:.1f}x")
+        for clients in args.clients:
+            result = asyncio.run(_round(port, client, clients, args, next_id))
+            _report(f"{clients} clients", result)
+            print(f"    ratios against the baseline ({args.baseline_clients} client(s)): delivered msgs/s "
+                  f"{result['rate'] / base['rate']:.1f}x (ideal {clients / args.baseline_clients:g}x), "
+                  f"latency p50 {result['p50'] / base['p50']:.1f}x, p99 {result['p99'] / base['p99']:.1f}x")
         for process in processes:
             if process.poll() is not None:
                 raise SystemExit(f"{process.args} exited early with {process.returncode}")
@@ -214,7 +218,7 @@ async def _round(port: int, redis_client, clients: int, args, next_id: list[int]
 
     return {"clients": clients, "expected": expected, "received": state["received"], "elapsed": elapsed,
             "rate": state["received"] / elapsed if elapsed else float("nan"), "p50": pct(0.50), "p99": pct(0.99),
-            "max": ordered[-1] / 1e6 if ordered else float("nan")}
+            "max": ordered[-1] / 1e6 if ordered else float("nan"), "load": os.getloadavg()}
 
 
 def _report(label: str, r: dict) -> None:
@@ -223,6 +227,7 @@ def _report(label: str, r: dict) -> None:
     print(f"    delivered {r['received']:,} of {r['expected']:,} messages ({lost:,} lost) in {r['elapsed']:.2f} s: "
           f"{r['rate']:,.0f} msgs/s")
     print(f"    delivery latency ms: p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  max {r['max']:.2f}")
+    print(f"    load average at the end of the round: {r['load'][0]:.2f} {r['load'][1]:.2f} {r['load'][2]:.2f}")
 
 
 def _accepts(port: int) -> bool:

@@ -4,26 +4,34 @@ A client joins its user data stream with a listen key (`POST /fapi/v1/listenKey`
 either as the path of `/ws/<listenKey>` or as a stream name in a SUBSCRIBE request
 on `/ws` or `/stream`; the websocket consumer tells a listen key apart from a market
 stream name with `is_listen_key_name` before anything else, resolves it to its user
-and joins the user's Channels group (`user_group`). The stream relay sends that group
-`{"type": "user.push", "user_id": ..., "data": [payload, ...]}` messages built here:
+and subscribes the connection to the user's group (`user_group`, carried on the
+Redis channel `ws:user.<id>` by `apps.marketdata.fanout`; `UserStream` renders it).
+The stream relay publishes `{"user_id": ..., "data": [payload, ...]}` there, with
+payloads built here:
 
 - `order_trade_update`: one ORDER_TRADE_UPDATE per execution report the matcher
   publishes on `events:<symbol>` (no database read: the report carries everything);
 - `account_update_for_user`: ACCOUNT_UPDATE (reason ORDER) from `account_overview`,
   one read per affected user, done by the relay, never the matcher;
+- `margin_call`: MARGIN_CALL, from the event `apps.liquidation` publishes on
+  `user:margin_call` (checked and reshaped field by field, never passed through);
 - `listen_key_expired`: sent by the consumer when the key stops being valid.
 
 Decimals go out as plain strings, times as epoch milliseconds, as Binance sends them.
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from django.contrib.auth import get_user_model
 
 USER_GROUP = "user.{user_id}"
+# The old Channels-layer message type. Nothing listens on the channel layer any more;
+# kept only so an unconverted sender fails softly. Use `user_events_publish`.
 USER_PUSH = "user.push"
 # Listen keys are 64 letters and digits (services.LISTEN_KEY_LENGTH); a market stream
 # name always has an "@" (or starts with "!"), so the two never collide.
@@ -40,6 +48,37 @@ def is_listen_key_name(name: object) -> bool:
 
 def user_group(user_id: int) -> str:
     return USER_GROUP.format(user_id=int(user_id))
+
+
+def user_events_message(*, user_id: int, payloads: list[dict]) -> tuple[str, str]:
+    """(Redis channel, message) that carries `payloads` to the user's data streams in every web process."""
+    from apps.marketdata.fanout import channel_of
+
+    body = json.dumps({"user_id": int(user_id), "data": payloads}, separators=(",", ":"))
+    return channel_of(user_group(user_id)), body
+
+
+def user_events_publish(*, user_id: int, payloads: list[dict]) -> None:
+    """Push events to a user's data streams, from sync code (call it after commit); best effort."""
+    from exchange.redis import get_redis
+
+    get_redis().publish(*user_events_message(user_id=user_id, payloads=payloads))
+
+
+@dataclass(frozen=True, slots=True)
+class UserStream:
+    """A connection's subscription to one user's data stream, named by its listen key."""
+
+    name: str  # the listen key
+    user_id: int
+    min_interval: float = 0.0  # never throttled
+
+    @property
+    def group(self) -> str:
+        return user_group(self.user_id)
+
+    def render(self, message: dict) -> list:
+        return list(message["data"])
 
 
 def _dec(value) -> str:
@@ -162,6 +201,37 @@ def account_update_for_user(*, user_id: int, assets: Iterable[str], symbols: Ite
     overview = account_overview(user=user)
     return account_update(overview=overview, assets=assets, symbols=symbols, event_ms=event_ms,
                           transaction_ms=transaction_ms)
+
+
+_MARGIN_TYPES = frozenset({"CROSSED", "ISOLATED"})
+
+
+def margin_call(event: dict) -> dict:
+    """MARGIN_CALL (Binance USDⓈ-M) from `apps.liquidation.services.margin_call_payload`'s event.
+
+    `cw` (cross wallet balance) only for a cross-margin call, as Binance sends it; per
+    position `s` symbol, `ps` position side, `pa` amount, `mt` CROSSED/ISOLATED, `iw`
+    isolated wallet, `mp` mark price, `up` unrealized PnL, `mm` maintenance margin.
+    Raises KeyError / ValueError / TypeError on anything else.
+    """
+    if event["e"] != "MARGIN_CALL":
+        raise ValueError(f"not a MARGIN_CALL event: {event['e']!r}")
+    positions = []
+    for item in event["p"]:
+        margin_type = str(item["mt"])
+        if margin_type not in _MARGIN_TYPES:
+            raise ValueError(f"unknown margin type {margin_type!r}")
+        positions.append({
+            "s": str(item["s"]), "ps": str(item.get("ps") or "BOTH"), "pa": _dec(item["pa"]), "mt": margin_type,
+            "iw": _dec(item.get("iw") or 0), "mp": _dec(item["mp"]), "up": _dec(item["up"]), "mm": _dec(item["mm"]),
+        })
+    if not positions:
+        raise ValueError("a MARGIN_CALL names at least one position")
+    payload: dict = {"e": "MARGIN_CALL", "E": int(event["E"])}
+    if "cw" in event:
+        payload["cw"] = _dec(event["cw"])
+    payload["p"] = positions
+    return payload
 
 
 def listen_key_expired(*, listen_key: str, event_ms: int) -> dict:

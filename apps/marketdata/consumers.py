@@ -7,13 +7,20 @@ with live `SUBSCRIBE` / `UNSUBSCRIBE` / `LIST_SUBSCRIPTIONS` / `SET_PROPERTY` /
 gets an error frame `{"error": {"code": n, "msg": ...}, "id": ...}` and the
 connection stays open (codes as Binance: 0 unknown property, 1 invalid value
 type, 2 invalid request, 3 invalid JSON); an invalid stream in the URL gets the
-error frame and the connection is then closed (code 4008, see CLOSE_POLICY). Each stream joins the
-Channels group that carries it (the relay fills the groups); markPrice streams
-are throttled per connection to 3 s (or 1 s for `@1s`).
+error frame and the connection is then closed (code 4008, see CLOSE_POLICY).
+
+Delivery (`apps.marketdata.fanout`): each stream is registered with this process's
+hub, which holds one Redis pub/sub subscription per group channel for all local
+connections, renders and serialises each update once per stream and queues the
+frame to each subscribed connection (`Sink`, written by its own task, in order). A
+connection too slow to take its frames (`SINK_MAX_FRAMES` waiting) is closed with
+4013 (CLOSE_SLOW). markPrice streams are throttled per stream to 3 s (or 1 s for
+`@1s`), as Binance pushes them on a fixed cadence. These consumers use no Channels
+layer.
 
 User data stream: a listen key is accepted wherever a stream name is (`/ws/<listenKey>`,
 `/stream?streams=<listenKey>`, SUBSCRIBE params) and is recognised before any market
-stream name is parsed. It joins the user's group (`apps.accounts.user_stream`); an
+stream name is parsed. It subscribes to the user's channel (`UserStream`); an
 unknown or expired key gets an error frame (and a close with 4008 in the URL form).
 While the connection holds listen keys, they are re-checked every
 `LISTEN_KEY_CHECK_SECONDS`: a key that has expired (or was closed) gets
@@ -33,9 +40,10 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from apps.accounts.selectors import listen_key_user_id
-from apps.accounts.user_stream import is_listen_key_name, listen_key_expired, user_group
+from apps.accounts.user_stream import UserStream, is_listen_key_name, listen_key_expired
 from apps.contracts.models import Contract, ContractStatus
 
+from .fanout import Frame, Sink, channel_of, get_hub
 from .streams import InvalidStream, Stream, parse_stream
 
 logger = logging.getLogger(__name__)
@@ -45,6 +53,8 @@ LISTEN_KEY_CHECK_SECONDS = 30.0
 # (autobahn) lets an application close only with 1000 or 3000-4999 and raises on 1008,
 # which would end the connection with an abnormal close instead.
 CLOSE_POLICY = 4008
+# "Try again later" (1013) in the application range: the client did not keep up with its streams.
+CLOSE_SLOW = 4013
 SYMBOL_CACHE_SECONDS = 5.0
 SYMBOL_REFRESH_MIN_SECONDS = 1.0
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
@@ -77,12 +87,14 @@ class RequestError(Exception):
 
 
 class MarketStreamConsumer(AsyncWebsocketConsumer):
+    channel_layer_alias = None  # pushes come through the fan-out hub: no per-connection layer channel
+
     async def connect(self):
         self.streams: dict[str, Stream] = {}
         self.listen_keys: dict[str, int] = {}  # listen key -> user id
-        self.groups_joined: dict[str, int] = {}
-        self.last_push: dict[str, float] = {}
         self._key_watch: asyncio.Task | None = None
+        self._hub = get_hub()
+        self._sink = Sink(self._write, self._too_slow)
         kwargs = self.scope["url_route"]["kwargs"]
         self.combined = bool(kwargs.get("combined"))
         names: list[str] = []
@@ -109,13 +121,18 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
             except asyncio.CancelledError:
                 pass
         self._key_watch = None
-        for group in list(getattr(self, "groups_joined", {})):
-            await self.channel_layer.group_discard(group, self.channel_name)
-        self.groups_joined = {}
+        sink = getattr(self, "_sink", None)
+        if sink is not None:
+            await self._hub.leave_all(sink)
+            await sink.close()
 
     # -- requests -----------------------------------------------------------------------
 
     async def receive(self, text_data=None, bytes_data=None):
+        with self._sink.holding():  # pushes that arrive meanwhile go out after the reply
+            await self._request(text_data)
+
+    async def _request(self, text_data) -> None:
         request_id = None
         try:
             if text_data is None:
@@ -191,32 +208,23 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
             if stream.name in self.streams:  # the same name twice in one request
                 continue
             self.streams[stream.name] = stream
-            await self._join(stream.group)
+            await self._hub.join(channel_of(stream.group), stream, self._sink)
         for key in new_keys:
             self.listen_keys[key] = keys[key]
-            await self._join(user_group(keys[key]))
+            user = UserStream(key, keys[key])
+            await self._hub.join(channel_of(user.group), user, self._sink)
         if self.listen_keys and self._key_watch is None:
             self._key_watch = asyncio.create_task(self._watch_listen_keys())
 
-    async def _join(self, group: str) -> None:
-        count = self.groups_joined.get(group, 0)
-        if count == 0:
-            await self.channel_layer.group_add(group, self.channel_name)
-        self.groups_joined[group] = count + 1
-
-    async def _leave(self, group: str) -> None:
-        count = self.groups_joined.get(group, 0) - 1
-        if count <= 0:
-            self.groups_joined.pop(group, None)
-            await self.channel_layer.group_discard(group, self.channel_name)
-        else:
-            self.groups_joined[group] = count
+    async def _leave_key(self, key: str) -> None:
+        user = UserStream(key, self.listen_keys.pop(key))
+        await self._hub.leave(channel_of(user.group), key, self._sink)
 
     async def _unsubscribe(self, params):
         symbols = await streamable_symbols()
         for name in _stream_list(params):
             if name in self.listen_keys:
-                await self._leave(user_group(self.listen_keys.pop(name)))
+                await self._leave_key(name)
                 continue
             try:
                 stream = parse_stream(name, symbols=symbols)
@@ -224,8 +232,7 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
                 continue  # unsubscribing from something never subscribed is not an error
             if self.streams.pop(stream.name, None) is None:
                 continue
-            self.last_push.pop(stream.name, None)
-            await self._leave(stream.group)
+            await self._hub.leave(channel_of(stream.group), stream.name, self._sink)
         return None
 
     async def _list_subscriptions(self, params):
@@ -251,29 +258,15 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
     async def _error(self, exc: RequestError, request_id) -> None:
         await self.send(text_data=json.dumps({"error": {"code": exc.code, "msg": exc.msg}, "id": request_id}))
 
-    # -- pushes from the relay ----------------------------------------------------------
+    # -- pushes from the fan-out hub ---------------------------------------------------------
 
-    async def md_push(self, message):
-        now = time.monotonic()
-        for name, stream in list(self.streams.items()):
-            if not stream.accepts(message):
-                continue
-            if stream.min_interval:
-                last = self.last_push.get(name)
-                if last is not None and now - last < stream.min_interval:
-                    continue
-                self.last_push[name] = now
-            for payload in stream.render(message):
-                await self._push(name, payload)
+    async def _write(self, frame: Frame) -> None:
+        await self.send(text_data=frame.text(self.combined))
 
-    async def user_push(self, message):
-        """User data stream events for one user (ORDER_TRADE_UPDATE, ACCOUNT_UPDATE)."""
-        user_id = message.get("user_id")
-        for key, owner in list(self.listen_keys.items()):
-            if owner != user_id:
-                continue
-            for payload in message.get("data") or ():
-                await self._push(key, payload)
+    async def _too_slow(self) -> None:
+        logger.info("websocket dropped: %d frames waiting (streams %s)", self._sink.max_frames,
+                    ", ".join(list(self.streams)[:5]))
+        await self.close(code=CLOSE_SLOW, reason="too slow: frames not read")
 
     async def _push(self, name: str, payload) -> None:
         body = {"stream": name, "data": payload} if self.combined else payload
@@ -292,9 +285,8 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
                     continue
                 if owner == user_id or key not in self.listen_keys:
                     continue
-                self.listen_keys.pop(key)
                 expired = True
-                await self._leave(user_group(user_id))
+                await self._leave_key(key)
                 await self._push(key, listen_key_expired(listen_key=key, event_ms=time.time_ns() // 1_000_000))
             if expired and not self.listen_keys and not self.streams:
                 await self.close(code=CLOSE_POLICY)

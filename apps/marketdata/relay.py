@@ -1,9 +1,12 @@
-"""The stream relay: Redis pub/sub -> Channels groups, for the market streams.
+"""The stream relay: prices and matcher events -> the websocket streams' Redis channels.
 
 One asyncio task (`StreamRelay.run`, started by `manage.py run_stream_relay`)
 subscribes to the price channel `md:prices` (written by `price_publish` after
-commit) and to the matcher's `events:<symbol>` channels, and turns each message
-into group messages for the websocket consumers: markPriceUpdate per symbol and
+commit), to the matcher's `events:<symbol>` channels and to `user:margin_call`
+(apps.liquidation), and turns each message into stream updates, published once
+each on the group's channel `ws:<group>` (`apps.marketdata.fanout`, where every
+web process fans them out to its own websockets; the updates of one message go
+out in one pipeline, in order): markPriceUpdate per symbol and
 `!markPrice@arr`, aggTrade (fills aggregated per taker order and price), the diff
 depth stream and a 20-level book snapshot (partial depth and bookTicker). Each
 symbol's book is loaded from the resting orders in the database on its first
@@ -19,8 +22,9 @@ from the trades table on its first event, and a candle is pushed final (`x` true
 when a trade of the next interval arrives or, at the latest, a second after it ends.
 
 User data stream: each execution report in an event's `orders` becomes an
-ORDER_TRADE_UPDATE for its user's group at once (no database read), for users with a
-live listen key (one MGET per event; nobody else can be listening). Users whose
+ORDER_TRADE_UPDATE for its user's channel at once (no database read), for users with a
+live listen key (one MGET per event; nobody else can be listening); a margin call
+becomes a MARGIN_CALL the same way (`user_stream.margin_call`). Users whose
 balances the batch moved (fills, margin released or re-held) are queued for an
 ACCOUNT_UPDATE built from `account_overview`; a separate task does those reads (one
 per user per round, a user queued twice meanwhile is read once), so a batch touching
@@ -36,7 +40,6 @@ from decimal import Decimal
 
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.db.models import F, Sum
@@ -44,16 +47,18 @@ from django.db.models import F, Sum
 from apps.accounts.selectors import listen_key_of_user_redis_key
 from apps.accounts.user_stream import (
     ACCOUNT_EXEC_TYPES,
-    USER_PUSH,
     account_update_for_user,
+    margin_call,
     order_trade_update,
-    user_group,
+    user_events_message,
 )
 from apps.contracts.models import Contract
+from apps.liquidation.services import MARGIN_CALL_CHANNEL
 from apps.ops.health import HEARTBEAT_PREFIX
 from apps.settlement.selectors import PREDICTED_KEY, predicted_parse
 
 from .engine.quotes import to_ms
+from .fanout import channel_of
 from .selectors import funding_time_next
 from .snapshot import PRICE_CHANNEL
 from .streams import (
@@ -64,7 +69,6 @@ from .streams import (
     KLINE_INTERVALS_MS,
     MARK_ARR_GROUP,
     MARK_GROUP,
-    PUSH,
     TRADE_GROUP,
     Candle,
     LocalBook,
@@ -143,9 +147,10 @@ def _candles_from_trades(contract_id: int, at_ms: int) -> dict[str, Candle]:
 
 
 class StreamRelay:
-    def __init__(self, *, redis_url: str | None = None, channel_layer=None) -> None:
+    def __init__(self, *, redis_url: str | None = None) -> None:
         self.redis_url = redis_url or settings.REDIS_URL
-        self.layer = channel_layer or get_channel_layer()
+        self._client = None  # the publishing client of the current connection
+        self._outbox: list[tuple[str, str]] = []  # (channel, message) of the message being handled
         self.books: dict[str, LocalBook] = {}
         self._contracts: dict[str, dict] = {}
         self._contracts_loaded = 0.0
@@ -177,7 +182,8 @@ class StreamRelay:
             client = aioredis.Redis.from_url(self.redis_url)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(PRICE_CHANNEL)
+                self._client = client
+                await pubsub.subscribe(PRICE_CHANNEL, MARGIN_CALL_CHANNEL)
                 await pubsub.psubscribe(EVENTS_PATTERN)
                 self.ready.set()
                 backoff = 0.5
@@ -199,6 +205,8 @@ class StreamRelay:
                     pass
                 backoff = min(backoff * 2, 10.0)
             finally:
+                self._client = None
+                self._outbox.clear()
                 try:
                     await pubsub.aclose()
                     await client.aclose()
@@ -222,10 +230,14 @@ class StreamRelay:
         try:
             if channel == PRICE_CHANNEL:
                 await self._prices(body, client)
+            elif channel == MARGIN_CALL_CHANNEL:
+                await self._margin_call(body, client)
             elif channel.startswith("events:"):
                 await self._events(channel.split(":", 1)[1], body, client)
         except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
             logger.warning("relay: malformed message on %s", channel, exc_info=True)
+        finally:
+            await self.flush()
 
     async def _contract(self, symbol: str) -> dict | None:
         if symbol not in self._contracts or time.monotonic() - self._contracts_loaded > CONTRACT_REFRESH_SECONDS:
@@ -233,9 +245,30 @@ class StreamRelay:
             self._contracts_loaded = time.monotonic()
         return self._contracts.get(symbol)
 
-    async def _send(self, group: str, kind: str, symbol: str | None, data, **extra) -> None:
-        await self.layer.group_send(group, {"type": PUSH, "kind": kind, "symbol": symbol, "data": data, **extra})
-        self.forwarded += 1
+    def _send(self, group: str, kind: str, symbol: str | None, data, **extra) -> None:
+        """Queue one stream update for `flush` (the group message format of `apps.marketdata.streams`)."""
+        body = json.dumps({"kind": kind, "symbol": symbol, "data": data, **extra}, separators=(",", ":"))
+        self._outbox.append((channel_of(group), body))
+
+    async def flush(self) -> None:
+        """Publish the queued updates in one pipeline, in order (dropped when Redis is away)."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        await self._publish(outbox)
+
+    async def _publish(self, messages: list[tuple[str, str]]) -> None:
+        if not messages:
+            return
+        client = self._client
+        if client is None:
+            logger.warning("relay: not connected, %d stream updates dropped", len(messages))
+            return
+        pipe = client.pipeline(transaction=False)
+        for channel, body in messages:
+            pipe.publish(channel, body)
+        await pipe.execute()
+        self.forwarded += len(messages)
 
     async def _predicted_rates(self, symbols: list[str], client) -> dict[str, dict]:
         """symbol -> the funding engine's cached predicted rate (`r`, `T`, `c`), one MGET."""
@@ -269,9 +302,9 @@ class StreamRelay:
                 funding_rate=rate["r"] if usable else None, next_funding_ms=next_ms,
             )
             updates.append(update)
-            await self._send(MARK_GROUP.format(symbol=symbol), "mark", symbol, update)
+            self._send(MARK_GROUP.format(symbol=symbol), "mark", symbol, update)
         if updates:
-            await self._send(MARK_ARR_GROUP, "markarr", None, updates)
+            self._send(MARK_ARR_GROUP, "markarr", None, updates)
 
     async def _events(self, symbol: str, body: dict, client) -> None:
         if not isinstance(body, dict) or await self._contract(symbol) is None:
@@ -285,7 +318,7 @@ class StreamRelay:
         if trades and isinstance(trades, list):
             aggs = agg_trades(symbol=symbol, trades=trades, event_ms=event_ms)
             if aggs:
-                await self._send(TRADE_GROUP.format(symbol=symbol), "aggTrade", symbol, aggs)
+                self._send(TRADE_GROUP.format(symbol=symbol), "aggTrade", symbol, aggs)
                 if client is not None:
                     last = aggs[-1]
                     await client.set(LAST_TRADE_KEY.format(symbol=symbol),
@@ -309,12 +342,12 @@ class StreamRelay:
         u = int(seq) if isinstance(seq, int) and seq > pu else pu + 1
         book.last_u = u
         first = pu + 1 if pu else u
-        await self._send(DEPTH_GROUP.format(symbol=symbol), "depth", symbol, {
+        self._send(DEPTH_GROUP.format(symbol=symbol), "depth", symbol, {
             "e": "depthUpdate", "E": event_ms, "T": when, "s": symbol, "U": first, "u": u, "pu": pu,
             "b": bids, "a": asks,
         })
         top_bids, top_asks = book.top(BOOK_LEVELS)
-        await self._send(BOOK_GROUP.format(symbol=symbol), "book", symbol, {
+        self._send(BOOK_GROUP.format(symbol=symbol), "book", symbol, {
             "E": event_ms, "T": when, "s": symbol, "U": first, "u": u, "pu": pu, "b": top_bids, "a": top_asks,
         })
 
@@ -357,8 +390,8 @@ class StreamRelay:
             if changed:
                 out.append(candle.payload(symbol=symbol, event_ms=event_ms))
             if out:
-                await self._send(KLINE_GROUP.format(symbol=symbol, interval=interval), "kline", symbol, out,
-                                 interval=interval)
+                self._send(KLINE_GROUP.format(symbol=symbol, interval=interval), "kline", symbol, out,
+                           interval=interval)
 
     async def klines_close_due(self, now_ms: int | None = None) -> None:
         """Push final (x=true) every candle whose interval ended over a grace period ago."""
@@ -373,8 +406,9 @@ class StreamRelay:
                 if candle.closed or candle.empty or candle.close_ms + KLINE_CLOSE_GRACE_MS >= now_ms:
                     continue
                 candle.closed = True
-                await self._send(KLINE_GROUP.format(symbol=symbol, interval=interval), "kline", symbol,
-                                 [candle.payload(symbol=symbol, event_ms=now_ms)], interval=interval)
+                self._send(KLINE_GROUP.format(symbol=symbol, interval=interval), "kline", symbol,
+                           [candle.payload(symbol=symbol, event_ms=now_ms)], interval=interval)
+        await self.flush()
 
     # -- user data stream -----------------------------------------------------------------
 
@@ -395,6 +429,7 @@ class StreamRelay:
                 continue
         listening = await self.listening(client, ids)
         per_user: dict[int, list[dict]] = {}
+        due: list[tuple[int, str, bool, int]] = []
         for report in orders:
             try:
                 user_id = int(report["user_id"])
@@ -406,10 +441,20 @@ class StreamRelay:
                 continue
             per_user.setdefault(user_id, []).append(payload)
             if report.get("exec_type") in ACCOUNT_EXEC_TYPES:
-                self._account_due(user_id, symbol, filled=report.get("exec_type") == "TRADE", when=when)
-        for user_id, payloads in per_user.items():
-            await self.layer.group_send(user_group(user_id), {"type": USER_PUSH, "user_id": user_id, "data": payloads})
-            self.forwarded += 1
+                due.append((user_id, symbol, report.get("exec_type") == "TRADE", when))
+        if not per_user:
+            return
+        # Published before the ACCOUNT_UPDATEs are queued: those follow their ORDER_TRADE_UPDATEs.
+        await self._publish([user_events_message(user_id=u, payloads=p) for u, p in per_user.items()])
+        for user_id, symbol_, filled, when_ in due:
+            self._account_due(user_id, symbol_, filled=filled, when=when_)
+
+    async def _margin_call(self, body: dict, client) -> None:
+        """MARGIN_CALL for the user's data stream, if the user has a live listen key."""
+        user_id = int(body["user_id"])
+        payload = margin_call(body["event"])
+        if user_id in await self.listening(client, [user_id]):
+            self._outbox.append(user_events_message(user_id=user_id, payloads=[payload]))
 
     def _account_due(self, user_id: int, symbol: str, *, filled: bool, when: int) -> None:
         info = self._contracts.get(symbol)
@@ -431,12 +476,10 @@ class StreamRelay:
                 try:
                     payload = await sync_to_async(account_update_for_user)(
                         user_id=user_id, assets=assets, symbols=symbols, event_ms=_now_ms(), transaction_ms=when)
-                    await self.layer.group_send(user_group(user_id),
-                                                {"type": USER_PUSH, "user_id": user_id, "data": [payload]})
+                    await self._publish([user_events_message(user_id=user_id, payloads=[payload])])
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     logger.exception("relay: ACCOUNT_UPDATE for user %s failed", user_id)
                     continue
                 self.account_updates += 1
-                self.forwarded += 1

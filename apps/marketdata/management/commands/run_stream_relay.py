@@ -1,4 +1,4 @@
-"""`manage.py run_stream_relay`: forward prices and matcher events into the websocket groups."""
+"""`manage.py run_stream_relay`: turn prices, matcher events and margin calls into websocket stream updates."""
 import asyncio
 import logging
 import signal
@@ -11,7 +11,8 @@ logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
-    help = "Relay md:prices and events:<symbol> from Redis to the Channels groups of the market streams."
+    help = ("Relay md:prices, events:<symbol> and user:margin_call to the websocket streams' Redis channels "
+            "(ws:<group>), which every web process fans out to its websockets.")
 
     def handle(self, *args, **options):
         asyncio.run(self._main())
@@ -24,5 +25,4 @@ class Command(BaseCommand):
         relay = StreamRelay()
         logger.info("stream relay started")
         await relay.run(stop)
-        await relay.layer.close_pools() if hasattr(relay.layer, "close_pools") else None
-        logger.info("stream relay stopped after %d group messages", relay.forwarded)
+        logger.info("stream relay stopped after %d stream updates", relay.forwarded)
