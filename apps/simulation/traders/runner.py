@@ -1,0 +1,157 @@
+"""Run the demo participants in one asyncio process until SIGTERM/SIGINT or `duration`.
+
+`run_traders` reads the symbols' rules from exchangeInfo (waiting for the web server
+to come up), opens the market stream with its REST fallback, starts every
+participant under a supervisor (an unexpected exception is logged and the
+participant restarted, never the process ended), logs a one-line status every
+minute, and on a stop signal lets the participants finish the request in hand,
+then cancels what is left and returns the run summary.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import httpx
+
+from .client import RestClient, Stopping, WeightBudget, pause
+from .participants import MarketMaker, Participant, Taker, TrendFollower
+from .provision import Credentials
+from .rules import rules_from_exchange_info
+from .state import MarketState
+from .streams import market_rest_fallback, market_stream
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 10.0
+STATUS_EVERY_SECONDS = 60.0
+RESTART_DELAY_SECONDS = 5.0
+ROLE_CLASSES = {"maker": MarketMaker, "taker": Taker, "trend": TrendFollower}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    base_url: str
+    seed: int
+    duration: float | None = None
+    symbols: tuple[str, ...] | None = None
+    weight_per_minute: int = 1200
+    record_ids: bool = False
+
+
+def participant_rng(seed: int, name: str) -> random.Random:
+    """Each participant's own stream: adding a participant does not change the others' draws."""
+    return random.Random(f"{seed}:{name}")
+
+
+def build_participants(*, config: RunConfig, credentials: list[Credentials], http: httpx.AsyncClient,
+                       budget: WeightBudget, market: MarketState, rules, stopping: asyncio.Event,
+                       faucet=None) -> list[Participant]:
+    symbols = sorted(rules)
+    perpetuals = [s for s in symbols if rules[s].contract_type == "PERPETUAL"] or symbols
+    out: list[Participant] = []
+    trend_index = 0
+    for cred in credentials:
+        client = RestClient(http, budget=budget, stopping=stopping, api_key=cred.api_key, secret=cred.secret,
+                            name=cred.name)
+        common = dict(name=cred.name, short=cred.short, user_id=cred.user_id, client=client, market=market,
+                      rules=rules, rng=participant_rng(config.seed, cred.name), stopping=stopping,
+                      base_url=config.base_url, record_ids=config.record_ids)
+        if cred.role == "trend":
+            # One symbol each, round robin over the perpetuals (funding is part of the show).
+            mine = [perpetuals[trend_index % len(perpetuals)]]
+            trend_index += 1
+
+            async def refill(name: str, up_to: Decimal = cred.deposit):
+                return await faucet(name, up_to) if faucet is not None else None
+
+            out.append(TrendFollower(symbols=mine, initial_wallet=cred.deposit, faucet=refill, **common))
+        else:
+            out.append(ROLE_CLASSES[cred.role](symbols=symbols, **common))
+    return out
+
+
+async def supervise(participant: Participant, stopping: asyncio.Event) -> None:
+    while not stopping.is_set():
+        try:
+            await participant.run()
+        except Stopping:
+            return
+        except Exception:  # noqa: BLE001 - a bug in one participant must not end the demo
+            logger.exception("%s crashed; restarting it in %.0f s", participant.name, RESTART_DELAY_SECONDS)
+            try:
+                await pause(stopping, RESTART_DELAY_SECONDS)
+            except Stopping:
+                return
+
+
+async def status_log(participants: list[Participant], market: MarketState, stopping: asyncio.Event) -> None:
+    while True:
+        await pause(stopping, STATUS_EVERY_SECONDS)
+        logger.info(
+            "demo traders: %d orders acknowledged, %d fills seen, %d liquidation orders seen, %d API refusals; "
+            "market stream %s (%d messages)",
+            sum(p.stats.orders_acked for p in participants), sum(p.portfolio.fills for p in participants),
+            sum(p.portfolio.liquidations for p in participants),
+            sum(sum(p.stats.errors.values()) for p in participants),
+            "connected" if market.connected else "down", market.ws_messages)
+
+
+async def run_traders(*, config: RunConfig, credentials: list[Credentials], faucet=None) -> dict:
+    """Run until stopped; returns the summary (participants' counts, errors, positions)."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    if config.duration is not None:
+        loop.call_later(config.duration, stopping.set)
+    started = datetime.now(UTC)
+    summary = {"seed": config.seed, "base_url": config.base_url, "started_at": started.isoformat(),
+               "symbols": [], "participants": [], "market": {}}
+    budget = WeightBudget(config.weight_per_minute)
+    timeout = httpx.Timeout(15.0, connect=3.0)
+    async with httpx.AsyncClient(base_url=config.base_url, timeout=timeout) as http:
+        public = RestClient(http, budget=budget, stopping=stopping)
+        try:
+            info = await public.call("GET", "/fapi/v1/exchangeInfo")
+        except Stopping:
+            return _finish(summary, [], None)
+        rules = rules_from_exchange_info(info, symbols=list(config.symbols) if config.symbols else None)
+        if not rules:
+            logger.error("no TRADING symbol to trade (asked for %s); stopping", config.symbols or "any")
+            return _finish(summary, [], None)
+        market = MarketState(sorted(rules))
+        participants = build_participants(config=config, credentials=credentials, http=http, budget=budget,
+                                          market=market, rules=rules, stopping=stopping, faucet=faucet)
+        logger.info("demo traders started (seed %d): %s on %s", config.seed,
+                    ", ".join(p.name for p in participants), ", ".join(sorted(rules)))
+        background = [
+            asyncio.create_task(market_stream(base_url=config.base_url, market=market, stopping=stopping)),
+            asyncio.create_task(market_rest_fallback(client=public, market=market, stopping=stopping)),
+            asyncio.create_task(status_log(participants, market, stopping)),
+        ]
+        workers = [asyncio.create_task(supervise(p, stopping)) for p in participants]
+        await stopping.wait()
+        logger.info("demo traders stopping")
+        started_stop = time.monotonic()
+        _, pending = await asyncio.wait(workers, timeout=STOP_GRACE_SECONDS)
+        for task in [*pending, *background]:
+            task.cancel()
+        await asyncio.gather(*workers, *background, return_exceptions=True)
+        logger.info("demo traders stopped in %.1f s", time.monotonic() - started_stop)
+        summary["symbols"] = sorted(rules)
+        return _finish(summary, participants, market)
+
+
+def _finish(summary: dict, participants: list[Participant], market: MarketState | None) -> dict:
+    summary["stopped_at"] = datetime.now(UTC).isoformat()
+    summary["participants"] = [p.summary() for p in participants]
+    if market is not None:
+        summary["market"] = {"ws_messages": market.ws_messages, "rest_refreshes": market.rest_refreshes}
+    return summary
