@@ -69,6 +69,7 @@ class ErrorCode(IntEnum):
     ISOLATED_BALANCE_INSUFFICIENT = -4051
     CLIENT_ORDER_ID_DUPLICATED = -4116
     MARKET_ORDER_PRICE_BAND = -4131
+    INVALID_SYMBOL_STATUS = -4140  # opening a position while the symbol is close-only
     MIN_NOTIONAL = -4164
     # 50xx: order book conditions
     GTX_ORDER_REJECT = -5022

@@ -6,6 +6,7 @@ bounds, delivery fields present exactly for delivery contracts).
 """
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
@@ -175,3 +176,27 @@ class MarginTier(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contract.symbol} tier {self.bracket}"
+
+
+class ContractStatusChange(models.Model):
+    """One step of a contract's lifecycle, as it happened (`apps.contracts.lifecycle`)."""
+
+    contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="status_changes")
+    from_status = models.CharField(max_length=16, choices=ContractStatus.choices)
+    to_status = models.CharField(max_length=16, choices=ContractStatus.choices)
+    at = models.DateTimeField(help_text="When the change took effect (the scheduled time when it was due).")
+    recorded_at = models.DateTimeField(auto_now_add=True)
+    reason = models.CharField(max_length=255)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="The staff user who changed it; empty for the scheduler.",
+    )
+
+    class Meta:
+        ordering = ["contract_id", "at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(from_status=F("to_status")), name="status_change_changes"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contract.symbol}: {self.from_status} → {self.to_status}"

@@ -119,3 +119,84 @@ class FundingSettlement(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contract.symbol} {self.funding_time:%Y-%m-%d %H:%M} {self.status}"
+
+
+# -- delivery ------------------------------------------------------------------------------
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "PENDING", "Pending (delivery time not reached or not yet priced)"
+    NO_PRICE = "NO_PRICE", "No valid price samples: not settled, ops alerted"
+    PRICED = "PRICED", "Settlement price fixed; positions not settled yet"
+    DONE = "DONE", "Settled"
+    FAILED = "FAILED", "Failed (nothing booked; retried by the next run)"
+
+
+class DeliverySettlement(models.Model):
+    """The delivery of one contract: its audited settlement price and the cash settlement.
+
+    One row per contract (the idempotency key). `audit` is the settlement price
+    calculator's full record (every minute of the window with its median, the quotes kept
+    with their weights and those dropped with the reason), so the price can be re-derived
+    from `marketdata.PriceMinute` and checked at any later time.
+    """
+
+    contract = models.OneToOneField("contracts.Contract", on_delete=models.PROTECT, related_name="delivery")
+    delivery_time = models.DateTimeField()
+    status = models.CharField(max_length=8, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    settlement_price = MoneyField(null=True, blank=True)
+    window_start = models.DateTimeField(null=True, blank=True)
+    window_end = models.DateTimeField(null=True, blank=True)
+    valid_minutes = models.PositiveIntegerField(default=0)
+    audit = models.JSONField(default=dict, blank=True)
+    positions = models.PositiveIntegerField(default=0)
+    long_quantity = MoneyField(default=0)
+    short_quantity = MoneyField(default=0)
+    realized_pnl = MoneyField(default=0, help_text="Σ realized PnL of the closed positions (≈ 0: it is zero-sum "
+                                                   "with what the PnL clearing account held).")
+    fees = MoneyField(default=0)
+    orders_expired = models.PositiveIntegerField(default=0)
+    order_margin_released = MoneyField(default=0)
+    covered = MoneyField(default=0, help_text="Losses the insurance fund covered.")
+    bad_debt = MoneyField(default=0, help_text="Losses beyond the fund, recorded as bad debt.")
+    ledger_transaction = models.ForeignKey(
+        "ledger.LedgerTransaction", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    priced_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-delivery_time", "contract_id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(status__in=("PRICED", "DONE")) | Q(settlement_price__gt=0),
+                name="delivery_priced_has_price",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contract.symbol} delivery {self.status}"
+
+
+class DeliveryNotice(models.Model):
+    """A holder told that their position will be delivered (24 h before; once per holder)."""
+
+    contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    delivery_time = models.DateTimeField()
+    position_size = MoneyField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["contract", "user"], name="delivery_notice_once")]
+
+    def __str__(self) -> str:
+        return f"{self.contract.symbol} notice to user {self.user_id}"

@@ -1,5 +1,6 @@
-"""Funding jobs from beat: premium sampling (every 5 s), settlement of due funding
-times (every minute, catching up missed ones), pruning old samples (hourly).
+"""Settlement jobs from beat: premium sampling (every 5 s), settlement of due funding
+times (every minute, catching up missed ones), pruning old samples (hourly), and the
+delivery lifecycle (every minute).
 
 Tasks only parse and call one service; the services hold the rules.
 """
@@ -8,6 +9,7 @@ from datetime import timedelta
 from celery import shared_task
 from django.conf import settings
 
+from .delivery import delivery_advance
 from .services import funding_settle_due, premium_samples_prune, premium_samples_take
 
 
@@ -27,3 +29,9 @@ def funding_settle_due_task() -> int:
 def premium_samples_prune_task() -> int:
     days = float(getattr(settings, "FUNDING_SAMPLE_RETENTION_DAYS", 30))
     return premium_samples_prune(older_than=timedelta(days=days))
+
+
+@shared_task(ignore_result=True, expires=50)
+def delivery_advance_task() -> int:
+    """Every minute: roll, notices, close-only, settling and settlement of delivery contracts."""
+    return len(delivery_advance())

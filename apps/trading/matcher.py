@@ -97,7 +97,8 @@ class Matcher:
 
     def acquire_leases(self) -> None:
         for contract in self.contracts():
-            if contract.symbol in self.engines or not lease_try(contract.pk):
+            if contract.symbol in self.engines or contract.status == ContractStatus.SETTLED \
+                    or not lease_try(contract.pk):
                 continue
             engine = SymbolEngine(contract)
             resting = engine.rebuild()
@@ -162,6 +163,27 @@ class Matcher:
         self.engines.clear()
         LEASES.set(0)
 
+    def retire_settled(self) -> None:
+        """Drop the books of contracts that have been delivered and give their leases back.
+
+        Settlement expires every resting order in the database, so the book would only hold
+        stale orders (the batch refuses new ones once the contract is no longer matching).
+        """
+        if not self.engines:
+            return
+        try:
+            ids = {engine.contract.pk: symbol for symbol, engine in self.engines.items()}
+            settled = Contract.objects.filter(pk__in=ids, status=ContractStatus.SETTLED).values_list("pk", flat=True)
+            for contract_id in settled:
+                symbol = ids[contract_id]
+                del self.engines[symbol]
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LEASE_NAMESPACE, contract_id])
+                logger.info("%s is settled: book dropped, lease released", symbol)
+        except Exception:
+            logger.warning("checking for settled contracts failed", exc_info=True)
+        LEASES.set(len(self.engines))
+
     def _announce_leader(self, symbol: str) -> None:
         try:
             get_redis().set(LEADER_KEY.format(symbol=symbol), os.getpid())
@@ -173,6 +195,7 @@ class Matcher:
         if now - self._last_heartbeat < HEARTBEAT_EVERY:
             return
         self._last_heartbeat = now
+        self.retire_settled()
         try:
             for symbol in self.engines:
                 heartbeat_record(f"matcher:{symbol}")

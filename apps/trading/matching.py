@@ -19,6 +19,7 @@ import numpy as np
 from django.db import connection, models, transaction
 from django.db.models.functions import Now
 
+from apps.contracts.lifecycle import ACCEPTING_STATUSES, status_share_lock
 from apps.ops.metrics import POSITION_UPDATE, measure_latency
 from apps.positions.booking import Fill, fills_book, incomes_record
 from apps.positions.models import Position
@@ -70,7 +71,11 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
     contract = engine.contract
     started = time.perf_counter()
     with transaction.atomic(durable=True):
-        _, expired = triggers_fire(contract=contract)
+        # FOR SHARE: a lifecycle change (halt, settling) waits for this batch, and the next
+        # batch sees it. While the contract does not match, nothing fires and new orders and
+        # amends are refused; cancels still leave the book.
+        matching = status_share_lock(contract.pk) in ACCEPTING_STATUSES
+        _, expired = triggers_fire(contract=contract) if matching else ([], {})
         commands = list(
             OrderCommand.objects.filter(contract=contract, status=CommandStatus.PENDING)
             .select_related("order")
@@ -81,7 +86,8 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
                 fills_book(contract=contract, fills=[], releases=expired,
                            reference={"symbol": contract.symbol, "expired_conditional": True})
             return None
-        run = engine.execute(engine.command_records(commands))
+        live = commands if matching else [c for c in commands if c.kind == CommandKind.CANCEL]
+        run = engine.execute(engine.command_records(live))
         events = run.events
         # The commands' orders came with the commands; only resting makers are loaded.
         orders = {c.order_id: _OrderState.of(c.order) for c in commands}
@@ -116,7 +122,13 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
             state.status = status
             state.changed = True
 
-        for index, command in enumerate(commands):
+        for command in (commands if not matching else ()):
+            if command.kind == CommandKind.NEW:
+                close(orders[command.order_id], OrderStatus.REJECTED)
+                report("REJECTED", orders[command.order_id])
+            elif command.kind == CommandKind.AMEND and command.margin_added:
+                releases[command.order.user_id] += command.margin_added
+        for index, command in enumerate(live):
             amended = False
             for event in events[run.offsets[index]:run.offsets[index + 1]]:
                 kind = event["kind"]

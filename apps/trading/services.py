@@ -19,6 +19,7 @@ from decimal import Decimal
 from django.db import IntegrityError, connection, transaction
 
 from apps.contracts.grid import Grid, OffGrid
+from apps.contracts.lifecycle import ACCEPTING_STATUSES, status_share_lock
 from apps.contracts.models import Contract, ContractStatus
 from apps.contracts.tiers import TierError, max_leverage_for_notional
 from apps.ledger.errors import InsufficientBalance
@@ -54,7 +55,6 @@ from .prices import mark_price, working_price
 from .rules import band_limits, is_triggered, protection_price
 
 CLIENT_ORDER_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")
-ACCEPTING_STATUSES = (ContractStatus.TRADING, ContractStatus.CLOSE_ONLY)
 CALLBACK_RATE_RANGE = (Decimal("0.1"), Decimal("10"))
 ZERO = Decimal(0)
 
@@ -170,9 +170,7 @@ def order_spec(*, contract: Contract, side: str, order_type: str, quantity=None,
             raise _not_required("reduceOnly")
     elif quantity is None:
         raise _missing("quantity")
-    if contract.status == ContractStatus.CLOSE_ONLY and not (reduce_only or close_position):
-        raise _error(f"{contract.symbol} is close-only: only reduce-only orders are accepted.",
-                     ErrorCode.NEW_ORDER_REJECTED)
+    _check_status(contract, contract.status, reducing=reduce_only or close_position)
 
     grid = Grid.of(contract)
     try:
@@ -203,6 +201,15 @@ def order_spec(*, contract: Contract, side: str, order_type: str, quantity=None,
                      client_order_id=client_order_id or f"x-{uuid.uuid4().hex[:24]}", stp_mode=stp_mode,
                      working_type=working_type, activation_price=activation_price, callback_rate=callback_rate,
                      price_protect=price_protect)
+
+
+def _check_status(contract: Contract, status: str, *, reducing: bool) -> None:
+    """Orders are accepted while the contract trades; in CLOSE_ONLY only reduce-only ones."""
+    if status not in ACCEPTING_STATUSES:
+        raise BadSymbol(f"Symbol {contract.symbol} is not trading (status {status}).")
+    if status == ContractStatus.CLOSE_ONLY and not reducing:
+        raise _error(f"Invalid symbol status for opening position: {contract.symbol} is close-only before "
+                     "delivery; only reduce-only orders are accepted.", ErrorCode.INVALID_SYMBOL_STATUS)
 
 
 def _open_exposure(*, user, contract: Contract) -> dict:
@@ -307,6 +314,8 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
                          "(unless you choose reduce only).", ErrorCode.MIN_NOTIONAL)
 
     with transaction.atomic():
+        # Read again FOR SHARE: a lifecycle change (close-only, settling, halt) waits for this order.
+        _check_status(contract, status_share_lock(contract.pk), reducing=reducing)
         position, balances = position_and_balances_lock(user=user, contract=contract)
         # Liquidation freeze: judged under the balance lock that starting a liquidation also takes.
         if account_frozen(user_id=user.pk):
@@ -449,6 +458,8 @@ def order_amend(*, user, contract: Contract, quantity, price, side: str | None =
     if price is None:
         raise _missing("price")
     with transaction.atomic():
+        # An amend can match: only while the contract matches (any order may be amended in close-only).
+        _check_status(contract, status_share_lock(contract.pk), reducing=True)
         position_lock(user=user, contract=contract)  # money before the order row: the lock order
         order = order_get(user=user, contract=contract, order_id=order_id, client_order_id=client_order_id, lock=True)
         if side is not None and side != order.side:

@@ -36,11 +36,19 @@ CELERY_BEAT_SCHEDULE = {
     "settlement-funding-due": {"task": "apps.settlement.tasks.funding_settle_due_task",
                                "schedule": _crontab(minute="*")},
     "settlement-samples-prune": {"task": "apps.settlement.tasks.premium_samples_prune_task", "schedule": 3600.0},
+    # Delivery (apps.settlement.delivery): list missing quarterlies, advance lifecycles
+    # (notices, close-only, settling) and settle due contracts; idempotent, every minute.
+    "settlement-delivery-advance": {"task": "apps.settlement.tasks.delivery_advance_task",
+                                    "schedule": _crontab(minute="*")},
     # Liquidation (apps.liquidation): screen every open position at the latest marks, margin
     # calls, start and advance liquidations. The pricefeed can also screen after each mark
     # (LIQUIDATION_SCREEN_ON_MARK=1).
     "liquidation-sweep": {"task": "apps.liquidation.tasks.liquidation_sweep_task", "schedule": 2.0},
 }
+# Delivery: keep the current and next quarterly listed for every base with delivery contracts,
+# and email holders their 24-hour delivery notice (with Django's mail settings).
+DELIVERY_ROLL_ENABLED = env_bool("DELIVERY_ROLL_ENABLED", True)
+DELIVERY_NOTICE_EMAIL = env_bool("DELIVERY_NOTICE_EMAIL", False)
 # Screen for liquidations in the pricefeed process after each published mark (apps.liquidation).
 LIQUIDATION_SCREEN_ON_MARK = env_bool("LIQUIDATION_SCREEN_ON_MARK", False)
 

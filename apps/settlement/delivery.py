@@ -1,0 +1,559 @@
+"""Delivery contracts: the lifecycle on the scheduler's clock, the roll, notices and cash settlement.
+
+`delivery_advance(now=)` is the beat job (every minute; idempotent, so it also catches up
+after downtime). It first lists missing quarterlies (`delivery_roll`), then walks every
+delivery contract whose time has come through its lifecycle, one recorded step at a time
+(`apps.contracts.lifecycle`):
+
+    PENDING ─onboard─▶ TRADING ─T−30 min─▶ CLOSE_ONLY ─T─▶ SETTLING ─settled─▶ SETTLED
+
+From T−24 h every holder gets one `DeliveryNotice` (user data stream event, and an email
+when `DELIVERY_NOTICE_EMAIL` is on). A HALTED contract is left alone until ops resume it.
+
+Settlement (`delivery_settle`) is idempotent per contract (one `DeliverySettlement` row):
+1. the price: `SettlementPriceCalculator` over the `PriceMinute` venue prices of the hour
+   before delivery (window = the contract's `settlement_window_minutes`), weighted by the
+   contract's index constituents; stored with its full audit in its own transaction. No
+   valid minute → NO_PRICE, a CRITICAL alert, and the contract stays SETTLING (retried
+   each run: late minute data or fixed constituents let it settle; a price is never made up);
+2. the money, in ONE durable transaction under the contract's row lock (which waits for a
+   matcher batch in flight; the batch reads the status FOR SHARE): pending journal
+   commands are closed, every open order EXPIRED and its hold released, every position
+   closed at the settlement price — realized PnL against PNL_CLEARING, the delivery fee
+   to FEE_INCOME, isolated margin back to the wallet — as one ledger posting keyed
+   `delivery:<SYMBOL>`; losses a wallet cannot pay are covered by the insurance fund, then
+   bad debt (`deficits_cover`, as for fills; an isolated position's loss stops at its
+   isolated margin). Income rows (DELIVERED_SETTELMENT, COMMISSION) and the positions are
+   written with one statement each, and the contract becomes SETTLED in the same
+   transaction. A crash anywhere rolls all of it back; the next run starts it again.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone as dt_timezone
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from apps.contracts.calendar import DELIVERY_TIME_OF_DAY, delivery_symbol, quarterly_expiries_after
+from apps.contracts.lifecycle import contract_status_set
+from apps.contracts.models import Contract, ContractStatus, ContractType, MarginTier
+from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
+from apps.ledger.money import quantize_amount
+from apps.ledger.services import Leg, Posting, accounts_for_users, balances_lock, ledger_post_many, system_account
+from apps.marketdata.engine.quotes import to_ms
+from apps.marketdata.engine.settlement_price import SettlementPriceCalculator, SettlementStatus
+from apps.marketdata.models import IndexConstituent
+from apps.marketdata.selectors import constituents_of, price_settlement_quotes
+from apps.marketdata.services import constituents_ensure_default
+from apps.positions.booking import deficits_cover
+from apps.trading.models import OPEN_STATUSES
+from exchange.errors import ErrorCode, ExchangeError
+
+from .models import DeliveryNotice, DeliverySettlement, DeliveryStatus
+
+logger = logging.getLogger(__name__)
+S = ContractStatus
+NOTICE_BEFORE = timedelta(hours=24)
+CLOSE_ONLY_BEFORE = timedelta(minutes=30)
+ZERO = Decimal(0)
+
+
+class DeliveryError(ExchangeError):
+    code = ErrorCode.INVALID_PARAMETER
+
+
+def idempotency_key(contract: Contract) -> str:
+    return f"delivery:{contract.symbol}"
+
+
+# -- the scheduler -------------------------------------------------------------------------
+
+
+def delivery_advance(*, now: datetime | None = None) -> list[str]:
+    """List missing quarterlies, then move every delivery contract on; returns what happened."""
+    now = now or timezone.now()
+    done = [f"listed {c.symbol}" for c in delivery_roll(now=now)]
+    contracts = Contract.objects.filter(contract_type=ContractType.DELIVERY).exclude(
+        status__in=(S.SETTLED, S.HALTED)).select_related("settle_asset").order_by("delivery_time", "symbol")
+    for contract in contracts:
+        try:
+            done.extend(f"{contract.symbol}: {step}" for step in delivery_advance_one(contract=contract, now=now))
+        except Exception as exc:
+            logger.exception("delivery lifecycle of %s failed", contract.symbol)
+            _alert(f"job_failure:delivery:{contract.symbol}", "CRITICAL",
+                   f"Delivery job for {contract.symbol} failed: {exc}", {"symbol": contract.symbol})
+    return done
+
+
+def delivery_advance_one(*, contract: Contract, now: datetime, requested_by=None) -> list[str]:
+    """Every step of one contract's lifecycle that is due at `now`, in order."""
+    if contract.contract_type != ContractType.DELIVERY:
+        raise DeliveryError(f"{contract.symbol} is not a delivery contract.")
+    steps: list[str] = []
+    due = contract.delivery_time
+    onboard = contract.onboard_time or contract.created_at or now
+
+    def move(to_status: str, at: datetime, reason: str, expect: tuple[str, ...]) -> None:
+        if contract_status_set(contract=contract, to_status=to_status, at=min(at, now), reason=reason,
+                               actor=requested_by, expect=expect):
+            steps.append(to_status)
+
+    if contract.status == S.PENDING and now >= onboard:
+        move(S.TRADING, onboard, "onboard time reached", (S.PENDING,))
+    if contract.status in (S.TRADING, S.CLOSE_ONLY) and now >= due - NOTICE_BEFORE:
+        sent = delivery_notices_send(contract=contract, now=now)
+        if sent:
+            steps.append(f"{sent} notice(s)")
+    if contract.status == S.TRADING and now >= due - CLOSE_ONLY_BEFORE:
+        move(S.CLOSE_ONLY, due - CLOSE_ONLY_BEFORE, "30 minutes before delivery: reduce-only", (S.TRADING,))
+    if contract.status == S.CLOSE_ONLY and now >= due:
+        move(S.SETTLING, due, "delivery time reached", (S.CLOSE_ONLY,))
+    if contract.status == S.SETTLING:
+        run = delivery_settle(contract=contract, now=now, requested_by=requested_by)
+        steps.append(f"settlement {run.status}")
+    return steps
+
+
+# -- notices -------------------------------------------------------------------------------
+
+
+def delivery_notices_send(*, contract: Contract, now: datetime) -> int:
+    """One notice per current holder (those told already are skipped); returns how many are new."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO settlement_deliverynotice (contract_id, user_id, delivery_time, position_size, created_at)
+            SELECT contract_id, user_id, %s, size, %s FROM positions_position
+            WHERE contract_id = %s AND size <> 0
+            ON CONFLICT (contract_id, user_id) DO NOTHING
+            RETURNING id, user_id, position_size
+            """,
+            [contract.delivery_time, now, contract.pk],
+        )
+        fresh = cursor.fetchall()
+    if fresh:
+        transaction.on_commit(lambda: _notify(contract, fresh, now))
+    return len(fresh)
+
+
+def notice_payload(*, contract: Contract, position_size: Decimal, event_ms: int) -> dict:
+    """The user data stream event of a delivery notice (not a Binance event; clients ignore unknown ones)."""
+    return {"e": "DELIVERY_NOTICE", "E": event_ms, "s": contract.symbol, "dt": to_ms(contract.delivery_time),
+            "pa": format(position_size.normalize(), "f")}
+
+
+def _notify(contract: Contract, fresh: list[tuple[int, int, Decimal]], now: datetime) -> None:
+    event_ms = to_ms(now)
+    try:
+        from asgiref.sync import async_to_sync
+        from channels.layers import get_channel_layer
+
+        from apps.accounts.user_stream import USER_PUSH, user_group
+
+        layer = get_channel_layer()
+        for _, user_id, size in fresh:
+            async_to_sync(layer.group_send)(user_group(user_id), {
+                "type": USER_PUSH, "user_id": user_id,
+                "data": [notice_payload(contract=contract, position_size=size, event_ms=event_ms)]})
+    except Exception:
+        logger.warning("delivery notices of %s not pushed to the user streams", contract.symbol, exc_info=True)
+    if settings.DELIVERY_NOTICE_EMAIL:
+        _email(contract, fresh)
+
+
+def _email(contract: Contract, fresh: list[tuple[int, int, Decimal]]) -> None:
+    from django.contrib.auth import get_user_model
+    from django.core.mail import send_mass_mail
+
+    users = dict(get_user_model().objects.filter(pk__in=[u for _, u, _ in fresh]).exclude(email="")
+                 .values_list("pk", "email"))
+    when = f"{contract.delivery_time:%Y-%m-%d %H:%M} UTC"
+    messages = [
+        (f"{contract.symbol} delivers at {when}",
+         f"Your {contract.symbol} position of {size.normalize():f} will be closed at the settlement price at "
+         f"{when}. From 30 minutes before, only reduce-only orders are accepted.",
+         settings.DEFAULT_FROM_EMAIL, [users[user_id]])
+        for _, user_id, size in fresh if user_id in users
+    ]
+    try:
+        send_mass_mail(messages, fail_silently=False)
+        DeliveryNotice.objects.filter(pk__in=[pk for pk, user_id, _ in fresh if user_id in users]).update(
+            emailed_at=timezone.now())
+    except Exception:
+        logger.warning("delivery notice emails for %s failed", contract.symbol, exc_info=True)
+
+
+# -- the settlement price ------------------------------------------------------------------
+
+
+def settlement_price_compute(*, contract: Contract):
+    """The calculator's result for the contract's window before delivery (nothing stored)."""
+    window = timedelta(minutes=contract.settlement_window_minutes)
+    end = contract.delivery_time
+    weights = {c.venue: c.weight for c in constituents_of(contract=contract)}
+    if not weights:
+        return None, weights
+    calculator = SettlementPriceCalculator(weights, window_ms=int(window.total_seconds() * 1000),
+                                           tick=contract.tick_size)
+    quotes = price_settlement_quotes(contract=contract, start=end - window, end=end)
+    return calculator.calculate(contract.symbol, quotes, end=end), weights
+
+
+def _price(run: DeliverySettlement, contract: Contract, now: datetime) -> DeliverySettlement:
+    result, weights = settlement_price_compute(contract=contract)
+    audit = result.to_audit() if result is not None else {"status": "no_price", "reason": "no index constituents"}
+    audit["weights"] = {venue: str(w) for venue, w in sorted(weights.items())}
+    window = timedelta(minutes=contract.settlement_window_minutes)
+    fields = dict(audit=audit, window_start=contract.delivery_time - window, window_end=contract.delivery_time,
+                  valid_minutes=result.valid_minutes if result is not None else 0, priced_at=now)
+    if result is None or result.status != SettlementStatus.OK:
+        fields.update(status=DeliveryStatus.NO_PRICE, error=audit.get("reason") or "no valid sample")
+        DeliverySettlement.objects.filter(pk=run.pk).update(attempts=F("attempts") + 1, **fields)
+        _alert(f"delivery_no_price:{contract.symbol}", "CRITICAL",
+               f"{contract.symbol} cannot be settled: {fields['error']} in the {contract.settlement_window_minutes}"
+               f"-minute window before {contract.delivery_time:%Y-%m-%d %H:%M} UTC. It stays SETTLING.",
+               {"symbol": contract.symbol, "delivery_time": to_ms(contract.delivery_time)})
+    else:
+        fields.update(status=DeliveryStatus.PRICED, settlement_price=result.price, error="")
+        with transaction.atomic():
+            DeliverySettlement.objects.filter(pk=run.pk).update(**fields)
+            Contract.objects.filter(pk=contract.pk).update(settlement_price=result.price)
+        contract.settlement_price = result.price
+    run.refresh_from_db()
+    return run
+
+
+# -- the settlement ------------------------------------------------------------------------
+
+
+def delivery_settle(*, contract: Contract, now: datetime | None = None, requested_by=None) -> DeliverySettlement:
+    """Price (once) and settle a SETTLING contract exactly once; returns its run.
+
+    Safe to call any number of times, concurrently: a DONE run is returned as it is;
+    NO_PRICE leaves the contract SETTLING. Raises (after recording FAILED) on failure.
+    """
+    now = now or timezone.now()
+    if contract.contract_type != ContractType.DELIVERY:
+        raise DeliveryError(f"{contract.symbol} is not a delivery contract.")
+    run = DeliverySettlement.objects.filter(contract=contract).first()
+    if run is not None and run.status == DeliveryStatus.DONE:
+        return run
+    if contract.status != S.SETTLING:
+        raise DeliveryError(f"{contract.symbol} is {contract.status}, not SETTLING: it is not delivered yet.")
+    if run is None:
+        run, _ = DeliverySettlement.objects.get_or_create(contract=contract,
+                                                          defaults={"delivery_time": contract.delivery_time})
+    if run.settlement_price is None:
+        run = _price(run, contract, now)
+        if run.status == DeliveryStatus.NO_PRICE:
+            return run
+    try:
+        with transaction.atomic(durable=True):
+            run = DeliverySettlement.objects.select_for_update().get(pk=run.pk)
+            if run.status == DeliveryStatus.DONE:  # another runner finished while we waited
+                return run
+            # The contract's row lock waits for a matcher batch in flight and keeps the next out.
+            locked = Contract.objects.select_for_update().select_related("settle_asset").get(pk=contract.pk)
+            if locked.status != S.SETTLING:
+                raise DeliveryError(f"{contract.symbol} is {locked.status}, not SETTLING.")
+            totals = _settle(contract=locked, price=run.settlement_price, requested_by=requested_by)
+            DeliverySettlement.objects.filter(pk=run.pk).update(
+                status=DeliveryStatus.DONE, attempts=F("attempts") + 1, error="", finished_at=now,
+                requested_by=requested_by if requested_by is not None else run.requested_by, **totals.fields())
+            contract_status_set(contract=locked, to_status=S.SETTLED, at=now, actor=requested_by,
+                                reason=f"settled at {run.settlement_price.normalize():f}")
+    except Exception as exc:
+        DeliverySettlement.objects.filter(pk=run.pk).exclude(status=DeliveryStatus.DONE).update(
+            status=DeliveryStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], attempts=F("attempts") + 1)
+        _alert(f"job_failure:delivery:{contract.symbol}", "CRITICAL",
+               f"Delivery settlement of {contract.symbol} failed: {exc}", {"symbol": contract.symbol})
+        raise
+    contract.status = S.SETTLED
+    run.refresh_from_db()
+    return run
+
+
+@dataclass
+class _Totals:
+    positions: int = 0
+    long_quantity: Decimal = ZERO
+    short_quantity: Decimal = ZERO
+    realized_pnl: Decimal = ZERO
+    fees: Decimal = ZERO
+    orders_expired: int = 0
+    order_margin_released: Decimal = ZERO
+    covered: Decimal = ZERO
+    bad_debt: Decimal = ZERO
+    ledger_transaction_id: int | None = None
+
+    def fields(self) -> dict:
+        return dict(self.__dict__)
+
+
+CLOSE_COMMANDS_SQL = """
+WITH closed AS (
+    UPDATE trading_ordercommand SET status = 'DONE', processed_at = now()
+    WHERE contract_id = %s AND status = 'PENDING'
+    RETURNING order_id, kind, margin_added
+)
+SELECT o.user_id, COALESCE(sum(c.margin_added) FILTER (WHERE c.kind = 'AMEND'), 0)
+FROM closed c JOIN trading_order o ON o.id = c.order_id
+GROUP BY o.user_id
+"""
+
+EXPIRE_ORDERS_SQL = """
+WITH open AS (
+    SELECT id, user_id, margin_held FROM trading_order
+    WHERE contract_id = %s AND status = ANY(%s)
+    ORDER BY id FOR UPDATE
+), expired AS (
+    UPDATE trading_order o SET status = 'EXPIRED', margin_held = 0, updated_at = now()
+    FROM open WHERE o.id = open.id
+)
+SELECT user_id, count(*), sum(margin_held) FROM open GROUP BY user_id
+"""
+
+POSITIONS_SQL = """
+SELECT id, user_id, size, entry_price, margin_type = 'ISOLATED'
+FROM positions_position WHERE contract_id = %s AND size <> 0 ORDER BY id FOR UPDATE
+"""
+
+
+USERS_SQL = """
+SELECT user_id, bool_or(has_orders), bool_or(is_isolated) FROM (
+    SELECT user_id, true AS has_orders, false AS is_isolated FROM trading_order
+    WHERE contract_id = %(c)s AND status = ANY(%(open)s)
+    UNION ALL
+    SELECT o.user_id, true, false FROM trading_ordercommand c JOIN trading_order o ON o.id = c.order_id
+    WHERE c.contract_id = %(c)s AND c.status = 'PENDING'
+    UNION ALL
+    SELECT user_id, false, margin_type = 'ISOLATED' FROM positions_position WHERE contract_id = %(c)s AND size <> 0
+) AS involved GROUP BY user_id
+"""
+
+
+def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
+    asset, precision, cs = contract.settle_asset, contract.settle_asset.precision, contract.contract_size
+    totals = _Totals()
+    releases: dict[int, Decimal] = defaultdict(Decimal)  # user id -> order margin back to the wallet
+    with connection.cursor() as cursor:
+        # Who is involved is fixed while the contract row is ours (no order entry, no batch).
+        cursor.execute(USERS_SQL, {"c": contract.pk, "open": list(OPEN_STATUSES)})
+        involved = cursor.fetchall()
+    wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=[row[0] for row in involved])
+    order_margin = accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=[row[0] for row in involved if row[1]])
+    isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=[row[0] for row in involved if row[2]],
+                                  contract=contract)
+    fund = system_account(AccountKind.INSURANCE_FUND).pk
+    bad_debt = system_account(AccountKind.BAD_DEBT).pk
+    # The lock order of every writer: balances, then positions, then orders.
+    current = balances_lock(account_ids=[*wallets.values(), *order_margin.values(), *isolated.values(), fund,
+                                         bad_debt], asset=asset)
+    with connection.cursor() as cursor:
+        cursor.execute(POSITIONS_SQL, [contract.pk])
+        positions = cursor.fetchall()
+        cursor.execute(CLOSE_COMMANDS_SQL, [contract.pk])
+        for user_id, amount in cursor.fetchall():
+            releases[user_id] += amount
+        cursor.execute(EXPIRE_ORDERS_SQL, [contract.pk, list(OPEN_STATUSES)])
+        for user_id, count, held in cursor.fetchall():
+            releases[user_id] += held
+            totals.orders_expired += count
+
+    delta: dict[int, Decimal] = defaultdict(Decimal)
+    fee_rate = contract.delivery_fee_rate
+    pnls: list[Decimal] = []
+    fees: list[Decimal] = []
+    for _, user_id, size, entry, is_isolated in positions:
+        pnl = quantize_amount(size * (price - entry) * cs, precision)
+        fee = quantize_amount(abs(size) * price * cs * fee_rate, precision)
+        pnls.append(pnl)
+        fees.append(fee)
+        if size > 0:
+            totals.long_quantity += size
+        else:
+            totals.short_quantity -= size
+        wallet = wallets[user_id]
+        result = pnl - fee
+        if is_isolated:
+            # The isolated margin comes back with the result; a loss beyond it never
+            # reaches the wallet: the fund covers it, then bad debt.
+            margin = current[isolated[user_id]]
+            if margin:
+                delta[isolated[user_id]] -= margin
+            result += margin
+            if result < 0:
+                covered = min(-result, max(ZERO, current[fund] + delta[fund]))
+                delta[fund] -= covered
+                delta[bad_debt] -= -result - covered
+                totals.covered += covered
+                totals.bad_debt += -result - covered
+                result = ZERO
+        delta[wallet] += result
+    totals.positions = len(positions)
+    totals.realized_pnl = sum(pnls, ZERO)
+    totals.fees = sum(fees, ZERO)
+    for user_id, amount in releases.items():
+        if amount:
+            delta[order_margin[user_id]] -= amount
+            delta[wallets[user_id]] += amount
+            totals.order_margin_released += amount
+    delta[system_account(AccountKind.PNL_CLEARING).pk] -= totals.realized_pnl
+    delta[system_account(AccountKind.FEE_INCOME).pk] += totals.fees
+    cross_wallets = {user_id: wallets[user_id] for _, user_id, _, _, is_isolated in positions if not is_isolated}
+    for covered, lost in deficits_cover(wallets=cross_wallets, delta=delta, current=current, fund=fund,
+                                        bad_debt=bad_debt).values():
+        totals.covered += covered
+        totals.bad_debt += lost
+
+    legs = [Leg(account, asset, amount) for account, amount in sorted(delta.items()) if amount]
+    if len(legs) >= 2:
+        txn = ledger_post_many(postings=[Posting(
+            kind=TransactionKind.DELIVERY, legs=legs, idempotency_key=idempotency_key(contract),
+            memo=f"Delivery {contract.symbol} at {price.normalize():f}",
+            reference={"symbol": contract.symbol, "settlement_price": str(price), "positions": len(positions),
+                       "orders_expired": totals.orders_expired},
+            created_by_id=requested_by.pk if requested_by is not None else None,
+        )])[0]
+        totals.ledger_transaction_id = txn.pk
+        _incomes_insert(contract=contract, positions=positions, pnls=pnls, fees=fees, transaction_id=txn.pk)
+    if positions:
+        _positions_close(positions=positions, pnls=pnls)
+    return totals
+
+
+INCOME_SQL = f"""
+INSERT INTO {Income._meta.db_table} (user_id, symbol, income_type, amount, asset_id, info, trade_id,
+                                      transaction_id, created_at)
+SELECT t.user_id, %(symbol)s, t.kind, t.amount, %(asset)s, t.kind, NULL, %(txn)s, now()
+FROM unnest(%(users)s::bigint[], %(kinds)s::text[], %(amounts)s::numeric[]) AS t(user_id, kind, amount)
+"""
+
+
+def _incomes_insert(*, contract: Contract, positions: list, pnls: list[Decimal], fees: list[Decimal],
+                    transaction_id: int) -> None:
+    """Per position: its realized PnL (DELIVERED_SETTELMENT) and its delivery fee (COMMISSION)."""
+    users, kinds, amounts = [], [], []
+    for (_, user_id, *_), pnl, fee in zip(positions, pnls, fees):
+        if pnl:
+            users.append(user_id), kinds.append(IncomeType.DELIVERED_SETTELMENT.value), amounts.append(pnl)
+        if fee:
+            users.append(user_id), kinds.append(IncomeType.COMMISSION.value), amounts.append(-fee)
+    if not users:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(INCOME_SQL, {"symbol": contract.symbol, "asset": contract.settle_asset_id,
+                                    "txn": transaction_id, "users": users, "kinds": kinds, "amounts": amounts})
+
+
+def _positions_close(*, positions: list, pnls: list[Decimal]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE positions_position AS p
+            SET size = 0, entry_price = 0, realized_pnl = p.realized_pnl + t.pnl, updated_at = now()
+            FROM unnest(%s::bigint[], %s::numeric[]) AS t(id, pnl)
+            WHERE p.id = t.id
+            """,
+            [[row[0] for row in positions], pnls],
+        )
+
+
+# -- listing and the roll ------------------------------------------------------------------
+
+# Copied from the template; the rest is the new contract's own.
+_NOT_COPIED = {"id", "symbol", "status", "contract_type", "delivery_time", "settlement_price", "onboard_time",
+               "created_at", "updated_at"}
+
+
+def delivery_list(*, base_symbol: str, delivery_time: datetime, now: datetime | None = None,
+                  template: Contract | None = None) -> Contract:
+    """List `<BASE>_<YYMMDD>` delivering at `delivery_time`, with the spec, tiers and index of a template.
+
+    The template defaults to the base's latest delivery contract, else its perpetual.
+    The new contract is PENDING with onboard time `now`: the next scheduler run opens it.
+    """
+    now = now or timezone.now()
+    if delivery_time.tzinfo is None:
+        raise DeliveryError("The delivery time needs a time zone (UTC).")
+    if delivery_time <= now + CLOSE_ONLY_BEFORE:
+        raise DeliveryError(f"The delivery time {delivery_time:%Y-%m-%d %H:%M} UTC is too close or past: "
+                            f"it must be more than {int(CLOSE_ONLY_BEFORE.total_seconds() // 60)} minutes ahead.")
+    symbol = delivery_symbol(base_symbol, delivery_time)
+    template = template or _template_of(base_symbol)
+    if template is None:
+        raise DeliveryError(f"No contract of {base_symbol} to copy the specification from.")
+    if Contract.objects.filter(symbol=symbol).exists():
+        raise DeliveryError(f"{symbol} is already listed.")
+    fields = {f.attname: getattr(template, f.attname) for f in Contract._meta.concrete_fields
+              if f.attname not in _NOT_COPIED}
+    with transaction.atomic():
+        contract = Contract.objects.create(symbol=symbol, contract_type=ContractType.DELIVERY, status=S.PENDING,
+                                           delivery_time=delivery_time, onboard_time=now, **fields)
+        MarginTier.objects.bulk_create(
+            MarginTier(contract=contract, bracket=t.bracket, notional_floor=t.notional_floor,
+                       notional_cap=t.notional_cap, maintenance_rate=t.maintenance_rate,
+                       maintenance_amount=t.maintenance_amount, max_leverage=t.max_leverage)
+            for t in template.margin_tiers.all()
+        )
+        constituents = [IndexConstituent(contract=contract, venue=c.venue, source_symbol=c.source_symbol,
+                                         weight=c.weight, enabled=c.enabled)
+                        for c in IndexConstituent.objects.filter(contract=template)]
+        if constituents:
+            IndexConstituent.objects.bulk_create(constituents)
+        else:
+            constituents_ensure_default(contract=contract)
+    logger.info("listed %s (delivery %s)", symbol, delivery_time.isoformat())
+    return contract
+
+
+def _base_of(symbol: str) -> str:
+    return symbol.split("_", 1)[0]
+
+
+def _template_of(base_symbol: str) -> Contract | None:
+    latest = (Contract.objects.filter(contract_type=ContractType.DELIVERY, symbol__startswith=f"{base_symbol}_")
+              .order_by("-delivery_time").first())
+    if latest is not None:
+        return latest
+    return Contract.objects.filter(symbol=base_symbol, contract_type=ContractType.PERPETUAL).first()
+
+
+def delivery_roll(*, now: datetime | None = None) -> list[Contract]:
+    """Keep the current and the next quarterly listed for every base that has delivery contracts."""
+    if not settings.DELIVERY_ROLL_ENABLED:
+        return []
+    now = now or timezone.now()
+    symbols = Contract.objects.filter(contract_type=ContractType.DELIVERY).values_list("symbol", flat=True)
+    listed = []
+    for base in sorted({_base_of(s) for s in symbols}):
+        for expiry in quarterly_expiries_after(now, count=2):
+            if expiry <= now + CLOSE_ONLY_BEFORE or Contract.objects.filter(
+                    symbol=delivery_symbol(base, expiry)).exists():
+                continue
+            listed.append(delivery_list(base_symbol=base, delivery_time=expiry, now=now))
+    return listed
+
+
+def parse_delivery_date(value: str) -> datetime:
+    """`YYYY-MM-DD` → that day at the default delivery time of day (08:00 UTC)."""
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError as exc:
+        raise DeliveryError(f"Invalid delivery date {value!r}: expected YYYY-MM-DD.") from exc
+    return datetime.combine(day, DELIVERY_TIME_OF_DAY).astimezone(dt_timezone.utc)
+
+
+def _alert(key: str, level: str, message: str, details: dict) -> None:
+    try:
+        from apps.ops.alerts import alert_raise
+
+        alert_raise(key=key, level=level, message=message, details=details)
+    except Exception:
+        logger.exception("raising alert %s failed", key)

@@ -1,0 +1,381 @@
+"""Delivery contracts with controlled time: lifecycle, close-only, the settlement price, settlement.
+
+Positions come from real trades (order entry → journal → C book → booking), so margins,
+fees and the PnL clearing account are what production would hold when delivery comes.
+"""
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from apps.contracts.calendar import last_friday
+from apps.contracts.lifecycle import contract_halt, contract_resume
+from apps.contracts.models import Contract, ContractStatus, ContractStatusChange, ContractType
+from apps.contracts.services import contract_create, tiers_from_brackets
+from apps.ledger.models import AccountKind, Income, IncomeType, LedgerTransaction, TransactionKind
+from apps.ledger.selectors import balance_amount
+from apps.ledger.services import account_get_or_create, system_account, wallet_deposit
+from apps.marketdata.models import IndexConstituent, PriceMinute
+from apps.ops.demo import QUARTERLY_BRACKETS
+from apps.ops.invariants import run_all_invariants
+from apps.ops.models import Alert
+from apps.positions.models import Position
+from apps.positions.services import leverage_change, margin_type_change
+from apps.settlement import delivery
+from apps.settlement.delivery import (
+    delivery_advance,
+    delivery_list,
+    delivery_roll,
+    delivery_settle,
+    parse_delivery_date,
+)
+from apps.settlement.models import DeliveryNotice, DeliverySettlement, DeliveryStatus
+from apps.trading.engine import SymbolEngine
+from apps.trading.errors import OrderRejected
+from apps.trading.matching import batch_process
+from apps.trading.models import CommandStatus, Order, OrderCommand, OrderStatus
+from apps.trading.services import order_amend, order_place
+from exchange.errors import ErrorCode
+
+D = Decimal
+S = ContractStatus
+DT = datetime(2026, 12, 25, 8, 0, tzinfo=timezone.utc)  # last Friday of December 2026
+ONBOARD = datetime(2026, 11, 1, tzinfo=timezone.utc)
+WEIGHTS = {"binance": D("2"), "okx": D("1"), "bybit": D("1")}
+
+
+@pytest.fixture(autouse=True)
+def _no_roll(settings):
+    """Only the roll test lists further quarterlies."""
+    settings.DELIVERY_ROLL_ENABLED = False
+
+
+@pytest.fixture
+def quarterly(usdt, btc):
+    contract = contract_create(
+        tiers=tiers_from_brackets(QUARTERLY_BRACKETS), symbol="BTCUSDT_261225", contract_type=ContractType.DELIVERY,
+        status=S.PENDING, base_asset=btc, quote_asset=usdt, settle_asset=usdt, max_leverage=25,
+        delivery_time=DT, onboard_time=ONBOARD, settlement_window_minutes=60,
+    )
+    IndexConstituent.objects.bulk_create(IndexConstituent(contract=contract, venue=v, source_symbol="BTCUSDT", weight=w)
+                                         for v, w in WEIGHTS.items())
+    return contract
+
+
+@pytest.fixture
+def funded(make_user, usdt):
+    def make(name: str, amount: str = "100000"):
+        user = make_user(name)
+        wallet_deposit(user=user, asset=usdt, amount=D(amount))
+        return user
+
+    return make
+
+
+def minutes(contract, start: datetime, rows: list[dict]) -> None:
+    """rows[i] = {venue: (price, volume)} for minute start + i."""
+    PriceMinute.objects.bulk_create(
+        PriceMinute(contract=contract, minute=start + timedelta(minutes=i), index_price=D("50000"),
+                    mark_price=D("50000"),
+                    venues={v: {"price": str(p), "volume": str(vol), "quotes": 1, "last_ts": 0}
+                            for v, (p, vol) in row.items()})
+        for i, row in enumerate(rows)
+    )
+
+
+def flat_hour(contract, price: str = "52000") -> None:
+    minutes(contract, DT - timedelta(hours=1), [{"binance": (price, "10"), "okx": (price, "5")}] * 60)
+
+
+def wallet_of(user) -> Decimal:
+    return balance_amount(account=account_get_or_create(kind=AccountKind.WALLET, user=user), asset_code="USDT")
+
+
+def held_of(user) -> Decimal:
+    return balance_amount(account=account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=user), asset_code="USDT")
+
+
+def system(kind) -> Decimal:
+    return balance_amount(account=system_account(kind), asset_code="USDT")
+
+
+def trade(contract, buyer, seller, qty: str, price: str) -> None:
+    engine = SymbolEngine(contract)
+    order_place(user=buyer, contract=contract, side="BUY", quantity=D(qty), price=D(price))
+    order_place(user=seller, contract=contract, side="SELL", quantity=D(qty), price=D(price))
+    batch_process(engine)
+
+
+def open_interest(contract) -> tuple[Decimal, Decimal]:
+    sizes = list(Position.objects.filter(contract=contract).values_list("size", flat=True))
+    return sum((s for s in sizes if s > 0), D(0)), -sum((s for s in sizes if s < 0), D(0))
+
+
+def test_full_lifecycle_from_listing_to_settled(quarterly, funded):
+    alice, bob, carol = funded("alice"), funded("bob"), funded("carol")
+    assert delivery_advance(now=ONBOARD - timedelta(minutes=1)) == []
+    quarterly.refresh_from_db()
+    assert quarterly.status == S.PENDING
+
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    assert quarterly.status == S.TRADING
+    margin_type_change(user=bob, contract=quarterly, margin_type="ISOLATED")
+    trade(quarterly, alice, bob, "1", "50000")  # alice long 1, bob short 1 (isolated)
+    trade(quarterly, carol, alice, "0.4", "51000")  # alice sells 0.4 to carol: long 0.6 left
+    assert open_interest(quarterly) == (D("1"), D("1"))
+
+    delivery_advance(now=DT - timedelta(hours=25))
+    assert DeliveryNotice.objects.count() == 0
+    delivery_advance(now=DT - timedelta(hours=24))
+    assert sorted(DeliveryNotice.objects.values_list("user__username", "position_size")) == [
+        ("alice", D("0.6")), ("bob", D("-1")), ("carol", D("0.4"))]
+    delivery_advance(now=DT - timedelta(hours=23))
+    assert DeliveryNotice.objects.count() == 3  # once per holder
+
+    delivery_advance(now=DT - timedelta(minutes=30))
+    quarterly.refresh_from_db()
+    assert quarterly.status == S.CLOSE_ONLY
+    # A resting order at delivery is expired and its hold released.
+    order_place(user=carol, contract=quarterly, side="SELL", quantity=D("0.1"), price=D("53000"), reduce_only=True)
+    batch_process(SymbolEngine(quarterly))
+
+    flat_hour(quarterly, "52000")
+    wallets = {u.username: wallet_of(u) + held_of(u) for u in (alice, bob, carol)}  # holds come back
+    delivery_advance(now=DT)
+    quarterly.refresh_from_db()
+    assert quarterly.status == S.SETTLED and quarterly.settlement_price == D("52000")
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    assert run.status == DeliveryStatus.DONE and run.positions == 3 and run.orders_expired == 1
+    assert (run.long_quantity, run.short_quantity) == (D("1"), D("1"))
+
+    # PnL at 52,000: alice 0.6 long from 50,000: +1,200; carol 0.4 long from 51,000: +400;
+    # bob short 1 from 50,000: −2,000. Delivery fee 0.02% of 52,000 per contract.
+    fee = {"alice": D("6.24"), "bob": D("10.4"), "carol": D("4.16")}
+    assert wallet_of(alice) == wallets["alice"] + D("1200") - fee["alice"]
+    assert wallet_of(carol) == wallets["carol"] + D("400") - fee["carol"]
+    bob_isolated = account_get_or_create(kind=AccountKind.ISOLATED_MARGIN, user=bob, contract=quarterly)
+    assert balance_amount(account=bob_isolated, asset_code="USDT") == 0
+    # bob's isolated margin (1 × 50,000 / 20 = 2,500) came back less his loss and fee.
+    assert wallet_of(bob) == wallets["bob"] + D("2500") - D("2000") - fee["bob"]
+    assert held_of(carol) == 0
+    assert Order.objects.get(user=carol, status=OrderStatus.EXPIRED)
+    assert open_interest(quarterly) == (0, 0)
+    assert run.realized_pnl == D("-400") and run.fees == sum(fee.values())
+    incomes = Income.objects.filter(symbol=quarterly.symbol, income_type=IncomeType.DELIVERED_SETTELMENT)
+    assert sorted(incomes.values_list("user__username", "amount")) == [
+        ("alice", D("1200")), ("bob", D("-2000")), ("carol", D("400"))]
+    assert run_all_invariants() == []
+    history = list(ContractStatusChange.objects.filter(contract=quarterly).values_list("to_status", "at"))
+    assert history == [(S.TRADING, ONBOARD), (S.CLOSE_ONLY, DT - timedelta(minutes=30)), (S.SETTLING, DT),
+                       (S.SETTLED, DT)]
+
+
+def test_close_only_rejects_opening_and_accepts_reducing(quarterly, funded):
+    alice, bob = funded("alice"), funded("bob")
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    trade(quarterly, alice, bob, "1", "50000")
+    delivery_advance(now=DT - timedelta(minutes=29))
+    quarterly.refresh_from_db()
+    assert quarterly.status == S.CLOSE_ONLY
+    before = Order.objects.count()
+    with pytest.raises(OrderRejected) as refused:
+        order_place(user=alice, contract=quarterly, side="BUY", quantity=D("0.1"), price=D("50000"))
+    assert refused.value.code == ErrorCode.INVALID_SYMBOL_STATUS == -4140
+    with pytest.raises(OrderRejected) as refused:  # not flagged reduce-only: refused even though it would reduce
+        order_place(user=alice, contract=quarterly, side="SELL", quantity=D("0.1"), price=D("50000"))
+    assert refused.value.code == -4140
+    assert Order.objects.count() == before
+    order_place(user=alice, contract=quarterly, side="SELL", quantity=D("0.5"), price=D("50000"), reduce_only=True)
+    order_place(user=bob, contract=quarterly, side="BUY", quantity=D("0.5"), price=D("50000"), reduce_only=True)
+    batch_process(SymbolEngine(quarterly))
+    assert open_interest(quarterly) == (D("0.5"), D("0.5"))
+    assert run_all_invariants() == []
+
+
+def test_orders_journaled_before_settling_are_refused_by_the_matcher(quarterly, funded):
+    alice, bob = funded("alice"), funded("bob")
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    engine = SymbolEngine(quarterly)
+    resting = order_place(user=alice, contract=quarterly, side="BUY", quantity=D("1"), price=D("49000"))
+    batch_process(engine)
+    late = order_place(user=bob, contract=quarterly, side="SELL", quantity=D("1"), price=D("49000"))
+    order_amend(user=alice, contract=quarterly, order_id=resting.pk, quantity=D("2"), price=D("49000"))
+    assert held_of(alice) > resting.margin_held
+    contract_halt(contract=quarterly, actor=None)
+    batch_process(engine)  # the contract does not match: the new order is refused, the amend's hold returned
+    late.refresh_from_db()
+    resting.refresh_from_db()
+    assert late.status == OrderStatus.REJECTED and held_of(bob) == 0
+    assert resting.status == OrderStatus.NEW and resting.quantity == D("1") and held_of(alice) == resting.margin_held
+    assert not Position.objects.filter(contract=quarterly).exclude(size=0).exists()
+    assert run_all_invariants() == []
+    contract_resume(contract=quarterly, actor=None)
+    quarterly.refresh_from_db()
+    assert quarterly.status == S.TRADING
+
+
+def test_settlement_price_from_samples_with_an_outlier_by_hand(quarterly):
+    Contract.objects.filter(pk=quarterly.pk).update(settlement_window_minutes=2)
+    quarterly.refresh_from_db()
+    minutes(quarterly, DT - timedelta(minutes=2), [
+        # median 50,100: bybit at 60,000 is 19.8% away and dropped.
+        # (50,000 × 2×10 + 50,100 × 1×20) / (20 + 20) = 50,050
+        {"binance": ("50000", "10"), "okx": ("50100", "20"), "bybit": ("60000", "5")},
+        # (50,200 × 2×10 + 50,300 × 1×10) / 30 = 50,233.333…
+        {"binance": ("50200", "10"), "okx": ("50300", "10")},
+    ])
+    minutes(quarterly, DT - timedelta(minutes=3), [{"binance": ("1", "1000")}])  # before the window: ignored
+    result, _ = delivery.settlement_price_compute(contract=quarterly)
+    # (50,050 + 50,233.333…) / 2 = 50,141.666… → 50,141.7 on the 0.1 tick
+    assert result.price == D("50141.7")
+    assert [m.value for m in result.minutes][0] == D("50050")
+    assert [d.quote.venue for d in result.minutes[0].dropped] == ["bybit"]
+
+
+def test_no_valid_samples_no_settlement_and_an_alert(quarterly, funded):
+    alice, bob = funded("alice"), funded("bob")
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    trade(quarterly, alice, bob, "1", "50000")
+    transactions = LedgerTransaction.objects.count()
+    delivery_advance(now=DT + timedelta(minutes=1))
+    quarterly.refresh_from_db()
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    assert quarterly.status == S.SETTLING and quarterly.settlement_price is None
+    assert run.status == DeliveryStatus.NO_PRICE and "no valid sample" in run.error
+    assert LedgerTransaction.objects.count() == transactions
+    assert Alert.objects.filter(key=f"delivery_no_price:{quarterly.symbol}", level="CRITICAL").exists()
+    assert open_interest(quarterly) == (1, 1)
+
+    flat_hour(quarterly, "50500")  # the minutes arrive (a backfill): the next run settles
+    delivery_advance(now=DT + timedelta(minutes=2))
+    quarterly.refresh_from_db()
+    assert quarterly.status == S.SETTLED and quarterly.settlement_price == D("50500")
+    assert open_interest(quarterly) == (0, 0)
+    assert run_all_invariants() == []
+
+
+def test_settling_twice_books_once(quarterly, funded):
+    alice, bob = funded("alice"), funded("bob")
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    trade(quarterly, alice, bob, "1", "50000")
+    flat_hour(quarterly)
+    delivery_advance(now=DT)
+    balances = (wallet_of(alice), wallet_of(bob))
+    quarterly.refresh_from_db()
+    again = delivery_settle(contract=quarterly, now=DT + timedelta(minutes=5))
+    delivery_advance(now=DT + timedelta(minutes=6))
+    assert again.status == DeliveryStatus.DONE and again.attempts == 1
+    assert LedgerTransaction.objects.filter(kind=TransactionKind.DELIVERY).count() == 1
+    assert (wallet_of(alice), wallet_of(bob)) == balances
+    assert Income.objects.filter(income_type=IncomeType.DELIVERED_SETTELMENT).count() == 2
+
+
+def test_a_failure_half_way_books_nothing_and_the_next_run_settles(quarterly, funded, monkeypatch):
+    alice, bob = funded("alice"), funded("bob")
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    trade(quarterly, alice, bob, "1", "50000")
+    order_place(user=alice, contract=quarterly, side="BUY", quantity=D("0.5"), price=D("45000"))
+    batch_process(SymbolEngine(quarterly))
+    flat_hour(quarterly)
+    before = (wallet_of(alice), wallet_of(bob), held_of(alice), LedgerTransaction.objects.count())
+
+    def boom(**kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(delivery, "_positions_close", boom)
+    delivery_advance(now=DT)
+    quarterly.refresh_from_db()
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    assert quarterly.status == S.SETTLING and run.status == DeliveryStatus.FAILED and "disk on fire" in run.error
+    assert (wallet_of(alice), wallet_of(bob), held_of(alice), LedgerTransaction.objects.count()) == before
+    assert Order.objects.filter(user=alice, status=OrderStatus.NEW).count() == 1
+    assert open_interest(quarterly) == (1, 1)
+    assert Alert.objects.filter(key=f"job_failure:delivery:{quarterly.symbol}").exists()
+
+    monkeypatch.undo()
+    delivery_advance(now=DT + timedelta(minutes=1))
+    run.refresh_from_db()
+    assert run.status == DeliveryStatus.DONE and run.attempts == 2 and held_of(alice) == 0
+    assert open_interest(quarterly) == (0, 0)
+    assert run_all_invariants() == []
+
+
+def test_pending_commands_at_settlement_are_closed_and_their_holds_returned(quarterly, funded):
+    alice, bob = funded("alice"), funded("bob")
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    engine = SymbolEngine(quarterly)
+    resting = order_place(user=alice, contract=quarterly, side="BUY", quantity=D("1"), price=D("49000"))
+    batch_process(engine)
+    order_amend(user=alice, contract=quarterly, order_id=resting.pk, quantity=D("3"), price=D("49000"))
+    pending = order_place(user=bob, contract=quarterly, side="SELL", quantity=D("1"), price=D("60000"))
+    flat_hour(quarterly)
+    delivery_advance(now=DT)  # the matcher never ran the amend and the new order
+    assert not OrderCommand.objects.filter(contract=quarterly, status=CommandStatus.PENDING).exists()
+    pending.refresh_from_db()
+    assert pending.status == OrderStatus.EXPIRED and held_of(alice) == 0 and held_of(bob) == 0
+    assert wallet_of(alice) == wallet_of(bob) == D("100000")
+    assert run_all_invariants() == []
+    # The matcher's stale book never matches again: the batch refuses what is not a cancel.
+    assert batch_process(engine) is None
+
+
+def test_an_isolated_loss_beyond_its_margin_never_touches_the_wallet(quarterly, funded):
+    alice, bob = funded("alice"), funded("bob")
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    margin_type_change(user=bob, contract=quarterly, margin_type="ISOLATED")
+    leverage_change(user=bob, contract=quarterly, leverage=25)
+    trade(quarterly, alice, bob, "1", "50000")  # bob isolated short 1 with 2,000 margin
+    fund_before = system(AccountKind.INSURANCE_FUND)
+    bob_wallet = wallet_of(bob)
+    flat_hour(quarterly, "53000")  # bob loses 3,000 + fee 10.6 with 2,000 margin
+    delivery_advance(now=DT)
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    assert wallet_of(bob) == bob_wallet
+    shortfall = D("3000") + D("10.6") - D("2000")
+    assert run.covered + run.bad_debt == shortfall
+    assert system(AccountKind.INSURANCE_FUND) == fund_before - run.covered
+    assert run_all_invariants() == []
+
+
+def test_roll_lists_the_current_and_next_quarter_across_the_year_boundary(quarterly, settings):
+    settings.DELIVERY_ROLL_ENABLED = True
+    listed = delivery_roll(now=datetime(2026, 12, 20, tzinfo=timezone.utc))
+    assert [c.symbol for c in listed] == ["BTCUSDT_270326"]
+    assert listed[0].delivery_time == datetime(2027, 3, 26, 8, tzinfo=timezone.utc) == last_friday(2027, 3)
+    assert listed[0].status == S.PENDING and listed[0].max_leverage == 25
+    assert listed[0].margin_tiers.count() == quarterly.margin_tiers.count()
+    assert sorted(IndexConstituent.objects.filter(contract=listed[0]).values_list("venue", "weight")) == \
+        sorted(WEIGHTS.items())
+    # After December's delivery time: March and June 2027.
+    assert [c.symbol for c in delivery_roll(now=DT + timedelta(seconds=1))] == ["BTCUSDT_270625"]
+    assert delivery_roll(now=DT + timedelta(seconds=2)) == []  # idempotent
+    delivery_advance(now=DT + timedelta(minutes=1))
+    assert Contract.objects.get(symbol="BTCUSDT_270326").status == S.TRADING
+
+
+def test_listing_refuses_bad_input(quarterly):
+    with pytest.raises(delivery.DeliveryError, match="already listed"):
+        delivery_list(base_symbol="BTCUSDT", delivery_time=DT, now=ONBOARD)
+    with pytest.raises(delivery.DeliveryError, match="too close or past"):
+        delivery_list(base_symbol="BTCUSDT", delivery_time=DT, now=DT - timedelta(minutes=10))
+    with pytest.raises(delivery.DeliveryError, match="No contract of ETHUSDT"):
+        delivery_list(base_symbol="ETHUSDT", delivery_time=DT, now=ONBOARD)
+    with pytest.raises(delivery.DeliveryError, match="expected YYYY-MM-DD"):
+        parse_delivery_date("25/12/2026")
+    assert parse_delivery_date("2027-03-26") == datetime(2027, 3, 26, 8, tzinfo=timezone.utc)
+
+
+def test_settle_refuses_a_contract_not_due(quarterly):
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    with pytest.raises(delivery.DeliveryError, match="not SETTLING"):
+        delivery_settle(contract=quarterly, now=ONBOARD)
+    assert not DeliverySettlement.objects.exists()
