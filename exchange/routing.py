@@ -9,8 +9,10 @@ market stream name is parsed.
 from django.urls import path, re_path
 
 from apps.marketdata.consumers import MarketStreamConsumer
+from apps.ops.routing import websocket_urlpatterns as ops_websocket_urlpatterns
 
 websocket_urlpatterns: list = [
+    *ops_websocket_urlpatterns,  # staff-only /ws/ops/...: before /ws/<streams> would take them as stream names
     re_path(r"^ws/?$", MarketStreamConsumer.as_asgi(), kwargs={"combined": False}),
     re_path(r"^ws/(?P<streams>[^?]+)$", MarketStreamConsumer.as_asgi(), kwargs={"combined": False}),
     path("stream", MarketStreamConsumer.as_asgi(), kwargs={"combined": True}),

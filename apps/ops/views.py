@@ -4,8 +4,10 @@ from django.http import JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 
+from .dashboard import dashboard_feed
 from .health import readiness
-from .selectors import dashboard_feed, dashboard_summary
+from .routing import DASHBOARD_WS_PATH
+from .selectors import dashboard_summary
 
 
 def home(request):
@@ -23,13 +25,14 @@ def readyz(request):
 
 @staff_member_required
 def dashboard(request):
-    context = {**dashboard_summary(), "readiness": readiness(), "title": "Ops dashboard"}
+    context = {**dashboard_summary(), "readiness": readiness(), "title": "Ops dashboard",
+               "dashboard_ws_path": DASHBOARD_WS_PATH}
     return render(request, "ops/dashboard.html", context)
 
 
 @never_cache
 def dashboard_data(request):
-    """The dashboard's live data, polled by its page; staff only (403 for anyone else)."""
+    """The dashboard's data, polled by its page when the websocket is down; staff only (403 otherwise)."""
     user = request.user
     if not (user.is_active and user.is_staff):
         return JsonResponse({"detail": "staff only"}, status=403)

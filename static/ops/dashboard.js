@@ -1,14 +1,19 @@
-/* Ops dashboard: polls the staff-only JSON feed and draws it with uPlot (vendored in
- * static/ops/uplot). Every chart container gets data-points (how many x values it
- * draws) so a browser test can see that the charts have data. Strings from the server
- * are only ever set as textContent. */
+/* Ops dashboard: live data over the staff-only websocket (a snapshot, then one update a
+ * second with only what is new), drawn with uPlot (vendored in static/ops/uplot). When
+ * the socket cannot open or drops, the page polls the JSON feed (the same snapshot) and
+ * tries the socket again with a growing delay; a 4003 close (not staff) stops both.
+ * Every chart container gets data-points (how many x values it draws) and #live gets
+ * data-transport / data-ws-messages / data-polls, so a browser test can tell what drew
+ * what. Strings from the server are only ever set as textContent. */
 (function () {
   "use strict";
   var root = document.getElementById("live");
   if (!root || typeof uPlot === "undefined") { return; }
   var feedUrl = root.getAttribute("data-feed-url");
+  var wsPath = root.getAttribute("data-ws-path");
   var pollMs = parseInt(root.getAttribute("data-poll-ms"), 10) || 3000;
   var statusEl = document.getElementById("live-status");
+  var CLOSE_FORBIDDEN = 4003;
   var charts = {};  // id -> {plot, signature}
   var COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
@@ -166,20 +171,162 @@
     });
   }
 
-  var polls = 0;
+  /* Latency p95 per operation over time: kept here, one point per snapshot/update. */
+  var latencyHistory = {};
+  function recordLatency(feed) {
+    Object.keys(feed.latency).forEach(function (op) {
+      var h = latencyHistory[op] || (latencyHistory[op] = { t: [], v: [] });
+      if (h.t.length && h.t[h.t.length - 1] >= feed.at) { return; }
+      h.t.push(feed.at); h.v.push(feed.latency[op].p95_us);
+      trim(h, ["v"], feed.at - (feed.window_seconds || 600));
+    });
+  }
+
+  function drawSla() {
+    var ops = Object.keys(latencyHistory);
+    draw("chart-sla", ops.map(function (op) { return op + " p95 µs"; }),
+         align(ops.map(function (op) { return latencyHistory[op]; })));
+  }
+
+  function fillLiquidations(feed) {
+    var body = document.querySelector("#liquidations-table tbody");
+    if (!body) { return; }
+    body.replaceChildren();
+    if (!feed.liquidations.length) {
+      var tr = el("tr"), td = el("td", "No liquidation.");
+      td.colSpan = 6; tr.appendChild(td); body.appendChild(tr);
+    }
+    feed.liquidations.forEach(function (l) {
+      var tr = el("tr", null, l.status === "DONE" ? "resolved" : "");
+      tr.setAttribute("data-liquidation-id", l.id);
+      tr.appendChild(el("td", "#" + l.id));
+      tr.appendChild(el("td", l.user));
+      tr.appendChild(el("td", l.scope));
+      tr.appendChild(el("td", l.status, l.status === "ACTIVE" ? "bad" : ""));
+      tr.appendChild(el("td", l.ratio));
+      tr.appendChild(el("td", ago(l.started_at, feed.at)));
+      body.appendChild(tr);
+    });
+  }
+
+  function render(feed) {
+    recordLatency(feed);
+    drawRates(feed); drawPrices(feed); drawFund(feed); drawSla();
+    fillSla(feed); fillHealth(feed); fillAlerts(feed); fillLiquidations(feed);
+  }
+
+  /* -- merging an update into the state ------------------------------------------ */
+
+  /* Drop points older than `since` from s.t and the parallel arrays named in keys. */
+  function trim(s, keys, since) {
+    var n = 0;
+    while (n < s.t.length && s.t[n] < since) { n += 1; }
+    if (!n) { return; }
+    s.t = s.t.slice(n);
+    keys.forEach(function (k) { s[k] = s[k].slice(n); });
+  }
+
+  function appendPoints(target, add, keys, since) {
+    target.t = target.t.concat(add.t);
+    keys.forEach(function (k) { target[k] = target[k].concat(add[k]); });
+    trim(target, keys, since);
+  }
+
+  var MATCHER_KEYS = ["orders_per_s", "trades_per_s", "batch_p95_ms"];
+  function merge(feed, update) {
+    var since = update.at - feed.window_seconds;
+    feed.symbols.forEach(function (symbol) {
+      if (update.matcher[symbol]) { appendPoints(feed.matcher[symbol], update.matcher[symbol], MATCHER_KEYS, since); }
+      else { trim(feed.matcher[symbol], MATCHER_KEYS, since); }
+      if (update.prices[symbol]) { appendPoints(feed.prices[symbol], update.prices[symbol], ["mark", "index"], since); }
+      else { trim(feed.prices[symbol], ["mark", "index"], since); }
+    });
+    // The fund's last point is "now": it is replaced by the update's entries and new "now".
+    var fund = feed.insurance_fund;
+    fund.t.pop(); fund.balance.pop();
+    appendPoints(fund, update.insurance_fund, ["balance"], -Infinity);
+    fund.current = update.insurance_fund.current;
+    ["latency", "order_latency_p95_us", "alerts", "liquidations", "health"].forEach(function (k) {
+      if (update[k] !== undefined) { feed[k] = update[k]; }
+    });
+    feed.at = update.at;
+  }
+
+  /* -- transports ------------------------------------------------------------------ */
+
+  var state = null, transport = "none", wsMessages = 0, polls = 0;
+  var pollTimer = null, socket = null, retryMs = 2000, refused = false;
+
+  function showStatus(feed) {
+    statusEl.textContent = (feed.health.ready ? "ready" : "NOT READY") + " · " + transport + " · updated " +
+      new Date(feed.at * 1000).toLocaleTimeString();
+    statusEl.className = feed.health.ready ? "good" : "bad";
+  }
+
+  function setTransport(name) {
+    transport = name;
+    root.setAttribute("data-transport", name);
+  }
+
   function poll() {
+    pollTimer = null;
     fetch(feedUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (r) { if (!r.ok) { throw new Error("HTTP " + r.status); } return r.json(); })
       .then(function (feed) {
-        drawRates(feed); drawPrices(feed); drawFund(feed);
-        fillSla(feed); fillHealth(feed); fillAlerts(feed);
+        if (transport !== "polling") { return; }  // the socket came back meanwhile
+        state = feed;
+        render(state);
         polls += 1;
         root.setAttribute("data-polls", String(polls));
-        statusEl.textContent = (feed.health.ready ? "ready" : "NOT READY") + " · updated " + new Date(feed.at * 1000).toLocaleTimeString();
-        statusEl.className = feed.health.ready ? "good" : "bad";
+        showStatus(state);
       })
       .catch(function (err) { statusEl.textContent = "feed unavailable: " + err.message; statusEl.className = "bad"; })
-      .then(function () { setTimeout(poll, pollMs); });
+      .then(function () { if (transport === "polling" && !pollTimer) { pollTimer = setTimeout(poll, pollMs); } });
   }
-  poll();
+
+  function startPolling() {
+    if (transport === "polling" || refused) { return; }
+    setTransport("polling");
+    poll();
+  }
+
+  function stopPolling() {
+    if (pollTimer) { clearTimeout(pollTimer); pollTimer = null; }
+  }
+
+  function connect() {
+    if (!wsPath || typeof WebSocket === "undefined") { startPolling(); return; }
+    var url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + wsPath;
+    try { socket = new WebSocket(url); } catch (e) { startPolling(); return; }
+    socket.onmessage = function (event) {
+      var message = JSON.parse(event.data);
+      if (message.type === "snapshot") {
+        state = message;
+        retryMs = 2000;
+        stopPolling();
+        setTransport("websocket");
+      } else if (message.type === "update" && state) {
+        merge(state, message);
+      } else { return; }
+      wsMessages += 1;
+      root.setAttribute("data-ws-messages", String(wsMessages));
+      render(state);
+      showStatus(state);
+    };
+    socket.onclose = function (event) {
+      socket = null;
+      if (event.code === CLOSE_FORBIDDEN) {
+        refused = true;
+        stopPolling();
+        setTransport("refused");
+        statusEl.textContent = "refused: staff only (sign in again)";
+        statusEl.className = "bad";
+        return;
+      }
+      startPolling();
+      setTimeout(connect, retryMs);
+      retryMs = Math.min(retryMs * 2, 60000);
+    };
+  }
+  connect();
 }());

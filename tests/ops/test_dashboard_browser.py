@@ -1,12 +1,16 @@
 """The ops dashboard in a real browser: headless Chromium (Debian's chromium and
 chromium-driver packages, driven by Selenium) logs in through the admin login form,
 opens /ops/dashboard/, and sees the charts drawn with data, a price chart that grows
-when a new price is stored, and the alert panel; a screenshot is saved to
-var/test-artifacts/. A non-staff user is refused. Skipped when no Chromium is installed
-(apt-get install chromium chromium-driver)."""
+when a new price is stored, and the alert and liquidation panels; a screenshot is saved
+to var/test-artifacts/. Served by a real daphne process the page's data comes over the
+websocket (no poll at all); served by Django's live server, which has no websocket, the
+page falls back to polling. A non-staff user is refused. Skipped when no Chromium is
+installed (apt-get install chromium chromium-driver)."""
 import ctypes
 import shutil
 import signal
+import socket
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,9 +19,12 @@ from django.utils import timezone
 
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.services import Leg, ledger_post, system_account
+from apps.liquidation.models import Liquidation, Scope
 from apps.marketdata.models import PriceSample
 from apps.ops.alerts import alert_raise
 from apps.ops.metrics import series_append
+
+from .processes import free_ports, spawn, wait_for as process_wait_for  # noqa: F401 (spawn: a fixture)
 
 D = Decimal
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,8 +94,8 @@ def points(driver, element_id: str) -> int:
 
 
 @pytest.fixture
-def market(usdt, btcusdt):
-    """Ten seconds of prices, matcher points, a funded insurance fund and a firing alert."""
+def market(usdt, btcusdt, make_user):
+    """Ten seconds of prices, matcher points, a funded insurance fund, a firing alert and a liquidation."""
     now = timezone.now().replace(microsecond=0)
     for k in range(10, 0, -1):
         PriceSample.objects.create(contract=btcusdt, at=now - timezone.timedelta(seconds=k),
@@ -101,57 +108,112 @@ def market(usdt, btcusdt):
         Leg(system_account(AccountKind.EXTERNAL), usdt, D("-1200000")),
     ])
     alert_raise(key="job_failure:funding:BTCUSDT", level="CRITICAL", message="funding job for BTCUSDT failed")
+    Liquidation.objects.create(user=make_user("margin-caller"), asset=usdt, scope=Scope.CROSS, ratio=D("0.97"),
+                               equity=D("970"), maintenance=D("1000"))
     return btcusdt
 
 
-def test_staff_sees_live_charts_with_data_and_the_alert_panel(browser, live_server, make_user, market):
+def new_price(contract) -> None:
+    PriceSample.objects.create(contract=contract, at=timezone.now().replace(microsecond=0) + timezone.timedelta(seconds=1),
+                               index_price=D(50100), mark_price=D(50120), basis=D(20), valid_venues=3)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def daphne(spawn):
+    """The web process as it runs in production (daphne, HTTP and websockets), on a free port."""
+    port = free_ports()
+    web = spawn("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                           "exchange.asgi:application"])
+    process_wait_for(lambda: _accepts(port), "daphne to listen", web)
+    return f"http://127.0.0.1:{port}"
+
+
+def test_staff_sees_live_charts_fed_over_the_websocket(browser, daphne, make_user, market):
     from selenium.webdriver.common.by import By
 
     make_user("operator", is_staff=True)
-    login(browser, live_server.url, "operator", "pw-operator")
+    login(browser, daphne, "operator", "pw-operator")
     wait_until(browser, lambda d: d.find_elements(By.ID, "chart-rates"), "the dashboard page")
+    live = browser.find_element(By.ID, "live")
+    wait_until(browser, lambda d: live.get_attribute("data-transport") == "websocket", "the websocket snapshot")
 
     wait_until(browser, lambda d: points(d, "chart-price-BTCUSDT") >= 10, "the price chart's data")
     assert points(browser, "chart-rates") == 6 and points(browser, "chart-latency") == 6
     assert points(browser, "chart-fund") >= 2
-    for chart in ("chart-rates", "chart-latency", "chart-fund", "chart-price-BTCUSDT"):
+    for chart in ("chart-rates", "chart-latency", "chart-fund", "chart-sla", "chart-price-BTCUSDT"):
         assert browser.find_elements(By.CSS_SELECTOR, f"#{chart} canvas"), f"{chart} drew no canvas"
     legend = browser.find_element(By.ID, "chart-rates").text
     assert "BTCUSDT orders/s" in legend and "BTCUSDT trades/s" in legend
+    assert "market_data p95 µs" in browser.find_element(By.ID, "chart-sla").text
 
     alerts = browser.find_element(By.ID, "alerts-table").text
     assert "funding job for BTCUSDT failed" in alerts and "CRITICAL" in alerts and "FIRING" in alerts
+    liquidations = browser.find_element(By.ID, "liquidations-table").text
+    assert "margin-caller" in liquidations and "ACTIVE" in liquidations and "cross" in liquidations
     health = browser.find_element(By.ID, "health-table").text
     assert "database" in health and "matcher BTCUSDT" in health and "pricefeed" in health
 
-    # A new price arrives: the next poll draws it.
-    before = points(browser, "chart-price-BTCUSDT")
-    PriceSample.objects.create(contract=market, at=timezone.now().replace(microsecond=0) + timezone.timedelta(seconds=1),
-                               index_price=D(50100), mark_price=D(50120), basis=D(20), valid_venues=3)
+    # A new price is stored: the next websocket update carries it to the chart.
+    before, messages = points(browser, "chart-price-BTCUSDT"), int(live.get_attribute("data-ws-messages"))
+    new_price(market)
     wait_until(browser, lambda d: points(d, "chart-price-BTCUSDT") > before, "the new price on the chart")
+    assert int(live.get_attribute("data-ws-messages")) > messages
+    assert live.get_attribute("data-transport") == "websocket" and live.get_attribute("data-polls") is None
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "ops_dashboard.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
 
-def test_non_staff_user_is_refused(browser, live_server, make_user, client, db):
+def test_without_a_websocket_the_page_polls(browser, live_server, make_user, market):
+    """Django's live server speaks no websocket: the socket fails and the page polls the JSON feed."""
+    from selenium.webdriver.common.by import By
+
+    make_user("operator", is_staff=True)
+    login(browser, live_server.url, "operator", "pw-operator")
+    wait_until(browser, lambda d: d.find_elements(By.ID, "chart-rates"), "the dashboard page")
+    live = browser.find_element(By.ID, "live")
+    wait_until(browser, lambda d: points(d, "chart-price-BTCUSDT") >= 10, "the price chart's data")
+    assert live.get_attribute("data-transport") == "polling" and int(live.get_attribute("data-polls")) >= 1
+    assert live.get_attribute("data-ws-messages") is None
+    assert "funding job for BTCUSDT failed" in browser.find_element(By.ID, "alerts-table").text
+
+    before = points(browser, "chart-price-BTCUSDT")
+    new_price(market)
+    wait_until(browser, lambda d: points(d, "chart-price-BTCUSDT") > before, "the new price on the chart")
+
+
+def test_non_staff_user_is_refused(browser, daphne, make_user, client, db):
     from django.conf import settings
     from selenium.webdriver.common.by import By
 
     trader = make_user("trader")
     # The admin login form refuses a non-staff account outright...
-    login(browser, live_server.url, "trader", "pw-trader")
+    login(browser, daphne, "trader", "pw-trader")
     wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".errornote"), "the login error")
     assert "staff account" in browser.find_element(By.CSS_SELECTOR, ".errornote").text
-    # ...and a user signed in elsewhere (a session of their own) gets neither page nor data.
+    # ...and a user signed in elsewhere (a session of their own) gets neither page, data nor socket.
     client.force_login(trader)
-    browser.get(f"{live_server.url}/healthz")
+    browser.get(f"{daphne}/healthz")
     browser.add_cookie({"name": settings.SESSION_COOKIE_NAME, "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
                         "path": "/"})
-    browser.get(f"{live_server.url}/ops/dashboard/")
+    browser.get(f"{daphne}/ops/dashboard/")
     assert "/admin/login/" in browser.current_url and not browser.find_elements(By.ID, "chart-rates")
     status = browser.execute_async_script(
         "var done = arguments[0]; fetch('/ops/dashboard/data.json').then(function (r) { done(r.status); });"
     )
     assert status == 403
+    close = browser.execute_async_script(
+        "var done = arguments[0], ws = new WebSocket('ws://' + location.host + '/ws/ops/dashboard');"
+        "var got = []; ws.onmessage = function (e) { got.push(e.data); };"
+        "ws.onclose = function (e) { done({code: e.code, messages: got.length}); };"
+    )
+    assert close == {"code": 4003, "messages": 0}

@@ -1,0 +1,73 @@
+"""The ops dashboard's websocket (`/ws/ops/dashboard`): staff only, a snapshot then updates.
+
+The route (apps.ops.routing) checks the Origin against ALLOWED_HOSTS and reads the
+Django session, so the page's own login carries over. Anyone who is not an active staff
+user is accepted and then closed with CLOSE_FORBIDDEN (4003): a close code the page can
+read (a refused handshake tells it nothing), and daphne sends only 1000 or 3000–4999.
+Staff get `{"type": "snapshot", ...}` (apps.ops.dashboard.dashboard_feed) and then every
+PUSH_SECONDS an `{"type": "update", ...}` with what changed; the user's staff status is
+re-read every RECHECK_SECONDS so a revoked operator is closed too.
+"""
+import asyncio
+import logging
+import time
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth import get_user_model
+
+from .dashboard import dashboard_message
+
+logger = logging.getLogger(__name__)
+
+CLOSE_FORBIDDEN = 4003  # HTTP 403 in the application range
+PUSH_SECONDS = 1.0
+RECHECK_SECONDS = 30.0
+
+
+def _is_staff(user) -> bool:
+    return bool(user is not None and user.is_authenticated and user.is_active and user.is_staff)
+
+
+def _still_staff(user_id: int) -> bool:
+    return get_user_model().objects.filter(pk=user_id, is_active=True, is_staff=True).exists()
+
+
+class OpsDashboardConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        self._pusher = None
+        await self.accept()
+        user = self.scope.get("user")
+        if not _is_staff(user):
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        self._user_id = user.pk
+        self._pusher = asyncio.create_task(self._push())
+
+    async def disconnect(self, code):
+        pusher, self._pusher = getattr(self, "_pusher", None), None
+        if pusher is not None and pusher is not asyncio.current_task():
+            pusher.cancel()
+            try:
+                await pusher
+            except asyncio.CancelledError:
+                pass
+
+    async def receive_json(self, content, **kwargs):
+        pass  # nothing to ask: the feed is pushed
+
+    async def _push(self):
+        cursor, checked = None, time.monotonic()
+        while True:
+            if time.monotonic() - checked >= RECHECK_SECONDS:
+                checked = time.monotonic()
+                if not await database_sync_to_async(_still_staff)(self._user_id):
+                    await self.close(code=CLOSE_FORBIDDEN)
+                    return
+            try:
+                message, cursor = await database_sync_to_async(dashboard_message)(cursor=cursor)
+            except Exception:  # the database or Redis is down: say so in the log, try again
+                logger.warning("ops dashboard update failed", exc_info=True)
+            else:
+                await self.send_json(message)
+            await asyncio.sleep(PUSH_SECONDS)
