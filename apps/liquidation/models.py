@@ -3,7 +3,10 @@
 A `Liquidation` row in status ACTIVE is the freeze: order entry refuses the user's
 orders (-2023) while one exists. One ACTIVE liquidation per scope (user + contract for
 an isolated position, user alone for the cross account) is a unique constraint, so
-a scope is never liquidated twice at once. Every step of it is a `LiquidationRecord`.
+a scope is never liquidated twice at once. Every step of it is a `LiquidationRecord`;
+each liquidation order and each auto-deleveraging step has a step number unique within
+its liquidation, and each ADL execution is unique per (step, counterparty), so a step
+replayed after a crash cannot be booked twice.
 """
 from django.conf import settings
 from django.db import models
@@ -60,6 +63,8 @@ class RecordKind(models.TextChoices):
     ORDER = "ORDER", "Liquidation order journalled"
     EXECUTION = "EXECUTION", "Fills of a liquidation order (fee, surplus, fund, bad debt)"
     NO_FILL = "NO_FILL", "A liquidation order filled nothing"
+    DELEVERAGE = "DELEVERAGE", "Auto-deleveraging step (the fund could not cover the gap)"
+    ADL = "ADL", "ADL execution against one counterparty"
     FINISHED = "FINISHED", "Ratio restored or nothing left: unfrozen"
 
 
@@ -68,6 +73,13 @@ class LiquidationRecord(models.Model):
     kind = models.CharField(max_length=12, choices=RecordKind.choices)
     symbol = models.CharField(max_length=32, blank=True)
     order = models.ForeignKey("trading.Order", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # ORDER and DELEVERAGE records: the liquidation's step number (`Liquidation.steps`); ADL
+    # records carry their DELEVERAGE step's number.
+    step = models.PositiveIntegerField(null=True, blank=True)
+    # ADL: the deleveraged counterparty and its realized PnL at the bankruptcy price.
+    counterparty = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="adl_records")
+    pnl = MoneyField(null=True, blank=True)
     quantity = MoneyField(null=True, blank=True)
     price = MoneyField(null=True, blank=True)
     bankruptcy_price = MoneyField(null=True, blank=True)
@@ -83,6 +95,15 @@ class LiquidationRecord(models.Model):
 
     class Meta:
         ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["liquidation", "step"], condition=Q(kind__in=["ORDER", "DELEVERAGE"]),
+                                    name="liquidation_record_one_per_step"),
+            models.UniqueConstraint(fields=["liquidation", "step", "counterparty"], condition=Q(kind="ADL"),
+                                    name="liquidation_record_adl_once"),
+            models.CheckConstraint(condition=~Q(kind="ADL") | Q(counterparty__isnull=False, step__isnull=False),
+                                   name="liquidation_record_adl_counterparty"),
+        ]
+        indexes = [models.Index(fields=["counterparty"], condition=Q(kind="ADL"), name="liquidation_adl_by_user")]
 
     def __str__(self) -> str:
         return f"#{self.liquidation_id}.{self.pk} {self.kind} {self.symbol}"

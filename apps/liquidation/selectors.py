@@ -86,9 +86,9 @@ def adl_scores(*, contract) -> dict[int, tuple[int, float]]:
     upnl = (mark - entry) * size * cs
     pnl_pct = np.maximum(0.0, upnl) / np.maximum(1.0, wallet)
     equity = wallet + upnl
-    ratio = np.where(equity > 0, maintenance / np.where(equity > 0, equity, 1.0), np.inf)
+    # No equity: no profit to take (and no 0 × inf); such positions rank last.
+    ratio = np.where(equity > 0, maintenance / np.where(equity > 0, equity, 1.0), 0.0)
     score = pnl_pct * ratio
-    score = np.where(np.isfinite(score), score, 0.0)
     return {u: (1 if s > 0 else -1, float(sc)) for u, s, sc in zip(users, size, score)}
 
 

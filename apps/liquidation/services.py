@@ -23,14 +23,19 @@ matcher batch that held a liquidation order):
    reduction into a lower margin tier that brings the ratio above 100%, else the
    whole position; its worst price is the bankruptcy price. If such an order filled
    nothing or part (the market gapped through the bankruptcy price), the rest goes at
-   the market (mark ± the contract's market deviation) and the loss beyond bankruptcy
-   is covered by the insurance fund, then recorded as bad debt.
+   the market (mark ± the contract's market deviation), but no further beyond the
+   bankruptcy price than the insurance fund can pay for (`_fund_limit`). When the fund
+   cannot pay for even one tick, or the market order too left a remainder, the position
+   is auto-deleveraged (`adl.py`): closed against the highest-ranked opposite positions
+   at its bankruptcy price, in this transaction. Then the next step starts afresh.
 3. The matcher books the fills; the booking hook (`apps.positions.booking`) charges
    the clearance fee (and, for isolated positions, the whole surplus above bankruptcy)
    to the insurance fund, covers deficits from the fund and bad debt, and calls
    `liquidation_outcomes_record` in the same transaction: one EXECUTION record per order.
 
-Auto-deleveraging is not executed yet (see the README); `selectors.adl_quantiles` ranks.
+What the fund and ADL leave (several liquidations drawing on the fund at once, rounding)
+is recorded bad debt. Each liquidation order and ADL step has a step number unique in its
+liquidation (and the ADL posting a ledger key), so a replay after a crash books it once.
 """
 import json
 import logging
@@ -43,8 +48,9 @@ from django.db.models import Avg, F, Max, Min, Sum
 from django.utils import timezone
 
 from apps.contracts.models import Contract
-from apps.ledger.models import Asset
-from apps.ledger.services import user_balances_lock
+from apps.ledger.models import AccountKind, Asset
+from apps.ledger.selectors import balance_amount
+from apps.ledger.services import system_account, user_balances_lock
 from apps.marketdata.models import PriceSample
 from apps.positions.booking import LiquidationOutcome
 from apps.positions.risk import position_risk
@@ -67,6 +73,7 @@ from apps.trading.rules import protection_price
 from apps.trading.services import orders_cancel_all
 from exchange.redis import get_redis
 
+from .adl import adl_prepare, adl_step, adl_totals
 from .conf import liquidation_setting
 from .models import (
     Liquidation,
@@ -77,17 +84,13 @@ from .models import (
     RecordKind,
     Scope,
 )
-from .status import MarginStatus, bankruptcy_price, level_of, statuses_from_overview, thresholds
+from .status import MarginStatus, bankruptcy_price, level_of, plain, statuses_from_overview, thresholds
 
 logger = logging.getLogger(__name__)
 ZERO = Decimal(0)
 MARGIN_CALL_CHANNEL = "user:margin_call"
 LEVEL_RANK = {MarginLevel.NORMAL: 0, MarginLevel.WARNING: 1, MarginLevel.DANGER: 2, MarginLevel.LIQUIDATION: 3}
 RATIO_PLACES = Decimal("1e-18")
-
-
-def _plain(value: Decimal) -> str:
-    return format(value.normalize(), "f") if value else "0"
 
 
 def _ratio_field(ratio: Decimal | None) -> Decimal:
@@ -113,17 +116,17 @@ def margin_call_payload(status: MarginStatus, *, at_ms: int) -> dict:
     return {
         "e": "MARGIN_CALL",
         "E": at_ms,
-        **({"cw": _plain(status.backing)} if cross else {}),
+        **({"cw": plain(status.backing)} if cross else {}),
         "p": [
             {
                 "s": v.contract.symbol,
                 "ps": "BOTH",  # one-way mode
-                "pa": _plain(v.position.size),
+                "pa": plain(v.position.size),
                 "mt": "CROSSED" if cross else "ISOLATED",
-                "iw": _plain(v.isolated_margin),
-                "mp": _plain(v.mark if v.mark is not None else v.position.entry_price),
-                "up": _plain(v.risk.unrealized_pnl),
-                "mm": _plain(v.risk.maintenance_margin),
+                "iw": plain(v.isolated_margin),
+                "mp": plain(v.mark if v.mark is not None else v.position.entry_price),
+                "up": plain(v.risk.unrealized_pnl),
+                "mm": plain(v.risk.maintenance_margin),
             }
             for v in status.positions
         ],
@@ -297,16 +300,35 @@ def _on_grid(price: Decimal, contract: Contract, side: str) -> Decimal:
     return min(max(price, contract.min_price), contract.max_price)
 
 
+def _fund_limit(view: PositionView, status: MarginStatus, quantity: Decimal) -> Decimal | None:
+    """The worst price at which closing `quantity` beyond the bankruptcy price costs no more than the
+    insurance fund holds now (on the grid, toward the bankruptcy price); None when not even one tick."""
+    contract = view.contract
+    side = Side.SELL if view.position.size > 0 else Side.BUY
+    fund = balance_amount(account=system_account(AccountKind.INSURANCE_FUND), asset_code=contract.settle_asset.code)
+    exact = bankruptcy_price(view, status)
+    room = max(ZERO, fund) / (quantity * contract.contract_size)
+    bankruptcy = _on_grid(exact, contract, side)
+    # On the grid like the bankruptcy price: rounded toward it, so the fund is never asked for more.
+    limit = _on_grid(exact - room if side == Side.SELL else exact + room, contract, side)
+    if (side == Side.SELL and limit >= bankruptcy) or (side == Side.BUY and limit <= bankruptcy):
+        return None
+    return limit
+
+
 def _journal_order(liquidation: Liquidation, view: PositionView, status: MarginStatus, quantity: Decimal,
                    market: bool) -> Order:
     contract, position = view.contract, view.position
     side = Side.SELL if position.size > 0 else Side.BUY
     bankruptcy = _on_grid(bankruptcy_price(view, status), contract, side)
     worst = bankruptcy
-    if market:
+    if market:  # as far as the market allows and the fund can pay for (`_fund_limit`)
         mark = view.mark if view.mark is not None else position.entry_price
         worst = protection_price(side=side, mark=mark, deviation=contract.market_max_deviation,
                                  tick=contract.tick_size, min_price=contract.min_price, max_price=contract.max_price)
+        limit = _fund_limit(view, status, quantity)
+        limit = bankruptcy if limit is None else limit
+        worst = max(worst, limit) if side == Side.SELL else min(worst, limit)
     liquidation.steps += 1
     Liquidation.objects.filter(pk=liquidation.pk).update(steps=liquidation.steps)
     order = Order.objects.create(
@@ -316,16 +338,21 @@ def _journal_order(liquidation: Liquidation, view: PositionView, status: MarginS
         stp_mode=StpMode.EXPIRE_MAKER, margin_held=ZERO, status=OrderStatus.PENDING_NEW)
     OrderCommand.objects.create(contract=contract, kind=CommandKind.NEW, order=order)
     transaction.on_commit(lambda: doorbell.ring(contract.pk))
-    _record(liquidation, RecordKind.ORDER, symbol=contract.symbol, order=order, quantity=quantity, price=worst,
-            bankruptcy_price=bankruptcy, ratio=_ratio_field(status.ratio),
+    _record(liquidation, RecordKind.ORDER, step=liquidation.steps, symbol=contract.symbol, order=order,
+            quantity=quantity, price=worst, bankruptcy_price=bankruptcy, ratio=_ratio_field(status.ratio),
             details={"stage": "market" if market else "bankruptcy", "side": side,
                      "position_size": str(position.size), "mark": str(view.mark), "equity": str(status.equity),
                      "maintenance": str(status.maintenance)})
     return order
 
 
+# After a liquidation order that left a remainder: the next stage.
+NEXT_STAGE = {"bankruptcy": "market", "market": "adl"}
+
+
 def liquidation_advance(*, liquidation: Liquidation) -> str:
-    """One step of an active liquidation; returns what happened (waiting, ordered, finished, stalled, busy)."""
+    """One step of an active liquidation; returns what happened
+    (waiting, ordered, deleveraged, finished, stalled, busy)."""
     with transaction.atomic():
         # NO KEY UPDATE: the matcher's booking inserts records pointing at this row (a KEY SHARE lock).
         liquidation = (Liquidation.objects.select_for_update(no_key=True, skip_locked=True)
@@ -333,22 +360,29 @@ def liquidation_advance(*, liquidation: Liquidation) -> str:
                        .first())
         if liquidation is None:
             return "busy"
-        last = liquidation.records.filter(kind=RecordKind.ORDER).select_related("order").order_by("-id").first()
-        if last is not None and last.order.status in OPEN_STATUSES:
+        # The last step: a liquidation order, or an ADL step (after which it starts again).
+        last = (liquidation.records.filter(kind__in=(RecordKind.ORDER, RecordKind.DELEVERAGE))
+                .select_related("order").order_by("-id").first())
+        order = last.order if last is not None and last.kind == RecordKind.ORDER else None
+        if order is not None and order.status in OPEN_STATUSES:
             return "waiting"
+        stage = "bankruptcy"
+        if order is not None and order.executed_qty < order.quantity:
+            if not liquidation.records.filter(kind=RecordKind.NO_FILL, order=order).exists():
+                _record(liquidation, RecordKind.NO_FILL, symbol=last.symbol, order=order,
+                        quantity=order.quantity - order.executed_qty,
+                        details={"stage": last.details.get("stage"), "executed": str(order.executed_qty)})
+            stage = NEXT_STAGE.get(last.details.get("stage"), "bankruptcy")  # "stalled": from the start
+            # Decided before any balance lock: an ADL step takes the balances of everybody it
+            # touches in one sorted lock, so it must not hold the liquidated user's already.
+            stage = _gap_stage(liquidation, order, stage)
+            if stage == "adl":
+                outcome = _deleverage(liquidation, last)
+                if outcome is not None:
+                    return outcome
+                stage = "bankruptcy"
         user = liquidation.user
         user_balances_lock(user_id=user.pk, asset=liquidation.asset)
-        market = False
-        if last is not None and last.order.executed_qty < last.order.quantity and \
-                not liquidation.records.filter(kind=RecordKind.NO_FILL, order=last.order).exists():
-            _record(liquidation, RecordKind.NO_FILL, symbol=last.symbol, order=last.order,
-                    quantity=last.order.quantity - last.order.executed_qty,
-                    details={"stage": last.details.get("stage"), "executed": str(last.order.executed_qty)})
-        if last is not None and last.order.executed_qty < last.order.quantity:
-            if last.details.get("stage") == "market" and last.order.executed_qty == 0:
-                _stalled(liquidation, last)
-                return "stalled"
-            market = last.details.get("stage") == "bankruptcy"
         status = _scope_status(user, asset_code=liquidation.asset.code, contract_id=liquidation.contract_id)
         limit = thresholds()[MarginLevel.LIQUIDATION]
         if status is None or status.ratio is None or status.ratio > limit:
@@ -359,18 +393,65 @@ def liquidation_advance(*, liquidation: Liquidation) -> str:
             _record(liquidation, RecordKind.PLAN, ratio=_ratio_field(status.ratio),
                     details={"order": [_position_detail(v, status) for v in plan]})
         view = plan[0]
-        if market and last.order.contract_id != view.contract.pk:
-            market = False  # the gapped position is not first any more: start again at bankruptcy
+        # The gapped position goes on at the market only while it is still the first one.
+        market = stage == "market" and order.contract_id == view.contract.pk
         quantity = abs(view.position.size) if market else step_quantity(view, status)
         _journal_order(liquidation, view, status, quantity, market)
     return "ordered"
 
 
+def _gapped_view(liquidation: Liquidation, contract_id: int) -> tuple[MarginStatus | None, PositionView | None]:
+    """The scope's status and the position on `contract_id`, (None, None) when it is no longer liquidatable."""
+    status = _scope_status(liquidation.user, asset_code=liquidation.asset.code, contract_id=liquidation.contract_id)
+    if status is None or status.ratio is None or status.ratio > thresholds()[MarginLevel.LIQUIDATION]:
+        return None, None
+    view = next((v for v in status.positions if v.contract.pk == contract_id and v.position.size), None)
+    return (status, view) if view is not None else (None, None)
+
+
+def _gap_stage(liquidation: Liquidation, order: Order, stage: str) -> str:
+    """"market" only while the insurance fund can pay for a gap of at least one tick, else "adl";
+    "bankruptcy" when the gapped position is gone or the ratio is back (the normal path decides)."""
+    if stage == "bankruptcy":
+        return stage
+    status, view = _gapped_view(liquidation, order.contract_id)
+    if view is None:
+        return "bankruptcy"
+    if stage == "market" and _fund_limit(view, status, abs(view.position.size)) is None:
+        return "adl"
+    return stage
+
+
+def _deleverage(liquidation: Liquidation, last: LiquidationRecord) -> str | None:
+    """An ADL step for the position of `last` (its order left a remainder the fund cannot pay to
+    close at the market); None when, under the locks, there is nothing to deleverage any more."""
+    contract = last.order.contract
+    counterparties = adl_prepare(contract=contract, user_id=liquidation.user_id)  # balances, then positions
+    status, view = _gapped_view(liquidation, contract.pk)  # judged again on locked state
+    if view is None:
+        return None
+    if not counterparties:
+        _stalled(liquidation, last)
+        return "stalled"
+    side = Side.SELL if view.position.size > 0 else Side.BUY
+    bankruptcy = _on_grid(bankruptcy_price(view, status), contract, side)
+    fund = balance_amount(account=system_account(AccountKind.INSURANCE_FUND), asset_code=contract.settle_asset.code)
+    booked = adl_step(liquidation=liquidation, contract=contract, position=view.position,
+                      counterparties=counterparties, bankruptcy=bankruptcy, ratio=_ratio_field(status.ratio),
+                      details={"mark": str(view.mark), "equity": str(status.equity),
+                               "maintenance": str(status.maintenance), "insurance_fund": str(fund),
+                               "after_order": last.order_id})
+    if booked is None:
+        _stalled(liquidation, last)
+        return "stalled"
+    return "deleveraged"
+
+
 def _stalled(liquidation: Liquidation, last: LiquidationRecord) -> None:
-    """Nothing filled even at the market: stay frozen, alert ops, retry on the next sweep."""
+    """Nothing could fill, not even against counterparties: stay frozen, alert ops, retry on the next sweep."""
     key = f"liquidation_stalled:{liquidation.pk}"
     transaction.on_commit(lambda: _alert(key, liquidation, last.symbol))
-    # The next advance starts again at the bankruptcy price, then the market.
+    # The next advance starts again at the bankruptcy price, then the market, then ADL.
     last.details = {**last.details, "stage": "stalled"}
     last.save(update_fields=["details"])
 
@@ -382,17 +463,22 @@ def _alert(key: str, liquidation: Liquidation, symbol: str) -> None:
 
         alert_raise(key=key, level=AlertLevel.CRITICAL,
                     message=f"Liquidation #{liquidation.pk} of user {liquidation.user_id} cannot fill on {symbol}: "
-                            "no liquidity even at the market price.",
+                            "no liquidity even at the market price and no position to deleverage against.",
                     details={"liquidation_id": liquidation.pk, "symbol": symbol})
     except Exception:
         logger.exception("liquidation alert failed")
 
 
+# Records whose money columns are the liquidation's insurance fund and bad-debt flows.
+MONEY_KINDS = (RecordKind.EXECUTION, RecordKind.DELEVERAGE, RecordKind.ADL)
+
+
 def _finish(liquidation: Liquidation, status: MarginStatus | None) -> None:
     now = timezone.now()
     Liquidation.objects.filter(pk=liquidation.pk).update(status=LiquidationStatus.DONE, finished_at=now)
-    totals = liquidation.records.filter(kind=RecordKind.EXECUTION).aggregate(
+    totals = liquidation.records.filter(kind__in=MONEY_KINDS).aggregate(
         fee=Sum("clearance_fee"), surplus=Sum("surplus_to_fund"), cover=Sum("fund_cover"), bad=Sum("bad_debt"))
+    totals.update(adl_totals(liquidation=liquidation))
     _record(liquidation, RecordKind.FINISHED,
             ratio=_ratio_field(status.ratio) if status is not None else None,
             details={"equity": str(status.equity) if status else "0",

@@ -26,6 +26,11 @@ _NO_MAINTENANCE = TierSpec(bracket=0, notional_floor=ZERO, notional_cap=ZERO, ma
                            maintenance_amount=ZERO, max_leverage=1)
 
 
+def plain(value: Decimal) -> str:
+    """A decimal as plain digits, as the client API sends numbers."""
+    return format(value.normalize(), "f") if value else "0"
+
+
 def thresholds() -> dict[str, Decimal]:
     """Level -> the ratio at or below which it applies, worst level last."""
     return {

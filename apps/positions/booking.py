@@ -12,6 +12,12 @@ Trade rows carry each fill's fees and PnL for audit), positions are written with
 UPDATE, and a wallet that a loss would take below zero is topped up from the
 insurance fund and then the bad-debt account, so a batch can always be booked and no
 user wallet goes negative except by recorded bad debt.
+
+`adl_book` is the other way positions move: auto-deleveraging closes a liquidated
+position against ranked opposite positions at its bankruptcy price, without fees, in
+one balanced ADL posting under an idempotency key. Both take the balances of every
+account they touch first (one sorted lock), then the position rows: the project's lock
+order, so a matcher batch and an ADL step on the same users run one after the other.
 """
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,7 +25,7 @@ from decimal import Decimal
 
 from django.db import connection
 
-from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
+from apps.ledger.models import AccountKind, Income, IncomeType, LedgerTransaction, TransactionKind
 from apps.ledger.money import quantize_amount
 from apps.ledger.services import (
     Leg,
@@ -51,7 +57,7 @@ class Fill:
 class LiquidationOutcome:
     """What one liquidation order's fills in a batch paid to and drew from the insurance fund."""
 
-    order_id: int
+    order_id: int | None  # None: an ADL step (no order)
     user_id: int
     quantity: Decimal = Decimal(0)
     notional: Decimal = Decimal(0)
@@ -93,47 +99,49 @@ def _ensure_positions(contract, user_ids: set[int]) -> dict[int, Position]:
     return existing
 
 
-def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], reference: dict) -> BatchBooking:
-    """Book a batch: `fills` in execution order, `releases` = order margin returned per user id."""
-    asset = contract.settle_asset
-    precision = asset.precision
-    cs = contract.contract_size
-    user_ids = {f.taker_user_id for f in fills} | {f.maker_user_id for f in fills} | set(releases)
-    if not user_ids:
-        return BatchBooking()
-    positions = _ensure_positions(contract, user_ids)
-    isolated_users = {u for u, p in positions.items() if p.margin_type == MarginType.ISOLATED}
-    wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=user_ids)
-    order_margin = accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=user_ids)
-    isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=isolated_users, contract=contract)
-    fund = system_account(AccountKind.INSURANCE_FUND).pk
-    bad_debt = system_account(AccountKind.BAD_DEBT).pk
-    # Locked before anything is decided from them, all at once in the ledger's lock order.
-    current = balances_lock(account_ids=[*wallets.values(), *isolated.values(), fund, bad_debt], asset=asset)
-    states = {
-        u: _PositionState(row=p, size=p.size, entry_price=p.entry_price,
-                          isolated_balance=current[isolated[u]] if u in isolated else Decimal(0))
-        for u, p in positions.items()
-    }
+class _Book:
+    """The per-account ledger deltas of one booking, over balances and positions it has locked."""
 
-    delta: dict[int, Decimal] = defaultdict(Decimal)  # account id -> amount
-    fee_income = Decimal(0)
-    pnl_clearing = Decimal(0)
-    booking = BatchBooking()
+    def __init__(self, contract, user_ids: set[int], extra_accounts=()):
+        self.contract = contract
+        self.precision = contract.settle_asset.precision
+        self.cs = contract.contract_size
+        positions = _ensure_positions(contract, user_ids)
+        self.wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=user_ids)
+        isolated_users = {u for u, p in positions.items() if p.margin_type == MarginType.ISOLATED}
+        self.isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=isolated_users,
+                                           contract=contract)
+        self.fund = system_account(AccountKind.INSURANCE_FUND).pk
+        self.bad_debt = system_account(AccountKind.BAD_DEBT).pk
+        # Locked before anything is decided from them, all at once in the ledger's lock order;
+        # then the positions, read again under their row locks (an ADL step may have just
+        # committed a change to them: it holds these balances while it writes).
+        self.current = balances_lock(account_ids=[*self.wallets.values(), *self.isolated.values(), self.fund,
+                                                  self.bad_debt, *extra_accounts], asset=contract.settle_asset)
+        locked = Position.objects.filter(pk__in=[p.pk for p in positions.values()]).order_by("pk") \
+            .select_for_update(of=("self",))
+        self.states = {
+            p.user_id: _PositionState(row=p, size=p.size, entry_price=p.entry_price,
+                                      isolated_balance=self.current[self.isolated[p.user_id]]
+                                      if p.user_id in self.isolated else Decimal(0))
+            for p in locked
+        }
+        self.delta: dict[int, Decimal] = defaultdict(Decimal)  # account id -> amount
 
-    def apply(user_id: int, signed_qty: Decimal, price: Decimal, fee_rate: Decimal) -> tuple[Decimal, Decimal]:
-        state = states[user_id]
+    def apply(self, user_id: int, signed_qty: Decimal, price: Decimal, fee_rate: Decimal) -> tuple[Decimal, Decimal]:
+        """Net one fill into the user's position; returns (fee, realized PnL), both quantized."""
+        state, delta, precision = self.states[user_id], self.delta, self.precision
         before = state.size
         result = net_fill(size=state.size, entry_price=state.entry_price, signed_qty=signed_qty, price=price,
-                          contract_size=cs)
+                          contract_size=self.cs)
         realized = quantize_amount(result.realized_pnl, precision)
-        fee = quantize_amount(abs(signed_qty) * price * cs * fee_rate, precision)
+        fee = quantize_amount(abs(signed_qty) * price * self.cs * fee_rate, precision)
         state.size, state.entry_price = result.size, result.entry_price
         state.realized += realized
-        wallet = wallets[user_id]
+        wallet = self.wallets[user_id]
         delta[wallet] += realized - fee
-        if user_id in isolated_users:
-            iso = isolated[user_id]
+        if user_id in self.isolated:
+            iso = self.isolated[user_id]
             if result.closed:
                 back = state.isolated_balance if result.size == 0 or (before > 0) != (result.size > 0) else \
                     quantize_amount(state.isolated_balance * result.closed / abs(before), precision)
@@ -141,25 +149,72 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
                 delta[iso] -= back
                 delta[wallet] += back
             if result.opened:
-                im = quantize_amount(result.opened * price * cs / Decimal(state.row.leverage), precision)
+                im = quantize_amount(result.opened * price * self.cs / Decimal(state.row.leverage), precision)
                 state.isolated_balance += im
                 delta[iso] += im
                 delta[wallet] -= im
         return fee, realized
 
+    def ring_fence(self, user_id: int, wallet_before: Decimal, outcome: LiquidationOutcome) -> None:
+        """An isolated liquidated position's result never reaches the wallet: what the closing
+        returned beyond `wallet_before` goes to the fund; a loss beyond the isolated margin is
+        covered by the fund, then recorded bad debt."""
+        if user_id not in self.isolated:
+            return
+        delta, wallet = self.delta, self.wallets[user_id]
+        rest = delta[wallet] - wallet_before
+        delta[wallet] -= rest
+        if rest >= 0:
+            delta[self.fund] += rest
+            outcome.surplus_to_fund += rest
+        else:
+            covered = min(-rest, max(Decimal(0), self.current[self.fund] + delta[self.fund]))
+            delta[self.fund] -= covered
+            delta[self.bad_debt] -= -rest - covered
+            outcome.fund_cover += covered
+            outcome.bad_debt += -rest - covered
+
+    def cover_deficits(self) -> dict[int, tuple[Decimal, Decimal]]:
+        """`deficits_cover` over this booking's wallets: user id -> (fund cover, bad debt)."""
+        covers = deficits_cover(wallets=self.wallets, delta=self.delta, current=self.current, fund=self.fund,
+                                bad_debt=self.bad_debt)
+        return {u: covers[a] for u, a in self.wallets.items() if a in covers}
+
+    def post(self, *, kind: str, reference: dict, idempotency_key: str | None = None) -> int | None:
+        """One balanced posting of the deltas, then the positions; the transaction id (None: nothing moved)."""
+        asset = self.contract.settle_asset
+        legs = [Leg(account_id, asset, amount) for account_id, amount in sorted(self.delta.items()) if amount]
+        txn_id = None
+        if legs:
+            txn_id = ledger_post_many(postings=[Posting(kind=kind, legs=legs, reference=reference,
+                                                        idempotency_key=idempotency_key)])[0].pk
+        _write_positions(self.states.values())
+        return txn_id
+
+
+def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], reference: dict) -> BatchBooking:
+    """Book a batch: `fills` in execution order, `releases` = order margin returned per user id."""
+    user_ids = {f.taker_user_id for f in fills} | {f.maker_user_id for f in fills} | set(releases)
+    if not user_ids:
+        return BatchBooking()
+    book = _Book(contract, user_ids)
+    order_margin = accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=user_ids)
+    delta, wallets, fund, precision, cs = book.delta, book.wallets, book.fund, book.precision, book.cs
+    fee_income = Decimal(0)
+    pnl_clearing = Decimal(0)
+    booking = BatchBooking()
+
     # Liquidation hook (apps.liquidation): a LIQUIDATION taker pays no taker fee but the
     # clearance fee (contract.liquidation_fee_rate × notional, at most the fill's surplus over
     # the bankruptcy price) to the insurance fund. An isolated position's result is
-    # ring-fenced: everything the fill returns to the wallet beyond that (the rest of the
-    # surplus) goes to the fund too, and a loss beyond the isolated margin is covered by
-    # the fund and then recorded bad debt, never by the wallet. Cross deficits are covered
-    # by `deficits_cover` below. Each order's outcome is recorded by the liquidation app.
+    # ring-fenced (`_Book.ring_fence`); cross deficits are covered by `deficits_cover` below.
+    # Each order's outcome is recorded by the liquidation app.
     outcomes: dict[int, LiquidationOutcome] = {}
 
     def apply_liquidation(fill: Fill, signed_qty: Decimal) -> tuple[Decimal, Decimal]:
         user_id, wallet = fill.taker_user_id, wallets[fill.taker_user_id]
         before = delta[wallet]
-        _, realized = apply(user_id, signed_qty, fill.price, Decimal(0))
+        _, realized = book.apply(user_id, signed_qty, fill.price, Decimal(0))
         notional = fill.quantity * fill.price * cs
         closing_long = signed_qty < 0
         surplus = (fill.price - fill.bankruptcy_price) * fill.quantity * cs * (1 if closing_long else -1)
@@ -171,28 +226,17 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
         outcome.quantity += fill.quantity
         outcome.notional += notional
         outcome.clearance_fee += fee
-        if user_id in isolated_users:
-            rest = delta[wallet] - before
-            delta[wallet] -= rest
-            if rest >= 0:
-                delta[fund] += rest
-                outcome.surplus_to_fund += rest
-            else:
-                covered = min(-rest, max(Decimal(0), current[fund] + delta[fund]))
-                delta[fund] -= covered
-                delta[bad_debt] -= -rest - covered
-                outcome.fund_cover += covered
-                outcome.bad_debt += -rest - covered
+        book.ring_fence(user_id, before, outcome)
         return fee, realized
 
     for fill in fills:
         taker_qty = fill.quantity if fill.taker_is_buyer else -fill.quantity
         if fill.liquidation_order_id is None:
-            taker_fee, taker_pnl = apply(fill.taker_user_id, taker_qty, fill.price, contract.taker_fee_rate)
+            taker_fee, taker_pnl = book.apply(fill.taker_user_id, taker_qty, fill.price, contract.taker_fee_rate)
             fee_income += taker_fee
         else:
             taker_fee, taker_pnl = apply_liquidation(fill, taker_qty)
-        maker_fee, maker_pnl = apply(fill.maker_user_id, -taker_qty, fill.price, contract.maker_fee_rate)
+        maker_fee, maker_pnl = book.apply(fill.maker_user_id, -taker_qty, fill.price, contract.maker_fee_rate)
         fee_income += maker_fee
         pnl_clearing -= taker_pnl + maker_pnl
         booking.fills.append(BookedFill(taker_fee, maker_fee, taker_pnl, maker_pnl))
@@ -204,19 +248,14 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
 
     delta[system_account(AccountKind.FEE_INCOME).pk] += fee_income
     delta[system_account(AccountKind.PNL_CLEARING).pk] += pnl_clearing
-    covers = deficits_cover(wallets=wallets, delta=delta, current=current, fund=fund, bad_debt=bad_debt)
+    covers = book.cover_deficits()
     if outcomes:  # liquidation hook: cross deficits of liquidated users, then the records
         by_user = {o.user_id: o for o in outcomes.values()}
-        for user_id, account in wallets.items():
-            if user_id in by_user and account in covers:
-                by_user[user_id].fund_cover += covers[account][0]
-                by_user[user_id].bad_debt += covers[account][1]
-    legs = [Leg(account_id, asset, amount) for account_id, amount in sorted(delta.items()) if amount]
-    if legs:
-        booking.ledger_transaction_id = ledger_post_many(
-            postings=[Posting(kind=TransactionKind.TRADE, legs=legs, reference=reference)]
-        )[0].pk
-    _write_positions(states.values())
+        for user_id, (covered, bad) in covers.items():
+            if user_id in by_user:
+                by_user[user_id].fund_cover += covered
+                by_user[user_id].bad_debt += bad
+    booking.ledger_transaction_id = book.post(kind=TransactionKind.TRADE, reference=reference)
     if outcomes:
         from apps.liquidation.services import liquidation_outcomes_record  # liquidation builds on positions
 
@@ -225,20 +264,108 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
 
 
 def incomes_record(*, contract, fills: list[Fill], booking: BatchBooking, trade_ids: list[int], at) -> None:
-    """The client-facing income lines of a booked batch: commission and realized PnL per side per trade."""
+    """The client-facing income lines of a booked batch: commission and realized PnL per side per trade.
+
+    A liquidation order's fee is its clearance fee, paid to the insurance fund: INSURANCE_CLEAR.
+    """
     if booking.ledger_transaction_id is None:
         return
     rows = []
     for fill, booked, trade_id in zip(fills, booking.fills, trade_ids):
-        for user_id, fee, pnl in ((fill.taker_user_id, booked.taker_fee, booked.taker_realized_pnl),
-                                  (fill.maker_user_id, booked.maker_fee, booked.maker_realized_pnl)):
+        taker_fee_type = IncomeType.COMMISSION if fill.liquidation_order_id is None else IncomeType.INSURANCE_CLEAR
+        for user_id, fee, pnl, fee_type in (
+                (fill.taker_user_id, booked.taker_fee, booked.taker_realized_pnl, taker_fee_type),
+                (fill.maker_user_id, booked.maker_fee, booked.maker_realized_pnl, IncomeType.COMMISSION)):
             common = dict(user_id=user_id, symbol=contract.symbol, asset_id=contract.settle_asset_id,
                           trade_id=trade_id, transaction_id=booking.ledger_transaction_id, created_at=at)
             if fee:
-                rows.append(Income(income_type=IncomeType.COMMISSION, amount=-fee, **common))
+                rows.append(Income(income_type=fee_type, amount=-fee, **common))
             if pnl:
                 rows.append(Income(income_type=IncomeType.REALIZED_PNL, amount=pnl, **common))
     Income.objects.bulk_create(rows)
+
+
+# Auto-deleveraging -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AdlFill:
+    """One counterparty's part of an ADL step; `fund_cover`/`bad_debt`: a loss its wallet could not pay."""
+
+    user_id: int
+    quantity: Decimal
+    realized_pnl: Decimal
+    fund_cover: Decimal = Decimal(0)
+    bad_debt: Decimal = Decimal(0)
+
+
+@dataclass
+class AdlBooking:
+    price: Decimal
+    fills: list[AdlFill]
+    # The liquidated side: quantity closed, its realized PnL, and fund / bad debt flows
+    # (an isolated surplus to the fund, a deficit the closing left).
+    outcome: LiquidationOutcome
+    realized_pnl: Decimal = Decimal(0)
+    ledger_transaction_id: int | None = None
+
+    @property
+    def quantity(self) -> Decimal:
+        return self.outcome.quantity
+
+
+def adl_lock(*, contract, user_ids) -> None:
+    """Take the locks an ADL booking of these users needs, in the project's order (balances, then
+    positions), so the caller can judge the liquidated scope on locked state before `adl_book`."""
+    _Book(contract, set(user_ids), extra_accounts=[system_account(AccountKind.PNL_CLEARING).pk])
+
+
+def adl_book(*, contract, user_id: int, quantity: Decimal, price: Decimal, counterparties: list[int],
+             idempotency_key: str, reference: dict) -> AdlBooking | None:
+    """Auto-deleverage: close up to `quantity` of `user_id`'s position against the opposite positions
+    of `counterparties`, in that order (the last one partially), at `price` (the bankruptcy price),
+    without fees; realized PnL of both sides in ONE balanced ADL posting keyed `idempotency_key`.
+
+    The liquidated side is settled as a liquidation (`_Book.ring_fence` for an isolated position,
+    `deficits_cover` for a wallet, including a counterparty's). None when the key is already booked:
+    nothing changes.
+    """
+    pnl_account = system_account(AccountKind.PNL_CLEARING).pk
+    book = _Book(contract, {user_id, *counterparties}, extra_accounts=[pnl_account])
+    if LedgerTransaction.objects.filter(idempotency_key=idempotency_key).exists():
+        return None
+    state = book.states[user_id]
+    sign = 1 if state.size > 0 else -1
+    remaining = min(quantity, abs(state.size))
+    outcome = LiquidationOutcome(None, user_id)
+    booking = AdlBooking(price=price, fills=[], outcome=outcome)
+    wallet = book.wallets[user_id]
+    parts: list[tuple[int, Decimal, Decimal]] = []
+    for other in counterparties:
+        if remaining <= 0:
+            break
+        size = book.states[other].size
+        if other == user_id or size == 0 or (size > 0) == (sign > 0):
+            continue  # no longer on the opposite side
+        take = min(remaining, abs(size))
+        before = book.delta[wallet]
+        _, realized = book.apply(user_id, -sign * take, price, Decimal(0))
+        book.ring_fence(user_id, before, outcome)
+        _, other_realized = book.apply(other, sign * take, price, Decimal(0))
+        book.delta[pnl_account] -= realized + other_realized
+        booking.realized_pnl += realized
+        outcome.quantity += take
+        outcome.notional += take * price * book.cs
+        parts.append((other, take, other_realized))
+        remaining -= take
+    covers = book.cover_deficits()
+    if user_id in covers:
+        outcome.fund_cover += covers[user_id][0]
+        outcome.bad_debt += covers[user_id][1]
+    booking.fills = [AdlFill(u, q, pnl, *covers.get(u, (Decimal(0), Decimal(0)))) for u, q, pnl in parts]
+    if parts:
+        booking.ledger_transaction_id = book.post(kind=TransactionKind.ADL, reference=reference,
+                                                  idempotency_key=idempotency_key)
+    return booking
 
 
 def deficits_cover(*, wallets: dict[int, int], delta: dict[int, Decimal], current: dict[int, Decimal],

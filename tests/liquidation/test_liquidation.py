@@ -4,45 +4,21 @@ from decimal import Decimal
 
 import pytest
 
-from apps.ledger.models import AccountKind
-from apps.ledger.selectors import balance_amount
-from apps.ledger.services import account_get_or_create, system_account
-from apps.liquidation.models import Liquidation, LiquidationRecord, LiquidationStatus, RecordKind
+from apps.ledger.models import AccountKind, Income, IncomeType
+from apps.ledger.services import account_get_or_create
+from apps.liquidation.models import Liquidation, LiquidationStatus, RecordKind
 from apps.liquidation.selectors import account_frozen, margin_status
 from apps.liquidation.services import liquidation_advance, liquidation_sweep
 from apps.ops.invariants import run_all_invariants
-from apps.positions.models import Position
 from apps.trading.errors import OrderRejected
 from apps.trading.matching import batch_process
 from apps.trading.models import Order, OrderStatus, OrderType
 from apps.trading.services import order_place
 from exchange.errors import ErrorCode
 
+from .helpers import bad_debt, fund, records, size_of, usdt_of, wallet_of
+
 D = Decimal
-
-
-def usdt_of(account) -> Decimal:
-    return balance_amount(account=account, asset_code="USDT")
-
-
-def wallet_of(user) -> Decimal:
-    return usdt_of(account_get_or_create(kind=AccountKind.WALLET, user=user))
-
-
-def fund() -> Decimal:
-    return usdt_of(system_account(AccountKind.INSURANCE_FUND))
-
-
-def bad_debt() -> Decimal:
-    return usdt_of(system_account(AccountKind.BAD_DEBT))
-
-
-def size_of(user) -> Decimal:
-    return Position.objects.get(user=user).size
-
-
-def records(liquidation, kind):
-    return list(LiquidationRecord.objects.filter(liquidation=liquidation, kind=kind).order_by("id"))
 
 
 def test_cross_account_is_liquidated_partially_into_a_lower_tier(funded, trade, mark, btcusdt, engine):
@@ -83,6 +59,10 @@ def test_cross_account_is_liquidated_partially_into_a_lower_tier(funded, trade, 
     assert (execution.fund_cover, execution.bad_debt) == (0, 0)
     assert fund() == D("191.8")
     assert wallet_of(alice) == D("4400") - D("1918") - D("191.8")
+    # The clearance fee is the client's INSURANCE_CLEAR income line, not a commission.
+    lines = sorted(Income.objects.filter(user=alice, trade_id__isnull=False).values_list("income_type", "amount"))
+    assert lines == [(IncomeType.COMMISSION, D("-20")), (IncomeType.INSURANCE_CLEAR, D("-191.8")),
+                     (IncomeType.REALIZED_PNL, D("-1918"))]
     assert size_of(alice) == D("1.041")
 
     assert liquidation_advance(liquidation=liquidation) == "finished"
@@ -147,7 +127,9 @@ def test_gap_through_bankruptcy_is_covered_by_the_insurance_fund(funded, trade, 
     no_fill = records(liquidation, RecordKind.NO_FILL)
     assert len(no_fill) == 1 and no_fill[0].quantity == D("1")
     market = records(liquidation, RecordKind.ORDER)[-1]
-    assert market.details["stage"] == "market" and market.order.protection_price == D("72800")  # mark + 30%
+    # At the market (mark + 30% = 72,800), but no further beyond the bankruptcy price 55,000 than the
+    # fund's 10,000 pays for on 1 BTC: 65,000.
+    assert market.details["stage"] == "market" and market.order.protection_price == D("65000")
     batch_process(engine)
     [execution] = records(liquidation, RecordKind.EXECUTION)
     # realized (50,000 − 56,000) = −6,000 against the 5,000 margin: 1,000 from the fund
@@ -158,24 +140,35 @@ def test_gap_through_bankruptcy_is_covered_by_the_insurance_fund(funded, trade, 
     assert run_all_invariants() == []
 
 
-def test_deficit_beyond_the_fund_is_recorded_bad_debt(funded, trade, mark, btcusdt, engine, fund_seed):
-    fund_seed("300")
-    carol, dave = _isolated_short(funded, trade, mark)
-    eve = funded("eve")
-    order_place(user=eve, contract=btcusdt, side="SELL", quantity=D("1"), price=D("56000"))
-    batch_process(engine)
+def test_deficit_beyond_the_fund_is_recorded_bad_debt(funded, mark, btcusdt, engine, fund_seed):
+    """Two liquidations count on the same fund at once: what it cannot pay the second is bad debt."""
+    fund_seed("1500")
+    carol = funded("carol", "10000", leverage=10, isolated=True)
+    frank = funded("frank", "10000", leverage=10, isolated=True)
+    dave, eve = funded("dave"), funded("eve")
+    mark("50000")
+    order_place(user=dave, contract=btcusdt, side="BUY", quantity=D("2"), price=D("50000"))
+    order_place(user=carol, contract=btcusdt, side="SELL", quantity=D("1"), price=D("50000"))
+    order_place(user=frank, contract=btcusdt, side="SELL", quantity=D("1"), price=D("50000"))
+    order_place(user=eve, contract=btcusdt, side="SELL", quantity=D("2"), price=D("56000"))
+    batch_process(engine)  # carol and frank short 1 each, isolated margin 5,000: bankrupt at 55,000
     mark("56000")
-    liquidation_sweep()
-    liquidation = Liquidation.objects.get(user=carol)
-    batch_process(engine)
-    liquidation_advance(liquidation=liquidation)
-    batch_process(engine)
-    [execution] = records(liquidation, RecordKind.EXECUTION)
-    assert (execution.fund_cover, execution.bad_debt) == (D("300"), D("700"))
-    assert fund() == 0 and bad_debt() == D("-700") and wallet_of(carol) == D("4980")
-    assert liquidation_advance(liquidation=liquidation) == "finished"
-    finished = records(liquidation, RecordKind.FINISHED)[0]
-    assert finished.details["bad"] == "700.000000000000000000"
+    assert liquidation_sweep()["started"] == 2
+    batch_process(engine)  # no ask at or under 55,000
+    assert liquidation_sweep()["advanced"] == {"ordered": 2}
+    for user in (carol, frank):  # each may go 1,500 beyond bankruptcy: the fund as it is now
+        market = records(Liquidation.objects.get(user=user), RecordKind.ORDER)[-1]
+        assert market.details["stage"] == "market" and market.order.protection_price == D("56500")
+    batch_process(engine)  # both fill at eve's 56,000: a 1,000 loss beyond the margin each
+    [first] = records(Liquidation.objects.get(user=carol), RecordKind.EXECUTION)
+    [second] = records(Liquidation.objects.get(user=frank), RecordKind.EXECUTION)
+    assert (first.fund_cover, first.bad_debt) == (D("1000"), 0)
+    assert (second.fund_cover, second.bad_debt) == (D("500"), D("500"))
+    assert fund() == 0 and bad_debt() == D("-500")
+    assert wallet_of(carol) == wallet_of(frank) == D("4980")  # 10,000 − 5,000 margin − 20 taker fee
+    assert liquidation_sweep()["advanced"] == {"finished": 2}
+    finished = records(Liquidation.objects.get(user=frank), RecordKind.FINISHED)[0]
+    assert D(finished.details["bad"]) == D("500") and D(finished.details["cover"]) == D("500")
     assert run_all_invariants() == []
 
 

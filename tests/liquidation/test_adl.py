@@ -1,0 +1,161 @@
+"""Auto-deleveraging: an empty insurance fund closes a gapped position against the most
+profitable, most leveraged opposite positions at its bankruptcy price (hand-computed
+numbers); cross and isolated; the user streams are told; a crash mid-step books it once."""
+import json
+import time
+from decimal import Decimal
+
+import pytest
+
+from apps.accounts.user_stream import order_trade_update
+from apps.ledger.models import Income, IncomeType, LedgerTransaction, TransactionKind
+from apps.liquidation import adl as adl_module
+from apps.liquidation.models import Liquidation, LiquidationStatus, RecordKind
+from apps.liquidation.selectors import adl_quantiles
+from apps.liquidation.services import liquidation_advance, liquidation_sweep
+from apps.ops.invariants import run_all_invariants
+from apps.ops.metrics import ADL_EVENTS
+from apps.trading.matching import EVENTS_CHANNEL, batch_process
+from apps.trading.models import OrderStatus, OrderType
+from apps.trading.services import order_place
+from exchange.redis import get_redis
+
+from .helpers import bad_debt, fund, isolated_of, records, size_of, wallet_of
+
+D = Decimal
+
+
+@pytest.fixture
+def gapped_long(funded, mark, btcusdt, engine):
+    """alice: isolated long 2 @ 50,000 at 10× (margin 10,000: bankrupt at 45,000) bought from three
+    shorts; bob long 1 from uma. The mark falls to 44,000 with no bid in the book."""
+    alice = funded("alice", "20000", leverage=10, isolated=True)
+    sam, tom, uma, bob = funded("sam", "1300"), funded("tom", "6000"), funded("uma"), funded("bob")
+    mark("50000")
+    order_place(user=sam, contract=btcusdt, side="SELL", quantity=D("0.5"), price=D("50000"))
+    order_place(user=tom, contract=btcusdt, side="SELL", quantity=D("0.5"), price=D("50000"))
+    order_place(user=uma, contract=btcusdt, side="SELL", quantity=D("2"), price=D("50000"))
+    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("2"), price=D("50000"))
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("1"), price=D("50000"))
+    batch_process(engine)
+    # Maker fees 0.02%: sam 5, tom 5, uma 20; alice's taker fee 40 and her margin leave the wallet.
+    assert (wallet_of(sam), wallet_of(tom), wallet_of(uma)) == (D("1295"), D("5995"), D("99980"))
+    assert (wallet_of(alice), isolated_of(alice, btcusdt)) == (D("9960"), D("10000"))
+    mark("44000")
+    return alice, sam, tom, uma, bob
+
+
+def test_empty_fund_deleverages_the_most_profitable_most_leveraged_shorts(
+        gapped_long, btcusdt, engine, django_capture_on_commit_callbacks):
+    alice, sam, tom, uma, bob = gapped_long
+    # The ranking users see: score = PnL% × MM / (wallet + uPnL) at 44,000 —
+    # sam 3,000/1,295 × 88/4,295 = 0.0475; tom 3,000/5,995 × 88/8,995 = 0.0049;
+    # uma 12,000/99,980 × 390/111,980 = 0.0004 (tier 2: 0.5% × 88,000 − 50).
+    assert [adl_quantiles(user=u)["BTCUSDT"] for u in (sam, tom, uma)] == [4, 3, 2]
+    assert fund() == 0
+    assert liquidation_sweep()["started"] == 1
+    liquidation = Liquidation.objects.get(user=alice)
+    [order] = [r.order for r in records(liquidation, RecordKind.ORDER)]
+    assert (order.side, order.quantity, order.price) == ("SELL", D("2"), D("45000"))
+    batch_process(engine)  # no bid at all: nothing fills
+    counted = ADL_EVENTS.labels(symbol="BTCUSDT")._value.get()
+
+    pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(EVENTS_CHANNEL.format(symbol="BTCUSDT"))
+    with django_capture_on_commit_callbacks(execute=True):
+        # The fund cannot pay for one tick beyond 45,000: no market order, ADL at 45,000.
+        assert liquidation_advance(liquidation=liquidation) == "deleveraged"
+    message = None
+    deadline = time.monotonic() + 5
+    while message is None and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.5)
+    pubsub.close()
+
+    # sam 0.5 and tom 0.5 whole, uma 1 of her 2; at 45,000, no fees.
+    [step] = records(liquidation, RecordKind.DELEVERAGE)
+    assert (step.quantity, step.price, step.pnl, step.fund_cover, step.bad_debt) == \
+        (D("2"), D("45000"), D("-10000"), 0, 0)
+    adl = records(liquidation, RecordKind.ADL)
+    assert [(r.counterparty, r.quantity, r.price, r.pnl) for r in adl] == [
+        (sam, D("0.5"), D("45000"), D("2500")), (tom, D("0.5"), D("45000"), D("2500")),
+        (uma, D("1"), D("45000"), D("5000"))]
+    assert {r.step for r in adl} == {step.step}
+    assert [size_of(u) for u in (alice, sam, tom, uma, bob)] == [0, 0, 0, D("-1"), D("1")]
+    # alice: −10,000 realized = her isolated margin; the wallet untouched.
+    assert (wallet_of(alice), isolated_of(alice, btcusdt)) == (D("9960"), 0)
+    assert (wallet_of(sam), wallet_of(tom), wallet_of(uma)) == (D("3795"), D("8495"), D("104980"))
+    assert fund() == 0 and bad_debt() == 0
+    [txn] = LedgerTransaction.objects.filter(kind=TransactionKind.ADL)
+    assert txn.idempotency_key == f"liquidation:{liquidation.pk}:adl:{step.step}"
+    assert sum(e.amount for e in txn.entries.all()) == 0
+    assert sorted(Income.objects.filter(transaction=txn).values_list("user__username", "income_type", "amount")) \
+        == [("alice", IncomeType.REALIZED_PNL, D("-10000")), ("sam", IncomeType.REALIZED_PNL, D("2500")),
+            ("tom", IncomeType.REALIZED_PNL, D("2500")), ("uma", IncomeType.REALIZED_PNL, D("5000"))]
+    assert (step.order.order_type, step.order.status, step.order.executed_qty) == \
+        (OrderType.LIQUIDATION, OrderStatus.FILLED, D("2"))
+    assert ADL_EVENTS.labels(symbol="BTCUSDT")._value.get() == counted + 3
+
+    # Each user's stream gets an ORDER_TRADE_UPDATE like the reference exchange's ADL.
+    reports = json.loads(message["data"])["orders"]
+    assert [r["user_id"] for r in reports] == [alice.pk, sam.pk, tom.pk, uma.pk]
+    updates = [order_trade_update(symbol="BTCUSDT", report=r, event_ms=1, transaction_ms=1)["o"] for r in reports]
+    assert [(u["x"], u["X"], u["o"], u["c"], u["S"], u["z"], u["ap"], u["rp"]) for u in updates[1:]] == [
+        ("CALCULATED", "FILLED", "MARKET", "adl_autoclose", "BUY", "0.5", "45000", "2500"),
+        ("CALCULATED", "FILLED", "MARKET", "adl_autoclose", "BUY", "0.5", "45000", "2500"),
+        ("CALCULATED", "FILLED", "MARKET", "adl_autoclose", "BUY", "1", "45000", "5000")]
+    assert (updates[0]["x"], updates[0]["o"], updates[0]["i"], updates[0]["rp"]) == \
+        ("CALCULATED", "LIQUIDATION", step.order.pk, "-10000")
+
+    assert liquidation_advance(liquidation=liquidation) == "finished"
+    liquidation.refresh_from_db()
+    assert liquidation.status == LiquidationStatus.DONE
+    finished = records(liquidation, RecordKind.FINISHED)[0]
+    assert (D(finished.details["adl_quantity"]), D(finished.details["adl_pnl"])) == (D("2"), D("10000"))
+    assert liquidation_sweep()["started"] == 0
+    assert run_all_invariants() == []
+
+
+def test_cross_long_is_deleveraged_to_a_zero_wallet(funded, trade, mark, btcusdt, engine):
+    alice = funded("alice", "3000")
+    bob = funded("bob")
+    mark("50000")
+    trade(bob, alice, "SELL", "1", "50000")  # alice the taker: fee 20, cross wallet 2,980
+    mark("46000")  # bankrupt at 50,000 − 2,980 = 47,020; no bid
+    assert liquidation_sweep()["started"] == 1
+    liquidation = Liquidation.objects.get(user=alice)
+    batch_process(engine)
+    assert liquidation_advance(liquidation=liquidation) == "deleveraged"
+    [record] = records(liquidation, RecordKind.ADL)
+    assert (record.counterparty, record.quantity, record.price, record.pnl) == (bob, D("1"), D("47020"), D("2980"))
+    assert wallet_of(alice) == 0 and wallet_of(bob) == D("100000") - D("10") + D("2980")
+    assert size_of(alice) == size_of(bob) == 0
+    assert fund() == 0 and bad_debt() == 0
+    assert liquidation_advance(liquidation=liquidation) == "finished"
+    assert run_all_invariants() == []
+
+
+def test_a_crash_inside_the_adl_step_books_it_once(gapped_long, btcusdt, engine, monkeypatch):
+    alice, sam, tom, uma, bob = gapped_long
+    liquidation_sweep()
+    liquidation = Liquidation.objects.get(user=alice)
+    batch_process(engine)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("worker killed after the booking")
+
+    monkeypatch.setattr(adl_module, "_incomes", crash)  # after adl_book, before the step commits
+    with pytest.raises(RuntimeError):
+        liquidation_advance(liquidation=liquidation)
+    assert size_of(alice) == 2 and not LedgerTransaction.objects.filter(kind=TransactionKind.ADL).exists()
+    assert records(liquidation, RecordKind.DELEVERAGE) == []
+    monkeypatch.undo()
+
+    assert liquidation_advance(liquidation=liquidation) == "deleveraged"  # the restarted worker
+    assert liquidation_advance(liquidation=liquidation) == "finished"
+    assert liquidation_advance(liquidation=liquidation) == "busy"  # nothing active any more
+    assert liquidation_sweep()["started"] == 0
+    assert LedgerTransaction.objects.filter(kind=TransactionKind.ADL).count() == 1
+    assert len(records(liquidation, RecordKind.ADL)) == 3
+    assert [size_of(u) for u in (alice, sam, tom, uma, bob)] == [0, 0, 0, D("-1"), D("1")]
+    assert (wallet_of(sam), wallet_of(tom), wallet_of(uma)) == (D("3795"), D("8495"), D("104980"))
+    assert run_all_invariants() == []
