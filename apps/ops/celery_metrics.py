@@ -13,12 +13,18 @@ Task metrics (counted wherever the signal fires): `celery_tasks_total{task,state
 `celery_tasks_sent_total{task}` in every process that sends (beat's schedule, web).
 Port 0 turns an exporter off; a port already taken is logged, never fatal.
 Beat also waits here for its leader lease (apps.ops.leases) once its exporter is up.
+
+Logging: Celery would replace the root handler with its own line format; instead its
+processes keep the project's (exchange/settings/logging.py, LOG_FORMAT), at the
+--loglevel given, and each task's log lines carry `task_id` and `task` (exchange.logs).
 """
 import logging
 import time
 
 from celery import signals
 from prometheus_client import Counter, Histogram
+
+from exchange.logs import log_context_pop, log_context_push
 
 from .metrics import metrics_serve, process_role_set
 
@@ -31,6 +37,7 @@ TASK_RUNTIME = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 _started: dict[str, float] = {}
+_log_tokens: dict[str, object] = {}
 
 
 def _setting(name: str, default: int) -> int:
@@ -66,11 +73,28 @@ def _on_beat_init(**_):
     _beat_lease = beat_lease_wait()
 
 
+def _on_setup_logging(loglevel=None, **_):
+    from logging.config import dictConfig
+
+    from django.conf import settings
+
+    dictConfig(settings.LOGGING)
+    if loglevel:
+        logging.getLogger().setLevel(loglevel)
+
+
 def _on_prerun(task_id=None, task=None, **_):
     _started[task_id] = time.perf_counter()
+    _log_tokens[task_id] = log_context_push(task_id=task_id, task=getattr(task, "name", "unknown"))
 
 
 def _on_postrun(task_id=None, task=None, state=None, **_):
+    token = _log_tokens.pop(task_id, None)
+    if token is not None:
+        try:
+            log_context_pop(token)
+        except ValueError:  # not this thread's context (a pool that moved the task): nothing to undo here
+            pass
     started = _started.pop(task_id, None)
     name = getattr(task, "name", "unknown")
     if started is not None:
@@ -84,6 +108,7 @@ def _on_publish(sender=None, headers=None, **_):
 
 
 def connect() -> None:
+    signals.setup_logging.connect(_on_setup_logging, weak=False, dispatch_uid="ops-logging")
     signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="ops-metrics-worker")
     signals.worker_process_init.connect(_on_worker_process_init, weak=False, dispatch_uid="ops-metrics-child")
     signals.beat_init.connect(_on_beat_init, weak=False, dispatch_uid="ops-metrics-beat")

@@ -1,6 +1,7 @@
 """Every process serves its own /metrics: the matcher, the pricefeed, a Celery worker
 (main process and each prefork child) and beat, started as real OS processes against
 the test database and Redis. Their stderr goes to files and they die with the test."""
+import json
 import sys
 import uuid
 from decimal import Decimal
@@ -70,17 +71,17 @@ def not_eager():
     yield
 
 
-def test_celery_worker_main_and_prefork_child_each_serve_metrics(spawn, not_eager, db):
+def test_celery_worker_main_and_prefork_child_each_serve_metrics_and_log_json_with_the_task_id(spawn, not_eager, db):
     base = free_ports(2)
     queue = f"ops-metrics-{uuid.uuid4().hex[:8]}"
     worker = spawn("worker", [str(ROOT / ".venv" / "bin" / "celery"), "-A", "exchange", "worker", "--pool", "prefork",
                               "--concurrency", "1", "-Q", queue, "--hostname", f"{queue}@%h", "--loglevel", "INFO",
                               "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                   OPS_METRICS_PORT_WORKER=base)
+                   OPS_METRICS_PORT_WORKER=base, LOG_FORMAT="json")
     assert wait_for(lambda: role_of(scrape(base)), "the worker's exporter", worker) == "celery-worker"
     assert wait_for(lambda: role_of(scrape(base + 1)), "the child's exporter", worker) == "celery-worker-child"
 
-    celery_app.send_task("apps.ops.tasks.beat_heartbeat", queue=queue)
+    sent = celery_app.send_task("apps.ops.tasks.beat_heartbeat", queue=queue)
     samples = wait_for(
         lambda: (s := scrape(base + 1)) and value(s, "celery_tasks_total", task="apps.ops.tasks.beat_heartbeat",
                                                   state="succeeded") == 1 and s,
@@ -89,6 +90,10 @@ def test_celery_worker_main_and_prefork_child_each_serve_metrics(spawn, not_eage
     assert value(samples, "celery_task_runtime_seconds_count", task="apps.ops.tasks.beat_heartbeat") == 1
     assert value(samples, "process_cpu_seconds_total") is not None
     assert value(scrape(base), "celery_tasks_total", task="apps.ops.tasks.beat_heartbeat", state="succeeded") is None
+    # Celery keeps the project's log format (JSON here): the task's lines carry its id and the child's role.
+    entries = [json.loads(line) for line in worker.log_path.read_text().splitlines() if line.startswith("{")]
+    (done,) = [e for e in entries if e.get("task_id") == sent.id and "succeeded" in e["message"]]
+    assert done["task"] == "apps.ops.tasks.beat_heartbeat" and done["role"] == "celery-worker-child"
 
 
 def test_beat_serves_metrics_and_a_second_beat_stands_by_until_the_leader_dies(spawn, tmp_path, db):
