@@ -149,7 +149,8 @@
       var m = symbols[symbol];
       row("matcher " + symbol, m, age(m) + (m.leader_pid ? " (pid " + m.leader_pid + ")" : ""));
     });
-    row("pricefeed", checks.pricefeed, age(checks.pricefeed) + (checks.pricefeed.required ? "" : " (not required)"));
+    row("pricefeed", checks.pricefeed, age(checks.pricefeed) + (checks.pricefeed.leader_pid ? " (pid " + checks.pricefeed.leader_pid + ")" : "") +
+        (checks.pricefeed.required ? "" : " (not required)"));
   }
 
   function fillAlerts(feed) {
