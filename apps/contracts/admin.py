@@ -1,8 +1,9 @@
 """Contract specs with their margin tiers inline; the tier table is validated as a whole."""
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from .models import Contract, MarginTier
+from .lifecycle import contract_halt, contract_resume
+from .models import Contract, ContractStatusChange, MarginTier
 from .tiers import TierSpec, tiers_validate
 
 
@@ -36,12 +37,47 @@ class MarginTierInline(admin.TabularInline):
     ordering = ("bracket",)
 
 
+class StatusChangeInline(admin.TabularInline):
+    model = ContractStatusChange
+    fields = ("at", "from_status", "to_status", "reason", "actor", "recorded_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ("at", "id")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class LifecycleActions:
+    """Halt and resume through the lifecycle (one place for the admin's status changes)."""
+
+    @admin.action(description="Halt trading (the matcher stops; resume returns to the previous status)")
+    def halt(self, request, queryset):
+        for contract in queryset:
+            self._lifecycle(request, contract, contract_halt, "halted")
+
+    @admin.action(description="Resume a halted contract")
+    def resume(self, request, queryset):
+        for contract in queryset:
+            self._lifecycle(request, contract, contract_resume, "resumed")
+
+    def _lifecycle(self, request, contract, change, done: str) -> None:
+        try:
+            changed = change(contract=contract, actor=request.user)
+        except Exception as exc:
+            self.message_user(request, f"{contract.symbol}: {exc}", messages.ERROR)
+            return
+        self.message_user(request, f"{contract.symbol} {done}." if changed else f"{contract.symbol}: no change.")
+
+
 @admin.register(Contract)
-class ContractAdmin(admin.ModelAdmin):
+class ContractAdmin(LifecycleActions, admin.ModelAdmin):
     list_display = ("symbol", "contract_type", "status", "max_leverage", "maker_fee_rate", "taker_fee_rate", "delivery_time")
     list_filter = ("contract_type", "status")
     search_fields = ("symbol",)
-    inlines = [MarginTierInline]
+    inlines = [MarginTierInline, StatusChangeInline]
+    actions = ["halt", "resume"]
     fieldsets = (
         (None, {"fields": ("symbol", "contract_type", "status", "base_asset", "quote_asset", "settle_asset", "onboard_time")}),
         ("Grid and limits", {"fields": (
@@ -62,4 +98,6 @@ class ContractAdmin(admin.ModelAdmin):
         # The grid and the settlement price define booked history once a contract exists.
         if obj is None:
             return ()
-        return ("symbol", "contract_type", "base_asset", "quote_asset", "settle_asset", "contract_size", "settlement_price")
+        # The status moves only through the lifecycle (actions here, the delivery scheduler).
+        return ("symbol", "contract_type", "status", "base_asset", "quote_asset", "settle_asset", "contract_size",
+                "settlement_price")

@@ -1,11 +1,26 @@
-"""Ops console for funding: rate history and premium samples (read-only), settlement
-runs with their status and totals, and "settle now" — adding a run for a past funding
-time, or the action on selected runs — which calls the same idempotent `funding_settle`
-(a settled time is returned unchanged, never charged twice)."""
+"""Ops console for settlement.
+
+Funding: rate history and premium samples (read-only), settlement runs with their
+status and totals, and "settle now" — adding a run for a past funding time, or the
+action on selected runs — which calls the same idempotent `funding_settle` (a settled
+time is returned unchanged, never charged twice).
+
+Delivery: the calendar of delivery contracts with their status history and the
+"settle now", "halt" and "resume" actions, and the settlement runs with the audited
+samples behind each settlement price.
+"""
+from datetime import datetime, timezone as dt_timezone
+
 from django import forms
 from django.contrib import admin, messages
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
-from .models import FundingRate, FundingSettlement, PremiumSample, SettlementStatus
+from apps.contracts.admin import LifecycleActions, StatusChangeInline
+from apps.contracts.models import ContractType
+
+from .delivery import delivery_advance_one
+from .models import DeliveryContract, DeliverySettlement, FundingRate, FundingSettlement, PremiumSample, SettlementStatus
 from .services import funding_settle
 
 
@@ -97,3 +112,103 @@ class FundingSettlementAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{run} was already settled: nothing charged.", messages.INFO)
                 continue
             self._settle(request, run.contract, run.funding_time)
+
+
+# -- delivery --------------------------------------------------------------------------------
+
+
+@admin.register(DeliveryContract)
+class DeliveryCalendarAdmin(LifecycleActions, admin.ModelAdmin):
+    """Delivery contracts by delivery time, with their lifecycle and the ops actions.
+
+    "Settle now" runs every lifecycle step that is due for the contract (the same
+    idempotent `delivery_advance_one` the scheduler runs): it never settles before the
+    delivery time, and a settled contract is left as it is.
+    """
+
+    list_display = ("symbol", "status", "delivery_time", "time_to_delivery", "settlement_price", "settlement_status")
+    list_filter = ("status",)
+    date_hierarchy = "delivery_time"
+    search_fields = ("symbol",)
+    inlines = [StatusChangeInline]
+    actions = ["settle_now", "halt", "resume"]
+    fields = ("symbol", "status", "delivery_time", "onboard_time", "settlement_window_minutes", "delivery_fee_rate",
+              "settlement_price")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(contract_type=ContractType.DELIVERY).select_related("delivery")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="time to delivery")
+    def time_to_delivery(self, obj):
+        left = obj.delivery_time - timezone.now()
+        if left.total_seconds() <= 0:
+            return "due"
+        return f"{left.days} d {left.seconds // 3600} h {left.seconds % 3600 // 60} min"
+
+    @admin.display(description="settlement")
+    def settlement_status(self, obj):
+        try:
+            return obj.delivery.get_status_display()
+        except DeliverySettlement.DoesNotExist:
+            return "—"
+
+    @admin.action(description="Settle now (runs the steps that are due; never before the delivery time)")
+    def settle_now(self, request, queryset):
+        now = timezone.now()
+        for contract in queryset.select_related("settle_asset"):
+            try:
+                steps = delivery_advance_one(contract=contract, now=now, requested_by=request.user)
+            except Exception as exc:
+                self.message_user(request, f"{contract.symbol}: {exc}", messages.ERROR)
+                continue
+            if not steps:
+                self.message_user(request, f"{contract.symbol}: nothing is due (status {contract.status}, delivery "
+                                           f"{contract.delivery_time:%Y-%m-%d %H:%M} UTC).", messages.INFO)
+            else:
+                self.message_user(request, f"{contract.symbol}: {', '.join(steps)}.")
+
+
+@admin.register(DeliverySettlement)
+class DeliverySettlementAdmin(ReadOnlyAdmin):
+    list_display = ("contract", "delivery_time", "status", "settlement_price", "valid_minutes", "positions",
+                    "long_quantity", "short_quantity", "fees", "covered", "bad_debt", "attempts", "finished_at")
+    list_filter = ("status",)
+    date_hierarchy = "delivery_time"
+    readonly_fields = ("contract", "delivery_time", "status", "settlement_price", "window_start", "window_end",
+                       "valid_minutes", "samples", "positions", "long_quantity", "short_quantity", "realized_pnl",
+                       "fees", "orders_expired", "order_margin_released", "covered", "bad_debt",
+                       "ledger_transaction", "attempts", "error", "requested_by", "priced_at", "finished_at")
+    fields = readonly_fields
+
+    def has_change_permission(self, request, obj=None):
+        return request.method == "GET" and super().has_view_permission(request, obj)
+
+    @admin.display(description="the samples behind the price")
+    def samples(self, obj):
+        """Every minute of the window: its median, value, and the quotes kept (with weight) and dropped."""
+        minutes = obj.audit.get("minutes", [])
+        if not minutes:
+            return obj.audit.get("reason") or "—"
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((_minute(m["start"]), m["median"] or "—", m["value"] or m.get("reason") or "—",
+              ", ".join(f"{q['venue']} {q['price']} × {q['weight']}" for q in m["kept"]) or "—",
+              ", ".join(f"{q['venue']} {q['price']} ({q['reason']})" for q in m["dropped"]) or "—")
+             for m in minutes),
+        )
+        weights = ", ".join(f"{v} {w}" for v, w in obj.audit.get("weights", {}).items())
+        return format_html(
+            "<p>Weights: {}. Unrounded mean: {}.</p><table><tr><th>minute (UTC)</th><th>median</th><th>value</th>"
+            "<th>kept (price × source weight × volume)</th><th>dropped</th></tr>{}</table>",
+            weights or "—", obj.audit.get("unrounded") or "—", rows)
+
+
+def _minute(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=dt_timezone.utc).strftime("%Y-%m-%d %H:%M")

@@ -149,18 +149,13 @@ def notice_payload(*, contract: Contract, position_size: Decimal, event_ms: int)
 
 
 def _notify(contract: Contract, fresh: list[tuple[int, int, Decimal]], now: datetime) -> None:
+    from apps.accounts.user_stream import user_events_publish
+
     event_ms = to_ms(now)
     try:
-        from asgiref.sync import async_to_sync
-        from channels.layers import get_channel_layer
-
-        from apps.accounts.user_stream import USER_PUSH, user_group
-
-        layer = get_channel_layer()
         for _, user_id, size in fresh:
-            async_to_sync(layer.group_send)(user_group(user_id), {
-                "type": USER_PUSH, "user_id": user_id,
-                "data": [notice_payload(contract=contract, position_size=size, event_ms=event_ms)]})
+            user_events_publish(user_id=user_id,
+                                payloads=[notice_payload(contract=contract, position_size=size, event_ms=event_ms)])
     except Exception:
         logger.warning("delivery notices of %s not pushed to the user streams", contract.symbol, exc_info=True)
     if settings.DELIVERY_NOTICE_EMAIL:
@@ -216,8 +211,9 @@ def _price(run: DeliverySettlement, contract: Contract, now: datetime) -> Delive
         fields.update(status=DeliveryStatus.NO_PRICE, error=audit.get("reason") or "no valid sample")
         DeliverySettlement.objects.filter(pk=run.pk).update(attempts=F("attempts") + 1, **fields)
         _alert(f"delivery_no_price:{contract.symbol}", "CRITICAL",
-               f"{contract.symbol} cannot be settled: {fields['error']} in the {contract.settlement_window_minutes}"
-               f"-minute window before {contract.delivery_time:%Y-%m-%d %H:%M} UTC. It stays SETTLING.",
+               f"{contract.symbol} cannot be settled ({fields['error']}; window: the "
+               f"{contract.settlement_window_minutes} minutes before {contract.delivery_time:%Y-%m-%d %H:%M} UTC). "
+               "It stays SETTLING.",
                {"symbol": contract.symbol, "delivery_time": to_ms(contract.delivery_time)})
     else:
         fields.update(status=DeliveryStatus.PRICED, settlement_price=result.price, error="")

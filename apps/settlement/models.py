@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from apps.contracts.models import RATE_DIGITS, FundingPolicy
+from apps.contracts.models import RATE_DIGITS, Contract, FundingPolicy
 from apps.ledger.fields import MoneyField
 
 RATIO_DIGITS = {"max_digits": 30, "decimal_places": 12}
@@ -200,3 +200,13 @@ class DeliveryNotice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contract.symbol} notice to user {self.user_id}"
+
+
+class DeliveryContract(Contract):
+    """The delivery calendar in the admin: delivery contracts with their lifecycle (a proxy)."""
+
+    class Meta:
+        proxy = True
+        ordering = ["delivery_time", "symbol"]
+        verbose_name = "delivery calendar entry"
+        verbose_name_plural = "delivery calendar"

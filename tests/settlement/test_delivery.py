@@ -379,3 +379,88 @@ def test_settle_refuses_a_contract_not_due(quarterly):
     with pytest.raises(delivery.DeliveryError, match="not SETTLING"):
         delivery_settle(contract=quarterly, now=ONBOARD)
     assert not DeliverySettlement.objects.exists()
+
+
+def test_notices_reach_the_user_stream_and_email(quarterly, funded, settings, django_capture_on_commit_callbacks):
+    import json
+
+    from django.core import mail
+
+    from apps.accounts.user_stream import user_group
+    from apps.marketdata.fanout import channel_of
+    from exchange.redis import get_redis
+
+    settings.DELIVERY_NOTICE_EMAIL = True
+    alice, bob = funded("alice"), funded("bob")
+    alice.email = "alice@example.com"
+    alice.save()
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    trade(quarterly, alice, bob, "1", "50000")
+    pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(channel_of(user_group(alice.pk)))
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            delivery_advance(now=DT - timedelta(hours=24))
+        message = None
+        for _ in range(20):
+            message = message or pubsub.get_message(timeout=0.5)
+    finally:
+        pubsub.close()
+    body = json.loads(message["data"])
+    assert body["user_id"] == alice.pk
+    assert body["data"] == [{"e": "DELIVERY_NOTICE", "E": int((DT - timedelta(hours=24)).timestamp() * 1000),
+                             "s": "BTCUSDT_261225", "dt": int(DT.timestamp() * 1000), "pa": "1"}]
+    assert [m.to for m in mail.outbox] == [["alice@example.com"]]  # bob has no address
+    assert "BTCUSDT_261225" in mail.outbox[0].subject
+    assert DeliveryNotice.objects.get(user=alice).emailed_at is not None
+
+
+def test_command_lists_and_advances_and_refuses_bad_input(quarterly):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    out = StringIO()
+    call_command("delivery", "list", "btcusdt", "2027-09-24", stdout=out)
+    assert "listed BTCUSDT_270924" in out.getvalue()
+    with pytest.raises(CommandError, match="expected YYYY-MM-DD"):
+        call_command("delivery", "list", "BTCUSDT", "24.09.2027")
+    with pytest.raises(CommandError, match="already listed"):
+        call_command("delivery", "list", "BTCUSDT", "2027-09-24")
+    with pytest.raises(CommandError, match="Unknown delivery contract"):
+        call_command("delivery", "advance", "--symbol", "NOPE_270924")
+    out = StringIO()
+    call_command("delivery", "advance", "--symbol", "BTCUSDT_261225", stdout=out)
+    assert "BTCUSDT_261225: TRADING" in out.getvalue()
+
+
+def test_admin_calendar_history_samples_and_actions(quarterly, funded, admin_client):
+    from django.urls import reverse
+
+    from apps.settlement.models import DeliveryContract
+
+    alice, bob = funded("alice"), funded("bob")
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    trade(quarterly, alice, bob, "1", "50000")
+    calendar = reverse("admin:settlement_deliverycontract_changelist")
+    page = admin_client.get(calendar)
+    assert page.status_code == 200 and b"BTCUSDT_261225" in page.content
+    admin_client.post(calendar, {"action": "halt", "_selected_action": [quarterly.pk]})
+    assert Contract.objects.get(pk=quarterly.pk).status == S.HALTED
+    admin_client.post(calendar, {"action": "resume", "_selected_action": [quarterly.pk]})
+    assert Contract.objects.get(pk=quarterly.pk).status == S.TRADING
+    # "Settle now" before the delivery time changes nothing and says so.
+    page = admin_client.post(calendar, {"action": "settle_now", "_selected_action": [quarterly.pk]}, follow=True)
+    assert b"nothing is due" in page.content and Contract.objects.get(pk=quarterly.pk).status == S.TRADING
+    detail = admin_client.get(reverse("admin:settlement_deliverycontract_change", args=[quarterly.pk]))
+    assert detail.status_code == 200 and b"halted by ops" in detail.content
+
+    flat_hour(quarterly, "51000")
+    delivery_advance(now=DT)
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    page = admin_client.get(reverse("admin:settlement_deliverysettlement_change", args=[run.pk]))
+    assert page.status_code == 200 and b"binance 51000" in page.content
+    assert admin_client.get(reverse("admin:settlement_deliverysettlement_changelist")).status_code == 200
+    assert DeliveryContract.objects.filter(pk=quarterly.pk).exists()

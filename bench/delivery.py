@@ -1,0 +1,144 @@
+"""Delivery settlement benchmark: settle a delivery contract with N open positions, positions/s.
+
+    .venv/bin/python bench/delivery.py [--positions 1000000] [--baseline 1000]
+
+Creates a throw-away database (`bench_delivery`) with the demo contracts, N users with
+funded wallets and one open position each in the demo's quarterly BTC contract (half
+long, half short, equal open interest, cross margin), and a baseline quarterly ETH
+contract with `--baseline` positions held by the first users. Both contracts are put
+at their delivery time (SETTLING) with an hour of per-minute venue prices, then
+`delivery_settle` (price with audit, ONE ledger posting, income lines, positions
+closed, contract SETTLED) is timed for the baseline and for the N positions in the same
+run, followed by the idempotent second call. Prints where the time went, the ratio to
+the baseline, the ledger invariants and the open interest left.
+"""
+import argparse
+import os
+import sys
+import time
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import ensure_services, machine_line, peak_rss_mb  # noqa: E402
+
+D = Decimal
+DB_NAME = "bench_delivery"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--positions", type=int, default=1_000_000)
+    parser.add_argument("--baseline", type=int, default=1_000)
+    args = parser.parse_args()
+    if args.positions < 2 or args.baseline < 2 or args.baseline > args.positions:
+        parser.error("need 2 <= baseline <= positions")
+
+    ensure_services()
+    os.environ["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
+    os.environ["TEST_DATABASE_NAME"] = DB_NAME
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
+    try:
+        run(args)
+    finally:
+        connection.close()
+        connection.creation.destroy_test_db(DB_NAME, verbosity=0)
+
+
+def due_now(contract, now) -> None:
+    """Put a contract at its delivery time with an hour of minute prices from its index venues."""
+    from apps.contracts.models import Contract, ContractStatus
+    from apps.marketdata.models import PriceMinute
+    from apps.marketdata.services import constituents_ensure_default
+
+    delivery = now.replace(second=0, microsecond=0) - timedelta(minutes=1)
+    Contract.objects.filter(pk=contract.pk).update(delivery_time=delivery, status=ContractStatus.SETTLING)
+    contract.refresh_from_db()
+    venues = [c.venue for c in constituents_ensure_default(contract=contract) if c.enabled]
+    PriceMinute.objects.bulk_create(
+        PriceMinute(contract=contract, minute=delivery - timedelta(minutes=60 - i), index_price=D("50000"),
+                    mark_price=D("50000"),
+                    venues={v: {"price": str(D("50000") + 7 * i + 3 * k), "volume": str(10 + k), "quotes": 1,
+                                "last_ts": 0} for k, v in enumerate(venues)})
+        for i in range(60)
+    )
+
+
+def run(args) -> None:
+    from django.db import connection
+    from django.utils import timezone
+
+    from apps.contracts.models import Contract, ContractType
+    from apps.ledger.invariants import LEDGER_CHECKS
+    from apps.ops.demo import seed_demo
+    from apps.settlement import delivery
+    from bench.funding import open_positions, setup
+
+    seed_demo()
+    now = timezone.now()
+    btc = Contract.objects.get(contract_type=ContractType.DELIVERY, symbol__startswith="BTCUSDT_")
+    eth = delivery.delivery_list(base_symbol="ETHUSDT", delivery_time=btc.delivery_time, now=now)
+
+    started = time.perf_counter()
+    user_ids = setup(args.positions)
+    open_positions(btc, user_ids)
+    open_positions(eth, user_ids[: args.baseline])
+    for contract in (btc, eth):
+        due_now(contract, now)
+    setup_s = time.perf_counter() - started
+
+    spent: dict[str, float] = {}
+
+    def clocked(name, fn):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    for name in ("settlement_price_compute", "balances_lock", "ledger_post_many", "_incomes_insert",
+                 "_positions_close"):
+        setattr(delivery, name, clocked(name, getattr(delivery, name)))
+
+    def timed(contract):
+        spent.clear()
+        contract = Contract.objects.select_related("settle_asset").get(pk=contract.pk)
+        t0 = time.perf_counter()
+        result = delivery.delivery_settle(contract=contract, now=timezone.now())
+        return result, time.perf_counter() - t0, dict(spent)
+
+    base, base_s, _ = timed(eth)
+    main_run, main_s, parts = timed(btc)
+    _, again_s, _ = timed(btc)
+    violations = [str(v) for check in LEDGER_CHECKS for v in check()]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM positions_position WHERE contract_id IN (%s, %s) AND size <> 0",
+                       [btc.pk, eth.pk])
+        still_open = cursor.fetchone()[0]
+
+    print(f"delivery bench: settle one delivery contract (setup {setup_s:.1f} s)")
+    for label, result, seconds in (("baseline ETH", base, base_s), ("BTC quarterly", main_run, main_s)):
+        print(f"  {label:14s} {result.positions:>9,d} positions in {seconds:7.2f} s = "
+              f"{result.positions / seconds:10,.0f} positions/s  (price {result.settlement_price.normalize():f}, "
+              f"status {result.status}, fees {result.fees.normalize():f})")
+    breakdown = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in parts.items())
+    print(f"  BTC breakdown: {breakdown}; rest (reads, orders, PnL in Decimal, commit) "
+          f"{main_s - sum(parts.values()):.2f} s")
+    print(f"  ratio: {main_run.positions / main_s / (base.positions / base_s):.2f}x the baseline's positions/s")
+    print(f"  second call (no-op): {again_s * 1000:.1f} ms")
+    print(f"  open positions left: {still_open}; ledger invariants: {'ok' if not violations else violations}")
+    print(f"  peak RSS {peak_rss_mb():.0f} MiB")
+    print(machine_line())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Child process of the delivery process tests: settle one delivery contract and print the run.
+
+    delivery_child.py MODE SYMBOL
+MODE "settle" advances the contract (as the beat does at delivery time); "die-half-way"
+books the ledger posting and half the income lines inside the settlement's transaction,
+then kills itself with SIGKILL (PostgreSQL rolls the open transaction back).
+"""
+import os
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "exchange.settings.test")
+
+import django  # noqa: E402
+
+django.setup()
+
+from apps.contracts.models import Contract  # noqa: E402
+from apps.settlement import delivery  # noqa: E402
+
+
+def main() -> None:
+    mode, symbol = sys.argv[1], sys.argv[2]
+    if mode == "die-half-way":
+        original = delivery._incomes_insert
+
+        def half_then_die(*, positions, pnls, fees, **kwargs):
+            half = len(positions) // 2
+            original(positions=positions[:half], pnls=pnls[:half], fees=fees[:half], **kwargs)
+            sys.stdout.write("half\n")
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        delivery._incomes_insert = half_then_die
+    contract = Contract.objects.select_related("settle_asset").get(symbol=symbol)
+    steps = delivery.delivery_advance_one(contract=contract, now=contract.delivery_time + timedelta(minutes=1))
+    print(symbol, " ".join(steps))
+
+
+if __name__ == "__main__":
+    main()
