@@ -18,9 +18,13 @@ cat <<MSG
     ops dashboard   http://127.0.0.1:$PORT/ops/dashboard/
     client API      http://127.0.0.1:$PORT/fapi/v1/time
     metrics         http://127.0.0.1:$PORT/metrics
+    demo traders    $( [ "${DEMO_TRADERS:-1}" = "0" ] && echo "off (DEMO_TRADERS=0)" || echo "on: makers, takers, trend followers (DEMO_TRADERS=0 turns them off)")
   Ops login: $( [ -f var/ops-credentials.txt ] && tr '\n' ' ' < var/ops-credentials.txt || echo "see the seed output above")
   Ctrl-C stops the processes; 'make stop' stops the project-local PostgreSQL and Redis.
 
 MSG
 export WEB_PORT="$PORT"
-exec .venv/bin/honcho start -f Procfile
+# DEMO_TRADERS=0 leaves the Procfile's `traders` (the demo participants) out.
+HONCHO_ARGS=()
+if [ "${DEMO_TRADERS:-1}" = "0" ]; then HONCHO_ARGS+=(-c traders=0); fi
+exec .venv/bin/honcho start -f Procfile "${HONCHO_ARGS[@]}"

@@ -69,9 +69,12 @@ async def pause(stopping: asyncio.Event, seconds: float) -> None:
 
 
 class Backoff:
-    """Exponential backoff with jitter: 0.25 s doubling to `cap`; `reset()` after a success."""
+    """Exponential backoff with jitter: 0.25 s doubling to `cap`; `reset()` after a success.
 
-    def __init__(self, *, base: float = 0.25, cap: float = 15.0, rng: random.Random | None = None) -> None:
+    The cap is short because the server is usually a local process coming back from a
+    restart, and a few requests every 5 s cost it nothing while it is down."""
+
+    def __init__(self, *, base: float = 0.25, cap: float = 5.0, rng: random.Random | None = None) -> None:
         self.base, self.cap = base, cap
         self.attempt = 0
         self._rng = rng or random.Random()

@@ -20,7 +20,7 @@ from decimal import Decimal
 
 import httpx
 
-from .client import RestClient, Stopping, WeightBudget, pause
+from .client import ApiError, RestClient, ServerUnavailable, Stopping, WeightBudget, pause
 from .participants import MarketMaker, Participant, Taker, TrendFollower
 from .provision import Credentials
 from .rules import rules_from_exchange_info
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 10.0
 STATUS_EVERY_SECONDS = 60.0
 RESTART_DELAY_SECONDS = 5.0
+NO_SYMBOLS_RETRY_SECONDS = 30.0
 ROLE_CLASSES = {"maker": MarketMaker, "taker": Taker, "trend": TrendFollower}
 
 
@@ -119,12 +120,8 @@ async def run_traders(*, config: RunConfig, credentials: list[Credentials], fauc
     async with httpx.AsyncClient(base_url=config.base_url, timeout=timeout) as http:
         public = RestClient(http, budget=budget, stopping=stopping)
         try:
-            info = await public.call("GET", "/fapi/v1/exchangeInfo")
+            rules = await _tradable_rules(public, config, stopping)
         except Stopping:
-            return _finish(summary, [], None)
-        rules = rules_from_exchange_info(info, symbols=list(config.symbols) if config.symbols else None)
-        if not rules:
-            logger.error("no TRADING symbol to trade (asked for %s); stopping", config.symbols or "any")
             return _finish(summary, [], None)
         market = MarketState(sorted(rules))
         participants = build_participants(config=config, credentials=credentials, http=http, budget=budget,
@@ -149,9 +146,28 @@ async def run_traders(*, config: RunConfig, credentials: list[Credentials], fauc
         return _finish(summary, participants, market)
 
 
+async def _tradable_rules(public: RestClient, config: RunConfig, stopping: asyncio.Event):
+    """The symbols to trade, from exchangeInfo; waits while there are none (a process that
+    exited here would make honcho stop the whole exchange)."""
+    wanted = list(config.symbols) if config.symbols else None
+    while True:
+        try:
+            info = await public.call("GET", "/fapi/v1/exchangeInfo")
+        except (ApiError, ServerUnavailable) as exc:
+            logger.warning("exchangeInfo failed: %s", exc)
+        else:
+            rules = rules_from_exchange_info(info, symbols=wanted)
+            if rules:
+                return rules
+            logger.warning("no TRADING symbol to trade (asked for %s); looking again in %.0f s",
+                           ", ".join(wanted) if wanted else "any", NO_SYMBOLS_RETRY_SECONDS)
+        await pause(stopping, NO_SYMBOLS_RETRY_SECONDS)
+
+
 def _finish(summary: dict, participants: list[Participant], market: MarketState | None) -> dict:
     summary["stopped_at"] = datetime.now(UTC).isoformat()
     summary["participants"] = [p.summary() for p in participants]
     if market is not None:
-        summary["market"] = {"ws_messages": market.ws_messages, "rest_refreshes": market.rest_refreshes}
+        summary["market"] = {"ws_messages": market.ws_messages, "rest_refreshes": market.rest_refreshes,
+                             "marks_dropped": market.dropped}
     return summary

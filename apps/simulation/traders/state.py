@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 OPEN = ("NEW", "PARTIALLY_FILLED", "PENDING_NEW")
+MAX_JUMP = Decimal("0.10")  # a streamed mark this far from the last one is a bad tick
 D = Decimal
 
 
@@ -43,11 +44,21 @@ class MarketState:
         self.connected = False  # the market websocket is open
         self.ws_messages = 0
         self.rest_refreshes = 0
+        self.dropped = 0  # streamed marks dropped as bad ticks
 
-    def on_mark(self, symbol: str, mark, index) -> None:
+    def on_mark(self, symbol: str, mark, index, *, trusted: bool = False) -> None:
+        """A mark from the stream, or (`trusted`) read from the server over REST.
+
+        A streamed mark more than MAX_JUMP away from the last one is dropped as a bad
+        tick: a real move that large is picked up from REST once the stream's marks have
+        been dropped for STALE seconds (streams.market_rest_fallback).
+        """
         entry = self.symbols.get(symbol)
         mark = dec(mark)
         if entry is None or mark is None or mark <= 0:
+            return
+        if not trusted and entry.mark is not None and abs(mark - entry.mark) > entry.mark * MAX_JUMP:
+            self.dropped += 1
             return
         entry.mark = mark
         index = dec(index)
@@ -58,10 +69,19 @@ class MarketState:
         entry = self.symbols.get(symbol)
         if entry is None:
             return
-        bid, ask = dec(bid), dec(ask)
-        entry.best_bid = bid if bid is not None and bid > 0 else None  # "0" is an empty side
-        entry.best_ask = ask if ask is not None and ask > 0 else None
+        entry.best_bid = self._near_mark(entry, dec(bid))
+        entry.best_ask = self._near_mark(entry, dec(ask))
         entry.book_at = self._clock()
+
+    @staticmethod
+    def _near_mark(entry: SymbolMarket, price: Decimal | None) -> Decimal | None:
+        """A top-of-book price, or None for an empty side ("0") or one far from the mark
+        (a quote that far away says nothing about where to place a post-only order)."""
+        if price is None or price <= 0:
+            return None
+        if entry.mark is not None and abs(price - entry.mark) > entry.mark * MAX_JUMP:
+            return None
+        return price
 
     def on_stream_message(self, data: dict) -> None:
         """One market stream payload (`markPriceUpdate` or `bookTicker`)."""

@@ -45,7 +45,7 @@ def market_stream_names(symbols) -> list[str]:
 
 async def market_stream(*, base_url: str, market: MarketState, stopping: asyncio.Event) -> None:
     url = f"{ws_base(base_url)}/stream?streams={'/'.join(market_stream_names(market.symbols))}"
-    backoff = Backoff(cap=10.0)
+    backoff = Backoff()
     while not stopping.is_set():
         try:
             async with connect(url, open_timeout=10, close_timeout=2, ping_interval=20) as ws:
@@ -75,7 +75,7 @@ async def market_rest_fallback(*, client: RestClient, market: MarketState, stopp
             marks = await client.call("GET", "/fapi/v1/premiumIndex", weight=10)
             for entry in marks:
                 if entry.get("time"):
-                    market.on_mark(entry["symbol"], entry.get("markPrice"), entry.get("indexPrice"))
+                    market.on_mark(entry["symbol"], entry.get("markPrice"), entry.get("indexPrice"), trusted=True)
             if not market.connected:
                 for entry in await client.call("GET", "/fapi/v1/ticker/bookTicker", weight=5):
                     market.on_book(entry["symbol"], entry.get("bidPrice"), entry.get("askPrice"))
@@ -91,7 +91,7 @@ async def user_stream(*, base_url: str, client: RestClient, portfolio: Portfolio
     `on_reconnect()` is called after every (re)connection: events sent while the
     participant was not listening are lost, so it re-reads its state over REST.
     """
-    backoff = Backoff(cap=10.0)
+    backoff = Backoff()
     while not stopping.is_set():
         try:
             answer = await client.call("POST", "/fapi/v1/listenKey", weight=1, security=KEY)
