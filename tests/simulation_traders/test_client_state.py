@@ -9,6 +9,7 @@ test_demo_traders_process.py.
 import asyncio
 import hashlib
 import hmac
+import socket
 from decimal import Decimal
 from urllib.parse import parse_qsl
 
@@ -223,3 +224,14 @@ def test_portfolio_follows_answers_events_and_snapshots():
                     "positions": [{"symbol": "BTCUSDT", "positionAmt": "0"}, {"symbol": "ETHUSDT",
                                                                              "positionAmt": "-1.5"}]})
     assert (p.wallet, p.available, p.positions, p.loaded) == (D(5), D(4), {"ETHUSDT": D("-1.5")}, True)
+
+
+def test_duration_ends_a_run_that_is_still_waiting_for_the_web_server():
+    from apps.simulation.traders.runner import RunConfig, run_traders
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = RunConfig(base_url=f"http://127.0.0.1:{port}", seed=1, duration=1.0)
+    summary = run(run_traders(config=config, credentials=[]))
+    assert summary["participants"] == [] and summary["stopped_at"] >= summary["started_at"]

@@ -226,6 +226,8 @@ def test_trend_direction_has_hysteresis():
     assert trend_direction(signal_bps=1.0, current=1, params=params) == 1  # weaker, still in
     assert trend_direction(signal_bps=1.0, current=0, params=params) == 0  # not strong enough to enter
     assert trend_direction(signal_bps=0.2, current=-1, params=params) == 0  # faded: flat
+    assert trend_direction(signal_bps=0.2, current=-1, params=params, hold=True) == -1  # reckless: holds on
+    assert trend_direction(signal_bps=2.5, current=-1, params=params, hold=True) == 1
 
 
 def test_trend_plans_are_sometimes_reckless():

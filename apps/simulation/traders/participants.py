@@ -63,6 +63,7 @@ _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 # Refusals that only mean the order changed state before the request arrived (filled,
 # cancelled, a post-only quote that would have crossed): normal for a quoting bot.
 RACES = frozenset({-2010, -2011, -2013, -5022})
+MARGIN_INSUFFICIENT = -2019
 
 Faucet = Callable[[str], Awaitable[Decimal | None]]
 
@@ -204,8 +205,12 @@ class Participant:
             params["reduceOnly"] = "true"
         return params
 
-    async def send_order(self, symbol: str, intent: OrderIntent, tag: str) -> dict:
-        answer = await self.signed("POST", "/fapi/v1/order", self._order_params(symbol, intent, tag))
+    async def send_order(self, symbol: str, intent: OrderIntent, tag: str, *, wait_result: bool = False) -> dict:
+        """POST one order; `wait_result`: answer after the matcher has processed it (RESULT)."""
+        params = self._order_params(symbol, intent, tag)
+        if wait_result:
+            params["newOrderRespType"] = "RESULT"
+        answer = await self.signed("POST", "/fapi/v1/order", params)
         self.stats.acked(int(answer["orderId"]))
         self.portfolio.on_order_answer(answer)
         return answer
@@ -343,6 +348,7 @@ class TrendFollower(Participant):
         self.max_notional: Decimal | None = None
         self.initial_wallet = initial_wallet
         self.refill_below = refill_below
+        self.full = False  # the margin ran out for the current trend: only reduce until it changes
         self._refilled_at = float("-inf")
 
     def next_wait(self) -> float:
@@ -363,9 +369,10 @@ class TrendFollower(Participant):
         await self.maybe_refill()
         self.momentum.update(view.mark)
         direction = trend_direction(signal_bps=self.momentum.signal_bps, current=self.plan.direction,
-                                    params=self.params)
+                                    params=self.params, hold=self.plan.reckless)
         if direction != self.plan.direction:
             self.plan = trend_plan(rng=self.rng, direction=direction, params=self.params)
+            self.full = False
             if self.plan.reckless:
                 logger.info("%s: %s %s at %dx, nearly all in", self.name, "long" if direction > 0 else "short",
                             self.symbol, self.plan.leverage)
@@ -380,8 +387,17 @@ class TrendFollower(Participant):
                               max_notional=self.max_notional if self.leverage == self.plan.leverage else None)
         intent = trend_order(rules=rules, position=self.portfolio.position(self.symbol), target=target,
                              mark=view.mark, params=self.params)
-        if intent is not None:
-            await self.send_order(self.symbol, intent, "F")
+        if intent is None or (self.full and not intent.reduce_only):
+            return
+        try:
+            await self.send_order(self.symbol, intent, "F", wait_result=True)
+        except ApiError as exc:
+            if exc.code == MARGIN_INSUFFICIENT and not intent.reduce_only:
+                self.full = True
+            self.note_error(exc)
+        # The next decision works from the server's position, not from events still on their way
+        # (a follower acting every second on a stale position sends reduce-only orders too large).
+        self.portfolio.load_account(await self.signed("GET", "/fapi/v2/account", weight=5))
 
     async def maybe_refill(self) -> None:
         """A wiped-out follower (flat, wallet under `refill_below` of its start) gets topped up."""

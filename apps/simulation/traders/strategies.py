@@ -66,7 +66,9 @@ class MakerParams:
     level_growth: Decimal = D("1.5")  # each further level is this much larger
     max_inventory_notional: Decimal = D("150000")  # |position| × mark may never exceed this
     skew_bps: Decimal = D("8")  # reservation shift at a full inventory
-    index_pull: Decimal = D("0.5")  # 0: centre on the mark, 1: on the index
+    # 0: centre on the mark; toward 1: on the index (an arbitrageur's pull, which also drags
+    # the mark's basis back to the index through the trade prices).
+    index_pull: Decimal = D("0")
     requote_bps: Decimal = D("3")  # move a resting quote only when it is this far off
 
 
@@ -186,15 +188,15 @@ def taker_order(*, rng: random.Random, rules: SymbolRules, mark: Decimal, positi
 @dataclass(frozen=True)
 class TrendParams:
     sample_seconds: float = 1.0
-    fast: int = 5  # EMA spans, in samples
-    slow: int = 20
-    entry_bps: float = 2.0  # |fast − slow| / slow that opens a position
-    exit_bps: float = 0.5  # below this the follower goes flat
+    fast: int = 10  # EMA spans, in samples
+    slow: int = 40
+    entry_bps: float = 3.0  # |fast − slow| / slow that opens a position
+    exit_bps: float = 1.0  # below this the follower goes flat (a reckless one holds on)
     leverage: int = 10
     usage: Decimal = D("0.5")  # share of wallet × leverage put to work normally
     reckless_probability: float = 0.3  # per new trend: go (nearly) all in at a high leverage
-    reckless_leverage: tuple[int, ...] = (50, 75, 100)
-    reckless_usage: Decimal = D("0.9")
+    reckless_leverage: tuple[int, ...] = (75, 100)
+    reckless_usage: Decimal = D("0.95")
     slice_notional: Decimal = D("8000")  # at most this much per order
 
 
@@ -239,13 +241,15 @@ class TrendPlan:
     reckless: bool = False
 
 
-def trend_direction(*, signal_bps: float, current: int, params: TrendParams) -> int:
-    """Go with a strong signal, go flat on a faint one, hold in between (hysteresis)."""
+def trend_direction(*, signal_bps: float, current: int, params: TrendParams, hold: bool = False) -> int:
+    """Go with a strong signal, go flat on a faint one, keep the position in between
+    (hysteresis). `hold`: stay in until the opposite signal (the reckless follower's
+    conviction, which is what gets it liquidated)."""
     if signal_bps >= params.entry_bps:
         return 1
     if signal_bps <= -params.entry_bps:
         return -1
-    if abs(signal_bps) < params.exit_bps:
+    if abs(signal_bps) < params.exit_bps and not hold:
         return 0
     return current
 

@@ -64,24 +64,25 @@ async def market_stream(*, base_url: str, market: MarketState, stopping: asyncio
 
 
 async def market_rest_fallback(*, client: RestClient, market: MarketState, stopping: asyncio.Event,
-                               every: float = 1.0) -> None:
-    """Prices over REST for the symbols whose stream is silent (or all, when it is down)."""
+                               every: float = 2.0) -> None:
+    """Prices over REST for the symbols whose stream is silent, and the top of book while the
+    stream is down; per symbol (weight 1 and 2) rather than all at once (10 and 5)."""
     while True:
         await pause(stopping, every)
         stale = [s for s in market.symbols if market.mark_age(s) > STALE_MARK_SECONDS]
-        if not stale and market.connected:
-            continue
+        books = [] if market.connected else list(market.symbols)
         try:
-            marks = await client.call("GET", "/fapi/v1/premiumIndex", weight=10)
-            for entry in marks:
-                if entry.get("time"):
-                    market.on_mark(entry["symbol"], entry.get("markPrice"), entry.get("indexPrice"), trusted=True)
-            if not market.connected:
-                for entry in await client.call("GET", "/fapi/v1/ticker/bookTicker", weight=5):
-                    market.on_book(entry["symbol"], entry.get("bidPrice"), entry.get("askPrice"))
-            market.rest_refreshes += 1
+            for symbol in stale:
+                entry = await client.call("GET", "/fapi/v1/premiumIndex", {"symbol": symbol})
+                if entry.get("time"):  # 0: no price published yet
+                    market.on_mark(symbol, entry.get("markPrice"), entry.get("indexPrice"), trusted=True)
+            for symbol in books:
+                entry = await client.call("GET", "/fapi/v1/ticker/bookTicker", {"symbol": symbol}, weight=2)
+                market.on_book(symbol, entry.get("bidPrice"), entry.get("askPrice"))
         except (ApiError, ServerUnavailable) as exc:
             logger.warning("market data over REST failed: %s", exc)
+        if stale or books:
+            market.rest_refreshes += 1
 
 
 async def user_stream(*, base_url: str, client: RestClient, portfolio: Portfolio, known_symbols,
