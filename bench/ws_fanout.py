@@ -107,10 +107,16 @@ def run(args, *, database: dict) -> None:
               f"{args.updates} updates at {'unpaced' if not args.rate else f'{args.rate:g}/s'}, client: websockets "
               f"{websockets.__version__} (one process)")
         next_id = [1_000_000]
-        base = asyncio.run(_round(port, client, args.baseline_clients, args, next_id))
+        def timed_round(clients: int) -> dict:
+            before = _cpu_seconds(processes)
+            result = asyncio.run(_round(port, client, clients, args, next_id))
+            result["cpu"] = [b - a for a, b in zip(before, _cpu_seconds(processes), strict=True)]
+            return result
+
+        base = timed_round(args.baseline_clients)
         _report(f"baseline: {args.baseline_clients} client(s)", base)
         for clients in args.clients:
-            result = asyncio.run(_round(port, client, clients, args, next_id))
+            result = timed_round(clients)
             _report(f"{clients} clients", result)
             print(f"    ratios against the baseline ({args.baseline_clients} client(s)): delivered msgs/s "
                   f"{result['rate'] / base['rate']:.1f}x (ideal {clients / args.baseline_clients:g}x), "
@@ -227,7 +233,25 @@ def _report(label: str, r: dict) -> None:
     print(f"    delivered {r['received']:,} of {r['expected']:,} messages ({lost:,} lost) in {r['elapsed']:.2f} s: "
           f"{r['rate']:,.0f} msgs/s")
     print(f"    delivery latency ms: p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  max {r['max']:.2f}")
+    daphne, relay, bench = r["cpu"]
+    print(f"    CPU seconds in the round (connect, warm-up, run): daphne {daphne:.1f}, relay {relay:.1f}, "
+          f"clients + publisher {bench:.1f}")
     print(f"    load average at the end of the round: {r['load'][0]:.2f} {r['load'][1]:.2f} {r['load'][2]:.2f}")
+
+
+def _cpu_seconds(processes) -> list[float]:
+    """User + system CPU seconds of the server processes (from /proc) and of this process."""
+    out = []
+    tick = os.sysconf("SC_CLK_TCK")
+    for process in processes:
+        try:
+            with open(f"/proc/{process.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            out.append((int(fields[11]) + int(fields[12])) / tick)
+        except OSError:
+            out.append(float("nan"))
+    own = os.times()
+    return [*out, own.user + own.system]
 
 
 def _accepts(port: int) -> bool:

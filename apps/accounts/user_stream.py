@@ -5,7 +5,7 @@ either as the path of `/ws/<listenKey>` or as a stream name in a SUBSCRIBE reque
 on `/ws` or `/stream`; the websocket consumer tells a listen key apart from a market
 stream name with `is_listen_key_name` before anything else, resolves it to its user
 and subscribes the connection to the user's group (`user_group`, carried on the
-Redis channel `ws:user.<id>` by `apps.marketdata.fanout`; `UserStream` renders it).
+Redis channel `ws:<db>:user.<id>` by `apps.marketdata.fanout`; `UserStream` renders it).
 The stream relay publishes `{"user_id": ..., "data": [payload, ...]}` there, with
 payloads built here:
 

@@ -104,13 +104,19 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
                 names.extend(n for n in value.split("/") if n)
         elif kwargs.get("streams"):
             names.extend(n for n in kwargs["streams"].split("/") if n)
-        await self.accept()
-        if names:
-            try:
-                await self._subscribe(names)
-            except RequestError as exc:
-                await self._error(exc, None)
-                await self.close(code=CLOSE_POLICY)
+        # The URL's streams are live before the handshake completes: a client may count on
+        # every update published after it connected (pushes wait until the accept is out).
+        refused = None
+        with self._sink.holding():
+            if names:
+                try:
+                    await self._subscribe(names)
+                except RequestError as exc:
+                    refused = exc
+            await self.accept()
+        if refused is not None:
+            await self._error(refused, None)
+            await self.close(code=CLOSE_POLICY)
 
     async def disconnect(self, code):
         watch = getattr(self, "_key_watch", None)

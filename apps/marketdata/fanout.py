@@ -1,6 +1,6 @@
 """Websocket fan-out inside each web process: one Redis pub/sub connection, one serialisation per stream.
 
-The stream relay publishes every update once, on the Redis channel `ws:<group>`
+The stream relay publishes every update once, on the Redis channel `ws:<db>:<group>`
 (`channel_of`; the groups are those of `apps.marketdata.streams` and the user's
 `user.<id>`). Each web process (each event loop: `get_hub`) has one `Hub`: a single
 pub/sub connection subscribed to exactly the channels its websockets need (SUBSCRIBE
@@ -29,6 +29,7 @@ publish).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from django.conf import settings
 from redis.backoff import NoBackoff
+from redis.connection import parse_url
 from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
@@ -54,8 +56,17 @@ POLL_SECONDS = 1.0  # the reader's read timeout (it also notices an idle dead co
 
 
 def channel_of(group: str) -> str:
-    """The Redis pub/sub channel that carries a stream group's updates."""
-    return CHANNEL_PREFIX + group
+    """The Redis pub/sub channel that carries a stream group's updates: `ws:<db>:<group>`.
+
+    Pub/sub ignores the database number, so environments sharing one Redis server
+    (developers, test runs) would receive each other's updates without it.
+    """
+    return f"{CHANNEL_PREFIX}{_database()}:{group}"
+
+
+@functools.cache
+def _database() -> int:
+    return int(parse_url(settings.REDIS_URL).get("db") or 0)
 
 
 class Renderable(Protocol):

@@ -4,7 +4,7 @@ One asyncio task (`StreamRelay.run`, started by `manage.py run_stream_relay`)
 subscribes to the price channel `md:prices` (written by `price_publish` after
 commit), to the matcher's `events:<symbol>` channels and to `user:margin_call`
 (apps.liquidation), and turns each message into stream updates, published once
-each on the group's channel `ws:<group>` (`apps.marketdata.fanout`, where every
+each on the group's channel `ws:<db>:<group>` (`apps.marketdata.fanout`, where every
 web process fans them out to its own websockets; the updates of one message go
 out in one pipeline, in order): markPriceUpdate per symbol and
 `!markPrice@arr`, aggTrade (fills aggregated per taker order and price), the diff
@@ -146,6 +146,12 @@ def _candles_from_trades(contract_id: int, at_ms: int) -> dict[str, Candle]:
     return candles
 
 
+def stream_update(group: str, kind: str, symbol: str | None, data, **extra) -> tuple[str, str]:
+    """(Redis channel, message) of one market stream update: the group message of `apps.marketdata.streams`."""
+    body = json.dumps({"kind": kind, "symbol": symbol, "data": data, **extra}, separators=(",", ":"))
+    return channel_of(group), body
+
+
 class StreamRelay:
     def __init__(self, *, redis_url: str | None = None) -> None:
         self.redis_url = redis_url or settings.REDIS_URL
@@ -246,9 +252,8 @@ class StreamRelay:
         return self._contracts.get(symbol)
 
     def _send(self, group: str, kind: str, symbol: str | None, data, **extra) -> None:
-        """Queue one stream update for `flush` (the group message format of `apps.marketdata.streams`)."""
-        body = json.dumps({"kind": kind, "symbol": symbol, "data": data, **extra}, separators=(",", ":"))
-        self._outbox.append((channel_of(group), body))
+        """Queue one stream update for `flush`."""
+        self._outbox.append(stream_update(group, kind, symbol, data, **extra))
 
     async def flush(self) -> None:
         """Publish the queued updates in one pipeline, in order (dropped when Redis is away)."""

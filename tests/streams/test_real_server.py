@@ -1,4 +1,4 @@
-"""The websocket streams end to end, with real processes and a real client.
+"""The websocket streams end to end, with real processes and a real client (market, user, MARGIN_CALL).
 
 daphne (`exchange.asgi:application`) and the stream relay (`manage.py
 run_stream_relay`) are started as OS processes on a free loopback port, against this
@@ -8,6 +8,7 @@ package is missing). Every wait is bounded, and the processes are stopped (kille
 need be) in `finally`.
 """
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -24,8 +25,13 @@ from django.db import connection
 from django.utils import timezone
 
 from apps.accounts.services import listen_key_start
+from apps.liquidation.services import margin_calls_evaluate
 from apps.marketdata.consumers import CLOSE_POLICY
 from apps.marketdata.services import price_publish
+from apps.positions.selectors import account_overview
+from apps.trading.engine import SymbolEngine
+from apps.trading.matching import batch_process
+from apps.trading.services import order_place
 from exchange.redis import get_redis
 
 from tests.marketdata.test_streams import run
@@ -92,9 +98,9 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def test_daphne_and_relay_processes_serve_mark_price_and_user_stream(btcusdt, funded, clean_redis):
-    alice = funded("alice")
-    key = listen_key_start(user=alice)
+@contextlib.contextmanager
+def serving():
+    """daphne and the stream relay as processes on a free port; yields the port. Stopped on the way out."""
     redis = get_redis()
     redis.delete(RELAY_HEARTBEAT)
     port = _free_port()
@@ -104,48 +110,7 @@ def test_daphne_and_relay_processes_serve_mark_price_and_user_stream(btcusdt, fu
         try:
             _wait_for(lambda: _accepts(port), 60, "daphne to listen", (web, relay))
             _wait_for(lambda: redis.get(RELAY_HEARTBEAT), 60, "the relay's heartbeat", (web, relay))
-
-            def connect(url):
-                return websockets_client.connect(url, open_timeout=30, close_timeout=10)
-
-            async def body():
-                market = await connect(f"ws://127.0.0.1:{port}/ws")
-                user = await connect(f"ws://127.0.0.1:{port}/ws/{key}")
-                try:
-                    await market.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@markPrice"], "id": 1}))
-                    assert json.loads(await asyncio.wait_for(market.recv(), 30)) == {"result": None, "id": 1}
-
-                    await sync_to_async(price_publish)(contract=btcusdt, index_price=D("90000.12"),
-                                                       mark_price=D("90010.3"), at=timezone.now())
-                    update = json.loads(await asyncio.wait_for(market.recv(), 30))
-                    assert {k: update[k] for k in ("e", "s", "p", "i")} == {
-                        "e": "markPriceUpdate", "s": "BTCUSDT", "p": "90010.30000000", "i": "90000.12000000"}
-
-                    # The relay process routes an execution report to the listen key's connection.
-                    report = {"order_id": 71, "user_id": alice.pk, "client_order_id": "c-71", "side": "BUY",
-                              "type": "LIMIT", "time_in_force": "GTC", "orig_qty": "0.01", "price": "89000",
-                              "stop_price": "0", "avg_price": "0", "status": "NEW", "exec_type": "NEW",
-                              "executed_qty": "0", "reduce_only": False, "working_type": "CONTRACT_PRICE",
-                              "last_qty": "0", "last_price": "0", "commission": "0", "commission_asset": "USDT",
-                              "realized_pnl": "0", "trade_id": 0, "is_maker": False}
-                    await sync_to_async(redis.publish)("events:BTCUSDT", json.dumps(
-                        {"symbol": "BTCUSDT", "time": 1, "last_seq": 1, "trades": [], "orders": [report],
-                         "depth": {"bids": [], "asks": []}}))
-                    order = json.loads(await asyncio.wait_for(user.recv(), 30))
-                    assert (order["e"], order["o"]["i"], order["o"]["c"], order["o"]["X"]) == (
-                        "ORDER_TRADE_UPDATE", 71, "c-71", "NEW")
-
-                    # An unknown listen key: error frame, then close 4008 (1008 in the application range).
-                    stranger = await connect(f"ws://127.0.0.1:{port}/ws/{'Q' * 64}")
-                    assert json.loads(await asyncio.wait_for(stranger.recv(), 30))["error"]["code"] == 2
-                    with pytest.raises(ConnectionClosed) as closed:
-                        await asyncio.wait_for(stranger.recv(), 30)
-                    assert closed.value.rcvd.code == CLOSE_POLICY == 4008
-                finally:
-                    await market.close()
-                    await user.close()
-
-            run(body)
+            yield port
         except BaseException:
             for name, log in (("daphne", web_log), ("relay", relay_log)):
                 log.seek(0)
@@ -155,3 +120,100 @@ def test_daphne_and_relay_processes_serve_mark_price_and_user_stream(btcusdt, fu
             _stop(web)
             _stop(relay)
         assert relay.returncode == 0  # stopped cleanly on SIGTERM
+
+
+def connect(url):
+    return websockets_client.connect(url, open_timeout=30, close_timeout=10)
+
+
+def test_daphne_and_relay_processes_serve_mark_price_and_user_stream(btcusdt, funded, clean_redis):
+    alice = funded("alice")
+    key = listen_key_start(user=alice)
+    redis = get_redis()
+    with serving() as port:
+        async def body():
+            market = await connect(f"ws://127.0.0.1:{port}/ws")
+            user = await connect(f"ws://127.0.0.1:{port}/ws/{key}")
+            try:
+                await market.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@markPrice"], "id": 1}))
+                assert json.loads(await asyncio.wait_for(market.recv(), 30)) == {"result": None, "id": 1}
+
+                await sync_to_async(price_publish)(contract=btcusdt, index_price=D("90000.12"),
+                                                   mark_price=D("90010.3"), at=timezone.now())
+                update = json.loads(await asyncio.wait_for(market.recv(), 30))
+                assert {k: update[k] for k in ("e", "s", "p", "i")} == {
+                    "e": "markPriceUpdate", "s": "BTCUSDT", "p": "90010.30000000", "i": "90000.12000000"}
+
+                # The relay process routes an execution report to the listen key's connection.
+                report = {"order_id": 71, "user_id": alice.pk, "client_order_id": "c-71", "side": "BUY",
+                          "type": "LIMIT", "time_in_force": "GTC", "orig_qty": "0.01", "price": "89000",
+                          "stop_price": "0", "avg_price": "0", "status": "NEW", "exec_type": "NEW",
+                          "executed_qty": "0", "reduce_only": False, "working_type": "CONTRACT_PRICE",
+                          "last_qty": "0", "last_price": "0", "commission": "0", "commission_asset": "USDT",
+                          "realized_pnl": "0", "trade_id": 0, "is_maker": False}
+                await sync_to_async(redis.publish)("events:BTCUSDT", json.dumps(
+                    {"symbol": "BTCUSDT", "time": 1, "last_seq": 1, "trades": [], "orders": [report],
+                     "depth": {"bids": [], "asks": []}}))
+                order = json.loads(await asyncio.wait_for(user.recv(), 30))
+                assert (order["e"], order["o"]["i"], order["o"]["c"], order["o"]["X"]) == (
+                    "ORDER_TRADE_UPDATE", 71, "c-71", "NEW")
+
+                # An unknown listen key: error frame, then close 4008 (1008 in the application range).
+                stranger = await connect(f"ws://127.0.0.1:{port}/ws/{'Q' * 64}")
+                assert json.loads(await asyncio.wait_for(stranger.recv(), 30))["error"]["code"] == 2
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(stranger.recv(), 30)
+                assert closed.value.rcvd.code == CLOSE_POLICY == 4008
+            finally:
+                await market.close()
+                await user.close()
+
+        run(body)
+
+
+def test_margin_call_reaches_its_user_data_stream_only(btcusdt, funded, clean_redis):
+    """apps.liquidation's margin call, published on user:margin_call, arrives as Binance's MARGIN_CALL."""
+    alice, bob = funded("alice", D("3000")), funded("bob")
+    alice_key, bob_key = listen_key_start(user=alice), listen_key_start(user=bob)
+    engine = SymbolEngine(btcusdt)
+
+    def mark(price: str) -> None:
+        price_publish(contract=btcusdt, index_price=D(price), mark_price=D(price), at=timezone.now())
+
+    mark("50000")
+    order_place(user=bob, contract=btcusdt, side="SELL", quantity=D("1"), price=D("50000"))
+    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("1"), price=D("50000"))
+    batch_process(engine)  # alice is long 1 BTC at 50,000 on a 3,000 USDT wallet
+    mark("47200")
+
+    with serving() as port:
+        async def body():
+            alice_ws = await connect(f"ws://127.0.0.1:{port}/ws/{alice_key}")
+            bob_ws = await connect(f"ws://127.0.0.1:{port}/stream?streams={bob_key}")
+            try:
+                # The streams are live once the handshake is done: the call is made only now.
+                [call] = await sync_to_async(margin_calls_evaluate)(user=alice)
+                event = json.loads(await asyncio.wait_for(alice_ws.recv(), 30))
+                assert isinstance(event["E"], int) and event == call.payload
+                # cw: alice's cross wallet (3,000 less her taker fee); up: 1 x (47,200 - 50,000); mm: 0.4% of 47,200.
+                usdt = (await sync_to_async(account_overview)(user=alice)).asset("USDT")
+                assert D(event["cw"]) == usdt.cross_wallet < D("3000")
+                assert event == {
+                    "e": "MARGIN_CALL", "E": event["E"], "cw": event["cw"],
+                    "p": [{"s": "BTCUSDT", "ps": "BOTH", "pa": "1", "mt": "CROSSED", "iw": "0", "mp": "47200",
+                           "up": "-2800", "mm": "188.8"}],
+                }
+                # Bob (short 1 BTC, in profit) gets no call; had alice's leaked to him,
+                # it would come before his own order's update.
+                assert await sync_to_async(margin_calls_evaluate)(user=bob) == []
+                await sync_to_async(order_place)(user=bob, contract=btcusdt, side="SELL", quantity=D("0.01"),
+                                                 price=D("48000"), client_order_id="bob-rest")
+                await sync_to_async(batch_process)(engine)
+                frame = json.loads(await asyncio.wait_for(bob_ws.recv(), 30))
+                assert frame["stream"] == bob_key
+                assert (frame["data"]["e"], frame["data"]["o"]["c"]) == ("ORDER_TRADE_UPDATE", "bob-rest")
+            finally:
+                await alice_ws.close()
+                await bob_ws.close()
+
+        run(body)

@@ -18,6 +18,7 @@ from apps.accounts.user_stream import (
     account_update,
     is_listen_key_name,
     listen_key_expired,
+    margin_call,
     order_trade_update,
     user_group,
 )
@@ -320,3 +321,19 @@ def test_kept_alive_listen_key_is_not_expired(funded, listen_key, monkeypatch):
             await ws.disconnect()
 
     run(body)
+
+
+def test_margin_call_payload_is_checked_and_reshaped():
+    isolated = {"e": "MARGIN_CALL", "E": "1587727187525", "extra": "dropped", "p": [
+        {"s": "ETHUSDT", "ps": "BOTH", "pa": "-1.327", "mt": "ISOLATED", "iw": "31.50", "mp": "187.17127",
+         "up": "-1.166074", "mm": "1.614445", "note": "dropped"}]}
+    assert margin_call(isolated) == {"e": "MARGIN_CALL", "E": 1587727187525, "p": [
+        {"s": "ETHUSDT", "ps": "BOTH", "pa": "-1.327", "mt": "ISOLATED", "iw": "31.5", "mp": "187.17127",
+         "up": "-1.166074", "mm": "1.614445"}]}
+    cross = isolated | {"cw": "3.16812045", "p": [isolated["p"][0] | {"mt": "CROSSED", "iw": "0"}]}
+    assert margin_call(cross)["cw"] == "3.16812045" and list(margin_call(cross)) == ["e", "E", "cw", "p"]
+    for bad in (isolated | {"e": "ACCOUNT_UPDATE"}, isolated | {"p": []}, isolated | {"E": "soon"},
+                isolated | {"p": [isolated["p"][0] | {"mt": "cross"}]}, isolated | {"p": [{"s": "ETHUSDT"}]},
+                isolated | {"cw": "NaN"}):
+        with pytest.raises((KeyError, ValueError, TypeError)):
+            margin_call(bad)

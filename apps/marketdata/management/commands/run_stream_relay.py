@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 
 class Command(BaseCommand):
     help = ("Relay md:prices, events:<symbol> and user:margin_call to the websocket streams' Redis channels "
-            "(ws:<group>), which every web process fans out to its websockets.")
+            "(ws:<db>:<group>), which every web process fans out to its websockets.")
 
     def handle(self, *args, **options):
         asyncio.run(self._main())
