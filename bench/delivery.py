@@ -105,8 +105,8 @@ def run(args) -> None:
                 spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
         return wrapper
 
-    for name in ("settlement_price_compute", "balances_lock", "ledger_post_many", "_incomes_insert",
-                 "_positions_close"):
+    for name in ("settlement_price_compute", "balances_lock", "ledger_post_many", "_rows_stage",
+                 "_incomes_insert", "_positions_close"):
         setattr(delivery, name, clocked(name, getattr(delivery, name)))
 
     def timed(contract):

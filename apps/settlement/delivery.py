@@ -78,7 +78,12 @@ def idempotency_key(contract: Contract) -> str:
 def delivery_advance(*, now: datetime | None = None) -> list[str]:
     """List missing quarterlies, then move every delivery contract on; returns what happened."""
     now = now or timezone.now()
-    done = [f"listed {c.symbol}" for c in delivery_roll(now=now)]
+    try:
+        done = [f"listed {c.symbol}" for c in delivery_roll(now=now)]
+    except Exception as exc:  # the contracts already listed still move on
+        logger.exception("delivery roll failed")
+        _alert("job_failure:delivery:roll", "CRITICAL", f"Listing the next quarterly contracts failed: {exc}", {})
+        done = []
     contracts = Contract.objects.filter(contract_type=ContractType.DELIVERY).exclude(
         status__in=(S.SETTLED, S.HALTED)).select_related("settle_asset").order_by("delivery_time", "symbol")
     for contract in contracts:
@@ -409,6 +414,7 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
         totals.bad_debt += lost
 
     legs = [Leg(account, asset, amount) for account, amount in sorted(delta.items()) if amount]
+    txn = None
     if len(legs) >= 2:
         txn = ledger_post_many(postings=[Posting(
             kind=TransactionKind.DELIVERY, legs=legs, idempotency_key=idempotency_key(contract),
@@ -418,46 +424,60 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
             created_by_id=requested_by.pk if requested_by is not None else None,
         )])[0]
         totals.ledger_transaction_id = txn.pk
-        _incomes_insert(contract=contract, positions=positions, pnls=pnls, fees=fees, transaction_id=txn.pk)
     if positions:
-        _positions_close(positions=positions, pnls=pnls)
+        _rows_stage(positions=positions, pnls=pnls, fees=fees)
+        if txn is not None:
+            _incomes_insert(contract=contract, transaction_id=txn.pk)
+        _positions_close()
     return totals
 
+
+STAGE_CHUNK = 50_000
 
 INCOME_SQL = f"""
 INSERT INTO {Income._meta.db_table} (user_id, symbol, income_type, amount, asset_id, info, trade_id,
                                       transaction_id, created_at)
-SELECT t.user_id, %(symbol)s, t.kind, t.amount, %(asset)s, t.kind, NULL, %(txn)s, now()
-FROM unnest(%(users)s::bigint[], %(kinds)s::text[], %(amounts)s::numeric[]) AS t(user_id, kind, amount)
+SELECT user_id, %(symbol)s, %(settled)s, pnl, %(asset)s, %(settled)s, NULL::bigint, %(txn)s, now()
+FROM pg_temp.delivery_rows WHERE pnl <> 0
+UNION ALL
+SELECT user_id, %(symbol)s, %(commission)s, -fee, %(asset)s, %(commission)s, NULL::bigint, %(txn)s, now()
+FROM pg_temp.delivery_rows WHERE fee <> 0
 """
 
 
-def _incomes_insert(*, contract: Contract, positions: list, pnls: list[Decimal], fees: list[Decimal],
-                    transaction_id: int) -> None:
+def _rows_stage(*, positions: list, pnls: list[Decimal], fees: list[Decimal]) -> None:
+    """(position, user, pnl, fee) of every closed position into a temporary table, by COPY.
+
+    Incomes and positions are then written by one set-based statement each; the table
+    goes with the transaction.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE delivery_rows (position_id bigint NOT NULL, user_id bigint NOT NULL,"
+                       " pnl numeric NOT NULL, fee numeric NOT NULL) ON COMMIT DROP")
+        with cursor.cursor.copy("COPY pg_temp.delivery_rows (position_id, user_id, pnl, fee) FROM STDIN") as copy:
+            for start in range(0, len(positions), STAGE_CHUNK):
+                end = start + STAGE_CHUNK
+                copy.write("".join([f"{row[0]}\t{row[1]}\t{pnl}\t{fee}\n" for row, pnl, fee in
+                                    zip(positions[start:end], pnls[start:end], fees[start:end])]))
+
+
+def _incomes_insert(*, contract: Contract, transaction_id: int) -> None:
     """Per position: its realized PnL (DELIVERED_SETTELMENT) and its delivery fee (COMMISSION)."""
-    users, kinds, amounts = [], [], []
-    for (_, user_id, *_), pnl, fee in zip(positions, pnls, fees):
-        if pnl:
-            users.append(user_id), kinds.append(IncomeType.DELIVERED_SETTELMENT.value), amounts.append(pnl)
-        if fee:
-            users.append(user_id), kinds.append(IncomeType.COMMISSION.value), amounts.append(-fee)
-    if not users:
-        return
     with connection.cursor() as cursor:
         cursor.execute(INCOME_SQL, {"symbol": contract.symbol, "asset": contract.settle_asset_id,
-                                    "txn": transaction_id, "users": users, "kinds": kinds, "amounts": amounts})
+                                    "txn": transaction_id, "settled": IncomeType.DELIVERED_SETTELMENT.value,
+                                    "commission": IncomeType.COMMISSION.value})
 
 
-def _positions_close(*, positions: list, pnls: list[Decimal]) -> None:
+def _positions_close() -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             """
             UPDATE positions_position AS p
             SET size = 0, entry_price = 0, realized_pnl = p.realized_pnl + t.pnl, updated_at = now()
-            FROM unnest(%s::bigint[], %s::numeric[]) AS t(id, pnl)
-            WHERE p.id = t.id
-            """,
-            [[row[0] for row in positions], pnls],
+            FROM pg_temp.delivery_rows AS t
+            WHERE p.id = t.position_id
+            """
         )
 
 

@@ -285,7 +285,7 @@ def test_a_failure_half_way_books_nothing_and_the_next_run_settles(quarterly, fu
     flat_hour(quarterly)
     before = (wallet_of(alice), wallet_of(bob), held_of(alice), LedgerTransaction.objects.count())
 
-    def boom(**kwargs):
+    def boom():
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(delivery, "_positions_close", boom)
