@@ -1,0 +1,258 @@
+"""The invariant soak: a long seeded random run of exchange events, checked as it goes.
+
+`soak_run(seed=S, events=N)` draws N events from one `random.Random(S)` on a fresh
+database: limit orders (all time-in-force values, some reduce-only), market orders,
+stop-market orders, cancels, cancel-alls, amends, leverage changes, deposits, matcher
+batches, price ticks (the clock moves 1-10 s; the simulated venues are volatile and
+jumpy so accounts do get liquidated), liquidation sweeps, funding (every due funding
+time, settled as the clock crosses the hour) and process restarts (`SimExchange.restart`:
+the books, the pricing pipelines and every process cache are dropped and rebuilt from
+the database; the rebuilt book must hash equal to the one that was dropped). Refusals by
+the services (insufficient margin, frozen account, band, ...) are part of the run.
+
+Every `check_every` events and at the end it runs every registered invariant (the
+checks of `manage.py check_ledger`) and the C books' own `validate()`. It stops at
+the first violation (or unexpected exception) and reports the event number and the
+command that replays the run up to that event: the run is a function of the seed, so
+`simulate --soak --seed S --events N` reproduces it.
+"""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_FLOOR, Decimal
+
+from apps.ledger.services import wallet_deposit
+from apps.ops.invariants import ALL_CHECKS, run_all_invariants
+from apps.positions.services import leverage_change
+from apps.trading.models import OPEN_STATUSES, Order, OrderType
+from apps.trading.services import order_amend, order_cancel, order_place, orders_cancel_all
+from exchange.errors import ExchangeError
+
+from .world import PriceModel, SimExchange, market_create, participant_create, tasks_in_process
+
+D = Decimal
+SOAK_START = datetime(2026, 3, 2, 0, 0, 30, tzinfo=UTC)
+USERS = 12
+# Event kinds and their weights (per 1000 events).
+WEIGHTS = {
+    "limit": 330, "market": 70, "stop": 25, "cancel": 140, "cancel_all": 8, "amend": 100, "leverage": 10,
+    "deposit": 7, "match": 150, "tick": 110, "sweep": 35, "fund": 10, "restart": 5,
+}
+TIME_IN_FORCE = ("GTC", "GTC", "GTC", "IOC", "FOK", "GTX")
+VOLATILE = PriceModel(volatility=2.5, jump_rate_per_day=40.0, jump_sd=0.012)
+
+
+class SoakFailure(Exception):
+    pass
+
+
+@dataclass
+class SoakResult:
+    seed: int
+    events: int  # events run (the failing one included)
+    checks_passed: int  # invariant checks that held (each registered check, each round)
+    rounds: int
+    seconds: float
+    counts: Counter = field(default_factory=Counter)
+    refusals: Counter = field(default_factory=Counter)
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def replay_command(*, seed: int, events: int) -> str:
+    return f"python manage.py simulate --soak --seed {seed} --events {events}"
+
+
+class Soak:
+    def __init__(self, *, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.contract = market_create(start=SOAK_START, insurance_fund=D("200000"))
+        self.users = []
+        for i in range(USERS):
+            # Deposits from thin to deep; leverage from 5x to 50x: some accounts will not survive.
+            deposit = D(self.rng.choice(("2000", "5000", "20000", "100000", "1000000")))
+            leverage = self.rng.choice((5, 10, 20, 25, 50))
+            self.users.append(participant_create(name=f"soak{i}", deposit=deposit, contract=self.contract,
+                                                 leverage=leverage))
+        self.exchange = SimExchange(start=SOAK_START, seed=seed, prices=VOLATILE)
+        self.exchange.tick_prices()
+        self.orders: list[tuple[object, int]] = []  # (user, order id) of orders that may be open
+        self.refusals: Counter = Counter()
+        self._kinds = list(WEIGHTS)
+        self._weights = list(WEIGHTS.values())
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _mark(self) -> Decimal:
+        return self.exchange.mark(self.contract)
+
+    def _price(self, mark: Decimal, spread: float) -> Decimal:
+        tick = self.contract.tick_size
+        price = mark * D(str(round(1 + self.rng.uniform(-spread, spread), 6)))
+        return max(tick, (price / tick).to_integral_value(ROUND_FLOOR) * tick)
+
+    def _qty(self) -> Decimal:
+        return D(self.rng.choice((1, 2, 5, 10, 20, 50, 100, 300, 800))) * self.contract.lot_size
+
+    def _call(self, fn, **params):
+        try:
+            return fn(**params)
+        except ExchangeError as exc:
+            self.refusals[int(exc.code)] += 1
+            return None
+
+    def _remember(self, user, order) -> None:
+        if order is not None:
+            self.orders.append((user, order.pk))
+
+    def _pick_order(self):
+        if not self.orders:
+            return None
+        index = self.rng.randrange(len(self.orders))
+        self.orders[index], self.orders[-1] = self.orders[-1], self.orders[index]
+        return self.orders[-1]
+
+    def prune(self) -> None:
+        """Forget orders that are closed (their ids would only draw refusals)."""
+        open_ids = set(Order.objects.filter(pk__in=[pk for _, pk in self.orders], status__in=OPEN_STATUSES)
+                       .values_list("pk", flat=True))
+        self.orders = [(u, pk) for u, pk in self.orders if pk in open_ids]
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def event(self) -> str:
+        kind = self.rng.choices(self._kinds, self._weights)[0]
+        getattr(self, f"do_{kind}")()
+        return kind
+
+    def do_limit(self) -> None:
+        user, mark = self.rng.choice(self.users), self._mark()
+        side = self.rng.choice(("BUY", "SELL"))
+        order = self._call(order_place, user=user, contract=self.contract, side=side, order_type=OrderType.LIMIT,
+                           quantity=self._qty(), price=self._price(mark, 0.012),
+                           time_in_force=self.rng.choice(TIME_IN_FORCE), reduce_only=self.rng.random() < 0.08)
+        self._remember(user, order)
+
+    def do_market(self) -> None:
+        user = self.rng.choice(self.users)
+        self._call(order_place, user=user, contract=self.contract, side=self.rng.choice(("BUY", "SELL")),
+                   order_type=OrderType.MARKET, quantity=self._qty(), reduce_only=self.rng.random() < 0.15)
+
+    def do_stop(self) -> None:
+        user, mark = self.rng.choice(self.users), self._mark()
+        side = self.rng.choice(("BUY", "SELL"))
+        # A buy stop triggers above the mark, a sell stop below it.
+        stop = self._price(mark * (D("1.004") if side == "BUY" else D("0.996")), 0.003)
+        order = self._call(order_place, user=user, contract=self.contract, side=side,
+                           order_type=OrderType.STOP_MARKET, quantity=self._qty(), stop_price=stop,
+                           working_type="MARK_PRICE", reduce_only=self.rng.random() < 0.5)
+        self._remember(user, order)
+
+    def do_cancel(self) -> None:
+        picked = self._pick_order()
+        if picked is not None:
+            user, pk = picked
+            self.orders.pop()
+            self._call(order_cancel, user=user, contract=self.contract, order_id=pk)
+
+    def do_cancel_all(self) -> None:
+        self._call(orders_cancel_all, user=self.rng.choice(self.users), contract=self.contract)
+
+    def do_amend(self) -> None:
+        picked = self._pick_order()
+        if picked is None:
+            return
+        user, pk = picked
+        row = Order.objects.filter(pk=pk).values("executed_qty", "quantity", "order_type", "status").first()
+        if row is None or row["order_type"] != OrderType.LIMIT or row["status"] not in OPEN_STATUSES:
+            return
+        quantity = max(row["executed_qty"] + self.contract.lot_size,
+                       row["quantity"] + self.rng.choice((-2, -1, 1, 3)) * self.contract.lot_size)
+        self._call(order_amend, user=user, contract=self.contract, order_id=pk, quantity=quantity,
+                   price=self._price(self._mark(), 0.01))
+
+    def do_leverage(self) -> None:
+        self._call(leverage_change, user=self.rng.choice(self.users), contract=self.contract,
+                   leverage=self.rng.choice((3, 5, 10, 20, 25, 50)))
+
+    def do_deposit(self) -> None:
+        wallet_deposit(user=self.rng.choice(self.users), asset=self.contract.settle_asset,
+                       amount=D(self.rng.choice(("500", "5000", "50000"))))
+
+    def do_match(self) -> None:
+        self.exchange.match()
+
+    def do_tick(self) -> None:
+        self.exchange.advance(self.rng.randint(1, 10))
+        self.exchange.tick_prices()
+
+    def do_sweep(self) -> None:
+        self.exchange.liquidate()
+
+    def do_fund(self) -> None:
+        self.exchange.fund()
+
+    def do_restart(self) -> None:
+        before = {s: e.book.state_hash() for s, e in self.exchange.matcher.engines.items()}
+        self.exchange.restart()
+        after = {s: e.book.state_hash() for s, e in self.exchange.matcher.engines.items()}
+        if before != after:
+            raise SoakFailure(f"book rebuilt from the database differs from the one in memory: {before} != {after}")
+
+    # -- checks ------------------------------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        problems = [str(v) for v in run_all_invariants()]
+        for symbol, engine in self.exchange.matcher.engines.items():
+            try:
+                engine.book.validate()
+            except Exception as exc:  # BookInvariantError
+                problems.append(f"book {symbol}: {exc}")
+        return problems
+
+
+def soak_run(*, seed: int, events: int, check_every: int = 10_000, out=None) -> SoakResult:
+    """Run the soak on the current (empty, migrated) database; see the module docstring."""
+    out = out or sys.stdout
+    started = time.perf_counter()
+    result = SoakResult(seed=seed, events=0, checks_passed=0, rounds=0, seconds=0.0)
+    with tasks_in_process():
+        soak = Soak(seed=seed)
+        for number in range(1, events + 1):
+            result.events = number
+            try:
+                result.counts[soak.event()] += 1
+                problems = soak.check() if number % check_every == 0 or number == events else None
+            except Exception as exc:
+                problems = [f"{type(exc).__name__}: {exc}"]
+            if problems is not None:
+                if problems:
+                    result.failure = (f"event {number}: {len(problems)} problem(s):\n  " + "\n  ".join(problems)
+                                      + f"\nreplay: {replay_command(seed=seed, events=number)}")
+                    break
+                result.rounds += 1
+                result.checks_passed += len(ALL_CHECKS)
+                soak.prune()
+                elapsed = time.perf_counter() - started
+                out.write(f"{number} events, {result.rounds} invariant rounds passed, "
+                          f"{number / elapsed:.1f} events/s, simulated {soak.exchange.now:%Y-%m-%d %H:%M:%S}\n")
+    result.seconds = time.perf_counter() - started
+    result.refusals = soak.refusals
+    out.write(f"soak seed {seed}: {result.events} events in {result.seconds:.1f} s ({result.rate:.1f} events/s), "
+              f"{result.checks_passed} invariant checks passed in {result.rounds} rounds; "
+              f"events {dict(sorted(result.counts.items()))}; refusals {dict(sorted(result.refusals.items()))}"
+              f"{'' if result.ok else '; FAILED'}\n")
+    return result
