@@ -6,11 +6,13 @@ Starts the real serving path as OS processes on a free loopback port, against a
 throw-away database (`bench_ws_fanout`) and the test Redis database: daphne
 (`exchange.asgi:application`) and the stream relay (`manage.py run_stream_relay`).
 N websocket clients (the `websockets` client, in this process) SUBSCRIBE to
-`btcusdt@aggTrade` on `/ws` and wait for the reply (so every group membership is
-in place); then M matcher events with one trade each are published on
-`events:BTCUSDT` at `--rate` per second (0: as fast as Redis takes them), as the
-matcher does after a batch. The relay turns each into an aggTrade (and the kline
-candles) for the Channels groups; daphne sends the frames.
+`fanoutusdt@aggTrade` (a copy of BTCUSDT that only this bench trades) on `/ws` and
+wait for the reply (so every subscription is in place); then M matcher events with
+one trade each are published on `events:FANOUTUSDT` at `--rate` per second (0: as
+fast as Redis takes them), as the matcher does after a batch. The relay turns each
+into an aggTrade (and the kline candles) published once on its `ws:` channel;
+daphne's fan-out hub writes the frame to each client (apps.marketdata.fanout).
+Each round also prints the CPU seconds daphne, the relay and this process used.
 
 Each client count in `--clients` is one round, after a baseline round with
 `--baseline-clients` (default 1) in the same run; every round prints delivered /
@@ -42,7 +44,11 @@ sys.path.insert(0, str(ROOT))
 from bench.common import ensure_services, machine_line, peak_rss_mb  # noqa: E402
 
 DB_NAME = "bench_ws_fanout"
-STREAM = "btcusdt@aggTrade"
+# A contract of the bench's own (a copy of BTCUSDT): pub/sub channels such as the matcher's
+# events:<symbol> are shared by every database of the Redis server, and another stack running
+# on this machine would otherwise add its BTCUSDT trades to the measured stream.
+SYMBOL = "FANOUTUSDT"
+STREAM = f"{SYMBOL.lower()}@aggTrade"
 
 
 def main() -> None:
@@ -73,6 +79,11 @@ def main() -> None:
         from apps.ops.demo import seed_demo
 
         seed_demo()
+        from apps.contracts.models import Contract
+
+        contract = Contract.objects.get(symbol="BTCUSDT")
+        contract.pk, contract.symbol = None, SYMBOL
+        contract.save()
         connection.close()  # the servers are the only users of the database from here
         run(args, database=connection.settings_dict)
     finally:
@@ -186,13 +197,13 @@ async def _round(port: int, redis_client, clients: int, args, next_id: list[int]
             trade_id = next_id[0]
             next_id[0] += 1
             now_ms = time.time_ns() // 1_000_000
-            event = json.dumps({"symbol": "BTCUSDT", "time": now_ms, "last_seq": trade_id, "orders": [],
+            event = json.dumps({"symbol": SYMBOL, "time": now_ms, "last_seq": trade_id, "orders": [],
                                 "trades": [{"id": trade_id, "price": "50000", "qty": "0.001", "taker_side": "BUY",
                                             "taker_order_id": trade_id, "maker_order_id": 1, "time": now_ms}]})
             sent[trade_id] = time.perf_counter_ns()
             if not state["first_publish"]:
                 state["first_publish"] = sent[trade_id]
-            await asyncio.to_thread(redis_client.publish, "events:BTCUSDT", event)
+            await asyncio.to_thread(redis_client.publish, f"events:{SYMBOL}", event)
 
     async def drain(expected: int) -> None:
         while state["received"] < expected:
