@@ -1,16 +1,20 @@
 """The only writer of balances: posting balanced ledger transactions.
 
-`ledger_post_many` validates every posting (known assets, non-zero amounts within the
-asset's precision, legs summing to zero per asset), locks the balance rows it touches
-with SELECT ... FOR UPDATE in (account id, asset id) order so concurrent posters cannot
-deadlock, refuses any posting that would take a non-negative balance below zero,
-skips postings whose idempotency key was already booked, then writes transactions,
-entries and balances with one statement each. It runs inside the caller's transaction
-when there is one, so a service that books several things commits them together.
+`ledger_post_many` validates every posting in Python (known assets, non-zero amounts
+within the asset's precision, legs summing to zero per asset), then hands the legs to
+PostgreSQL once (array parameters, or COPY into a temporary table for a large call)
+and does the rest set-based: one statement locks the balance rows it touches with
+SELECT ... FOR UPDATE in (account id, asset id) order so concurrent posters cannot
+deadlock, postings whose idempotency key was already booked are skipped, and one
+statement computes every entry's balance_after (a running sum per balance), refuses
+the call if a non-negative balance would end a posting below zero, and otherwise
+writes the entries and the balances. The cost is a constant number of statements
+whatever the number of legs (a funding or delivery posting has one per position).
+It runs inside the caller's transaction when there is one, so a service that books
+several things commits them together.
 """
-from collections import defaultdict
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Sequence
 
 from django.db import IntegrityError, connection, transaction
@@ -23,11 +27,14 @@ from .models import (
     Asset,
     Income,
     IncomeType,
-    LedgerEntry,
     LedgerTransaction,
     TransactionKind,
 )
-from .money import fits_precision, to_decimal
+from .money import exponent_for, quantize_amount, to_decimal
+from .staging import LegRows, legs_stage
+
+_KINDS = frozenset(TransactionKind.values)
+_ZERO = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -51,105 +58,266 @@ class Posting:
     created_by_id: int | None = None
 
 
-@dataclass(frozen=True)
-class _NormalLeg:
-    account_id: int
-    asset_id: int
-    amount: Decimal
-
-
 def _resolve_assets(postings: Sequence[Posting]) -> dict[str, Asset]:
-    """Assets by code: those passed as instances as they are, codes looked up in one query."""
-    given = {leg.asset.code: leg.asset for p in postings for leg in p.legs if isinstance(leg.asset, Asset)}
-    codes = {leg.asset for p in postings for leg in p.legs if isinstance(leg.asset, str)} - given.keys()
+    """Assets by code: those passed as instances as they are, codes looked up in one query.
+
+    One pass over the legs that looks at each distinct asset object once (a large
+    posting repeats the same instance or code on every leg).
+    """
+    seen: set[int] = set()
+    given: dict[str, Asset] = {}
+    codes: set[str] = set()
+    for posting in postings:
+        for leg in posting.legs:
+            asset = leg.asset
+            if id(asset) in seen:
+                continue
+            seen.add(id(asset))
+            if isinstance(asset, Asset):
+                given[asset.code] = asset
+            else:
+                codes.add(asset)
+    codes -= given.keys()
     found = {**given, **({a.code: a for a in Asset.objects.filter(code__in=codes)} if codes else {})}
-    codes |= given.keys()
     unknown = sorted(codes - found.keys())
     if unknown:
         raise UnknownAsset(f"Unknown asset: {', '.join(unknown)}.")
     return found
 
 
-def _normalize(posting: Posting, assets: dict[str, Asset]) -> list[_NormalLeg]:
-    if posting.kind not in TransactionKind.values:
-        raise LedgerError(f"Unknown transaction kind {posting.kind!r}.")
-    if len(posting.legs) < 2:
-        raise Unbalanced("A ledger transaction needs at least two legs.")
-    sums: dict[int, Decimal] = defaultdict(Decimal)
-    legs = []
-    for leg in posting.legs:
-        asset = assets[leg.asset if isinstance(leg.asset, str) else leg.asset.code]
-        try:
-            amount = to_decimal(leg.amount)
-        except (TypeError, ValueError) as exc:
-            raise InvalidAmount(f"Invalid amount {leg.amount!r}: {exc}.") from exc
-        if amount == 0:
-            raise InvalidAmount("A ledger leg amount must not be zero.")
-        if not fits_precision(amount, asset.precision):
-            raise PrecisionExceeded(
-                f"Amount {amount} has more than {asset.precision} decimal places allowed for {asset.code}."
-            )
-        sums[asset.pk] += amount
-        legs.append(_NormalLeg(account_id=leg.account_id, asset_id=asset.pk, amount=amount))
-    for asset_id, total in sums.items():
-        if total != 0:
-            code = next(a.code for a in assets.values() if a.pk == asset_id)
-            raise Unbalanced(f"Legs do not sum to zero for {code} (sum {total}).")
-    return legs
+def _amount(value) -> Decimal:
+    try:
+        return to_decimal(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidAmount(f"Invalid amount {value!r}: {exc}.") from exc
 
 
-def _ensure_balance_rows(pairs: list[tuple[int, int]], kinds: dict[int, str]) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            INSERT INTO ledger_balance (account_id, asset_id, amount, may_go_negative, updated_at)
-            SELECT t.account_id, t.asset_id, 0, t.may_go_negative, now()
-            FROM unnest(%s::bigint[], %s::bigint[], %s::boolean[]) AS t(account_id, asset_id, may_go_negative)
-            ORDER BY t.account_id, t.asset_id
-            ON CONFLICT (account_id, asset_id) DO NOTHING
-            """,
-            [
-                [a for a, _ in pairs],
-                [s for _, s in pairs],
-                [kinds[a] in MAY_GO_NEGATIVE_KINDS for a, _ in pairs],
-            ],
-        )
+def _collect(postings: Sequence[Posting], assets: dict[str, Asset]) -> LegRows:
+    """Validate every posting and flatten its legs into columns (posting index, account, asset, amount).
+
+    The one per-leg Python loop of a posting, kept to attribute reads and a few Decimal
+    operations: a funding or delivery posting has a leg per position.
+    """
+    rows = LegRows()
+    postings_of, account_ids, asset_ids, amounts = rows.posting, rows.account_id, rows.asset_id, rows.amount
+    last_asset = object()
+    asset = None
+    unit = None
+    for index, posting in enumerate(postings):
+        if posting.kind not in _KINDS:
+            raise LedgerError(f"Unknown transaction kind {posting.kind!r}.")
+        legs = posting.legs
+        if len(legs) < 2:
+            raise Unbalanced("A ledger transaction needs at least two legs.")
+        sums: dict[int, Decimal] = {}
+        for leg in legs:
+            if leg.asset is not last_asset:
+                last_asset = leg.asset
+                asset = assets[last_asset if isinstance(last_asset, str) else last_asset.code]
+                unit = exponent_for(asset.precision)
+            amount = leg.amount
+            if type(amount) is not Decimal or not amount.is_finite():
+                amount = _amount(amount)
+            if not amount:
+                raise InvalidAmount("A ledger leg amount must not be zero.")
+            if amount.quantize(unit, rounding=ROUND_DOWN) != amount:
+                raise PrecisionExceeded(
+                    f"Amount {amount} has more than {asset.precision} decimal places allowed for {asset.code}."
+                )
+            account = leg.account
+            if type(account) is not int:
+                account = account if isinstance(account, int) else account.pk
+            sums[asset.pk] = sums.get(asset.pk, _ZERO) + amount
+            postings_of.append(index)
+            account_ids.append(account)
+            asset_ids.append(asset.pk)
+            amounts.append(amount)
+        for asset_id, total in sums.items():
+            if total != 0:
+                code = next(a.code for a in assets.values() if a.pk == asset_id)
+                raise Unbalanced(f"Legs do not sum to zero for {code} (sum {total}).")
+    return rows
 
 
-def _lock_balances(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], list]:
-    """Lock the balance rows in (account id, asset id) order; returns [id, amount, may_go_negative]."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT b.id, b.account_id, b.asset_id, b.amount, b.may_go_negative
-            FROM ledger_balance b
-            JOIN unnest(%s::bigint[], %s::bigint[]) AS t(account_id, asset_id)
-              ON b.account_id = t.account_id AND b.asset_id = t.asset_id
-            ORDER BY b.account_id, b.asset_id
-            FOR UPDATE OF b
-            """,
-            [[a for a, _ in pairs], [s for _, s in pairs]],
-        )
-        return {(row[1], row[2]): [row[0], row[3], row[4]] for row in cursor.fetchall()}
+LOCK_SQL = """
+{legs},
+pairs AS MATERIALIZED (SELECT DISTINCT account_id, asset_id FROM legs),
+locked AS (
+    SELECT b.id FROM ledger_balance b JOIN pairs t ON b.account_id = t.account_id AND b.asset_id = t.asset_id
+    ORDER BY b.account_id, b.asset_id
+    FOR UPDATE OF b
+)
+SELECT (SELECT count(*) FROM locked), (SELECT count(*) FROM pairs), (SELECT count(*) FROM legs)
+"""
+
+UNKNOWN_ACCOUNTS_SQL = """
+{legs}
+SELECT DISTINCT l.account_id FROM legs l
+WHERE NOT EXISTS (SELECT 1 FROM ledger_account a WHERE a.id = l.account_id)
+ORDER BY 1
+"""
+
+ENSURE_BALANCES_SQL = """
+{legs}
+INSERT INTO ledger_balance (account_id, asset_id, amount, may_go_negative, updated_at)
+SELECT t.account_id, t.asset_id, 0, a.kind = ANY(%s), now()
+FROM (SELECT DISTINCT account_id, asset_id FROM legs) t JOIN ledger_account a ON a.id = t.account_id
+ORDER BY t.account_id, t.asset_id
+ON CONFLICT (account_id, asset_id) DO NOTHING
+"""
 
 
-def _lock_pairs(pairs: set[tuple[int, int]]) -> dict[tuple[int, int], list]:
-    """Lock the balance rows in (account id, asset id) order, creating the missing ones first.
+def _lock(stage) -> tuple[int, int]:
+    """Lock the balance rows of the staged legs in (account id, asset id) order, creating the missing ones.
 
     The common case (every row exists) is one statement; otherwise the missing rows are
-    inserted and the lock is taken again over all of them, still in order.
+    inserted and the lock is taken again over all of them, still in order. Returns
+    (distinct balances, legs).
     """
-    ordered = sorted(pairs)
-    locked = _lock_balances(ordered)
-    if len(locked) == len(ordered):
-        return locked
-    account_ids = sorted({account_id for account_id, _ in ordered})
-    kinds = dict(Account.objects.filter(pk__in=account_ids).values_list("pk", "kind"))
-    if len(kinds) != len(account_ids):
-        missing = sorted(set(account_ids) - kinds.keys())
-        raise LedgerError(f"Unknown ledger account(s): {missing}.")
-    _ensure_balance_rows(ordered, kinds)
-    return _lock_balances(ordered)
+    with connection.cursor() as cursor:
+        cursor.execute(LOCK_SQL.format(legs=stage.cte), stage.params)
+        locked, pairs, legs = cursor.fetchone()
+        if locked == pairs:
+            return pairs, legs
+        cursor.execute(UNKNOWN_ACCOUNTS_SQL.format(legs=stage.cte), stage.params)
+        missing = [row[0] for row in cursor.fetchall()]
+        if missing:
+            raise LedgerError(f"Unknown ledger account(s): {missing}.")
+        cursor.execute(ENSURE_BALANCES_SQL.format(legs=stage.cte),
+                       [*stage.params, [str(kind) for kind in MAY_GO_NEGATIVE_KINDS]])
+        cursor.execute(LOCK_SQL.format(legs=stage.cte), stage.params)
+        return pairs, legs
+
+
+# Balances after each leg: a running sum per balance in leg order. When every balance
+# appears once in the call (a funding or delivery posting) the sum is the leg itself,
+# and the window (a sort of every leg) is left out.
+RUNNING = """
+    b.amount + sum(l.amount) OVER pair AS after,
+    lead(l.p) OVER pair IS DISTINCT FROM l.p AS ends_posting,
+    lead(l.ord) OVER pair IS NULL AS ends_call"""
+ONCE = """
+    b.amount + l.amount AS after, true AS ends_posting, true AS ends_call"""
+
+WRITE_SQL = """
+{legs},
+txn AS (SELECT * FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(id, p1)),
+run AS MATERIALIZED (
+    SELECT l.ord, l.p, l.account_id, l.asset_id, l.amount, t.id AS transaction_id, b.id AS balance_id,
+           b.may_go_negative, {after}
+    FROM legs l
+    JOIN txn t ON t.p1 = l.p + 1 AND t.id IS NOT NULL
+    JOIN ledger_balance b ON b.account_id = l.account_id AND b.asset_id = l.asset_id
+    {window}
+),
+short AS (
+    SELECT p, account_id, asset_id, after FROM run
+    WHERE ends_posting AND after < 0 AND NOT may_go_negative
+    ORDER BY p, account_id, asset_id LIMIT 1
+),
+entries AS (
+    INSERT INTO ledger_ledgerentry (transaction_id, account_id, asset_id, amount, balance_after)
+    SELECT transaction_id, account_id, asset_id, amount, after FROM run
+    WHERE NOT EXISTS (SELECT FROM short)
+    ORDER BY ord
+),
+balances AS (
+    UPDATE ledger_balance b SET amount = r.after, updated_at = now()
+    FROM run r
+    WHERE r.ends_call AND b.id = r.balance_id AND NOT EXISTS (SELECT FROM short)
+)
+SELECT p, account_id, asset_id, after FROM short
+"""
+
+
+def _write(stage, *, txn_ids: list[int | None], once: bool, assets: dict[str, Asset]) -> None:
+    """Entries and balances of the new postings in one statement, or InsufficientBalance and nothing written.
+
+    A transaction is atomic: what must not go negative is each balance after all the
+    legs of a posting (postings in order, each seeing the ones before it).
+    """
+    sql = WRITE_SQL.format(legs=stage.cte, after=ONCE if once else RUNNING,
+                           window="" if once else "WINDOW pair AS (PARTITION BY l.account_id, l.asset_id ORDER BY l.ord)")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*stage.params, txn_ids])
+        short = cursor.fetchone()
+    if short is not None:
+        _, account_id, asset_id, after = short
+        asset = next(a for a in assets.values() if a.pk == asset_id)
+        raise InsufficientBalance(
+            f"Insufficient balance: account {account_id} would hold {quantize_amount(after, asset.precision)} {asset.code}."
+        )
+
+
+def ledger_post_many(*, postings: Sequence[Posting]) -> list[LedgerTransaction]:
+    """Book postings in order; returns one transaction per posting (the earlier one for a repeated key)."""
+    if not postings:
+        return []
+    assets = _resolve_assets(postings)
+    rows = _collect(postings, assets)
+    keys = [p.idempotency_key for p in postings if p.idempotency_key]
+    if len(keys) != len(set(keys)):
+        raise LedgerError("The same idempotency key appears twice in one call.")
+
+    # Its own savepoint: a refused posting leaves the caller's transaction usable.
+    with transaction.atomic(), legs_stage(rows) as stage:
+        pairs, legs = _lock(stage)
+        # Checked after the locks: a concurrent poster of the same key touches the same
+        # balances, so it has either committed (we see its key) or not started.
+        booked = dict(
+            LedgerTransaction.objects.filter(idempotency_key__in=keys).values_list("idempotency_key", "pk")
+        )
+        new_txns = [
+            LedgerTransaction(
+                kind=posting.kind,
+                idempotency_key=posting.idempotency_key,
+                memo=posting.memo[:255],
+                reference=posting.reference,
+                created_by_id=posting.created_by_id,
+            )
+            for posting in postings
+            if not (posting.idempotency_key and posting.idempotency_key in booked)
+        ]
+        if new_txns:
+            try:
+                with transaction.atomic(savepoint=bool(keys)):  # only a keyed posting can collide
+                    LedgerTransaction.objects.bulk_create(new_txns)
+            except IntegrityError as exc:
+                raise LedgerError("Duplicate idempotency key (booked concurrently).") from exc
+            fresh = iter(new_txns)
+            txn_ids = [None if p.idempotency_key and p.idempotency_key in booked else next(fresh).pk for p in postings]
+            _write(stage, txn_ids=txn_ids, once=pairs == legs, assets=assets)
+
+    by_key = {txn.idempotency_key: txn for txn in new_txns if txn.idempotency_key}
+    if booked:
+        by_key.update({t.idempotency_key: t for t in LedgerTransaction.objects.filter(pk__in=booked.values())})
+    fresh = iter(new_txns)
+    result = []
+    for posting in postings:
+        if posting.idempotency_key and posting.idempotency_key in booked:
+            result.append(by_key[posting.idempotency_key])
+        else:
+            result.append(next(fresh))
+    return result
+
+
+SHORT_SQL = """
+{legs}
+SELECT b.account_id, b.amount
+FROM ledger_balance b
+JOIN (SELECT account_id, asset_id, sum(amount) AS delta FROM legs GROUP BY account_id, asset_id) d
+  ON b.account_id = d.account_id AND b.asset_id = d.asset_id
+{where}
+"""
+
+
+def _pairs(account_ids, asset: Asset, amounts=None) -> LegRows:
+    rows = LegRows()
+    rows.account_id = list(account_ids)
+    rows.posting = [0] * len(rows.account_id)
+    rows.asset_id = [asset.pk] * len(rows.account_id)
+    rows.amount = list(amounts) if amounts is not None else [_ZERO] * len(rows.account_id)
+    return rows
 
 
 def balances_lock(*, account_ids, asset: Asset) -> dict[int, Decimal]:
@@ -158,8 +326,30 @@ def balances_lock(*, account_ids, asset: Asset) -> dict[int, Decimal]:
     For a service that must decide its legs from current balances (e.g. covering a
     deficit) inside its transaction: the later `ledger_post_many` finds the rows locked.
     """
-    locked = _lock_pairs({(account_id, asset.pk) for account_id in account_ids})
-    return {account_id: state[1] for (account_id, _), state in locked.items()}
+    rows = _pairs(set(account_ids), asset)
+    with legs_stage(rows) as stage:
+        _lock(stage)
+        with connection.cursor() as cursor:
+            cursor.execute(SHORT_SQL.format(legs=stage.cte, where=""), stage.params)
+            return dict(cursor.fetchall())
+
+
+def balances_lock_short(*, deltas: dict[int, Decimal], asset: Asset, also: Sequence[int] = ()) -> dict[int, Decimal]:
+    """Lock the balances of every account of `deltas` and `also` (ledger order); the current amount of
+    those that their delta would take below zero, and of the `also` accounts.
+
+    For a posting of many legs that covers the few that would go short (funding): the
+    balances are locked in one ordered pass before the legs are decided, and only the
+    short ones come back to Python. Deltas must fit the asset's precision.
+    """
+    accounts = [*deltas.keys(), *(a for a in also if a not in deltas)]
+    rows = _pairs(accounts, asset, [*deltas.values(), *([_ZERO] * (len(accounts) - len(deltas)))])
+    with legs_stage(rows) as stage:
+        _lock(stage)
+        with connection.cursor() as cursor:
+            where = "WHERE b.amount + d.delta < 0 OR b.account_id = ANY(%s)"
+            cursor.execute(SHORT_SQL.format(legs=stage.cte, where=where), [*stage.params, list(also)])
+            return dict(cursor.fetchall())
 
 
 def user_balances_lock(*, user_id: int, asset: Asset) -> dict[int, Decimal]:
@@ -181,97 +371,6 @@ def user_balances_lock(*, user_id: int, asset: Asset) -> dict[int, Decimal]:
             [user_id, asset.pk],
         )
         return dict(cursor.fetchall())
-
-
-def _write_balances(rows: list[tuple[int, Decimal]]) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            UPDATE ledger_balance AS b SET amount = t.amount, updated_at = now()
-            FROM unnest(%s::bigint[], %s::numeric[]) AS t(id, amount)
-            WHERE b.id = t.id
-            """,
-            [[row_id for row_id, _ in rows], [amount for _, amount in rows]],
-        )
-
-
-def ledger_post_many(*, postings: Sequence[Posting]) -> list[LedgerTransaction]:
-    """Book postings in order; returns one transaction per posting (the earlier one for a repeated key)."""
-    if not postings:
-        return []
-    assets = _resolve_assets(postings)
-    normalized = [_normalize(posting, assets) for posting in postings]
-    keys = [p.idempotency_key for p in postings if p.idempotency_key]
-    if len(keys) != len(set(keys)):
-        raise LedgerError("The same idempotency key appears twice in one call.")
-
-    # Its own savepoint: a refused posting leaves the caller's transaction usable.
-    with transaction.atomic():
-        balances = _lock_pairs({(leg.account_id, leg.asset_id) for legs in normalized for leg in legs})
-        # Checked after the locks: a concurrent poster of the same key touches the same
-        # balances, so it has either committed (we see its key) or not started.
-        booked = dict(
-            LedgerTransaction.objects.filter(idempotency_key__in=keys).values_list("idempotency_key", "pk")
-        )
-
-        new_txns: list[LedgerTransaction] = []
-        entry_rows: list[list[tuple[_NormalLeg, Decimal]]] = []
-        for posting, legs in zip(postings, normalized):
-            if posting.idempotency_key and posting.idempotency_key in booked:
-                continue
-            rows = []
-            for leg in legs:
-                state = balances[(leg.account_id, leg.asset_id)]
-                state[1] += leg.amount
-                rows.append((leg, state[1]))
-            # A transaction is atomic: what must not go negative is each balance after all its legs.
-            for key in {(leg.account_id, leg.asset_id) for leg in legs}:
-                _, final, may_go_negative = balances[key]
-                if final < 0 and not may_go_negative:
-                    code = next(a.code for a in assets.values() if a.pk == key[1])
-                    raise InsufficientBalance(f"Insufficient balance: account {key[0]} would hold {final} {code}.")
-            new_txns.append(
-                LedgerTransaction(
-                    kind=posting.kind,
-                    idempotency_key=posting.idempotency_key,
-                    memo=posting.memo[:255],
-                    reference=posting.reference,
-                    created_by_id=posting.created_by_id,
-                )
-            )
-            entry_rows.append(rows)
-
-        if new_txns:
-            try:
-                with transaction.atomic(savepoint=bool(keys)):  # only a keyed posting can collide
-                    LedgerTransaction.objects.bulk_create(new_txns)
-            except IntegrityError as exc:
-                raise LedgerError("Duplicate idempotency key (booked concurrently).") from exc
-            entries = [
-                LedgerEntry(
-                    transaction_id=txn.pk,
-                    account_id=leg.account_id,
-                    asset_id=leg.asset_id,
-                    amount=leg.amount,
-                    balance_after=after,
-                )
-                for txn, rows in zip(new_txns, entry_rows)
-                for leg, after in rows
-            ]
-            LedgerEntry.objects.bulk_create(entries)
-            _write_balances([(state[0], state[1]) for state in balances.values()])
-
-    by_key = {txn.idempotency_key: txn for txn in new_txns if txn.idempotency_key}
-    if booked:
-        by_key.update({t.idempotency_key: t for t in LedgerTransaction.objects.filter(pk__in=booked.values())})
-    fresh = iter(txn for txn in new_txns)
-    result = []
-    for posting in postings:
-        if posting.idempotency_key and posting.idempotency_key in booked:
-            result.append(by_key[posting.idempotency_key])
-        else:
-            result.append(next(fresh))
-    return result
 
 
 def ledger_post(

@@ -16,7 +16,7 @@ rounded to the settle asset's precision: longs pay when the rate is positive, sh
 receive it (the seed's sign bug is not reproduced).
 """
 from collections.abc import Iterable, Sequence
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from apps.ledger.money import quantize_amount
 
@@ -99,5 +99,34 @@ def impact_price(levels: Sequence[tuple[Decimal, Decimal]], *, notional: Decimal
 
 
 def payment(*, size: Decimal, mark_price: Decimal, rate: Decimal, contract_size: Decimal, precision: int) -> Decimal:
-    """The position owner's cash flow: negative = pays. Longs pay a positive rate."""
-    return quantize_amount(-size * contract_size * mark_price * rate, precision)
+    """The position owner's cash flow: negative = pays. Longs pay a positive rate.
+
+    The product is exact (wide context: no rounding before the one half-even rounding),
+    as in `PAYMENT_SQL`, the same formula the settlement runs over every position.
+    """
+    with localcontext(prec=PRODUCT_DIGITS):
+        return quantize_amount(-size * contract_size * mark_price * rate, precision)
+
+
+PRODUCT_DIGITS = 200
+# `payment` in PostgreSQL over the column p.size, for a settlement of every position in
+# one statement: NUMERIC products are exact, and PostgreSQL's round() rounds ties away
+# from zero, so a tie whose truncation is even is truncated instead (half-even, the
+# ledger's one rounding rule). Parameters: `payment_sql_params`. Proven equal to
+# `payment` on random data by tests/settlement/test_formulas.py.
+PAYMENT_SQL = """
+CASE WHEN abs(pay.scaled - trunc(pay.scaled)) = 0.5 AND mod(trunc(pay.scaled), 2) = 0
+     THEN trunc(pay.exact, %(pay_places)s) ELSE round(pay.exact, %(pay_places)s) END
+"""
+# A LATERAL subquery after positions_position p, naming the exact product for PAYMENT_SQL.
+PAYMENT_SQL_FROM = """
+CROSS JOIN LATERAL (
+    SELECT x.exact, x.exact * %(pay_scale)s::numeric AS scaled
+    FROM (SELECT -p.size * %(pay_contract_size)s::numeric * %(pay_mark)s::numeric * %(pay_rate)s::numeric AS exact) x
+) pay
+"""
+
+
+def payment_sql_params(*, mark_price: Decimal, rate: Decimal, contract_size: Decimal, precision: int) -> dict:
+    return {"pay_places": precision, "pay_scale": Decimal(10) ** precision, "pay_contract_size": contract_size,
+            "pay_mark": mark_price, "pay_rate": rate}

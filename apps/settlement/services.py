@@ -9,17 +9,21 @@ Settlement (`funding_settle`) is one database transaction per (contract, funding
    DONE and returns without touching anything;
 2. the rate of that interval is computed from its samples (`selectors.rate_quote`),
    the mark is the last stored mark before the funding time;
-3. every open position's payment (`formulas.payment`) goes to its margin account:
-   the WALLET for cross positions, the position's ISOLATED_MARGIN account for isolated
-   ones (as the reference exchange does: isolated funding moves the isolated margin);
-4. a payer whose account cannot pay in full is covered by the insurance fund, then
-   bad debt — the rule of `apps.positions.booking` (`deficits_cover`), reused;
+3. every open position's payment (`formulas.payment`, run as `formulas.PAYMENT_SQL`
+   over all positions in one statement) goes to its margin account: the WALLET for
+   cross positions, the position's ISOLATED_MARGIN account for isolated ones (as the
+   reference exchange does: isolated funding moves the isolated margin);
+4. every balance of the posting is locked in one ordered pass; a payer whose account
+   cannot pay in full is covered by the insurance fund, then bad debt — the rule of
+   `apps.positions.booking` (`deficits_cover`), reused, over the few short payers only;
 5. ONE ledger posting (idempotency key `funding:<SYMBOL>:<funding ms>`) with a leg per
    account and one FUNDING_CLEARING leg of −Σ payments; the rounding dust (what the
    payers paid minus what the receivers got, a few 1e-8 per position at most) stays in
    FUNDING_CLEARING, the one documented dust account, and is recorded on the run;
-6. one `Income` FUNDING_FEE row per position (one INSERT ... SELECT FROM unnest), the
-   `FundingRate` history row and the run's totals, in the same transaction.
+6. one `Income` FUNDING_FEE row per position (one INSERT ... SELECT), the `FundingRate`
+   history row and the run's totals, in the same transaction.
+Per position, nothing runs in Python but the posting's leg: 1M positions settle in
+seconds (bench/funding.py).
 A crash anywhere rolls all of it back: the next run (the beat every minute retries
 due times, oldest first) settles it from scratch, so each position is charged exactly
 once. Failures mark the run FAILED and raise `job_failure:funding:<SYMBOL>`.
@@ -31,7 +35,6 @@ missed interval (the system keeps no position history to do better).
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -41,8 +44,14 @@ from django.utils import timezone
 
 from apps.contracts.models import Contract, FundingPolicy
 from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
-from apps.ledger.money import quantize_amount
-from apps.ledger.services import Leg, Posting, accounts_for_users, balances_lock, ledger_post_many, system_account
+from apps.ledger.services import (
+    Leg,
+    Posting,
+    accounts_for_users,
+    balances_lock_short,
+    ledger_post_many,
+    system_account,
+)
 from apps.marketdata.engine.quotes import to_ms
 from apps.marketdata.models import PriceSample
 from apps.marketdata.selectors import price_latest
@@ -209,32 +218,71 @@ def _mark_at(*, contract: Contract, funding_time: datetime) -> Decimal:
     return mark
 
 
-POSITIONS_SQL = """
-SELECT p.id, p.user_id, p.size, p.margin_type = 'ISOLATED', a.id
+# Every open position's payment, computed once in PostgreSQL (`formulas.PAYMENT_SQL`,
+# exact and half-even) with its margin account: the WALLET for cross, the position's
+# ISOLATED_MARGIN account for isolated (NULL when the account does not exist yet).
+PAYMENTS_SQL = f"""
+CREATE TEMP TABLE funding_payments ON COMMIT DROP AS
+SELECT p.id AS position_id, p.user_id, p.margin_type = 'ISOLATED' AS isolated, a.id AS account_id,
+       {formulas.PAYMENT_SQL} AS amount
 FROM positions_position p
+{formulas.PAYMENT_SQL_FROM}
 LEFT JOIN ledger_account a
   ON a.user_id = p.user_id
  AND a.kind = CASE WHEN p.margin_type = 'ISOLATED' THEN 'ISOLATED_MARGIN' ELSE 'WALLET' END
  AND a.contract_id IS NOT DISTINCT FROM CASE WHEN p.margin_type = 'ISOLATED' THEN p.contract_id END
-WHERE p.contract_id = %s AND p.size <> 0
-ORDER BY p.id
+WHERE p.contract_id = %(contract)s AND p.size <> 0
+"""
+
+TOTALS_SQL = """
+SELECT count(*), COALESCE(-sum(amount) FILTER (WHERE amount < 0), 0), COALESCE(sum(amount) FILTER (WHERE amount > 0), 0)
+FROM funding_payments
+"""
+
+# Net payment per margin account (one position per user and contract: one row per position).
+DELTAS_SQL = """
+SELECT account_id, sum(amount) FROM funding_payments GROUP BY account_id HAVING sum(amount) <> 0 ORDER BY account_id
 """
 
 
-def _open_positions(contract: Contract) -> list[tuple[int, int, Decimal, int]]:
-    """(position id, user id, size, margin account id) of every open position, one query."""
+def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int, Decimal, Decimal]:
+    """Fill `funding_payments` (one statement) and return (positions, paid, received)."""
+    params = formulas.payment_sql_params(mark_price=mark, rate=rate, contract_size=contract.contract_size,
+                                         precision=contract.settle_asset.precision)
     with connection.cursor() as cursor:
-        cursor.execute(POSITIONS_SQL, [contract.pk])
-        rows = cursor.fetchall()
-    missing_cross = [user for _, user, _, isolated, account in rows if account is None and not isolated]
-    missing_isolated = [user for _, user, _, isolated, account in rows if account is None and isolated]
-    cross = accounts_for_users(kind=AccountKind.WALLET, user_ids=missing_cross) if missing_cross else {}
-    iso = (accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=missing_isolated, contract=contract)
-           if missing_isolated else {})
-    return [
-        (pid, user, size, account if account is not None else (iso if isolated else cross)[user])
-        for pid, user, size, isolated, account in rows
-    ]
+        cursor.execute(PAYMENTS_SQL, {**params, "contract": contract.pk})
+        cursor.execute("SELECT DISTINCT user_id, isolated FROM funding_payments WHERE account_id IS NULL")
+        missing = cursor.fetchall()
+        if missing:  # first funding of a user without that account: created, as the old per-row path did
+            cross = accounts_for_users(kind=AccountKind.WALLET, user_ids=[u for u, iso in missing if not iso])
+            iso = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=[u for u, iso in missing if iso],
+                                     contract=contract)
+            found = [(u, iso_, (iso if iso_ else cross)[u]) for u, iso_ in missing]
+            cursor.execute(
+                """
+                UPDATE funding_payments f SET account_id = t.account_id
+                FROM unnest(%s::bigint[], %s::boolean[], %s::bigint[]) AS t(user_id, isolated, account_id)
+                WHERE f.account_id IS NULL AND f.user_id = t.user_id AND f.isolated = t.isolated
+                """,
+                [[u for u, _, _ in found], [i for _, i, _ in found], [a for _, _, a in found]],
+            )
+        cursor.execute("ANALYZE funding_payments")
+        cursor.execute(TOTALS_SQL)
+        return cursor.fetchone()
+
+
+def _deltas() -> dict[int, Decimal]:
+    with connection.cursor() as cursor:
+        cursor.execute(DELTAS_SQL)
+        return dict(cursor.fetchall())
+
+
+def _short_payers(accounts: list[int]) -> dict[int, int]:
+    """user id -> account id of the payers given by account (the few that cannot pay in full)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT user_id, account_id FROM funding_payments WHERE account_id = ANY(%s)",
+                       [accounts])
+        return dict(cursor.fetchall())
 
 
 def _settle(*, run: FundingSettlement, contract: Contract, funding_time: datetime, now: datetime,
@@ -243,36 +291,29 @@ def _settle(*, run: FundingSettlement, contract: Contract, funding_time: datetim
     quote = rate_quote(contract=contract, funding_time=funding_time)
     mark = _mark_at(contract=contract, funding_time=funding_time)
     rate = quote.rate
-    positions = _open_positions(contract)
+    positions, paid, received = _payments(contract=contract, mark=mark, rate=rate)
 
-    precision = asset.precision
-    # formulas.payment, with −cs × mark × rate multiplied once (exact products, same result).
-    factor = -contract.contract_size * mark * rate
-    payments = [quantize_amount(size * factor, precision) for _, _, size, _ in positions]
-
-    delta: dict[int, Decimal] = defaultdict(Decimal)
-    payers: dict[int, int] = {}  # user id -> account id of accounts that pay (only they can go short)
-    paid = received = Decimal(0)
-    for (_, user, _, account), amount in zip(positions, payments):
-        if amount < 0:
-            paid -= amount
-            payers[user] = account
-        elif amount > 0:
-            received += amount
-        delta[account] += amount
+    delta = _deltas()
     clearing = system_account(AccountKind.FUNDING_CLEARING).pk
-    delta[clearing] += paid - received  # the posting balances: −Σ payments, the dust
+    fund = system_account(AccountKind.INSURANCE_FUND).pk
+    bad_debt = system_account(AccountKind.BAD_DEBT).pk
+    delta[clearing] = delta.get(clearing, Decimal(0)) + paid - received  # the posting balances: −Σ payments, the dust
     covered = Decimal(0)
-    if payers:
-        fund = system_account(AccountKind.INSURANCE_FUND).pk
-        bad_debt = system_account(AccountKind.BAD_DEBT).pk
-        current = balances_lock(account_ids=[*payers.values(), fund, bad_debt], asset=asset)
-        before = {account: delta[account] for account in payers.values()}
-        cover_deficits(wallets=payers, delta=delta, current=current, fund=fund, bad_debt=bad_debt)
-        covered = sum((delta[account] - before[account] for account in payers.values()), Decimal(0))
+    if paid:
+        # Every balance of the posting locked in one ordered pass; back come the payers
+        # whose payment exceeds their balance (and the fund and bad debt), covered by the
+        # one rule of apps.positions.booking.
+        current = balances_lock_short(deltas=delta, asset=asset, also=[fund, bad_debt])
+        short = [a for a in current if a not in (clearing, fund, bad_debt) and delta.get(a, 0) < 0]
+        if short:
+            for account in (fund, bad_debt):
+                delta.setdefault(account, Decimal(0))
+            covers = cover_deficits(wallets=_short_payers(short), delta=delta, current=current, fund=fund,
+                                    bad_debt=bad_debt)
+            covered = sum((fund_part + debt for fund_part, debt in covers.values()), Decimal(0))
 
     txn_id = None
-    legs = [Leg(account, asset, amount) for account, amount in sorted(delta.items()) if amount]
+    legs = [Leg(account, asset, amount) for account, amount in delta.items() if amount]
     if len(legs) >= 2:
         txn = ledger_post_many(postings=[Posting(
             kind=TransactionKind.FUNDING,
@@ -280,14 +321,11 @@ def _settle(*, run: FundingSettlement, contract: Contract, funding_time: datetim
             idempotency_key=idempotency_key(contract=contract, funding_time=funding_time),
             memo=f"Funding {contract.symbol} {funding_time:%Y-%m-%d %H:%M} UTC rate {rate} mark {mark}",
             reference={"symbol": contract.symbol, "funding_time": to_ms(funding_time), "rate": str(rate),
-                       "mark_price": str(mark), "positions": len(positions)},
+                       "mark_price": str(mark), "positions": positions},
             created_by_id=requested_by.pk if requested_by is not None else None,
         )])[0]
         txn_id = txn.pk
-        _incomes_insert(
-            rows=[(user, amount) for (_, user, _, _), amount in zip(positions, payments) if amount],
-            symbol=contract.symbol, asset_id=asset.pk, transaction_id=txn_id, at=funding_time,
-        )
+        _incomes_insert(symbol=contract.symbol, asset_id=asset.pk, transaction_id=txn_id, at=funding_time)
 
     FundingRate.objects.create(
         contract=contract, funding_time=funding_time, funding_rate=rate, mark_price=mark,
@@ -295,31 +333,31 @@ def _settle(*, run: FundingSettlement, contract: Contract, funding_time: datetim
         interest_rate=contract.interest_rate, samples=quote.samples,
     )
     FundingSettlement.objects.filter(pk=run.pk).update(
-        status=SettlementStatus.DONE, funding_rate=rate, mark_price=mark, positions=len(positions),
+        status=SettlementStatus.DONE, funding_rate=rate, mark_price=mark, positions=positions,
         paid=paid, received=received, dust=paid - received, covered=covered, ledger_transaction_id=txn_id,
         attempts=F("attempts") + 1, error="", finished_at=now,
         requested_by=requested_by if requested_by is not None else run.requested_by,
     )
+    with connection.cursor() as cursor:  # ON COMMIT DROP, unless an outer transaction goes on (tests)
+        cursor.execute("DROP TABLE funding_payments")
 
 
 INCOME_SQL = f"""
 INSERT INTO {Income._meta.db_table} (user_id, symbol, income_type, amount, asset_id, info, trade_id,
                                       transaction_id, created_at)
-SELECT t.user_id, %(symbol)s, %(kind)s, t.amount, %(asset)s, %(info)s, NULL, %(txn)s, %(at)s
-FROM unnest(%(users)s::bigint[], %(amounts)s::numeric[]) AS t(user_id, amount)
+SELECT f.user_id, %(symbol)s, %(kind)s, f.amount, %(asset)s, %(info)s, NULL, %(txn)s, %(at)s
+FROM funding_payments f
+WHERE f.amount <> 0
+ORDER BY f.position_id
 """
 
 
-def _incomes_insert(*, rows: list[tuple[int, Decimal]], symbol: str, asset_id: int, transaction_id: int,
-                    at: datetime) -> None:
+def _incomes_insert(*, symbol: str, asset_id: int, transaction_id: int, at: datetime) -> None:
     """One FUNDING_FEE income line per position with a non-zero payment, one statement."""
-    if not rows:
-        return
     with connection.cursor() as cursor:
         cursor.execute(INCOME_SQL, {
             "symbol": symbol, "kind": IncomeType.FUNDING_FEE, "asset": asset_id, "info": "FUNDING_FEE",
             "txn": transaction_id, "at": at,
-            "users": [user for user, _ in rows], "amounts": [amount for _, amount in rows],
         })
 
 

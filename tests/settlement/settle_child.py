@@ -1,9 +1,10 @@
 """Child process of the process tests: settle one (symbol, funding time) and print the run.
 
     settle_child.py MODE SYMBOL FUNDING_MS
-MODE "settle" just settles; "die-half-way" books the ledger posting and half the income
-lines inside the settlement's transaction, then kills itself with SIGKILL (a worker lost
-mid-job: PostgreSQL rolls the open transaction back when the connection drops).
+MODE "settle" just settles; "die-half-way" books the ledger posting and the income lines
+inside the settlement's transaction, then kills itself with SIGKILL before the run is
+recorded and committed (a worker lost mid-job: PostgreSQL rolls the open transaction back
+when the connection drops).
 """
 import os
 import signal
@@ -27,13 +28,13 @@ def main() -> None:
     if mode == "die-half-way":
         original = services._incomes_insert
 
-        def half_then_die(*, rows, **kwargs):
-            original(rows=rows[: len(rows) // 2], **kwargs)
-            sys.stdout.write("half\n")
+        def book_then_die(**kwargs):
+            original(**kwargs)
+            sys.stdout.write("booked\n")
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
-        services._incomes_insert = half_then_die
+        services._incomes_insert = book_then_die
     contract = Contract.objects.select_related("settle_asset").get(symbol=symbol)
     run = services.funding_settle(contract=contract, funding_time=ms_to_datetime(funding_ms))
     print(run.pk, run.status, run.ledger_transaction_id, run.attempts)

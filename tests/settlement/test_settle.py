@@ -162,11 +162,11 @@ def test_a_failure_half_way_books_nothing_and_the_rerun_charges_once(btcusdt, th
     mark(btcusdt, "50123.7", T8 - timedelta(seconds=1))
     original = services._incomes_insert
 
-    def half_then_crash(*, rows, **kwargs):
-        original(rows=rows[: len(rows) // 2], **kwargs)  # the posting and half the positions' lines are written
+    def book_then_crash(**kwargs):
+        original(**kwargs)  # the posting and the positions' lines are written, the history and the run not yet
         raise RuntimeError("worker lost")
 
-    monkeypatch.setattr(services, "_incomes_insert", half_then_crash)
+    monkeypatch.setattr(services, "_incomes_insert", book_then_crash)
     with pytest.raises(RuntimeError):
         funding_settle(contract=btcusdt, funding_time=T8, now=T8)
     run = FundingSettlement.objects.get()
