@@ -349,6 +349,7 @@ class TrendFollower(Participant):
         self.initial_wallet = initial_wallet
         self.refill_below = refill_below
         self.full = False  # the margin ran out for the current trend: only reduce until it changes
+        self.stuck = False  # not even a reduce-only order could hold its fee (-2019): the faucet may help
         self._refilled_at = float("-inf")
 
     def next_wait(self) -> float:
@@ -392,18 +393,26 @@ class TrendFollower(Participant):
         try:
             await self.send_order(self.symbol, intent, "F", wait_result=True)
         except ApiError as exc:
-            if exc.code == MARGIN_INSUFFICIENT and not intent.reduce_only:
-                self.full = True
+            if exc.code == MARGIN_INSUFFICIENT:
+                if intent.reduce_only:
+                    self.stuck = True
+                else:
+                    self.full = True
             self.note_error(exc)
+        else:
+            self.stuck = False
         # The next decision works from the server's position, not from events still on their way
         # (a follower acting every second on a stale position sends reduce-only orders too large).
         self.portfolio.load_account(await self.signed("GET", "/fapi/v2/account", weight=5))
 
     async def maybe_refill(self) -> None:
-        """A wiped-out follower (flat, wallet under `refill_below` of its start) gets topped up."""
+        """A wiped-out follower (wallet under `refill_below` of its start, and flat or unable to
+        pay the fee of closing) gets topped up."""
         if self.faucet is None or self.initial_wallet <= 0 or not self.portfolio.loaded:
             return
-        if self.portfolio.position(self.symbol) != 0 or self.portfolio.wallet >= self.initial_wallet * self.refill_below:
+        if self.portfolio.wallet >= self.initial_wallet * self.refill_below:
+            return
+        if self.portfolio.position(self.symbol) != 0 and not self.stuck:
             return
         if time.monotonic() - self._refilled_at < 60:
             return
