@@ -25,6 +25,12 @@ PUSH_SECONDS = 1.0
 RECHECK_SECONDS = 30.0
 
 
+# Thread-sensitive (the default): a round runs in the thread such calls share, a few ms
+# a second per open dashboard. Off that thread (thread_sensitive=False) a pool thread
+# was seen keeping a database session open after the consumer ended.
+_dashboard_message = database_sync_to_async(dashboard_message)
+
+
 def _is_staff(user) -> bool:
     return bool(user is not None and user.is_authenticated and user.is_active and user.is_staff)
 
@@ -36,6 +42,7 @@ def _still_staff(user_id: int) -> bool:
 class OpsDashboardConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         self._pusher = None
+        self._stop = asyncio.Event()
         await self.accept()
         user = self.scope.get("user")
         if not _is_staff(user):
@@ -45,29 +52,32 @@ class OpsDashboardConsumer(AsyncJsonWebsocketConsumer):
         self._pusher = asyncio.create_task(self._push())
 
     async def disconnect(self, code):
+        # Stop between rounds rather than cancel one: a cancelled round would leave its
+        # thread running queries on a connection nobody closes.
         pusher, self._pusher = getattr(self, "_pusher", None), None
-        if pusher is not None and pusher is not asyncio.current_task():
-            pusher.cancel()
-            try:
-                await pusher
-            except asyncio.CancelledError:
-                pass
+        if pusher is not None:
+            self._stop.set()
+            await pusher
 
-    async def receive_json(self, content, **kwargs):
-        pass  # nothing to ask: the feed is pushed
+    async def receive(self, text_data=None, bytes_data=None):
+        pass  # nothing to ask: the feed is pushed (and nothing a client sends is parsed)
 
     async def _push(self):
         cursor, checked = None, time.monotonic()
-        while True:
+        while not self._stop.is_set():
             if time.monotonic() - checked >= RECHECK_SECONDS:
                 checked = time.monotonic()
                 if not await database_sync_to_async(_still_staff)(self._user_id):
                     await self.close(code=CLOSE_FORBIDDEN)
                     return
             try:
-                message, cursor = await database_sync_to_async(dashboard_message)(cursor=cursor)
+                message, cursor = await _dashboard_message(cursor=cursor)
             except Exception:  # the database or Redis is down: say so in the log, try again
                 logger.warning("ops dashboard update failed", exc_info=True)
             else:
-                await self.send_json(message)
-            await asyncio.sleep(PUSH_SECONDS)
+                if not self._stop.is_set():
+                    await self.send_json(message)
+            try:
+                await asyncio.wait_for(self._stop.wait(), PUSH_SECONDS)
+            except TimeoutError:
+                pass

@@ -78,8 +78,8 @@ def _price_points(contract: Contract, *, after: datetime, end: datetime, thin: b
     }
 
 
-def _fund(*, after_id: int, limit: int | None, now: datetime) -> dict:
-    """Fund balance after each entry with id > after_id (newest `limit`), then now.
+def _fund(*, after_id: int, limit: int, now: datetime) -> dict:
+    """Fund balance after each entry with id > after_id (the newest `limit`), then now.
 
     Ids are taken in insert order, so an entry committed after a later-numbered one
     could be skipped by an update; the closing "now" point is always the true balance.
@@ -90,7 +90,7 @@ def _fund(*, after_id: int, limit: int | None, now: datetime) -> dict:
     rows = LedgerEntry.objects.filter(
         account__kind=AccountKind.INSURANCE_FUND, account__user__isnull=True, asset__code=asset, id__gt=after_id
     ).order_by("-id").values_list("id", "transaction__created_at", "balance_after")
-    entries = list(rows[:limit] if limit else rows)[::-1]
+    entries = list(rows[:limit])[::-1]
     balance = insurance_fund_balance()
     return {
         "asset": asset,
@@ -226,7 +226,7 @@ def dashboard_changes(*, cursor: FeedCursor, now: datetime | None = None) -> dic
         if prices["t"]:
             update["prices"][symbol] = prices
             cursor.price_t[symbol] = prices["t"][-1]
-    update["insurance_fund"] = fund = _fund(after_id=cursor.fund_id, limit=None, now=now)
+    update["insurance_fund"] = fund = _fund(after_id=cursor.fund_id, limit=MAX_POINTS, now=now)
     cursor.fund_id = fund["last_id"]
     update["latency"] = _latency()
     update["order_latency_p95_us"] = _order_p95()

@@ -1,6 +1,7 @@
 """The ops dashboard's websocket through the project's routing (Origin check, session
 auth, consumer) with Channels' WebsocketCommunicator: anonymous and non-staff users are
-closed with 4003, a foreign Origin is refused at the handshake, staff get a snapshot and
+closed with 4003 (and so is an operator whose staff status is revoked), a foreign Origin
+is refused at the handshake, staff get a snapshot and
 then updates carrying only what is new (a stored price, a raised alert)."""
 from decimal import Decimal
 
@@ -106,6 +107,29 @@ def test_staff_get_a_snapshot_then_only_what_is_new(make_user, btcusdt):
                 ("CRITICAL", "FIRING", "funding job for BTCUSDT failed")]
             assert "BTCUSDT" not in update["prices"]  # the price went out once
         finally:
-            await ws.disconnect()
+            await ws.disconnect(timeout=30)
+
+    run(body)
+
+
+
+def test_an_operator_whose_staff_status_is_revoked_is_closed(make_user, btcusdt, monkeypatch):
+    from apps.ops import consumers
+
+    monkeypatch.setattr(consumers, "RECHECK_SECONDS", 0.0)  # re-read the user every round
+    operator = make_user("operator", is_staff=True)
+    cookie = session_cookie(operator)
+
+    async def body():
+        ws = communicator(cookie=cookie)
+        connected, _ = await ws.connect(timeout=10)
+        assert connected and (await ws.receive_json_from(timeout=10))["type"] == "snapshot"
+        await sync_to_async(type(operator).objects.filter(pk=operator.pk).update)(is_staff=False)
+        for _ in range(30):  # bounded: updates already on their way, then the close
+            message = await ws.receive_output(timeout=10)
+            if message["type"] == "websocket.close":
+                assert message["code"] == 4003
+                return
+        raise AssertionError("still open")
 
     run(body)
