@@ -98,7 +98,7 @@ class MarketMaker(Agent):
     skew: Decimal = D("0.0005")  # quotes lean against inventory by this much per inventory_limit
     # A quote is moved only when it is off its target by more than this share of the mark:
     # requoting every order at every step would be most of the run's work and no more realistic.
-    tolerance: Decimal = D("0.0004")
+    tolerance: Decimal = D("0.0006")
 
     def act(self, market: Market) -> None:
         contract, mark = market.contract, market.mark

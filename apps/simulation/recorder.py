@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import Sum
 
-from apps.ledger.models import AccountKind, Balance, LedgerTransaction, TransactionKind
+from apps.ledger.models import AccountKind, Balance
 from apps.liquidation.models import Liquidation, LiquidationRecord, RecordKind
 from apps.liquidation.selectors import margin_statuses
 from apps.marketdata.selectors import price_latest
@@ -47,7 +47,7 @@ class Recorder:
             "bad_debt": float(system_balance(AccountKind.BAD_DEBT)),
             "liquidations": Liquidation.objects.count(),
             "liquidation_fills": LiquidationRecord.objects.filter(kind=RecordKind.EXECUTION).count(),
-            "adl": LedgerTransaction.objects.filter(kind=TransactionKind.ADL).count(),
+            "adl": LiquidationRecord.objects.filter(kind=RecordKind.ADL).count(),
         })
         if ratios:
             values = []

@@ -92,7 +92,8 @@ def summary_from_database(*, scenario: str, seed: int, size: str, start: datetim
              "realized_pnl": _s(d.realized_pnl), "fees": _s(d.fees)}
             for d in DeliverySettlement.objects.select_related("contract").order_by("delivery_time", "contract__symbol")
         ],
-        "adl_events": LedgerTransaction.objects.filter(kind=TransactionKind.ADL).count(),
+        "adl_events": LiquidationRecord.objects.filter(kind=RecordKind.ADL).count(),
+        "adl_postings": LedgerTransaction.objects.filter(kind=TransactionKind.ADL).count(),
         "insurance_fund_balance": _s(system_balance(AccountKind.INSURANCE_FUND)),
         "bad_debt_balance": _s(system_balance(AccountKind.BAD_DEBT)),
         "fee_income_balance": _s(system_balance(AccountKind.FEE_INCOME)),

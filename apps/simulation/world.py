@@ -122,6 +122,7 @@ class SimExchange:
         self.source: SimulatedVenues | None = None
         self.matcher: Matcher | None = None
         self._next_funding: datetime | None = None
+        self._delivered_minute: datetime | None = None
         price_cache_clear()  # snapshots another database left on this Redis are not ours
         self._start()
 
@@ -183,9 +184,10 @@ class SimExchange:
     def match(self) -> int:
         """Run the matcher until no command is pending; returns commands processed."""
         processed = 0
+        # The worker is woken by the doorbell; here one look at the journal stands in for it.
+        busy = _contracts_with_work()
         for engine in list(self.matcher.engines.values()):
-            # The worker is woken by the doorbell; here a cheap look at the journal stands in for it.
-            if not _pending(engine.contract) and not _waiting_conditional(engine.contract):
+            if engine.contract.pk not in busy:
                 continue
             for _ in range(MAX_MATCH_ROUNDS):
                 result = batch_process(engine)
@@ -218,7 +220,12 @@ class SimExchange:
         return done
 
     def deliver(self) -> list[str]:
-        """The delivery job (lifecycle steps, settlement, the roll) at the simulated time."""
+        """The delivery job (lifecycle steps, settlement, the roll) at the simulated time; like
+        beat, once a minute."""
+        minute = self.now.replace(second=0, microsecond=0)
+        if minute == self._delivered_minute:
+            return []
+        self._delivered_minute = minute
         steps = delivery_advance(now=self.now)
         if any(step.startswith("listed ") for step in steps):
             self.contracts_listed()
@@ -230,10 +237,9 @@ class SimExchange:
         return snapshot.mark_price if snapshot is not None else None
 
 
-def _pending(contract) -> bool:
-    return OrderCommand.objects.filter(contract=contract, status=CommandStatus.PENDING).exists()
-
-
-def _waiting_conditional(contract) -> bool:
-    return Order.objects.filter(contract=contract, status=OrderStatus.NEW, triggered_at__isnull=True,
-                                order_type__in=CONDITIONAL_TYPES).exists()
+def _contracts_with_work() -> set[int]:
+    """Contracts with pending journal commands or waiting conditional orders (triggers fire in a batch)."""
+    pending = OrderCommand.objects.filter(status=CommandStatus.PENDING).values("contract_id")
+    waiting = Order.objects.filter(status=OrderStatus.NEW, triggered_at__isnull=True,
+                                   order_type__in=CONDITIONAL_TYPES).values("contract_id")
+    return set(pending.union(waiting).values_list("contract_id", flat=True))
