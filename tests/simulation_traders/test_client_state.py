@@ -235,3 +235,12 @@ def test_duration_ends_a_run_that_is_still_waiting_for_the_web_server():
     config = RunConfig(base_url=f"http://127.0.0.1:{port}", seed=1, duration=1.0)
     summary = run(run_traders(config=config, credentials=[]))
     assert summary["participants"] == [] and summary["stopped_at"] >= summary["started_at"]
+
+
+def test_market_state_follows_listings_and_keeps_what_it_knows():
+    market = MarketState(["BTCUSDT", "BTCUSDT_261225"], clock=FakeClock())
+    market.on_mark("BTCUSDT", "90000", "90000")
+    assert market.set_symbols(["BTCUSDT", "BTCUSDT_261225"]) is False and market.version == 0
+    assert market.set_symbols(["BTCUSDT", "BTCUSDT_270326"]) is True and market.version == 1
+    assert list(market.symbols) == ["BTCUSDT", "BTCUSDT_270326"]
+    assert market.symbols["BTCUSDT"].mark == D("90000") and market.symbols["BTCUSDT_270326"].mark is None

@@ -98,15 +98,14 @@ class Participant:
     role = "participant"
 
     def __init__(self, *, name: str, short: str, user_id: int, client: RestClient, market: MarketState,
-                 rules: dict[str, SymbolRules], symbols: list[str], rng: random.Random, stopping: asyncio.Event,
-                 base_url: str, record_ids: bool = False, faucet: Faucet | None = None) -> None:
+                 rules: dict[str, SymbolRules], rng: random.Random, stopping: asyncio.Event, base_url: str,
+                 record_ids: bool = False, faucet: Faucet | None = None) -> None:
         self.name = name
         self.short = short
         self.user_id = user_id
         self.client = client
         self.market = market
-        self.rules = rules
-        self.symbols = symbols
+        self.rules = rules  # shared by every participant, kept current by the runner
         self.rng = rng
         self.stopping = stopping
         self.base_url = base_url
@@ -124,7 +123,7 @@ class Participant:
 
     async def run(self) -> None:
         stream = asyncio.create_task(user_stream(
-            base_url=self.base_url, client=self.client, portfolio=self.portfolio, known_symbols=set(self.rules),
+            base_url=self.base_url, client=self.client, portfolio=self.portfolio, known_symbols=self.rules,
             stopping=self.stopping, on_reconnect=self.request_reconcile))
         try:
             await self.guard(self.start)
@@ -169,6 +168,11 @@ class Participant:
     def request_reconcile(self) -> None:
         self._reconcile_at = 0.0
 
+    @property
+    def symbols(self) -> list[str]:
+        """The symbols it trades now: every listed one (trend followers: one of them)."""
+        return sorted(self.rules)
+
     def next_wait(self) -> float:
         return 1.0
 
@@ -186,7 +190,7 @@ class Participant:
     async def reconcile(self) -> None:
         """The account and open orders as the server has them (events may have been missed)."""
         self.portfolio.load_account(await self.signed("GET", "/fapi/v2/account", weight=5))
-        for symbol in self.symbols:
+        for symbol in sorted(set(self.symbols) | {o.symbol for o in self.portfolio.orders.values()}):
             orders = await self.signed("GET", "/fapi/v1/openOrders", {"symbol": symbol})
             self.portfolio.load_open_orders(symbol, orders)
 
@@ -269,14 +273,26 @@ class MarketMaker(Participant):
             await self.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": symbol})
 
     async def step(self) -> None:
+        for symbol in sorted({o.symbol for o in self.portfolio.orders.values()} - set(self.rules)):
+            await self.guard(lambda s=symbol: self.withdraw(s))
         for symbol in self.symbols:
             view = self.market.view(symbol, max_age=MAX_MARK_AGE)
             if view is not None:
                 await self.guard(lambda s=symbol, v=view: self.requote(s, v))
 
+    async def withdraw(self, symbol: str) -> None:
+        """Quotes on a symbol that stopped trading (close-only before delivery) come down."""
+        await self.signed("DELETE", "/fapi/v1/allOpenOrders", {"symbol": symbol})
+        for order in self.portfolio.orders_of(symbol):
+            del self.portfolio.orders[order.order_id]
+        logger.info("%s: %s is no longer trading; its quotes are cancelled", self.name, symbol)
+
     async def requote(self, symbol: str, view) -> None:
+        rules = self.rules.get(symbol)
+        if rules is None:  # delisted a moment ago; withdrawn on the next step
+            return
         wanted = {q.tag: q for q in maker_quotes(
-            rules=self.rules[symbol], mark=view.mark, index=view.index, position=self.portfolio.position(symbol),
+            rules=rules, mark=view.mark, index=view.index, position=self.portfolio.position(symbol),
             params=self.params, best_bid=view.best_bid, best_ask=view.best_ask)}
         resting: dict[str, object] = {}
         stale: list[int] = []
@@ -337,11 +353,12 @@ class Taker(Participant):
 class TrendFollower(Participant):
     role = "trend"
 
-    def __init__(self, *, params: TrendParams | None = None, initial_wallet: Decimal = D(0),
+    def __init__(self, *, slot: int = 0, params: TrendParams | None = None, initial_wallet: Decimal = D(0),
                  refill_below: Decimal = D("0.3"), **kwargs) -> None:
         super().__init__(**kwargs)
         self.params = params or TrendParams()
-        self.symbol = self.symbols[0]
+        self.slot = slot
+        self.symbol = self._pick()
         self.momentum = Momentum(self.params.fast, self.params.slow)
         self.plan = TrendPlan(0, self.params.leverage, self.params.usage)
         self.leverage: int | None = None
@@ -352,11 +369,22 @@ class TrendFollower(Participant):
         self.stuck = False  # not even a reduce-only order could hold its fee (-2019): the faucet may help
         self._refilled_at = float("-inf")
 
+    def _pick(self) -> str | None:
+        """Its symbol: the perpetuals round robin by slot (funding is part of the show)."""
+        listed = sorted(self.rules)
+        perpetuals = [s for s in listed if self.rules[s].contract_type == "PERPETUAL"] or listed
+        return perpetuals[self.slot % len(perpetuals)] if perpetuals else None
+
+    @property
+    def symbols(self) -> list[str]:
+        return [self.symbol] if self.symbol else []
+
     def next_wait(self) -> float:
         return self.params.sample_seconds
 
     async def start(self) -> None:
-        await self.set_leverage(self.params.leverage)
+        if self.symbol:
+            await self.set_leverage(self.params.leverage)
 
     async def set_leverage(self, leverage: int) -> None:
         answer = await self.signed("POST", "/fapi/v1/leverage", {"symbol": self.symbol, "leverage": leverage})
@@ -364,7 +392,12 @@ class TrendFollower(Participant):
         self.max_notional = dec(answer.get("maxNotionalValue"))
 
     async def step(self) -> None:
-        view = self.market.view(self.symbol, max_age=MAX_MARK_AGE)
+        if self.symbol not in self.rules:  # delisted: start over on another one
+            self.symbol = self._pick()
+            self.momentum = Momentum(self.params.fast, self.params.slow)
+            self.plan = TrendPlan(0, self.params.leverage, self.params.usage)
+            self.leverage = self.max_notional = None
+        view = self.market.view(self.symbol, max_age=MAX_MARK_AGE) if self.symbol else None
         if view is None:
             return
         await self.maybe_refill()
@@ -383,7 +416,9 @@ class TrendFollower(Participant):
             except ApiError as exc:  # e.g. the open position is too large for that bracket
                 self.note_error(exc)
                 self.plan = replace(self.plan, leverage=self.leverage or self.params.leverage)
-        rules = self.rules[self.symbol]
+        rules = self.rules.get(self.symbol)
+        if rules is None:
+            return
         target = trend_target(rules=rules, plan=self.plan, wallet=self.portfolio.wallet, mark=view.mark,
                               max_notional=self.max_notional if self.leverage == self.plan.leverage else None)
         intent = trend_order(rules=rules, position=self.portfolio.position(self.symbol), target=target,

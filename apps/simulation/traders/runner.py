@@ -1,8 +1,8 @@
 """Run the demo participants in one asyncio process until SIGTERM/SIGINT or `duration`.
 
 `run_traders` reads the symbols' rules from exchangeInfo (waiting for the web server
-to come up), opens the market stream with its REST fallback, starts every
-participant under a supervisor (an unexpected exception is logged and the
+to come up, and again every 5 minutes to follow listings and deliveries), opens the
+market stream with its REST fallback, starts every participant under a supervisor (an unexpected exception is logged and the
 participant restarted, never the process ended), logs a one-line status every
 minute, and on a stop signal lets the participants finish the request in hand,
 then cancels what is left and returns the run summary.
@@ -33,6 +33,7 @@ STOP_GRACE_SECONDS = 10.0
 STATUS_EVERY_SECONDS = 60.0
 RESTART_DELAY_SECONDS = 5.0
 NO_SYMBOLS_RETRY_SECONDS = 30.0
+LISTINGS_EVERY_SECONDS = 300.0
 ROLE_CLASSES = {"maker": MarketMaker, "taker": Taker, "trend": TrendFollower}
 
 
@@ -54,10 +55,8 @@ def participant_rng(seed: int, name: str) -> random.Random:
 def build_participants(*, config: RunConfig, credentials: list[Credentials], http: httpx.AsyncClient,
                        budget: WeightBudget, market: MarketState, rules, stopping: asyncio.Event,
                        faucet=None) -> list[Participant]:
-    symbols = sorted(rules)
-    perpetuals = [s for s in symbols if rules[s].contract_type == "PERPETUAL"] or symbols
     out: list[Participant] = []
-    trend_index = 0
+    trend_slot = 0
     for cred in credentials:
         client = RestClient(http, budget=budget, stopping=stopping, api_key=cred.api_key, secret=cred.secret,
                             name=cred.name)
@@ -65,16 +64,14 @@ def build_participants(*, config: RunConfig, credentials: list[Credentials], htt
                       rules=rules, rng=participant_rng(config.seed, cred.name), stopping=stopping,
                       base_url=config.base_url, record_ids=config.record_ids)
         if cred.role == "trend":
-            # One symbol each, round robin over the perpetuals (funding is part of the show).
-            mine = [perpetuals[trend_index % len(perpetuals)]]
-            trend_index += 1
 
             async def refill(name: str, up_to: Decimal = cred.deposit):
                 return await faucet(name, up_to) if faucet is not None else None
 
-            out.append(TrendFollower(symbols=mine, initial_wallet=cred.deposit, faucet=refill, **common))
+            out.append(TrendFollower(slot=trend_slot, initial_wallet=cred.deposit, faucet=refill, **common))
+            trend_slot += 1
         else:
-            out.append(ROLE_CLASSES[cred.role](symbols=symbols, **common))
+            out.append(ROLE_CLASSES[cred.role](**common))
     return out
 
 
@@ -132,6 +129,8 @@ async def run_traders(*, config: RunConfig, credentials: list[Credentials], fauc
             asyncio.create_task(market_stream(base_url=config.base_url, market=market, stopping=stopping)),
             asyncio.create_task(market_rest_fallback(client=public, market=market, stopping=stopping)),
             asyncio.create_task(status_log(participants, market, stopping)),
+            asyncio.create_task(follow_listings(public=public, config=config, rules=rules, market=market,
+                                                stopping=stopping)),
         ]
         workers = [asyncio.create_task(supervise(p, stopping)) for p in participants]
         await stopping.wait()
@@ -144,6 +143,26 @@ async def run_traders(*, config: RunConfig, credentials: list[Credentials], fauc
         logger.info("demo traders stopped in %.1f s", time.monotonic() - started_stop)
         summary["symbols"] = sorted(rules)
         return _finish(summary, participants, market)
+
+
+async def follow_listings(*, public: RestClient, config: RunConfig, rules: dict, market: MarketState,
+                          stopping: asyncio.Event) -> None:
+    """Re-read exchangeInfo now and then: contracts are listed and delivered while the demo runs.
+    `rules` is updated in place (every participant holds the same dict)."""
+    wanted = list(config.symbols) if config.symbols else None
+    while True:
+        await pause(stopping, LISTINGS_EVERY_SECONDS)
+        try:
+            fresh = rules_from_exchange_info(await public.call("GET", "/fapi/v1/exchangeInfo"), symbols=wanted)
+        except (ApiError, ServerUnavailable) as exc:
+            logger.warning("exchangeInfo failed: %s", exc)
+            continue
+        if not fresh or fresh.keys() == rules.keys():
+            continue
+        logger.info("symbols now traded: %s (were %s)", ", ".join(sorted(fresh)), ", ".join(sorted(rules)))
+        rules.clear()
+        rules.update(fresh)
+        market.set_symbols(fresh)
 
 
 async def _tradable_rules(public: RestClient, config: RunConfig, stopping: asyncio.Event):

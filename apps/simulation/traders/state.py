@@ -40,11 +40,21 @@ class MarketState:
 
     def __init__(self, symbols, *, clock=time.monotonic) -> None:
         self.symbols = {s: SymbolMarket() for s in symbols}
+        self.version = 0  # bumped when the set of symbols changes (the stream reconnects)
         self._clock = clock
         self.connected = False  # the market websocket is open
         self.ws_messages = 0
         self.rest_refreshes = 0
         self.dropped = 0  # streamed marks dropped as bad ticks
+
+    def set_symbols(self, symbols) -> bool:
+        """Follow the listed symbols (a contract listed or delivered); True when they changed."""
+        wanted = set(symbols)
+        if wanted == set(self.symbols):
+            return False
+        self.symbols = {s: self.symbols.get(s) or SymbolMarket() for s in sorted(wanted)}
+        self.version += 1
+        return True
 
     def on_mark(self, symbol: str, mark, index, *, trusted: bool = False) -> None:
         """A mark from the stream, or (`trusted`) read from the server over REST.

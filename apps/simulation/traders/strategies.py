@@ -62,7 +62,7 @@ class MakerParams:
     levels: int = 3
     half_spread_bps: Decimal = D("4")  # best quote distance from the reservation price
     level_step_bps: Decimal = D("3")  # extra distance per further level
-    level_notional: Decimal = D("3000")  # size of the first level, in quote currency
+    level_notional: Decimal = D("5000")  # size of the first level, in quote currency
     level_growth: Decimal = D("1.5")  # each further level is this much larger
     max_inventory_notional: Decimal = D("150000")  # |position| × mark may never exceed this
     skew_bps: Decimal = D("8")  # reservation shift at a full inventory
@@ -197,7 +197,7 @@ class TrendParams:
     reckless_probability: float = 0.3  # per new trend: go (nearly) all in at a high leverage
     reckless_leverage: tuple[int, ...] = (75, 100)
     reckless_usage: Decimal = D("0.95")
-    slice_notional: Decimal = D("8000")  # at most this much per order
+    slice_notional: Decimal = D("15000")  # at most this much per order
 
 
 class Momentum:

@@ -44,9 +44,10 @@ def market_stream_names(symbols) -> list[str]:
 
 
 async def market_stream(*, base_url: str, market: MarketState, stopping: asyncio.Event) -> None:
-    url = f"{ws_base(base_url)}/stream?streams={'/'.join(market_stream_names(market.symbols))}"
     backoff = Backoff()
     while not stopping.is_set():
+        version = market.version
+        url = f"{ws_base(base_url)}/stream?streams={'/'.join(market_stream_names(market.symbols))}"
         try:
             async with connect(url, open_timeout=10, close_timeout=2, ping_interval=20) as ws:
                 backoff.reset()
@@ -56,11 +57,14 @@ async def market_stream(*, base_url: str, market: MarketState, stopping: asyncio
                     data = message.get("data") if isinstance(message, dict) else None
                     if isinstance(data, dict):
                         market.on_stream_message(data)
+                    if market.version != version:
+                        break  # the symbols changed: subscribe to the new set
         except _WS_ERRORS + (ValueError,) as exc:
             logger.debug("market stream: %r", exc)
         finally:
             market.connected = False
-        await pause(stopping, backoff.next_delay())
+        if market.version == version:
+            await pause(stopping, backoff.next_delay())
 
 
 async def market_rest_fallback(*, client: RestClient, market: MarketState, stopping: asyncio.Event,
