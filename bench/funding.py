@@ -1,18 +1,24 @@
-"""Funding settlement benchmark: one settlement of N open positions, positions/s.
+"""Funding settlement and ledger posting benchmark: positions/s at several sizes, in one run.
 
-    .venv/bin/python bench/funding.py [--positions 100000] [--baseline 1000]
+    .venv/bin/python bench/funding.py [--sizes 1000,100000,1000000] [--small 1000] [--profile FILE]
 
-Creates a throw-away database (`bench_funding`) with the demo contracts, N users with
-funded wallets (one ledger posting per 50,000 wallets) and one open BTCUSDT position
-each (half long, half short, equal open interest), plus a baseline of `--baseline`
-ETHUSDT positions held by the first users; stores an interval of premium samples and a
-mark, then times `funding_settle` (rate, positions, ONE ledger posting, income lines,
-history row) for the baseline and for the N positions, in the same run. Then times a
-second run of the same funding time (the idempotent no-op) and checks the ledger and
-funding invariants.
+Creates a throw-away database (`bench_funding`) with the demo contracts and one more
+perpetual, max(sizes) users with wallets funded by ONE ledger posting (a leg per wallet:
+the large-posting case of the ledger, timed), and for each size one perpetual with that
+many open positions (pairs of a long and a short of the same size, so open interest is
+balanced; the smallest size is the baseline). Stores an interval of premium samples and a
+mark, then times `funding_settle` (rate, payments of every position, ONE ledger posting,
+income lines, history row) per contract, smallest first, and prints each one's
+positions/s and its ratio to the baseline of the same run. Also times small postings
+(a 2-leg transfer, and a 20-leg posting like a matcher batch), one call each, the second
+run of a settled funding time (the idempotent no-op) and checks the ledger and funding
+invariants. --profile writes cProfile stats of the largest settlement and prints the top.
 """
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import sys
 import time
 from datetime import timedelta
@@ -25,15 +31,20 @@ from bench.common import ensure_services, machine_line, peak_rss_mb  # noqa: E40
 
 D = Decimal
 DB_NAME = "bench_funding"
+# Contracts by size, smallest first: the demo perpetuals plus one made here.
+SYMBOLS = ("ETHUSDT", "SOLUSDT", "BTCUSDT")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--positions", type=int, default=100_000)
-    parser.add_argument("--baseline", type=int, default=1_000)
+    parser.add_argument("--sizes", default="1000,100000,1000000",
+                        help="comma-separated position counts, one contract each (at most 3; smallest = baseline)")
+    parser.add_argument("--small", type=int, default=1000, help="small postings timed (each kind)")
+    parser.add_argument("--profile", help="write cProfile stats of the largest settlement to this file")
     args = parser.parse_args()
-    if args.positions < 2 or args.baseline < 2 or args.baseline > args.positions:
-        parser.error("need 2 <= baseline <= positions")
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    if not 1 <= len(sizes) <= len(SYMBOLS) or sizes[0] < 2:
+        parser.error(f"need 1 to {len(SYMBOLS)} sizes, each >= 2")
 
     ensure_services()
     os.environ["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
@@ -43,20 +54,17 @@ def main() -> None:
     django.setup()
     from django.db import connection
 
-    connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False, serialize=False)
     try:
-        run(args)
+        run(args, sizes)
     finally:
         connection.close()
         connection.creation.destroy_test_db(DB_NAME, verbosity=0)
 
 
-def setup(n_users: int):
+def create_users(n: int) -> list[int]:
+    """n users and their wallets, in SQL (setup, not what is measured)."""
     from django.db import connection
-
-    from apps.ledger.models import AccountKind
-    from apps.ledger.services import Leg, Posting, accounts_for_users, ledger_post_many, system_account
-    from apps.ledger.models import TransactionKind
 
     with connection.cursor() as cursor:
         cursor.execute(
@@ -66,18 +74,69 @@ def setup(n_users: int):
             SELECT 'bench' || i, '!', false, false, true, '', '', '', now() FROM generate_series(1, %s) AS i
             RETURNING id
             """,
-            [n_users],
+            [n],
         )
         user_ids = sorted(row[0] for row in cursor.fetchall())
-    wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=user_ids)
-    external = system_account(AccountKind.EXTERNAL).pk
-    chunk = 50_000
-    ids = [wallets[u] for u in user_ids]
-    for start in range(0, len(ids), chunk):
-        part = ids[start:start + chunk]
-        legs = [Leg(a, "USDT", D("10000")) for a in part] + [Leg(external, "USDT", D("-10000") * len(part))]
-        ledger_post_many(postings=[Posting(kind=TransactionKind.DEPOSIT, legs=legs)])
+        cursor.execute(
+            "INSERT INTO ledger_account (kind, user_id, created_at) SELECT 'WALLET', u, now() FROM unnest(%s::bigint[]) u",
+            [user_ids],
+        )
     return user_ids
+
+
+def wallets_of(user_ids: list[int]) -> list[int]:
+    from apps.ledger.models import AccountKind
+    from apps.ledger.services import accounts_for_users
+
+    wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=user_ids)
+    return [wallets[u] for u in user_ids]
+
+
+def fund_wallets(wallets: list[int]) -> float:
+    """ONE deposit posting with a leg per wallet (the ledger's large-posting case); seconds."""
+    from apps.ledger.models import AccountKind, TransactionKind
+    from apps.ledger.services import Leg, Posting, ledger_post_many, system_account
+
+    external = system_account(AccountKind.EXTERNAL).pk
+    t0 = time.perf_counter()
+    legs = [Leg(a, "USDT", D("10000")) for a in wallets] + [Leg(external, "USDT", D("-10000") * len(wallets))]
+    ledger_post_many(postings=[Posting(kind=TransactionKind.DEPOSIT, legs=legs)])
+    return time.perf_counter() - t0
+
+
+def small_postings(wallets: list[int], count: int) -> tuple[float, float]:
+    """Seconds per call: a 2-leg transfer (an order hold), a 20-leg posting (a matcher batch)."""
+    from apps.ledger.models import TransactionKind
+    from apps.ledger.services import Leg, Posting, ledger_post_many
+
+    unit = D("0.01")
+    t0 = time.perf_counter()
+    for i in range(count):
+        a, b = wallets[(2 * i) % len(wallets)], wallets[(2 * i + 1) % len(wallets)]
+        ledger_post_many(postings=[Posting(kind=TransactionKind.TRANSFER, legs=[Leg(a, "USDT", -unit),
+                                                                               Leg(b, "USDT", unit)])])
+    two = (time.perf_counter() - t0) / count
+    t0 = time.perf_counter()
+    for i in range(count):
+        accounts = [wallets[(20 * i + k) % len(wallets)] for k in range(20)]
+        legs = [Leg(a, "USDT", unit if k % 2 else -unit) for k, a in enumerate(accounts)]
+        ledger_post_many(postings=[Posting(kind=TransactionKind.TRADE, legs=legs)])
+    twenty = (time.perf_counter() - t0) / count
+    return two, twenty
+
+
+def extra_perpetual():
+    from apps.contracts.models import Contract, ContractStatus, ContractType
+    from apps.contracts.services import contract_create, tiers_from_brackets
+    from apps.ledger.models import Asset
+    from apps.ops.demo import BTC_BRACKETS
+
+    usdt = Asset.objects.get(code="USDT")
+    sol, _ = Asset.objects.get_or_create(code="SOL", defaults={"name": "Solana"})
+    if not Contract.objects.filter(symbol="SOLUSDT").exists():
+        contract_create(tiers=tiers_from_brackets(BTC_BRACKETS), symbol="SOLUSDT",
+                        contract_type=ContractType.PERPETUAL, status=ContractStatus.TRADING, base_asset=sol,
+                        quote_asset=usdt, settle_asset=usdt, impact_notional=D("25000"))
 
 
 def open_positions(contract, user_ids: list[int]) -> None:
@@ -112,33 +171,37 @@ def prepare_prices(contract, funding_time) -> None:
     ])
 
 
-def run(args) -> None:
+def run(args, sizes: list[int]) -> None:
+    from django.db import connection
     from django.utils import timezone
 
     from apps.contracts.models import Contract
     from apps.ledger.invariants import LEDGER_CHECKS
     from apps.marketdata.selectors import funding_time_next
     from apps.ops.demo import seed_demo
+    from apps.settlement import services
     from apps.settlement.invariants import check_funding_clearing_is_dust
-    from apps.settlement.services import funding_settle
 
     seed_demo()
-    btc = Contract.objects.select_related("settle_asset").get(symbol="BTCUSDT")
-    eth = Contract.objects.select_related("settle_asset").get(symbol="ETHUSDT")
+    extra_perpetual()
+    contracts = [Contract.objects.select_related("settle_asset").get(symbol=s) for s in SYMBOLS[:len(sizes)]]
     now = timezone.now()
-    funding_time = funding_time_next(contract=btc, now=now) - timedelta(hours=btc.funding_interval_hours)
+    funding_time = funding_time_next(contract=contracts[0], now=now) - timedelta(hours=8)
 
     started = time.perf_counter()
-    user_ids = setup(args.positions)
-    open_positions(btc, user_ids)
-    open_positions(eth, user_ids[: args.baseline])
-    for contract in (btc, eth):
-        prepare_prices(contract, funding_time)
+    user_ids = create_users(sizes[-1])
+    wallets = wallets_of(user_ids)
     setup_s = time.perf_counter() - started
+    deposit_s = fund_wallets(wallets)
+    for contract, size in zip(contracts, sizes):
+        open_positions(contract, user_ids[:size])
+        prepare_prices(contract, funding_time)
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")  # as autovacuum would have after the setup's bulk writes
+    two_s, twenty_s = small_postings(wallets, args.small)
+    setup_s = time.perf_counter() - started - deposit_s
 
     # Where the time goes: wrap the steps `_settle` calls (module attributes, looked up per call).
-    from apps.settlement import services
-
     spent: dict[str, float] = {}
 
     def clocked(name, fn):
@@ -150,34 +213,53 @@ def run(args) -> None:
                 spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
         return wrapper
 
-    for name in ("ledger_post_many", "_incomes_insert", "_open_positions", "balances_lock", "rate_quote"):
-        setattr(services, name, clocked(name, getattr(services, name)))
+    steps = ("rate_quote", "_payments", "_deltas", "balances_lock_short", "ledger_post_many", "_incomes_insert",
+             "_open_positions", "balances_lock")  # the last two: the per-row code this replaced
+    for name in steps:
+        if hasattr(services, name):
+            setattr(services, name, clocked(name, getattr(services, name)))
 
-    def timed(contract):
+    results = []
+    for contract, size in zip(contracts, sizes):
         spent.clear()
+        profiler = cProfile.Profile() if args.profile and size == sizes[-1] else None
         t0 = time.perf_counter()
-        result = funding_settle(contract=contract, funding_time=funding_time)
-        return result, time.perf_counter() - t0, dict(spent)
-
-    base, base_s, _ = timed(eth)
-    main_run, main_s, main_parts = timed(btc)
-    _, again_s, _ = timed(btc)
+        if profiler:
+            profiler.enable()
+        result = services.funding_settle(contract=contract, funding_time=funding_time)
+        if profiler:
+            profiler.disable()
+        seconds = time.perf_counter() - t0
+        results.append((contract, result, seconds, dict(spent), os.getloadavg()[0]))
+        if profiler:
+            profiler.dump_stats(args.profile)
+    t0 = time.perf_counter()
+    services.funding_settle(contract=contracts[-1], funding_time=funding_time)
+    again_s = time.perf_counter() - t0
     violations = [str(v) for check in (*LEDGER_CHECKS, check_funding_clearing_is_dust) for v in check()]
 
     print(f"funding bench: one settlement per contract, funding time {funding_time:%Y-%m-%d %H:%M} UTC "
           f"(setup {setup_s:.1f} s)")
-    for label, result, seconds in (("baseline ETHUSDT", base, base_s), ("BTCUSDT", main_run, main_s)):
-        print(f"  {label:17s} {result.positions:>9,d} positions in {seconds:7.2f} s = "
-              f"{result.positions / seconds:10,.0f} positions/s  (rate {result.funding_rate.normalize():f}, "
-              f"dust {result.dust.normalize():f})")
-    parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in main_parts.items())
-    print(f"  BTCUSDT breakdown: {parts}; rest (payments in Decimal, cover, history, commit) "
-          f"{main_s - sum(main_parts.values()):.2f} s")
-    print(f"  ratio: {main_run.positions / main_s / (base.positions / base_s):.2f}x the baseline's positions/s")
+    print(f"  ledger, one deposit posting of {len(wallets) + 1:,d} legs: {deposit_s:.2f} s "
+          f"= {(len(wallets) + 1) / deposit_s:,.0f} legs/s")
+    print(f"  ledger, small postings ({args.small} calls each): 2 legs {two_s * 1000:.2f} ms/call, "
+          f"20 legs {twenty_s * 1000:.2f} ms/call")
+    base_rate = results[0][1].positions / results[0][2]
+    for contract, result, seconds, parts, load in results:
+        rate = result.positions / seconds
+        print(f"  {contract.symbol:8s} {result.positions:>9,d} positions in {seconds:7.2f} s = {rate:10,.0f} positions/s"
+              f"  ratio {rate / base_rate:6.2f}x the baseline  load {load:.2f}  (rate "
+              f"{result.funding_rate.normalize():f}, dust {result.dust.normalize():f}, covered {result.covered})")
+        breakdown = ", ".join(f"{name} {s:.2f}" for name, s in parts.items())
+        print(f"           steps (s): {breakdown}; rest {seconds - sum(parts.values()):.2f}")
     print(f"  second run of the same funding time (no-op): {again_s * 1000:.1f} ms")
     print(f"  invariants: {'ok' if not violations else violations}")
     print(f"  peak RSS {peak_rss_mb():.0f} MiB")
     print(machine_line())
+    if args.profile:
+        out = io.StringIO()
+        pstats.Stats(args.profile, stream=out).sort_stats("cumulative").print_stats(18)
+        print(out.getvalue())
 
 
 if __name__ == "__main__":

@@ -95,8 +95,11 @@ class Account(models.Model):
 
 
 class Balance(models.Model):
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="balances")
-    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
+    # No single-column indexes: balance_unique_account_asset serves account lookups, and an
+    # asset is never deleted. Fewer indexes and the table's fillfactor (migration 0005)
+    # let a posting's balance updates be HOT (no index writes).
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="balances", db_index=False)
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+", db_index=False)
     amount = MoneyField(default=0)
     # Copied from the account kind when the row is created so the database itself can
     # refuse a negative user balance (a CHECK cannot look at another table).

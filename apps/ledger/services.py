@@ -102,7 +102,7 @@ def _collect(postings: Sequence[Posting], assets: dict[str, Asset]) -> LegRows:
     postings_of, account_ids, asset_ids, amounts = rows.posting, rows.account_id, rows.asset_id, rows.amount
     last_asset = object()
     asset = None
-    unit = None
+    asset_id = unit = None
     for index, posting in enumerate(postings):
         if posting.kind not in _KINDS:
             raise LedgerError(f"Unknown transaction kind {posting.kind!r}.")
@@ -114,7 +114,7 @@ def _collect(postings: Sequence[Posting], assets: dict[str, Asset]) -> LegRows:
             if leg.asset is not last_asset:
                 last_asset = leg.asset
                 asset = assets[last_asset if isinstance(last_asset, str) else last_asset.code]
-                unit = exponent_for(asset.precision)
+                asset_id, unit = asset.pk, exponent_for(asset.precision)
             amount = leg.amount
             if type(amount) is not Decimal or not amount.is_finite():
                 amount = _amount(amount)
@@ -126,11 +126,11 @@ def _collect(postings: Sequence[Posting], assets: dict[str, Asset]) -> LegRows:
                 )
             account = leg.account
             if type(account) is not int:
-                account = account if isinstance(account, int) else account.pk
-            sums[asset.pk] = sums.get(asset.pk, _ZERO) + amount
+                account = account if isinstance(account, int) else account.id
+            sums[asset_id] = sums.get(asset_id, _ZERO) + amount
             postings_of.append(index)
             account_ids.append(account)
-            asset_ids.append(asset.pk)
+            asset_ids.append(asset_id)
             amounts.append(amount)
         for asset_id, total in sums.items():
             if total != 0:
@@ -245,7 +245,7 @@ def _write(stage, *, txn_ids: list[int | None], once: bool, assets: dict[str, As
         _, account_id, asset_id, after = short
         asset = next(a for a in assets.values() if a.pk == asset_id)
         raise InsufficientBalance(
-            f"Insufficient balance: account {account_id} would hold {quantize_amount(after, asset.precision)} {asset.code}."
+            f"Insufficient balance: account {account_id} would hold {quantize_amount(after, asset.precision):f} {asset.code}."
         )
 
 

@@ -13,9 +13,10 @@ Settlement (`funding_settle`) is one database transaction per (contract, funding
    over all positions in one statement) goes to its margin account: the WALLET for
    cross positions, the position's ISOLATED_MARGIN account for isolated ones (as the
    reference exchange does: isolated funding moves the isolated margin);
-4. every balance of the posting is locked in one ordered pass; a payer whose account
-   cannot pay in full is covered by the insurance fund, then bad debt — the rule of
-   `apps.positions.booking` (`deficits_cover`), reused, over the few short payers only;
+4. the posting is tried as it is: the ledger refuses it (and rolls it back) when a payer's
+   account cannot pay in full; then every balance of the posting is locked in one
+   ordered pass, and the short payers are covered by the insurance fund, then bad debt
+   — the rule of `apps.positions.booking` (`deficits_cover`), reused — and it is posted;
 5. ONE ledger posting (idempotency key `funding:<SYMBOL>:<funding ms>`) with a leg per
    account and one FUNDING_CLEARING leg of −Σ payments; the rounding dust (what the
    payers paid minus what the receivers got, a few 1e-8 per position at most) stays in
@@ -43,6 +44,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from apps.contracts.models import Contract, FundingPolicy
+from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
 from apps.ledger.services import (
     Leg,
@@ -285,6 +287,23 @@ def _short_payers(accounts: list[int]) -> dict[int, int]:
         return dict(cursor.fetchall())
 
 
+def _cover_short(*, delta: dict[int, Decimal], asset, clearing: int) -> Decimal:
+    """Cover the payers that cannot pay in full: from the insurance fund, then bad debt; returns the total.
+
+    Every balance of the posting is locked in one ordered pass (the ledger's order);
+    back come the short payers' balances (and the fund's and bad debt's), covered by the
+    one rule of apps.positions.booking. Updates `delta` with the covers.
+    """
+    fund = system_account(AccountKind.INSURANCE_FUND).pk
+    bad_debt = system_account(AccountKind.BAD_DEBT).pk
+    current = balances_lock_short(deltas=delta, asset=asset, also=[fund, bad_debt])
+    short = [a for a in current if a not in (clearing, fund, bad_debt) and delta.get(a, 0) < 0]
+    for account in (fund, bad_debt):
+        delta.setdefault(account, Decimal(0))
+    covers = cover_deficits(wallets=_short_payers(short), delta=delta, current=current, fund=fund, bad_debt=bad_debt)
+    return sum((fund_part + debt for fund_part, debt in covers.values()), Decimal(0))
+
+
 def _settle(*, run: FundingSettlement, contract: Contract, funding_time: datetime, now: datetime,
             requested_by) -> None:
     asset = contract.settle_asset
@@ -295,27 +314,14 @@ def _settle(*, run: FundingSettlement, contract: Contract, funding_time: datetim
 
     delta = _deltas()
     clearing = system_account(AccountKind.FUNDING_CLEARING).pk
-    fund = system_account(AccountKind.INSURANCE_FUND).pk
-    bad_debt = system_account(AccountKind.BAD_DEBT).pk
     delta[clearing] = delta.get(clearing, Decimal(0)) + paid - received  # the posting balances: −Σ payments, the dust
     covered = Decimal(0)
-    if paid:
-        # Every balance of the posting locked in one ordered pass; back come the payers
-        # whose payment exceeds their balance (and the fund and bad debt), covered by the
-        # one rule of apps.positions.booking.
-        current = balances_lock_short(deltas=delta, asset=asset, also=[fund, bad_debt])
-        short = [a for a in current if a not in (clearing, fund, bad_debt) and delta.get(a, 0) < 0]
-        if short:
-            for account in (fund, bad_debt):
-                delta.setdefault(account, Decimal(0))
-            covers = cover_deficits(wallets=_short_payers(short), delta=delta, current=current, fund=fund,
-                                    bad_debt=bad_debt)
-            covered = sum((fund_part + debt for fund_part, debt in covers.values()), Decimal(0))
 
-    txn_id = None
-    legs = [Leg(account, asset, amount) for account, amount in delta.items() if amount]
-    if len(legs) >= 2:
-        txn = ledger_post_many(postings=[Posting(
+    def post() -> int | None:
+        legs = [Leg(account, asset, amount) for account, amount in delta.items() if amount]
+        if len(legs) < 2:
+            return None
+        return ledger_post_many(postings=[Posting(
             kind=TransactionKind.FUNDING,
             legs=legs,
             idempotency_key=idempotency_key(contract=contract, funding_time=funding_time),
@@ -323,8 +329,16 @@ def _settle(*, run: FundingSettlement, contract: Contract, funding_time: datetim
             reference={"symbol": contract.symbol, "funding_time": to_ms(funding_time), "rate": str(rate),
                        "mark_price": str(mark), "positions": positions},
             created_by_id=requested_by.pk if requested_by is not None else None,
-        )])[0]
-        txn_id = txn.pk
+        )])[0].pk
+
+    try:
+        # Optimistic: every payer can pay (the ledger checks it under its locks, in the
+        # same statement that books); the posting is refused, and rolled back, otherwise.
+        txn_id = post()
+    except InsufficientBalance:
+        covered = _cover_short(delta=delta, asset=asset, clearing=clearing)
+        txn_id = post()
+    if txn_id is not None:
         _incomes_insert(symbol=contract.symbol, asset_id=asset.pk, transaction_id=txn_id, at=funding_time)
 
     FundingRate.objects.create(

@@ -1,7 +1,9 @@
-"""The funding formulas with hand-checked numbers (no database)."""
+"""The funding formulas with hand-checked numbers; the payment as PostgreSQL runs it, against the formula."""
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apps.settlement import formulas as f
 
@@ -106,3 +108,52 @@ def test_impact_price_is_the_average_fill_of_the_notional():
 def test_payment_sign_and_rounding(size, mark, rate, expected):
     got = f.payment(size=D(size), mark_price=D(mark), rate=D(rate), contract_size=D("1"), precision=8)
     assert got == D(expected)
+
+
+# -- the payment formula as the settlement runs it (PostgreSQL) --------------------------------------
+
+def _payments_sql(sizes, *, mark, rate, contract_size, precision):
+    """formulas.PAYMENT_SQL over a list of sizes, as the settlement runs it over positions."""
+    from django.db import connection
+
+    sql = (f"SELECT {f.PAYMENT_SQL} FROM unnest(%(sizes)s::numeric[]) WITH ORDINALITY AS p(size, i) "
+           f"{f.PAYMENT_SQL_FROM} ORDER BY p.i")
+    params = f.payment_sql_params(mark_price=mark, rate=rate, contract_size=contract_size, precision=precision)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {**params, "sizes": sizes})
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _check_sql_equals_formula(sizes, mark, rate, contract_size, precision):
+    expected = [f.payment(size=s, mark_price=mark, rate=rate, contract_size=contract_size, precision=precision)
+                for s in sizes]
+    got = _payments_sql(sizes, mark=mark, rate=rate, contract_size=contract_size, precision=precision)
+    # Bit for bit: the same value and the same scale (the ledger stores what it gets).
+    assert [(g, g.as_tuple().exponent) for g in got] == [(e, -precision) for e in expected]
+
+
+@pytest.mark.django_db
+def test_payment_sql_rounds_ties_half_even_like_the_formula():
+    # 0.001 × 50 × 0.0000001 = 0.000000005: a tie at 8 places, 0 is even; 0.003 gives 0.000000015 → 2e-8.
+    sizes = [D("0.001"), D("-0.001"), D("0.003"), D("-0.003"), D("0.005"), D("0.007"), D("0.002")]
+    _check_sql_equals_formula(sizes, D("50"), D("0.0000001"), D("1"), 8)
+    assert _payments_sql(sizes, mark=D("50"), rate=D("0.0000001"), contract_size=D("1"), precision=8) == [
+        D("0"), D("0"), D("-0.00000002"), D("0.00000002"), D("-0.00000002"), D("-0.00000004"), D("-0.00000001")]
+
+
+@pytest.mark.django_db
+@settings(max_examples=60, deadline=None)
+@given(
+    size_lots=st.lists(st.integers(-10**9, 10**9).filter(bool), min_size=1, max_size=40),
+    size_places=st.integers(0, 6),
+    mark_ticks=st.integers(1, 10**9),
+    mark_places=st.integers(0, 4),
+    rate_units=st.integers(-750_000, 750_000),
+    contract_size=st.sampled_from([D("1"), D("0.001"), D("0.1"), D("10"), D("100")]),
+    precision=st.sampled_from([8, 6, 2, 0]),
+)
+def test_payment_sql_equals_the_decimal_formula_on_random_positions(size_lots, size_places, mark_ticks, mark_places,
+                                                                    rate_units, contract_size, precision):
+    sizes = [D(n).scaleb(-size_places) for n in size_lots]
+    _check_sql_equals_formula(sizes, D(mark_ticks).scaleb(-mark_places), D(rate_units).scaleb(-8), contract_size,
+                              precision)
