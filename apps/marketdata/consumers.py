@@ -30,6 +30,7 @@ subscribed on it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -95,6 +96,11 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
         self._key_watch: asyncio.Task | None = None
         self._hub = get_hub()
         self._sink = Sink(self._write, self._too_slow)
+        transport = _server_transport(self.base_send)
+        if transport is not None:
+            if transport.producer is not None:  # the HTTP channel's, left from before the upgrade
+                transport.unregisterProducer()
+            transport.registerProducer(self._sink, True)
         kwargs = self.scope["url_route"]["kwargs"]
         self.combined = bool(kwargs.get("combined"))
         names: list[str] = []
@@ -297,6 +303,22 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
             if expired and not self.listen_keys and not self.streams:
                 await self.close(code=CLOSE_POLICY)
         self._key_watch = None
+
+
+def _server_transport(send):
+    """The Twisted TCP transport behind daphne's ASGI `send` (`partial(server.handle_reply, protocol)`), or None.
+
+    daphne's `send` never waits, so its transport's push-producer interface is the only
+    way to learn that a client stopped reading before the frames pile up in the server
+    (other servers apply back-pressure through `send` itself). The transport still has
+    the HTTP channel that served the upgrade registered as its producer; that channel
+    no longer writes to it, so the sink takes its place.
+    """
+    if isinstance(send, functools.partial) and send.args:
+        transport = getattr(send.args[0], "transport", None)
+        if callable(getattr(transport, "registerProducer", None)) and hasattr(transport, "producer"):
+            return transport
+    return None
 
 
 async def _listen_key_owner(key: str) -> int | None:

@@ -18,7 +18,12 @@ frames leave from one FIFO queue, so every stream keeps the relay's order.
 
 A slow connection cannot hold up the others or grow memory: its queue is bounded
 (`SINK_MAX_FRAMES`); when full, the connection leaves every stream at once, its
-queue is dropped and its consumer closes it (`on_overflow`, close code 4013).
+queue is dropped and its consumer closes it (`on_overflow`, close code 4013). A
+sink stops writing while the server says the client's socket is backed up: either
+its `send` awaits (servers with back-pressure) or, under daphne, whose `send` never
+waits, the Twisted transport pauses it as a push producer (`pauseProducing` once
+its buffer passes 64 KiB, `resumeProducing` when drained); the frames then wait in
+the bounded queue.
 
 Redis reconnects: the registry, not the connection, is the truth. When the pub/sub
 connection fails the hub reconnects with backoff and subscribes again to every
@@ -112,6 +117,7 @@ class Sink:
         self._queue: deque[Frame] = deque()
         self._wake = asyncio.Event()
         self._holds = 0
+        self._paused = False  # the server's transport is backed up
         self.hub: Hub | None = None
         self.routes: set[tuple[str, str]] = set()  # (channel, stream name) this sink is registered on
         self.dropped = False
@@ -141,7 +147,7 @@ class Sink:
         queue = self._queue
         try:
             while True:
-                if not queue or self._holds:
+                if not queue or self._holds or self._paused:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -155,6 +161,17 @@ class Sink:
             self._queue.clear()
             if self.hub is not None:
                 self.hub.detach(self)
+
+    # Twisted's IPushProducer, for a server transport that can tell when the client is behind.
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._wake.set()
+
+    def stopProducing(self) -> None:
+        """The connection is lost; the consumer's disconnect closes the sink."""
 
     def _overflow(self) -> None:
         self.dropped = True

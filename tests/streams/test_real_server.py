@@ -26,7 +26,9 @@ from django.utils import timezone
 
 from apps.accounts.services import listen_key_start
 from apps.liquidation.services import margin_calls_evaluate
-from apps.marketdata.consumers import CLOSE_POLICY
+from apps.marketdata.consumers import CLOSE_POLICY, CLOSE_SLOW
+from apps.marketdata.fanout import channel_of
+from apps.marketdata.relay import stream_update
 from apps.marketdata.services import price_publish
 from apps.positions.selectors import account_overview
 from apps.trading.engine import SymbolEngine
@@ -215,5 +217,60 @@ def test_margin_call_reaches_its_user_data_stream_only(btcusdt, funded, clean_re
             finally:
                 await alice_ws.close()
                 await bob_ws.close()
+
+        run(body)
+
+
+def test_daphne_closes_a_client_that_stops_reading_and_keeps_serving_the_others(btcusdt, clean_redis):
+    """The transport's back-pressure reaches the fan-out: the frames of a client that reads nothing
+    wait in its bounded queue, and when that fills the client is dropped with 4013."""
+    redis = get_redis()
+    depth = channel_of("md.depth.BTCUSDT")
+    levels = [[f"{40000 + i}.5", "1.25"] for i in range(200)]  # a deep diff: ~4 KB a frame
+
+    def publish_depth(first: int, count: int) -> None:
+        pipe = redis.pipeline(transaction=False)
+        for u in range(first, first + count):
+            pipe.publish(*stream_update("md.depth.BTCUSDT", "depth", "BTCUSDT", {
+                "e": "depthUpdate", "E": u, "T": u, "s": "BTCUSDT", "U": u, "u": u, "pu": u - 1, "b": levels,
+                "a": []}))
+        pipe.execute()
+
+    with serving() as port:
+        async def body():
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server backs up soon
+            sock.connect(("127.0.0.1", port))
+            # max_queue=1: the client library stops reading the socket while a frame waits unread.
+            slow = await websockets_client.connect(f"ws://127.0.0.1:{port}/ws/btcusdt@depth", sock=sock,
+                                                   max_queue=1, open_timeout=30, close_timeout=10)
+            healthy = await connect(f"ws://127.0.0.1:{port}/ws/btcusdt@aggTrade")
+            try:
+                published = 0
+                while await sync_to_async(redis.pubsub_numsub)(depth) == [(depth.encode(), 1)]:
+                    assert published < 10_000, "the client that reads nothing was never dropped"
+                    await sync_to_async(publish_depth)(published + 1, 250)
+                    published += 250
+                # Its last frames are what the server had written before it gave up; then the close.
+                received = 0
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await asyncio.wait_for(slow.recv(), 30)
+                        received += 1
+                assert closed.value.rcvd.code == CLOSE_SLOW == 4013 and received < published
+                # The other client's stream never stopped.
+                await sync_to_async(redis.publish)(*stream_update("md.trade.BTCUSDT", "aggTrade", "BTCUSDT", [
+                    {"e": "aggTrade", "E": 1, "s": "BTCUSDT", "a": 77, "p": "50000", "q": "0.001", "f": 77,
+                     "l": 77, "T": 1, "m": False}]))
+                # (Read up to it: the relay may also pass on trades of another stack sharing this Redis
+                # server, whose events:<symbol> channels are not scoped by database.)
+                for _ in range(1000):
+                    if json.loads(await asyncio.wait_for(healthy.recv(), 30))["a"] == 77:
+                        break
+                else:
+                    raise AssertionError("the healthy client's stream stopped")
+            finally:
+                await slow.close()
+                await healthy.close()
 
         run(body)
