@@ -11,9 +11,12 @@
 
 The polling endpoint serves the snapshot; the websocket consumer
 (apps.ops.consumers) sends it once and then, every second, `dashboard_changes`: only
-the points newer than the cursor, the small panels (latency) every time, and alerts,
-liquidations and health when they changed. The cursor is per connection: a handful of
-indexed queries and Redis reads a second for each open dashboard (staff only, few).
+the points newer than the cursor (all symbols' prices in one query, all matcher series
+in one Redis pipeline, new fund entries), and alerts and liquidations when they
+changed; every SLOW_EVERY_SECONDS also latency (processes publish it every 5 s), health,
+and a check that the contracts are the same (else a new snapshot). The cursor is per
+connection: about five indexed queries and one Redis round trip a second for each open
+dashboard (staff only, few); bench/ops_dashboard.py measures it.
 """
 from __future__ import annotations
 
@@ -30,14 +33,15 @@ from django.utils import timezone
 from apps.contracts.models import Contract, ContractStatus
 
 from .health import readiness
-from .metrics import SLA_SECONDS, latency_read, series_read
+from .metrics import SERIES_KEY, SLA_SECONDS, latency_read
 from .models import Alert, AlertStatus
 from .sources import insurance_fund_balance, metric_read
 
 WINDOW_MINUTES = 10
 MAX_POINTS = 300
 LIQUIDATIONS_SHOWN = 20
-HEALTH_EVERY_SECONDS = 5.0
+SLOW_EVERY_SECONDS = 5.0
+MATCHER_TAIL = 12  # matcher points an update reads (one per 5 s: a minute of slack)
 RATIO_PLACES = Decimal("0.0001")
 
 
@@ -55,34 +59,59 @@ def _contracts() -> list[Contract]:
     )
 
 
-def _matcher_points(symbol: str, since: float) -> dict:
-    points = series_read(f"matcher:{symbol}", since=since)
-    return {
-        "t": [p["t"] for p in points],
-        "orders_per_s": [p["orders_per_s"] for p in points],
-        "trades_per_s": [p["trades_per_s"] for p in points],
-        "batch_p95_ms": [p["batch_p95_ms"] for p in points],
-    }
+def _matcher_series(symbols: list[str], since: dict[str, float], *, tail: int | None = None) -> dict[str, dict]:
+    """Each symbol's matcher points newer than since[symbol]: one Redis round trip."""
+    from exchange.redis import get_redis
+
+    pipe = get_redis().pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.lrange(SERIES_KEY.format(name=f"matcher:{symbol}"), -tail if tail else 0, -1)
+    out = {}
+    for symbol, raw in zip(symbols, pipe.execute(), strict=True):
+        points = [p for p in map(json.loads, raw) if p.get("t", 0) > since[symbol]]
+        out[symbol] = {
+            "t": [p["t"] for p in points],
+            "orders_per_s": [p["orders_per_s"] for p in points],
+            "trades_per_s": [p["trades_per_s"] for p in points],
+            "batch_p95_ms": [p["batch_p95_ms"] for p in points],
+        }
+    return out
 
 
-def _price_points(contract: Contract, *, after: datetime, end: datetime, thin: bool) -> dict:
-    from apps.marketdata.selectors import price_history
+def _prices(contracts: list[Contract], since: dict[str, float], *, end: datetime, thin: bool) -> dict[str, dict]:
+    """Each contract's stored index and mark newer than since[symbol], before `end`: one query."""
+    from apps.marketdata.models import PriceSample
 
-    samples = [s for s in price_history(contract=contract, start=after, end=end) if s.at > after]
+    symbol_of = {c.pk: c.symbol for c in contracts}
+    out = {c.symbol: {"t": [], "mark": [], "index": []} for c in contracts}
+    if not contracts:
+        return out
+    rows = (
+        PriceSample.objects.filter(contract_id__in=list(symbol_of), at__gt=_at(min(since.values())), at__lt=end)
+        .order_by("contract_id", "at")
+        .values_list("contract_id", "at", "mark_price", "index_price")
+    )
+    for contract_id, at, mark, index in rows:
+        symbol, t = symbol_of[contract_id], at.timestamp()
+        if t > since[symbol]:
+            series = out[symbol]
+            series["t"].append(t)
+            series["mark"].append(float(mark))
+            series["index"].append(float(index))
     if thin:
-        samples = _thin(samples)
-    return {
-        "t": [s.at.timestamp() for s in samples],
-        "mark": [float(s.mark_price) for s in samples],
-        "index": [float(s.index_price) for s in samples],
-    }
+        for symbol, series in out.items():
+            keep = _thin(list(range(len(series["t"]))))
+            out[symbol] = {k: [v[i] for i in keep] for k, v in series.items()}
+    return out
 
 
-def _fund(*, after_id: int, limit: int, now: datetime) -> dict:
+def _fund(*, after_id: int, limit: int, now: datetime, balance: Decimal | None = None) -> dict:
     """Fund balance after each entry with id > after_id (the newest `limit`), then now.
 
-    Ids are taken in insert order, so an entry committed after a later-numbered one
-    could be skipped by an update; the closing "now" point is always the true balance.
+    The balance now is the newest entry's balance after, so an update with no new
+    entry repeats `balance` (the snapshot reads it). Ids are taken in insert order: an
+    entry committed after a later-numbered one could be skipped by an update, not the
+    balance itself.
     """
     from apps.ledger.models import AccountKind, LedgerEntry
 
@@ -91,7 +120,10 @@ def _fund(*, after_id: int, limit: int, now: datetime) -> dict:
         account__kind=AccountKind.INSURANCE_FUND, account__user__isnull=True, asset__code=asset, id__gt=after_id
     ).order_by("-id").values_list("id", "transaction__created_at", "balance_after")
     entries = list(rows[:limit])[::-1]
-    balance = insurance_fund_balance()
+    if entries:
+        balance = entries[-1][2]
+    elif balance is None:
+        balance = insurance_fund_balance()
     return {
         "asset": asset,
         "t": [at.timestamp() for _, at, _ in entries] + [now.timestamp()],
@@ -151,20 +183,21 @@ def liquidations_feed(*, limit: int = LIQUIDATIONS_SHOWN) -> list[dict]:
     ]
 
 
-def dashboard_feed(*, now: datetime | None = None) -> dict:
+def dashboard_feed(*, now: datetime | None = None, contracts: list[Contract] | None = None) -> dict:
     """The whole dashboard (see the module docstring), JSON-ready."""
     now = now or timezone.now()
-    start = now - timedelta(minutes=WINDOW_MINUTES)
-    contracts = _contracts()
+    start = (now - timedelta(minutes=WINDOW_MINUTES)).timestamp()
+    contracts = _contracts() if contracts is None else contracts
+    symbols = [c.symbol for c in contracts]
+    since = {symbol: start for symbol in symbols}
+    fund = _fund(after_id=0, limit=MAX_POINTS, now=now, balance=insurance_fund_balance())
     return {
         "at": now.timestamp(),
         "window_seconds": WINDOW_MINUTES * 60,
-        "symbols": [c.symbol for c in contracts],
-        "matcher": {c.symbol: _matcher_points(c.symbol, start.timestamp()) for c in contracts},
-        "prices": {
-            c.symbol: _price_points(c, after=start, end=now + timedelta(seconds=1), thin=True) for c in contracts
-        },
-        "insurance_fund": _fund(after_id=0, limit=MAX_POINTS, now=now),
+        "symbols": symbols,
+        "matcher": _matcher_series(symbols, since),
+        "prices": _prices(contracts, since, end=now + timedelta(seconds=1), thin=True),
+        "insurance_fund": fund,
         "latency": _latency(),
         "order_latency_p95_us": _order_p95(),
         "alerts": alerts_feed(),
@@ -177,23 +210,24 @@ def dashboard_feed(*, now: datetime | None = None) -> dict:
 class FeedCursor:
     """What one websocket connection has been sent so far."""
 
-    symbols: list[str]
+    contracts: list[Contract]
     matcher_t: dict[str, float]
     price_t: dict[str, float]
     fund_id: int
+    fund_balance: Decimal
     alerts: str
     liquidations: str
-    health_at: float = field(default_factory=time.monotonic)
+    slow_at: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def after(cls, feed: dict) -> FeedCursor:
+    def after(cls, feed: dict, contracts: list[Contract] | None = None) -> FeedCursor:
+        start = feed["at"] - feed["window_seconds"]
         return cls(
-            symbols=list(feed["symbols"]),
-            matcher_t={s: (m["t"][-1] if m["t"] else feed["at"] - feed["window_seconds"])
-                       for s, m in feed["matcher"].items()},
-            price_t={s: (p["t"][-1] if p["t"] else feed["at"] - feed["window_seconds"])
-                     for s, p in feed["prices"].items()},
+            contracts=contracts if contracts is not None else _contracts(),
+            matcher_t={s: (m["t"][-1] if m["t"] else start) for s, m in feed["matcher"].items()},
+            price_t={s: (p["t"][-1] if p["t"] else start) for s, p in feed["prices"].items()},
             fund_id=feed["insurance_fund"]["last_id"],
+            fund_balance=Decimal(feed["insurance_fund"]["current"]),
             alerts=_signature(feed["alerts"]),
             liquidations=_signature(feed["liquidations"]),
         )
@@ -211,33 +245,35 @@ def dashboard_changes(*, cursor: FeedCursor, now: datetime | None = None) -> dic
     """What is new since `cursor` (which it advances), or None when the contracts changed
     (the caller then sends a new snapshot)."""
     now = now or timezone.now()
-    contracts = _contracts()
-    if [c.symbol for c in contracts] != cursor.symbols:
-        return None
+    slow = time.monotonic() - cursor.slow_at >= SLOW_EVERY_SECONDS
+    if slow:
+        cursor.slow_at = time.monotonic()
+        if [c.symbol for c in _contracts()] != [c.symbol for c in cursor.contracts]:
+            return None
+    symbols = [c.symbol for c in cursor.contracts]
     update: dict = {"at": now.timestamp(), "matcher": {}, "prices": {}}
-    for contract in contracts:
-        symbol = contract.symbol
-        points = _matcher_points(symbol, cursor.matcher_t[symbol])
+    for symbol, points in _matcher_series(symbols, cursor.matcher_t, tail=MATCHER_TAIL).items():
         if points["t"]:
             update["matcher"][symbol] = points
             cursor.matcher_t[symbol] = points["t"][-1]
-        prices = _price_points(contract, after=_at(cursor.price_t[symbol]), end=now + timedelta(seconds=1),
-                               thin=False)
+    for symbol, prices in _prices(cursor.contracts, cursor.price_t, end=now + timedelta(seconds=1),
+                                  thin=False).items():
         if prices["t"]:
             update["prices"][symbol] = prices
             cursor.price_t[symbol] = prices["t"][-1]
-    update["insurance_fund"] = fund = _fund(after_id=cursor.fund_id, limit=MAX_POINTS, now=now)
-    cursor.fund_id = fund["last_id"]
-    update["latency"] = _latency()
-    update["order_latency_p95_us"] = _order_p95()
+    fund = _fund(after_id=cursor.fund_id, limit=MAX_POINTS, now=now, balance=cursor.fund_balance)
+    update["insurance_fund"] = fund
+    cursor.fund_id, cursor.fund_balance = fund["last_id"], Decimal(fund["current"])
     alerts = alerts_feed()
     if (signature := _signature(alerts)) != cursor.alerts:
         update["alerts"], cursor.alerts = alerts, signature
     liquidations = liquidations_feed()
     if (signature := _signature(liquidations)) != cursor.liquidations:
         update["liquidations"], cursor.liquidations = liquidations, signature
-    if time.monotonic() - cursor.health_at >= HEALTH_EVERY_SECONDS:
-        update["health"], cursor.health_at = readiness(), time.monotonic()
+    if slow:
+        update["latency"] = _latency()
+        update["order_latency_p95_us"] = _order_p95()
+        update["health"] = readiness()
     return update
 
 
@@ -247,5 +283,6 @@ def dashboard_message(*, cursor: FeedCursor | None) -> tuple[dict, FeedCursor]:
         update = dashboard_changes(cursor=cursor)
         if update is not None:
             return {"type": "update", **update}, cursor
-    feed = dashboard_feed()
-    return {"type": "snapshot", **feed}, FeedCursor.after(feed)
+    contracts = _contracts()
+    feed = dashboard_feed(contracts=contracts)
+    return {"type": "snapshot", **feed}, FeedCursor.after(feed, contracts)

@@ -176,10 +176,11 @@
   var latencyHistory = {};
   function recordLatency(feed) {
     Object.keys(feed.latency).forEach(function (op) {
+      var at = feed.latency_at || feed.at;  // updates carry latency every few seconds
       var h = latencyHistory[op] || (latencyHistory[op] = { t: [], v: [] });
-      if (h.t.length && h.t[h.t.length - 1] >= feed.at) { return; }
-      h.t.push(feed.at); h.v.push(feed.latency[op].p95_us);
-      trim(h, ["v"], feed.at - (feed.window_seconds || 600));
+      if (h.t.length && h.t[h.t.length - 1] >= at) { return; }
+      h.t.push(at); h.v.push(feed.latency[op].p95_us);
+      trim(h, ["v"], at - (feed.window_seconds || 600));
     });
   }
 
@@ -250,6 +251,7 @@
     ["latency", "order_latency_p95_us", "alerts", "liquidations", "health"].forEach(function (k) {
       if (update[k] !== undefined) { feed[k] = update[k]; }
     });
+    if (update.latency !== undefined) { feed.latency_at = update.at; }
     feed.at = update.at;
   }
 
@@ -303,6 +305,7 @@
       var message = JSON.parse(event.data);
       if (message.type === "snapshot") {
         state = message;
+        state.latency_at = message.at;
         retryMs = 2000;
         stopPolling();
         setTransport("websocket");
