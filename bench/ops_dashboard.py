@@ -164,8 +164,8 @@ def run(args) -> None:
     print(line("baseline", base, median_base))
     print(line("snapshot", snapshot, median_base))
     print(line("update", updates, median_base))
-    print(f"one open dashboard: ~{statistics.median(updates) * 1000:.1f} ms of web-process time per second "
-          f"({statistics.median(updates) * 100:.1f}% of one core)")
+    print(f"one open dashboard: ~{statistics.median(updates) * 1000:.1f} ms a second of the web process's "
+          f"thread-sensitive thread (wall time: mostly database and Redis round trips)")
     print(machine_line())
 
 

@@ -25,8 +25,8 @@ PUSH_SECONDS = 1.0
 RECHECK_SECONDS = 30.0
 
 
-# Thread-sensitive (the default): a round runs in the thread such calls share, a few ms
-# a second per open dashboard. Off that thread (thread_sensitive=False) a pool thread
+# Thread-sensitive (the default): a round runs in the thread such calls share, about
+# six round trips a second per open dashboard (bench/ops_dashboard.py). Off that thread (thread_sensitive=False) a pool thread
 # was seen keeping a database session open after the consumer ended.
 _dashboard_message = database_sync_to_async(dashboard_message)
 

@@ -1,8 +1,8 @@
 """The ops dashboard's websocket through the project's routing (Origin check, session
 auth, consumer) with Channels' WebsocketCommunicator: anonymous and non-staff users are
 closed with 4003 (and so is an operator whose staff status is revoked), a foreign Origin
-is refused at the handshake, staff get a snapshot and
-then updates carrying only what is new (a stored price, a raised alert)."""
+is refused at the handshake, staff get a snapshot and then updates carrying only what
+is new (a stored price, a raised alert)."""
 from decimal import Decimal
 
 import pytest
