@@ -26,8 +26,9 @@ RECHECK_SECONDS = 30.0
 
 
 # Thread-sensitive (the default): a round runs in the thread such calls share, about
-# six round trips a second per open dashboard (bench/ops_dashboard.py). Off that thread (thread_sensitive=False) a pool thread
-# was seen keeping a database session open after the consumer ended.
+# six round trips a second per open dashboard (bench/ops_dashboard.py). Off that thread
+# (thread_sensitive=False) a pool thread was seen keeping a database session open after
+# the consumer ended.
 _dashboard_message = database_sync_to_async(dashboard_message)
 
 
@@ -40,6 +41,8 @@ def _still_staff(user_id: int) -> bool:
 
 
 class OpsDashboardConsumer(AsyncJsonWebsocketConsumer):
+    channel_layer_alias = None  # it pushes what it reads itself: no layer channel per connection
+
     async def connect(self):
         self._pusher = None
         self._stop = asyncio.Event()

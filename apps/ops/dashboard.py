@@ -108,8 +108,8 @@ def _prices(contracts: list[Contract], since: dict[str, float], *, end: datetime
 def _fund(*, after_id: int, limit: int, now: datetime, balance: Decimal | None = None) -> dict:
     """Fund balance after each entry with id > after_id (the newest `limit`), then now.
 
-    The balance now is the newest entry's balance after, so an update with no new
-    entry repeats `balance` (the snapshot reads it). Ids are taken in insert order: an
+    The balance now is the newest entry's balance after; with no entry it is `balance`
+    (an update's last known one), else read. Ids are taken in insert order: an
     entry committed after a later-numbered one could be skipped by an update, not the
     balance itself.
     """
@@ -190,7 +190,7 @@ def dashboard_feed(*, now: datetime | None = None, contracts: list[Contract] | N
     contracts = _contracts() if contracts is None else contracts
     symbols = [c.symbol for c in contracts]
     since = {symbol: start for symbol in symbols}
-    fund = _fund(after_id=0, limit=MAX_POINTS, now=now, balance=insurance_fund_balance())
+    fund = _fund(after_id=0, limit=MAX_POINTS, now=now)
     return {
         "at": now.timestamp(),
         "window_seconds": WINDOW_MINUTES * 60,
