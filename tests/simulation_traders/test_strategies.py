@@ -230,25 +230,31 @@ def test_trend_direction_has_hysteresis():
     assert trend_direction(signal_bps=2.5, current=-1, params=params, hold=True) == 1
 
 
-def test_trend_plans_are_sometimes_reckless():
+def test_trend_plans_are_sometimes_reckless_isolated_bets():
     params = TrendParams(reckless_probability=0.3, reckless_leverage=(50, 100))
     rng = random.Random(1)
     plans = [trend_plan(rng=rng, direction=1, params=params) for _ in range(400)]
     reckless = [p for p in plans if p.reckless]
     assert 60 < len(reckless) < 180
-    assert {p.leverage for p in reckless} == {50, 100} and all(p.usage == params.reckless_usage for p in reckless)
-    assert {p.leverage for p in plans if not p.reckless} == {params.leverage}
+    assert {p.leverage for p in reckless} == {50, 100}
+    assert all(p.exposure == params.reckless_exposure and p.margin_type == "ISOLATED" for p in reckless)
+    normal = [p for p in plans if not p.reckless]
+    assert {(p.leverage, p.exposure, p.margin_type) for p in normal} == {(params.leverage, params.exposure,
+                                                                           "CROSSED")}
     assert trend_plan(rng=rng, direction=0, params=params).reckless is False
 
 
-def test_trend_target_is_wallet_times_leverage_within_the_bracket():
-    plan = TrendPlan(direction=-1, leverage=100, usage=D("0.9"), reckless=True)
-    # 2,000 × 100 × 0.9 = 180,000 USDT, under the 250,000 cap of the 100x bracket: 2 BTC short.
-    assert trend_target(rules=BTC, plan=plan, wallet=D("2000"), mark=D("90000"), max_notional=D("250000")) == D("-2")
-    # The 125x bracket stops at 50,000: 95% of it.
-    capped = replace(plan, leverage=125)
-    assert trend_target(rules=BTC, plan=capped, wallet=D("2000"), mark=D("90000"),
-                        max_notional=D("50000")) == D("-0.527")
+def test_trend_target_is_a_multiple_of_the_wallet_within_margin_and_bracket():
+    plan = TrendPlan(direction=-1, leverage=100, exposure=D("25"), reckless=True)
+    # 2,000 × 25 = 50,000 USDT, 500 of initial margin at 100x: 0.555 BTC short at 90,000.
+    assert trend_target(rules=BTC, plan=plan, wallet=D("2000"), mark=D("90000"), max_notional=D("250000")) == D(
+        "-0.555")
+    # At 10x the wallet margins at most 2,000 × 10 × 0.95 = 19,000.
+    assert trend_target(rules=BTC, plan=replace(plan, leverage=10), wallet=D("2000"), mark=D("90000"),
+                        max_notional=None) == D("-0.211")
+    # The bracket's cap (95% of it) binds too.
+    assert trend_target(rules=BTC, plan=plan, wallet=D("2000"), mark=D("90000"),
+                        max_notional=D("40000")) == D("-0.422")
     assert trend_target(rules=BTC, plan=replace(plan, direction=0), wallet=D("2000"), mark=D("90000"),
                         max_notional=None) == 0
 

@@ -64,6 +64,8 @@ _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 # cancelled, a post-only quote that would have crossed): normal for a quoting bot.
 RACES = frozenset({-2010, -2011, -2013, -5022})
 MARGIN_INSUFFICIENT = -2019
+RISK_TOO_HIGH = -2030  # the pre-trade risk gate
+NO_NEED_TO_CHANGE_MARGIN_TYPE = -4046
 
 Faucet = Callable[[str], Awaitable[Decimal | None]]
 
@@ -360,8 +362,9 @@ class TrendFollower(Participant):
         self.slot = slot
         self.symbol = self._pick()
         self.momentum = Momentum(self.params.fast, self.params.slow)
-        self.plan = TrendPlan(0, self.params.leverage, self.params.usage)
+        self.plan = TrendPlan(0, self.params.leverage, self.params.exposure)
         self.leverage: int | None = None
+        self.margin_type: str | None = None  # as last set (None: not known yet)
         self.max_notional: Decimal | None = None
         self.initial_wallet = initial_wallet
         self.refill_below = refill_below
@@ -386,6 +389,15 @@ class TrendFollower(Participant):
         if self.symbol:
             await self.set_leverage(self.params.leverage)
 
+    async def set_margin_type(self, margin_type: str) -> None:
+        try:
+            await self.signed("POST", "/fapi/v1/marginType", {"symbol": self.symbol, "marginType": margin_type})
+        except ApiError as exc:
+            if exc.code != NO_NEED_TO_CHANGE_MARGIN_TYPE:
+                self.note_error(exc)  # e.g. an order still open: the plan goes ahead on the current type
+                return
+        self.margin_type = margin_type
+
     async def set_leverage(self, leverage: int) -> None:
         answer = await self.signed("POST", "/fapi/v1/leverage", {"symbol": self.symbol, "leverage": leverage})
         self.leverage = int(answer["leverage"])
@@ -395,8 +407,8 @@ class TrendFollower(Participant):
         if self.symbol not in self.rules:  # delisted: start over on another one
             self.symbol = self._pick()
             self.momentum = Momentum(self.params.fast, self.params.slow)
-            self.plan = TrendPlan(0, self.params.leverage, self.params.usage)
-            self.leverage = self.max_notional = None
+            self.plan = TrendPlan(0, self.params.leverage, self.params.exposure)
+            self.leverage = self.max_notional = self.margin_type = None
         view = self.market.view(self.symbol, max_age=MAX_MARK_AGE) if self.symbol else None
         if view is None:
             return
@@ -408,8 +420,12 @@ class TrendFollower(Participant):
             self.plan = trend_plan(rng=self.rng, direction=direction, params=self.params)
             self.full = False
             if self.plan.reckless:
-                logger.info("%s: %s %s at %dx, nearly all in", self.name, "long" if direction > 0 else "short",
-                            self.symbol, self.plan.leverage)
+                logger.info("%s: reckless %s %s, isolated at %dx, %sx its wallet", self.name,
+                            "long" if direction > 0 else "short", self.symbol, self.plan.leverage,
+                            fmt(self.plan.exposure))
+        position = self.portfolio.position(self.symbol)
+        if direction != 0 and position == 0 and self.margin_type != self.plan.margin_type:
+            await self.set_margin_type(self.plan.margin_type)  # only while flat
         if direction != 0 and self.leverage != self.plan.leverage:
             try:
                 await self.set_leverage(self.plan.leverage)
@@ -421,18 +437,16 @@ class TrendFollower(Participant):
             return
         target = trend_target(rules=rules, plan=self.plan, wallet=self.portfolio.wallet, mark=view.mark,
                               max_notional=self.max_notional if self.leverage == self.plan.leverage else None)
-        intent = trend_order(rules=rules, position=self.portfolio.position(self.symbol), target=target,
-                             mark=view.mark, params=self.params)
+        intent = trend_order(rules=rules, position=position, target=target, mark=view.mark, params=self.params)
         if intent is None or (self.full and not intent.reduce_only):
             return
         try:
             await self.send_order(self.symbol, intent, "F", wait_result=True)
         except ApiError as exc:
-            if exc.code == MARGIN_INSUFFICIENT:
-                if intent.reduce_only:
-                    self.stuck = True
-                else:
-                    self.full = True
+            if exc.code == MARGIN_INSUFFICIENT and intent.reduce_only:
+                self.stuck = True
+            elif exc.code in (MARGIN_INSUFFICIENT, RISK_TOO_HIGH):
+                self.full = True  # as far as this trend goes
             self.note_error(exc)
         else:
             self.stuck = False

@@ -14,8 +14,9 @@ server.
 - `taker_order`: a market order, or an IOC limit a little through the mark, of a
   random (log-normal) notional; a taker past its own position cap only reduces.
 - `Momentum` + `trend_plan` + `trend_order`: EMAs of the mark; a trend follower
-  goes with the sign of fast − slow, sometimes at a reckless leverage so that
-  occasional liquidations happen, and works toward its target in slices.
+  goes with the sign of fast − slow, sometimes with a reckless isolated bet at a high
+  leverage so that occasional liquidations happen, and works toward its target in
+  slices.
 """
 from __future__ import annotations
 
@@ -193,10 +194,13 @@ class TrendParams:
     entry_bps: float = 3.0  # |fast − slow| / slow that opens a position
     exit_bps: float = 1.0  # below this the follower goes flat (a reckless one holds on)
     leverage: int = 10
-    usage: Decimal = D("0.5")  # share of wallet × leverage put to work normally
-    reckless_probability: float = 0.3  # per new trend: go (nearly) all in at a high leverage
+    exposure: Decimal = D("5")  # position notional as a multiple of the wallet, normally (cross margin)
+    # Per new trend, the chance of a reckless bet: ISOLATED margin at 75-100x, exposure 25x
+    # the wallet. The pre-trade risk gate refuses accounts beyond about 45x (apps/risk/conf.py),
+    # but an isolated position at 100x is liquidated by a move of well under 1%.
+    reckless_probability: float = 0.3
     reckless_leverage: tuple[int, ...] = (75, 100)
-    reckless_usage: Decimal = D("0.95")
+    reckless_exposure: Decimal = D("25")
     slice_notional: Decimal = D("15000")  # at most this much per order
 
 
@@ -237,8 +241,12 @@ class Momentum:
 class TrendPlan:
     direction: int  # +1 long, −1 short, 0 flat
     leverage: int
-    usage: Decimal
-    reckless: bool = False
+    exposure: Decimal  # target notional / wallet
+    reckless: bool = False  # and then on ISOLATED margin
+
+    @property
+    def margin_type(self) -> str:
+        return "ISOLATED" if self.reckless else "CROSSED"
 
 
 def trend_direction(*, signal_bps: float, current: int, params: TrendParams, hold: bool = False) -> int:
@@ -255,20 +263,24 @@ def trend_direction(*, signal_bps: float, current: int, params: TrendParams, hol
 
 
 def trend_plan(*, rng: random.Random, direction: int, params: TrendParams) -> TrendPlan:
-    """Leverage and usage for a new trend; sometimes reckless (the demo's liquidations)."""
+    """Leverage and exposure for a new trend; sometimes reckless (the demo's liquidations)."""
     if direction != 0 and rng.random() < params.reckless_probability:
-        return TrendPlan(direction, rng.choice(params.reckless_leverage), params.reckless_usage, reckless=True)
-    return TrendPlan(direction, params.leverage, params.usage)
+        return TrendPlan(direction, rng.choice(params.reckless_leverage), params.reckless_exposure, reckless=True)
+    return TrendPlan(direction, params.leverage, params.exposure)
+
+
+MARGIN_USE = D("0.95")  # never plan to tie up more than this share of the wallet as initial margin
 
 
 def trend_target(*, rules: SymbolRules, plan: TrendPlan, wallet: Decimal, mark: Decimal,
                  max_notional: Decimal | None) -> Decimal:
-    """Signed target position: wallet × leverage × usage, within the leverage's bracket cap."""
+    """Signed target position: wallet × exposure, within what the wallet can margin at the
+    plan's leverage and within that leverage's bracket cap."""
     if plan.direction == 0 or mark <= 0 or wallet <= 0:
         return D(0)
-    notional = wallet * plan.leverage * plan.usage
+    notional = min(wallet * plan.exposure, wallet * plan.leverage * MARGIN_USE)
     if max_notional is not None:
-        notional = min(notional, max_notional * D("0.95"))
+        notional = min(notional, max_notional * MARGIN_USE)
     return rules.qty_down(notional / mark) * plan.direction
 
 
