@@ -1,6 +1,7 @@
 """One publishing pricefeed: two real `run_pricefeed` processes, the second stands by
 (no tick, `exchange_leader 0`) until the first is killed with SIGKILL, then takes the
-lease, restores from what the first stored and publishes; /readyz names the leader."""
+lease, restores from what the first stored and publishes; /readyz names the leader. A
+standby and a leader both stop cleanly on SIGTERM, the leader clearing its pid."""
 import sys
 
 import pytest
@@ -46,4 +47,15 @@ def test_second_pricefeed_stands_by_and_takes_over_when_the_leader_is_killed(spa
     wait_for(lambda: value(scrape(second_port), "pricefeed_published_total", symbol="BTCUSDT"),
              "the standby to publish", second)
     assert leader_pid("pricefeed") == second.pid and readyz_pricefeed()["leader_pid"] == second.pid
-    assert "Traceback" not in second.log_path.read_text()
+
+    # A standby stops cleanly on SIGTERM; the leader's clean stop gives the lease up and clears its pid.
+    third_port = free_ports()
+    third = pricefeed(spawn, "pricefeed3", third_port)
+    wait_for(lambda: value(scrape(third_port), "exchange_leader", service="pricefeed") == 0, "the new standby", third)
+    third.terminate()
+    assert third.wait(timeout=60) == 0
+    second.terminate()
+    assert second.wait(timeout=60) == 0
+    assert leader_pid("pricefeed") is None and readyz_pricefeed()["leader_pid"] is None
+    for process in (second, third):
+        assert "Traceback" not in process.log_path.read_text()
