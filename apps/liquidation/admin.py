@@ -1,4 +1,5 @@
-"""Liquidations, their step records and margin calls: read-only (written by the liquidation engine)."""
+"""Liquidations, their step records (ADL executions included: kind ADL, with the counterparty,
+quantity, price and PnL) and margin calls: read-only (written by the liquidation engine)."""
 from django.contrib import admin
 
 from apps.ledger.admin import ReadOnlyAdmin
@@ -10,8 +11,8 @@ class LiquidationRecordInline(admin.TabularInline):
     model = LiquidationRecord
     extra = 0
     can_delete = False
-    fields = ("created_at", "kind", "symbol", "order", "quantity", "price", "bankruptcy_price", "ratio",
-              "clearance_fee", "surplus_to_fund", "fund_cover", "bad_debt", "details")
+    fields = ("created_at", "kind", "step", "symbol", "order", "counterparty", "quantity", "price", "bankruptcy_price",
+              "pnl", "ratio", "clearance_fee", "surplus_to_fund", "fund_cover", "bad_debt", "details")
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None):
@@ -31,11 +32,12 @@ class LiquidationAdmin(ReadOnlyAdmin):
 
 @admin.register(LiquidationRecord)
 class LiquidationRecordAdmin(ReadOnlyAdmin):
-    list_display = ("id", "liquidation", "kind", "symbol", "order", "quantity", "price", "bankruptcy_price",
-                    "clearance_fee", "surplus_to_fund", "fund_cover", "bad_debt", "created_at")
-    list_filter = ("kind", "symbol")
-    search_fields = ("liquidation__user__username", "symbol")
-    list_select_related = ("liquidation__user", "order")
+    list_display = ("id", "liquidation", "kind", "step", "symbol", "order", "counterparty", "quantity", "price",
+                    "bankruptcy_price", "pnl", "clearance_fee", "surplus_to_fund", "fund_cover", "bad_debt",
+                    "created_at")
+    list_filter = ("kind", "symbol")  # kind ADL: every auto-deleveraging execution
+    search_fields = ("liquidation__user__username", "counterparty__username", "symbol")
+    list_select_related = ("liquidation__user", "order", "counterparty")
 
 
 @admin.register(MarginCall)

@@ -53,6 +53,7 @@ from apps.ledger.selectors import balance_amount
 from apps.ledger.services import system_account, user_balances_lock
 from apps.marketdata.models import PriceSample
 from apps.positions.booking import LiquidationOutcome
+from apps.positions.models import Position
 from apps.positions.risk import position_risk
 from apps.positions.selectors import PositionView, account_overview
 from apps.positions.tiers import contract_tiers
@@ -362,7 +363,7 @@ def liquidation_advance(*, liquidation: Liquidation) -> str:
             return "busy"
         # The last step: a liquidation order, or an ADL step (after which it starts again).
         last = (liquidation.records.filter(kind__in=(RecordKind.ORDER, RecordKind.DELEVERAGE))
-                .select_related("order").order_by("-id").first())
+                .select_related("order__contract__settle_asset").order_by("-id").first())
         order = last.order if last is not None and last.kind == RecordKind.ORDER else None
         if order is not None and order.status in OPEN_STATUSES:
             return "waiting"
@@ -410,16 +411,18 @@ def _gapped_view(liquidation: Liquidation, contract_id: int) -> tuple[MarginStat
 
 
 def _gap_stage(liquidation: Liquidation, order: Order, stage: str) -> str:
-    """"market" only while the insurance fund can pay for a gap of at least one tick, else "adl";
-    "bankruptcy" when the gapped position is gone or the ratio is back (the normal path decides)."""
-    if stage == "bankruptcy":
+    """"market" only while the insurance fund could pay for a gap of at least one tick on the whole
+    remaining position, else "adl" (cheap reads: the exact limit is set under the locks, and an ADL
+    step judges the scope again there)."""
+    if stage != "market":
         return stage
-    status, view = _gapped_view(liquidation, order.contract_id)
-    if view is None:
+    contract = order.contract
+    size = Position.objects.filter(user_id=liquidation.user_id, contract=contract).values_list("size", flat=True) \
+        .first()
+    if not size:
         return "bankruptcy"
-    if stage == "market" and _fund_limit(view, status, abs(view.position.size)) is None:
-        return "adl"
-    return stage
+    fund = balance_amount(account=system_account(AccountKind.INSURANCE_FUND), asset_code=contract.settle_asset.code)
+    return "market" if fund >= contract.tick_size * abs(size) * contract.contract_size else "adl"
 
 
 def _deleverage(liquidation: Liquidation, last: LiquidationRecord) -> str | None:

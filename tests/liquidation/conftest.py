@@ -13,6 +13,8 @@ from apps.trading.engine import SymbolEngine
 from apps.trading.matching import batch_process
 from apps.trading.services import order_place
 
+from .helpers import isolated_of, wallet_of
+
 D = Decimal
 
 
@@ -71,3 +73,23 @@ def fund_seed(usdt):
             Leg(system_account(AccountKind.EXTERNAL), usdt, -D(amount))], memo="fund seed")
 
     return seed
+
+
+@pytest.fixture
+def gapped_long(funded, mark, btcusdt, engine):
+    """alice: isolated long 2 @ 50,000 at 10× (margin 10,000: bankrupt at 45,000) bought from three
+    shorts; bob long 1 from uma. The mark falls to 44,000 with no bid in the book."""
+    alice = funded("alice", "20000", leverage=10, isolated=True)
+    sam, tom, uma, bob = funded("sam", "1300"), funded("tom", "6000"), funded("uma"), funded("bob")
+    mark("50000")
+    order_place(user=sam, contract=btcusdt, side="SELL", quantity=D("0.5"), price=D("50000"))
+    order_place(user=tom, contract=btcusdt, side="SELL", quantity=D("0.5"), price=D("50000"))
+    order_place(user=uma, contract=btcusdt, side="SELL", quantity=D("2"), price=D("50000"))
+    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("2"), price=D("50000"))
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("1"), price=D("50000"))
+    batch_process(engine)
+    # Maker fees 0.02%: sam 5, tom 5, uma 20; alice's taker fee 40 and her margin leave the wallet.
+    assert (wallet_of(sam), wallet_of(tom), wallet_of(uma)) == (D("1295"), D("5995"), D("99980"))
+    assert (wallet_of(alice), isolated_of(alice, btcusdt)) == (D("9960"), D("10000"))
+    mark("44000")
+    return alice, sam, tom, uma, bob

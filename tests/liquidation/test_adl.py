@@ -6,6 +6,7 @@ import time
 from decimal import Decimal
 
 import pytest
+from django.urls import reverse
 
 from apps.accounts.user_stream import order_trade_update
 from apps.ledger.models import Income, IncomeType, LedgerTransaction, TransactionKind
@@ -17,32 +18,11 @@ from apps.ops.invariants import run_all_invariants
 from apps.ops.metrics import ADL_EVENTS
 from apps.trading.matching import EVENTS_CHANNEL, batch_process
 from apps.trading.models import OrderStatus, OrderType
-from apps.trading.services import order_place
 from exchange.redis import get_redis
 
 from .helpers import bad_debt, fund, isolated_of, records, size_of, wallet_of
 
 D = Decimal
-
-
-@pytest.fixture
-def gapped_long(funded, mark, btcusdt, engine):
-    """alice: isolated long 2 @ 50,000 at 10× (margin 10,000: bankrupt at 45,000) bought from three
-    shorts; bob long 1 from uma. The mark falls to 44,000 with no bid in the book."""
-    alice = funded("alice", "20000", leverage=10, isolated=True)
-    sam, tom, uma, bob = funded("sam", "1300"), funded("tom", "6000"), funded("uma"), funded("bob")
-    mark("50000")
-    order_place(user=sam, contract=btcusdt, side="SELL", quantity=D("0.5"), price=D("50000"))
-    order_place(user=tom, contract=btcusdt, side="SELL", quantity=D("0.5"), price=D("50000"))
-    order_place(user=uma, contract=btcusdt, side="SELL", quantity=D("2"), price=D("50000"))
-    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("2"), price=D("50000"))
-    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("1"), price=D("50000"))
-    batch_process(engine)
-    # Maker fees 0.02%: sam 5, tom 5, uma 20; alice's taker fee 40 and her margin leave the wallet.
-    assert (wallet_of(sam), wallet_of(tom), wallet_of(uma)) == (D("1295"), D("5995"), D("99980"))
-    assert (wallet_of(alice), isolated_of(alice, btcusdt)) == (D("9960"), D("10000"))
-    mark("44000")
-    return alice, sam, tom, uma, bob
 
 
 def test_empty_fund_deleverages_the_most_profitable_most_leveraged_shorts(
@@ -115,7 +95,7 @@ def test_empty_fund_deleverages_the_most_profitable_most_leveraged_shorts(
     assert run_all_invariants() == []
 
 
-def test_cross_long_is_deleveraged_to_a_zero_wallet(funded, trade, mark, btcusdt, engine):
+def test_cross_long_is_deleveraged_to_a_zero_wallet(funded, trade, mark, btcusdt, engine, admin_client):
     alice = funded("alice", "3000")
     bob = funded("bob")
     mark("50000")
@@ -131,6 +111,9 @@ def test_cross_long_is_deleveraged_to_a_zero_wallet(funded, trade, mark, btcusdt
     assert size_of(alice) == size_of(bob) == 0
     assert fund() == 0 and bad_debt() == 0
     assert liquidation_advance(liquidation=liquidation) == "finished"
+    # Ops see the ADL executions in the admin, by kind.
+    page = admin_client.get(reverse("admin:liquidation_liquidationrecord_changelist"), {"kind__exact": "ADL"})
+    assert page.status_code == 200 and "bob" in page.content.decode() and "47020" in page.content.decode()
     assert run_all_invariants() == []
 
 
