@@ -212,8 +212,9 @@ def test_portfolio_follows_answers_events_and_snapshots():
     p.on_user_event({"e": "ORDER_TRADE_UPDATE", "o": {"s": "BTCUSDT", "i": 2, "x": "EXPIRED", "X": "EXPIRED",
                                                       "o": "LIMIT"}}, known_symbols=symbols)
     assert set(p.orders) == {1}
-    p.on_user_event({"e": "ORDER_TRADE_UPDATE", "o": {"s": "BTCUSDT", "i": 99, "x": "NEW", "X": "NEW",
-                                                      "o": "LIQUIDATION"}}, known_symbols=symbols)
+    for x, status in (("NEW", "NEW"), ("TRADE", "PARTIALLY_FILLED"), ("EXPIRED", "EXPIRED")):
+        p.on_user_event({"e": "ORDER_TRADE_UPDATE", "o": {"s": "BTCUSDT", "i": 99, "x": x, "X": status,
+                                                          "o": "LIQUIDATION"}}, known_symbols=symbols)
     assert p.liquidations == 1 and 99 not in p.orders
     p.on_user_event({"e": "ACCOUNT_UPDATE", "a": {"B": [{"a": "USDT", "wb": "99990.5"}],
                                                   "P": [{"s": "BTCUSDT", "pa": "0.01"}]}}, known_symbols=symbols)

@@ -63,6 +63,7 @@ _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 # Refusals that only mean the order changed state before the request arrived (filled,
 # cancelled, a post-only quote that would have crossed): normal for a quoting bot.
 RACES = frozenset({-2010, -2011, -2013, -5022})
+IN_LIQUIDATION = -2023
 MARGIN_INSUFFICIENT = -2019
 RISK_TOO_HIGH = -2030  # the pre-trade risk gate
 NO_NEED_TO_CHANGE_MARGIN_TYPE = -4046
@@ -153,7 +154,7 @@ class Participant:
             logger.warning("%s: %s (state re-read from the server next)", self.name, exc)
             self.request_reconcile()
         if self.portfolio.liquidations > liquidations:
-            logger.info("%s: liquidation order on its account (the liquidation engine took over)", self.name)
+            logger.info("%s: liquidated (the liquidation engine closed a position)", self.name)
 
     def note_error(self, exc: ApiError) -> None:
         self.stats.errors[str(exc.code)] += 1
@@ -163,7 +164,7 @@ class Participant:
             self._error_logged[exc.code] = (last, suppressed + 1)
             return
         more = f" (and {suppressed} more since the last report)" if suppressed else ""
-        level = logging.INFO if exc.code in RACES else logging.WARNING
+        level = logging.INFO if exc.code in RACES or exc.code == IN_LIQUIDATION else logging.WARNING
         logger.log(level, "%s: API refused %s: %s%s", self.name, exc.code, exc.msg, more)
         self._error_logged[exc.code] = (now, 0)
 
@@ -371,6 +372,7 @@ class TrendFollower(Participant):
         self.full = False  # the margin ran out for the current trend: only reduce until it changes
         self.stuck = False  # not even a reduce-only order could hold its fee (-2019): the faucet may help
         self._refilled_at = float("-inf")
+        self._liquidations = 0
 
     def _pick(self) -> str | None:
         """Its symbol: the perpetuals round robin by slot (funding is part of the show)."""
@@ -416,6 +418,9 @@ class TrendFollower(Participant):
         self.momentum.update(view.mark)
         direction = trend_direction(signal_bps=self.momentum.signal_bps, current=self.plan.direction,
                                     params=self.params, hold=self.plan.reckless)
+        if self.portfolio.liquidations > self._liquidations:
+            self._liquidations = self.portfolio.liquidations
+            self.full = True  # burnt: sit this trend out instead of betting again at once
         if direction != self.plan.direction:
             self.plan = trend_plan(rng=self.rng, direction=direction, params=self.params)
             self.full = False
@@ -445,7 +450,7 @@ class TrendFollower(Participant):
         except ApiError as exc:
             if exc.code == MARGIN_INSUFFICIENT and intent.reduce_only:
                 self.stuck = True
-            elif exc.code in (MARGIN_INSUFFICIENT, RISK_TOO_HIGH):
+            elif exc.code in (MARGIN_INSUFFICIENT, RISK_TOO_HIGH, IN_LIQUIDATION):
                 self.full = True  # as far as this trend goes
             self.note_error(exc)
         else:

@@ -113,7 +113,8 @@ async def run_traders(*, config: RunConfig, credentials: list[Credentials], fauc
     summary = {"seed": config.seed, "base_url": config.base_url, "started_at": started.isoformat(),
                "symbols": [], "participants": [], "market": {}}
     budget = WeightBudget(config.weight_per_minute)
-    timeout = httpx.Timeout(15.0, connect=3.0)
+    # Generous: a loaded machine makes order entry slow, and a timed-out order is an unknown outcome.
+    timeout = httpx.Timeout(30.0, connect=3.0)
     async with httpx.AsyncClient(base_url=config.base_url, timeout=timeout) as http:
         public = RestClient(http, budget=budget, stopping=stopping)
         try:

@@ -207,8 +207,8 @@ class Portfolio:
             return
         if o.get("x") == "TRADE":
             self.fills += 1
-        if o.get("o") == "LIQUIDATION" and o.get("x") == "NEW":
-            self.liquidations += 1
+        if o.get("o") == "LIQUIDATION" and o.get("X") not in OPEN:
+            self.liquidations += 1  # once per liquidation order, at its final status
         known = self.orders.get(order_id)
         if o.get("X") not in OPEN:
             self.orders.pop(order_id, None)
