@@ -18,7 +18,9 @@ frames leave from one FIFO queue, so every stream keeps the relay's order.
 
 A slow connection cannot hold up the others or grow memory: its queue is bounded
 (`SINK_MAX_FRAMES`); when full, the connection leaves every stream at once, its
-queue is dropped and its consumer closes it (`on_overflow`, close code 4013). A
+queue is dropped and its consumer closes it (`on_overflow`, close code 4013; a
+client that does not read up to the close frame within daphne's close handshake
+timeout sees the TCP connection end instead). A
 sink stops writing while the server says the client's socket is backed up: either
 its `send` awaits (servers with back-pressure) or, under daphne, whose `send` never
 waits, the Twisted transport pauses it as a push producer (`pauseProducing` once
@@ -57,6 +59,7 @@ SINK_MAX_FRAMES = 1000  # frames one connection may have waiting before it is dr
 SUBSCRIBE_WAIT_SECONDS = 5.0  # a join waits this long for Redis to confirm a new subscription
 RECONNECT_MIN_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
+WRITER_YIELD_EVERY = 64  # frames a writer sends back to back before it lets other tasks run
 POLL_SECONDS = 1.0  # the reader's read timeout (it also notices an idle dead connection this way)
 
 
@@ -153,6 +156,8 @@ class Sink:
                     continue
                 await self._write(queue.popleft())
                 self.written += 1
+                if self.written % WRITER_YIELD_EVERY == 0:  # daphne's send never suspends: let others run
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except Exception:  # the connection is gone: stop taking frames for it

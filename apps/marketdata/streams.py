@@ -1,13 +1,13 @@
-"""Market stream names, Channels groups and payloads (Binance USDⓈ-M conventions).
+"""Market stream names, groups and payloads (Binance USDⓈ-M conventions).
 
 Pure functions shared by the websocket consumer and the stream relay. A stream
-name is parsed into a `Stream` (`parse_stream`), which says which Channels group
-carries it (`Stream.group`) and how a group message becomes the client payload
-(`Stream.render`). Supported names: `<symbol>@markPrice[@1s]`,
+name is parsed into a `Stream` (`parse_stream`), which says which group carries
+it (`Stream.group`; each group is one Redis channel, `apps.marketdata.fanout`)
+and how a group message becomes the client payload (`Stream.render`). Supported names: `<symbol>@markPrice[@1s]`,
 `!markPrice@arr[@1s]`, `<symbol>@aggTrade`, `<symbol>@depth[@100ms|@250ms|@500ms|@0ms]`,
 `<symbol>@depth<5|10|20>[@...ms]`, `<symbol>@bookTicker` and
 `<symbol>@kline_<interval>` (1m ... 1d); symbols are lowercase in names. Group
-messages are `{"type": "md.push", "kind": ..., "symbol": ..., "data": ...}` with
+messages are `{"kind": ..., "symbol": ..., "data": ...}` (`relay.stream_update`) with
 kinds mark, markarr, aggTrade, depth, book and kline (which also carries
 "interval"). Payload field names and types follow Binance exactly (prices and
 quantities as strings, times as epoch ms). A listen key is not a stream name: the
@@ -26,7 +26,6 @@ DEPTH_GROUP = "md.depth.{symbol}"
 BOOK_GROUP = "md.book.{symbol}"
 KLINE_GROUP = "md.kline.{symbol}.{interval}"
 BOOK_LEVELS = 20  # levels the relay sends in a book snapshot (the deepest partial stream)
-PUSH = "md.push"
 
 # Kline interval -> width in ms. Every one of these opens on a multiple of its width
 # since the epoch (as the REST klines do); 3d/1w/1M are REST-only.
@@ -74,20 +73,6 @@ class Stream:
         if self.kind == "kline":
             return KLINE_GROUP.format(symbol=self.symbol, interval=self.interval)
         return BOOK_GROUP.format(symbol=self.symbol)  # partial depth, bookTicker
-
-    def accepts(self, message: dict) -> bool:
-        kind = message.get("kind")
-        if self.kind == "markarr":
-            return kind == "markarr"
-        if message.get("symbol") != self.symbol:
-            return False
-        if self.kind in ("mark", "aggTrade"):
-            return kind == self.kind
-        if self.kind == "kline":
-            return kind == "kline" and message.get("interval") == self.interval
-        if self.kind == "depth" and self.levels is None:
-            return kind == "depth"
-        return kind == "book"
 
     def render(self, message: dict) -> list:
         """The client payloads (zero or more) this stream makes of a group message."""

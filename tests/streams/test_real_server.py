@@ -251,13 +251,16 @@ def test_daphne_closes_a_client_that_stops_reading_and_keeps_serving_the_others(
                     assert published < 10_000, "the client that reads nothing was never dropped"
                     await sync_to_async(publish_depth)(published + 1, 250)
                     published += 250
-                # Its last frames are what the server had written before it gave up; then the close.
+                # Its last frames are what the server had written before it gave up, then the close:
+                # 4013 if the client reads up to it within the server's close handshake timeout
+                # (autobahn: 1 s), otherwise the server drops the TCP connection without it.
                 received = 0
                 with pytest.raises(ConnectionClosed) as closed:
                     while True:
                         await asyncio.wait_for(slow.recv(), 30)
                         received += 1
-                assert closed.value.rcvd.code == CLOSE_SLOW == 4013 and received < published
+                assert received < published
+                assert closed.value.rcvd is None or closed.value.rcvd.code == CLOSE_SLOW == 4013
                 # The other client's stream never stopped.
                 await sync_to_async(redis.publish)(*stream_update("md.trade.BTCUSDT", "aggTrade", "BTCUSDT", [
                     {"e": "aggTrade", "E": 1, "s": "BTCUSDT", "a": 77, "p": "50000", "q": "0.001", "f": 77,
