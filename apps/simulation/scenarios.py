@@ -61,8 +61,8 @@ class Size:
 
 
 SIZES = {
-    "small": Size(start=SMALL_START, minutes=32, step_seconds=60, tick_seconds=20, makers=2, takers=2,
-                  trend_followers=3, holders=4, event_minute=12, sample_every=4, delivery_minute=32,
+    "small": Size(start=SMALL_START, minutes=32, step_seconds=60, tick_seconds=30, makers=2, takers=1,
+                  trend_followers=2, holders=4, event_minute=12, sample_every=4, delivery_minute=32,
                   settlement_window=15),
     "full": Size(start=FULL_START, minutes=360, step_seconds=20, tick_seconds=5, makers=4, takers=6,
                  trend_followers=8, holders=10, event_minute=120, sample_every=6, delivery_minute=270,

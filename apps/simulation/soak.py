@@ -3,7 +3,7 @@
 `soak_run(seed=S, events=N)` draws N events from one `random.Random(S)` on a fresh
 database: limit orders (all time-in-force values, some reduce-only), market orders,
 stop-market orders, cancels, cancel-alls, amends, leverage changes, deposits, matcher
-batches, price ticks (the clock moves 1-10 s; the simulated venues are volatile and
+batches, price ticks (the clock moves 1-60 s; the simulated venues are volatile and
 jumpy so accounts do get liquidated), liquidation sweeps, funding (every due funding
 time, settled as the clock crosses the hour) and process restarts (`SimExchange.restart`:
 the books, the pricing pipelines and every process cache are dropped and rebuilt from
@@ -15,25 +15,34 @@ checks of `manage.py check_ledger`) and the C books' own `validate()`. It stops 
 the first violation (or unexpected exception) and reports the event number and the
 command that replays the run up to that event: the run is a function of the seed, so
 `simulate --soak --seed S --events N` reproduces it.
+
+Deliveries: a delivery contract delivering 31 simulated minutes in is listed at the
+start and, each time one has been settled, the next a day later (`delivery_list`, the
+listing service); orders go to any contract that is TRADING or CLOSE_ONLY, and the delivery job
+runs with the beat's cadence (each simulated minute the clock reaches).
 """
 from __future__ import annotations
 
 import random
 import sys
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
+from apps.contracts.calendar import delivery_symbol
+from apps.contracts.models import Contract, ContractStatus, ContractType
 from apps.ledger.services import wallet_deposit
 from apps.ops.invariants import ALL_CHECKS, run_all_invariants
 from apps.positions.services import leverage_change
+from apps.settlement.delivery import delivery_list
 from apps.trading.models import OPEN_STATUSES, Order, OrderType
 from apps.trading.services import order_amend, order_cancel, order_place, orders_cancel_all
 from exchange.errors import ExchangeError
 
-from .world import PriceModel, SimExchange, market_create, participant_create, tasks_in_process
+from .world import SYMBOL, PriceModel, SimExchange, market_create, participant_create, tasks_in_process
 
 D = Decimal
 SOAK_START = datetime(2026, 3, 2, 0, 0, 30, tzinfo=UTC)
@@ -45,6 +54,12 @@ WEIGHTS = {
 }
 TIME_IN_FORCE = ("GTC", "GTC", "GTC", "IOC", "FOK", "GTX")
 VOLATILE = PriceModel(volatility=2.5, jump_rate_per_day=40.0, jump_sd=0.012)
+# The first delivery contract is close-only one minute in and delivers 31 minutes in; each
+# next one a day later (the symbol carries only the date: one delivery per base a day).
+FIRST_DELIVERY = timedelta(minutes=31)
+NEXT_DELIVERY = timedelta(days=1)
+DELIVERY_WINDOW_MINUTES = 30
+OPEN_FOR_ORDERS = (ContractStatus.TRADING, ContractStatus.CLOSE_ONLY)
 
 
 class SoakFailure(Exception):
@@ -87,8 +102,11 @@ class Soak:
             leverage = self.rng.choice((5, 10, 20, 25, 50))
             self.users.append(participant_create(name=f"soak{i}", deposit=deposit, contract=self.contract,
                                                  leverage=leverage))
+        self._list_delivery(SOAK_START + FIRST_DELIVERY, now=SOAK_START)
         self.exchange = SimExchange(start=SOAK_START, seed=seed, prices=VOLATILE)
+        self.exchange.deliver()
         self.exchange.tick_prices()
+        self._load_contracts()
         self.orders: list[tuple[object, int]] = []  # (user, order id) of orders that may be open
         self.refusals: Counter = Counter()
         self._kinds = list(WEIGHTS)
@@ -96,8 +114,26 @@ class Soak:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _mark(self) -> Decimal:
-        return self.exchange.mark(self.contract)
+    def _list_delivery(self, due: datetime, *, now: datetime) -> Contract:
+        """List a delivery contract due at `due`, or the first free day after it."""
+        while Contract.objects.filter(symbol=delivery_symbol(SYMBOL, due)).exists():
+            due += NEXT_DELIVERY
+        contract = delivery_list(base_symbol=SYMBOL, delivery_time=due, now=now, template=self.contract)
+        Contract.objects.filter(pk=contract.pk).update(settlement_window_minutes=DELIVERY_WINDOW_MINUTES)
+        return contract
+
+    def _load_contracts(self) -> None:
+        """The contracts orders may go to (their statuses move with the delivery job)."""
+        self.contracts = list(Contract.objects.select_related("settle_asset")
+                              .filter(status__in=OPEN_FOR_ORDERS).order_by("pk"))
+
+    def _contract(self) -> Contract:
+        """The perpetual three times in four, else one of the open delivery contracts."""
+        others = [c for c in self.contracts if c.pk != self.contract.pk]
+        return self.rng.choice(others) if others and self.rng.random() < 0.25 else self.contract
+
+    def _mark(self, contract: Contract | None = None) -> Decimal:
+        return self.exchange.mark(contract or self.contract)
 
     def _price(self, mark: Decimal, spread: float) -> Decimal:
         tick = self.contract.tick_size
@@ -116,7 +152,7 @@ class Soak:
 
     def _remember(self, user, order) -> None:
         if order is not None:
-            self.orders.append((user, order.pk))
+            self.orders.append((user, order.contract_id, order.pk))
 
     def _pick_order(self):
         if not self.orders:
@@ -127,9 +163,9 @@ class Soak:
 
     def prune(self) -> None:
         """Forget orders that are closed (their ids would only draw refusals)."""
-        open_ids = set(Order.objects.filter(pk__in=[pk for _, pk in self.orders], status__in=OPEN_STATUSES)
+        open_ids = set(Order.objects.filter(pk__in=[pk for _, _, pk in self.orders], status__in=OPEN_STATUSES)
                        .values_list("pk", flat=True))
-        self.orders = [(u, pk) for u, pk in self.orders if pk in open_ids]
+        self.orders = [o for o in self.orders if o[2] in open_ids]
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -139,16 +175,19 @@ class Soak:
         return kind
 
     def do_limit(self) -> None:
-        user, mark = self.rng.choice(self.users), self._mark()
+        contract = self._contract()
+        user, mark = self.rng.choice(self.users), self._mark(contract)
+        if mark is None:  # listed a moment ago, not priced yet
+            return
         side = self.rng.choice(("BUY", "SELL"))
-        order = self._call(order_place, user=user, contract=self.contract, side=side, order_type=OrderType.LIMIT,
+        order = self._call(order_place, user=user, contract=contract, side=side, order_type=OrderType.LIMIT,
                            quantity=self._qty(), price=self._price(mark, 0.012),
                            time_in_force=self.rng.choice(TIME_IN_FORCE), reduce_only=self.rng.random() < 0.08)
         self._remember(user, order)
 
     def do_market(self) -> None:
         user = self.rng.choice(self.users)
-        self._call(order_place, user=user, contract=self.contract, side=self.rng.choice(("BUY", "SELL")),
+        self._call(order_place, user=user, contract=self._contract(), side=self.rng.choice(("BUY", "SELL")),
                    order_type=OrderType.MARKET, quantity=self._qty(), reduce_only=self.rng.random() < 0.15)
 
     def do_stop(self) -> None:
@@ -164,25 +203,27 @@ class Soak:
     def do_cancel(self) -> None:
         picked = self._pick_order()
         if picked is not None:
-            user, pk = picked
+            user, _, pk = picked
             self.orders.pop()
-            self._call(order_cancel, user=user, contract=self.contract, order_id=pk)
+            self._call(order_cancel, user=user, order_id=pk)
 
     def do_cancel_all(self) -> None:
-        self._call(orders_cancel_all, user=self.rng.choice(self.users), contract=self.contract)
+        self._call(orders_cancel_all, user=self.rng.choice(self.users), contract=self._contract())
 
     def do_amend(self) -> None:
         picked = self._pick_order()
         if picked is None:
             return
-        user, pk = picked
+        user, contract_id, pk = picked
         row = Order.objects.filter(pk=pk).values("executed_qty", "quantity", "order_type", "status").first()
-        if row is None or row["order_type"] != OrderType.LIMIT or row["status"] not in OPEN_STATUSES:
+        contract = next((c for c in self.contracts if c.pk == contract_id), None)
+        if row is None or contract is None or row["order_type"] != OrderType.LIMIT \
+                or row["status"] not in OPEN_STATUSES or self._mark(contract) is None:
             return
-        quantity = max(row["executed_qty"] + self.contract.lot_size,
-                       row["quantity"] + self.rng.choice((-2, -1, 1, 3)) * self.contract.lot_size)
-        self._call(order_amend, user=user, contract=self.contract, order_id=pk, quantity=quantity,
-                   price=self._price(self._mark(), 0.01))
+        quantity = max(row["executed_qty"] + contract.lot_size,
+                       row["quantity"] + self.rng.choice((-2, -1, 1, 3)) * contract.lot_size)
+        self._call(order_amend, user=user, contract=contract, order_id=pk, quantity=quantity,
+                   price=self._price(self._mark(contract), 0.01))
 
     def do_leverage(self) -> None:
         self._call(leverage_change, user=self.rng.choice(self.users), contract=self.contract,
@@ -196,8 +237,16 @@ class Soak:
         self.exchange.match()
 
     def do_tick(self) -> None:
-        self.exchange.advance(self.rng.randint(1, 10))
+        self.exchange.advance(self.rng.randint(1, 60))
         self.exchange.tick_prices()
+        if self.exchange.deliver():  # something moved: a status, a settlement, a listing
+            now = self.exchange.now
+            if not Contract.objects.filter(contract_type=ContractType.DELIVERY, status__in=(
+                    ContractStatus.PENDING, *OPEN_FOR_ORDERS), delivery_time__lt=now + 2 * NEXT_DELIVERY).exists():
+                self._list_delivery(now + NEXT_DELIVERY, now=now)
+                self.exchange.contracts_listed()
+                self.exchange.deliver(force=True)  # the scheduler opens it
+            self._load_contracts()
 
     def do_sweep(self) -> None:
         self.exchange.liquidate()
@@ -209,8 +258,10 @@ class Soak:
         before = {s: e.book.state_hash() for s, e in self.exchange.matcher.engines.items()}
         self.exchange.restart()
         after = {s: e.book.state_hash() for s, e in self.exchange.matcher.engines.items()}
-        if before != after:
-            raise SoakFailure(f"book rebuilt from the database differs from the one in memory: {before} != {after}")
+        # A settled contract's book is not taken up again; every other one must come back equal.
+        changed = {s: (before[s], after.get(s)) for s in before if s in after and before[s] != after[s]}
+        if changed:
+            raise SoakFailure(f"books rebuilt from the database differ from those in memory: {changed}")
 
     # -- checks ------------------------------------------------------------------------------------
 
@@ -237,7 +288,8 @@ def soak_run(*, seed: int, events: int, check_every: int = 10_000, out=None) -> 
                 result.counts[soak.event()] += 1
                 problems = soak.check() if number % check_every == 0 or number == events else None
             except Exception as exc:
-                problems = [f"{type(exc).__name__}: {exc}"]
+                where = traceback.extract_tb(exc.__traceback__)[-1]
+                problems = [f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"]
             if problems is not None:
                 if problems:
                     result.failure = (f"event {number}: {len(problems)} problem(s):\n  " + "\n  ".join(problems)
@@ -249,6 +301,7 @@ def soak_run(*, seed: int, events: int, check_every: int = 10_000, out=None) -> 
                 elapsed = time.perf_counter() - started
                 out.write(f"{number} events, {result.rounds} invariant rounds passed, "
                           f"{number / elapsed:.1f} events/s, simulated {soak.exchange.now:%Y-%m-%d %H:%M:%S}\n")
+                out.flush()
     result.seconds = time.perf_counter() - started
     result.refusals = soak.refusals
     out.write(f"soak seed {seed}: {result.events} events in {result.seconds:.1f} s ({result.rate:.1f} events/s), "

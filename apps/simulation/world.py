@@ -219,16 +219,18 @@ class SimExchange:
         self._next_funding = min(upcoming) if upcoming else None
         return done
 
-    def deliver(self) -> list[str]:
+    def deliver(self, *, force: bool = False) -> list[str]:
         """The delivery job (lifecycle steps, settlement, the roll) at the simulated time; like
-        beat, once a minute."""
+        beat, once a minute (`force`: now, as ops' "settle now" would)."""
         minute = self.now.replace(second=0, microsecond=0)
-        if minute == self._delivered_minute:
+        if minute == self._delivered_minute and not force:
             return []
         self._delivered_minute = minute
         steps = delivery_advance(now=self.now)
         if any(step.startswith("listed ") for step in steps):
             self.contracts_listed()
+        elif steps:
+            self.matcher.acquire_leases()  # as the worker retries: a contract that opened now
         return steps
 
     def mark(self, contract: Contract) -> Decimal | None:

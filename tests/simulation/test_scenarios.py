@@ -25,7 +25,9 @@ from apps.simulation.report import PLOTS  # noqa: E402
 from apps.simulation.scenarios import SIZES, scenario_run  # noqa: E402
 from apps.trading.models import Trade  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# All transactional (the scenario commits through the matcher's durable batches), so pytest-django keeps
+# them together and the module fixture runs once.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 SEED = 11
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -115,6 +117,6 @@ def test_the_crash_happened_as_scripted(crash):
     assert summary["liquidations"]["fills"] > 0
 
 
-def test_same_seed_same_summary(crash, transactional_db):
+def test_same_seed_same_summary(crash):
     _, first, _ = crash
     assert scenario_run(name="crash", seed=SEED, size="small") == first
