@@ -59,7 +59,7 @@ def user_events_message(*, user_id: int, payloads: list[dict]) -> tuple[str, str
 
 
 def user_events_publish(*, user_id: int, payloads: list[dict]) -> None:
-    """Push events to a user's data streams, from sync code (call it after commit); best effort."""
+    """Push events to a user's data streams from sync code (after commit); Redis errors are the caller's."""
     from exchange.redis import get_redis
 
     get_redis().publish(*user_events_message(user_id=user_id, payloads=payloads))

@@ -16,6 +16,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from apps.accounts.user_stream import user_events_publish
 from apps.marketdata import fanout
 from apps.marketdata.consumers import CLOSE_SLOW
 from apps.marketdata.fanout import Frame, channel_of, get_hub
@@ -196,3 +197,25 @@ def test_the_hub_subscribes_again_after_its_redis_connection_is_killed(btcusdt, 
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def test_user_events_reach_every_connection_of_their_user_only(funded, listen_key):
+    alice, bob = funded("alice"), funded("bob")
+    alice_key, bob_key = listen_key(alice), listen_key(bob)
+
+    async def body():
+        raw = await connect(f"/ws/{alice_key}")
+        combined = await connect(f"/stream?streams={alice_key}")
+        other = await connect(f"/ws/{bob_key}")
+        assert await subscribers(channel_of(f"user.{alice.pk}")) == 1
+        notice = {"e": "DELIVERY_NOTICE", "E": 5, "s": "BTCUSDT_261225", "dt": 9, "pa": "0.5"}
+        await sync_to_async(user_events_publish)(user_id=alice.pk, payloads=[notice])
+        assert await frame(raw) == notice
+        assert await frame(combined) == {"stream": alice_key, "data": notice}
+        # Bob's own event is the first thing on his socket: alice's did not reach him.
+        await sync_to_async(user_events_publish)(user_id=bob.pk, payloads=[notice | {"E": 6}])
+        assert (await frame(other))["E"] == 6
+        for ws in (raw, combined, other):
+            await ws.disconnect()
+
+    run(body)
