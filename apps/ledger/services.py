@@ -230,12 +230,39 @@ SELECT p, account_id, asset_id, after FROM short
 """
 
 
+# A large call in which every balance appears once (a funding or delivery posting): the
+# balance update itself yields each entry's balance_after (RETURNING), so the legs meet
+# the balances in one join and nothing is materialised. A balance that must not go
+# negative is refused by its CHECK; WRITE_SQL then names it, writing nothing.
+MOVE_SQL = """
+{legs},
+txn AS (SELECT * FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(id, p1)),
+moved AS (
+    UPDATE ledger_balance b SET amount = b.amount + l.amount, updated_at = now()
+    FROM legs l JOIN txn t ON t.p1 = l.p + 1 AND t.id IS NOT NULL
+    WHERE b.account_id = l.account_id AND b.asset_id = l.asset_id
+    RETURNING l.ord, t.id AS transaction_id, l.account_id, l.asset_id, l.amount, b.amount AS after
+)
+INSERT INTO ledger_ledgerentry (transaction_id, account_id, asset_id, amount, balance_after)
+SELECT transaction_id, account_id, asset_id, amount, after FROM moved ORDER BY ord
+"""
+NON_NEGATIVE = "balance_non_negative_unless_allowed"
+
+
 def _write(stage, *, txn_ids: list[int | None], once: bool, assets: dict[str, Asset]) -> None:
     """Entries and balances of the new postings in one statement, or InsufficientBalance and nothing written.
 
     A transaction is atomic: what must not go negative is each balance after all the
     legs of a posting (postings in order, each seeing the ones before it).
     """
+    if once and stage.copied:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(MOVE_SQL.format(legs=stage.cte), [*stage.params, txn_ids])
+            return
+        except IntegrityError as exc:
+            if NON_NEGATIVE not in str(exc):
+                raise
     sql = WRITE_SQL.format(legs=stage.cte, after=ONCE if once else RUNNING,
                            window="" if once else "WINDOW pair AS (PARTITION BY l.account_id, l.asset_id ORDER BY l.ord)")
     with connection.cursor() as cursor:

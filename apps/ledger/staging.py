@@ -37,6 +37,7 @@ class Stage:
 
     cte: str
     params: list
+    copied: bool = False  # the legs are in the temporary table (a large call)
 
 
 ARRAYS = """WITH legs AS (
@@ -75,7 +76,7 @@ def _copied(rows: LegRows, count: int) -> Iterator[Stage]:
         cursor.execute("ANALYZE pg_temp.ledger_legs")
         cursor.execute("SELECT current_setting('work_mem'), set_config('work_mem', %s, true)", [LARGE_WORK_MEM])
         work_mem = cursor.fetchone()[0]
-    yield Stage(TABLE, [])
+    yield Stage(TABLE, [], copied=True)
     # Reached only when the call went through (an error rolls the savepoint back, table and setting with it).
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE pg_temp.ledger_legs")
