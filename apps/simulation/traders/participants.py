@@ -12,10 +12,13 @@ short of margin (-2019), being liquidated (-2023) or refused by the risk gate
   they drift, and cancels slots the inventory limit no longer allows with
   `DELETE batchOrders`.
 - `Taker` sends a market or IOC order on a random symbol at exponential intervals.
-- `TrendFollower` trades one symbol on the mark's momentum: it sets its leverage
-  with `POST leverage` for each new trend (sometimes recklessly high, so that
-  liquidations happen now and then) and works toward its target in slices; when a
-  liquidation has emptied its wallet and it is flat, the faucet tops it up.
+- `TrendFollower` trades one perpetual on the mark's momentum. For each new trend it
+  sets the margin type (`POST marginType`, while flat: ISOLATED for a reckless bet,
+  CROSSED otherwise) and the leverage (`POST leverage`: 75-100x for a reckless bet,
+  so that liquidations happen now and then), then works toward its target in market
+  slices, each answered with its RESULT and followed by a fresh read of the account.
+  After a liquidation it sits the trend out; when its wallet is nearly gone and it is
+  flat (or cannot even pay a closing order's fee), the demo faucet tops it up.
 """
 from __future__ import annotations
 
