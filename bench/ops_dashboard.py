@@ -92,7 +92,8 @@ def populate(symbols: int):
                                                          "trades_per_s": 3.0, "batch_p95_ms": 0.9})
     fund, external = system_account(AccountKind.INSURANCE_FUND), system_account(AccountKind.EXTERNAL)
     for k in range(300):
-        ledger_post(kind=TransactionKind.INSURANCE, legs=[Leg(fund, usdt, D(1000 + k)), Leg(external, usdt, D(-1000 - k))])
+        ledger_post(kind=TransactionKind.INSURANCE,
+                    legs=[Leg(fund, usdt, D(1000 + k)), Leg(external, usdt, D(-1000 - k))])
     for k in range(20):
         alert_raise(key=f"job_failure:bench:{k}", level="WARNING", message=f"bench alert {k}")
         user = get_user_model().objects.create_user(username=f"liq{k}", password="x")

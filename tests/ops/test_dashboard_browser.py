@@ -114,8 +114,9 @@ def market(usdt, btcusdt, make_user):
 
 
 def new_price(contract) -> None:
-    PriceSample.objects.create(contract=contract, at=timezone.now().replace(microsecond=0) + timezone.timedelta(seconds=1),
-                               index_price=D(50100), mark_price=D(50120), basis=D(20), valid_venues=3)
+    at = timezone.now().replace(microsecond=0) + timezone.timedelta(seconds=1)
+    PriceSample.objects.create(contract=contract, at=at, index_price=D(50100), mark_price=D(50120), basis=D(20),
+                               valid_venues=3)
 
 
 def _accepts(port: int) -> bool:
