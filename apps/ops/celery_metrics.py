@@ -26,7 +26,7 @@ from prometheus_client import Counter, Histogram
 
 from exchange.logs import log_context_pop, log_context_push
 
-from .metrics import metrics_serve, process_role_set
+from .metrics import metrics_serve
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ import json
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, Sum
 
-from apps.contracts.models import Contract, ContractStatus
+from apps.contracts.models import Contract
 from apps.ledger.selectors import system_balances
 from apps.ledger.tasks import LAST_RESULT_KEY
 from apps.ops.models import Alert, AlertStatus, Backup, BackupStatus
