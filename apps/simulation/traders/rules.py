@@ -21,7 +21,6 @@ class SymbolRules:
     max_qty: Decimal
     market_max_qty: Decimal
     min_notional: Decimal
-    max_open_orders: int = 200
 
     @classmethod
     def from_exchange_info(cls, symbol: dict) -> SymbolRules:
@@ -37,7 +36,6 @@ class SymbolRules:
             max_qty=Decimal(lot["maxQty"]),
             market_max_qty=Decimal(market_lot["maxQty"]),
             min_notional=Decimal(filters.get("MIN_NOTIONAL", {}).get("notional", "0")),
-            max_open_orders=int(filters.get("MAX_NUM_ORDERS", {}).get("limit", 200)),
         )
 
     def price_down(self, price: Decimal) -> Decimal:
@@ -76,5 +74,4 @@ def rules_from_exchange_info(info: dict, *, symbols: list[str] | None = None) ->
 
 def fmt(value: Decimal) -> str:
     """A decimal as the API expects it: plain notation, no exponent, no trailing zeros."""
-    text = format(value.normalize(), "f")
-    return text
+    return format(value.normalize(), "f")

@@ -32,7 +32,6 @@ class SymbolMarket:
     best_bid: Decimal | None = None
     best_ask: Decimal | None = None
     mark_at: float = 0.0  # monotonic time of the last mark
-    book_at: float = 0.0
 
 
 class MarketState:
@@ -81,7 +80,6 @@ class MarketState:
             return
         entry.best_bid = self._near_mark(entry, dec(bid))
         entry.best_ask = self._near_mark(entry, dec(ask))
-        entry.book_at = self._clock()
 
     @staticmethod
     def _near_mark(entry: SymbolMarket, price: Decimal | None) -> Decimal | None:
