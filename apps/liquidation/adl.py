@@ -14,9 +14,11 @@ locked, no balance yet), takes every balance it needs in one sorted lock, then t
 positions (`booking.adl_lock`), and writes in that transaction: one DELEVERAGE record
 (the step: the liquidated side's order row, quantity, bankruptcy price, fund and bad
 debt), one ADL record per counterparty (quantity, price, PnL), REALIZED_PNL income
-lines, and, after commit, a Binance-style ORDER_TRADE_UPDATE on each user's data stream
-(exec type CALCULATED; counterparties: type MARKET, client order id `adl_autoclose`)
-and the ADL counter. A crash rolls the whole step back; the unique step number and
+lines, journalled cancels of counterparties' reduce-only orders the smaller positions no
+longer cover, and, after commit, a Binance-style ORDER_TRADE_UPDATE on each user's data stream
+(exec type CALCULATED; the liquidated side: its LIQUIDATION order row, FILLED;
+counterparties: type MARKET, client order id `adl_autoclose`, and as order id their ADL
+record's id, since they get no order row: that client id repeats) and the ADL counter. A crash rolls the whole step back; the unique step number and
 ledger key make a replay book it once.
 """
 import json
@@ -25,13 +27,14 @@ import time
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from apps.ledger.models import Income, IncomeType
 from apps.positions.booking import AdlBooking, adl_book, adl_lock
 from apps.positions.models import Position
-from apps.trading.models import Order, OrderStatus, OrderType, Side, StpMode, TimeInForce
+from apps.trading.models import OPEN_STATUSES, Order, OrderStatus, OrderType, Side, StpMode, TimeInForce
+from apps.trading.services import order_cancel
 from exchange.redis import get_redis
 
 from .models import Liquidation, LiquidationRecord, RecordKind
@@ -116,6 +119,7 @@ def adl_step(*, liquidation: Liquidation, contract, position: Position, counterp
         for fill in booking.fills
     ])
     _incomes(contract, liquidation.user_id, booking)
+    _reduce_only_trim(contract, [fill.user_id for fill in booking.fills])
     reports = [_report(order_id=order.pk, user_id=liquidation.user_id, client_order_id=order.client_order_id,
                        side=side, order_type=OrderType.LIQUIDATION, quantity=booking.quantity, price=bankruptcy,
                        pnl=booking.realized_pnl, contract=contract)]
@@ -125,6 +129,28 @@ def adl_step(*, liquidation: Liquidation, contract, position: Position, counterp
                 for record, fill in zip(adl_records, booking.fills)]
     transaction.on_commit(lambda: _announce(contract.symbol, reports))
     return booking
+
+
+def _reduce_only_trim(contract, user_ids: list[int]) -> None:
+    """ADL shrank these positions outside the matcher, which assumes between batches that no
+    resting reduce-only order exceeds what is left to reduce (else a fill could open a position
+    through it): per user and side the oldest are kept up to that size, the rest cancelled
+    through the journal (the matcher's own rule, `_reduce_only_excess`)."""
+    sizes = dict(Position.objects.filter(contract=contract, user_id__in=user_ids).values_list("user_id", "size"))
+    kept: dict[tuple[int, str], Decimal] = {}
+    for order in (Order.objects.filter(contract=contract, user_id__in=user_ids, status__in=OPEN_STATUSES)
+                  .filter(Q(reduce_only=True) | Q(close_position=True)).select_related("user")
+                  .order_by(F("priority").asc(nulls_last=True), "pk")):
+        if order.is_waiting:
+            continue  # a conditional order not in the book yet
+        size = sizes.get(order.user_id, Decimal(0))
+        may_reduce = max(Decimal(0), size if order.side == Side.SELL else -size)
+        key = (order.user_id, order.side)
+        open_qty = order.quantity - order.executed_qty
+        if kept.get(key, Decimal(0)) + open_qty <= may_reduce:
+            kept[key] = kept.get(key, Decimal(0)) + open_qty
+        else:
+            order_cancel(user=order.user, contract=contract, order_id=order.pk)
 
 
 def _incomes(contract, user_id: int, booking: AdlBooking) -> None:
