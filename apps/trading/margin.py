@@ -2,7 +2,9 @@
 
 One rule shared by order entry (the hold) and the matcher (the release), so they agree
 to the last unit: hold = round(open_qty × price × contract_size × (initial margin rate +
-taker fee rate)) by the ledger's rounding rule; reduce-only orders hold only the fee.
+taker fee rate)) by the ledger's rounding rule. Reduce-only orders hold nothing, as on the
+reference exchange: a position can always be closed, even from an empty wallet (an
+isolated one's margin comes back in the same booking); the fee is charged at the fill.
 The initial margin rate is 1/leverage raised by the contract's risk adjustment
 (volatility and liquidity, `apps.risk.services.risk_initial_margin_rate`; none until
 the hourly estimate exists).
@@ -14,11 +16,10 @@ from apps.risk.services import risk_initial_margin_rate
 
 
 def order_hold(*, quantity: Decimal, price: Decimal, contract, leverage: int, reduce_only: bool) -> Decimal:
-    notional = quantity * price * contract.contract_size
-    rate = contract.taker_fee_rate
-    if not reduce_only:
-        rate += risk_initial_margin_rate(contract=contract, leverage=leverage)
-    return quantize_amount(notional * rate, contract.settle_asset.precision)
+    if reduce_only:
+        return Decimal(0)
+    rate = contract.taker_fee_rate + risk_initial_margin_rate(contract=contract, leverage=leverage)
+    return quantize_amount(quantity * price * contract.contract_size * rate, contract.settle_asset.precision)
 
 
 def hold_release(*, held: Decimal, open_qty: Decimal, filled_qty: Decimal, precision: int) -> Decimal:

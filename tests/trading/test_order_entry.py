@@ -106,7 +106,7 @@ def test_reduce_only_and_close_position(funded, btcusdt):
     refused(-2022, **kwargs, side="BUY", quantity="0.1", price="50000")  # same side as the long
     refused(-2022, **kwargs, side="SELL", quantity="0.2", price="50000")  # more than the position
     first = order_place(**kwargs, side="SELL", quantity=D("0.06"), price=D("51000"))
-    assert first.margin_held == D("1.224")  # fee only: 0.06 × 51,000 × 0.0004
+    assert first.margin_held == 0  # reduce-only orders hold nothing; the fee is charged at the fill
     refused(-2022, **kwargs, side="SELL", quantity="0.05", price="51000")  # 0.06 already reducing
     assert order_place(**kwargs, side="SELL", quantity=D("0.04"), price=D("51000")).pk
     stop = order_place(user=alice, contract=btcusdt, side="SELL", order_type="STOP_MARKET", stop_price=D("45000"),
@@ -203,4 +203,24 @@ def test_reduce_only_orders_left_without_a_position_expire(funded, btcusdt):
     assert keep.status == OrderStatus.NEW
     assert extra.status == OrderStatus.EXPIRED and extra.margin_held == 0
     assert engine.book.get(extra.pk) is None and engine.book.get(keep.pk) is not None
+    assert run_all_invariants() == []
+
+
+def test_a_position_closes_even_from_an_empty_wallet(funded, btcusdt):
+    """Reduce-only orders hold nothing: an isolated position closes with nothing left in the wallet."""
+    from apps.ledger.services import wallet_withdraw
+    from apps.positions.services import margin_type_change
+
+    alice, bob = funded("alice"), funded("bob")
+    margin_type_change(user=alice, contract=btcusdt, margin_type="ISOLATED")
+    open_long(btcusdt, alice, bob, qty="1")  # isolated margin 1 × 50,000 / 20 = 2,500
+    wallet_withdraw(user=alice, asset="USDT", amount=wallet_of(alice))
+    assert wallet_of(alice) == 0
+    close = order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("1"), price=D("50000"),
+                        reduce_only=True)
+    assert close.margin_held == 0 and held_of(alice) == 0
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("1"), price=D("50000"))
+    batch_process(SymbolEngine(btcusdt))
+    assert Position.objects.get(user=alice).size == 0
+    assert wallet_of(alice) == D("2500") - D("10")  # the margin back less the maker fee (0.02% of 50,000)
     assert run_all_invariants() == []

@@ -93,7 +93,7 @@ def test_close_position_stop_expires_when_nothing_is_left_to_close(funded, btcus
     batch_process(engine)
     stop = order_place(user=alice, contract=btcusdt, side="SELL", order_type="STOP_MARKET", stop_price=D("49000"),
                        close_position=True, working_type="MARK_PRICE")
-    assert stop.margin_held > 0 and held_of(alice) == stop.margin_held
+    assert stop.margin_held == 0 and held_of(alice) == 0  # closing orders hold nothing
     order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.1"), price=D("50000"))
     order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("0.1"), price=D("50000"))
     batch_process(engine)  # alice is flat now
