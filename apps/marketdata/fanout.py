@@ -221,6 +221,7 @@ class Hub:
         self._confirm: dict[str, asyncio.Future] = {}
         self._pubsub = None
         self._reader: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
         self.connected = asyncio.Event()
         self.connections = 0  # pub/sub connections made (1 + reconnects)
         self.messages = 0
@@ -262,7 +263,9 @@ class Hub:
         """Take `sink` off every stream now (no awaiting); UNSUBSCRIBE what it leaves empty in a task."""
         emptied = [channel for channel, name in list(sink.routes) if self._remove(channel, name, sink)]
         if emptied:
-            asyncio.get_running_loop().create_task(self._command("unsubscribe", *emptied))
+            task = asyncio.get_running_loop().create_task(self._command("unsubscribe", *emptied))
+            self._background.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._background.discard)
         return emptied
 
     async def leave_all(self, sink: Sink) -> None:
