@@ -78,7 +78,8 @@ def create_users(n: int) -> list[int]:
         )
         user_ids = sorted(row[0] for row in cursor.fetchall())
         cursor.execute(
-            "INSERT INTO ledger_account (kind, user_id, created_at) SELECT 'WALLET', u, now() FROM unnest(%s::bigint[]) u",
+            "INSERT INTO ledger_account (kind, user_id, created_at)"
+            " SELECT 'WALLET', u, now() FROM unnest(%s::bigint[]) u",
             [user_ids],
         )
     return user_ids
@@ -247,7 +248,8 @@ def run(args, sizes: list[int]) -> None:
     base_rate = results[0][1].positions / results[0][2]
     for contract, result, seconds, parts, load in results:
         rate = result.positions / seconds
-        print(f"  {contract.symbol:8s} {result.positions:>9,d} positions in {seconds:7.2f} s = {rate:10,.0f} positions/s"
+        print(f"  {contract.symbol:8s} {result.positions:>9,d} positions in {seconds:7.2f} s = "
+              f"{rate:10,.0f} positions/s"
               f"  ratio {rate / base_rate:6.2f}x the baseline  load {load:.2f}  (rate "
               f"{result.funding_rate.normalize():f}, dust {result.dust.normalize():f}, covered {result.covered})")
         breakdown = ", ".join(f"{name} {s:.2f}" for name, s in parts.items())

@@ -198,6 +198,7 @@ RUNNING = """
     lead(l.ord) OVER pair IS NULL AS ends_call"""
 ONCE = """
     b.amount + l.amount AS after, true AS ends_posting, true AS ends_call"""
+WINDOW = "WINDOW pair AS (PARTITION BY l.account_id, l.asset_id ORDER BY l.ord)"
 
 WRITE_SQL = """
 {legs},
@@ -263,17 +264,15 @@ def _write(stage, *, txn_ids: list[int | None], once: bool, assets: dict[str, As
         except IntegrityError as exc:
             if NON_NEGATIVE not in str(exc):
                 raise
-    sql = WRITE_SQL.format(legs=stage.cte, after=ONCE if once else RUNNING,
-                           window="" if once else "WINDOW pair AS (PARTITION BY l.account_id, l.asset_id ORDER BY l.ord)")
+    sql = WRITE_SQL.format(legs=stage.cte, after=ONCE if once else RUNNING, window="" if once else WINDOW)
     with connection.cursor() as cursor:
         cursor.execute(sql, [*stage.params, txn_ids])
         short = cursor.fetchone()
     if short is not None:
         _, account_id, asset_id, after = short
         asset = next(a for a in assets.values() if a.pk == asset_id)
-        raise InsufficientBalance(
-            f"Insufficient balance: account {account_id} would hold {quantize_amount(after, asset.precision):f} {asset.code}."
-        )
+        after = quantize_amount(after, asset.precision)
+        raise InsufficientBalance(f"Insufficient balance: account {account_id} would hold {after:f} {asset.code}.")
 
 
 def ledger_post_many(*, postings: Sequence[Posting]) -> list[LedgerTransaction]:

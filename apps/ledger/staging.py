@@ -42,7 +42,8 @@ class Stage:
 
 ARRAYS = """WITH legs AS (
     SELECT l.p, l.account_id, l.asset_id, l.amount, l.ord
-    FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::numeric[]) WITH ORDINALITY AS l(p, account_id, asset_id, amount, ord)
+    FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::numeric[])
+         WITH ORDINALITY AS l(p, account_id, asset_id, amount, ord)
 )"""
 TABLE = "WITH legs AS NOT MATERIALIZED (SELECT p, account_id, asset_id, amount, ord FROM pg_temp.ledger_legs)"
 
