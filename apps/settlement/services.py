@@ -23,8 +23,8 @@ Settlement (`funding_settle`) is one database transaction per (contract, funding
    FUNDING_CLEARING, the one documented dust account, and is recorded on the run;
 6. one `Income` FUNDING_FEE row per position (one INSERT ... SELECT), the `FundingRate`
    history row and the run's totals, in the same transaction.
-Per position, nothing runs in Python but the posting's leg: 1M positions settle in
-seconds (bench/funding.py).
+Per position, only the posting's leg passes through Python (the ledger's validation);
+payments, sums and income lines are SQL over all positions (bench/funding.py).
 A crash anywhere rolls all of it back: the next run (the beat every minute retries
 due times, oldest first) settles it from scratch, so each position is charged exactly
 once. Failures mark the run FAILED and raise `job_failure:funding:<SYMBOL>`.
