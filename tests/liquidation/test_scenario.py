@@ -3,10 +3,11 @@ falls 30% in six steps while a liquidity provider keeps a thin bid under the mar
 
 After every step, with the sweep, the matcher and the advances run until no liquidation is
 active: exactly the accounts whose margin ratio reached 100% (computed here by hand from
-their deposit, size and leverage) have been liquidated, each is flat, none is left frozen;
-the insurance fund moved by exactly what the liquidation records say (clearance fees and
-isolated surpluses in, gap cover out), bad debt equals the recorded bad debt, and every
-invariant holds (ledger, long OI = short OI, order margin). The gaps the thin book cannot
+their deposit, size and leverage) have been liquidated, none is left frozen, and nobody
+still holding a position is at or below 100% (a liquidation may stop once a partial fill
+in the book restores the ratio); the insurance fund moved by exactly what the liquidation
+records say (clearance fees and isolated surpluses in, gap cover out), bad debt equals the
+recorded bad debt, and every invariant holds (ledger, long OI = short OI, order margin). The gaps the thin book cannot
 absorb go to the market while the fund can pay and are auto-deleveraged when it cannot.
 """
 import os
@@ -112,7 +113,8 @@ def test_mark_falls_30_percent_in_steps(book, btcusdt, engine, mark, settings):
         lowest = min(lowest, price)
         liquidation_sweep()
         _drain(engine)
-        # Nothing else at or below 100%: the screen's candidates all judge above it exactly.
+        # Nothing left at or below 100% (a liquidation stops once a partial fill in the book
+        # restores the ratio): the screen's candidates all judge above it exactly.
         screen = ScreenBook.load()
         hits = screen.screen(latest_marks(screen.contract_ids), ratio=1.0)
         for user_id, _ in hits.cross + hits.isolated:
@@ -120,8 +122,6 @@ def test_mark_falls_30_percent_in_steps(book, btcusdt, engine, mark, settings):
         expected = {user.pk for user, _, threshold in longs if lowest <= threshold}
         liquidated = set(Liquidation.objects.values_list("user_id", flat=True))
         assert liquidated == expected, f"at {price}: {len(liquidated ^ expected)} accounts differ"
-        # A liquidation stops once the ratio is back above 100% (a partial fill in the book
-        # can do that): whoever still holds a position is above it, as the sweep just found.
         assert run_all_invariants() == []
 
     kinds = set(LiquidationRecord.objects.values_list("kind", flat=True))
