@@ -244,7 +244,7 @@ class Soak:
             if not Contract.objects.filter(contract_type=ContractType.DELIVERY, status__in=(
                     ContractStatus.PENDING, *OPEN_FOR_ORDERS), delivery_time__lt=now + 2 * NEXT_DELIVERY).exists():
                 self._list_delivery(now + NEXT_DELIVERY, now=now)
-                self.exchange.contracts_listed()
+                self.exchange.contracts_opened()
                 self.exchange.deliver(force=True)  # the scheduler opens it
             self._load_contracts()
 

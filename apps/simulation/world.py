@@ -14,7 +14,7 @@ worker runs, with `now` taken from the simulated clock:
   after-batch kick, which runs in-process because Celery tasks run eagerly here;
 - funding: `funding_settle(now=...)` for every due funding time (`funding_times_due`);
 - delivery: `delivery_advance(now=...)` (lifecycle, settlement, the roll); contracts it
-  lists are taken on by the matcher and the pricefeed.
+  lists or opens are taken on by the matcher and the (restarted) pricefeed.
 
 `restart()` drops all in-process state (books, pricing pipelines, anomaly state,
 process caches, advisory-lock leases) and rebuilds it from the database, which is
@@ -165,8 +165,9 @@ class SimExchange:
         self.restarts += 1
         self._start()
 
-    def contracts_listed(self) -> None:
-        """New contracts: the matcher takes their leases, the pricefeed (restarted) prices them."""
+    def contracts_opened(self) -> None:
+        """Contracts listed or opened: the matcher takes their leases as its worker retries them;
+        the pricefeed prices the contracts live when it starts, so it is restarted."""
         self.matcher.acquire_leases()
         self.feed.shutdown()
         self._start_feed()
@@ -227,10 +228,10 @@ class SimExchange:
             return []
         self._delivered_minute = minute
         steps = delivery_advance(now=self.now)
-        if any(step.startswith("listed ") for step in steps):
-            self.contracts_listed()
+        if any(step.startswith("listed ") or step.endswith(f": {ContractStatus.TRADING}") for step in steps):
+            self.contracts_opened()
         elif steps:
-            self.matcher.acquire_leases()  # as the worker retries: a contract that opened now
+            self.matcher.acquire_leases()
         return steps
 
     def mark(self, contract: Contract) -> Decimal | None:
