@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import matplotlib
@@ -65,11 +65,15 @@ def plots_write(out: Path, *, recorder, summary: dict) -> None:
     if rates:
         times = [datetime.fromisoformat(r["time"]) for r in rates]
         values = [float(r["rate"]) * 100 for r in rates]
-        ax.step(times, values, where="post", marker="o")
+        ax.bar(times, values, width=timedelta(minutes=4), color=["tab:red" if v > 0 else "tab:blue" for v in values])
+        for t, v in zip(times, values):
+            ax.annotate(f"{v:+.4f}%", (t, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=8)
         ax.axhline(0, color="grey", linewidth=0.8)
     else:
         ax.text(0.5, 0.5, "no funding time in the run", ha="center", transform=ax.transAxes)
-    _axis(ax, "Funding rate", "% per interval")
+    if rows:
+        ax.set_xlim(_times([rows[0]["t"], rows[-1]["t"]]))
+    _axis(ax, "Funding rate per funding time (longs pay when positive)", "% per interval")
     _save(fig, out / "funding.png")
 
     fig, ax = plt.subplots(figsize=(9, 3.5))
