@@ -95,6 +95,8 @@ def run(args, *, database: dict) -> None:
     import websockets
     from django.conf import settings
 
+    from apps.trading.matching import EVENTS_CHANNEL
+
     client = redis.Redis.from_url(settings.REDIS_URL)
     env = dict(os.environ)
     env["DATABASE_URL"] = (f"postgres://{database['USER']}@{database['HOST'] or '127.0.0.1'}:"
@@ -203,7 +205,7 @@ async def _round(port: int, redis_client, clients: int, args, next_id: list[int]
             sent[trade_id] = time.perf_counter_ns()
             if not state["first_publish"]:
                 state["first_publish"] = sent[trade_id]
-            await asyncio.to_thread(redis_client.publish, f"events:{SYMBOL}", event)
+            await asyncio.to_thread(redis_client.publish, EVENTS_CHANNEL.format(symbol=SYMBOL), event)
 
     async def drain(expected: int) -> None:
         while state["received"] < expected:

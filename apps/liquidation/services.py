@@ -72,7 +72,7 @@ from apps.trading.models import (
 )
 from apps.trading.rules import protection_price
 from apps.trading.services import orders_cancel_all
-from exchange.redis import get_redis
+from exchange.redis import channel, get_redis
 
 from .adl import adl_prepare, adl_step, adl_totals
 from .conf import liquidation_setting
@@ -89,7 +89,7 @@ from .status import MarginStatus, bankruptcy_price, level_of, plain, statuses_fr
 
 logger = logging.getLogger(__name__)
 ZERO = Decimal(0)
-MARGIN_CALL_CHANNEL = "user:margin_call"
+MARGIN_CALL_CHANNEL = channel("user:margin_call")
 LEVEL_RANK = {MarginLevel.NORMAL: 0, MarginLevel.WARNING: 1, MarginLevel.DANGER: 2, MarginLevel.LIQUIDATION: 3}
 RATIO_PLACES = Decimal("1e-18")
 

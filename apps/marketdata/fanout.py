@@ -49,8 +49,9 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from django.conf import settings
 from redis.backoff import NoBackoff
-from redis.connection import parse_url
 from redis.retry import Retry
+
+from exchange.redis import channel
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +65,8 @@ POLL_SECONDS = 1.0  # the reader's read timeout (it also notices an idle dead co
 
 
 def channel_of(group: str) -> str:
-    """The Redis pub/sub channel that carries a stream group's updates: `ws:<db>:<group>`.
-
-    Pub/sub ignores the database number, so environments sharing one Redis server
-    (developers, test runs) would receive each other's updates without it.
-    """
-    return f"{CHANNEL_PREFIX}{_database()}:{group}"
-
-
-@functools.cache
-def _database() -> int:
-    return int(parse_url(settings.REDIS_URL).get("db") or 0)
+    """The Redis pub/sub channel that carries a stream group's updates (`exchange.redis.channel`)."""
+    return channel(CHANNEL_PREFIX + group)
 
 
 class Renderable(Protocol):

@@ -56,6 +56,7 @@ from apps.contracts.models import Contract
 from apps.liquidation.services import MARGIN_CALL_CHANNEL
 from apps.ops.health import HEARTBEAT_PREFIX
 from apps.settlement.selectors import PREDICTED_KEY, predicted_parse
+from exchange.redis import channel
 
 from .engine.quotes import to_ms
 from .fanout import channel_of
@@ -78,7 +79,8 @@ from .streams import (
 )
 
 logger = logging.getLogger(__name__)
-EVENTS_PATTERN = "events:*"
+EVENTS_PREFIX = channel("events:")
+EVENTS_PATTERN = EVENTS_PREFIX + "*"
 LAST_TRADE_KEY = "md:last_trade:{symbol}"
 HEARTBEAT_NAME = "stream_relay"
 CONTRACT_REFRESH_SECONDS = 60.0
@@ -238,8 +240,8 @@ class StreamRelay:
                 await self._prices(body, client)
             elif channel == MARGIN_CALL_CHANNEL:
                 await self._margin_call(body, client)
-            elif channel.startswith("events:"):
-                await self._events(channel.split(":", 1)[1], body, client)
+            elif channel.startswith(EVENTS_PREFIX):
+                await self._events(channel[len(EVENTS_PREFIX):], body, client)
         except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
             logger.warning("relay: malformed message on %s", channel, exc_info=True)
         finally:

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from exchange.redis import channel
+
 from .engine.quotes import ms_to_datetime, to_ms
 
 PRICE_KEY = "md:price:{symbol}"
-PRICE_CHANNEL = "md:prices"  # pub/sub: snapshots for the stream relay (JSON list)
+PRICE_CHANNEL = channel("md:prices")  # pub/sub: snapshots for the stream relay (JSON list)
 PRICE_KEY_TTL_SECONDS = 24 * 3600
 
 

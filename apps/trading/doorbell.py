@@ -5,10 +5,10 @@ by at most one poll interval and loses nothing.
 """
 import logging
 
-from exchange.redis import get_redis
+from exchange.redis import channel, get_redis
 
 logger = logging.getLogger(__name__)
-CHANNEL = "matcher:doorbell"
+CHANNEL = channel("matcher:doorbell")
 
 
 def ring(contract_id: int) -> None:

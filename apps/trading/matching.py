@@ -26,7 +26,7 @@ from apps.positions.models import Position
 from matching_native import COMMAND_DTYPE, EventKind, Flag, Op, Reason
 from matching_native import Side as BookSide
 
-from exchange.redis import get_redis
+from exchange.redis import channel, get_redis
 
 from .engine import RESTING_STATUSES, SymbolEngine
 from .margin import hold_release, order_hold
@@ -34,7 +34,7 @@ from .models import CommandKind, CommandStatus, Order, OrderCommand, OrderStatus
 from .triggers import triggers_fire
 
 logger = logging.getLogger(__name__)
-EVENTS_CHANNEL = "events:{symbol}"
+EVENTS_CHANNEL = channel("events:{symbol}")
 # Cancellations of resting orders (the others are remainders of takers that never rested).
 LEFT_THE_BOOK = (Reason.USER_CANCEL, Reason.STP_MAKER)
 DEPTH_LEVELS = 1000  # depth changes are reported for the top this many levels per side

@@ -12,6 +12,7 @@ from channels.testing import WebsocketCommunicator
 from apps.marketdata.relay import LAST_TRADE_KEY, StreamRelay
 from apps.marketdata.services import price_publish
 from apps.marketdata.streams import InvalidStream, LocalBook, agg_trades, parse_stream
+from exchange.redis import channel
 from exchange.routing import websocket_urlpatterns
 
 D = Decimal
@@ -238,7 +239,7 @@ def test_depth_agg_trade_and_book_ticker_from_matcher_events(btcusdt, clean_redi
                 "orders": [],
                 "depth": {"bids": [["89999.0", "1.5"], ["89998.5", "0.2"]], "asks": [["90000.5", "0"], ["90001", "0.7"]]},
             }
-            await clean_redis_publish("events:BTCUSDT", json.dumps(event))
+            await clean_redis_publish(channel("events:BTCUSDT"), json.dumps(event))
             frames = {}
             for _ in range(4):
                 frame = json.loads(await ws.receive_from(timeout=10))
@@ -261,9 +262,9 @@ def test_depth_agg_trade_and_book_ticker_from_matcher_events(btcusdt, clean_redi
             last = json.loads(await sync_to_async(get_redis_value)(LAST_TRADE_KEY.format(symbol="BTCUSDT")))
             assert last == {"p": "90000.5", "t": 1764061200000}
             # A malformed event and an event for an unknown symbol are dropped; the relay carries on.
-            await clean_redis_publish("events:BTCUSDT", "{oops")
-            await clean_redis_publish("events:NOPE", json.dumps(event))
-            await clean_redis_publish("events:BTCUSDT", json.dumps({"symbol": "BTCUSDT", "last_seq": 43,
+            await clean_redis_publish(channel("events:BTCUSDT"), "{oops")
+            await clean_redis_publish(channel("events:NOPE"), json.dumps(event))
+            await clean_redis_publish(channel("events:BTCUSDT"), json.dumps({"symbol": "BTCUSDT", "last_seq": 43,
                                                                     "depth": {"asks": [["90001", "0"]]}}))
             frame = json.loads(await ws.receive_from(timeout=10))
             assert frame["stream"] == "btcusdt@depth" and frame["data"]["a"] == [["90001", "0"]]

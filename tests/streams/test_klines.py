@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 
 from apps.marketdata.streams import Candle, InvalidStream, kline_open_ms, parse_stream
 from apps.trading.engine import SymbolEngine
-from apps.trading.matching import batch_process
+from apps.trading.matching import EVENTS_CHANNEL, batch_process
 from apps.trading.models import Trade
 from apps.trading.public_selectors import klines_list
 from apps.trading.services import order_place
@@ -112,7 +112,7 @@ def test_kline_seeded_from_trades_then_updated_rolled_and_closed(funded, btcusdt
 
                 # A trade of the next minute: the 1m candle goes final, a new one opens; 1h carries on.
                 nxt = trades[-1].pk + 1000
-                await sync_to_async(redis.publish)("events:BTCUSDT", json.dumps({
+                await sync_to_async(redis.publish)(EVENTS_CHANNEL.format(symbol="BTCUSDT"), json.dumps({
                     "symbol": "BTCUSDT", "time": MINUTE_MS + 60_500, "last_seq": 10**6, "orders": [],
                     "trades": [{"id": nxt, "price": "50100.5", "qty": "0.01", "taker_side": "SELL",
                                 "taker_order_id": 1, "maker_order_id": 2, "time": MINUTE_MS + 60_500},

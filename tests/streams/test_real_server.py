@@ -32,7 +32,7 @@ from apps.marketdata.relay import stream_update
 from apps.marketdata.services import price_publish
 from apps.positions.selectors import account_overview
 from apps.trading.engine import SymbolEngine
-from apps.trading.matching import batch_process
+from apps.trading.matching import EVENTS_CHANNEL, batch_process
 from apps.trading.services import order_place
 from exchange.redis import get_redis
 
@@ -153,7 +153,7 @@ def test_daphne_and_relay_processes_serve_mark_price_and_user_stream(btcusdt, fu
                           "executed_qty": "0", "reduce_only": False, "working_type": "CONTRACT_PRICE",
                           "last_qty": "0", "last_price": "0", "commission": "0", "commission_asset": "USDT",
                           "realized_pnl": "0", "trade_id": 0, "is_maker": False}
-                await sync_to_async(redis.publish)("events:BTCUSDT", json.dumps(
+                await sync_to_async(redis.publish)(EVENTS_CHANNEL.format(symbol="BTCUSDT"), json.dumps(
                     {"symbol": "BTCUSDT", "time": 1, "last_seq": 1, "trades": [], "orders": [report],
                      "depth": {"bids": [], "asks": []}}))
                 order = json.loads(await asyncio.wait_for(user.recv(), 30))
@@ -265,8 +265,7 @@ def test_daphne_closes_a_client_that_stops_reading_and_keeps_serving_the_others(
                 await sync_to_async(redis.publish)(*stream_update("md.trade.BTCUSDT", "aggTrade", "BTCUSDT", [
                     {"e": "aggTrade", "E": 1, "s": "BTCUSDT", "a": 77, "p": "50000", "q": "0.001", "f": 77,
                      "l": 77, "T": 1, "m": False}]))
-                # (Read up to it: the relay may also pass on trades of another stack sharing this Redis
-                # server, whose events:<symbol> channels are not scoped by database.)
+                # (Read up to it: the relay may have more of this test's trades queued.)
                 for _ in range(1000):
                     if json.loads(await asyncio.wait_for(healthy.recv(), 30))["a"] == 77:
                         break

@@ -29,7 +29,7 @@ from apps.positions.selectors import account_overview
 from apps.trading.engine import SymbolEngine
 from apps.trading.matching import batch_process
 from apps.trading.services import order_cancel, order_place
-from exchange.redis import get_redis
+from exchange.redis import channel, get_redis
 from tests.marketdata.test_streams import RelayRunning, connect, request, run
 
 D = Decimal
@@ -149,7 +149,7 @@ def test_listen_key_joins_by_url_subscribe_and_combined_stream(funded, listen_ke
             assert await request(sub_combined, {"method": "SUBSCRIBE", "params": [key], "id": 3}) == {
                 "result": None, "id": 3}
 
-            await publish("events:BTCUSDT", event(report(user_id=alice.pk, trade_id=0, exec_type="NEW",
+            await publish(channel("events:BTCUSDT"), event(report(user_id=alice.pk, trade_id=0, exec_type="NEW",
                                                          status="NEW", last_qty="0", executed_qty="0")))
             for ws in (raw, sub):
                 update = await frame(ws)
@@ -161,11 +161,11 @@ def test_listen_key_joins_by_url_subscribe_and_combined_stream(funded, listen_ke
             # UNSUBSCRIBE leaves the user's group: the next event reaches only the others.
             assert await request(sub, {"method": "UNSUBSCRIBE", "params": [key], "id": 4}) == {"result": None, "id": 4}
             assert await request(sub, {"method": "LIST_SUBSCRIPTIONS", "id": 5}) == {"result": ["btcusdt@aggTrade"], "id": 5}
-            await publish("events:BTCUSDT", event(report(user_id=alice.pk, order_id=777, exec_type="CANCELED",
+            await publish(channel("events:BTCUSDT"), event(report(user_id=alice.pk, order_id=777, exec_type="CANCELED",
                                                          status="CANCELED")))
             assert (await frame(raw))["o"]["i"] == 777
             # The aggTrade stream still works on `sub`, and no user event was queued before it.
-            await publish("events:BTCUSDT", event(trades=[{"id": 1, "price": "50000", "qty": "0.01",
+            await publish(channel("events:BTCUSDT"), event(trades=[{"id": 1, "price": "50000", "qty": "0.01",
                                                            "taker_side": "BUY", "taker_order_id": 9, "time": 5}]))
             assert (await frame(sub))["e"] == "aggTrade"
             for ws in (raw, sub, combined, sub_combined):
@@ -186,14 +186,14 @@ def test_order_trade_update_reaches_its_user_only(funded, listen_key):
             alice_ws = await connect(f"/ws/{alice_key}")
             bob_ws = await connect(f"/ws/{bob_key}")
             fill = report(user_id=alice.pk)
-            await publish("events:BTCUSDT", event(fill, report(user_id=alice.pk, order_id="garbage")))
+            await publish(channel("events:BTCUSDT"), event(fill, report(user_id=alice.pk, order_id="garbage")))
             update = await frame(alice_ws)
             assert update["e"] == "ORDER_TRADE_UPDATE" and update["T"] == 1764061200123
             assert isinstance(update["E"], int) and update["E"] > 0
             assert update["o"] == order_trade_update(symbol="BTCUSDT", report=fill, event_ms=0,
                                                      transaction_ms=1764061200123)["o"]
             # Bob's own event comes next on his socket: had Alice's leaked, it would be first.
-            await publish("events:BTCUSDT", event(report(user_id=bob.pk, order_id=600, side="SELL", is_maker=True)))
+            await publish(channel("events:BTCUSDT"), event(report(user_id=bob.pk, order_id=600, side="SELL", is_maker=True)))
             mine = await frame(bob_ws)
             assert (mine["e"], mine["o"]["i"], mine["o"]["S"], mine["o"]["m"]) == ("ORDER_TRADE_UPDATE", 600, "SELL", True)
             # The malformed report was dropped alone; Alice's synthetic fill queued an ACCOUNT_UPDATE
@@ -315,7 +315,7 @@ def test_kept_alive_listen_key_is_not_expired(funded, listen_key, monkeypatch):
         async with RelayRunning():
             ws = await connect(f"/ws/{key}")
             for n in range(3):
-                await publish("events:BTCUSDT", event(report(user_id=alice.pk, order_id=900 + n, exec_type="NEW",
+                await publish(channel("events:BTCUSDT"), event(report(user_id=alice.pk, order_id=900 + n, exec_type="NEW",
                                                              status="NEW")))
                 assert (await frame(ws))["o"]["i"] == 900 + n
             await ws.disconnect()
