@@ -30,15 +30,14 @@ from decimal import Decimal, InvalidOperation
 from django.contrib.auth import get_user_model
 
 USER_GROUP = "user.{user_id}"
-# The old Channels-layer message type. Nothing listens on the channel layer any more;
-# kept only so an unconverted sender fails softly. Use `user_events_publish`.
-USER_PUSH = "user.push"
 # Listen keys are 64 letters and digits (services.LISTEN_KEY_LENGTH); a market stream
 # name always has an "@" (or starts with "!"), so the two never collide.
 _LISTEN_KEY = re.compile(r"^[A-Za-z0-9]{60,128}$")
-# Execution types after which the user's balances may have moved: fills, and margin
-# held by the order released (cancel, expiry, rejection) or re-held (amendment).
-ACCOUNT_EXEC_TYPES = frozenset({"TRADE", "CANCELED", "EXPIRED", "REJECTED", "AMENDMENT"})
+# Execution types after which the user's balances may have moved: fills (TRADE, and
+# CALCULATED: liquidation and auto-deleveraging), and margin held by the order released
+# (cancel, expiry, rejection) or re-held (amendment).
+FILL_EXEC_TYPES = frozenset({"TRADE", "CALCULATED"})
+ACCOUNT_EXEC_TYPES = FILL_EXEC_TYPES | {"CANCELED", "EXPIRED", "REJECTED", "AMENDMENT"}
 _STATUS_OUT = {"PENDING_NEW": "NEW"}
 
 

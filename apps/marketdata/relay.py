@@ -47,6 +47,7 @@ from django.db.models import F, Sum
 from apps.accounts.selectors import listen_key_of_user_redis_key
 from apps.accounts.user_stream import (
     ACCOUNT_EXEC_TYPES,
+    FILL_EXEC_TYPES,
     account_update_for_user,
     margin_call,
     order_trade_update,
@@ -448,7 +449,7 @@ class StreamRelay:
                 continue
             per_user.setdefault(user_id, []).append(payload)
             if report.get("exec_type") in ACCOUNT_EXEC_TYPES:
-                due.append((user_id, symbol, report.get("exec_type") == "TRADE", when))
+                due.append((user_id, symbol, report.get("exec_type") in FILL_EXEC_TYPES, when))
         if not per_user:
             return
         # Published before the ACCOUNT_UPDATEs are queued: those follow their ORDER_TRADE_UPDATEs.
