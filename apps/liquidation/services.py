@@ -47,6 +47,7 @@ from django.db import transaction
 from django.db.models import Avg, F, Max, Min, Sum
 from django.utils import timezone
 
+from apps.contracts.lifecycle import ACCEPTING_STATUSES
 from apps.contracts.models import Contract
 from apps.ledger.models import AccountKind, Asset
 from apps.ledger.selectors import balance_amount
@@ -252,8 +253,12 @@ def _market_factors(contract_ids: list[int]) -> tuple[dict[int, Decimal], dict[i
 
 
 def liquidation_plan(status: MarginStatus) -> list[PositionView]:
-    """The scope's open positions in liquidation order: largest loss, then liquidity, then volatility."""
-    views = [v for v in status.positions if v.position.size]
+    """The scope's open positions in liquidation order: largest loss, then liquidity, then volatility.
+
+    Only positions whose contract matches: a halted or delivering contract's book refuses
+    orders (its positions wait for the resume, or are closed by the delivery).
+    """
+    views = [v for v in status.positions if v.position.size and v.contract.status in ACCEPTING_STATUSES]
     liquidity, volatility = _market_factors([v.contract.pk for v in views])
     return sorted(views, key=lambda v: (v.risk.unrealized_pnl, -liquidity.get(v.contract.pk, ZERO),
                                         -volatility.get(v.contract.pk, ZERO), v.contract.pk))
@@ -390,6 +395,8 @@ def liquidation_advance(*, liquidation: Liquidation) -> str:
             _finish(liquidation, status)
             return "finished"
         plan = liquidation_plan(status)
+        if not plan:  # only positions no book can trade now: the next sweep looks again
+            return "waiting"
         if last is None:
             _record(liquidation, RecordKind.PLAN, ratio=_ratio_field(status.ratio),
                     details={"order": [_position_detail(v, status) for v in plan]})

@@ -192,3 +192,27 @@ def test_cross_gap_deficit_is_covered_by_the_fund(funded, trade, mark, btcusdt, 
     assert wallet_of(alice) == 0 and fund() == D("3990")
     assert liquidation_advance(liquidation=liquidation) == "finished"
     assert run_all_invariants() == []
+
+
+def test_a_halted_contract_is_not_liquidated_through_its_book_until_it_resumes(funded, trade, mark, btcusdt,
+                                                                                 engine):
+    from apps.contracts.lifecycle import contract_halt, contract_resume
+
+    alice = funded("alice", "4420", leverage=25)
+    bob = funded("bob")
+    mark("50000")
+    trade(alice, bob, "BUY", "2", "50000")
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("1"), price=D("48000"))
+    batch_process(engine)
+    contract_halt(contract=btcusdt, actor=None)
+    mark("48000")
+    assert liquidation_sweep()["started"] == 1
+    liquidation = Liquidation.objects.get(user=alice)
+    assert not records(liquidation, RecordKind.ORDER)  # the halted book would refuse the order
+    assert liquidation_advance(liquidation=liquidation) == "waiting"
+    assert not Order.objects.filter(user=alice, order_type=OrderType.LIQUIDATION).exists()
+    contract_resume(contract=btcusdt, actor=None)
+    assert liquidation_advance(liquidation=liquidation) == "ordered"
+    batch_process(engine)
+    assert Order.objects.get(user=alice, order_type=OrderType.LIQUIDATION).status == OrderStatus.FILLED
+    assert run_all_invariants() == []
