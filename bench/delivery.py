@@ -79,7 +79,7 @@ def run(args) -> None:
     from apps.ledger.invariants import LEDGER_CHECKS
     from apps.ops.demo import seed_demo
     from apps.settlement import delivery
-    from bench.funding import open_positions, setup
+    from bench.funding import create_users, fund_wallets, open_positions, wallets_of
 
     seed_demo()
     now = timezone.now()
@@ -87,7 +87,8 @@ def run(args) -> None:
     eth = delivery.delivery_list(base_symbol="ETHUSDT", delivery_time=btc.delivery_time, now=now)
 
     started = time.perf_counter()
-    user_ids = setup(args.positions)
+    user_ids = create_users(args.positions)
+    fund_wallets(wallets_of(user_ids))
     open_positions(btc, user_ids)
     open_positions(eth, user_ids[: args.baseline])
     for contract in (btc, eth):

@@ -353,9 +353,13 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
                                   contract=contract)
     fund = system_account(AccountKind.INSURANCE_FUND).pk
     bad_debt = system_account(AccountKind.BAD_DEBT).pk
-    # The lock order of every writer: balances, then positions, then orders.
+    pnl_clearing = system_account(AccountKind.PNL_CLEARING).pk
+    fee_income = system_account(AccountKind.FEE_INCOME).pk
+    # The lock order of every writer: balances, then positions, then orders. Every balance the
+    # posting can touch is locked here in one ordered pass, so the posting takes no new lock
+    # out of order (a matcher batch of another contract locks the same system accounts).
     current = balances_lock(account_ids=[*wallets.values(), *order_margin.values(), *isolated.values(), fund,
-                                         bad_debt], asset=asset)
+                                         bad_debt, pnl_clearing, fee_income], asset=asset)
     with connection.cursor() as cursor:
         cursor.execute(POSITIONS_SQL, [contract.pk])
         positions = cursor.fetchall()
@@ -405,8 +409,8 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
             delta[order_margin[user_id]] -= amount
             delta[wallets[user_id]] += amount
             totals.order_margin_released += amount
-    delta[system_account(AccountKind.PNL_CLEARING).pk] -= totals.realized_pnl
-    delta[system_account(AccountKind.FEE_INCOME).pk] += totals.fees
+    delta[pnl_clearing] -= totals.realized_pnl
+    delta[fee_income] += totals.fees
     cross_wallets = {user_id: wallets[user_id] for _, user_id, _, _, is_isolated in positions if not is_isolated}
     for covered, lost in deficits_cover(wallets=cross_wallets, delta=delta, current=current, fund=fund,
                                         bad_debt=bad_debt).values():
@@ -459,6 +463,7 @@ def _rows_stage(*, positions: list, pnls: list[Decimal], fees: list[Decimal]) ->
                 end = start + STAGE_CHUNK
                 copy.write("".join([f"{row[0]}\t{row[1]}\t{pnl}\t{fee}\n" for row, pnl, fee in
                                     zip(positions[start:end], pnls[start:end], fees[start:end])]))
+        cursor.execute("ANALYZE pg_temp.delivery_rows")  # a temporary table has no statistics otherwise
 
 
 def _incomes_insert(*, contract: Contract, transaction_id: int) -> None:
