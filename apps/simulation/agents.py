@@ -11,6 +11,7 @@ the run's seed and the agent's name, so a run is reproducible.
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -40,7 +41,7 @@ class Market:
 
 
 @dataclass
-class Agent:
+class Agent(ABC):
     name: str
     user: object
     rng: random.Random
@@ -48,8 +49,9 @@ class Agent:
     placed: int = 0
     _n: int = 0
 
-    def act(self, market: Market) -> None:  # pragma: no cover - every agent overrides it
-        raise NotImplementedError
+    @abstractmethod
+    def act(self, market: Market) -> None:
+        """Look at the market and place, amend or cancel orders."""
 
     # -- helpers around the order-entry services ---------------------------------------------
 

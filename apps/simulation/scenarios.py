@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -79,7 +79,6 @@ class Scenario:
     prices: PriceModel
     holders_long: float  # share of leveraged holders that are long
     taker_bias: float = 0.5
-    events: tuple = field(default=())
 
     def venue_events(self, *, start: datetime, size: Size):
         at = to_ms(start + timedelta(minutes=size.event_minute))
