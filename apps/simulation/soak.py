@@ -2,6 +2,7 @@
 
 `soak_run(seed=S, events=N)` draws N events from one `random.Random(S)` on a fresh
 database: limit orders (all time-in-force values, some reduce-only), market orders,
+all-in market orders at 50x (so that accounts do get liquidated),
 stop-market orders, cancels, cancel-alls, amends, leverage changes, deposits, matcher
 batches, price ticks (the clock moves 1-60 s; the simulated venues are volatile and
 jumpy so accounts do get liquidated), liquidation sweeps, funding (every due funding
@@ -34,7 +35,9 @@ from decimal import ROUND_FLOOR, Decimal
 
 from apps.contracts.calendar import delivery_symbol
 from apps.contracts.models import Contract, ContractStatus, ContractType
-from apps.ledger.services import wallet_deposit
+from apps.ledger.models import AccountKind
+from apps.ledger.selectors import balance_amount
+from apps.ledger.services import account_get_or_create, wallet_deposit
 from apps.ops.invariants import ALL_CHECKS, run_all_invariants
 from apps.positions.services import leverage_change
 from apps.settlement.delivery import delivery_list
@@ -49,7 +52,7 @@ SOAK_START = datetime(2026, 3, 2, 0, 0, 30, tzinfo=UTC)
 USERS = 12
 # Event kinds and their weights (per 1000 events).
 WEIGHTS = {
-    "limit": 330, "market": 70, "stop": 25, "cancel": 140, "cancel_all": 8, "amend": 100, "leverage": 10,
+    "limit": 320, "market": 65, "lever_up": 15, "stop": 25, "cancel": 140, "cancel_all": 8, "amend": 100, "leverage": 10,
     "deposit": 7, "match": 150, "tick": 110, "sweep": 35, "fund": 10, "restart": 5,
 }
 TIME_IN_FORCE = ("GTC", "GTC", "GTC", "IOC", "FOK", "GTX")
@@ -189,6 +192,30 @@ class Soak:
         user = self.rng.choice(self.users)
         self._call(order_place, user=user, contract=self._contract(), side=self.rng.choice(("BUY", "SELL")),
                    order_type=OrderType.MARKET, quantity=self._qty(), reduce_only=self.rng.random() < 0.15)
+
+    def do_lever_up(self) -> None:
+        """A user goes all in at 50x against another's resting order at the mark: most of the
+        wallet as margin, so the next move of a few percent may liquidate it."""
+        user, counterparty = self.rng.sample(self.users, 2)
+        mark = self._mark()
+        if self._call(leverage_change, user=user, contract=self.contract, leverage=50) is None:
+            return
+        wallet = balance_amount(account=account_get_or_create(kind=AccountKind.WALLET, user=user),
+                                asset_code=self.contract.settle_asset.code)
+        # 30x the wallet: a market buy holds margin at its protection price (mark + 30%), and
+        # beyond 3M of notional 50x is not allowed.
+        notional = min(wallet * 30, D("2000000"))
+        lots = (notional / mark / self.contract.lot_size).to_integral_value(ROUND_FLOOR)
+        quantity = min(lots * self.contract.lot_size, self.contract.market_max_qty)
+        if quantity < self.contract.min_qty:
+            return
+        side = self.rng.choice(("BUY", "SELL"))
+        resting = self._call(order_place, user=counterparty, contract=self.contract,
+                             side="SELL" if side == "BUY" else "BUY", quantity=quantity,
+                             price=self._price(mark, 0))
+        self._remember(counterparty, resting)
+        self._call(order_place, user=user, contract=self.contract, side=side, order_type=OrderType.MARKET,
+                   quantity=quantity)
 
     def do_stop(self) -> None:
         user, mark = self.rng.choice(self.users), self._mark()
