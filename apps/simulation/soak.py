@@ -110,7 +110,7 @@ class Soak:
         self.exchange.deliver()
         self.exchange.tick_prices()
         self._load_contracts()
-        self.orders: list[tuple[object, int]] = []  # (user, order id) of orders that may be open
+        self.orders: list[tuple[object, int, int]] = []  # (user, contract id, order id) of orders maybe open
         self.refusals: Counter = Counter()
         self._kinds = list(WEIGHTS)
         self._weights = list(WEIGHTS.values())
