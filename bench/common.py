@@ -34,3 +34,27 @@ def ensure_services() -> None:
         if line.startswith("export "):
             key, _, value = line[len("export "):].partition("=")
             os.environ[key] = value
+
+
+def clock_steps(module, names) -> dict[str, float]:
+    """Wrap the named functions of `module` (looked up per call) to add their seconds to the returned dict.
+
+    The caller clears the dict before each measured run and reads where the time went after it.
+    """
+    import time
+
+    spent: dict[str, float] = {}
+
+    def clocked(name, fn):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
+        return wrapper
+
+    for name in names:
+        if hasattr(module, name):
+            setattr(module, name, clocked(name, getattr(module, name)))
+    return spent

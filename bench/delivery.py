@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import ensure_services, machine_line, peak_rss_mb  # noqa: E402
+from bench.common import clock_steps, ensure_services, machine_line, peak_rss_mb  # noqa: E402
 
 D = Decimal
 DB_NAME = "bench_delivery"
@@ -95,20 +95,8 @@ def run(args) -> None:
         due_now(contract, now)
     setup_s = time.perf_counter() - started
 
-    spent: dict[str, float] = {}
-
-    def clocked(name, fn):
-        def wrapper(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
-        return wrapper
-
-    for name in ("settlement_price_compute", "balances_lock", "ledger_post_many", "_rows_stage",
-                 "_incomes_insert", "_positions_close"):
-        setattr(delivery, name, clocked(name, getattr(delivery, name)))
+    spent = clock_steps(delivery, ("settlement_price_compute", "balances_lock", "ledger_post_many", "_rows_stage",
+                                   "_incomes_insert", "_positions_close"))
 
     def timed(contract):
         spent.clear()

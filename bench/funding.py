@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import ensure_services, machine_line, peak_rss_mb  # noqa: E402
+from bench.common import clock_steps, ensure_services, machine_line, peak_rss_mb  # noqa: E402
 
 D = Decimal
 DB_NAME = "bench_funding"
@@ -203,22 +203,8 @@ def run(args, sizes: list[int]) -> None:
     setup_s = time.perf_counter() - started - deposit_s
 
     # Where the time goes: wrap the steps `_settle` calls (module attributes, looked up per call).
-    spent: dict[str, float] = {}
-
-    def clocked(name, fn):
-        def wrapper(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
-        return wrapper
-
-    steps = ("rate_quote", "_payments", "_deltas", "balances_lock_short", "ledger_post_many", "_incomes_insert",
-             "_open_positions", "balances_lock")  # the last two: the per-row code this replaced
-    for name in steps:
-        if hasattr(services, name):
-            setattr(services, name, clocked(name, getattr(services, name)))
+    spent = clock_steps(services, ("rate_quote", "_payments", "_deltas", "balances_lock_short", "ledger_post_many",
+                                   "_incomes_insert", "_open_positions", "balances_lock"))
 
     results = []
     for contract, size in zip(contracts, sizes):

@@ -326,31 +326,63 @@ FROM positions_position WHERE contract_id = %s AND size <> 0 ORDER BY id FOR UPD
 """
 
 
-USERS_SQL = """
-SELECT user_id, bool_or(has_orders), bool_or(is_isolated) FROM (
-    SELECT user_id, true AS has_orders, false AS is_isolated FROM trading_order
-    WHERE contract_id = %(c)s AND status = ANY(%(open)s)
-    UNION ALL
-    SELECT o.user_id, true, false FROM trading_ordercommand c JOIN trading_order o ON o.id = c.order_id
-    WHERE c.contract_id = %(c)s AND c.status = 'PENDING'
-    UNION ALL
-    SELECT user_id, false, margin_type = 'ISOLATED' FROM positions_position WHERE contract_id = %(c)s AND size <> 0
-) AS involved GROUP BY user_id
+HOLDERS_SQL = """
+SELECT p.user_id, p.margin_type = 'ISOLATED', w.id, iso.id
+FROM positions_position p
+LEFT JOIN ledger_account w ON w.kind = 'WALLET' AND w.user_id = p.user_id AND w.contract_id IS NULL
+LEFT JOIN ledger_account iso ON p.margin_type = 'ISOLATED' AND iso.kind = 'ISOLATED_MARGIN'
+                             AND iso.user_id = p.user_id AND iso.contract_id = p.contract_id
+WHERE p.contract_id = %(c)s AND p.size <> 0
 """
+
+ORDER_USERS_SQL = """
+SELECT u.user_id, w.id, om.id
+FROM (SELECT user_id FROM trading_order WHERE contract_id = %(c)s AND status = ANY(%(open)s)
+      UNION
+      SELECT o.user_id FROM trading_ordercommand c JOIN trading_order o ON o.id = c.order_id
+      WHERE c.contract_id = %(c)s AND c.status = 'PENDING') AS u
+LEFT JOIN ledger_account w ON w.kind = 'WALLET' AND w.user_id = u.user_id AND w.contract_id IS NULL
+LEFT JOIN ledger_account om ON om.kind = 'ORDER_MARGIN' AND om.user_id = u.user_id AND om.contract_id IS NULL
+"""
+
+
+def _involved_accounts(contract: Contract) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+    """Wallet, order-margin and isolated-margin account ids (user id -> account id) of everyone involved.
+
+    Holders and order owners come with their accounts joined in (one statement each, so
+    a million holders cost no million-element IN list); the rare missing accounts are
+    created. Who is involved is fixed while the contract row is ours (no order entry, no batch).
+    """
+    params = {"c": contract.pk, "open": list(OPEN_STATUSES)}
+    with connection.cursor() as cursor:
+        # Hash joins whatever the statistics say: right after a burst of new accounts and
+        # positions the planner may think both tables tiny and nest a scan per holder.
+        cursor.execute("SELECT current_setting('enable_nestloop'), set_config('enable_nestloop', 'off', true)")
+        nestloop = cursor.fetchone()[0]
+        cursor.execute(HOLDERS_SQL, params)
+        holders = cursor.fetchall()
+        cursor.execute(ORDER_USERS_SQL, params)
+        owners = cursor.fetchall()
+        cursor.execute("SELECT set_config('enable_nestloop', %s, true)", [nestloop])
+    wallets, order_margin, isolated = {}, {}, {}
+    found = (
+        (wallets, AccountKind.WALLET, None, [(u, w) for u, _, w, _ in holders] + [(u, w) for u, w, _ in owners]),
+        (order_margin, AccountKind.ORDER_MARGIN, None, [(u, om) for u, _, om in owners]),
+        (isolated, AccountKind.ISOLATED_MARGIN, contract, [(u, iso) for u, is_iso, _, iso in holders if is_iso]),
+    )
+    for accounts, kind, scope, pairs in found:
+        missing = [user for user, account in pairs if account is None]
+        accounts.update((user, account) for user, account in pairs if account is not None)
+        if missing:
+            accounts.update(accounts_for_users(kind=kind, user_ids=missing, contract=scope))
+    return wallets, order_margin, isolated
 
 
 def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
     asset, precision, cs = contract.settle_asset, contract.settle_asset.precision, contract.contract_size
     totals = _Totals()
     releases: dict[int, Decimal] = defaultdict(Decimal)  # user id -> order margin back to the wallet
-    with connection.cursor() as cursor:
-        # Who is involved is fixed while the contract row is ours (no order entry, no batch).
-        cursor.execute(USERS_SQL, {"c": contract.pk, "open": list(OPEN_STATUSES)})
-        involved = cursor.fetchall()
-    wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=[row[0] for row in involved])
-    order_margin = accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=[row[0] for row in involved if row[1]])
-    isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=[row[0] for row in involved if row[2]],
-                                  contract=contract)
+    wallets, order_margin, isolated = _involved_accounts(contract)
     fund = system_account(AccountKind.INSURANCE_FUND).pk
     bad_debt = system_account(AccountKind.BAD_DEBT).pk
     pnl_clearing = system_account(AccountKind.PNL_CLEARING).pk
