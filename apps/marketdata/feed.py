@@ -466,10 +466,12 @@ class PriceFeed:
             logger.warning("%s mark pause lifted by %s", feed.contract.symbol, by)
 
     def _maybe_reload(self) -> None:
-        """Pick up constituent weight edits from the admin (checked every 10 s)."""
+        """Pick up listed and delivered contracts and constituent weight edits (checked every 10 s)."""
         if time.monotonic() - self._last_reload < 10:
             return
         self._last_reload = time.monotonic()
+        if self._contracts_changed():
+            return
         for feed in self.feeds.values():
             rows = list(IndexConstituent.objects.filter(contract=feed.contract))
             version = _version(rows)
@@ -484,6 +486,30 @@ class PriceFeed:
             feed.constituents_version = version
             logger.warning("%s index weights reloaded: %s", feed.contract.symbol,
                            {k: str(v) for k, v in weights.items()})
+
+    def _contracts_changed(self) -> bool:
+        """A contract was listed (the delivery roll) or delivered: set up again, as a restart would.
+
+        Collected minutes are stored first; the new set-up resumes from the stored prices. A
+        replay is not set up again (it would start its file over); it keeps its contracts.
+        """
+        if self.symbols is not None or isinstance(self.source, CsvReplay):
+            return False
+        current = {c.symbol for c in self.contracts()}
+        if not current or current == set(self.feeds):
+            return False
+        logger.warning("contracts changed (%s → %s): setting the pricing up again",
+                       ",".join(sorted(self.feeds)), ",".join(sorted(current)))
+        for feed in self.feeds.values():
+            self._flush_minute(feed)
+        previous, source = dict(self.feeds), self.source
+        self.feeds.clear()
+        try:
+            self.setup()
+        except (Exception, SystemExit):  # keep pricing what it priced; the next check tries again
+            logger.exception("setting the pricing up again failed; keeping %s", ",".join(sorted(previous)))
+            self.feeds, self.source = previous, source
+        return True
 
     def _contract_prices(self) -> dict[str, Decimal]:
         """Recent last-trade prices (from the relay) for the basis; absent means basis 0."""

@@ -188,3 +188,22 @@ def test_premium_index_unknown_symbol(client, btcusdt):
     response = client.get("/fapi/v1/premiumIndex", {"symbol": "NOPEUSDT"})
     assert response.status_code == 400
     assert response.json() == {"code": -1121, "msg": "Invalid symbol."}
+
+
+def test_a_contract_listed_later_is_priced_without_a_restart(btcusdt, clean_redis, t0):
+    """The delivery roll lists contracts while the pricefeed runs: it picks them up within its reload check."""
+    from apps.contracts.models import Contract, ContractStatus
+
+    feed = PriceFeed(source="simulated", seed=3)
+    feed.setup(now_ms=to_ms(t0))
+    assert set(feed.feeds) == {"BTCUSDT"}
+    feed.tick(now=t0)
+    listed = Contract.objects.get(pk=btcusdt.pk)
+    listed.pk, listed.symbol, listed.status = None, "BTCUSDT_270326", ContractStatus.TRADING
+    listed.contract_type, listed.delivery_time = "DELIVERY", t0 + timedelta(days=120)
+    listed.save()
+    feed._last_reload -= 60  # the 10 s reload check is due
+    feed.tick(now=t0 + timedelta(seconds=6))
+    assert set(feed.feeds) == {"BTCUSDT", "BTCUSDT_270326"}
+    feed.tick(now=t0 + timedelta(seconds=12))
+    assert price_latest(contract=listed) is not None
