@@ -260,7 +260,7 @@ def delivery_settle(*, contract: Contract, now: datetime | None = None, requeste
             if run.status == DeliveryStatus.DONE:  # another runner finished while we waited
                 return run
             # The contract's row lock waits for a matcher batch in flight and keeps the next out.
-            locked = Contract.objects.select_for_update().select_related("settle_asset").get(pk=contract.pk)
+            locked = Contract.objects.select_for_update(of=("self",)).select_related("settle_asset").get(pk=contract.pk)
             if locked.status != S.SETTLING:
                 raise DeliveryError(f"{contract.symbol} is {locked.status}, not SETTLING.")
             totals = _settle(contract=locked, price=run.settlement_price, requested_by=requested_by)

@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 def command_quarantine(*, seq: int, error: str) -> OrderCommand | None:
     """Set a PENDING command aside; returns it, or None when it is no longer pending."""
     with transaction.atomic():
-        command = (OrderCommand.objects.select_for_update().select_related("order", "contract__settle_asset")
+        # Only the command row: the contract row is what status changes lock (FOR SHARE elsewhere).
+        command = (OrderCommand.objects.select_for_update(of=("self",))
+                   .select_related("order", "contract__settle_asset")
                    .filter(seq=seq, status=CommandStatus.PENDING).first())
         if command is None:
             return None
