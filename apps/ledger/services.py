@@ -389,8 +389,9 @@ def user_balances_lock(*, user_id: int, asset: Asset) -> dict[int, Decimal]:
         cursor.execute(
             """
             SELECT b.account_id, b.amount
-            FROM ledger_balance b JOIN ledger_account a ON a.id = b.account_id
-            WHERE a.user_id = %s AND b.asset_id = %s
+            FROM ledger_balance b
+            WHERE b.account_id = ANY(ARRAY(SELECT a.id FROM ledger_account a WHERE a.user_id = %s))
+              AND b.asset_id = %s
             ORDER BY b.account_id
             FOR UPDATE OF b
             """,

@@ -17,7 +17,7 @@ from decimal import Decimal
 from django.db.models import Max, Sum
 
 from apps.contracts.models import Contract
-from apps.ledger.models import AccountKind, Asset, Balance
+from apps.ledger.models import Account, AccountKind, Asset, Balance
 from apps.marketdata.selectors import price_latest_many
 from apps.trading.models import OPEN_STATUSES, Order
 
@@ -92,8 +92,11 @@ class AccountOverview:
 
 def account_overview(*, user) -> AccountOverview:
     overview = AccountOverview()
+    # The user's accounts first, then their balances by the (account, asset) key: one index
+    # path whatever the statistics say (a join on user_id could scan every balance per call).
+    accounts = list(Account.objects.filter(user=user).values_list("id", flat=True))
     balances = (
-        Balance.objects.filter(account__user=user)
+        Balance.objects.filter(account_id__in=accounts)
         .values_list("account__kind", "account__contract_id", "asset_id", "amount", "updated_at")
     )
     assets = {a.pk: a for a in Asset.objects.all()}
