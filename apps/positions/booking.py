@@ -113,11 +113,16 @@ class _Book:
                                            contract=contract)
         self.fund = system_account(AccountKind.INSURANCE_FUND).pk
         self.bad_debt = system_account(AccountKind.BAD_DEBT).pk
-        # Locked before anything is decided from them, all at once in the ledger's lock order;
-        # then the positions, read again under their row locks (an ADL step may have just
-        # committed a change to them: it holds these balances while it writes).
+        self.fee_income = system_account(AccountKind.FEE_INCOME).pk
+        self.pnl_clearing = system_account(AccountKind.PNL_CLEARING).pk
+        # Every balance the posting can touch (`extra_accounts`: the rest), locked before anything
+        # is decided from them, all at once in the ledger's lock order: the posting then takes no
+        # lock out of order (delivery locks the same system accounts in one pass). Then the
+        # positions, read again under their row locks (an ADL step may have just committed a
+        # change to them: it holds these balances while it writes).
         self.current = balances_lock(account_ids=[*self.wallets.values(), *self.isolated.values(), self.fund,
-                                                  self.bad_debt, *extra_accounts], asset=contract.settle_asset)
+                                                  self.bad_debt, self.fee_income, self.pnl_clearing,
+                                                  *extra_accounts], asset=contract.settle_asset)
         locked = Position.objects.filter(pk__in=[p.pk for p in positions.values()]).order_by("pk") \
             .select_for_update(of=("self",))
         self.states = {
@@ -197,8 +202,8 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
     user_ids = {f.taker_user_id for f in fills} | {f.maker_user_id for f in fills} | set(releases)
     if not user_ids:
         return BatchBooking()
-    book = _Book(contract, user_ids)
-    order_margin = accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=user_ids)
+    order_margin = accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=set(releases))
+    book = _Book(contract, user_ids, extra_accounts=order_margin.values())
     delta, wallets, fund, precision, cs = book.delta, book.wallets, book.fund, book.precision, book.cs
     fee_income = Decimal(0)
     pnl_clearing = Decimal(0)
@@ -246,8 +251,8 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
             delta[order_margin[user_id]] -= amount
             delta[wallets[user_id]] += amount
 
-    delta[system_account(AccountKind.FEE_INCOME).pk] += fee_income
-    delta[system_account(AccountKind.PNL_CLEARING).pk] += pnl_clearing
+    delta[book.fee_income] += fee_income
+    delta[book.pnl_clearing] += pnl_clearing
     covers = book.cover_deficits()
     if outcomes:  # liquidation hook: cross deficits of liquidated users, then the records
         by_user = {o.user_id: o for o in outcomes.values()}
@@ -316,7 +321,7 @@ class AdlBooking:
 def adl_lock(*, contract, user_ids) -> None:
     """Take the locks an ADL booking of these users needs, in the project's order (balances, then
     positions), so the caller can judge the liquidated scope on locked state before `adl_book`."""
-    _Book(contract, set(user_ids), extra_accounts=[system_account(AccountKind.PNL_CLEARING).pk])
+    _Book(contract, set(user_ids))
 
 
 def adl_book(*, contract, user_id: int, quantity: Decimal, price: Decimal, counterparties: list[int],
@@ -329,8 +334,7 @@ def adl_book(*, contract, user_id: int, quantity: Decimal, price: Decimal, count
     `deficits_cover` for a wallet, including a counterparty's). None when the key is already booked:
     nothing changes.
     """
-    pnl_account = system_account(AccountKind.PNL_CLEARING).pk
-    book = _Book(contract, {user_id, *counterparties}, extra_accounts=[pnl_account])
+    book = _Book(contract, {user_id, *counterparties})
     if LedgerTransaction.objects.filter(idempotency_key=idempotency_key).exists():
         return None
     state = book.states[user_id]
@@ -351,7 +355,7 @@ def adl_book(*, contract, user_id: int, quantity: Decimal, price: Decimal, count
         _, realized = book.apply(user_id, -sign * take, price, Decimal(0))
         book.ring_fence(user_id, before, outcome)
         _, other_realized = book.apply(other, sign * take, price, Decimal(0))
-        book.delta[pnl_account] -= realized + other_realized
+        book.delta[book.pnl_clearing] -= realized + other_realized
         booking.realized_pnl += realized
         outcome.quantity += take
         outcome.notional += take * price * book.cs
