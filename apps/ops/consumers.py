@@ -68,12 +68,12 @@ class OpsDashboardConsumer(AsyncJsonWebsocketConsumer):
     async def _push(self):
         cursor, checked = None, time.monotonic()
         while not self._stop.is_set():
-            if time.monotonic() - checked >= RECHECK_SECONDS:
-                checked = time.monotonic()
-                if not await database_sync_to_async(_still_staff)(self._user_id):
-                    await self.close(code=CLOSE_FORBIDDEN)
-                    return
             try:
+                if time.monotonic() - checked >= RECHECK_SECONDS:
+                    if not await database_sync_to_async(_still_staff)(self._user_id):
+                        await self.close(code=CLOSE_FORBIDDEN)
+                        return
+                    checked = time.monotonic()  # (a failed check is tried again next round)
                 message, cursor = await _dashboard_message(cursor=cursor)
             except Exception:  # the database or Redis is down: say so in the log, try again
                 logger.warning("ops dashboard update failed", exc_info=True)

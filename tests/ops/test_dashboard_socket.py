@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
+from django.db import OperationalError
 from django.test import Client
 from django.utils import timezone
 
@@ -131,5 +132,36 @@ def test_an_operator_whose_staff_status_is_revoked_is_closed(make_user, btcusdt,
                 assert message["code"] == 4003
                 return
         raise AssertionError("still open")
+
+    run(body)
+
+
+def test_a_failed_staff_recheck_keeps_the_feed_going(make_user, btcusdt, monkeypatch):
+    """The database away during the staff re-check is a failed round, as a failed read is:
+    the pusher must not die and leave the page connected to a silent socket."""
+    from apps.ops import consumers
+
+    monkeypatch.setattr(consumers, "RECHECK_SECONDS", 0.0)
+    calls = []
+
+    def flaky_still_staff(user_id):
+        calls.append(user_id)
+        if len(calls) == 1:
+            raise OperationalError("connection lost")
+        return True
+
+    monkeypatch.setattr(consumers, "_still_staff", flaky_still_staff)
+    cookie = session_cookie(make_user("operator", is_staff=True))
+
+    async def body():
+        ws = communicator(cookie=cookie)
+        connected, _ = await ws.connect(timeout=10)
+        assert connected and (await ws.receive_json_from(timeout=10))["type"] == "snapshot"
+        try:
+            for _ in range(2):  # updates go on after the failed check
+                assert (await ws.receive_json_from(timeout=10))["type"] == "update"
+            assert len(calls) >= 2
+        finally:
+            await ws.disconnect(timeout=30)
 
     run(body)
