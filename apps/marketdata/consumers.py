@@ -87,6 +87,16 @@ class RequestError(Exception):
         self.msg = msg
 
 
+async def _checked_symbols(*, refresh: bool = False) -> frozenset[str]:
+    """`streamable_symbols`, or a RequestError when they cannot be read now: the client gets
+    an error frame instead of a socket dropped by the server (1011) with nothing said."""
+    try:
+        return await streamable_symbols(refresh=refresh)
+    except Exception:
+        logger.warning("stream symbols lookup failed", exc_info=True)
+        raise RequestError(2, "Invalid request: stream names cannot be checked now; retry later") from None
+
+
 class MarketStreamConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = None  # pushes come through the fan-out hub: no per-connection layer channel
 
@@ -186,7 +196,7 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
         """Subscribe to all of `names` or, if any is invalid, to none of them."""
         parsed, keys, bad = [], {}, []
         for refresh in (False, True):  # an unknown symbol may be a contract listed since the cache was loaded
-            symbols = await streamable_symbols(refresh=refresh)
+            symbols = await _checked_symbols(refresh=refresh)
             parsed, keys, bad = [], {}, []
             for name in names:
                 if is_listen_key_name(name):
@@ -233,7 +243,7 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
         await self._hub.leave(channel_of(user.group), key, self._sink)
 
     async def _unsubscribe(self, params):
-        symbols = await streamable_symbols()
+        symbols = await _checked_symbols()
         for name in _stream_list(params):
             if name in self.listen_keys:
                 await self._leave_key(name)

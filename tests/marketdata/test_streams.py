@@ -189,6 +189,40 @@ def test_bad_stream_in_the_url_gets_an_error_frame_then_close(btcusdt):
     run(body)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_streams_that_cannot_be_checked_now_get_an_error_frame_not_a_dropped_socket(btcusdt, monkeypatch):
+    """The contracts table out of reach (database away): an error frame saying so, as for a listen
+    key that cannot be checked, and nothing left registered with the fan-out hub."""
+    from django.db import OperationalError
+
+    from apps.marketdata import consumers
+    from apps.marketdata.fanout import get_hub
+
+    def unreachable():
+        raise OperationalError("the database is away")
+
+    monkeypatch.setattr(consumers, "_symbols_cache", (0.0, frozenset()))
+    monkeypatch.setattr(consumers, "_load_symbols", unreachable)
+
+    async def body():
+        ws = await connect("/ws")
+        for method, request_id in (("SUBSCRIBE", 1), ("UNSUBSCRIBE", 2)):
+            reply = await request(ws, {"method": method, "params": ["btcusdt@aggTrade"], "id": request_id})
+            assert reply["error"]["code"] == 2 and "retry later" in reply["error"]["msg"], reply
+            assert reply["id"] == request_id
+        assert await request(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 3}) == {"result": [], "id": 3}
+        await ws.disconnect()
+
+        ws = await connect("/ws/btcusdt@aggTrade")
+        reply = json.loads(await ws.receive_from(timeout=5))
+        assert reply["error"]["code"] == 2 and "retry later" in reply["error"]["msg"]
+        assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4008}
+        await ws.disconnect()
+        assert get_hub().routes == {}
+
+    run(body)
+
+
 # -- pushes through the relay -------------------------------------------------------------------
 
 
