@@ -95,8 +95,6 @@ def run(args, *, database: dict) -> None:
     import websockets
     from django.conf import settings
 
-    from apps.trading.matching import EVENTS_CHANNEL
-
     client = redis.Redis.from_url(settings.REDIS_URL)
     env = dict(os.environ)
     env["DATABASE_URL"] = (f"postgres://{database['USER']}@{database['HOST'] or '127.0.0.1'}:"
@@ -160,6 +158,8 @@ def run(args, *, database: dict) -> None:
 async def _round(port: int, redis_client, clients: int, args, next_id: list[int]) -> dict:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
+
+    from apps.trading.matching import EVENTS_CHANNEL
 
     sent: dict[int, int] = {}  # trade id -> publish time (ns)
     latencies: list[int] = []
