@@ -183,26 +183,35 @@ class SimExchange:
             premium_sample_take(contract=contract, now=self.now)
 
     def match(self) -> int:
-        """Run the matcher until no command is pending; returns commands processed."""
+        """Run the matcher until no command is pending; returns commands processed.
+
+        The worker is woken by the doorbell; here one look at the journal stands in for it: a
+        batch for every book with pending commands or waiting conditional orders (a batch fires
+        their triggers), then, while any book has pending commands (past a batch's limit, or
+        placed by a liquidation kick after it), a batch for each of those. A book is not asked
+        again only to find it has nothing to do (an empty batch costs a transaction)."""
         processed = 0
-        # The worker is woken by the doorbell; here one look at the journal stands in for it.
         busy = _contracts_with_work()
-        for engine in list(self.matcher.engines.values()):
-            if engine.contract.pk not in busy:
-                continue
-            for _ in range(MAX_MATCH_ROUNDS):
+        for _ in range(MAX_MATCH_ROUNDS):
+            engines = [engine for engine in self.matcher.engines.values() if engine.contract.pk in busy]
+            if not engines:
+                break
+            for engine in engines:
                 result = batch_process(engine)
-                if result is None:
-                    break
-                processed += result.commands
+                if result is not None:
+                    processed += result.commands
+            busy = _contracts_with_pending()
         return processed
 
     def liquidate(self, *, rounds: int = 6) -> dict:
-        """The beat sweep, then advance what it started through the matcher until it settles."""
+        """The beat sweep, then advance what it started through the matcher until it settles (with
+        no liquidation active there is nothing to advance: pending orders wait for the next match)."""
         swept = liquidation_sweep()
         for _ in range(rounds):
+            if not _liquidating():
+                break
             self.match()
-            if not Liquidation.objects.filter(status=LiquidationStatus.ACTIVE).exists():
+            if not _liquidating():
                 break
             liquidations_advance()
         return swept
@@ -240,9 +249,18 @@ class SimExchange:
         return snapshot.mark_price if snapshot is not None else None
 
 
+def _contracts_with_pending() -> set[int]:
+    return set(OrderCommand.objects.filter(status=CommandStatus.PENDING).values_list("contract_id", flat=True)
+               .distinct())
+
+
 def _contracts_with_work() -> set[int]:
     """Contracts with pending journal commands or waiting conditional orders (triggers fire in a batch)."""
     pending = OrderCommand.objects.filter(status=CommandStatus.PENDING).values("contract_id")
     waiting = Order.objects.filter(status=OrderStatus.NEW, triggered_at__isnull=True,
                                    order_type__in=CONDITIONAL_TYPES).values("contract_id")
     return set(pending.union(waiting).values_list("contract_id", flat=True))
+
+
+def _liquidating() -> bool:
+    return Liquidation.objects.filter(status=LiquidationStatus.ACTIVE).exists()
