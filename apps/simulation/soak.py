@@ -307,13 +307,16 @@ def soak_run(*, seed: int, events: int, check_every: int = 10_000, out=None) -> 
     out = out or sys.stdout
     started = time.perf_counter()
     result = SoakResult(seed=seed, events=0, checks_passed=0, rounds=0, seconds=0.0)
+    last_number, last_time = 0, started
     with tasks_in_process():
         soak = Soak(seed=seed)
         for number in range(1, events + 1):
             result.events = number
             try:
                 result.counts[soak.event()] += 1
-                problems = soak.check() if number % check_every == 0 or number == events else None
+                checking = number % check_every == 0 or number == events
+                check_started = time.perf_counter()
+                problems = soak.check() if checking else None
             except Exception as exc:
                 where = traceback.extract_tb(exc.__traceback__)[-1]
                 problems = [f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"]
@@ -325,10 +328,15 @@ def soak_run(*, seed: int, events: int, check_every: int = 10_000, out=None) -> 
                 result.rounds += 1
                 result.checks_passed += len(ALL_CHECKS)
                 soak.prune()
-                elapsed = time.perf_counter() - started
-                out.write(f"{number} events, {result.rounds} invariant rounds passed, "
-                          f"{number / elapsed:.1f} events/s, simulated {soak.exchange.now:%Y-%m-%d %H:%M:%S}\n")
+                now = time.perf_counter()
+                elapsed = now - started
+                out.write(f"{number} events, {result.rounds} invariant rounds passed "
+                          f"({result.checks_passed} checks, this round {now - check_started:.1f} s), "
+                          f"{number / elapsed:.1f} events/s ({(number - last_number) / (now - last_time):.1f} "
+                          f"since the last round), {elapsed:.0f} s, {soak.exchange.restarts} restarts, "
+                          f"simulated {soak.exchange.now:%Y-%m-%d %H:%M:%S}\n")
                 out.flush()
+                last_number, last_time = number, now
     result.seconds = time.perf_counter() - started
     result.refusals = soak.refusals
     out.write(f"soak seed {seed}: {result.events} events in {result.seconds:.1f} s ({result.rate:.1f} events/s), "
