@@ -434,8 +434,11 @@ def _gap_stage(liquidation: Liquidation, order: Order, stage: str) -> str:
 
 def _deleverage(liquidation: Liquidation, last: LiquidationRecord) -> str | None:
     """An ADL step for the position of `last` (its order left a remainder the fund cannot pay to
-    close at the market); None when, under the locks, there is nothing to deleverage any more."""
+    close at the market); None when, under the locks, there is nothing to deleverage any more, or
+    when the contract does not match now (halted, delivering): its positions wait, as in the plan."""
     contract = last.order.contract
+    if contract.status not in ACCEPTING_STATUSES:
+        return None
     counterparties = adl_prepare(contract=contract, user_id=liquidation.user_id)  # balances, then positions
     status, view = _gapped_view(liquidation, contract.pk)  # judged again on locked state
     if view is None:

@@ -153,3 +153,21 @@ def test_a_crash_inside_the_adl_step_books_it_once(gapped_long, btcusdt, engine,
     assert [size_of(u) for u in (alice, sam, tom, uma, bob)] == [0, 0, 0, D("-1"), D("1")]
     assert (wallet_of(sam), wallet_of(tom), wallet_of(uma)) == (D("3795"), D("8495"), D("104980"))
     assert run_all_invariants() == []
+
+
+def test_a_halted_contract_is_not_deleveraged_until_it_resumes(gapped_long, btcusdt, engine):
+    """The liquidation order is journalled, then ops halt the contract: the batch refuses the order
+    and the position waits for the resume, as the book does; no ADL on a halted contract."""
+    from apps.contracts.lifecycle import contract_halt, contract_resume
+
+    alice, sam, tom, uma, bob = gapped_long
+    liquidation_sweep()
+    liquidation = Liquidation.objects.get(user=alice)
+    contract_halt(contract=btcusdt, actor=None)
+    batch_process(engine)  # the halted book refuses the liquidation order
+    assert liquidation_advance(liquidation=liquidation) == "waiting"
+    assert records(liquidation, RecordKind.DELEVERAGE) == [] and size_of(alice) == 2
+    contract_resume(contract=btcusdt, actor=None)
+    assert liquidation_advance(liquidation=liquidation) == "deleveraged"  # the fund is still empty
+    assert [size_of(u) for u in (alice, sam, tom, uma, bob)] == [0, 0, 0, D("-1"), D("1")]
+    assert run_all_invariants() == []
