@@ -1,5 +1,5 @@
 """Reads of accounts, balances and income lines (no writes here)."""
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
 from decimal import Decimal
 
 from .models import Account, Balance, Income
@@ -21,19 +21,19 @@ def system_balances() -> list[dict]:
 
 
 def incomes_of_user(*, user, symbol: str | None = None, income_type: str | None = None,
-                    start_ms: int | None = None, end_ms: int | None = None, limit: int = 100,
+                    start: datetime | None = None, end: datetime | None = None, limit: int = 100,
                     page: int = 1) -> list[Income]:
-    """Binance `income`: oldest first; from startTime upwards when given, else the newest page."""
+    """Binance `income`: oldest first; from `start` upwards when given, else the newest page."""
     rows = Income.objects.select_related("asset").filter(user=user)
     if symbol is not None:
         rows = rows.filter(symbol=symbol)
     if income_type is not None:
         rows = rows.filter(income_type=income_type)
-    if start_ms is not None:
-        rows = rows.filter(created_at__gte=datetime.fromtimestamp(start_ms / 1000, tz=dt_timezone.utc))
-    if end_ms is not None:
-        rows = rows.filter(created_at__lte=datetime.fromtimestamp(end_ms / 1000, tz=dt_timezone.utc))
+    if start is not None:
+        rows = rows.filter(created_at__gte=start)
+    if end is not None:
+        rows = rows.filter(created_at__lte=end)
     window = slice((page - 1) * limit, page * limit)
-    if start_ms is not None:
+    if start is not None:
         return list(rows.order_by("id")[window])
     return list(reversed(rows.order_by("-id")[window]))

@@ -15,6 +15,7 @@ from apps.ledger.models import IncomeType
 from apps.ledger.selectors import incomes_of_user
 from apps.liquidation.selectors import adl_quantiles
 from apps.trading.apis import SIGNED, SYMBOL, _ms, _s
+from apps.trading.selectors import ms_to_datetime
 from exchange import params as p
 
 from .models import MarginType
@@ -326,7 +327,9 @@ class IncomeApi(SignedApi):
         start, end = p.time_range(params)
         picked = incomes_of_user(
             user=request.user, symbol=p.contract(params).symbol if symbol is not None else None,
-            income_type=p.choice(params, "incomeType", IncomeType.values), start_ms=start, end_ms=end,
+            income_type=p.choice(params, "incomeType", IncomeType.values),
+            start=ms_to_datetime(start) if start is not None else None,
+            end=ms_to_datetime(end) if end is not None else None,
             limit=p.integer(params, "limit", default=100, low=1, high=1000),
             page=p.integer(params, "page", default=1, low=1, high=10_000),
         )
