@@ -47,7 +47,10 @@ def contract_status_set(*, contract: Contract, to_status: str, reason: str, at: 
     """
     at = at or timezone.now()
     with transaction.atomic():
-        current = Contract.objects.select_for_update().values_list("status", flat=True).get(pk=contract.pk)
+        # NO KEY UPDATE: waits for the FOR SHARE readers (batches, order entry) but not for, nor
+        # blocks, rows being inserted that reference the contract (their key-share checks).
+        current = Contract.objects.select_for_update(no_key=True).values_list("status", flat=True) \
+            .get(pk=contract.pk)
         if current == to_status or (expect is not None and current not in expect):
             contract.status = current
             return False
