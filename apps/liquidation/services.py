@@ -525,7 +525,13 @@ def liquidations_advance() -> dict[str, int]:
     """Advance every active liquidation one step (the sweep, and after matcher batches)."""
     counts: dict[str, int] = {}
     for liquidation in Liquidation.objects.filter(status=LiquidationStatus.ACTIVE).order_by("pk"):
-        outcome = liquidation_advance(liquidation=liquidation)
+        try:
+            outcome = liquidation_advance(liquidation=liquidation)
+        except Exception:
+            # Its step rolled back and is retried on the next sweep; in id order every sweep,
+            # one that keeps failing must not hold up the liquidations after it.
+            logger.exception("advancing liquidation %s failed", liquidation.pk)
+            outcome = "failed"
         counts[outcome] = counts.get(outcome, 0) + 1
     return counts
 

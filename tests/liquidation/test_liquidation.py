@@ -219,3 +219,36 @@ def test_a_halted_contract_is_not_liquidated_through_its_book_until_it_resumes(f
     batch_process(engine)
     assert Order.objects.get(user=alice, order_type=OrderType.LIQUIDATION).status == OrderStatus.FILLED
     assert run_all_invariants() == []
+
+
+def test_one_failing_liquidation_does_not_hold_up_the_others(funded, mark, btcusdt, engine, fund_seed, monkeypatch,
+                                                             caplog):
+    """Active liquidations are advanced in id order on every sweep: one that keeps failing (say its
+    ADL step cannot be booked) is logged and retried, and the others still move."""
+    from apps.liquidation import services
+
+    fund_seed("5000")  # the next step is a market order for each
+    carol = funded("carol", "10000", leverage=10, isolated=True)
+    frank = funded("frank", "10000", leverage=10, isolated=True)
+    dave = funded("dave")
+    mark("50000")
+    order_place(user=dave, contract=btcusdt, side="BUY", quantity=D("2"), price=D("50000"))
+    order_place(user=carol, contract=btcusdt, side="SELL", quantity=D("1"), price=D("50000"))
+    order_place(user=frank, contract=btcusdt, side="SELL", quantity=D("1"), price=D("50000"))
+    batch_process(engine)
+    mark("56000")
+    assert liquidation_sweep()["started"] == 2
+    batch_process(engine)  # no ask: both bankruptcy-price orders expire
+    first = Liquidation.objects.filter(user__in=(carol, frank)).order_by("pk").first()
+    journal = services._journal_order
+
+    def broken(liquidation, *args, **kwargs):
+        if liquidation.pk == first.pk:
+            raise RuntimeError("cannot be booked")
+        return journal(liquidation, *args, **kwargs)
+
+    monkeypatch.setattr(services, "_journal_order", broken)
+    assert services.liquidations_advance() == {"failed": 1, "ordered": 1}
+    assert "cannot be booked" in caplog.text
+    other = Liquidation.objects.exclude(pk=first.pk).get(user__in=(carol, frank))
+    assert len(records(other, RecordKind.ORDER)) == 2 and len(records(first, RecordKind.ORDER)) == 1
