@@ -34,6 +34,7 @@ from apps.ledger.models import Income, IncomeType
 from apps.positions.booking import AdlBooking, adl_book, adl_lock
 from apps.positions.models import Position
 from apps.trading.models import OPEN_STATUSES, Order, OrderStatus, OrderType, Side, StpMode, TimeInForce
+from apps.trading.rules import reduce_only_excess
 from apps.trading.services import order_cancel
 from exchange.redis import get_redis
 
@@ -135,22 +136,15 @@ def _reduce_only_trim(contract, user_ids: list[int]) -> None:
     """ADL shrank these positions outside the matcher, which assumes between batches that no
     resting reduce-only order exceeds what is left to reduce (else a fill could open a position
     through it): per user and side the oldest are kept up to that size, the rest cancelled
-    through the journal (the matcher's own rule, `_reduce_only_excess`)."""
+    through the journal (the matcher's rule, `apps.trading.rules.reduce_only_excess`)."""
     sizes = dict(Position.objects.filter(contract=contract, user_id__in=user_ids).values_list("user_id", "size"))
-    kept: dict[tuple[int, str], Decimal] = {}
-    for order in (Order.objects.filter(contract=contract, user_id__in=user_ids, status__in=OPEN_STATUSES)
-                  .filter(Q(reduce_only=True) | Q(close_position=True)).select_related("user")
-                  .order_by(F("priority").asc(nulls_last=True), "pk")):
-        if order.is_waiting:
-            continue  # a conditional order not in the book yet
-        size = sizes.get(order.user_id, Decimal(0))
-        may_reduce = max(Decimal(0), size if order.side == Side.SELL else -size)
-        key = (order.user_id, order.side)
-        open_qty = order.quantity - order.executed_qty
-        if kept.get(key, Decimal(0)) + open_qty <= may_reduce:
-            kept[key] = kept.get(key, Decimal(0)) + open_qty
-        else:
-            order_cancel(user=order.user, contract=contract, order_id=order.pk)
+    orders = (Order.objects.filter(contract=contract, user_id__in=user_ids, status__in=OPEN_STATUSES)
+              .filter(Q(reduce_only=True) | Q(close_position=True)).select_related("user")
+              .order_by(F("priority").asc(nulls_last=True), "pk"))
+    # A conditional order not in the book yet (`is_waiting`) is left to its trigger.
+    for order in reduce_only_excess(((o.user_id, o.side, o.quantity - o.executed_qty, o) for o in orders
+                                     if not o.is_waiting), sizes):
+        order_cancel(user=order.user, contract=contract, order_id=order.pk)
 
 
 def _incomes(contract, user_id: int, booking: AdlBooking) -> None:

@@ -31,6 +31,7 @@ from exchange.redis import channel, get_redis
 from .engine import RESTING_STATUSES, SymbolEngine
 from .margin import hold_release, order_hold
 from .models import CommandKind, CommandStatus, Order, OrderCommand, OrderStatus, OrderType, Side, Trade
+from .rules import reduce_only_excess
 from .triggers import triggers_fire
 
 logger = logging.getLogger(__name__)
@@ -260,17 +261,8 @@ def _reduce_only_excess(engine: SymbolEngine, fills: list[Fill], orders: dict[in
     if not resting:
         return
     sizes = dict(Position.objects.filter(contract=contract, user_id__in=delta.keys()).values_list("user_id", "size"))
-    kept: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
-    excess = []
-    for state in resting:
-        row = state.order
-        size = sizes.get(row.user_id, Decimal(0)) + delta[row.user_id]
-        may_reduce = (size if row.side == Side.SELL else -size) if size else Decimal(0)
-        key = (row.user_id, row.side)
-        if kept[key] + state.open_qty <= max(Decimal(0), may_reduce):
-            kept[key] += state.open_qty
-        else:
-            excess.append(state)
+    excess = reduce_only_excess(((s.order.user_id, s.order.side, s.open_qty, s) for s in resting),
+                                {u: sizes.get(u, Decimal(0)) + d for u, d in delta.items()})
     if not excess:
         return
     records = np.zeros(len(excess), COMMAND_DTYPE)

@@ -3,8 +3,10 @@
 One place for each: the PERCENT_PRICE band around the mark price, the protection
 price of market-type orders, and the trigger condition of conditional orders
 (Binance semantics: a BUY STOP triggers when the working price rises to the stop
-price, a BUY TAKE_PROFIT when it falls to it, and the mirror for SELL).
+price, a BUY TAKE_PROFIT when it falls to it, and the mirror for SELL); and which
+reduce-only orders a smaller position no longer covers.
 """
+from collections import defaultdict
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from .models import OrderType, Side
@@ -59,3 +61,22 @@ def trailing_step(*, side: str, price: Decimal, extreme: Decimal | None, activat
         return extreme, price <= extreme * (1 - rate)
     extreme = min(extreme, price)
     return extreme, price >= extreme * (1 + rate)
+
+
+def reduce_only_excess(orders, sizes: dict[int, Decimal]) -> list:
+    """The reduce-only orders a position no longer covers.
+
+    `orders`: (user id, side, open quantity, item), oldest first; `sizes`: user id -> position
+    size. Per account and side the oldest are kept up to the size they may still reduce; the
+    items of the rest come back (to be cancelled, so no fill can open or flip a position).
+    """
+    kept: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
+    excess = []
+    for user_id, side, open_qty, item in orders:
+        size = sizes.get(user_id, Decimal(0))
+        may_reduce = max(Decimal(0), size if side == Side.SELL else -size)
+        if kept[user_id, side] + open_qty <= may_reduce:
+            kept[user_id, side] += open_qty
+        else:
+            excess.append(item)
+    return excess
