@@ -245,12 +245,15 @@ class Soak:
         row = Order.objects.filter(pk=pk).values("executed_qty", "quantity", "order_type", "status").first()
         contract = next((c for c in self.contracts if c.pk == contract_id), None)
         if row is None or contract is None or row["order_type"] != OrderType.LIMIT \
-                or row["status"] not in OPEN_STATUSES or self._mark(contract) is None:
+                or row["status"] not in OPEN_STATUSES:
+            return
+        mark = self._mark(contract)
+        if mark is None:
             return
         quantity = max(row["executed_qty"] + contract.lot_size,
                        row["quantity"] + self.rng.choice((-2, -1, 1, 3)) * contract.lot_size)
         self._call(order_amend, user=user, contract=contract, order_id=pk, quantity=quantity,
-                   price=self._price(self._mark(contract), 0.01))
+                   price=self._price(mark, 0.01))
 
     def do_leverage(self) -> None:
         self._call(leverage_change, user=self.rng.choice(self.users), contract=self.contract,
@@ -286,9 +289,13 @@ class Soak:
         self.exchange.restart()
         after = {s: e.book.state_hash() for s, e in self.exchange.matcher.engines.items()}
         # A settled contract's book is not taken up again; every other one must come back equal.
-        changed = {s: (before[s], after.get(s)) for s in before if s in after and before[s] != after[s]}
+        changed = {s: (before[s], after[s]) for s in before if s in after and before[s] != after[s]}
         if changed:
             raise SoakFailure(f"books rebuilt from the database differ from those in memory: {changed}")
+        missing = set(before) - set(after)
+        if missing and (lost := sorted(Contract.objects.filter(symbol__in=missing)
+                                       .exclude(status=ContractStatus.SETTLED).values_list("symbol", flat=True))):
+            raise SoakFailure(f"books not rebuilt after the restart (their contracts are not settled): {lost}")
 
     # -- checks ------------------------------------------------------------------------------------
 
