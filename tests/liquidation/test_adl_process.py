@@ -7,14 +7,9 @@ locked the liquidation and before anything is booked; it is then SIGKILLed and i
 database session ends. The restarted work (this process, then a fresh worker) must
 deleverage exactly once and finish the liquidation.
 """
-import ctypes
-import os
 import signal
-import subprocess
 import sys
-import time
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from django.db import connection, transaction
@@ -25,36 +20,14 @@ from apps.liquidation.models import Liquidation, LiquidationStatus, RecordKind
 from apps.liquidation.services import liquidation_advance, liquidation_sweep
 from apps.ops.invariants import run_all_invariants
 from apps.trading.matching import batch_process
+from tests.ops.processes import spawn, wait_for  # noqa: F401 (spawn: a fixture)
 
 from .helpers import records, size_of, wallet_of
 
-ROOT = Path(__file__).resolve().parents[2]
 D = Decimal
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-ADVANCE = "from apps.liquidation.services import liquidations_advance; print(liquidations_advance(), flush=True)"
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def start_worker(log_path: Path) -> subprocess.Popen:
-    s = connection.settings_dict
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test",
-           "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"}
-    with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "manage.py", "shell", "-c", ADVANCE], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-
-
-def wait_for(predicate, what: str, log_path: Path, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}\n{log_path.read_text(errors='replace')[-2000:]}")
+WORKER = [sys.executable, "manage.py", "shell", "-c",
+          "from apps.liquidation.services import liquidations_advance; print(liquidations_advance(), flush=True)"]
 
 
 def blocked_backend() -> int | None:
@@ -74,35 +47,30 @@ def backend_alive(pid: int) -> bool:
         return cursor.fetchone()[0] > 0
 
 
-def test_a_worker_killed_inside_an_adl_step_is_resumed_once(gapped_long, engine, tmp_path):
+def test_a_worker_killed_inside_an_adl_step_is_resumed_once(gapped_long, engine, spawn):
     alice, sam, tom, uma, bob = gapped_long
     liquidation_sweep()
     batch_process(engine)  # the bankruptcy-price order finds no bid; the fund is empty: ADL is next
     liquidation = Liquidation.objects.get(user=alice)
-    log = tmp_path / "worker.log"
 
     uma_wallet = account_get_or_create(kind=AccountKind.WALLET, user=uma)
     with transaction.atomic():
         Balance.objects.select_for_update().get(account=uma_wallet)  # as a matcher batch on uma would
-        worker = start_worker(log)
-        try:
-            backend = wait_for(blocked_backend, "the worker to wait inside its ADL step", log)
-            worker.send_signal(signal.SIGKILL)
-            worker.wait(timeout=30)
-        finally:
-            if worker.poll() is None:
-                worker.kill()
+        worker = spawn("worker", WORKER)
+        backend = wait_for(blocked_backend, "the worker to wait inside its ADL step", worker, timeout=120)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
         with connection.cursor() as cursor:  # what the server does when the dead client's socket closes
             cursor.execute("SELECT pg_terminate_backend(%s)", [backend])
-        wait_for(lambda: not backend_alive(backend), "the killed worker's session to end", log)
+        wait_for(lambda: not backend_alive(backend), "the killed worker's session to end")
 
     # Nothing of the interrupted step was committed.
     assert not LedgerTransaction.objects.filter(kind=TransactionKind.ADL).exists()
     assert records(liquidation, RecordKind.DELEVERAGE) == [] and size_of(alice) == 2
 
     assert liquidation_advance(liquidation=liquidation) == "deleveraged"
-    restarted = start_worker(log)  # a restarted worker finishes it
-    assert restarted.wait(timeout=120) == 0, log.read_text(errors="replace")[-2000:]
+    restarted = spawn("restarted", WORKER)  # a restarted worker finishes it
+    assert restarted.wait(timeout=120) == 0, restarted.log_path.read_text(errors="replace")[-2000:]
     liquidation.refresh_from_db()
     assert liquidation.status == LiquidationStatus.DONE
     assert LedgerTransaction.objects.filter(kind=TransactionKind.ADL).count() == 1
