@@ -9,7 +9,7 @@ from django.db import connection
 
 from apps.ops.invariants import ALL_CHECKS
 from apps.simulation import soak as soak_module
-from apps.simulation.soak import Soak, replay_command, soak_run
+from apps.simulation.soak import Soak, SoakFailure, replay_command, soak_run
 from apps.simulation.world import tasks_in_process
 
 pytestmark = pytest.mark.slow
@@ -38,6 +38,20 @@ def test_restart_rebuilds_the_same_books(transactional_db):
         assert soak.exchange.restarts == 1
         assert sum(engine.book.order_count for engine in soak.exchange.matcher.engines.values()) == resting
         assert soak.check() == []
+
+
+def test_a_book_lost_in_a_restart_is_a_failure(transactional_db, monkeypatch):
+    with tasks_in_process():
+        soak = Soak(seed=9)
+        restart = soak.exchange.restart
+
+        def restart_losing_the_perpetual():
+            restart()
+            soak.exchange.matcher.engines.pop("BTCUSDT")
+
+        monkeypatch.setattr(soak.exchange, "restart", restart_losing_the_perpetual)
+        with pytest.raises(SoakFailure, match=r"books not rebuilt after the restart .*\['BTCUSDT'\]"):
+            soak.do_restart()
 
 
 def test_a_broken_invariant_stops_the_soak_with_a_replay_command(transactional_db, monkeypatch):
