@@ -9,8 +9,11 @@ deadlock, postings whose idempotency key was already booked are skipped, and one
 statement computes every entry's balance_after (a running sum per balance), refuses
 the call if a non-negative balance would end a posting below zero, and otherwise
 writes the entries and the balances. The cost is a constant number of statements
-whatever the number of legs (a funding or delivery posting has one per position).
-It runs inside the caller's transaction when there is one, so a service that books
+whatever the number of legs. `ledger_post_staged` books a posting whose legs a SELECT
+yields (a funding or delivery posting: one leg per position, computed by PostgreSQL),
+with the same rules checked in SQL, so the legs never travel through Python; from
+`TABLE_LOCK_FROM` legs it locks the balance table instead of each balance row.
+Both run inside the caller's transaction when there is one, so a service that books
 several things commits them together.
 """
 from dataclasses import dataclass, field
@@ -31,7 +34,7 @@ from .models import (
     TransactionKind,
 )
 from .money import exponent_for, quantize_amount, to_decimal
-from .staging import LegRows, legs_stage
+from .staging import LegRows, Stage, legs_stage
 
 _KINDS = frozenset(TransactionKind.values)
 _ZERO = Decimal(0)
@@ -179,14 +182,20 @@ def _lock(stage) -> tuple[int, int]:
         locked, pairs, legs = cursor.fetchone()
         if locked == pairs:
             return pairs, legs
+        _ensure(stage)
+        cursor.execute(LOCK_SQL.format(legs=stage.cte), stage.params)
+        return pairs, legs
+
+
+def _ensure(stage) -> None:
+    """Create the missing balance rows of the staged legs (LedgerError for an unknown account)."""
+    with connection.cursor() as cursor:
         cursor.execute(UNKNOWN_ACCOUNTS_SQL.format(legs=stage.cte), stage.params)
         missing = [row[0] for row in cursor.fetchall()]
         if missing:
             raise LedgerError(f"Unknown ledger account(s): {missing}.")
         cursor.execute(ENSURE_BALANCES_SQL.format(legs=stage.cte),
                        [*stage.params, [str(kind) for kind in MAY_GO_NEGATIVE_KINDS]])
-        cursor.execute(LOCK_SQL.format(legs=stage.cte), stage.params)
-        return pairs, legs
 
 
 # Balances after each leg: a running sum per balance in leg order. When every balance
@@ -248,6 +257,7 @@ INSERT INTO ledger_ledgerentry (transaction_id, account_id, asset_id, amount, ba
 SELECT transaction_id, account_id, asset_id, amount, after FROM moved ORDER BY ord
 """
 NON_NEGATIVE = "balance_non_negative_unless_allowed"
+UNBALANCED = "does not balance for asset"  # the entries' statement trigger (migration 0004)
 
 
 def _write(stage, *, txn_ids: list[int | None], once: bool, assets: dict[str, Asset]) -> None:
@@ -327,6 +337,171 @@ def ledger_post_many(*, postings: Sequence[Posting]) -> list[LedgerTransaction]:
     return result
 
 
+# -- postings whose legs PostgreSQL computes (funding, delivery: a leg per position) ---------------
+
+# From this many legs a staged posting locks the balance table (EXCLUSIVE: plain reads go
+# on, every other balance writer waits) instead of each balance row: the row locks of a
+# million balances cost as much as writing them, and the posting then updates the rows
+# in whatever order its join yields, which no concurrent writer can interleave with.
+TABLE_LOCK_FROM = 20_000
+# The hash joins and sorts of a large posting stay in memory.
+STAGED_WORK_MEM = "256MB"
+
+STAGED_LEGS = "WITH legs AS NOT MATERIALIZED (SELECT 0 AS p, x.account_id, x.asset_id, x.amount, 0::bigint AS ord FROM ({sql}) x)"
+
+STAGED_CHECK_SQL = """
+{legs}
+SELECT l.asset_id, a.code, count(*), sum(l.amount),
+       count(*) FILTER (WHERE l.amount = 0), count(*) FILTER (WHERE l.amount <> trunc(l.amount, a.precision))
+FROM legs l LEFT JOIN ledger_asset a ON a.id = l.asset_id
+GROUP BY l.asset_id, a.code
+ORDER BY l.asset_id
+"""
+
+# Every balance appears once in a staged posting: the update yields each entry's balance_after.
+STAGED_MOVE_SQL = """
+{legs},
+moved AS (
+    UPDATE ledger_balance b SET amount = b.amount + l.amount, updated_at = now()
+    FROM legs l
+    WHERE b.account_id = l.account_id AND b.asset_id = l.asset_id
+    RETURNING b.account_id, b.asset_id, l.amount, b.amount AS after
+)
+INSERT INTO ledger_ledgerentry (transaction_id, account_id, asset_id, amount, balance_after)
+SELECT %s, account_id, asset_id, amount, after FROM moved
+"""
+
+STAGED_TWICE_SQL = """
+{legs}
+SELECT account_id, asset_id FROM legs GROUP BY account_id, asset_id HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 1
+"""
+
+STAGED_SHORT_SQL = """
+{legs}
+SELECT l.account_id, l.asset_id, b.amount + l.amount
+FROM legs l JOIN ledger_balance b ON b.account_id = l.account_id AND b.asset_id = l.asset_id
+WHERE b.amount + l.amount < 0 AND NOT b.may_go_negative
+ORDER BY l.account_id, l.asset_id LIMIT 1
+"""
+
+
+class _Short(Exception):
+    """A staged move updated fewer balances than there are legs (rolled back with its savepoint)."""
+
+
+def balances_lock_for(*, legs: int) -> bool:
+    """Lock the balance table (`balances_lock_all`) when a staged posting of this many legs
+    will; returns whether it did. For a caller that reads balances before posting."""
+    if legs < TABLE_LOCK_FROM:
+        return False
+    balances_lock_all()
+    return True
+
+
+def balances_lock_all() -> None:
+    """Lock the whole balance table against other writers until the transaction ends (readers go on).
+
+    For a service about to post one leg per position on a large share of all balances
+    (`TABLE_LOCK_FROM` legs and more) that must first read some of them (a deficit
+    cover): every other poster locks its rows after this, never before it, so no
+    deadlock is possible. Taken before any balance row lock of the transaction.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("LOCK TABLE ledger_balance IN EXCLUSIVE MODE")
+
+
+def ledger_post_staged(*, posting: Posting, legs_sql: str, params: Sequence = ()) -> LedgerTransaction | None:
+    """Book one posting whose legs are the rows (account_id, asset_id, amount) of a SELECT.
+
+    For a posting of a leg per position that PostgreSQL computes itself (funding,
+    delivery): the legs never travel through Python. The SELECT must yield the same
+    rows each time it runs within the call (read a temporary table of the caller's) and
+    each (account, asset) at most once. The rules are those of `ledger_post_many`, checked
+    in SQL: known assets, non-zero amounts within the asset's precision, at least two legs
+    summing to zero per asset; a balance that must not go negative refuses the posting
+    (InsufficientBalance, nothing written); a repeated idempotency key returns the earlier
+    transaction; no legs at all book nothing (None). `posting.legs` is not read. From `TABLE_LOCK_FROM` legs the balance table
+    is locked (`balances_lock_all`), below it the balance rows in the ledger's order.
+    """
+    if posting.kind not in _KINDS:
+        raise LedgerError(f"Unknown transaction kind {posting.kind!r}.")
+    legs = STAGED_LEGS.format(sql=legs_sql)
+    params = list(params)
+    with transaction.atomic(), connection.cursor() as cursor:  # a refused posting rolls back to here
+        cursor.execute("SELECT set_config('work_mem', %s, true)", [STAGED_WORK_MEM])
+        cursor.execute(STAGED_CHECK_SQL.format(legs=legs), params)
+        count = _staged_check(cursor.fetchall())
+        if not count:
+            return None
+        stage = Stage(legs, params, copied=True)
+        if not balances_lock_for(legs=count):
+            _lock(stage)
+        key = posting.idempotency_key
+        booked = LedgerTransaction.objects.filter(idempotency_key=key).first() if key else None
+        if booked is not None:
+            return booked
+        try:
+            with transaction.atomic(savepoint=bool(key)):  # only a keyed posting can collide
+                txn = LedgerTransaction.objects.create(
+                    kind=posting.kind, idempotency_key=key, memo=posting.memo[:255], reference=posting.reference,
+                    created_by_id=posting.created_by_id,
+                )
+        except IntegrityError as exc:
+            raise LedgerError("Duplicate idempotency key (booked concurrently).") from exc
+        try:
+            _staged_move(cursor, stage, txn.pk, count)
+        except _Short:
+            _ensure(stage)  # the table is ours: new rows need no lock of their own
+            try:
+                _staged_move(cursor, stage, txn.pk, count)
+            except _Short:
+                raise LedgerError("A staged posting's legs changed between its statements.") from None
+    return txn
+
+
+def _staged_check(rows) -> int:
+    """The number of legs, after the ledger's rules (per asset: known, non-zero, precision, zero sum)."""
+    count = 0
+    for asset_id, code, legs, total, zeros, too_precise in rows:
+        if code is None:
+            raise UnknownAsset(f"Unknown asset id {asset_id}.")
+        if zeros:
+            raise InvalidAmount("A ledger leg amount must not be zero.")
+        if too_precise:
+            raise PrecisionExceeded(f"{too_precise} amount(s) have more decimal places than {code} allows.")
+        if total != 0:
+            raise Unbalanced(f"Legs do not sum to zero for {code} (sum {total}).")
+        count += legs
+    return count  # one leg alone cannot sum to zero
+
+
+def _staged_move(cursor, stage: Stage, txn_id: int, count: int) -> None:
+    """Balances and entries in one statement; _Short when a balance row is missing or a balance repeats."""
+    try:
+        with transaction.atomic():
+            cursor.execute(STAGED_MOVE_SQL.format(legs=stage.cte), [*stage.params, txn_id])
+            if cursor.rowcount != count:
+                raise _Short
+    except (IntegrityError, _Short) as exc:
+        # A balance updated twice keeps one of its legs: the entries then miss the other
+        # (refused by their trigger), or that leg alone takes the balance below zero.
+        cursor.execute(STAGED_TWICE_SQL.format(legs=stage.cte), stage.params)
+        twice = cursor.fetchone()
+        if twice is not None:
+            raise LedgerError(f"A staged posting has two legs on account {twice[0]} asset {twice[1]}.") from None
+        if isinstance(exc, _Short) or UNBALANCED in str(exc):
+            # The legs sum to zero (checked), so the entries do not: a leg found no balance row
+            # (the entries' trigger refuses the statement before its row count can be read).
+            raise _Short from None
+        if NON_NEGATIVE not in str(exc):
+            raise
+        cursor.execute(STAGED_SHORT_SQL.format(legs=stage.cte), stage.params)
+        account_id, asset_id, after = cursor.fetchone()
+        asset = Asset.objects.get(pk=asset_id)
+        after = quantize_amount(after, asset.precision)
+        raise InsufficientBalance(f"Insufficient balance: account {account_id} would hold {after:f} {asset.code}.")
+
+
 SHORT_SQL = """
 {legs}
 SELECT b.account_id, b.amount
@@ -357,24 +532,6 @@ def balances_lock(*, account_ids, asset: Asset) -> dict[int, Decimal]:
         _lock(stage)
         with connection.cursor() as cursor:
             cursor.execute(SHORT_SQL.format(legs=stage.cte, where=""), stage.params)
-            return dict(cursor.fetchall())
-
-
-def balances_lock_short(*, deltas: dict[int, Decimal], asset: Asset, also: Sequence[int] = ()) -> dict[int, Decimal]:
-    """Lock the balances of every account of `deltas` and `also` (ledger order); the current amount of
-    those that their delta would take below zero, and of the `also` accounts.
-
-    For a posting of many legs that covers the few that would go short (funding): the
-    balances are locked in one ordered pass before the legs are decided, and only the
-    short ones come back to Python. Deltas must fit the asset's precision.
-    """
-    accounts = [*deltas.keys(), *(a for a in also if a not in deltas)]
-    rows = _pairs(accounts, asset, [*deltas.values(), *([_ZERO] * (len(accounts) - len(deltas)))])
-    with legs_stage(rows) as stage:
-        _lock(stage)
-        with connection.cursor() as cursor:
-            where = "WHERE b.amount + d.delta < 0 OR b.account_id = ANY(%s)"
-            cursor.execute(SHORT_SQL.format(legs=stage.cte, where=where), [*stage.params, list(also)])
             return dict(cursor.fetchall())
 
 

@@ -13,16 +13,24 @@ from django.db import IntegrityError, connection, transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from apps.ledger import services as ledger_services
 from apps.ledger import staging
-from apps.ledger.errors import InsufficientBalance
+from apps.ledger.errors import (
+    InsufficientBalance,
+    InvalidAmount,
+    LedgerError,
+    PrecisionExceeded,
+    Unbalanced,
+    UnknownAsset,
+)
 from apps.ledger.invariants import LEDGER_CHECKS
 from apps.ledger.models import AccountKind, Balance, Income, IncomeType, LedgerEntry, LedgerTransaction, TransactionKind
 from apps.ledger.services import (
     Leg,
     Posting,
     accounts_for_users,
-    balances_lock_short,
     ledger_post_many,
+    ledger_post_staged,
     system_account,
     wallet_deposit,
 )
@@ -131,16 +139,6 @@ def test_missing_balance_rows_are_created_with_the_account_kind_rule(path, walle
     assert rows == {a: False, pnl.pk: True}
 
 
-def test_balances_lock_short_returns_only_the_short_and_the_asked(path, wallets, usdt, external):
-    a, b, c = wallets(3)
-    ledger_post_many(postings=[Posting(kind=TransactionKind.DEPOSIT, legs=[
-        Leg(a, usdt, D("5")), Leg(b, usdt, D("5")), Leg(external, usdt, D("-10"))])])
-    fund = system_account(AccountKind.INSURANCE_FUND).pk
-    with transaction.atomic():
-        short = balances_lock_short(deltas={a: D("-5"), b: D("-5.00000001"), c: D("1")}, asset=usdt, also=[fund])
-    assert short == {b: D("5"), fund: D("0")}  # c and the fund had no balance row: created at 0
-
-
 # -- property: random calls against a Python model -------------------------------------------------
 
 ACCOUNTS = 4
@@ -241,3 +239,88 @@ def test_database_keeps_what_entries_reference(alice, usdt, wallet):
         with pytest.raises(IntegrityError, match="DELETE refused"):
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(sql, args)
+
+
+# -- postings whose legs PostgreSQL computes (ledger_post_staged) ------------------------------------
+
+@pytest.fixture(params=["row locks", "table lock"])
+def lock_path(request, monkeypatch):
+    if request.param == "table lock":
+        monkeypatch.setattr(ledger_services, "TABLE_LOCK_FROM", 0)
+    return request.param
+
+
+LEGS_SQL = "SELECT account_id, asset_id, amount FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[]) AS l(account_id, asset_id, amount)"
+
+
+def post_staged(legs, key=None):
+    """legs: [(account id, asset id, amount)] handed to PostgreSQL as the SELECT's rows."""
+    return ledger_post_staged(
+        posting=Posting(kind=TransactionKind.FUNDING, legs=(), idempotency_key=key, memo="staged"),
+        legs_sql=LEGS_SQL, params=[[a for a, _, _ in legs], [s for _, s, _ in legs], [x for _, _, x in legs]],
+    )
+
+
+def test_a_staged_posting_books_each_leg_with_its_balance_after(lock_path, wallets, usdt, external):
+    a, b = wallets(2)
+    ledger_post_many(postings=[Posting(kind=TransactionKind.DEPOSIT, legs=[
+        Leg(a, usdt, D("5")), Leg(external, usdt, D("-5"))])])
+    clearing = system_account(AccountKind.FUNDING_CLEARING).pk  # no balance row yet: created
+    txn = post_staged([(a, usdt.pk, D("-1.5")), (b, usdt.pk, D("1.25")), (clearing, usdt.pk, D("0.25"))])
+    assert sorted(txn.entries.values_list("account_id", "amount", "balance_after")) == sorted([
+        (a, D("-1.5"), D("3.5")), (b, D("1.25"), D("1.25")), (clearing, D("0.25"), D("0.25"))])
+    assert balances([a, b, clearing]) == [D("3.5"), D("1.25"), D("0.25")]
+    assert clean() == []
+
+
+@pytest.mark.parametrize("legs, error, match", [
+    ([(0, 0, "1"), (1, 0, "-1")], UnknownAsset, "Unknown asset id"),
+    ([(0, 1, "0"), (1, 1, "0")], InvalidAmount, "must not be zero"),
+    ([(0, 1, "0.000000001"), (1, 1, "-0.000000001")], PrecisionExceeded, "more decimal places"),
+    ([(0, 1, "1"), (1, 1, "-0.5")], Unbalanced, "do not sum to zero"),
+    ([(0, 1, "1"), (0, 1, "-2"), (1, 1, "1")], LedgerError, "two legs on account"),
+])
+def test_a_staged_posting_breaking_a_rule_is_refused_and_writes_nothing(lock_path, wallets, usdt, legs, error,
+                                                                      match):
+    accounts = wallets(2)
+    asset_ids = {0: usdt.pk + 1000, 1: usdt.pk}
+    rows = [(accounts[i], asset_ids[s], D(x)) for i, s, x in legs]
+    before = (LedgerTransaction.objects.count(), LedgerEntry.objects.count())
+    with transaction.atomic():
+        with pytest.raises(error, match=match):
+            post_staged(rows)
+        assert (LedgerTransaction.objects.count(), LedgerEntry.objects.count()) == before
+    assert balances(accounts) == [D(0), D(0)]
+
+
+def test_a_staged_posting_that_would_take_a_balance_below_zero_writes_nothing(lock_path, wallets, usdt, external):
+    a, b = wallets(2)
+    ledger_post_many(postings=[Posting(kind=TransactionKind.DEPOSIT, legs=[
+        Leg(a, usdt, D("1")), Leg(external, usdt, D("-1"))])])
+    before = (LedgerTransaction.objects.count(), LedgerEntry.objects.count())
+    with transaction.atomic():  # the caller's transaction stays usable
+        with pytest.raises(InsufficientBalance, match=f"account {a} would hold -0.00000001 USDT"):
+            post_staged([(a, usdt.pk, D("-1.00000001")), (b, usdt.pk, D("1.00000001"))])
+        assert (LedgerTransaction.objects.count(), LedgerEntry.objects.count()) == before
+    assert balances([a, b]) == [D("1"), D("0")]
+
+
+def test_a_staged_posting_with_a_booked_key_returns_the_earlier_transaction(lock_path, wallets, usdt, external):
+    a, b = wallets(2)
+    first = post_staged([(a, usdt.pk, D("2")), (external.pk, usdt.pk, D("-2"))], key="staged-once")
+    again = post_staged([(a, usdt.pk, D("2")), (external.pk, usdt.pk, D("-2"))], key="staged-once")
+    assert again.pk == first.pk
+    assert balances([a]) == [D("2")]
+    assert clean() == []
+
+
+def test_a_staged_posting_without_legs_books_nothing(lock_path, wallets):
+    assert post_staged([]) is None
+    assert not LedgerTransaction.objects.exists()
+
+
+def test_a_staged_posting_on_an_unknown_account_is_refused(lock_path, wallets, usdt, external):
+    (a,) = wallets(1)
+    with transaction.atomic():
+        with pytest.raises(LedgerError, match="Unknown ledger account"):
+            post_staged([(a + 10_000, usdt.pk, D("2")), (external.pk, usdt.pk, D("-2"))])
