@@ -10,21 +10,24 @@ Settlement (`funding_settle`) is one database transaction per (contract, funding
 2. the rate of that interval is computed from its samples (`selectors.rate_quote`),
    the mark is the last stored mark before the funding time;
 3. every open position's payment (`formulas.payment`, run as `formulas.PAYMENT_SQL`
-   over all positions in one statement) goes to its margin account: the WALLET for
-   cross positions, the position's ISOLATED_MARGIN account for isolated ones (as the
-   reference exchange does: isolated funding moves the isolated margin);
-4. the posting is tried as it is: the ledger refuses it (and rolls it back) when a payer's
-   account cannot pay in full; then every balance of the posting is locked in one
-   ordered pass, and the short payers are covered by the insurance fund, then bad debt
-   — the rule of `apps.positions.booking` (`deficits_cover`), reused — and it is posted;
-5. ONE ledger posting (idempotency key `funding:<SYMBOL>:<funding ms>`) with a leg per
-   account and one FUNDING_CLEARING leg of −Σ payments; the rounding dust (what the
-   payers paid minus what the receivers got, a few 1e-8 per position at most) stays in
-   FUNDING_CLEARING, the one documented dust account, and is recorded on the run;
+   over all positions in one statement, into the temporary table `funding_payments`)
+   goes to its margin account: the WALLET for cross positions, the position's
+   ISOLATED_MARGIN account for isolated ones (as the reference exchange does: isolated
+   funding moves the isolated margin);
+4. ONE ledger posting (idempotency key `funding:<SYMBOL>:<funding ms>`), its legs read by
+   the ledger from `funding_payments` (`ledger_post_staged`): a leg per account and one
+   FUNDING_CLEARING leg of −Σ payments; the rounding dust (what the payers paid minus
+   what the receivers got, a few 1e-8 per position at most) stays in FUNDING_CLEARING,
+   the one documented dust account, and is recorded on the run. A large posting locks
+   the balance table first (`balances_lock_for`), a small one its rows;
+5. the posting is tried as it is: the ledger refuses it (and rolls it back) when a payer's
+   account cannot pay in full; then the short payers (found in SQL, under the locks) are
+   covered by the insurance fund, then bad debt — the rule of `apps.positions.booking`
+   (`deficits_cover`), reused — and it is posted again;
 6. one `Income` FUNDING_FEE row per position (one INSERT ... SELECT), the `FundingRate`
    history row and the run's totals, in the same transaction.
-Per position, only the posting's leg passes through Python (the ledger's validation);
-payments, sums and income lines are SQL over all positions (bench/funding.py).
+Nothing per position passes through Python: payments, legs, sums and income lines are
+SQL over all positions (bench/funding.py).
 A crash anywhere rolls all of it back: the next run (the beat every minute retries
 due times, oldest first) settles it from scratch, so each position is charged exactly
 once. Failures mark the run FAILED and raise `job_failure:funding:<SYMBOL>`.
@@ -47,11 +50,11 @@ from apps.contracts.models import Contract, FundingPolicy
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
 from apps.ledger.services import (
-    Leg,
     Posting,
     accounts_for_users,
-    balances_lock_short,
-    ledger_post_many,
+    balances_lock,
+    balances_lock_for,
+    ledger_post_staged,
     system_account,
 )
 from apps.marketdata.engine.quotes import to_ms
@@ -222,11 +225,12 @@ def _mark_at(*, contract: Contract, funding_time: datetime) -> Decimal:
 
 # Every open position's payment, computed once in PostgreSQL (`formulas.PAYMENT_SQL`,
 # exact and half-even) with its margin account: the WALLET for cross, the position's
-# ISOLATED_MARGIN account for isolated (NULL when the account does not exist yet).
+# ISOLATED_MARGIN account for isolated (NULL when the account does not exist yet), and
+# what covers it when its owner cannot pay in full (`cover`, set for those few only).
 PAYMENTS_SQL = f"""
 CREATE TEMP TABLE funding_payments ON COMMIT DROP AS
-SELECT p.id AS position_id, p.user_id, p.margin_type = 'ISOLATED' AS isolated, a.id AS account_id,
-       {formulas.PAYMENT_SQL} AS amount
+SELECT p.user_id, p.margin_type = 'ISOLATED' AS isolated, a.id AS account_id,
+       {formulas.PAYMENT_SQL} AS amount, 0::numeric AS cover
 FROM positions_position p
 {formulas.PAYMENT_SQL_FROM}
 LEFT JOIN ledger_account a
@@ -237,21 +241,41 @@ WHERE p.contract_id = %(contract)s AND p.size <> 0
 """
 
 TOTALS_SQL = """
-SELECT count(*), COALESCE(-sum(amount) FILTER (WHERE amount < 0), 0), COALESCE(sum(amount) FILTER (WHERE amount > 0), 0)
+SELECT count(*), COALESCE(-sum(amount) FILTER (WHERE amount < 0), 0), COALESCE(sum(amount) FILTER (WHERE amount > 0), 0),
+       count(*) FILTER (WHERE amount <> 0)
 FROM funding_payments
 """
 
-# Net payment per margin account (one position per user and contract: one row per position).
-DELTAS_SQL = """
-SELECT account_id, sum(amount) FROM funding_payments GROUP BY account_id HAVING sum(amount) <> 0 ORDER BY account_id
+# The posting's legs: one per paying or receiving position (one position per user and
+# contract: one per margin account), and the system accounts' (FUNDING_CLEARING: −Σ; the
+# covers' insurance fund and bad debt) as array parameters.
+LEGS_SQL = """
+SELECT f.account_id, %s::bigint AS asset_id, f.amount + f.cover AS amount
+FROM pg_temp.funding_payments f WHERE f.amount + f.cover <> 0
+UNION ALL
+SELECT s.account_id, %s::bigint, s.amount
+FROM unnest(%s::bigint[], %s::numeric[]) AS s(account_id, amount) WHERE s.amount <> 0
 """
 
+# The payers that cannot pay in full (their balance, and what they owe), once the balances are locked.
+SHORT_SQL = """
+SELECT f.user_id, f.account_id, COALESCE(b.amount, 0), f.amount
+FROM pg_temp.funding_payments f
+LEFT JOIN ledger_balance b ON b.account_id = f.account_id AND b.asset_id = %s
+WHERE f.amount < 0 AND COALESCE(b.amount, 0) + f.amount < 0 AND NOT COALESCE(b.may_go_negative, false)
+ORDER BY f.account_id
+"""
 
-def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int, Decimal, Decimal]:
-    """Fill `funding_payments` (one statement) and return (positions, paid, received)."""
+# The hash joins over every position and account stay in memory (this transaction only).
+SETTLE_WORK_MEM = "256MB"
+
+
+def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int, Decimal, Decimal, int]:
+    """Fill `funding_payments` (one statement); returns (positions, paid, received, non-zero payments)."""
     params = formulas.payment_sql_params(mark_price=mark, rate=rate, contract_size=contract.contract_size,
                                          precision=contract.settle_asset.precision)
     with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('work_mem', %s, true)", [SETTLE_WORK_MEM])
         cursor.execute(PAYMENTS_SQL, {**params, "contract": contract.pk})
         cursor.execute("SELECT DISTINCT user_id, isolated FROM funding_payments WHERE account_id IS NULL")
         missing = cursor.fetchall()
@@ -273,34 +297,37 @@ def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int,
         return cursor.fetchone()
 
 
-def _deltas() -> dict[int, Decimal]:
-    with connection.cursor() as cursor:
-        cursor.execute(DELTAS_SQL)
-        return dict(cursor.fetchall())
-
-
-def _short_payers(accounts: list[int]) -> dict[int, int]:
-    """user id -> account id of the payers given by account (the few that cannot pay in full)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT DISTINCT user_id, account_id FROM funding_payments WHERE account_id = ANY(%s)",
-                       [accounts])
-        return dict(cursor.fetchall())
-
-
-def _cover_short(*, delta: dict[int, Decimal], asset, clearing: int) -> Decimal:
+def _cover_short(*, system: dict[int, Decimal], asset, large: bool) -> Decimal:
     """Cover the payers that cannot pay in full: from the insurance fund, then bad debt; returns the total.
 
-    Every balance of the posting is locked in one ordered pass (the ledger's order);
-    back come the short payers' balances (and the fund's and bad debt's), covered by the
-    one rule of apps.positions.booking. Updates `delta` with the covers.
+    Every balance of the posting is locked first (the whole table for a large posting,
+    taken before the first try; otherwise each row, in the ledger's order); the short
+    payers come back from SQL and are covered by the one rule of apps.positions.booking.
+    Their covers go into `funding_payments.cover`, the fund's and bad debt's legs into `system`.
     """
     fund = system_account(AccountKind.INSURANCE_FUND).pk
     bad_debt = system_account(AccountKind.BAD_DEBT).pk
-    current = balances_lock_short(deltas=delta, asset=asset, also=[fund, bad_debt])
-    short = [a for a in current if a not in (clearing, fund, bad_debt) and delta.get(a, 0) < 0]
-    for account in (fund, bad_debt):
-        delta.setdefault(account, Decimal(0))
-    covers = cover_deficits(wallets=_short_payers(short), delta=delta, current=current, fund=fund, bad_debt=bad_debt)
+    with connection.cursor() as cursor:
+        accounts = [*system, fund, bad_debt]
+        if not large:
+            cursor.execute("SELECT account_id FROM funding_payments WHERE amount <> 0")
+            accounts += [row[0] for row in cursor.fetchall()]
+        current = balances_lock(account_ids=accounts, asset=asset)
+        cursor.execute(SHORT_SQL, [asset.pk])
+        short = cursor.fetchall()
+    wallets = {user_id: account for user_id, account, _, _ in short}
+    delta = {account: amount for _, account, _, amount in short}
+    current.update((account, balance) for _, account, balance, _ in short)
+    delta[fund] = system.get(fund, Decimal(0))
+    delta[bad_debt] = system.get(bad_debt, Decimal(0))
+    covers = cover_deficits(wallets=wallets, delta=delta, current=current, fund=fund, bad_debt=bad_debt)
+    system[fund], system[bad_debt] = delta[fund], delta[bad_debt]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE funding_payments f SET cover = t.cover FROM unnest(%s::bigint[], %s::numeric[]) AS t(account_id, cover)"
+            " WHERE f.account_id = t.account_id",
+            [list(covers), [fund_part + debt for fund_part, debt in covers.values()]],
+        )
     return sum((fund_part + debt for fund_part, debt in covers.values()), Decimal(0))
 
 
@@ -310,33 +337,37 @@ def _settle(*, run: FundingSettlement, contract: Contract, funding_time: datetim
     quote = rate_quote(contract=contract, funding_time=funding_time)
     mark = _mark_at(contract=contract, funding_time=funding_time)
     rate = quote.rate
-    positions, paid, received = _payments(contract=contract, mark=mark, rate=rate)
-
-    delta = _deltas()
-    clearing = system_account(AccountKind.FUNDING_CLEARING).pk
-    delta[clearing] = delta.get(clearing, Decimal(0)) + paid - received  # the posting balances: −Σ payments, the dust
+    positions, paid, received, legs = _payments(contract=contract, mark=mark, rate=rate)
+    # A large posting locks the balance table (as ledger_post_staged will) before anything here reads a
+    # balance; counted with the most system legs it can have (clearing, fund, bad debt), so the ledger
+    # never takes the table lock after this transaction has taken row locks.
+    large = balances_lock_for(legs=legs + 3)
+    # The posting balances: FUNDING_CLEARING takes −Σ payments, which leaves the rounding dust there.
+    system = {system_account(AccountKind.FUNDING_CLEARING).pk: paid - received}
     covered = Decimal(0)
 
     def post() -> int | None:
-        legs = [Leg(account, asset, amount) for account, amount in delta.items() if amount]
-        if len(legs) < 2:
+        if not legs:
             return None
-        return ledger_post_many(postings=[Posting(
-            kind=TransactionKind.FUNDING,
-            legs=legs,
-            idempotency_key=idempotency_key(contract=contract, funding_time=funding_time),
-            memo=f"Funding {contract.symbol} {funding_time:%Y-%m-%d %H:%M} UTC rate {rate} mark {mark}",
-            reference={"symbol": contract.symbol, "funding_time": to_ms(funding_time), "rate": str(rate),
-                       "mark_price": str(mark), "positions": positions},
-            created_by_id=requested_by.pk if requested_by is not None else None,
-        )])[0].pk
+        return ledger_post_staged(
+            posting=Posting(
+                kind=TransactionKind.FUNDING,
+                legs=(),
+                idempotency_key=idempotency_key(contract=contract, funding_time=funding_time),
+                memo=f"Funding {contract.symbol} {funding_time:%Y-%m-%d %H:%M} UTC rate {rate} mark {mark}",
+                reference={"symbol": contract.symbol, "funding_time": to_ms(funding_time), "rate": str(rate),
+                           "mark_price": str(mark), "positions": positions},
+                created_by_id=requested_by.pk if requested_by is not None else None,
+            ),
+            legs_sql=LEGS_SQL, params=[asset.pk, asset.pk, list(system), list(system.values())],
+        ).pk
 
     try:
-        # Optimistic: every payer can pay (the ledger checks it under its locks, in the
-        # same statement that books); the posting is refused, and rolled back, otherwise.
+        # Optimistic: every payer can pay (the ledger checks it in the statement that books);
+        # the posting is refused, and rolled back, otherwise.
         txn_id = post()
     except InsufficientBalance:
-        covered = _cover_short(delta=delta, asset=asset, clearing=clearing)
+        covered = _cover_short(system=system, asset=asset, large=large)
         txn_id = post()
     if txn_id is not None:
         _incomes_insert(symbol=contract.symbol, asset_id=asset.pk, transaction_id=txn_id, at=funding_time)
@@ -362,7 +393,6 @@ INSERT INTO {Income._meta.db_table} (user_id, symbol, income_type, amount, asset
 SELECT f.user_id, %(symbol)s, %(kind)s, f.amount, %(asset)s, %(info)s, NULL, %(txn)s, %(at)s
 FROM funding_payments f
 WHERE f.amount <> 0
-ORDER BY f.position_id
 """
 
 
