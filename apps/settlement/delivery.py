@@ -23,9 +23,11 @@ Settlement (`delivery_settle`) is idempotent per contract (one `DeliverySettleme
    to FEE_INCOME, isolated margin back to the wallet — as one ledger posting keyed
    `delivery:<SYMBOL>`; losses a wallet cannot pay are covered by the insurance fund, then
    bad debt (`deficits_cover`, as for fills; an isolated position's loss stops at its
-   isolated margin). Income rows (DELIVERED_SETTELMENT, COMMISSION) and the positions are
-   written with one statement each, and the contract becomes SETTLED in the same
-   transaction. A crash anywhere rolls all of it back; the next run starts it again.
+   isolated margin). Set-based: every position's PnL and fee are computed in SQL into the
+   temporary table `delivery_rows`, from which the posting's legs (`ledger_post_staged`),
+   the income rows (DELIVERED_SETTELMENT, COMMISSION) and the closed positions are written
+   with one statement each; the contract becomes SETTLED in the same transaction. A crash
+   anywhere rolls all of it back; the next run starts it again.
 """
 from __future__ import annotations
 
@@ -44,8 +46,15 @@ from apps.contracts.calendar import DELIVERY_TIME_OF_DAY, delivery_symbol, quart
 from apps.contracts.lifecycle import contract_status_set
 from apps.contracts.models import Contract, ContractStatus, ContractType, MarginTier
 from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
-from apps.ledger.money import quantize_amount
-from apps.ledger.services import Leg, Posting, accounts_for_users, balances_lock, ledger_post_many, system_account
+from apps.ledger.errors import InsufficientBalance
+from apps.ledger.services import (
+    Posting,
+    accounts_for_users,
+    balances_lock,
+    balances_lock_for,
+    ledger_post_staged,
+    system_account,
+)
 from apps.marketdata.engine.quotes import to_ms
 from apps.marketdata.engine.settlement_price import SettlementPriceCalculator, SettlementStatus
 from apps.marketdata.models import IndexConstituent
@@ -55,6 +64,7 @@ from apps.positions.booking import deficits_cover
 from apps.trading.models import OPEN_STATUSES
 from exchange.errors import ErrorCode, ExchangeError
 
+from . import formulas
 from .models import DeliveryNotice, DeliverySettlement, DeliveryStatus
 
 logger = logging.getLogger(__name__)
@@ -320,19 +330,30 @@ WITH open AS (
 SELECT user_id, count(*), sum(margin_held) FROM open GROUP BY user_id
 """
 
-POSITIONS_SQL = """
-SELECT id, user_id, size, entry_price, margin_type = 'ISOLATED'
-FROM positions_position WHERE contract_id = %s AND size <> 0 ORDER BY id FOR UPDATE
-"""
-
-
-HOLDERS_SQL = """
-SELECT p.user_id, p.margin_type = 'ISOLATED', w.id, iso.id
+# Every open position of the contract with its accounts and, computed exactly in SQL and
+# rounded half-even (`formulas.half_even_sql`, the ledger's rule), its realized PnL at the
+# settlement price and its delivery fee. What the posting adds to a row comes later: the
+# order margin released to its owner, its isolated margin, and the cover of a loss its
+# owner cannot pay (from the insurance fund, `covered`, then bad debt, `lost`).
+ROWS_SQL = f"""
+CREATE TEMP TABLE delivery_rows ON COMMIT DROP AS
+SELECT p.id AS position_id, p.user_id, p.size, p.entry_price, p.margin_type = 'ISOLATED' AS isolated,
+       w.id AS wallet, iso.id AS isolated_account,
+       {formulas.half_even_sql('x.pnl')} AS pnl, {formulas.half_even_sql('x.fee')} AS fee,
+       0::numeric AS released, 0::numeric AS margin, 0::numeric AS covered, 0::numeric AS lost
 FROM positions_position p
+CROSS JOIN LATERAL (SELECT p.size * (%(price)s::numeric - p.entry_price) * %(cs)s::numeric AS pnl,
+                           abs(p.size) * %(price)s::numeric * %(cs)s::numeric * %(fee_rate)s::numeric AS fee) x
 LEFT JOIN ledger_account w ON w.kind = 'WALLET' AND w.user_id = p.user_id AND w.contract_id IS NULL
 LEFT JOIN ledger_account iso ON p.margin_type = 'ISOLATED' AND iso.kind = 'ISOLATED_MARGIN'
                              AND iso.user_id = p.user_id AND iso.contract_id = p.contract_id
 WHERE p.contract_id = %(c)s AND p.size <> 0
+"""
+
+ROWS_TOTALS_SQL = """
+SELECT count(*), count(*) FILTER (WHERE isolated), COALESCE(sum(size) FILTER (WHERE size > 0), 0),
+       COALESCE(-sum(size) FILTER (WHERE size < 0), 0), COALESCE(sum(pnl), 0), COALESCE(sum(fee), 0)
+FROM delivery_rows
 """
 
 ORDER_USERS_SQL = """
@@ -345,130 +366,51 @@ LEFT JOIN ledger_account w ON w.kind = 'WALLET' AND w.user_id = u.user_id AND w.
 LEFT JOIN ledger_account om ON om.kind = 'ORDER_MARGIN' AND om.user_id = u.user_id AND om.contract_id IS NULL
 """
 
+# Closed at the settlement price; a position that changed since it was read (nothing should
+# write one while the contract row and the balances are ours) fails the settlement instead.
+POSITIONS_CLOSE_SQL = """
+UPDATE positions_position AS p
+SET size = 0, entry_price = 0, realized_pnl = p.realized_pnl + d.pnl, updated_at = now()
+FROM pg_temp.delivery_rows AS d
+WHERE p.id = d.position_id AND p.size = d.size AND p.entry_price = d.entry_price
+"""
 
-def _involved_accounts(contract: Contract) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
-    """Wallet, order-margin and isolated-margin account ids (user id -> account id) of everyone involved.
+# An isolated position's loss beyond its margin never reaches the wallet: the fund covers
+# it while it has money, positions in id order, then bad debt takes the rest (the sum of
+# the covers before a position is min(fund, the needs before it): a running sum).
+ISOLATED_COVERS_SQL = """
+WITH need AS (
+    SELECT position_id, -(pnl - fee + margin) AS need FROM delivery_rows WHERE isolated AND pnl - fee + margin < 0
+), alloc AS (
+    SELECT position_id, need,
+           least(need, greatest(0, %(fund)s::numeric - (sum(need) OVER (ORDER BY position_id) - need))) AS covered
+    FROM need
+)
+UPDATE delivery_rows d SET covered = a.covered, lost = a.need - a.covered
+FROM alloc a WHERE d.position_id = a.position_id
+"""
 
-    Holders and order owners come with their accounts joined in (one statement each, so
-    a million holders cost no million-element IN list); the rare missing accounts are
-    created. Who is involved is fixed while the contract row is ours (no order entry, no batch).
-    """
-    params = {"c": contract.pk, "open": list(OPEN_STATUSES)}
-    with connection.cursor() as cursor:
-        # Hash joins whatever the statistics say: right after a burst of new accounts and
-        # positions the planner may think both tables tiny and nest a scan per holder.
-        cursor.execute("SELECT current_setting('enable_nestloop'), set_config('enable_nestloop', 'off', true)")
-        nestloop = cursor.fetchone()[0]
-        cursor.execute(HOLDERS_SQL, params)
-        holders = cursor.fetchall()
-        cursor.execute(ORDER_USERS_SQL, params)
-        owners = cursor.fetchall()
-        cursor.execute("SELECT set_config('enable_nestloop', %s, true)", [nestloop])
-    wallets, order_margin, isolated = {}, {}, {}
-    found = (
-        (wallets, AccountKind.WALLET, None, [(u, w) for u, _, w, _ in holders] + [(u, w) for u, w, _ in owners]),
-        (order_margin, AccountKind.ORDER_MARGIN, None, [(u, om) for u, _, om in owners]),
-        (isolated, AccountKind.ISOLATED_MARGIN, contract, [(u, iso) for u, is_iso, _, iso in holders if is_iso]),
-    )
-    for accounts, kind, scope, pairs in found:
-        missing = [user for user, account in pairs if account is None]
-        accounts.update((user, account) for user, account in pairs if account is not None)
-        if missing:
-            accounts.update(accounts_for_users(kind=kind, user_ids=missing, contract=scope))
-    return wallets, order_margin, isolated
+# The posting's legs: a wallet leg per position (its result, margin back, covers, released
+# order margin), an isolated-margin leg per isolated position, and the few others (order
+# margin, owners of orders without a position, system accounts) as array parameters.
+LEGS_SQL = """
+SELECT d.wallet AS account_id, %s::bigint AS asset_id, d.pnl - d.fee + d.margin + d.covered + d.lost + d.released AS amount
+FROM pg_temp.delivery_rows d WHERE d.pnl - d.fee + d.margin + d.covered + d.lost + d.released <> 0
+UNION ALL
+SELECT d.isolated_account, %s::bigint, -d.margin FROM pg_temp.delivery_rows d WHERE d.isolated AND d.margin <> 0
+UNION ALL
+SELECT s.account_id, %s::bigint, s.amount
+FROM unnest(%s::bigint[], %s::numeric[]) AS s(account_id, amount) WHERE s.amount <> 0
+"""
 
-
-def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
-    asset, precision, cs = contract.settle_asset, contract.settle_asset.precision, contract.contract_size
-    totals = _Totals()
-    releases: dict[int, Decimal] = defaultdict(Decimal)  # user id -> order margin back to the wallet
-    wallets, order_margin, isolated = _involved_accounts(contract)
-    fund = system_account(AccountKind.INSURANCE_FUND).pk
-    bad_debt = system_account(AccountKind.BAD_DEBT).pk
-    pnl_clearing = system_account(AccountKind.PNL_CLEARING).pk
-    fee_income = system_account(AccountKind.FEE_INCOME).pk
-    # The lock order of every writer: balances, then positions, then orders. Every balance the
-    # posting can touch is locked here in one ordered pass, so the posting takes no new lock
-    # out of order (a matcher batch of another contract locks the same system accounts).
-    current = balances_lock(account_ids=[*wallets.values(), *order_margin.values(), *isolated.values(), fund,
-                                         bad_debt, pnl_clearing, fee_income], asset=asset)
-    with connection.cursor() as cursor:
-        cursor.execute(POSITIONS_SQL, [contract.pk])
-        positions = cursor.fetchall()
-        cursor.execute(CLOSE_COMMANDS_SQL, [contract.pk])
-        for user_id, amount in cursor.fetchall():
-            releases[user_id] += amount
-        cursor.execute(EXPIRE_ORDERS_SQL, [contract.pk, list(OPEN_STATUSES)])
-        for user_id, count, held in cursor.fetchall():
-            releases[user_id] += held
-            totals.orders_expired += count
-
-    delta: dict[int, Decimal] = defaultdict(Decimal)
-    fee_rate = contract.delivery_fee_rate
-    pnls: list[Decimal] = []
-    fees: list[Decimal] = []
-    for _, user_id, size, entry, is_isolated in positions:
-        pnl = quantize_amount(size * (price - entry) * cs, precision)
-        fee = quantize_amount(abs(size) * price * cs * fee_rate, precision)
-        pnls.append(pnl)
-        fees.append(fee)
-        if size > 0:
-            totals.long_quantity += size
-        else:
-            totals.short_quantity -= size
-        wallet = wallets[user_id]
-        result = pnl - fee
-        if is_isolated:
-            # The isolated margin comes back with the result; a loss beyond it never
-            # reaches the wallet: the fund covers it, then bad debt.
-            margin = current[isolated[user_id]]
-            if margin:
-                delta[isolated[user_id]] -= margin
-            result += margin
-            if result < 0:
-                covered = min(-result, max(ZERO, current[fund] + delta[fund]))
-                delta[fund] -= covered
-                delta[bad_debt] -= -result - covered
-                totals.covered += covered
-                totals.bad_debt += -result - covered
-                result = ZERO
-        delta[wallet] += result
-    totals.positions = len(positions)
-    totals.realized_pnl = sum(pnls, ZERO)
-    totals.fees = sum(fees, ZERO)
-    for user_id, amount in releases.items():
-        if amount:
-            delta[order_margin[user_id]] -= amount
-            delta[wallets[user_id]] += amount
-            totals.order_margin_released += amount
-    delta[pnl_clearing] -= totals.realized_pnl
-    delta[fee_income] += totals.fees
-    cross_wallets = {user_id: wallets[user_id] for _, user_id, _, _, is_isolated in positions if not is_isolated}
-    for covered, lost in deficits_cover(wallets=cross_wallets, delta=delta, current=current, fund=fund,
-                                        bad_debt=bad_debt).values():
-        totals.covered += covered
-        totals.bad_debt += lost
-
-    legs = [Leg(account, asset, amount) for account, amount in sorted(delta.items()) if amount]
-    txn = None
-    if len(legs) >= 2:
-        txn = ledger_post_many(postings=[Posting(
-            kind=TransactionKind.DELIVERY, legs=legs, idempotency_key=idempotency_key(contract),
-            memo=f"Delivery {contract.symbol} at {price.normalize():f}",
-            reference={"symbol": contract.symbol, "settlement_price": str(price), "positions": len(positions),
-                       "orders_expired": totals.orders_expired},
-            created_by_id=requested_by.pk if requested_by is not None else None,
-        )])[0]
-        totals.ledger_transaction_id = txn.pk
-    if positions:
-        _rows_stage(positions=positions, pnls=pnls, fees=fees)
-        if txn is not None:
-            _incomes_insert(contract=contract, transaction_id=txn.pk)
-        _positions_close()
-    return totals
-
-
-STAGE_CHUNK = 50_000
+# The cross wallets the posting would take below zero (their balance, and their result).
+SHORT_SQL = """
+SELECT d.user_id, d.wallet, COALESCE(b.amount, 0), d.pnl - d.fee + d.released
+FROM pg_temp.delivery_rows d
+LEFT JOIN ledger_balance b ON b.account_id = d.wallet AND b.asset_id = %s
+WHERE NOT d.isolated AND d.pnl - d.fee + d.released < 0 AND COALESCE(b.amount, 0) + d.pnl - d.fee + d.released < 0
+ORDER BY d.wallet
+"""
 
 INCOME_SQL = f"""
 INSERT INTO {Income._meta.db_table} (user_id, symbol, income_type, amount, asset_id, info, trade_id,
@@ -480,22 +422,176 @@ SELECT user_id, %(symbol)s, %(commission)s, -fee, %(asset)s, %(commission)s, NUL
 FROM pg_temp.delivery_rows WHERE fee <> 0
 """
 
+# The hash joins over every position and account stay in memory (this transaction only).
+SETTLE_WORK_MEM = "256MB"
 
-def _rows_stage(*, positions: list, pnls: list[Decimal], fees: list[Decimal]) -> None:
-    """(position, user, pnl, fee) of every closed position into a temporary table, by COPY.
 
-    Incomes and positions are then written by one set-based statement each; the table
-    goes with the transaction.
-    """
+def _rows_stage(*, contract: Contract, price: Decimal) -> tuple:
+    """`delivery_rows` (one statement; the rare missing accounts created); returns
+    (positions, isolated positions, long quantity, short quantity, realized PnL, fees)."""
+    params = {"c": contract.pk, "price": price, "cs": contract.contract_size, "fee_rate": contract.delivery_fee_rate,
+              **formulas.half_even_sql_params(precision=contract.settle_asset.precision)}
     with connection.cursor() as cursor:
-        cursor.execute("CREATE TEMP TABLE delivery_rows (position_id bigint NOT NULL, user_id bigint NOT NULL,"
-                       " pnl numeric NOT NULL, fee numeric NOT NULL) ON COMMIT DROP")
-        with cursor.cursor.copy("COPY pg_temp.delivery_rows (position_id, user_id, pnl, fee) FROM STDIN") as copy:
-            for start in range(0, len(positions), STAGE_CHUNK):
-                end = start + STAGE_CHUNK
-                copy.write("".join([f"{row[0]}\t{row[1]}\t{pnl}\t{fee}\n" for row, pnl, fee in
-                                    zip(positions[start:end], pnls[start:end], fees[start:end])]))
-        cursor.execute("ANALYZE pg_temp.delivery_rows")  # a temporary table has no statistics otherwise
+        cursor.execute(ROWS_SQL, params)
+        cursor.execute("SELECT DISTINCT user_id, wallet IS NULL, isolated AND isolated_account IS NULL"
+                       " FROM delivery_rows WHERE wallet IS NULL OR (isolated AND isolated_account IS NULL)")
+        missing = cursor.fetchall()
+        if missing:
+            wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=[u for u, w, _ in missing if w])
+            isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=[u for u, _, i in missing if i],
+                                          contract=contract)
+            cursor.execute(
+                """
+                UPDATE delivery_rows d SET wallet = COALESCE(d.wallet, w.account_id),
+                                           isolated_account = COALESCE(d.isolated_account, i.account_id)
+                FROM unnest(%s::bigint[]) AS u(user_id)
+                LEFT JOIN unnest(%s::bigint[], %s::bigint[]) AS w(user_id, account_id) ON w.user_id = u.user_id
+                LEFT JOIN unnest(%s::bigint[], %s::bigint[]) AS i(user_id, account_id) ON i.user_id = u.user_id
+                WHERE d.user_id = u.user_id
+                """,
+                [sorted({u for u, _, _ in missing}), list(wallets), list(wallets.values()), list(isolated),
+                 list(isolated.values())],
+            )
+        cursor.execute("ANALYZE delivery_rows")  # a temporary table has no statistics otherwise
+        cursor.execute(ROWS_TOTALS_SQL)
+        return cursor.fetchone()
+
+
+def _order_owners(contract: Contract) -> tuple[dict[int, int], dict[int, int]]:
+    """Wallet and order-margin account ids (user id -> account id) of the owners of open orders and
+    pending commands (created when missing). Fixed while the contract row is ours (no order entry)."""
+    with connection.cursor() as cursor:
+        cursor.execute(ORDER_USERS_SQL, {"c": contract.pk, "open": list(OPEN_STATUSES)})
+        owners = cursor.fetchall()
+    wallets, order_margin = {}, {}
+    for accounts, kind, pairs in ((wallets, AccountKind.WALLET, [(u, w) for u, w, _ in owners]),
+                                  (order_margin, AccountKind.ORDER_MARGIN, [(u, om) for u, _, om in owners])):
+        accounts.update((user, account) for user, account in pairs if account is not None)
+        missing = [user for user, account in pairs if account is None]
+        if missing:
+            accounts.update(accounts_for_users(kind=kind, user_ids=missing))
+    return wallets, order_margin
+
+
+def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
+    """The money of a delivery, set-based: every position's row is computed in one statement
+    (`delivery_rows`) and the posting's legs, the income lines and the closed positions are
+    read from it by one statement each; only the few order owners and the covers of the
+    rare losses a wallet cannot pay pass through Python."""
+    asset = contract.settle_asset
+    totals = _Totals()
+    fund = system_account(AccountKind.INSURANCE_FUND).pk
+    bad_debt = system_account(AccountKind.BAD_DEBT).pk
+    pnl_clearing = system_account(AccountKind.PNL_CLEARING).pk
+    fee_income = system_account(AccountKind.FEE_INCOME).pk
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('work_mem', %s, true)", [SETTLE_WORK_MEM])
+        # Hash joins whatever the statistics say: right after a burst of new accounts and
+        # positions the planner may think both tables tiny and nest a scan per holder.
+        cursor.execute("SELECT current_setting('enable_nestloop'), set_config('enable_nestloop', 'off', true)")
+        nestloop = cursor.fetchone()[0]
+        (totals.positions, isolated_count, totals.long_quantity, totals.short_quantity, totals.realized_pnl,
+         totals.fees) = _rows_stage(contract=contract, price=price)
+        owner_wallets, order_margin = _order_owners(contract)
+        cursor.execute("SELECT set_config('enable_nestloop', %s, true)", [nestloop])
+
+    # The lock order of every writer: balances, then positions, then orders. Every balance the
+    # posting can touch is locked before any is read: the whole table for a large posting (as
+    # ledger_post_staged will; counted with every leg it can have), else each row in ledger order.
+    large = balances_lock_for(legs=totals.positions + isolated_count + 2 * len(order_margin) + 4)
+    accounts = [fund, bad_debt, pnl_clearing, fee_income, *owner_wallets.values(), *order_margin.values()]
+    if not large:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT wallet FROM delivery_rows UNION ALL"
+                           " SELECT isolated_account FROM delivery_rows WHERE isolated")
+            accounts += [row[0] for row in cursor.fetchall()]
+    current = balances_lock(account_ids=accounts, asset=asset)
+    _positions_close(positions=totals.positions)
+
+    releases: dict[int, Decimal] = defaultdict(Decimal)  # user id -> order margin back to the wallet
+    with connection.cursor() as cursor:
+        cursor.execute(CLOSE_COMMANDS_SQL, [contract.pk])
+        for user_id, amount in cursor.fetchall():
+            releases[user_id] += amount
+        cursor.execute(EXPIRE_ORDERS_SQL, [contract.pk, list(OPEN_STATUSES)])
+        for user_id, count, held in cursor.fetchall():
+            releases[user_id] += held
+            totals.orders_expired += count
+        releases = {user_id: amount for user_id, amount in releases.items() if amount}
+        totals.order_margin_released = sum(releases.values(), ZERO)
+        others: dict[int, Decimal] = defaultdict(Decimal)  # the legs outside delivery_rows
+        if releases:
+            cursor.execute(
+                "UPDATE delivery_rows d SET released = t.amount FROM unnest(%s::bigint[], %s::numeric[])"
+                " AS t(user_id, amount) WHERE d.user_id = t.user_id RETURNING d.user_id",
+                [list(releases), list(releases.values())],
+            )
+            holders = {row[0] for row in cursor.fetchall()}
+            for user_id, amount in releases.items():
+                others[order_margin[user_id]] -= amount
+                if user_id not in holders:
+                    others[owner_wallets[user_id]] += amount
+        if isolated_count:
+            cursor.execute("UPDATE delivery_rows d SET margin = b.amount FROM ledger_balance b"
+                           " WHERE d.isolated AND b.account_id = d.isolated_account AND b.asset_id = %s",
+                           [asset.pk])
+            cursor.execute(ISOLATED_COVERS_SQL, {"fund": current[fund]})
+            cursor.execute("SELECT COALESCE(sum(covered), 0), COALESCE(sum(lost), 0) FROM delivery_rows"
+                           " WHERE isolated")
+            totals.covered, totals.bad_debt = cursor.fetchone()
+    others[pnl_clearing] -= totals.realized_pnl
+    others[fee_income] += totals.fees
+    others[fund] -= totals.covered
+    others[bad_debt] -= totals.bad_debt
+
+    def post():
+        return ledger_post_staged(
+            posting=Posting(
+                kind=TransactionKind.DELIVERY, legs=(), idempotency_key=idempotency_key(contract),
+                memo=f"Delivery {contract.symbol} at {price.normalize():f}",
+                reference={"symbol": contract.symbol, "settlement_price": str(price), "positions": totals.positions,
+                           "orders_expired": totals.orders_expired},
+                created_by_id=requested_by.pk if requested_by is not None else None,
+            ),
+            legs_sql=LEGS_SQL, params=[asset.pk, asset.pk, asset.pk, list(others), list(others.values())],
+        )
+
+    try:
+        # Optimistic: every cross wallet can pay its loss (the ledger checks it in the statement
+        # that books); the posting is refused, and rolled back, otherwise.
+        txn = post()
+    except InsufficientBalance:
+        _cover_short(others=others, current=current, totals=totals, asset=asset, fund=fund, bad_debt=bad_debt)
+        txn = post()
+    if txn is not None:
+        totals.ledger_transaction_id = txn.pk
+        _incomes_insert(contract=contract, transaction_id=txn.pk)
+    return totals
+
+
+def _cover_short(*, others: dict[int, Decimal], current: dict[int, Decimal], totals: _Totals, asset, fund: int,
+                 bad_debt: int) -> None:
+    """Top up the cross wallets the posting would take below zero: the fund (after the isolated
+    covers) first, then bad debt, wallets in account order (`deficits_cover`, as for fills)."""
+    with connection.cursor() as cursor:
+        cursor.execute(SHORT_SQL, [asset.pk])
+        short = cursor.fetchall()
+    wallets = {user_id: wallet for user_id, wallet, _, _ in short}
+    delta = {wallet: result for _, wallet, _, result in short}
+    delta[fund], delta[bad_debt] = others[fund], others[bad_debt]
+    current = {**current, **{wallet: balance for _, wallet, balance, _ in short}}
+    covers = deficits_cover(wallets=wallets, delta=delta, current=current, fund=fund, bad_debt=bad_debt)
+    others[fund], others[bad_debt] = delta[fund], delta[bad_debt]
+    for covered, lost in covers.values():
+        totals.covered += covered
+        totals.bad_debt += lost
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE delivery_rows d SET covered = t.covered, lost = t.lost"
+            " FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[]) AS t(wallet, covered, lost)"
+            " WHERE d.wallet = t.wallet AND NOT d.isolated",
+            [list(covers), [c for c, _ in covers.values()], [lost for _, lost in covers.values()]],
+        )
 
 
 def _incomes_insert(*, contract: Contract, transaction_id: int) -> None:
@@ -506,16 +602,11 @@ def _incomes_insert(*, contract: Contract, transaction_id: int) -> None:
                                     "commission": IncomeType.COMMISSION.value})
 
 
-def _positions_close() -> None:
+def _positions_close(*, positions: int) -> None:
     with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            UPDATE positions_position AS p
-            SET size = 0, entry_price = 0, realized_pnl = p.realized_pnl + t.pnl, updated_at = now()
-            FROM pg_temp.delivery_rows AS t
-            WHERE p.id = t.position_id
-            """
-        )
+        cursor.execute(POSITIONS_CLOSE_SQL)
+        if cursor.rowcount != positions:
+            raise DeliveryError(f"{positions - cursor.rowcount} position(s) changed while the delivery read them.")
 
 
 # -- listing and the roll ------------------------------------------------------------------

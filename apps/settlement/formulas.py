@@ -130,3 +130,16 @@ CROSS JOIN LATERAL (
 def payment_sql_params(*, mark_price: Decimal, rate: Decimal, contract_size: Decimal, precision: int) -> dict:
     return {"pay_places": precision, "pay_scale": Decimal(10) ** precision, "pay_contract_size": contract_size,
             "pay_mark": mark_price, "pay_rate": rate}
+
+
+def half_even_sql(expr: str) -> str:
+    """SQL rounding `expr` (an exact NUMERIC expression) half-even to %(places)s places (scale
+    %(scale)s = 10^places): `quantize_amount` in PostgreSQL, as PAYMENT_SQL does for a payment.
+    Parameters: `half_even_sql_params`. Proven equal to `quantize_amount` by tests/settlement/test_formulas.py."""
+    return (f"CASE WHEN abs(({expr}) * %(scale)s - trunc(({expr}) * %(scale)s)) = 0.5"
+            f" AND mod(trunc(({expr}) * %(scale)s), 2) = 0"
+            f" THEN trunc({expr}, %(places)s) ELSE round({expr}, %(places)s) END")
+
+
+def half_even_sql_params(*, precision: int) -> dict:
+    return {"places": precision, "scale": Decimal(10) ** precision}

@@ -2,9 +2,9 @@
 
     delivery_child.py MODE SYMBOL
 MODE "settle" advances the contract (as the beat does at delivery time); "die-half-way"
-books the ledger posting and the income lines and closes half the positions inside the
-settlement's transaction, then kills itself with SIGKILL (PostgreSQL rolls the open
-transaction back).
+closes the positions and books the ledger posting and the income lines inside the
+settlement's transaction, then kills itself with SIGKILL before the run is recorded and
+committed (PostgreSQL rolls the open transaction back).
 """
 import os
 import signal
@@ -26,21 +26,15 @@ from apps.settlement import delivery  # noqa: E402
 def main() -> None:
     mode, symbol = sys.argv[1], sys.argv[2]
     if mode == "die-half-way":
-        original = delivery._positions_close
+        original = delivery._incomes_insert
 
-        def half_then_die():
-            from django.db import connection
-
-            with connection.cursor() as cursor:  # half the positions closed, then the process dies
-                cursor.execute("DELETE FROM pg_temp.delivery_rows WHERE position_id IN (SELECT position_id FROM "
-                               "pg_temp.delivery_rows ORDER BY position_id LIMIT (SELECT count(*) / 2 FROM "
-                               "pg_temp.delivery_rows))")
-            original()
-            sys.stdout.write("half\n")
+        def book_then_die(**kwargs):
+            original(**kwargs)  # the positions closed, the posting and the income lines written
+            sys.stdout.write("booked\n")
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
-        delivery._positions_close = half_then_die
+        delivery._incomes_insert = book_then_die
     contract = Contract.objects.select_related("settle_asset").get(symbol=symbol)
     steps = delivery.delivery_advance_one(contract=contract, now=contract.delivery_time + timedelta(minutes=1))
     print(symbol, " ".join(steps))

@@ -12,9 +12,10 @@ from apps.contracts.calendar import last_friday
 from apps.contracts.lifecycle import contract_halt, contract_resume
 from apps.contracts.models import Contract, ContractStatus, ContractStatusChange, ContractType
 from apps.contracts.services import contract_create, tiers_from_brackets
+from apps.ledger import services as ledger_services
 from apps.ledger.models import AccountKind, Income, IncomeType, LedgerTransaction, TransactionKind
 from apps.ledger.selectors import balance_amount
-from apps.ledger.services import account_get_or_create, system_account, wallet_deposit
+from apps.ledger.services import Leg, account_get_or_create, ledger_post, system_account, wallet_deposit
 from apps.marketdata.models import IndexConstituent, PriceMinute
 from apps.ops.demo import QUARTERLY_BRACKETS
 from apps.ops.invariants import run_all_invariants
@@ -48,6 +49,15 @@ WEIGHTS = {"binance": D("2"), "okx": D("1"), "bybit": D("1")}
 def _no_roll(settings):
     """Only the roll test lists further quarterlies."""
     settings.DELIVERY_ROLL_ENABLED = False
+
+
+@pytest.fixture(autouse=True, params=["row locks", "table lock"])
+def lock_path(request, monkeypatch):
+    """Every test runs on both ways a settlement locks balances: each row (a small posting),
+    and the whole table (a large one: `TABLE_LOCK_FROM` lowered to 0)."""
+    if request.param == "table lock":
+        monkeypatch.setattr(ledger_services, "TABLE_LOCK_FROM", 0)
+    return request.param
 
 
 @pytest.fixture
@@ -285,10 +295,10 @@ def test_a_failure_half_way_books_nothing_and_the_next_run_settles(quarterly, fu
     flat_hour(quarterly)
     before = (wallet_of(alice), wallet_of(bob), held_of(alice), LedgerTransaction.objects.count())
 
-    def boom():
+    def boom(**kwargs):  # the positions closed, the posting booked, then the lines fail
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(delivery, "_positions_close", boom)
+    monkeypatch.setattr(delivery, "_incomes_insert", boom)
     delivery_advance(now=DT)
     quarterly.refresh_from_db()
     run = DeliverySettlement.objects.get(contract=quarterly)
@@ -342,6 +352,29 @@ def test_an_isolated_loss_beyond_its_margin_never_touches_the_wallet(quarterly, 
     shortfall = D("3000") + D("10.6") - D("2000")
     assert run.covered + run.bad_debt == shortfall
     assert system(AccountKind.INSURANCE_FUND) == fund_before - run.covered
+    assert run_all_invariants() == []
+
+
+def test_a_cross_loss_beyond_the_wallet_is_covered_by_the_fund_then_bad_debt(quarterly, funded):
+    alice, bob = funded("alice", "3000"), funded("bob")
+    fund = system_account(AccountKind.INSURANCE_FUND)
+    ledger_post(kind=TransactionKind.INSURANCE, legs=[Leg(system_account(AccountKind.EXTERNAL), "USDT", D("-500")),
+                                                      Leg(fund, "USDT", D("500"))])
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    trade(quarterly, alice, bob, "1", "50000")  # alice (cross) long 1 with about 3,000 in her wallet
+    alice_wallet = wallet_of(alice)
+    flat_hour(quarterly, "45000")  # alice loses 5,000 + fee 9
+    delivery_advance(now=DT)
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    shortfall = D("5000") + D("9") - alice_wallet
+    assert wallet_of(alice) == 0
+    assert (run.covered, run.bad_debt) == (D("500"), shortfall - D("500"))
+    assert system(AccountKind.INSURANCE_FUND) == 0 and system(AccountKind.BAD_DEBT) == -(shortfall - D("500"))
+    incomes = Income.objects.filter(user=alice, transaction_id=run.ledger_transaction_id)
+    assert sorted(incomes.values_list("income_type", "amount")) == [
+        (IncomeType.COMMISSION, D("-9")), (IncomeType.DELIVERED_SETTELMENT, D("-5000"))]
+    assert open_interest(quarterly) == (0, 0)
     assert run_all_invariants() == []
 
 

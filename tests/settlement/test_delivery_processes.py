@@ -65,7 +65,7 @@ def test_a_settler_killed_half_way_leaves_nothing_and_the_next_settles_once(quar
         assert dying.wait(timeout=120) == -9
     finally:
         _stop(dying)
-    assert (tmp_path / "dying.out").read_text() == "half\n"
+    assert (tmp_path / "dying.out").read_text() == "booked\n"
     assert not LedgerTransaction.objects.filter(kind=TransactionKind.DELIVERY).exists()
     assert not Income.objects.filter(income_type=IncomeType.DELIVERED_SETTELMENT).exists()
     assert [wallet_of(u) for u in due] == wallets and open_interest(quarterly) == (D("1.3"), D("1.3"))

@@ -157,3 +157,23 @@ def test_payment_sql_equals_the_decimal_formula_on_random_positions(size_lots, s
     sizes = [D(n).scaleb(-size_places) for n in size_lots]
     _check_sql_equals_formula(sizes, D(mark_ticks).scaleb(-mark_places), D(rate_units).scaleb(-8), contract_size,
                               precision)
+
+
+@pytest.mark.django_db
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.integers(-10**18, 10**18), min_size=1, max_size=40), places=st.integers(0, 12),
+       precision=st.sampled_from([8, 6, 2, 0]))
+def test_half_even_sql_equals_quantize_amount(values, places, precision):
+    from django.db import connection
+
+    from apps.ledger.money import quantize_amount
+
+    numbers = [D(v).scaleb(-places) for v in values]
+    # Ties at every precision: x.5 units of the last place kept, with odd and even units.
+    numbers += [D(2 * v + 1).scaleb(-precision - 1) * 5 for v in values[:5]]
+    sql = f"SELECT {f.half_even_sql('x.v')} FROM unnest(%(values)s::numeric[]) WITH ORDINALITY AS x(v, i) ORDER BY x.i"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {**f.half_even_sql_params(precision=precision), "values": numbers})
+        got = [row[0] for row in cursor.fetchall()]
+    expected = [quantize_amount(n, precision) for n in numbers]
+    assert [(g, g.as_tuple().exponent) for g in got] == [(e, -precision) for e in expected]
