@@ -58,3 +58,55 @@ def clock_steps(module, names) -> dict[str, float]:
         if hasattr(module, name):
             setattr(module, name, clocked(name, getattr(module, name)))
     return spent
+
+
+def bench_database_name(kind: str) -> str:
+    """The throw-away database of a benchmark: named after DATABASE_URL's database, so that
+    several environments sharing one PostgreSQL server never drop each other's bench database."""
+    from urllib.parse import urlparse
+
+    base = urlparse(os.environ.get("DATABASE_URL", "")).path.lstrip("/") or "exchange"
+    return f"{base}_bench_{kind}"
+
+
+def statements_traced(connection, out, *, min_ms: int = 100):
+    """Trace the statements run on `connection` into the text file `out` while the returned
+    context is open: each statement's wall time, and PostgreSQL's EXPLAIN (ANALYZE, BUFFERS, WAL)
+    with I/O timing of every statement (trigger statements included) that took `min_ms` or more
+    (auto_explain, loaded for this session only, its log sent to this client; needs a superuser
+    connection, as the benches' throw-away databases are). Returns a context manager.
+
+    Timed EXPLAIN adds its own overhead: trace a separate run from the one whose figures count.
+    """
+    import contextlib
+    import time
+
+    @contextlib.contextmanager
+    def traced():
+        with connection.cursor() as cursor:
+            cursor.execute("LOAD 'auto_explain'")
+            for name, value in (("auto_explain.log_min_duration", f"{min_ms}ms"), ("auto_explain.log_analyze", "on"),
+                                ("auto_explain.log_buffers", "on"), ("auto_explain.log_nested_statements", "on"),
+                                ("auto_explain.log_timing", "on"), ("auto_explain.log_wal", "on"),
+                                ("track_io_timing", "on"), ("client_min_messages", "log")):
+                cursor.execute("SELECT set_config(%s, %s, false)", [name, value])
+        raw = connection.connection
+        raw.add_notice_handler(lambda diag: out.write(f"-- EXPLAIN\n{diag.message_primary}\n"))
+
+        def wrapper(execute, sql, params, many, context):
+            started = time.perf_counter()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                out.write(f"-- {(time.perf_counter() - started) * 1000:9.1f} ms  {' '.join(sql.split())[:300]}\n")
+
+        try:
+            with connection.execute_wrapper(wrapper):
+                yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('client_min_messages', 'notice', false),"
+                               " set_config('auto_explain.log_min_duration', '-1', false)")
+            out.flush()
+
+    return traced()

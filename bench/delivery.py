@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/delivery.py [--positions 1000000] [--baseline 1000]
 
-Creates a throw-away database (`bench_delivery`) with the demo contracts, N users with
+Creates a throw-away database (`<DATABASE_URL's database>_bench_delivery`) with the demo contracts, N users with
 funded wallets and one open position each in the demo's quarterly BTC contract (half
 long, half short, equal open interest, cross margin), and a baseline quarterly ETH
 contract with `--baseline` positions held by the first users. Both contracts are put
@@ -16,27 +16,38 @@ import argparse
 import os
 import sys
 import time
+from contextlib import nullcontext
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import clock_steps, ensure_services, machine_line, peak_rss_mb  # noqa: E402
+from bench.common import (  # noqa: E402
+    bench_database_name,
+    clock_steps,
+    ensure_services,
+    machine_line,
+    peak_rss_mb,
+    statements_traced,
+)
 
 D = Decimal
-DB_NAME = "bench_delivery"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--positions", type=int, default=1_000_000)
     parser.add_argument("--baseline", type=int, default=1_000)
+    parser.add_argument("--keep", action="store_true", help="keep the throw-away database (to look into it)")
+    parser.add_argument("--trace", help="write each statement's time and the EXPLAIN ANALYZE of the slow ones "
+                                        "of the N-position settlement to this file (slows that run down)")
     args = parser.parse_args()
     if args.positions < 2 or args.baseline < 2 or args.baseline > args.positions:
         parser.error("need 2 <= baseline <= positions")
 
     ensure_services()
+    DB_NAME = bench_database_name("delivery")
     os.environ["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
     os.environ["TEST_DATABASE_NAME"] = DB_NAME
     import django
@@ -49,7 +60,8 @@ def main() -> None:
         run(args)
     finally:
         connection.close()
-        connection.creation.destroy_test_db(DB_NAME, verbosity=0)
+        if not args.keep:
+            connection.creation.destroy_test_db(DB_NAME, verbosity=0)
 
 
 def due_now(contract, now) -> None:
@@ -95,18 +107,20 @@ def run(args) -> None:
         due_now(contract, now)
     setup_s = time.perf_counter() - started
 
-    spent = clock_steps(delivery, ("settlement_price_compute", "balances_lock", "ledger_post_many", "_rows_stage",
-                                   "_incomes_insert", "_positions_close"))
+    spent = clock_steps(delivery, ("settlement_price_compute", "_rows_stage", "_order_owners", "balances_lock_for",
+                                   "balances_lock", "_positions_close", "ledger_post_staged", "_cover_short",
+                                   "_incomes_insert"))
 
-    def timed(contract):
+    def timed(contract, trace=None):
         spent.clear()
         contract = Contract.objects.select_related("settle_asset").get(pk=contract.pk)
         t0 = time.perf_counter()
-        result = delivery.delivery_settle(contract=contract, now=timezone.now())
+        with statements_traced(connection, trace) if trace else nullcontext():
+            result = delivery.delivery_settle(contract=contract, now=timezone.now())
         return result, time.perf_counter() - t0, dict(spent)
 
     base, base_s, _ = timed(eth)
-    main_run, main_s, parts = timed(btc)
+    main_run, main_s, parts = timed(btc, open(args.trace, "w") if args.trace else None)
     _, again_s, _ = timed(btc)
     violations = [str(v) for check in LEDGER_CHECKS for v in check()]
     with connection.cursor() as cursor:
@@ -120,7 +134,7 @@ def run(args) -> None:
               f"{result.positions / seconds:10,.0f} positions/s  (price {result.settlement_price.normalize():f}, "
               f"status {result.status}, fees {result.fees.normalize():f})")
     breakdown = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in parts.items())
-    print(f"  BTC breakdown: {breakdown}; rest (reads, orders, PnL in Decimal, commit) "
+    print(f"  BTC breakdown: {breakdown}; rest (orders, margins, run row, commit) "
           f"{main_s - sum(parts.values()):.2f} s")
     print(f"  ratio: {main_run.positions / main_s / (base.positions / base_s):.2f}x the baseline's positions/s")
     print(f"  second call (no-op): {again_s * 1000:.1f} ms")

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/funding.py [--sizes 1000,100000,1000000] [--small 1000] [--profile FILE]
 
-Creates a throw-away database (`bench_funding`) with the demo contracts and one more
+Creates a throw-away database (`<DATABASE_URL's database>_bench_funding`) with the demo contracts and one more
 perpetual, max(sizes) users with wallets funded by ONE ledger posting (a leg per wallet:
 the large-posting case of the ledger, timed), and for each size one perpetual with that
 many open positions (pairs of a long and a short of the same size, so open interest is
@@ -18,6 +18,7 @@ import argparse
 import cProfile
 import io
 import os
+from contextlib import nullcontext
 import pstats
 import sys
 import time
@@ -27,10 +28,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import clock_steps, ensure_services, machine_line, peak_rss_mb  # noqa: E402
+from bench.common import (  # noqa: E402
+    bench_database_name,
+    clock_steps,
+    ensure_services,
+    machine_line,
+    peak_rss_mb,
+    statements_traced,
+)
 
 D = Decimal
-DB_NAME = "bench_funding"
 # Contracts by size, smallest first: the demo perpetuals plus one made here.
 SYMBOLS = ("ETHUSDT", "SOLUSDT", "BTCUSDT")
 
@@ -41,12 +48,16 @@ def main() -> None:
                         help="comma-separated position counts, one contract each (at most 3; smallest = baseline)")
     parser.add_argument("--small", type=int, default=1000, help="small postings timed (each kind)")
     parser.add_argument("--profile", help="write cProfile stats of the largest settlement to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the throw-away database (to look into it)")
+    parser.add_argument("--trace", help="write each statement's time and the EXPLAIN ANALYZE of the slow ones "
+                                        "of the largest settlement to this file (slows that run down)")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     if not 1 <= len(sizes) <= len(SYMBOLS) or sizes[0] < 2:
         parser.error(f"need 1 to {len(SYMBOLS)} sizes, each >= 2")
 
     ensure_services()
+    DB_NAME = bench_database_name("funding")
     os.environ["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
     os.environ["TEST_DATABASE_NAME"] = DB_NAME
     import django
@@ -59,7 +70,8 @@ def main() -> None:
         run(args, sizes)
     finally:
         connection.close()
-        connection.creation.destroy_test_db(DB_NAME, verbosity=0)
+        if not args.keep:
+            connection.creation.destroy_test_db(DB_NAME, verbosity=0)
 
 
 def create_users(n: int) -> list[int]:
@@ -203,17 +215,20 @@ def run(args, sizes: list[int]) -> None:
     setup_s = time.perf_counter() - started - deposit_s
 
     # Where the time goes: wrap the steps `_settle` calls (module attributes, looked up per call).
-    spent = clock_steps(services, ("rate_quote", "_payments", "_deltas", "balances_lock_short", "ledger_post_many",
-                                   "_incomes_insert", "_open_positions", "balances_lock"))
+    spent = clock_steps(services, ("rate_quote", "_payments", "balances_lock_for", "ledger_post_staged",
+                                   "_cover_short", "_incomes_insert"))
 
     results = []
     for contract, size in zip(contracts, sizes):
         spent.clear()
         profiler = cProfile.Profile() if args.profile and size == sizes[-1] else None
+        largest = size == sizes[-1]
+        trace = open(args.trace, "w") if args.trace and largest else None
         t0 = time.perf_counter()
         if profiler:
             profiler.enable()
-        result = services.funding_settle(contract=contract, funding_time=funding_time)
+        with statements_traced(connection, trace) if trace else nullcontext():
+            result = services.funding_settle(contract=contract, funding_time=funding_time)
         if profiler:
             profiler.disable()
         seconds = time.perf_counter() - t0
