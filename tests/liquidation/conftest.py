@@ -6,7 +6,7 @@ from django.utils import timezone
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.services import Leg, ledger_post, system_account, wallet_deposit
 from apps.liquidation.selectors import adl_cache_forget
-from apps.marketdata.services import price_publish
+from apps.marketdata.services import price_cache_clear, price_publish
 from apps.positions.models import MarginType
 from apps.positions.services import leverage_change, margin_type_change
 from apps.trading.engine import SymbolEngine
@@ -21,6 +21,9 @@ D = Decimal
 @pytest.fixture(autouse=True)
 def _adl_cache():
     adl_cache_forget()
+    # A mark a transactional test published (after commit, so to Redis, kept 24 h) would win over
+    # the marks these tests publish (rolled back: never announced) when the contract id recurs.
+    price_cache_clear(symbols=["BTCUSDT"])
     yield
     adl_cache_forget()
 
