@@ -187,9 +187,6 @@ class DeliverySettlementAdmin(ReadOnlyAdmin):
                        "ledger_transaction", "attempts", "error", "requested_by", "priced_at", "finished_at")
     fields = readonly_fields
 
-    def has_change_permission(self, request, obj=None):
-        return request.method == "GET" and super().has_view_permission(request, obj)
-
     @admin.display(description="the samples behind the price")
     def samples(self, obj):
         """Every minute of the window: its median, value, and the quotes kept (with weight) and dropped."""
