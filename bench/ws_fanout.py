@@ -1,36 +1,44 @@
 """Websocket fan-out benchmark: N clients on one stream, M updates, delivered messages/s and latency.
 
     .venv/bin/python bench/ws_fanout.py [--clients 200 500] [--updates 150] [--rate 5] [--baseline-clients 1]
+                                        [--client-processes 2]
 
 Starts the real serving path as OS processes on a free loopback port, against a
 throw-away database (`bench_ws_fanout`) and the test Redis database: daphne
 (`exchange.asgi:application`) and the stream relay (`manage.py run_stream_relay`).
-N websocket clients (the `websockets` client, in this process) SUBSCRIBE to
-`fanoutusdt@aggTrade` (a copy of BTCUSDT that only this bench trades) on `/ws` and
-wait for the reply (so every subscription is in place); then M matcher events with
-one trade each are published on `events:FANOUTUSDT` at `--rate` per second (0: as
-fast as Redis takes them), as the matcher does after a batch. The relay turns each
-into an aggTrade (and the kline candles) published once on its `ws:` channel;
-daphne's fan-out hub writes the frame to each client (apps.marketdata.fanout).
-Each round also prints the CPU seconds daphne, the relay and this process used.
+N websocket clients (the `websockets` client) SUBSCRIBE to `fanoutusdt@aggTrade` (a
+copy of BTCUSDT that only this bench trades) on `/ws` and wait for the reply (so
+every subscription is in place); then M matcher events with one trade each are
+published on `events:FANOUTUSDT` at `--rate` per second (0: as fast as Redis takes
+them), as the matcher does after a batch. The relay turns each into an aggTrade (and
+the kline candles) published once on its `ws:` channel; daphne's fan-out hub writes
+the frame to each client (apps.marketdata.fanout).
+
+The clients are spread over `--client-processes` processes (default 2, one per core
+of the reference machine), apart from the publisher: in one process the clients'
+own work on a burst of N frames (frame parsing, JSON, the asyncio loop) is done one
+frame after another and is timed as delivery latency. `--client-processes 1` puts
+them all in one process (the bench before 2026-11-26). Each round prints the CPU
+seconds daphne, the relay, the client processes and the publisher used.
 
 Each client count in `--clients` is one round, after a baseline round with
 `--baseline-clients` (default 1) in the same run; every round prints delivered /
 expected, messages/s, latency p50/p99/max, the machine load at its end, and its
 ratios against the baseline (messages/s against the ideal N x, latency p50/p99).
 
-Delivery latency is publish -> client receive, on this process's monotonic clock
-(publisher and clients share it), matched by the aggTrade id. Delivered messages/s
-is the count received divided by the time from the first publish to the last
-receipt. A run ends when every message has arrived or nothing has arrived for
-`--idle` seconds (a saturated run reports losses instead of hanging). Processes
-are stopped in `finally`.
+Delivery latency is publish -> client receive, on the machine's monotonic clock
+(`time.perf_counter_ns`, CLOCK_MONOTONIC: one clock for every process), matched by
+the aggTrade id. Delivered messages/s is the count received divided by the time from
+the first publish to the last receipt. A run ends when every message has arrived or
+nothing has arrived for `--idle` seconds (a saturated run reports losses instead of
+hanging). Processes are stopped in `finally`.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -58,9 +66,11 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=150)
     parser.add_argument("--rate", type=float, default=5.0, help="updates per second (0: unpaced)")
     parser.add_argument("--idle", type=float, default=10.0, help="end a run after this long without a message")
+    parser.add_argument("--client-processes", type=int, default=2,
+                        help="processes the clients are spread over (apart from the publisher)")
     args = parser.parse_args()
-    if min(args.clients) < 1 or args.baseline_clients < 1 or args.updates < 1:
-        parser.error("--clients, --baseline-clients and --updates must be at least 1")
+    if min(args.clients) < 1 or args.baseline_clients < 1 or args.updates < 1 or args.client_processes < 1:
+        parser.error("--clients, --baseline-clients, --updates and --client-processes must be at least 1")
 
     try:
         import websockets.asyncio.client  # noqa: F401  (>= 13)
@@ -116,12 +126,13 @@ def run(args, *, database: dict) -> None:
         _wait(lambda: client.get("ops:heartbeat:stream_relay"), 60, "the relay", processes)
         print(f"ws fan-out bench: {STREAM} on ws://127.0.0.1:{port}/ws (daphne + stream relay processes), "
               f"{args.updates} updates at {'unpaced' if not args.rate else f'{args.rate:g}/s'}, client: websockets "
-              f"{websockets.__version__} (one process)")
+              f"{websockets.__version__} ({args.client_processes} client process(es))")
         next_id = [1_000_000]
         def timed_round(clients: int) -> dict:
             before = _cpu_seconds(processes)
             result = asyncio.run(_round(port, client, clients, args, next_id))
-            result["cpu"] = [b - a for a, b in zip(before, _cpu_seconds(processes), strict=True)]
+            daphne, relay, publisher = (b - a for a, b in zip(before, _cpu_seconds(processes), strict=True))
+            result["cpu"] = [daphne, relay, result.pop("client_cpu"), publisher]
             return result
 
         base = timed_round(args.baseline_clients)
@@ -151,43 +162,14 @@ def run(args, *, database: dict) -> None:
                     process.wait(timeout=10)
         for log in logs:
             log.close()
-    print(f"  peak RSS (this process: clients and publisher) {peak_rss_mb():.0f} MiB")
+    print(f"  peak RSS (this process: the publisher) {peak_rss_mb():.0f} MiB")
     print(machine_line())
 
 
 async def _round(port: int, redis_client, clients: int, args, next_id: list[int]) -> dict:
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
-
     from apps.trading.matching import EVENTS_CHANNEL
 
     sent: dict[int, int] = {}  # trade id -> publish time (ns)
-    latencies: list[int] = []
-    state = {"last": 0, "received": 0, "first_publish": 0}
-    progress = asyncio.Event()
-
-    async def read(conn) -> None:
-        try:
-            async for payload in conn:
-                now = time.perf_counter_ns()
-                when = sent.get(json.loads(payload).get("a"))
-                if when is not None:
-                    latencies.append(now - when)
-                    state["received"] += 1
-                    state["last"] = now
-                    progress.set()
-        except ConnectionClosed:
-            pass
-
-    conns, readers = [], []
-    for _ in range(clients):
-        conn = await connect(f"ws://127.0.0.1:{port}/ws", open_timeout=30, close_timeout=5, max_queue=None)
-        await conn.send(json.dumps({"method": "SUBSCRIBE", "params": [STREAM], "id": 1}))
-        reply = json.loads(await asyncio.wait_for(conn.recv(), 30))
-        if reply != {"result": None, "id": 1}:
-            raise SystemExit(f"SUBSCRIBE refused: {reply}")
-        conns.append(conn)
-        readers.append(asyncio.create_task(read(conn)))
 
     async def publish(count: int, rate: float) -> None:
         start = time.perf_counter()
@@ -203,41 +185,135 @@ async def _round(port: int, redis_client, clients: int, args, next_id: list[int]
                                 "trades": [{"id": trade_id, "price": "50000", "qty": "0.001", "taker_side": "BUY",
                                             "taker_order_id": trade_id, "maker_order_id": 1, "time": now_ms}]})
             sent[trade_id] = time.perf_counter_ns()
-            if not state["first_publish"]:
-                state["first_publish"] = sent[trade_id]
             await asyncio.to_thread(redis_client.publish, EVENTS_CHANNEL.format(symbol=SYMBOL), event)
 
-    async def drain(expected: int) -> None:
-        while state["received"] < expected:
-            progress.clear()
-            try:
-                await asyncio.wait_for(progress.wait(), args.idle)
-            except TimeoutError:
-                return
+    # The clients, spread over the worker processes (none gets zero).
+    workers = min(args.client_processes, clients)
+    shares = [clients // workers + (1 if i < clients % workers else 0) for i in range(workers)]
+    context = multiprocessing.get_context("spawn")
+    pipes, procs = [], []
+    for share in shares:
+        mine, theirs = context.Pipe()
+        proc = context.Process(target=_client_process, args=(theirs, port, share, args.idle), daemon=True)
+        proc.start()
+        pipes.append(mine)
+        procs.append(proc)
+    try:
+        for pipe in pipes:  # every subscription is in place
+            await _pipe_get(pipe, "ready", 120)
+        async def expect(count: int) -> None:
+            ids = list(range(next_id[0], next_id[0] + count))
+            for pipe in pipes:
+                pipe.send(("expect", ids))
+            for pipe in pipes:
+                await _pipe_get(pipe, "armed", 60)
 
-    # Warm-up (not counted): the relay loads the contract and seeds its candles.
-    await publish(3, 0)
-    await drain(3 * clients)
-    sent.clear()
-    latencies.clear()
-    state.update(last=0, received=0, first_publish=0)
+        # Warm-up (not counted): the relay loads the contract and seeds its candles.
+        await expect(3)
+        await publish(3, 0)
+        for pipe in pipes:
+            await _pipe_get(pipe, "done", 120 + args.idle)
+        measured_first = next_id[0]
+        await expect(args.updates)
+        await publish(args.updates, args.rate)
+        received: list[tuple[int, int]] = []
+        client_cpu = 0.0
+        for pipe in pipes:
+            _, times, cpu = await _pipe_get(pipe, "done", 600)
+            received.extend(times)
+            client_cpu += cpu
+        for pipe in pipes:
+            pipe.send(("stop", None))
+        for proc in procs:
+            await asyncio.to_thread(proc.join, 30)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
 
-    publisher = asyncio.create_task(publish(args.updates, args.rate))
-    await drain(args.updates * clients)
-    await publisher
-    await asyncio.gather(*(conn.close() for conn in conns))
-    await asyncio.gather(*readers)
-
+    latencies = sorted(at - sent[trade_id] for trade_id, at in received if trade_id in sent)
+    last = max((at for _, at in received), default=0)
+    first_publish = sent[measured_first]
     expected = args.updates * clients
-    elapsed = (state["last"] - state["first_publish"]) / 1e9 if state["last"] else float("nan")
-    ordered = sorted(latencies)
+    elapsed = (last - first_publish) / 1e9 if last else float("nan")
 
     def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] / 1e6 if ordered else float("nan")
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] / 1e6 if latencies else float("nan")
 
-    return {"clients": clients, "expected": expected, "received": state["received"], "elapsed": elapsed,
-            "rate": state["received"] / elapsed if elapsed else float("nan"), "p50": pct(0.50), "p99": pct(0.99),
-            "max": ordered[-1] / 1e6 if ordered else float("nan"), "load": os.getloadavg()}
+    return {"clients": clients, "expected": expected, "received": len(latencies), "elapsed": elapsed,
+            "rate": len(latencies) / elapsed if elapsed else float("nan"), "p50": pct(0.50), "p99": pct(0.99),
+            "max": latencies[-1] / 1e6 if latencies else float("nan"), "load": os.getloadavg(),
+            "client_cpu": client_cpu}
+
+
+async def _pipe_get(pipe, kind: str, timeout: float):
+    """The next message of a client process (it must be `kind`), waited for off the event loop."""
+    if not await asyncio.to_thread(pipe.poll, timeout):
+        raise SystemExit(f"a client process sent no {kind!r} within {timeout:.0f} s")
+    message = pipe.recv()
+    if message[0] != kind:
+        raise SystemExit(f"a client process sent {message!r}, expected {kind!r}")
+    return message
+
+
+def _client_process(pipe, port: int, count: int, idle: float) -> None:
+    """A client process: `count` connections subscribed to STREAM; for each ("expect", ids) it
+    answers ("armed",), then ("done", [(id, receipt ns), ...], its CPU seconds since the last "done") once every
+    connection has each id (or after `idle` s without a frame); ("stop", None) ends it."""
+    asyncio.run(_clients(pipe, port, count, idle))
+
+
+async def _clients(pipe, port: int, count: int, idle: float) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    wanted: set[int] = set()
+    times: list[tuple[int, int]] = []
+    progress = asyncio.Event()
+
+    async def read(conn) -> None:
+        try:
+            async for payload in conn:
+                now = time.perf_counter_ns()
+                trade_id = json.loads(payload).get("a")
+                if trade_id in wanted:
+                    times.append((trade_id, now))
+                    progress.set()
+        except ConnectionClosed:
+            pass
+
+    conns = []
+    for _ in range(count):
+        conn = await connect(f"ws://127.0.0.1:{port}/ws", open_timeout=30, close_timeout=5, max_queue=None)
+        await conn.send(json.dumps({"method": "SUBSCRIBE", "params": [STREAM], "id": 1}))
+        reply = json.loads(await asyncio.wait_for(conn.recv(), 30))
+        if reply != {"result": None, "id": 1}:
+            pipe.send(("refused", reply))
+            return
+        conns.append(conn)
+    readers = [asyncio.create_task(read(conn)) for conn in conns]
+    pipe.send(("ready",))
+    cpu = os.times()
+    while True:
+        kind, ids = await asyncio.to_thread(pipe.recv)
+        if kind == "stop":
+            break
+        times.clear()
+        wanted.clear()
+        wanted.update(ids)
+        pipe.send(("armed",))
+        target = len(ids) * count
+        while len(times) < target:
+            progress.clear()
+            try:
+                await asyncio.wait_for(progress.wait(), idle)
+            except TimeoutError:
+                break
+        now = os.times()
+        pipe.send(("done", list(times), now.user + now.system - cpu.user - cpu.system))
+        cpu = now
+    await asyncio.gather(*(conn.close() for conn in conns))
+    await asyncio.gather(*readers)
 
 
 def _report(label: str, r: dict) -> None:
@@ -246,9 +322,9 @@ def _report(label: str, r: dict) -> None:
     print(f"    delivered {r['received']:,} of {r['expected']:,} messages ({lost:,} lost) in {r['elapsed']:.2f} s: "
           f"{r['rate']:,.0f} msgs/s")
     print(f"    delivery latency ms: p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  max {r['max']:.2f}")
-    daphne, relay, bench = r["cpu"]
-    print(f"    CPU seconds in the round (connect, warm-up, run): daphne {daphne:.1f}, relay {relay:.1f}, "
-          f"clients + publisher {bench:.1f}")
+    daphne, relay, clients, publisher = r["cpu"]
+    print(f"    CPU seconds in the round: daphne {daphne:.1f} (connect, warm-up, run), relay {relay:.1f}, "
+          f"clients {clients:.1f} (warm-up and run), publisher {publisher:.1f}")
     print(f"    load average at the end of the round: {r['load'][0]:.2f} {r['load'][1]:.2f} {r['load'][2]:.2f}")
 
 
