@@ -27,7 +27,7 @@ import time
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.ledger.models import Income, IncomeType
@@ -188,9 +188,3 @@ def _announce(symbol: str, reports: list[dict]) -> None:
         get_redis().publish(EVENTS_CHANNEL.format(symbol=symbol), json.dumps(payload))
     except Exception:
         logger.warning("ADL event publish for %s failed", symbol, exc_info=True)
-
-
-def adl_totals(*, liquidation: Liquidation) -> dict:
-    """Quantity deleveraged and counterparties' PnL of a liquidation (for its FINISHED record)."""
-    return LiquidationRecord.objects.filter(liquidation=liquidation, kind=RecordKind.ADL).aggregate(
-        adl_quantity=Sum("quantity"), adl_pnl=Sum("pnl"))

@@ -44,7 +44,7 @@ from datetime import timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from django.db import transaction
-from django.db.models import Avg, F, Max, Min, Sum
+from django.db.models import Avg, F, Max, Min, Q, Sum
 from django.utils import timezone
 
 from apps.contracts.lifecycle import ACCEPTING_STATUSES
@@ -75,7 +75,7 @@ from apps.trading.rules import protection_price
 from apps.trading.services import orders_cancel_all
 from exchange.redis import channel, get_redis
 
-from .adl import adl_prepare, adl_step, adl_totals
+from .adl import adl_prepare, adl_step
 from .conf import liquidation_setting
 from .models import (
     Liquidation,
@@ -489,9 +489,10 @@ MONEY_KINDS = (RecordKind.EXECUTION, RecordKind.DELEVERAGE, RecordKind.ADL)
 def _finish(liquidation: Liquidation, status: MarginStatus | None) -> None:
     now = timezone.now()
     Liquidation.objects.filter(pk=liquidation.pk).update(status=LiquidationStatus.DONE, finished_at=now)
+    adl = Q(kind=RecordKind.ADL)  # the quantity deleveraged and the counterparties' PnL
     totals = liquidation.records.filter(kind__in=MONEY_KINDS).aggregate(
-        fee=Sum("clearance_fee"), surplus=Sum("surplus_to_fund"), cover=Sum("fund_cover"), bad=Sum("bad_debt"))
-    totals.update(adl_totals(liquidation=liquidation))
+        fee=Sum("clearance_fee"), surplus=Sum("surplus_to_fund"), cover=Sum("fund_cover"), bad=Sum("bad_debt"),
+        adl_quantity=Sum("quantity", filter=adl), adl_pnl=Sum("pnl", filter=adl))
     _record(liquidation, RecordKind.FINISHED,
             ratio=_ratio_field(status.ratio) if status is not None else None,
             details={"equity": str(status.equity) if status else "0",
