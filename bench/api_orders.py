@@ -1,10 +1,13 @@
 """Signed order entry over HTTP: concurrent clients against the web process as the Procfile starts it.
 
-    .venv/bin/python bench/api_orders.py [--seconds 15] [--clients 32] [--procs 2] [--profile]
+    .venv/bin/python bench/api_orders.py [--seconds 15] [--clients 1,8,32] [--procs 2] [--profile]
 
-Creates a throw-away database (`bench_api`), seeds the demo contracts, creates one
+Creates a throw-away database (`<DATABASE_URL's name>_bench_api`, on the server of
+DATABASE_URL; REDIS_URL's database is used as it is), seeds the demo contracts, creates one
 funded user with an API key per client, then starts the `web` process (Daphne, the
-Procfile's command line) and the `matcher` on loopback. Each client thread keeps one
+Procfile's command line) and the `matcher` on loopback, on a free port, with a
+mark price published as the pricefeed would. For each
+client count given (comma-separated) it runs the ping phase then the order phase. Each client thread keeps one
 HTTP connection and sends `POST /fapi/v1/order` signed the way Binance client
 libraries sign (query string, HMAC-SHA256), limit orders around a mid price so about
 half of them trade. Prints accepted orders/s and latency p50/p99, with unsigned
@@ -35,21 +38,34 @@ sys.path.insert(0, str(ROOT))
 from bench.common import ensure_services, machine_line  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
-DB_NAME = "bench_api"
 
 
 def database_url(base: str, name: str) -> str:
     return base.rsplit("/", 1)[0] + "/" + name
 
 
+def bench_db_name(base: str) -> str:
+    # Per environment, so benches of several checkouts sharing one PostgreSQL do not collide.
+    return base.rsplit("/", 1)[1].split("?")[0] + "_bench_api"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def prepare(env: dict, clients: int) -> list[tuple[str, str]]:
     """Fresh database, migrated and seeded; one funded user with a trade key per client."""
     admin_url = database_url(env["DATABASE_URL"], "postgres")
+    db_name = env["DATABASE_URL"].rsplit("/", 1)[1]
     import psycopg
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
+        conn.execute(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {db_name}")
     run = dict(env=env, cwd=ROOT, check=True, capture_output=True)
     subprocess.run([PY, "manage.py", "migrate", "-v", "0"], **run)
     subprocess.run([PY, "manage.py", "seed_demo", "--if-empty"], **run)
@@ -59,9 +75,15 @@ from decimal import Decimal
 from django.contrib.auth import get_user_model
 from apps.accounts.services import api_key_create
 from apps.ledger.services import wallet_deposit
+from django.utils import timezone
 from apps.contracts.models import Contract
+from apps.marketdata.services import price_publish
 # Each client keeps hundreds of orders resting: lift the per-account open-order limit (200).
 Contract.objects.filter(symbol="BTCUSDT").update(max_open_orders=1_000_000)
+# A mark price, as the running pricefeed keeps one in Redis: the price band and the risk
+# gate judge orders by it (without one both are skipped and every order looks it up in vain).
+price_publish(contract=Contract.objects.get(symbol="BTCUSDT"), index_price=Decimal(50000), mark_price=Decimal(50000),
+              at=timezone.now())
 keys = []
 for i in range({clients}):
     user = get_user_model().objects.create_user(f"bench{{i}}")
@@ -93,7 +115,7 @@ def start(env: dict, port: int) -> list[subprocess.Popen]:
     raise SystemExit("web process did not start; see var/bench_api_web.log")
 
 
-def client_proc(port: int, keys: list, seconds: float, kind: str, seed: int, out) -> None:
+def client_proc(port: int, keys: list, seconds: float, kind: str, seed: int, tag: str, out) -> None:
     """One client process: a thread per key, each with its own keep-alive connection."""
     results = []
     lock = threading.Lock()
@@ -114,7 +136,7 @@ def client_proc(port: int, keys: list, seconds: float, kind: str, seed: int, out
                 price = 50000 + (offset if side == "BUY" else -offset) * 0.5
                 query = urlencode({"symbol": "BTCUSDT", "side": side, "type": "LIMIT", "timeInForce": "GTC",
                                    "quantity": f"{rng.randint(1, 50) / 1000:.3f}", "price": f"{price:.1f}",
-                                   "newClientOrderId": f"b{seed}-{index}-{n}",
+                                   "newClientOrderId": f"b{tag}-{seed}-{index}-{n}",
                                    "timestamp": int(time.time() * 1000)})
                 query += "&signature=" + hmac.new(secret.encode(), query.encode(), hashlib.sha256).hexdigest()
                 method, path, headers = "POST", "/fapi/v1/order?" + query, {"X-MBX-APIKEY": key}
@@ -136,9 +158,10 @@ def client_proc(port: int, keys: list, seconds: float, kind: str, seed: int, out
 
 
 def load(port: int, keys: list, seconds: float, procs: int, kind: str) -> dict:
+    tag = str(len(keys))  # one run per client count: ids stay unique per account
     queue = multiprocessing.Queue()
     groups = [keys[i::procs] for i in range(procs)]
-    workers = [multiprocessing.Process(target=client_proc, args=(port, g, seconds, kind, i, queue))
+    workers = [multiprocessing.Process(target=client_proc, args=(port, g, seconds, kind, i, tag, queue))
                for i, g in enumerate(groups)]
     started = time.perf_counter()
     for w in workers:
@@ -183,34 +206,40 @@ def profile(pid: int, seconds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--clients", default="1,8,32", help="client counts, comma-separated: one run each")
     parser.add_argument("--procs", type=int, default=2)
-    parser.add_argument("--port", type=int, default=18642)
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
 
     ensure_services()
+    counts = [int(c) for c in args.clients.split(",")]
+    port = args.port or free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.base",
-           "DATABASE_URL": database_url(os.environ["DATABASE_URL"], DB_NAME),
-           "REDIS_URL": os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/8", "DEBUG": "0",
+           "DATABASE_URL": database_url(os.environ["DATABASE_URL"], bench_db_name(os.environ["DATABASE_URL"])),
+           "DEBUG": "0",
            "API_IP_WEIGHT_LIMIT_1M": "1000000000", "API_KEY_WEIGHT_LIMIT_1M": "1000000000",
            "API_ACCOUNT_ORDER_LIMIT_1M": "1000000000"}
     print(f"api_orders bench: {args.clients} clients in {args.procs} processes, {args.seconds:.0f} s per phase")
-    keys = prepare(env, args.clients)
-    processes = start(env, args.port)
+    keys = prepare(env, max(counts))
+    processes = start(env, port)
+    acknowledged = 0
     try:
-        base = load(args.port, keys, args.seconds, args.procs, "ping")
-        print(f"  baseline GET /fapi/v1/ping:  {base['rate']:8.0f} req/s     p50 {base['p50']:6.2f} ms  "
-              f"p99 {base['p99']:6.2f} ms  statuses {base['statuses']}")
-        if args.profile:
-            spy = threading.Thread(target=profile, args=(processes[0].pid, int(args.seconds) - 2))
-            spy.start()
-        orders = load(args.port, keys, args.seconds, args.procs, "order")
-        if args.profile:
-            spy.join()
-        print(f"  POST /fapi/v1/order (signed): {orders['rate']:8.0f} orders/s  p50 {orders['p50']:6.2f} ms  "
-              f"p99 {orders['p99']:6.2f} ms  statuses {orders['statuses']}")
-        print(f"  ratio orders / ping: {orders['rate'] / base['rate']:.2f}")
+        for count in counts:
+            procs = min(args.procs, count)
+            base = load(port, keys[:count], args.seconds, procs, "ping")
+            print(f"  {count:3d} clients  GET /fapi/v1/ping:          {base['rate']:8.0f} req/s     "
+                  f"p50 {base['p50']:6.2f} ms  p99 {base['p99']:6.2f} ms  statuses {base['statuses']}")
+            if args.profile and count == counts[-1]:
+                spy = threading.Thread(target=profile, args=(processes[0].pid, int(args.seconds) - 2))
+                spy.start()
+            orders = load(port, keys[:count], args.seconds, procs, "order")
+            if args.profile and count == counts[-1]:
+                spy.join()
+            acknowledged += orders["ok"]
+            print(f"  {count:3d} clients  POST /fapi/v1/order (signed): {orders['rate']:8.0f} orders/s  "
+                  f"p50 {orders['p50']:6.2f} ms  p99 {orders['p99']:6.2f} ms  statuses {orders['statuses']}")
+            print(f"  {count:3d} clients  ratio orders / ping: {orders['rate'] / base['rate']:.2f}   {machine_line()}")
         time.sleep(2)  # let the matcher drain
     finally:
         for p in processes:
@@ -225,7 +254,7 @@ def main() -> None:
     out = subprocess.run([PY, "manage.py", "shell", "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
                          check=True)
     stored, trades, pending = map(int, out.stdout.strip().splitlines()[-1].split())
-    print(f"  acknowledged {orders['ok']}, stored {stored} orders ({trades} trades, {pending} commands pending)")
+    print(f"  acknowledged {acknowledged}, stored {stored} orders ({trades} trades, {pending} commands pending)")
     ledger = subprocess.run([PY, "manage.py", "check_ledger"], env=env, cwd=ROOT, capture_output=True, text=True)
     print(f"  check_ledger: {'clean' if ledger.returncode == 0 else 'FAILED ' + ledger.stdout[-500:]}")
     print(machine_line())
