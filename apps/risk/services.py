@@ -556,9 +556,11 @@ def _exposure_sql() -> str:
     return _EXPOSURE_SQL
 
 
-def _exposure_for_pretrade(*, user, contract: Contract) -> tuple[Decimal, dict[str, Decimal], dict]:
+def _exposure_for_pretrade(*, user, contract: Contract, mark: Decimal | None = None
+                           ) -> tuple[Decimal, dict[str, Decimal], dict]:
     """(equity, signed position size per symbol in base units, {buys, sells, marks}) of
-    one user: one SQL round trip and one Redis MGET for the marks."""
+    one user: one SQL round trip and one Redis MGET for the marks (none when `mark`, the
+    contract's mark the caller has just read, is given and no other symbol is involved)."""
     from django.db import connection
 
     from apps.ledger.models import USER_KINDS
@@ -573,8 +575,12 @@ def _exposure_for_pretrade(*, user, contract: Contract) -> tuple[Decimal, dict[s
     for kind, contract_id, symbol, _, _, _, _ in rows:
         if kind != "B" and contract_id not in contracts:
             contracts[contract_id] = Contract(pk=contract_id, symbol=symbol)
+    if mark is not None:
+        del contracts[contract.pk]
     marks = price_latest_many(contracts=list(contracts.values()))
     mark_of = {s: (snap.mark_price if snap is not None else None) for s, snap in marks.items()}
+    if mark is not None:
+        mark_of[contract.symbol] = mark
     size: dict[str, Decimal] = {}
     buys: dict[str, Decimal] = {}
     sells: dict[str, Decimal] = {}
@@ -606,14 +612,15 @@ class PretradeResult:
     reject: bool
 
 
-def risk_pretrade_evaluate(*, user, contract: Contract, side: str, quantity: Decimal, price: Decimal) -> PretradeResult:
+def risk_pretrade_evaluate(*, user, contract: Contract, side: str, quantity: Decimal, price: Decimal,
+                           mark: Decimal | None = None) -> PretradeResult:
     """The numbers behind `risk_pretrade_check` (also for ops and tests)."""
     if side not in (Side.BUY, Side.SELL):
         raise ValueError(f"side must be BUY or SELL, got {side!r}")
     quantity, price = Decimal(quantity), Decimal(price)
     if not quantity > 0 or not price > 0:
         raise ValueError("quantity and price must be positive")
-    equity, sizes, extra = _exposure_for_pretrade(user=user, contract=contract)
+    equity, sizes, extra = _exposure_for_pretrade(user=user, contract=contract, mark=mark)
     buys, sells, marks = extra["buys"], extra["sells"], extra["marks"]
     symbols = set(sizes) | set(buys) | set(sells) | {contract.symbol}
     model = model_with_symbols(market_model_current(), sorted(symbols))
@@ -639,7 +646,8 @@ def risk_pretrade_evaluate(*, user, contract: Contract, side: str, quantity: Dec
     return PretradeResult(score_before, score_after, level_before, level_after, reject)
 
 
-def risk_pretrade_check(*, user, contract: Contract, side: str, quantity: Decimal, price: Decimal) -> None:
+def risk_pretrade_check(*, user, contract: Contract, side: str, quantity: Decimal, price: Decimal,
+                        mark: Decimal | None = None) -> None:
     """Refuse an order that would push the account's risk level above the accepted level.
 
     Parametric and cheap (no Monte Carlo): the current market model (the latest run's
@@ -651,15 +659,16 @@ def risk_pretrade_check(*, user, contract: Contract, side: str, quantity: Decima
     of the open orders: position + open buys or position − open sells, whichever is
     larger in size, so resting orders cannot add up past the gate one by one; call it
     before the new order is stored. ``quantity`` is in contracts, ``price`` is used only
-    when the contract has no mark. Raises `ExchangeError` RISK_TOO_HIGH (-2030,
-    "风险过高 (risk too high) ...") when the level after the order is above
+    when the contract has no mark; ``mark``, when given, is the contract's mark price the
+    caller has just read (order entry), so it is not read again. Raises `ExchangeError`
+    RISK_TOO_HIGH (-2030, "风险过高 (risk too high) ...") when the level after the order is above
     RISK_PRETRADE_MAX_LEVEL (default HIGH, i.e. CRITICAL is refused) and the order does
     not lower the score; an order that only reduces a position is never refused.
     Disabled by RISK_PRETRADE_ENABLED = False.
     """
     if not risk_setting("RISK_PRETRADE_ENABLED"):
         return
-    result = risk_pretrade_evaluate(user=user, contract=contract, side=side, quantity=quantity, price=price)
+    result = risk_pretrade_evaluate(user=user, contract=contract, side=side, quantity=quantity, price=price, mark=mark)
     if result.reject:
         raise ExchangeError(
             f"{RISK_TOO_HIGH} (risk too high): this order would raise the account's risk level to "

@@ -26,7 +26,7 @@ from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import to_decimal
 from apps.ledger.services import account_get_or_create, ledger_transfer
-from apps.liquidation.selectors import account_frozen
+from apps.liquidation.models import Liquidation, LiquidationStatus
 from apps.ops.metrics import RISK_CHECK, measure_latency
 from apps.positions.models import Position
 from apps.positions.services import position_and_balances_lock, position_lock
@@ -212,30 +212,34 @@ def _check_status(contract: Contract, status: str, *, reducing: bool) -> None:
                      "delivery; only reduce-only orders are accepted.", ErrorCode.INVALID_SYMBOL_STATUS)
 
 
-def _open_exposure(*, user, contract: Contract) -> dict:
-    """Count, open notional per side and reduce-only quantity per side of the account's open orders.
+def _entry_state(*, user, contract: Contract) -> dict:
+    """The liquidation freeze and the account's open orders on the contract, in one round trip.
 
-    One aggregate over the (user, contract) index. Raw SQL because the ORM spends longer
-    building this five-aggregate query than PostgreSQL spends running it.
+    Count, open notional per side and reduce-only quantity per side of the open orders
+    (one aggregate over the (user, contract) index), and whether a liquidation of the
+    account is active (`apps.liquidation.selectors.account_frozen`, folded in here to save
+    a round trip under the balance lock). Raw SQL because the ORM spends longer building
+    these queries than PostgreSQL spends running them.
     """
     with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT count(*),
-                   COALESCE(sum(open * px) FILTER (WHERE NOT reducing AND side = 'BUY'), 0),
-                   COALESCE(sum(open * px) FILTER (WHERE NOT reducing AND side = 'SELL'), 0),
-                   COALESCE(sum(open) FILTER (WHERE reducing AND side = 'BUY'), 0),
-                   COALESCE(sum(open) FILTER (WHERE reducing AND side = 'SELL'), 0)
-            FROM (SELECT side, quantity - executed_qty AS open, reduce_only OR close_position AS reducing,
-                         COALESCE(price, protection_price, stop_price, activation_price, 0) AS px
-                  FROM trading_order
-                  WHERE user_id = %s AND contract_id = %s AND status = ANY(%s)) AS o
-            """,
-            [user.pk, contract.pk, list(OPEN_STATUSES)],
-        )
-        count, buys, sells, reducing_buys, reducing_sells = cursor.fetchone()
+        cursor.execute(_ENTRY_STATE_SQL, [user.pk, LiquidationStatus.ACTIVE, user.pk, contract.pk, list(OPEN_STATUSES)])
+        count, buys, sells, reducing_buys, reducing_sells, frozen = cursor.fetchone()
     return {"count": count, "buy_notional": buys, "sell_notional": sells,
-            "reducing_buys": reducing_buys, "reducing_sells": reducing_sells}
+            "reducing_buys": reducing_buys, "reducing_sells": reducing_sells, "frozen": frozen}
+
+
+_ENTRY_STATE_SQL = f"""
+    SELECT count(*),
+           COALESCE(sum(open * px) FILTER (WHERE NOT reducing AND side = 'BUY'), 0),
+           COALESCE(sum(open * px) FILTER (WHERE NOT reducing AND side = 'SELL'), 0),
+           COALESCE(sum(open) FILTER (WHERE reducing AND side = 'BUY'), 0),
+           COALESCE(sum(open) FILTER (WHERE reducing AND side = 'SELL'), 0),
+           EXISTS (SELECT 1 FROM {Liquidation._meta.db_table} WHERE user_id = %s AND status = %s)
+    FROM (SELECT side, quantity - executed_qty AS open, reduce_only OR close_position AS reducing,
+                 COALESCE(price, protection_price, stop_price, activation_price, 0) AS px
+          FROM {Order._meta.db_table}
+          WHERE user_id = %s AND contract_id = %s AND status = ANY(%s)) AS o
+"""
 
 
 def _check_reducing(spec: OrderSpec, position: Position, exposure: dict) -> Decimal:
@@ -317,10 +321,10 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
         # Read again FOR SHARE: a lifecycle change (close-only, settling, halt) waits for this order.
         _check_status(contract, status_share_lock(contract.pk), reducing=reducing)
         position, balances = position_and_balances_lock(user=user, contract=contract)
+        exposure = _entry_state(user=user, contract=contract)
         # Liquidation freeze: judged under the balance lock that starting a liquidation also takes.
-        if account_frozen(user_id=user.pk):
+        if exposure["frozen"]:
             raise _error("User in liquidation mode now.", ErrorCode.USER_IN_LIQUIDATION)
-        exposure = _open_exposure(user=user, contract=contract)
         if exposure["count"] >= contract.max_open_orders:
             raise _error("Reach max open order limit.", ErrorCode.MAX_OPEN_ORDER_EXCEEDED)
         quantity = _check_reducing(spec, position, exposure) if reducing else spec.quantity
@@ -342,27 +346,62 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
             raise MarginInsufficient("Margin is insufficient.")
         if not reducing:  # before the order row exists: the check counts the open orders itself
             with measure_latency(RISK_CHECK):
-                risk_pretrade_check(user=user, contract=contract, side=spec.side, quantity=quantity, price=hold_price)
+                risk_pretrade_check(user=user, contract=contract, side=spec.side, quantity=quantity, price=hold_price,
+                                    mark=mark)
+        order = Order(
+            user=user, contract=contract, client_order_id=spec.client_order_id, side=spec.side,
+            order_type=spec.order_type, time_in_force=spec.time_in_force, price=spec.price,
+            protection_price=protection, stop_price=spec.stop_price, quantity=quantity,
+            reduce_only=spec.reduce_only, close_position=spec.close_position, leverage=position.leverage,
+            stp_mode=spec.stp_mode, working_type=spec.working_type, price_protect=spec.price_protect,
+            activation_price=spec.activation_price, callback_rate=spec.callback_rate, margin_held=hold,
+            status=OrderStatus.NEW if conditional else OrderStatus.PENDING_NEW,
+        )
         try:
             # The unique key decides a race between two equal ids; no savepoint is needed
             # because a refusal ends (rolls back) the whole transaction anyway.
-            order = Order.objects.create(
-                user=user, contract=contract, client_order_id=spec.client_order_id, side=spec.side,
-                order_type=spec.order_type, time_in_force=spec.time_in_force, price=spec.price,
-                protection_price=protection, stop_price=spec.stop_price, quantity=quantity,
-                reduce_only=spec.reduce_only, close_position=spec.close_position, leverage=position.leverage,
-                stp_mode=spec.stp_mode, working_type=spec.working_type, price_protect=spec.price_protect,
-                activation_price=spec.activation_price, callback_rate=spec.callback_rate, margin_held=hold,
-                status=OrderStatus.NEW if conditional else OrderStatus.PENDING_NEW,
-            )
+            _order_insert(order, journal=not conditional)
         except IntegrityError as exc:
             raise _error("ClientOrderId is duplicated.", ErrorCode.CLIENT_ORDER_ID_DUPLICATED) from exc
         if hold > 0:
             _hold(user=user, contract=contract, order=order, amount=hold)
         if not conditional:
-            OrderCommand.objects.create(contract=contract, kind=CommandKind.NEW, order=order)
             transaction.on_commit(lambda: doorbell.ring(contract.pk))
     return order
+
+
+def _insert_parts(instance, *, skip: tuple[str, ...] = ()) -> tuple[list[str], list]:
+    """Columns and database values of a new row, as `Model.save()` would insert them
+    (defaults, auto_now stamps set on the instance, values prepared by each field)."""
+    columns, values = [], []
+    for field in instance._meta.concrete_fields:
+        if field.primary_key or field.attname in skip:
+            continue
+        columns.append(field.column)
+        values.append(field.get_db_prep_save(field.pre_save(instance, add=True), connection))
+    return columns, values
+
+
+def _order_insert(order: Order, *, journal: bool) -> None:
+    """INSERT the order and, for one that goes live now, its NEW journal command: one statement.
+
+    What `Order.objects.create` and `OrderCommand.objects.create` would write, without
+    the ORM's per-call query compilation and with one round trip instead of two. Sets
+    the order's pk (and its stamps, through the fields' pre_save).
+    """
+    columns, values = _insert_parts(order)
+    sql = (f"WITH o AS (INSERT INTO {Order._meta.db_table} ({', '.join(columns)}) "
+           f"VALUES ({', '.join(['%s'] * len(columns))}) RETURNING id)")
+    if journal:
+        command = OrderCommand(contract_id=order.contract_id, kind=CommandKind.NEW)
+        command_columns, command_values = _insert_parts(command, skip=("order_id",))
+        sql += (f", c AS (INSERT INTO {OrderCommand._meta.db_table} ({', '.join(command_columns)}, order_id) "
+                f"SELECT {', '.join(['%s'] * len(command_columns))}, o.id FROM o)")
+        values += command_values
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " SELECT id FROM o", values)
+        order.pk = cursor.fetchone()[0]
+    order._state.adding = False
 
 
 def _hold(*, user, contract: Contract, order: Order, amount: Decimal) -> None:
