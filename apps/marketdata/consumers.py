@@ -105,7 +105,8 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
         self.listen_keys: dict[str, int] = {}  # listen key -> user id
         self._key_watch: asyncio.Task | None = None
         self._hub = get_hub()
-        self._sink = Sink(self._write, self._too_slow)
+        self._protocol = _frame_protocol(self.base_send)
+        self._sink = Sink(self._write, self._too_slow, write_now=self._write_now if self._protocol else None)
         transport = _server_transport(self.base_send)
         if transport is not None:
             if transport.producer is not None:  # the HTTP channel's, left from before the upgrade
@@ -283,7 +284,22 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
     # -- pushes from the fan-out hub ---------------------------------------------------------
 
     async def _write(self, frame: Frame) -> None:
-        await self.send(text_data=frame.text(self.combined))
+        if not (self._protocol is not None and self._write_now(frame)):
+            await self.send(text_data=frame.text(self.combined))
+
+    def _write_now(self, frame: Frame) -> bool:
+        """The frame's pre-encoded bytes straight to daphne's transport, when the protocol sends plain
+        frames and is open (else False: the ASGI send path, which knows what to do)."""
+        protocol = self._protocol
+        if (protocol.state != protocol.STATE_OPEN or protocol.send_queue or protocol._perMessageCompress is not None
+                or protocol.send_state != protocol.SEND_STATE_GROUND):
+            return False
+        wire = frame.wire(self.combined)
+        # Larger than autobahn would send in one frame, or than it may send at all: its own path.
+        if 0 < protocol.autoFragmentSize < len(wire) or 0 < protocol.maxMessagePayloadSize < len(wire):
+            return False
+        _transport_write(protocol.transport, wire)
+        return True
 
     async def _too_slow(self) -> None:
         logger.info("websocket dropped: %d frames waiting (streams %s)", self._sink.max_frames,
@@ -329,6 +345,50 @@ def _server_transport(send):
         if callable(getattr(transport, "registerProducer", None)) and hasattr(transport, "producer"):
             return transport
     return None
+
+
+def _frame_protocol(send):
+    """daphne's websocket protocol (autobahn) behind the ASGI `send`, whose transport a frame built
+    once for every connection can be written to (`_write_now` checks each frame). Else None:
+    every frame then takes the ASGI send path (another server, or a test's communicator).
+
+    Why: under daphne a frame sent through `send` costs the channels and daphne layers, autobahn
+    building the frame, and Twisted buffering the bytes until the reactor's next round (an
+    epoll_ctl to watch the socket, then another to stop); with 500 subscribers that was most of
+    a burst's time (bench/ws_fanout.py).
+    """
+    if not (isinstance(send, functools.partial) and send.args):
+        return None
+    protocol = send.args[0]
+    try:
+        from autobahn.websocket.protocol import WebSocketServerProtocol
+    except ImportError:
+        return None
+    return protocol if isinstance(protocol, WebSocketServerProtocol) else None
+
+
+def _transport_write(transport, data: bytes) -> None:
+    """`transport.write(data)`, but on a plain TCP transport with nothing waiting in Twisted's
+    buffer the bytes go to the socket at once (what asyncio's transports do): Twisted would
+    buffer them, watch the socket for writability, send on the reactor's next round and stop
+    watching, two epoll_ctl calls and a loop callback per frame. Whatever the socket does not
+    take now is left to Twisted, which sends it in order and pauses the sink (its producer)
+    when the client falls behind."""
+    if (isinstance(transport, _TCP_CONNECTION) and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnected and not transport._tempDataBuffer
+            and transport.offset == len(transport.dataBuffer)):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int) and sent > 0:
+            data = data[sent:]
+        if not data:
+            return
+    transport.write(data)
+
+
+try:
+    from twisted.internet.tcp import Connection as _TCP_CONNECTION
+except ImportError:  # not served by daphne
+    _TCP_CONNECTION = ()
 
 
 async def _listen_key_owner(key: str) -> int | None:

@@ -78,6 +78,53 @@ def test_combined_frame_text_is_the_json_of_the_wrapped_payload():
     assert made.text(True) == json.dumps({"stream": "btcusdt@aggTrade", "data": payload}, separators=(",", ":"))
 
 
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+def test_a_pre_encoded_frame_is_the_websocket_text_frame_a_server_sends(size):
+    from websockets.frames import Frame as WsFrame
+    from websockets.frames import Opcode
+
+    text = "é" * (size // 2) + "x" * (size % 2)  # `size` bytes of UTF-8
+    assert fanout.ws_text_frame(text) == WsFrame(Opcode.TEXT, text.encode()).serialize(mask=False)
+    made = Frame("btcusdt@aggTrade", '{"e":"aggTrade"}')
+    assert made.wire(True) == fanout.ws_text_frame(made.text(True)) and made.wire(True) is made.wire(True)
+
+
+def test_frames_go_out_at_once_only_when_nothing_is_queued_held_or_being_written():
+    """The synchronous path never overtakes a frame on the queue or in the writer's hands."""
+    out: list[tuple[str, str]] = []
+    gate = asyncio.Event()
+
+    async def body():
+        async def write(frame):
+            if frame.raw == "3":
+                await gate.wait()  # a write that suspends (a socket that is backed up)
+            out.append(("task", frame.raw))
+
+        def write_now(frame):
+            out.append(("now", frame.raw))
+            return True
+
+        async def overflow():
+            pass
+
+        sink = fanout.Sink(write, overflow, write_now=write_now)
+        sink.offer(Frame("s", "1"))  # nothing in the way: at once
+        with sink.holding():
+            sink.offer(Frame("s", "2"))  # a reply is being written: queued
+        sink.offer(Frame("s", "3"))  # "2" is queued: behind it
+        for _ in range(5):
+            await asyncio.sleep(0)  # the writer sends "2", takes "3" and waits; the queue is empty
+        sink.offer(Frame("s", "4"))  # "3" is in the writer's hands: queued
+        gate.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        sink.offer(Frame("s", "5"))  # drained: at once again
+        await sink.close()
+
+    asyncio.run(body())
+    assert out == [("now", "1"), ("task", "2"), ("task", "3"), ("task", "4"), ("now", "5")]
+
+
 def test_two_connections_on_one_stream_share_one_subscription_and_get_each_update_once(btcusdt, clean_redis):
     async def body():
         raw = await connect("/ws/btcusdt@aggTrade")
