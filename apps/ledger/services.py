@@ -349,13 +349,15 @@ STAGED_WORK_MEM = "256MB"
 
 STAGED_LEGS = "WITH legs AS NOT MATERIALIZED (SELECT 0 AS p, x.account_id, x.asset_id, x.amount, 0::bigint AS ord FROM ({sql}) x)"
 
+# Per asset: legs, their sum, the zero ones, and whether one has more places than the asset allows.
 STAGED_CHECK_SQL = """
 {legs}
-SELECT l.asset_id, a.code, count(*), sum(l.amount),
-       count(*) FILTER (WHERE l.amount = 0), count(*) FILTER (WHERE l.amount <> trunc(l.amount, a.precision))
-FROM legs l LEFT JOIN ledger_asset a ON a.id = l.asset_id
-GROUP BY l.asset_id, a.code
-ORDER BY l.asset_id
+SELECT g.asset_id, a.code, g.legs, g.total, g.zeros, g.places > a.precision
+FROM (SELECT asset_id, count(*) AS legs, sum(amount) AS total, count(*) FILTER (WHERE amount = 0) AS zeros,
+             max(min_scale(amount)) AS places
+      FROM legs GROUP BY asset_id) g
+LEFT JOIN ledger_asset a ON a.id = g.asset_id
+ORDER BY g.asset_id
 """
 
 # Every balance appears once in a staged posting: the update yields each entry's balance_after.
@@ -468,7 +470,7 @@ def _staged_check(rows) -> int:
         if zeros:
             raise InvalidAmount("A ledger leg amount must not be zero.")
         if too_precise:
-            raise PrecisionExceeded(f"{too_precise} amount(s) have more decimal places than {code} allows.")
+            raise PrecisionExceeded(f"An amount has more decimal places than {code} allows.")
         if total != 0:
             raise Unbalanced(f"Legs do not sum to zero for {code} (sum {total}).")
         count += legs

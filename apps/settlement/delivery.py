@@ -343,7 +343,8 @@ SELECT p.id AS position_id, p.user_id, p.size, p.entry_price, p.margin_type = 'I
        0::numeric AS released, 0::numeric AS margin, 0::numeric AS covered, 0::numeric AS lost
 FROM positions_position p
 CROSS JOIN LATERAL (SELECT p.size * (%(price)s::numeric - p.entry_price) * %(cs)s::numeric AS pnl,
-                           abs(p.size) * %(price)s::numeric * %(cs)s::numeric * %(fee_rate)s::numeric AS fee) x
+                           abs(p.size) * %(fee_factor)s::numeric AS fee
+                    OFFSET 0) x  -- computed once per row, not once per reference in the rounding
 LEFT JOIN ledger_account w ON w.kind = 'WALLET' AND w.user_id = p.user_id AND w.contract_id IS NULL
 LEFT JOIN ledger_account iso ON p.margin_type = 'ISOLATED' AND iso.kind = 'ISOLATED_MARGIN'
                              AND iso.user_id = p.user_id AND iso.contract_id = p.contract_id
@@ -429,7 +430,8 @@ SETTLE_WORK_MEM = "256MB"
 def _rows_stage(*, contract: Contract, price: Decimal) -> tuple:
     """`delivery_rows` (one statement; the rare missing accounts created); returns
     (positions, isolated positions, long quantity, short quantity, realized PnL, fees)."""
-    params = {"c": contract.pk, "price": price, "cs": contract.contract_size, "fee_rate": contract.delivery_fee_rate,
+    params = {"c": contract.pk, "price": price, "cs": contract.contract_size,
+              "fee_factor": formulas.exact_product(price, contract.contract_size, contract.delivery_fee_rate),
               **formulas.half_even_sql_params(precision=contract.settle_asset.precision)}
     with connection.cursor() as cursor:
         cursor.execute(ROWS_SQL, params)

@@ -112,24 +112,37 @@ PRODUCT_DIGITS = 200
 # `payment` in PostgreSQL over the column p.size, for a settlement of every position in
 # one statement: NUMERIC products are exact, and PostgreSQL's round() rounds ties away
 # from zero, so a tie whose truncation is even is truncated instead (half-even, the
-# ledger's one rounding rule). Parameters: `payment_sql_params`. Proven equal to
+# ledger's one rounding rule). The factor contract size × mark × rate is the same for
+# every position: multiplied out once, exactly, in Python (one product per row instead
+# of three, of far fewer digits). Parameters: `payment_sql_params`. Proven equal to
 # `payment` on random data by tests/settlement/test_formulas.py.
 PAYMENT_SQL = """
 CASE WHEN abs(pay.scaled - trunc(pay.scaled)) = 0.5 AND mod(trunc(pay.scaled), 2) = 0
      THEN trunc(pay.exact, %(pay_places)s) ELSE round(pay.exact, %(pay_places)s) END
 """
-# A LATERAL subquery after positions_position p, naming the exact product for PAYMENT_SQL.
+# A LATERAL subquery after positions_position p, naming the exact product for PAYMENT_SQL
+# (OFFSET 0: computed once per row, not once per reference in the CASE).
 PAYMENT_SQL_FROM = """
 CROSS JOIN LATERAL (
     SELECT x.exact, x.exact * %(pay_scale)s::numeric AS scaled
-    FROM (SELECT -p.size * %(pay_contract_size)s::numeric * %(pay_mark)s::numeric * %(pay_rate)s::numeric AS exact) x
+    FROM (SELECT -p.size * %(pay_factor)s::numeric AS exact) x
+    OFFSET 0
 ) pay
 """
 
 
+def exact_product(*factors: Decimal) -> Decimal:
+    """The product of Decimals with no rounding (a wide context), without trailing zeros."""
+    with localcontext(prec=PRODUCT_DIGITS):
+        product = Decimal(1)
+        for factor in factors:
+            product *= factor
+        return product.normalize() if product else Decimal(0)
+
+
 def payment_sql_params(*, mark_price: Decimal, rate: Decimal, contract_size: Decimal, precision: int) -> dict:
-    return {"pay_places": precision, "pay_scale": Decimal(10) ** precision, "pay_contract_size": contract_size,
-            "pay_mark": mark_price, "pay_rate": rate}
+    return {"pay_places": precision, "pay_scale": Decimal(10) ** precision,
+            "pay_factor": exact_product(contract_size, mark_price, rate)}
 
 
 def half_even_sql(expr: str) -> str:
