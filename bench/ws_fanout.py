@@ -1,7 +1,7 @@
 """Websocket fan-out benchmark: N clients on one stream, M updates, delivered messages/s and latency.
 
     .venv/bin/python bench/ws_fanout.py [--clients 200 500] [--updates 150] [--rate 5] [--baseline-clients 1]
-                                        [--client-processes 2]
+                                        [--client-processes 2] [--client websockets|raw]
 
 Starts the real serving path as OS processes on a free loopback port, against a
 throw-away database (`bench_ws_fanout`) and the test Redis database: daphne
@@ -18,8 +18,11 @@ The clients are spread over `--client-processes` processes (default 2, one per c
 of the reference machine), apart from the publisher: in one process the clients'
 own work on a burst of N frames (frame parsing, JSON, the asyncio loop) is done one
 frame after another and is timed as delivery latency. `--client-processes 1` puts
-them all in one process (the bench before 2026-11-26). Each round prints the CPU
-seconds daphne, the relay, the client processes and the publisher used.
+them all in one process (the bench before 2026-11-26). `--client raw` replaces the
+websockets library by a minimal client (`_RawWebsocket`: handshake, frames, pong,
+close) whose per-frame cost is a fraction of the library's, to tell the clients'
+share of the latency from the server's on a machine they share. Each round prints
+the CPU seconds daphne, the relay, the client processes and the publisher used.
 
 Each client count in `--clients` is one round, after a baseline round with
 `--baseline-clients` (default 1) in the same run; every round prints delivered /
@@ -37,10 +40,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import multiprocessing
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -68,6 +73,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=10.0, help="end a run after this long without a message")
     parser.add_argument("--client-processes", type=int, default=2,
                         help="processes the clients are spread over (apart from the publisher)")
+    parser.add_argument("--client", choices=("websockets", "raw"), default="websockets",
+                        help="websockets: the library's client; raw: a minimal one (the clients' own share)")
     args = parser.parse_args()
     if min(args.clients) < 1 or args.baseline_clients < 1 or args.updates < 1 or args.client_processes < 1:
         parser.error("--clients, --baseline-clients, --updates and --client-processes must be at least 1")
@@ -125,8 +132,9 @@ def run(args, *, database: dict) -> None:
         _wait(lambda: _accepts(port), 60, "daphne", processes)
         _wait(lambda: client.get("ops:heartbeat:stream_relay"), 60, "the relay", processes)
         print(f"ws fan-out bench: {STREAM} on ws://127.0.0.1:{port}/ws (daphne + stream relay processes), "
-              f"{args.updates} updates at {'unpaced' if not args.rate else f'{args.rate:g}/s'}, client: websockets "
-              f"{websockets.__version__} ({args.client_processes} client process(es))")
+              f"{args.updates} updates at {'unpaced' if not args.rate else f'{args.rate:g}/s'}, client: "
+              f"{'websockets ' + websockets.__version__ if args.client == 'websockets' else 'raw'} "
+              f"({args.client_processes} client process(es))")
         next_id = [1_000_000]
         def timed_round(clients: int) -> dict:
             before = _cpu_seconds(processes)
@@ -194,7 +202,8 @@ async def _round(port: int, redis_client, clients: int, args, next_id: list[int]
     pipes, procs = [], []
     for share in shares:
         mine, theirs = context.Pipe()
-        proc = context.Process(target=_client_process, args=(theirs, port, share, args.idle), daemon=True)
+        proc = context.Process(target=_client_process, args=(theirs, port, share, args.idle, args.client),
+                               daemon=True)
         proc.start()
         pipes.append(mine)
         procs.append(proc)
@@ -256,42 +265,35 @@ async def _pipe_get(pipe, kind: str, timeout: float):
     return message
 
 
-def _client_process(pipe, port: int, count: int, idle: float) -> None:
+def _client_process(pipe, port: int, count: int, idle: float, kind: str) -> None:
     """A client process: `count` connections subscribed to STREAM; for each ("expect", ids) it
     answers ("armed",), then ("done", [(id, receipt ns), ...], its CPU seconds since the last "done") once every
     connection has each id (or after `idle` s without a frame); ("stop", None) ends it."""
-    asyncio.run(_clients(pipe, port, count, idle))
+    asyncio.run(_clients(pipe, port, count, idle, kind))
 
 
-async def _clients(pipe, port: int, count: int, idle: float) -> None:
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
+class _Refused(Exception):
+    pass
 
+
+async def _clients(pipe, port: int, count: int, idle: float, kind: str) -> None:
     wanted: set[int] = set()
     times: list[tuple[int, int]] = []
     progress = asyncio.Event()
 
-    async def read(conn) -> None:
-        try:
-            async for payload in conn:
-                now = time.perf_counter_ns()
-                trade_id = json.loads(payload).get("a")
-                if trade_id in wanted:
-                    times.append((trade_id, now))
-                    progress.set()
-        except ConnectionClosed:
-            pass
+    def on_message(payload) -> None:
+        now = time.perf_counter_ns()
+        trade_id = json.loads(payload).get("a")
+        if trade_id in wanted:
+            times.append((trade_id, now))
+            progress.set()
 
-    conns = []
-    for _ in range(count):
-        conn = await connect(f"ws://127.0.0.1:{port}/ws", open_timeout=30, close_timeout=5, max_queue=None)
-        await conn.send(json.dumps({"method": "SUBSCRIBE", "params": [STREAM], "id": 1}))
-        reply = json.loads(await asyncio.wait_for(conn.recv(), 30))
-        if reply != {"result": None, "id": 1}:
-            pipe.send(("refused", reply))
-            return
-        conns.append(conn)
-    readers = [asyncio.create_task(read(conn)) for conn in conns]
+    opener = _open_websockets if kind == "websockets" else _open_raw
+    try:
+        close = await opener(port, count, on_message)
+    except _Refused as exc:
+        pipe.send(("refused", exc.args[0]))
+        return
     pipe.send(("ready",))
     cpu = os.times()
     while True:
@@ -312,8 +314,149 @@ async def _clients(pipe, port: int, count: int, idle: float) -> None:
         now = os.times()
         pipe.send(("done", list(times), now.user + now.system - cpu.user - cpu.system))
         cpu = now
-    await asyncio.gather(*(conn.close() for conn in conns))
-    await asyncio.gather(*readers)
+    await close()
+
+
+SUBSCRIBE = json.dumps({"method": "SUBSCRIBE", "params": [STREAM], "id": 1})
+
+
+async def _open_websockets(port: int, count: int, on_message):
+    """`count` clients of the websockets library, subscribed; returns their closer."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    conns = []
+    for _ in range(count):
+        conn = await connect(f"ws://127.0.0.1:{port}/ws", open_timeout=30, close_timeout=5, max_queue=None)
+        await conn.send(SUBSCRIBE)
+        reply = json.loads(await asyncio.wait_for(conn.recv(), 30))
+        if reply != {"result": None, "id": 1}:
+            raise _Refused(reply)
+        conns.append(conn)
+
+    async def read(conn) -> None:
+        try:
+            async for payload in conn:
+                on_message(payload)
+        except ConnectionClosed:
+            pass
+
+    readers = [asyncio.create_task(read(conn)) for conn in conns]
+
+    async def close() -> None:
+        await asyncio.gather(*(conn.close() for conn in conns))
+        await asyncio.gather(*readers)
+
+    return close
+
+
+async def _open_raw(port: int, count: int, on_message):
+    """`count` `_RawWebsocket` clients, subscribed; returns their closer."""
+    loop = asyncio.get_running_loop()
+    clients = []
+    for _ in range(count):
+        _, client = await loop.create_connection(lambda: _RawWebsocket(f"127.0.0.1:{port}", "/ws"), "127.0.0.1", port)
+        await asyncio.wait_for(client.opened, 30)
+        client.send_text(SUBSCRIBE)
+        reply = json.loads(await asyncio.wait_for(client.first, 30))
+        if reply != {"result": None, "id": 1}:
+            raise _Refused(reply)
+        client.on_message = on_message
+        clients.append(client)
+
+    async def close() -> None:
+        for client in clients:
+            client.close()
+        await asyncio.gather(*(asyncio.wait_for(client.closed, 5) for client in clients), return_exceptions=True)
+
+    return close
+
+
+class _RawWebsocket(asyncio.Protocol):
+    """The least a websocket client does (RFC 6455): the opening handshake, masked frames out,
+    whole frames in, a pong for each ping, the close. `--client raw`: a lighter instrument than
+    the websockets library (tens of microseconds of Python per frame), so that the clients'
+    share of a burst's latency can be told from the server's."""
+
+    def __init__(self, host: str, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.host, self.path = host, path
+        self.opened, self.first, self.closed = loop.create_future(), loop.create_future(), loop.create_future()
+        self.on_message = None  # after the first message (the SUBSCRIBE reply, for `first`)
+        self.buffer = bytearray()
+        self.handshaken = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write((f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                        .encode())
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        if not self.handshaken:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(buf[:buf.find(b"\r\n")])
+            del buf[:end + 4]
+            if b" 101 " not in status:
+                self.opened.set_exception(ConnectionError(status.decode(errors="replace")))
+                self.transport.close()
+                return
+            self.handshaken = True
+            self.opened.set_result(None)
+        pos, end = 0, len(buf)
+        while end - pos >= 2:
+            first, size, head = buf[pos], buf[pos + 1] & 0x7F, 2
+            if size == 126:
+                head = 4
+                if end - pos < head:
+                    break
+                size = int.from_bytes(buf[pos + 2:pos + 4], "big")
+            elif size == 127:
+                head = 10
+                if end - pos < head:
+                    break
+                size = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            if end - pos < head + size:
+                break
+            payload = bytes(buf[pos + head:pos + head + size])
+            pos += head + size
+            opcode = first & 0x0F
+            if opcode == 1:
+                if not first & 0x80:
+                    raise ValueError("a fragmented message: the server sends whole ones")
+                if self.on_message is not None:
+                    self.on_message(payload)
+                elif not self.first.done():
+                    self.first.set_result(payload)
+            elif opcode == 9:
+                self._send(0xA, payload)
+            elif opcode == 8:
+                self.transport.close()
+        del buf[:pos]
+
+    def connection_lost(self, exc) -> None:
+        for future in (self.opened, self.first):
+            if not future.done():
+                future.set_exception(ConnectionError("connection lost"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask, size = os.urandom(4), len(payload)
+        head = bytes((0x80 | opcode, 0x80 | size)) if size < 126 else struct.pack("!BBH", 0x80 | opcode, 0xFE, size)
+        self.transport.write(head + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload)))
+
+    def send_text(self, text: str) -> None:
+        self._send(0x1, text.encode())
+
+    def close(self) -> None:
+        if not self.transport.is_closing():
+            self._send(0x8, (1000).to_bytes(2, "big"))  # the server answers and ends the connection
 
 
 def _report(label: str, r: dict) -> None:
