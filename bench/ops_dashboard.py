@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/ops_dashboard.py [--symbols 5] [--rounds 50]
 
-Creates a throw-away database (`bench_ops_dashboard`) with `--symbols` perpetuals, each
-with ten minutes of price samples (one a second) and of matcher points (one per 5 s),
+Creates a throw-away database (`<DATABASE_URL's name>_bench_ops_dashboard`) with
+`--symbols` perpetuals, each with ten minutes of price samples (one a second) and of matcher points (one per 5 s),
 300 insurance fund entries, 20 alerts and 20 liquidations. Then times, in the same run:
 - baseline: one `SELECT 1` and one Redis PING (the least a round can cost);
 - snapshot: `dashboard_feed()`, what a socket sends first and what a poll returns;
@@ -23,10 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import ensure_services, machine_line  # noqa: E402
+from bench.common import bench_database_name, ensure_services, machine_line  # noqa: E402
 
 D = Decimal
-DB_NAME = "bench_ops_dashboard"
 
 
 def main() -> None:
@@ -38,8 +37,9 @@ def main() -> None:
         parser.error("need at least 1 symbol and 5 rounds")
 
     ensure_services()
+    db_name = bench_database_name("ops_dashboard")
     os.environ["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
-    os.environ["TEST_DATABASE_NAME"] = DB_NAME
+    os.environ["TEST_DATABASE_NAME"] = db_name
     import django
 
     django.setup()
@@ -55,7 +55,7 @@ def main() -> None:
         keys = list(redis.scan_iter("ops:series:matcher:BENCH*"))
         if keys:
             redis.delete(*keys)
-        connection.creation.destroy_test_db(DB_NAME, verbosity=0)
+        connection.creation.destroy_test_db(db_name, verbosity=0)
 
 
 def populate(symbols: int):

@@ -4,8 +4,9 @@
                                         [--client-processes 2] [--client websockets|raw]
 
 Starts the real serving path as OS processes on a free loopback port, against a
-throw-away database (`bench_ws_fanout`) and the test Redis database: daphne
-(`exchange.asgi:application`) and the stream relay (`manage.py run_stream_relay`).
+throw-away database (`<DATABASE_URL's name>_bench_ws_fanout`) and the test Redis
+database: daphne (`exchange.asgi:application`) and the stream relay (`manage.py
+run_stream_relay`).
 N websocket clients (the `websockets` client) SUBSCRIBE to `fanoutusdt@aggTrade` (a
 copy of BTCUSDT that only this bench trades) on `/ws` and wait for the reply (so
 every subscription is in place); then M matcher events with one trade each are
@@ -54,9 +55,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import ensure_services, machine_line, peak_rss_mb  # noqa: E402
+from bench.common import bench_database_name, ensure_services, machine_line, peak_rss_mb  # noqa: E402
 
-DB_NAME = "bench_ws_fanout"
 # A contract of the bench's own (a copy of BTCUSDT): pub/sub channels such as the matcher's
 # events:<symbol> are shared by every database of the Redis server, and another stack running
 # on this machine would otherwise add its BTCUSDT trades to the measured stream.
@@ -84,8 +84,9 @@ def main() -> None:
     except ImportError:
         raise SystemExit("bench/ws_fanout.py needs the websockets client: pip install websockets==17.4") from None
     ensure_services()
+    db_name = bench_database_name("ws_fanout")
     os.environ["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
-    os.environ["TEST_DATABASE_NAME"] = DB_NAME
+    os.environ["TEST_DATABASE_NAME"] = db_name
     import django
 
     django.setup()
@@ -104,7 +105,7 @@ def main() -> None:
         connection.close()  # the servers are the only users of the database from here
         run(args, database=connection.settings_dict)
     finally:
-        connection.creation.destroy_test_db(DB_NAME, verbosity=0)
+        connection.creation.destroy_test_db(db_name, verbosity=0)
 
 
 def run(args, *, database: dict) -> None:
