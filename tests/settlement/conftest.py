@@ -7,6 +7,7 @@ import pytest
 
 from apps.contracts.models import ContractStatus, ContractType
 from apps.contracts.services import contract_create, tiers_from_brackets
+from apps.ledger import services as ledger_services
 from apps.ledger.models import AccountKind, Balance
 from apps.ledger.services import account_get_or_create, wallet_deposit
 from apps.marketdata.models import PriceSample
@@ -31,6 +32,15 @@ def _no_cached_rates():
     wipe()
     yield
     wipe()
+
+
+@pytest.fixture(params=["row locks", "table lock"])
+def lock_path(request, monkeypatch):
+    """Both ways a settlement locks balances: each row (a small posting), and the whole table
+    (a large one: `TABLE_LOCK_FROM` lowered to 0)."""
+    if request.param == "table lock":
+        monkeypatch.setattr(ledger_services, "TABLE_LOCK_FROM", 0)
+    return request.param
 
 
 @pytest.fixture

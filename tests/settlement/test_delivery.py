@@ -12,7 +12,6 @@ from apps.contracts.calendar import last_friday
 from apps.contracts.lifecycle import contract_halt, contract_resume
 from apps.contracts.models import Contract, ContractStatus, ContractStatusChange, ContractType
 from apps.contracts.services import contract_create, tiers_from_brackets
-from apps.ledger import services as ledger_services
 from apps.ledger.models import AccountKind, Income, IncomeType, LedgerTransaction, TransactionKind
 from apps.ledger.selectors import balance_amount
 from apps.ledger.services import Leg, account_get_or_create, ledger_post, system_account, wallet_deposit
@@ -43,21 +42,14 @@ S = ContractStatus
 DT = datetime(2026, 12, 25, 8, 0, tzinfo=timezone.utc)  # last Friday of December 2026
 ONBOARD = datetime(2026, 11, 1, tzinfo=timezone.utc)
 WEIGHTS = {"binance": D("2"), "okx": D("1"), "bybit": D("1")}
+# Every test runs on both ways a settlement locks balances (conftest.lock_path).
+pytestmark = pytest.mark.usefixtures("lock_path")
 
 
 @pytest.fixture(autouse=True)
 def _no_roll(settings):
     """Only the roll test lists further quarterlies."""
     settings.DELIVERY_ROLL_ENABLED = False
-
-
-@pytest.fixture(autouse=True, params=["row locks", "table lock"])
-def lock_path(request, monkeypatch):
-    """Every test runs on both ways a settlement locks balances: each row (a small posting),
-    and the whole table (a large one: `TABLE_LOCK_FROM` lowered to 0)."""
-    if request.param == "table lock":
-        monkeypatch.setattr(ledger_services, "TABLE_LOCK_FROM", 0)
-    return request.param
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import pytest
 import time_machine
 
 from apps.ledger.invariants import LEDGER_CHECKS
-from apps.ledger import services as ledger_services
 from apps.ledger.models import AccountKind, Income, IncomeType, LedgerTransaction, TransactionKind
 from apps.ledger.services import Leg, account_get_or_create, ledger_post, system_account
 from apps.ops.models import Alert
@@ -22,20 +21,12 @@ from .conftest import T8
 D = Decimal
 T0 = T8 - timedelta(hours=8)
 T16 = T8 + timedelta(hours=8)
-pytestmark = pytest.mark.django_db
+# Every test runs on both ways a settlement locks balances (conftest.lock_path).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("lock_path")]
 
 
 def clean_invariants():
     return [str(v) for check in (*LEDGER_CHECKS, check_funding_clearing_is_dust) for v in check()]
-
-
-@pytest.fixture(autouse=True, params=["row locks", "table lock"])
-def lock_path(request, monkeypatch):
-    """Every test runs on both ways a settlement locks balances: each row (a small posting),
-    and the whole table (a large one: `TABLE_LOCK_FROM` lowered to 0)."""
-    if request.param == "table lock":
-        monkeypatch.setattr(ledger_services, "TABLE_LOCK_FROM", 0)
-    return request.param
 
 
 @pytest.fixture
