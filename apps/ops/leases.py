@@ -97,8 +97,11 @@ class Lease:
 
     def _watch(self) -> None:
         while not self.stopping.wait(WATCH_SECONDS):
+            conn = self.conn
+            if conn is None:  # released (a clean stop) just as the wait returned
+                return
             try:
-                self.conn.execute("SELECT 1")
+                conn.execute("SELECT 1")
             except psycopg.Error:
                 if self.stopping.is_set():
                     return

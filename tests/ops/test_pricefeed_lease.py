@@ -59,3 +59,31 @@ def test_second_pricefeed_stands_by_and_takes_over_when_the_leader_is_killed(spa
     assert leader_pid("pricefeed") is None and readyz_pricefeed()["leader_pid"] is None
     for process in (second, third):
         assert "Traceback" not in process.log_path.read_text()
+
+
+def test_a_release_between_two_watch_rounds_ends_the_watch_quietly(monkeypatch):
+    """`release()` on the main thread (a clean stop) can run just as the watch thread's wait
+    returns: the watch then finds no connection, and must end, not raise in its thread."""
+    import os as os_module
+
+    from apps.ops import leases
+
+    lease = leases.Lease("pricefeed")
+    killed = []
+    monkeypatch.setattr(os_module, "kill", lambda *args: killed.append(args))
+
+    class ReleasedAsTheWaitReturns:
+        released = False
+
+        def wait(self, timeout):
+            if self.released:
+                return True
+            self.released, lease.conn = True, None  # what release() leaves
+            return False
+
+        def is_set(self):
+            return self.released
+
+    lease.stopping = ReleasedAsTheWaitReturns()
+    lease._watch()
+    assert killed == []
