@@ -13,8 +13,9 @@ Every client endpoint subclasses one of three classes (Binance USDⓈ-M security
 
 Order of work for a request, cheapest first: parse (no I/O) -> the rate limiter, one
 Redis round trip that also claims the signature's replay marker (a refused request does
-nothing else) -> deferred parse errors -> API key (in-process cache, else one indexed
-query) -> timestamp -> signature -> replay -> permission. Views read their parameters
+nothing else) -> deferred parse errors -> API key (in-process cache unless the key's
+generation, read in that round trip, changed; else one indexed query) -> timestamp ->
+signature -> replay -> permission. Views read their parameters
 with `request_params(request)`. Every response carries `X-MBX-USED-WEIGHT-1M` (the larger
 of the IP's and the key's weight this minute), order endpoints `X-MBX-ORDER-COUNT-1M`,
 and 429/418 responses `Retry-After` (seconds).
@@ -252,7 +253,7 @@ class PublicApi(APIView):
             raise deferred
         if key is None:
             return
-        active = api_key_get_active(key=key)
+        active = api_key_get_active(key=key, generation=verdict.key_generation)
         if active is None or not active.allows_ip(ip):
             raise _rejected_key(ip)
         if signed is not None:

@@ -13,6 +13,11 @@ One Lua script, one round trip per request, run before any other work of a reque
 Ban deadlines are stored as epoch milliseconds (Redis TTLs only clean up), so the clock
 the web processes use (and tests travel) decides.
 
+The same round trip reads the API key's generation (a Redis hash, public key -> counter)
+that every change or revocation of the key bumps after commit: a web process that has
+the key cached with an older generation loads it again (`api_key_get_active`), so a
+revocation or a permission change reaches every web worker with its next request.
+
 The account behind an API key is read inside the script from a Redis hash (public key ->
 user id) that key creation and every key lookup from the database fill, and that the
 script refills from the process's key cache; only when Redis lost it and no process has
@@ -34,10 +39,12 @@ OK, WEIGHT_LIMITED, ORDER_LIMITED, BANNED, REPLAYED = 0, 1, 2, 3, 4
 
 # KEYS: 1 user-of-key hash, 2 ip ban, 3 ip refusals, 4 ip ban level, 5 ip weight,
 #       6 key ban, 7 key refusals, 8 key ban level, 9 key weight,
-#       10 orders (per user, or per key when the user is unknown; suffix added here), 11 replay marker
+#       10 orders (per user, or per key when the user is unknown; suffix added here), 11 replay marker,
+#       12 key generations
 # ARGV: 1 now ms, 2 window end ms, 3 weight, 4 has key, 5 is order, 6 ip limit, 7 key limit,
 #       8 order limit, 9 refusals before ban, 10 ban base s, 11 ban max s, 12 ban memory s,
 #       13 replay ttl ms (0: none), 14 api key, 15 window id, 16 user id if known in-process
+# Returns {status, used weight, order count, retry after ms, key generation}.
 _SCRIPT = """
 local now = tonumber(ARGV[1])
 local window_left = tonumber(ARGV[2]) - now
@@ -45,6 +52,8 @@ local weight = tonumber(ARGV[3])
 local has_key = ARGV[4] == '1'
 local is_order = ARGV[5] == '1'
 local expire_ms = window_left + 5000
+local generation = 0
+if has_key then generation = tonumber(redis.call('HGET', KEYS[12], ARGV[14]) or '0') end
 
 local function banned_until(ban_key)
   local until_ms = tonumber(redis.call('GET', ban_key) or '0')
@@ -61,7 +70,7 @@ if has_key then until_ms = math.max(until_ms, banned_until(KEYS[6])) end
 if until_ms > 0 then
   local used = current(KEYS[5])
   if has_key then used = math.max(used, current(KEYS[9])) end
-  return {3, used, 0, until_ms - now}
+  return {3, used, 0, until_ms - now, generation}
 end
 
 local function add(key, amount)
@@ -98,22 +107,22 @@ local function over(refusals_key, level_key, ban_key)
     local seconds = math.min(tonumber(ARGV[10]) * 2 ^ (level - 1), tonumber(ARGV[11]))
     local deadline = now + seconds * 1000
     redis.call('SET', ban_key, string.format('%d', deadline), 'PX', seconds * 1000 + 5000)
-    return {3, used, orders, seconds * 1000}
+    return {3, used, orders, seconds * 1000, generation}
   end
-  return {1, used, orders, window_left}
+  return {1, used, orders, window_left, generation}
 end
 
 if used_ip > tonumber(ARGV[6]) then return over(KEYS[3], KEYS[4], KEYS[2]) end
 if has_key and used_key > tonumber(ARGV[7]) then return over(KEYS[7], KEYS[8], KEYS[6]) end
-if is_order and orders > tonumber(ARGV[8]) then return {2, used, orders, window_left} end
+if is_order and orders > tonumber(ARGV[8]) then return {2, used, orders, window_left, generation} end
 
 local replay_ttl = tonumber(ARGV[13])
 if replay_ttl > 0 then
   if not redis.call('SET', KEYS[11], '1', 'NX', 'PX', replay_ttl) then
-    return {4, used, orders, 0}
+    return {4, used, orders, 0, generation}
   end
 end
-return {0, used, orders, 0}
+return {0, used, orders, 0, generation}
 """
 
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
@@ -137,6 +146,7 @@ class Verdict:
     used_weight: int
     order_count: int
     retry_after_ms: int
+    key_generation: int = 0  # of the request's API key (0: never changed, or no key)
 
     @property
     def retry_after_seconds(self) -> int:
@@ -145,6 +155,10 @@ class Verdict:
 
 def key_user_hash() -> str:
     return settings.API_REDIS_PREFIX + "keyuser"
+
+
+def key_generation_hash() -> str:
+    return settings.API_REDIS_PREFIX + "keygen"
 
 
 def check(
@@ -163,6 +177,7 @@ def check(
         f"{p}ban:k:{key}", f"{p}ref:k:{key}:{window}", f"{p}lvl:k:{key}", f"{p}w:k:{key}:{window}",
         f"{p}o:",
         f"{p}rp:{replay_signature or ''}",
+        key_generation_hash(),
     ]
     args = [
         now_ms, window_end, weight, 1 if api_key else 0, 1 if is_order else 0,
@@ -171,14 +186,14 @@ def check(
         replay_ttl_ms if replay_signature else 0, key, window, user_id_hint or "",
     ]
     try:
-        status, used, orders, retry_ms = _run_script(keys, args)
+        status, used, orders, retry_ms, generation = _run_script(keys, args)
     except redis.RedisError as exc:
         # Fail closed: without the limiter (and the replay guard) nothing is served.
         raise ExchangeError(
             "Internal error; unable to process your request. Please try again.",
             code=ErrorCode.DISCONNECTED, http_status=503,
         ) from exc
-    return Verdict(int(status), int(used), int(orders), int(retry_ms))
+    return Verdict(int(status), int(used), int(orders), int(retry_ms), int(generation))
 
 
 def key_user_remember(*, api_key: str, user_id: int) -> None:
@@ -187,3 +202,8 @@ def key_user_remember(*, api_key: str, user_id: int) -> None:
 
 def key_user_forget(*, api_key: str) -> None:
     get_redis().hdel(key_user_hash(), api_key)
+
+
+def key_generation_bump(*, api_key: str) -> None:
+    """Tell every web process that the key changed (they reload it on its next request)."""
+    get_redis().hincrby(key_generation_hash(), api_key, 1)

@@ -2,8 +2,11 @@
 
 `api_key_get_active` is on the hot path of every keyed request. It keeps the key (with
 its user and decrypted secret) in process memory for `API_KEY_CACHE_SECONDS`, so a busy
-key costs one dict lookup instead of a query and a decryption; revocation in this
-process evicts at once, in other processes it takes effect within that many seconds.
+key costs one dict lookup instead of a query and a decryption. A change or revocation
+evicts it at once in this process; the request path of every other process passes the
+key's generation, which the rate limiter's round trip reads from Redis anyway, and a
+cached copy of an older generation is loaded again, so the change reaches every web
+worker with its next request (within `API_KEY_CACHE_SECONDS` if Redis lost the bump).
 """
 import ipaddress
 import time
@@ -39,8 +42,8 @@ class ActiveKey:
         return any(address in network for network in self.networks)
 
 
-# public key -> (loaded at, expires at, ActiveKey); only active keys are cached.
-_cache: dict[str, tuple[float, float, ActiveKey]] = {}
+# public key -> (loaded at, expires at, ActiveKey, generation); only active keys are cached.
+_cache: dict[str, tuple[float, float, ActiveKey, int | None]] = {}
 
 
 def parse_ip_allowlist(entries) -> tuple[IPNetwork, ...]:
@@ -61,13 +64,17 @@ def api_key_cached_user_id(key: str) -> int | None:
     return hit[2].api_key.user_id if hit is not None else None
 
 
-def api_key_get_active(*, key: str) -> ActiveKey | None:
-    """The active (not revoked, user active) key with this public key, or None."""
+def api_key_get_active(*, key: str, generation: int | None = None) -> ActiveKey | None:
+    """The active (not revoked, user active) key with this public key, or None.
+
+    `generation`: the key's current generation (`limits.Verdict.key_generation`, read
+    before this call); a cached copy of another generation is not used.
+    """
     now = time.time()
     hit = _cache.get(key)
     if hit is not None:
-        loaded_at, expires_at, active = hit
-        if loaded_at <= now < expires_at:
+        loaded_at, expires_at, active, cached_generation = hit
+        if loaded_at <= now < expires_at and (generation is None or generation == cached_generation):
             return active
         _cache.pop(key, None)
     api_key = ApiKey.objects.select_related("user").filter(key=key, revoked_at__isnull=True).first()
@@ -82,7 +89,7 @@ def api_key_get_active(*, key: str) -> ActiveKey | None:
     )
     if len(_cache) >= _CACHE_MAX_ENTRIES:
         _cache.clear()
-    _cache[key] = (now, now + settings.API_KEY_CACHE_SECONDS, active)
+    _cache[key] = (now, now + settings.API_KEY_CACHE_SECONDS, active, generation)
     return active
 
 

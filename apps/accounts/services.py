@@ -21,7 +21,7 @@ from exchange.errors import ErrorCode, ExchangeError
 from exchange.redis import get_redis
 
 from .crypto import encrypt_secret
-from .limits import key_user_forget, key_user_remember
+from .limits import key_generation_bump, key_user_forget, key_user_remember
 from .models import API_KEY_LENGTH, ApiKey
 from .selectors import api_key_cache_evict, listen_key_of_user_redis_key, listen_key_redis_key
 
@@ -79,19 +79,22 @@ def api_key_update(*, api_key: ApiKey, label: str, can_trade: bool, ip_allowlist
     api_key.can_trade = can_trade
     api_key.ip_allowlist = normalize_ip_allowlist(ip_allowlist)
     api_key.save(update_fields=["label", "can_trade", "ip_allowlist"])
-    # Now (this process) and after commit (so a concurrent lookup cannot re-cache the old row).
+    # Now (this process) and after commit (so a concurrent lookup cannot re-cache the old
+    # row); the generation bump makes the other processes load it again.
     api_key_cache_evict(api_key.key)
-    transaction.on_commit(lambda: api_key_cache_evict(api_key.key))
+    transaction.on_commit(lambda: (api_key_cache_evict(api_key.key), key_generation_bump(api_key=api_key.key)))
     return api_key
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
-    """Revoke a key for good (idempotent). Other processes drop it within API_KEY_CACHE_SECONDS."""
+    """Revoke a key for good (idempotent). Other web processes drop it on its next request
+    (the generation bump), or within API_KEY_CACHE_SECONDS if Redis lost the bump."""
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=api_key.revoked_at)
     api_key_cache_evict(api_key.key)
-    transaction.on_commit(lambda: (api_key_cache_evict(api_key.key), key_user_forget(api_key=api_key.key)))
+    transaction.on_commit(lambda: (api_key_cache_evict(api_key.key), key_user_forget(api_key=api_key.key),
+                                   key_generation_bump(api_key=api_key.key)))
     return api_key
 
 

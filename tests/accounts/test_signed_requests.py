@@ -272,6 +272,37 @@ def test_revocation_elsewhere_takes_effect_within_the_cache_time(settings, signe
     assert response.status_code == 401 and error(response) == -2015
 
 
+def test_revocation_in_another_web_worker_takes_effect_on_the_next_request(signer, alice_key,
+                                                                            django_capture_on_commit_callbacks):
+    from apps.accounts import selectors
+    from apps.accounts.services import api_key_revoke
+
+    assert signer.query("GET", "/fapi/test/account", {}).status_code == 200
+    cached = dict(selectors._cache)
+    # Another worker revokes it: its own cache is evicted and, after commit, the key's
+    # generation is bumped in Redis; this worker's cache still holds the key.
+    with django_capture_on_commit_callbacks(execute=True):
+        api_key_revoke(api_key=ApiKey.objects.get(pk=alice_key[0].pk))
+    selectors._cache.update(cached)
+    response = signer.query("GET", "/fapi/test/account", {"n": 2})  # well inside API_KEY_CACHE_SECONDS
+    assert response.status_code == 401 and error(response) == -2015
+
+
+def test_permission_change_in_another_web_worker_takes_effect_on_the_next_request(signer, alice_key,
+                                                                                 django_capture_on_commit_callbacks):
+    from apps.accounts import selectors
+    from apps.accounts.services import api_key_update
+
+    assert signer.query("POST", "/fapi/test/order", {"symbol": "BTCUSDT"}).status_code == 200
+    cached = dict(selectors._cache)
+    with django_capture_on_commit_callbacks(execute=True):
+        api_key_update(api_key=ApiKey.objects.get(pk=alice_key[0].pk), label="read only", can_trade=False,
+                       ip_allowlist=[])
+    selectors._cache.update(cached)
+    response = signer.query("POST", "/fapi/test/order", {"symbol": "BTCUSDT", "n": 2})
+    assert response.status_code == 401 and error(response) == -2015
+
+
 def test_inactive_user(signer, alice):
     alice.is_active = False
     alice.save()
