@@ -96,11 +96,19 @@ print(json.dumps(keys))
     return [tuple(k) for k in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
+def procfile_line(name: str) -> str:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise SystemExit(f"no {name} process in the Procfile")
+
+
 def start(env: dict, port: int) -> list[subprocess.Popen]:
-    # The Procfile's web and matcher command lines.
+    # The Procfile's web command line as it is (bash expands its ${WEB_PORT:-...} and
+    # ${WEB_WORKERS:-...}; one simple command, so bash execs it and signals reach it).
     log = open(ROOT / "var" / "bench_api_web.log", "wb")  # a file: an unread pipe would block the server
-    web = subprocess.Popen(["env", "DB_POOL=1", PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "exchange.asgi:application"],
-                           env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    web = subprocess.Popen(["bash", "-c", procfile_line("web")], env={**env, "WEB_PORT": str(port)}, cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=log)
     matcher = subprocess.Popen([PY, "manage.py", "run_matcher", "--symbols", "BTCUSDT", "--metrics-port", "0"],
                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -187,7 +195,7 @@ def profile(pid: int, seconds: int) -> None:
         print("  (--profile needs py-spy: .venv/bin/pip install py-spy)")
         return
     out = ROOT / "var" / "bench_api_profile.txt"
-    subprocess.run([spy, "record", "-p", str(pid), "-d", str(seconds), "-f", "raw", "-o", str(out), "-r", "200"],
+    subprocess.run([spy, "record", "--subprocesses", "-p", str(pid), "-d", str(seconds), "-f", "raw", "-o", str(out), "-r", "200"],
                    capture_output=True)
     self_time: dict[str, int] = {}
     total = 0
@@ -210,6 +218,7 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--web-workers", type=int, help="WEB_WORKERS for the Procfile's web line (default: its own)")
     args = parser.parse_args()
 
     ensure_services()
@@ -220,6 +229,9 @@ def main() -> None:
            "DEBUG": "0",
            "API_IP_WEIGHT_LIMIT_1M": "1000000000", "API_KEY_WEIGHT_LIMIT_1M": "1000000000",
            "API_ACCOUNT_ORDER_LIMIT_1M": "1000000000"}
+    if args.web_workers:
+        env["WEB_WORKERS"] = str(args.web_workers)
+    print(f"web: {procfile_line('web')}  (WEB_WORKERS={env.get('WEB_WORKERS', 'default')})")
     print(f"api_orders bench: {args.clients} clients in {args.procs} processes, {args.seconds:.0f} s per phase")
     keys = prepare(env, max(counts))
     processes = start(env, port)

@@ -1,0 +1,75 @@
+"""The `web` process of the Procfile: N Daphne workers sharing one listening socket.
+
+    .venv/bin/python scripts/web.py [--workers N] [-b 127.0.0.1] [-p 8000] [daphne options...]
+
+One Python process serves requests one GIL at a time (a signed order costs ~8 ms of
+Python CPU), so a second core needs a second process. This launcher binds the port
+once and starts N `daphne --fd` children on the inherited socket; the kernel hands each
+new connection to whichever child accepts it first. Nothing a request relies on lives
+in one worker only: rate limits, bans and replay markers are in Redis, the journal and
+the ledger in PostgreSQL, websocket groups in the Redis channel layer, and the
+in-process caches (API keys, contracts, accounts) expire within seconds (API key
+changes and revocations reach every worker at once through the limiter's Redis
+round trip, `apps.accounts.limits`).
+
+SIGTERM/SIGINT are passed to every worker; if one worker exits the others are stopped
+and the launcher exits with its status, so the supervisor (honcho) sees the failure as
+it saw a lone Daphne's. `--workers 1` still execs a single Daphne on the socket.
+"""
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_WORKERS", "2")))
+    parser.add_argument("-b", "--bind", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, default=8000)
+    parser.add_argument("--backlog", type=int, default=1024)
+    parser.add_argument("--application", default="exchange.asgi:application")
+    args, daphne_args = parser.parse_known_args()
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+
+    family = socket.AF_INET6 if ":" in args.bind else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((args.bind, args.port))
+    listener.listen(args.backlog)
+    listener.set_inheritable(True)
+    fd = listener.fileno()
+
+    command = [sys.executable, "-m", "daphne", "--fd", str(fd), *daphne_args, args.application]
+    workers = [subprocess.Popen(command, pass_fds=(fd,)) for _ in range(args.workers)]
+    listener.close()  # the workers hold it now
+
+    stopping = False
+
+    def stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    status = 0
+    while True:
+        exited = [w for w in workers if w.poll() is not None]
+        if len(exited) == len(workers):
+            break
+        if exited and not stopping:
+            status = exited[0].returncode or 1
+            stop(signal.SIGTERM, None)
+        time.sleep(0.2)
+    return 0 if stopping and not status else status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

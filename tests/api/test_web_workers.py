@@ -1,0 +1,72 @@
+"""The Procfile's `web` launcher (scripts/web.py): N Daphne workers on one socket, stopped together."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ping(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/fapi/v1/ping", timeout=2) as response:
+            return response.status
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def launcher():
+    started = []
+
+    def start(workers: int):
+        port = _free_port()
+        process = subprocess.Popen(
+            [sys.executable, "scripts/web.py", "--workers", str(workers), "-b", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.base"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        started.append(process)
+        deadline = time.monotonic() + 90
+        while _ping(port) != 200:
+            assert process.poll() is None, "the launcher exited"
+            assert time.monotonic() < deadline, "the web workers did not start"
+            time.sleep(0.3)
+        return process, port
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_workers_share_the_port_and_stop_together(launcher):
+    process, port = launcher(2)
+    workers = psutil.Process(process.pid).children()
+    assert len(workers) == 2
+    assert all(_ping(port) == 200 for _ in range(5))
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_a_dead_worker_stops_the_rest_and_fails_the_launcher(launcher):
+    process, _ = launcher(2)
+    first, second = psutil.Process(process.pid).children()
+    first.kill()
+    assert process.wait(timeout=30) != 0
+    second.wait(timeout=10)
