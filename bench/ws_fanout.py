@@ -28,7 +28,9 @@ the CPU seconds daphne, the relay, the client processes and the publisher used.
 Each client count in `--clients` is one round, after a baseline round with
 `--baseline-clients` (default 1) in the same run; every round prints delivered /
 expected, messages/s, latency p50/p99/max, the machine load at its end, and its
-ratios against the baseline (messages/s against the ideal N x, latency p50/p99).
+ratios against the baseline (messages/s against the ideal N x, latency p50/p99), and
+per update the latency to its first client and the spread from its first client to its
+last (the burst of N writes and the clients' reading of them).
 
 Delivery latency is publish -> client receive, on the machine's monotonic clock
 (`time.perf_counter_ns`, CLOCK_MONOTONIC: one clock for every process), matched by
@@ -242,18 +244,28 @@ async def _round(port: int, redis_client, clients: int, args, next_id: list[int]
                 proc.kill()
 
     latencies = sorted(at - sent[trade_id] for trade_id, at in received if trade_id in sent)
+    # Per update: when its first client had it (the path up to daphne's dispatch) and how long
+    # until its last client had it (the burst: daphne's writes and the clients' reading).
+    spans: dict[int, list[int]] = {}
+    for trade_id, at in received:
+        if trade_id in sent:
+            span = spans.setdefault(trade_id, [at, at])
+            span[0], span[1] = min(span[0], at), max(span[1], at)
+    firsts = sorted(first - sent[trade_id] for trade_id, (first, _) in spans.items())
+    widths = sorted(last - first for first, last in spans.values())
     last = max((at for _, at in received), default=0)
     first_publish = sent[measured_first]
     expected = args.updates * clients
     elapsed = (last - first_publish) / 1e9 if last else float("nan")
 
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] / 1e6 if latencies else float("nan")
+    def pct(p: float, values: list[int] = latencies) -> float:
+        return values[min(len(values) - 1, int(p * len(values)))] / 1e6 if values else float("nan")
 
     return {"clients": clients, "expected": expected, "received": len(latencies), "elapsed": elapsed,
             "rate": len(latencies) / elapsed if elapsed else float("nan"), "p50": pct(0.50), "p99": pct(0.99),
             "max": latencies[-1] / 1e6 if latencies else float("nan"), "load": os.getloadavg(),
-            "client_cpu": client_cpu}
+            "client_cpu": client_cpu, "first": (pct(0.5, firsts), pct(0.99, firsts)),
+            "width": (pct(0.5, widths), pct(0.99, widths))}
 
 
 async def _pipe_get(pipe, kind: str, timeout: float):
@@ -466,6 +478,8 @@ def _report(label: str, r: dict) -> None:
     print(f"    delivered {r['received']:,} of {r['expected']:,} messages ({lost:,} lost) in {r['elapsed']:.2f} s: "
           f"{r['rate']:,.0f} msgs/s")
     print(f"    delivery latency ms: p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  max {r['max']:.2f}")
+    print(f"    per update, ms: to its first client p50 {r['first'][0]:.2f} p99 {r['first'][1]:.2f}; "
+          f"first to last client p50 {r['width'][0]:.2f} p99 {r['width'][1]:.2f}")
     daphne, relay, clients, publisher = r["cpu"]
     print(f"    CPU seconds in the round: daphne {daphne:.1f} (connect, warm-up, run), relay {relay:.1f}, "
           f"clients {clients:.1f} (warm-up and run), publisher {publisher:.1f}")
