@@ -7,6 +7,7 @@ ROUND_HALF_EVEN to the asset's precision. Splits that must sum back exactly use
 `split_exact` (largest remainder), never "round each part".
 """
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Sequence
 
 ROUNDING = ROUND_HALF_EVEN
@@ -28,6 +29,7 @@ def to_decimal(value) -> Decimal:
     return result
 
 
+@lru_cache(maxsize=64)  # on the fill-booking path (a few per fill); scaleb costs more than the quantize
 def exponent_for(precision: int) -> Decimal:
     return Decimal(1).scaleb(-precision)
 

@@ -36,6 +36,8 @@ from apps.ledger.services import (
     system_account,
 )
 
+from exchange.pgbulk import array_literal, rows_copy
+
 from .models import MarginType, Position
 from .netting import net_fill
 
@@ -268,6 +270,10 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
     return booking
 
 
+INCOME_COLUMNS = ("user_id", "symbol", "income_type", "amount", "asset_id", "trade_id", "transaction_id", "created_at",
+                  "info")
+
+
 def incomes_record(*, contract, fills: list[Fill], booking: BatchBooking, trade_ids: list[int], at) -> None:
     """The client-facing income lines of a booked batch: commission and realized PnL per side per trade.
 
@@ -275,19 +281,19 @@ def incomes_record(*, contract, fills: list[Fill], booking: BatchBooking, trade_
     """
     if booking.ledger_transaction_id is None:
         return
+    symbol, asset_id, txn_id = contract.symbol, contract.settle_asset_id, booking.ledger_transaction_id
     rows = []
     for fill, booked, trade_id in zip(fills, booking.fills, trade_ids):
         taker_fee_type = IncomeType.COMMISSION if fill.liquidation_order_id is None else IncomeType.INSURANCE_CLEAR
         for user_id, fee, pnl, fee_type in (
                 (fill.taker_user_id, booked.taker_fee, booked.taker_realized_pnl, taker_fee_type),
                 (fill.maker_user_id, booked.maker_fee, booked.maker_realized_pnl, IncomeType.COMMISSION)):
-            common = dict(user_id=user_id, symbol=contract.symbol, asset_id=contract.settle_asset_id,
-                          trade_id=trade_id, transaction_id=booking.ledger_transaction_id, created_at=at)
             if fee:
-                rows.append(Income(income_type=fee_type, amount=-fee, **common))
+                rows.append((user_id, symbol, fee_type, -fee, asset_id, trade_id, txn_id, at, ""))
             if pnl:
-                rows.append(Income(income_type=IncomeType.REALIZED_PNL, amount=pnl, **common))
-    Income.objects.bulk_create(rows)
+                rows.append((user_id, symbol, IncomeType.REALIZED_PNL, pnl, asset_id, trade_id, txn_id, at, ""))
+    with connection.cursor() as cursor:
+        rows_copy(cursor, Income._meta.db_table, INCOME_COLUMNS, rows)
 
 
 # Auto-deleveraging -----------------------------------------------------------------------
@@ -405,9 +411,9 @@ def _write_positions(states) -> None:
             WHERE p.id = t.id
             """,
             [
-                [s.row.pk for s in changed],
-                [s.size for s in changed],
-                [s.entry_price for s in changed],
-                [s.realized for s in changed],
+                array_literal([s.row.pk for s in changed]),
+                array_literal([s.size for s in changed]),
+                array_literal([s.entry_price for s in changed]),
+                array_literal([s.realized for s in changed]),
             ],
         )

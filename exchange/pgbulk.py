@@ -1,0 +1,74 @@
+"""Many values into PostgreSQL cheaply, for the hot paths that write thousands of rows per transaction.
+
+Django's `bulk_create` prepares every field of every object and psycopg then adapts
+every parameter, and psycopg adapts a list parameter element by element; for a
+matcher batch (thousands of trades, income lines and order updates) that Python work
+costs more than PostgreSQL's. Here the values are formatted as PostgreSQL's own text
+input instead: COPY's text format for new rows (`rows_copy`), array literals for
+array parameters (`array_literal`, 3-5x cheaper than a list for thousands of values).
+"""
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+CHUNK = 20_000
+
+
+def copy_value(value) -> str:
+    """One field in COPY's text format: NULL as \\N; numbers and timestamps as PostgreSQL reads them."""
+    kind = type(value)
+    if kind is Decimal or kind is int:  # most fields: first (an exponent form such as 1E+2 is valid numeric input)
+        return str(value)
+    if value is None:
+        return "\\N"
+    if value is True or value is False:
+        return "t" if value else "f"
+    if isinstance(value, str):
+        return value.translate(_ESCAPES)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def rows_copy(cursor, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
+    """COPY `rows` (tuples in `columns` order) into `table` on a Django cursor; returns the row count."""
+    count = 0
+    lines: list[str] = []
+    with cursor.cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            lines.append("\t".join([copy_value(v) for v in row]))
+            if len(lines) == CHUNK:
+                copy.write("\n".join(lines) + "\n")
+                count += len(lines)
+                lines.clear()
+        if lines:
+            copy.write("\n".join(lines) + "\n")
+            count += len(lines)
+    return count
+
+
+def ids_reserve(cursor, table: str, count: int) -> list[int]:
+    """`count` new ids from the serial sequence of `table`.id, ascending: rows copied with them
+    keep the order they are given in (ids follow execution order, as the trade history reads them)."""
+    if count <= 0:
+        return []
+    cursor.execute(
+        "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, count]
+    )
+    return sorted(r[0] for r in cursor.fetchall())
+
+
+def array_literal(values: Iterable) -> str:
+    """An array parameter as PostgreSQL's array input text (cast it in SQL: `%s::numeric[]`).
+
+    Numbers go as they print, None as NULL, strings quoted."""
+    return "{" + ",".join([_element(v) for v in values]) + "}"
+
+
+def _element(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(value)
