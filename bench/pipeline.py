@@ -1,13 +1,14 @@
 """End-to-end pipeline benchmark: order entry into PostgreSQL, then the matcher's batches.
 
-    .venv/bin/python bench/pipeline.py [--orders 20000] [--batch 2000] [--users 50]
+    .venv/bin/python bench/pipeline.py [--orders 20000] [--batch 2000] [--users 50] [--profile]
 
 Creates a throw-away database (`bench_pipeline`), accepts orders through the real
 order-entry service (`order_place`: validation, ledger hold, journal row), then runs
 the matcher's `batch_process` until the journal is drained, and prints accepted
 orders/s, matched-and-booked orders/s and batch latency percentiles — with batch size 1
 in the same run as the baseline (one command per transaction), so the ratio shows what
-batching buys. Ends with `check_ledger`.
+batching buys. Ends with `check_ledger`. `--profile` runs the main drain under cProfile
+and prints where its time went (the figures of a profiled run are not comparable).
 """
 import argparse
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import ensure_services, machine_line, peak_rss_mb  # noqa: E402
+from bench.common import bench_database_name, ensure_services, machine_line, peak_rss_mb, statements_traced  # noqa: E402
 
 D = Decimal
 
@@ -31,11 +32,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--trace", help="write each statement of the main drain with its time (and the EXPLAIN "
+                                        "ANALYZE of those over 20 ms) to this file")
     args = parser.parse_args()
 
     ensure_services()
     os.environ["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
-    os.environ["TEST_DATABASE_NAME"] = "bench_pipeline"
+    name = bench_database_name("pipeline")
+    os.environ["TEST_DATABASE_NAME"] = name
     import django
 
     django.setup()
@@ -45,13 +50,14 @@ def main() -> None:
     try:
         run(args)
     finally:
-        connection.creation.destroy_test_db("bench_pipeline", verbosity=0)
+        connection.creation.destroy_test_db(name, verbosity=0)
 
 
 def run(args) -> None:
     import numpy as np
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
+    from django.db import connection
 
     from apps.ledger.services import wallet_deposit
     from apps.ops.demo import seed_demo
@@ -109,7 +115,19 @@ def run(args) -> None:
     base_rate = report(f"baseline: batch size 1, {args.baseline_orders} orders", base_accept, drain(1),
                        args.baseline_orders)
     main_accept = accept(args.orders)
-    main_rate = report(f"batch size {args.batch}, {args.orders} orders", main_accept, drain(args.batch), args.orders)
+    if args.trace:
+        with open(args.trace, "w") as out, statements_traced(connection, out, min_ms=20):
+            drained = drain(args.batch)
+    elif args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        drained = profiler.runcall(drain, args.batch)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    else:
+        drained = drain(args.batch)
+    main_rate = report(f"batch size {args.batch}, {args.orders} orders", main_accept, drained, args.orders)
     print(f"  ratio match+book batch {args.batch} / batch 1: {main_rate / base_rate:.1f}x")
     call_command("check_ledger")
     print(f"  peak RSS {peak_rss_mb():.0f} MiB")
