@@ -80,8 +80,13 @@ OPEN_STATUSES = (OrderStatus.PENDING_NEW, OrderStatus.NEW, OrderStatus.PARTIALLY
 
 
 class Order(models.Model):
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
-    contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="orders")
+    # No single-column indexes on the two keys: order_user_contract / order_unique_client_id and
+    # order_contract_status lead with them, and every index costs the matcher's batch update of
+    # thousands of orders a new entry per row (a status change is never a HOT update).
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders",
+                             db_index=False)
+    contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="orders",
+                                 db_index=False)
     client_order_id = models.CharField(max_length=36)
     side = models.CharField(max_length=4, choices=Side.choices)
     order_type = models.CharField(max_length=24, choices=OrderType.choices)
@@ -202,7 +207,8 @@ class OrderCommand(models.Model):
 
 
 class Trade(models.Model):
-    contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="trades")
+    # trade_contract_recent leads with the contract: no index of its own (the batch writes thousands of trades).
+    contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="trades", db_index=False)
     price = MoneyField()
     quantity = MoneyField()
     taker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="+")
