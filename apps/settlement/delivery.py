@@ -343,8 +343,7 @@ SELECT p.id AS position_id, p.user_id, p.size, p.entry_price, p.margin_type = 'I
        0::numeric AS released, 0::numeric AS margin, 0::numeric AS covered, 0::numeric AS lost
 FROM positions_position p
 CROSS JOIN LATERAL (SELECT p.size * (%(price)s::numeric - p.entry_price) * %(cs)s::numeric AS pnl,
-                           abs(p.size) * %(fee_factor)s::numeric AS fee
-                    OFFSET 0) x  -- computed once per row, not once per reference in the rounding
+                           abs(p.size) * %(fee_factor)s::numeric AS fee) x
 LEFT JOIN ledger_account w ON w.kind = 'WALLET' AND w.user_id = p.user_id AND w.contract_id IS NULL
 LEFT JOIN ledger_account iso ON p.margin_type = 'ISOLATED' AND iso.kind = 'ISOLATED_MARGIN'
                              AND iso.user_id = p.user_id AND iso.contract_id = p.contract_id

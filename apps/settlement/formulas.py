@@ -120,13 +120,12 @@ PAYMENT_SQL = """
 CASE WHEN abs(pay.scaled - trunc(pay.scaled)) = 0.5 AND mod(trunc(pay.scaled), 2) = 0
      THEN trunc(pay.exact, %(pay_places)s) ELSE round(pay.exact, %(pay_places)s) END
 """
-# A LATERAL subquery after positions_position p, naming the exact product for PAYMENT_SQL
-# (OFFSET 0: computed once per row, not once per reference in the CASE).
+# A LATERAL subquery after positions_position p, naming the exact product for PAYMENT_SQL.
+# (Flattened into the CASE: a subquery kept per row, OFFSET 0, costs twice as much.)
 PAYMENT_SQL_FROM = """
 CROSS JOIN LATERAL (
     SELECT x.exact, x.exact * %(pay_scale)s::numeric AS scaled
     FROM (SELECT -p.size * %(pay_factor)s::numeric AS exact) x
-    OFFSET 0
 ) pay
 """
 
