@@ -111,3 +111,24 @@ def statements_traced(connection, out, *, min_ms: int = 100):
             out.flush()
 
     return traced()
+
+
+def cpu_seconds(connection) -> tuple[float | None, float]:
+    """(CPU seconds of the PostgreSQL backend serving `connection`, CPU seconds of this process) so far.
+
+    The backend's are read from /proc (a server on this machine, readable by this user;
+    None otherwise). Differences of two readings give the CPU a measured step used on
+    each side: on a shared machine, a figure the other processes' load does not stretch.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        backend = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    except (OSError, IndexError, ValueError):
+        backend = None
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return backend, own.ru_utime + own.ru_stime

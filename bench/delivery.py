@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import (  # noqa: E402
     bench_database_name,
     clock_steps,
+    cpu_seconds,
     ensure_services,
     machine_line,
     peak_rss_mb,
@@ -111,13 +112,19 @@ def run(args) -> None:
                                    "balances_lock", "_positions_close", "ledger_post_staged", "_cover_short",
                                    "_incomes_insert"))
 
+    cpus: list[tuple[float | None, float]] = []  # (PostgreSQL backend, this process) CPU seconds per call
+
     def timed(contract, trace=None):
         spent.clear()
         contract = Contract.objects.select_related("settle_asset").get(pk=contract.pk)
+        cpu0 = cpu_seconds(connection)
         t0 = time.perf_counter()
         with statements_traced(connection, trace) if trace else nullcontext():
             result = delivery.delivery_settle(contract=contract, now=timezone.now())
-        return result, time.perf_counter() - t0, dict(spent)
+        seconds = time.perf_counter() - t0
+        cpu1 = cpu_seconds(connection)
+        cpus.append((None if cpu0[0] is None else cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]))
+        return result, seconds, dict(spent)
 
     base, base_s, _ = timed(eth)
     main_run, main_s, parts = timed(btc, open(args.trace, "w") if args.trace else None)
@@ -136,6 +143,9 @@ def run(args) -> None:
     breakdown = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in parts.items())
     print(f"  BTC breakdown: {breakdown}; rest (orders, margins, run row, commit) "
           f"{main_s - sum(parts.values()):.2f} s")
+    server_cpu, client_cpu = cpus[1]
+    server = f"{server_cpu:.2f} s" if server_cpu is not None else "n/a (remote server)"
+    print(f"  BTC CPU: PostgreSQL backend {server}, this process {client_cpu:.2f} s")
     print(f"  ratio: {main_run.positions / main_s / (base.positions / base_s):.2f}x the baseline's positions/s")
     print(f"  second call (no-op): {again_s * 1000:.1f} ms")
     print(f"  open positions left: {still_open}; ledger invariants: {'ok' if not violations else violations}")
