@@ -48,6 +48,8 @@ from apps.contracts.models import Contract, ContractStatus, ContractType, Margin
 from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.services import (
+    STAGED_SETTINGS_SQL,
+    STAGED_WORK_MEM,
     Posting,
     accounts_for_users,
     balances_lock,
@@ -422,8 +424,8 @@ SELECT user_id, %(symbol)s, %(commission)s, -fee, %(asset)s, %(commission)s, NUL
 FROM pg_temp.delivery_rows WHERE fee <> 0
 """
 
-# The hash joins over every position and account stay in memory (this transaction only).
-SETTLE_WORK_MEM = "256MB"
+# The hash joins over every position and account stay in memory, and no JIT (this transaction only).
+SETTLE_WORK_MEM = STAGED_WORK_MEM
 
 
 def _rows_stage(*, contract: Contract, price: Decimal) -> tuple:
@@ -486,7 +488,7 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
     pnl_clearing = system_account(AccountKind.PNL_CLEARING).pk
     fee_income = system_account(AccountKind.FEE_INCOME).pk
     with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('work_mem', %s, true)", [SETTLE_WORK_MEM])
+        cursor.execute(STAGED_SETTINGS_SQL, [SETTLE_WORK_MEM])
         # Hash joins whatever the statistics say: right after a burst of new accounts and
         # positions the planner may think both tables tiny and nest a scan per holder.
         cursor.execute("SELECT current_setting('enable_nestloop'), set_config('enable_nestloop', 'off', true)")

@@ -50,6 +50,8 @@ from apps.contracts.models import Contract, FundingPolicy
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
 from apps.ledger.services import (
+    STAGED_SETTINGS_SQL,
+    STAGED_WORK_MEM,
     Posting,
     accounts_for_users,
     balances_lock,
@@ -266,8 +268,8 @@ WHERE f.amount < 0 AND COALESCE(b.amount, 0) + f.amount < 0 AND NOT COALESCE(b.m
 ORDER BY f.account_id
 """
 
-# The hash joins over every position and account stay in memory (this transaction only).
-SETTLE_WORK_MEM = "256MB"
+# The hash joins over every position and account stay in memory, and no JIT (this transaction only).
+SETTLE_WORK_MEM = STAGED_WORK_MEM
 
 
 def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int, Decimal, Decimal, int]:
@@ -275,7 +277,7 @@ def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int,
     params = formulas.payment_sql_params(mark_price=mark, rate=rate, contract_size=contract.contract_size,
                                          precision=contract.settle_asset.precision)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('work_mem', %s, true)", [SETTLE_WORK_MEM])
+        cursor.execute(STAGED_SETTINGS_SQL, [SETTLE_WORK_MEM])
         cursor.execute(PAYMENTS_SQL, {**params, "contract": contract.pk})
         cursor.execute("SELECT DISTINCT user_id, isolated FROM funding_payments WHERE account_id IS NULL")
         missing = cursor.fetchall()
