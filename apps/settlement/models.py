@@ -85,17 +85,9 @@ class SettlementStatus(models.TextChoices):
     FAILED = "FAILED", "Failed (nothing booked; retried by the next run)"
 
 
-class FundingSettlement(models.Model):
-    contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="+")
-    funding_time = models.DateTimeField()
-    status = models.CharField(max_length=8, choices=SettlementStatus.choices, default=SettlementStatus.PENDING)
-    funding_rate = models.DecimalField(null=True, blank=True, **RATE_DIGITS)
-    mark_price = MoneyField(null=True, blank=True)
-    positions = models.PositiveIntegerField(default=0)
-    paid = MoneyField(default=0, help_text="Sum paid by the paying side (positive).")
-    received = MoneyField(default=0, help_text="Sum received by the receiving side (positive).")
-    dust = MoneyField(default=0, help_text="paid − received: left in the FUNDING_CLEARING account.")
-    covered = MoneyField(default=0, help_text="Payments the insurance fund or bad debt covered.")
+class SettlementRun(models.Model):
+    """What every settlement job run records: its posting, its attempts and last error, who asked."""
+
     ledger_transaction = models.ForeignKey(
         "ledger.LedgerTransaction", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -106,6 +98,22 @@ class FundingSettlement(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class FundingSettlement(SettlementRun):
+    contract = models.ForeignKey("contracts.Contract", on_delete=models.PROTECT, related_name="+")
+    funding_time = models.DateTimeField()
+    status = models.CharField(max_length=8, choices=SettlementStatus.choices, default=SettlementStatus.PENDING)
+    funding_rate = models.DecimalField(null=True, blank=True, **RATE_DIGITS)
+    mark_price = MoneyField(null=True, blank=True)
+    positions = models.PositiveIntegerField(default=0)
+    paid = MoneyField(default=0, help_text="Sum paid by the paying side (positive).")
+    received = MoneyField(default=0, help_text="Sum received by the receiving side (positive).")
+    dust = MoneyField(default=0, help_text="paid − received: left in the FUNDING_CLEARING account.")
+    covered = MoneyField(default=0, help_text="Payments the insurance fund or bad debt covered.")
 
     class Meta:
         ordering = ["-funding_time", "contract_id"]
@@ -132,7 +140,7 @@ class DeliveryStatus(models.TextChoices):
     FAILED = "FAILED", "Failed (nothing booked; retried by the next run)"
 
 
-class DeliverySettlement(models.Model):
+class DeliverySettlement(SettlementRun):
     """The delivery of one contract: its audited settlement price and the cash settlement.
 
     One row per contract (the idempotency key). `audit` is the settlement price
@@ -159,17 +167,7 @@ class DeliverySettlement(models.Model):
     order_margin_released = MoneyField(default=0)
     covered = MoneyField(default=0, help_text="Losses the insurance fund covered.")
     bad_debt = MoneyField(default=0, help_text="Losses beyond the fund, recorded as bad debt.")
-    ledger_transaction = models.ForeignKey(
-        "ledger.LedgerTransaction", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
-    attempts = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
-    requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
     priced_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-delivery_time", "contract_id"]
