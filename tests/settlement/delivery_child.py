@@ -22,6 +22,11 @@ django.setup()
 from apps.contracts.models import Contract  # noqa: E402
 from apps.settlement import delivery  # noqa: E402
 
+if os.environ.get("SETTLE_TABLE_LOCK_FROM"):  # the test's lock path (test_processes._lock_path)
+    from apps.ledger import services as ledger_services
+
+    ledger_services.TABLE_LOCK_FROM = int(os.environ["SETTLE_TABLE_LOCK_FROM"])
+
 
 def main() -> None:
     mode, symbol = sys.argv[1], sys.argv[2]

@@ -22,6 +22,11 @@ from apps.contracts.models import Contract  # noqa: E402
 from apps.marketdata.engine.quotes import ms_to_datetime  # noqa: E402
 from apps.settlement import services  # noqa: E402
 
+if os.environ.get("SETTLE_TABLE_LOCK_FROM"):  # the test's lock path (test_processes._lock_path)
+    from apps.ledger import services as ledger_services
+
+    ledger_services.TABLE_LOCK_FROM = int(os.environ["SETTLE_TABLE_LOCK_FROM"])
+
 
 def main() -> None:
     mode, symbol, funding_ms = sys.argv[1], sys.argv[2], int(sys.argv[3])

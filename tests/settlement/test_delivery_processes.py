@@ -15,7 +15,7 @@ from apps.ledger.models import Income, IncomeType, LedgerTransaction, Transactio
 from apps.settlement.models import DeliverySettlement, DeliveryStatus
 
 from .test_delivery import _no_roll, flat_hour, funded, open_interest, quarterly, trade, wallet_of  # noqa: F401 (fixtures)
-from .test_processes import _die_with_parent, _dsn, _stop
+from .test_processes import _die_with_parent, _dsn, _lock_path, _stop  # noqa: F401 (_lock_path: a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("delivery_child.py")

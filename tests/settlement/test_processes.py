@@ -33,6 +33,15 @@ D = Decimal
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.fixture(autouse=True, params=["row locks", "table lock"])
+def _lock_path(request, monkeypatch):
+    """The children settle on both ways a settlement locks balances (the table from 0 legs)."""
+    if request.param == "table lock":
+        monkeypatch.setenv("SETTLE_TABLE_LOCK_FROM", "0")
+    else:
+        monkeypatch.delenv("SETTLE_TABLE_LOCK_FROM", raising=False)
+
+
 def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
