@@ -20,7 +20,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import bench_database_name, ensure_services, machine_line, peak_rss_mb, statements_traced  # noqa: E402
+from bench.common import (  # noqa: E402
+    bench_database_name,
+    cpu_seconds,
+    ensure_services,
+    machine_line,
+    peak_rss_mb,
+    statements_traced,
+)
 
 D = Decimal
 
@@ -90,15 +97,19 @@ def run(args) -> None:
         engine = SymbolEngine(contract)
         engine.rebuild()
         latencies, commands, trades = [], 0, 0
+        cpu_before = cpu_seconds(connection)
         started = time.perf_counter()
         while (result := batch_process(engine, limit=batch)) is not None:
             latencies.append(result.seconds)
             commands += result.commands
             trades += len(result.trades)
-        return time.perf_counter() - started, latencies, commands, trades
+        elapsed = time.perf_counter() - started
+        cpu_after = cpu_seconds(connection)
+        cpu = [None if a is None or b is None else a - b for a, b in zip(cpu_after, cpu_before)]
+        return elapsed, latencies, commands, trades, cpu
 
     def report(label: str, accepted_s: float, drained: tuple, count: int) -> float:
-        seconds, latencies, commands, trades = drained
+        seconds, latencies, commands, trades, (backend_cpu, own_cpu) = drained
         lat = np.array(latencies) * 1000
         rate = commands / seconds
         print(f"  {label}")
@@ -107,6 +118,9 @@ def run(args) -> None:
               f"{len(latencies)} batches, {seconds:.2f} s)")
         print(f"    batch latency ms: p50 {np.percentile(lat, 50):.2f}  p95 {np.percentile(lat, 95):.2f}  "
               f"p99 {np.percentile(lat, 99):.2f}  max {lat.max():.2f}")
+        backend = "n/a" if backend_cpu is None else f"{backend_cpu:.2f} s"
+        print(f"    match + book CPU: matcher process {own_cpu:.2f} s, its PostgreSQL backend {backend} "
+              f"(a figure the machine's load does not stretch: {commands / own_cpu:,.0f} orders per matcher CPU second)")
         print(f"    end to end (accept + match):     {count / (accepted_s + seconds):10.0f} orders/s")
         return rate
 
