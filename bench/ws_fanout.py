@@ -1,12 +1,13 @@
 """Websocket fan-out benchmark: N clients on one stream, M updates, delivered messages/s and latency.
 
     .venv/bin/python bench/ws_fanout.py [--clients 200 500] [--updates 150] [--rate 5] [--baseline-clients 1]
-                                        [--client-processes 2] [--client websockets|raw]
+                                        [--client-processes 2] [--client websockets|raw] [--web-workers 1]
 
 Starts the real serving path as OS processes on a free loopback port, against a
 throw-away database (`<DATABASE_URL's name>_bench_ws_fanout`) and the test Redis
-database: daphne (`exchange.asgi:application`) and the stream relay (`manage.py
-run_stream_relay`).
+database: the web process as the Procfile starts it (`scripts/web.py`, with
+`--web-workers` daphne workers, default 1: a lone daphne; each worker fans out to its
+own connections) and the stream relay (`manage.py run_stream_relay`).
 N websocket clients (the `websockets` client) SUBSCRIBE to `fanoutusdt@aggTrade` (a
 copy of BTCUSDT that only this bench trades) on `/ws` and wait for the reply (so
 every subscription is in place); then M matcher events with one trade each are
@@ -75,11 +76,14 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=10.0, help="end a run after this long without a message")
     parser.add_argument("--client-processes", type=int, default=2,
                         help="processes the clients are spread over (apart from the publisher)")
+    parser.add_argument("--web-workers", type=int, default=1,
+                        help="daphne processes serving the websockets (scripts/web.py, as the Procfile's WEB_WORKERS)")
     parser.add_argument("--client", choices=("websockets", "raw"), default="websockets",
                         help="websockets: the library's client; raw: a minimal one (the clients' own share)")
     args = parser.parse_args()
-    if min(args.clients) < 1 or args.baseline_clients < 1 or args.updates < 1 or args.client_processes < 1:
-        parser.error("--clients, --baseline-clients, --updates and --client-processes must be at least 1")
+    if min(args.clients) < 1 or min(args.baseline_clients, args.updates, args.client_processes, args.web_workers) < 1:
+        parser.error("--clients, --baseline-clients, --updates, --client-processes and --web-workers "
+                     "must be at least 1")
 
     try:
         import websockets.asyncio.client  # noqa: F401  (>= 13)
@@ -125,16 +129,18 @@ def run(args, *, database: dict) -> None:
         port = probe.getsockname()[1]
     client.delete("ops:heartbeat:stream_relay")
     logs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    # The Procfile's web line (scripts/web.py: `--web-workers` daphne processes on one socket; 1 execs a lone daphne).
     processes = [
-        subprocess.Popen([sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port),
-                          "exchange.asgi:application"], cwd=ROOT, env=env, stdout=logs[0], stderr=subprocess.STDOUT),
+        subprocess.Popen([sys.executable, "scripts/web.py", "--workers", str(args.web_workers), "-b", "127.0.0.1",
+                          "-p", str(port), "-v", "0"], cwd=ROOT, env=env, stdout=logs[0], stderr=subprocess.STDOUT),
         subprocess.Popen([sys.executable, "manage.py", "run_stream_relay"], cwd=ROOT, env=env, stdout=logs[1],
                          stderr=subprocess.STDOUT),
     ]
     try:
         _wait(lambda: _accepts(port), 60, "daphne", processes)
         _wait(lambda: client.get("ops:heartbeat:stream_relay"), 60, "the relay", processes)
-        print(f"ws fan-out bench: {STREAM} on ws://127.0.0.1:{port}/ws (daphne + stream relay processes), "
+        print(f"ws fan-out bench: {STREAM} on ws://127.0.0.1:{port}/ws ({args.web_workers} daphne worker(s) + "
+              f"stream relay process), "
               f"{args.updates} updates at {'unpaced' if not args.rate else f'{args.rate:g}/s'}, client: "
               f"{'websockets ' + websockets.__version__ if args.client == 'websockets' else 'raw'} "
               f"({args.client_processes} client process(es))")
@@ -492,13 +498,29 @@ def _cpu_seconds(processes) -> list[float]:
     tick = os.sysconf("SC_CLK_TCK")
     for process in processes:
         try:
-            with open(f"/proc/{process.pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            out.append((int(fields[11]) + int(fields[12])) / tick)
+            out.append(_tree_ticks(process.pid) / tick)
         except OSError:
             out.append(float("nan"))
     own = os.times()
     return [*out, own.user + own.system]
+
+
+def _tree_ticks(pid: int) -> int:
+    """CPU ticks of a process and of its live descendants (scripts/web.py's daphne workers)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            kids = [int(child) for child in children.read().split()]
+    except OSError:
+        kids = []
+    for kid in kids:
+        try:
+            ticks += _tree_ticks(kid)
+        except OSError:
+            pass  # ended meanwhile
+    return ticks
 
 
 def _accepts(port: int) -> bool:
