@@ -1,4 +1,4 @@
-"""Websocket market streams through Channels, the real Redis channel layer and the relay."""
+"""Websocket market streams through Channels, the fan-out hub on the real Redis, and the relay."""
 import asyncio
 import json
 from datetime import datetime, timezone

@@ -1,4 +1,4 @@
-"""The user data stream through Channels, the real Redis channel layer and the running relay.
+"""The user data stream through Channels, the fan-out hub on the real Redis and the running relay.
 
 Listen keys are made by the accounts service; matcher payloads are either synthetic
 (published on `events:<symbol>` as the matcher does) or the matcher's own, from a
