@@ -607,7 +607,7 @@ def _worst_case(size: Decimal, buys: Decimal, sells: Decimal) -> Decimal:
 class PretradeResult:
     score_before: float
     score_after: float
-    level_before: RiskLevel
+    level_before: RiskLevel | None
     level_after: RiskLevel
     reject: bool
 
@@ -615,6 +615,13 @@ class PretradeResult:
 def risk_pretrade_evaluate(*, user, contract: Contract, side: str, quantity: Decimal, price: Decimal,
                            mark: Decimal | None = None) -> PretradeResult:
     """The numbers behind `risk_pretrade_check` (also for ops and tests)."""
+    return _pretrade(user=user, contract=contract, side=side, quantity=quantity, price=price, mark=mark, lazy=False)
+
+
+def _pretrade(*, user, contract: Contract, side: str, quantity: Decimal, price: Decimal, mark: Decimal | None,
+              lazy: bool) -> PretradeResult:
+    """`lazy`: the score before the order only when the one after it is above the accepted
+    level (it decides nothing otherwise); then the result's before fields are NaN / None."""
     if side not in (Side.BUY, Side.SELL):
         raise ValueError(f"side must be BUY or SELL, got {side!r}")
     quantity, price = Decimal(quantity), Decimal(price)
@@ -628,17 +635,19 @@ def risk_pretrade_evaluate(*, user, contract: Contract, side: str, quantity: Dec
     before = np.zeros(len(model.symbols))
     after = np.zeros(len(model.symbols))
     for s in symbols:
-        mark = float(marks.get(s) or (price if s == contract.symbol else 0))
+        at = float(marks.get(s) or (price if s == contract.symbol else 0))
         size, b, sl = sizes.get(s, ZERO), buys.get(s, ZERO), sells.get(s, ZERO)
-        before[model.index[s]] = float(_worst_case(size, b, sl)) * mark
+        before[model.index[s]] = float(_worst_case(size, b, sl)) * at
         if s == contract.symbol:
             b, sl = (b + qty, sl) if side == Side.BUY else (b, sl + qty)
-        after[model.index[s]] = float(_worst_case(size, b, sl)) * mark
+        after[model.index[s]] = float(_worst_case(size, b, sl)) * at
     calibration = _calibration()
-    score_before, level_before = parametric_score(model, before, float(equity), calibration=calibration,
-                                                  thresholds=RISK_LEVEL_THRESHOLDS)
     score_after, level_after = parametric_score(model, after, float(equity), calibration=calibration,
                                                 thresholds=RISK_LEVEL_THRESHOLDS)
+    if lazy and not level_after > _max_level():
+        return PretradeResult(float("nan"), score_after, None, level_after, False)
+    score_before, level_before = parametric_score(model, before, float(equity), calibration=calibration,
+                                                  thresholds=RISK_LEVEL_THRESHOLDS)
     position = sizes.get(contract.symbol, ZERO)
     signed = qty if side == Side.BUY else -qty
     reduces = position != 0 and abs(position + signed) < abs(position) and (position + signed) * position >= 0
@@ -668,7 +677,7 @@ def risk_pretrade_check(*, user, contract: Contract, side: str, quantity: Decima
     """
     if not risk_setting("RISK_PRETRADE_ENABLED"):
         return
-    result = risk_pretrade_evaluate(user=user, contract=contract, side=side, quantity=quantity, price=price, mark=mark)
+    result = _pretrade(user=user, contract=contract, side=side, quantity=quantity, price=price, mark=mark, lazy=True)
     if result.reject:
         raise ExchangeError(
             f"{RISK_TOO_HIGH} (risk too high): this order would raise the account's risk level to "
