@@ -45,6 +45,8 @@ def main() -> int:
     fd = listener.fileno()
 
     command = [sys.executable, "-m", "daphne", "--fd", str(fd), *daphne_args, args.application]
+    if args.workers == 1:
+        os.execv(sys.executable, command)  # a lone Daphne on the socket: nothing to supervise
     workers = [subprocess.Popen(command, pass_fds=(fd,)) for _ in range(args.workers)]
     listener.close()  # the workers hold it now
 

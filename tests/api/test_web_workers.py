@@ -70,3 +70,11 @@ def test_a_dead_worker_stops_the_rest_and_fails_the_launcher(launcher):
     first.kill()
     assert process.wait(timeout=30) != 0
     second.wait(timeout=10)
+
+
+def test_one_worker_is_a_lone_daphne(launcher):
+    process, port = launcher(1)
+    assert "daphne" in " ".join(psutil.Process(process.pid).cmdline())  # exec'd: no supervisor in between
+    assert psutil.Process(process.pid).children() == []
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
