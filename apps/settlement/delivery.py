@@ -224,21 +224,25 @@ def _price(run: DeliverySettlement, contract: Contract, now: datetime) -> Delive
     window = timedelta(minutes=contract.settlement_window_minutes)
     fields = dict(audit=audit, window_start=contract.delivery_time - window, window_end=contract.delivery_time,
                   valid_minutes=result.valid_minutes if result is not None else 0, priced_at=now)
+    # Written only while the run has no price: a concurrent runner may have priced it, or
+    # priced and settled it, since this one read it (its DONE must not become PRICED again).
+    unpriced = DeliverySettlement.objects.filter(pk=run.pk, settlement_price__isnull=True)
     if result is None or result.status != SettlementStatus.OK:
         fields.update(status=DeliveryStatus.NO_PRICE, error=audit.get("reason") or "no valid sample")
-        DeliverySettlement.objects.filter(pk=run.pk).update(attempts=F("attempts") + 1, **fields)
-        _alert(f"delivery_no_price:{contract.symbol}", "CRITICAL",
-               f"{contract.symbol} cannot be settled ({fields['error']}; window: the "
-               f"{contract.settlement_window_minutes} minutes before {contract.delivery_time:%Y-%m-%d %H:%M} UTC). "
-               "It stays SETTLING.",
-               {"symbol": contract.symbol, "delivery_time": to_ms(contract.delivery_time)})
+        if unpriced.update(attempts=F("attempts") + 1, **fields):
+            _alert(f"delivery_no_price:{contract.symbol}", "CRITICAL",
+                   f"{contract.symbol} cannot be settled ({fields['error']}; window: the "
+                   f"{contract.settlement_window_minutes} minutes before {contract.delivery_time:%Y-%m-%d %H:%M} UTC)."
+                   " It stays SETTLING.",
+                   {"symbol": contract.symbol, "delivery_time": to_ms(contract.delivery_time)})
     else:
         fields.update(status=DeliveryStatus.PRICED, settlement_price=result.price, error="")
         with transaction.atomic():
-            DeliverySettlement.objects.filter(pk=run.pk).update(**fields)
-            Contract.objects.filter(pk=contract.pk).update(settlement_price=result.price)
-        contract.settlement_price = result.price
+            if unpriced.update(**fields):
+                Contract.objects.filter(pk=contract.pk).update(settlement_price=result.price)
     run.refresh_from_db()
+    if run.settlement_price is not None:
+        contract.settlement_price = run.settlement_price
     return run
 
 

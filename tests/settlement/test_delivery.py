@@ -277,6 +277,25 @@ def test_settling_twice_books_once(quarterly, funded):
     assert Income.objects.filter(income_type=IncomeType.DELIVERED_SETTELMENT).count() == 2
 
 
+def test_a_runner_that_priced_late_leaves_a_settled_run_settled(quarterly, funded):
+    # Two runners read the run unpriced; the first prices and settles it; the second's price
+    # comes after: it must not turn the DONE run back into PRICED (it then saw SETTLED and failed).
+    alice, bob = funded("alice"), funded("bob")
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    trade(quarterly, alice, bob, "1", "50000")
+    flat_hour(quarterly)
+    delivery_advance(now=DT - timedelta(minutes=1))
+    quarterly.refresh_from_db()
+    assert "settlement DONE" in " ".join(delivery_advance(now=DT))
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    stale = DeliverySettlement.objects.get(pk=run.pk)
+    stale.settlement_price, stale.status = None, DeliveryStatus.PENDING  # as the late runner read it
+    again = delivery._price(stale, quarterly, DT + timedelta(minutes=1))
+    assert again.status == DeliveryStatus.DONE and again.settlement_price == run.settlement_price
+    assert run_all_invariants() == []
+
+
 def test_a_failure_half_way_books_nothing_and_the_next_run_settles(quarterly, funded, monkeypatch):
     alice, bob = funded("alice"), funded("bob")
     delivery_advance(now=ONBOARD)
