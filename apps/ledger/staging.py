@@ -1,10 +1,12 @@
-"""Handing a call's legs to PostgreSQL once, as the relation `legs` the posting statements read.
+"""Handing a `ledger_post_many` call's legs to PostgreSQL once, as the relation `legs` the posting statements read.
 
 A few legs (a matcher batch, an order hold) go as array parameters of each statement.
-Many legs (a funding or delivery posting: one per position) are copied once into a
+Many legs built in Python (a deposit to every wallet, say) are copied once into a
 temporary table with COPY, formatted in chunks so PostgreSQL parses one chunk while
 Python formats the next, and the statements read that table; the table lives until
-the call ends (dropped, or rolled back with its savepoint).
+the call ends (dropped, or rolled back with its savepoint). Legs that PostgreSQL
+computes itself (funding, delivery: one per position) never come here: they are read
+where they are by `ledger_post_staged`.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass, field
