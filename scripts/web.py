@@ -12,8 +12,8 @@ in-process caches (API keys, contracts, accounts) expire within seconds (API key
 changes and revocations reach every worker at once through the limiter's Redis
 round trip, `apps.accounts.limits`).
 
-SIGTERM/SIGINT are passed to every worker; if one worker exits the others are stopped
-and the launcher exits with its status, so the supervisor (honcho) sees the failure as
+SIGTERM/SIGINT are passed to every worker (one still running 20 s later is killed); if
+one worker exits the others are stopped and the launcher exits with its status, so the supervisor (honcho) sees the failure as
 it saw a lone Daphne's. `--workers 1` still execs a single Daphne on the socket.
 """
 import argparse
@@ -23,6 +23,9 @@ import socket
 import subprocess
 import sys
 import time
+
+# A worker still running this long after SIGTERM is killed (Daphne's own close timeout is 10 s).
+STOP_TIMEOUT_SECONDS = 20
 
 
 def main() -> int:
@@ -50,11 +53,11 @@ def main() -> int:
     workers = [subprocess.Popen(command, pass_fds=(fd,)) for _ in range(args.workers)]
     listener.close()  # the workers hold it now
 
-    stopping = False
+    stopping_since: float | None = None
 
     def stop(signum, _frame):
-        nonlocal stopping
-        stopping = True
+        nonlocal stopping_since
+        stopping_since = stopping_since or time.monotonic()
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(signum)
@@ -66,11 +69,16 @@ def main() -> int:
         exited = [w for w in workers if w.poll() is not None]
         if len(exited) == len(workers):
             break
-        if exited and not stopping:
+        if exited and stopping_since is None:
             status = exited[0].returncode or 1
             stop(signal.SIGTERM, None)
+        if stopping_since is not None and time.monotonic() - stopping_since > STOP_TIMEOUT_SECONDS:
+            for worker in workers:
+                if worker.poll() is None:
+                    print(f"web worker {worker.pid} did not stop in {STOP_TIMEOUT_SECONDS} s; killed", file=sys.stderr)
+                    worker.kill()
         time.sleep(0.2)
-    return 0 if stopping and not status else status
+    return status
 
 
 if __name__ == "__main__":
