@@ -275,8 +275,12 @@ def delivery_settle(*, contract: Contract, now: datetime | None = None, requeste
             run = DeliverySettlement.objects.select_for_update().get(pk=run.pk)
             if run.status == DeliveryStatus.DONE:  # another runner finished while we waited
                 return run
-            # The contract's row lock waits for a matcher batch in flight and keeps the next out.
-            locked = Contract.objects.select_for_update(of=("self",)).select_related("settle_asset").get(pk=contract.pk)
+            # The contract's row lock waits for a matcher batch in flight and keeps the next out (their
+            # status reads are FOR SHARE). NO KEY: rows that reference the contract (an order, a journal
+            # command written by a liquidation holding balances this settlement waits for) can still
+            # be inserted, else the two would deadlock.
+            locked = Contract.objects.select_for_update(of=("self",), no_key=True).select_related("settle_asset") \
+                .get(pk=contract.pk)
             if locked.status != S.SETTLING:
                 raise DeliveryError(f"{contract.symbol} is {locked.status}, not SETTLING.")
             totals = _settle(contract=locked, price=run.settlement_price, requested_by=requested_by)

@@ -6,7 +6,9 @@ fees and the PnL clearing account are what production would hold when delivery c
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import psycopg
 import pytest
+from django.db import connection
 
 from apps.contracts.calendar import last_friday
 from apps.contracts.lifecycle import contract_halt, contract_resume
@@ -325,6 +327,38 @@ def test_a_failure_half_way_books_nothing_and_the_next_run_settles(quarterly, fu
     assert run.status == DeliveryStatus.DONE and run.attempts == 2 and held_of(alice) == 0
     assert open_interest(quarterly) == (0, 0)
     assert run_all_invariants() == []
+
+
+def test_the_contract_lock_blocks_status_reads_not_rows_that_reference_the_contract(quarterly, funded,
+                                                                                  transactional_db, monkeypatch):
+    """Settlement holds the contract FOR NO KEY UPDATE: order entry's and the matcher's status reads
+    (FOR SHARE) wait, but the key-share lock a new order or journal row takes on the contract it
+    references does not. A liquidation inserting its order while holding balances the settlement
+    waits for would otherwise deadlock with it."""
+    alice, bob = funded("alice"), funded("bob")
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    trade(quarterly, alice, bob, "1", "50000")
+    flat_hour(quarterly)
+    seen = {}
+    settle = delivery._settle
+
+    def probe(**kwargs):  # runs under the settlement's contract lock
+        params = connection.get_connection_params()
+        with psycopg.connect(**{k: v for k, v in params.items() if k != "cursor_factory"}, autocommit=True) as other:
+            other.execute("SET lock_timeout = '300ms'")
+            for name, lock in (("key share", "FOR KEY SHARE"), ("share", "FOR SHARE")):
+                try:
+                    other.execute(f"SELECT 1 FROM contracts_contract WHERE id = %s {lock}", [quarterly.pk])
+                    seen[name] = "granted"
+                except psycopg.errors.LockNotAvailable:
+                    seen[name] = "waits"
+        return settle(**kwargs)
+
+    monkeypatch.setattr(delivery, "_settle", probe)
+    delivery_advance(now=DT)
+    assert seen == {"key share": "granted", "share": "waits"}
+    assert DeliverySettlement.objects.get(contract=quarterly).status == DeliveryStatus.DONE
 
 
 def test_pending_commands_at_settlement_are_closed_and_their_holds_returned(quarterly, funded):
