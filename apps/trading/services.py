@@ -401,7 +401,7 @@ def _order_insert(order: Order, *, journal: bool) -> None:
     with connection.cursor() as cursor:
         cursor.execute(sql + " SELECT id FROM o", values)
         order.pk = cursor.fetchone()[0]
-    order._state.adding = False
+    order._state.adding, order._state.db = False, connection.alias
 
 
 def _hold(*, user, contract: Contract, order: Order, amount: Decimal) -> None:
