@@ -1,10 +1,24 @@
 """Contract specs with their margin tiers inline; the tier table is validated as a whole."""
+import logging
+
 from django import forms
 from django.contrib import admin, messages
+
+from exchange.errors import ExchangeError
 
 from .lifecycle import contract_halt, contract_resume
 from .models import Contract, ContractStatusChange, MarginTier
 from .tiers import TierSpec, tiers_validate
+
+logger = logging.getLogger(__name__)
+
+
+def action_failed(model_admin, request, label: str, exc: Exception) -> None:
+    """An admin action that failed, shown to the operator (never a 500); anything but a domain
+    refusal (ExchangeError) is also logged with its traceback."""
+    if not isinstance(exc, ExchangeError):
+        logger.error("admin action on %s failed", label, exc_info=exc)
+    model_admin.message_user(request, f"{label}: {exc}", messages.ERROR)
 
 
 class MarginTierFormSet(forms.BaseInlineFormSet):
@@ -66,7 +80,7 @@ class LifecycleActions:
         try:
             changed = change(contract=contract, actor=request.user)
         except Exception as exc:
-            self.message_user(request, f"{contract.symbol}: {exc}", messages.ERROR)
+            action_failed(self, request, contract.symbol, exc)
             return
         self.message_user(request, f"{contract.symbol} {done}." if changed else f"{contract.symbol}: no change.")
 

@@ -16,7 +16,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from apps.contracts.admin import LifecycleActions, StatusChangeInline
+from apps.contracts.admin import LifecycleActions, StatusChangeInline, action_failed
 from apps.contracts.models import ContractType
 
 from .delivery import delivery_advance_one
@@ -99,7 +99,7 @@ class FundingSettlementAdmin(admin.ModelAdmin):
         try:
             run = funding_settle(contract=contract, funding_time=funding_time, requested_by=request.user)
         except Exception as exc:
-            self.message_user(request, f"{contract.symbol} {funding_time:%Y-%m-%d %H:%M}: {exc}", messages.ERROR)
+            action_failed(self, request, f"{contract.symbol} {funding_time:%Y-%m-%d %H:%M}", exc)
             return None
         self.message_user(request, f"{contract.symbol} {funding_time:%Y-%m-%d %H:%M} settled: rate "
                                    f"{run.funding_rate}, {run.positions} positions, dust {run.dust}.")
@@ -166,7 +166,7 @@ class DeliveryCalendarAdmin(LifecycleActions, admin.ModelAdmin):
             try:
                 steps = delivery_advance_one(contract=contract, now=now, requested_by=request.user)
             except Exception as exc:
-                self.message_user(request, f"{contract.symbol}: {exc}", messages.ERROR)
+                action_failed(self, request, contract.symbol, exc)
                 continue
             if not steps:
                 self.message_user(request, f"{contract.symbol}: nothing is due (status {contract.status}, delivery "

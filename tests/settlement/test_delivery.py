@@ -542,3 +542,26 @@ def test_admin_calendar_history_samples_and_actions(quarterly, funded, admin_cli
     assert page.status_code == 200 and b"binance 51000" in page.content
     assert admin_client.get(reverse("admin:settlement_deliverysettlement_changelist")).status_code == 200
     assert DeliveryContract.objects.filter(pk=quarterly.pk).exists()
+
+
+def test_admin_actions_report_refusals_and_log_unexpected_failures(quarterly, admin_client, monkeypatch, caplog):
+    from django.urls import reverse
+
+    from apps.settlement import admin as settlement_admin
+
+    calendar = reverse("admin:settlement_deliverycontract_changelist")
+    # A domain refusal: a message, nothing logged.
+    page = admin_client.post(calendar, {"action": "resume", "_selected_action": [quarterly.pk]}, follow=True)
+    assert page.status_code == 200 and b"is not halted" in page.content
+    assert not [r for r in caplog.records if r.name == "apps.contracts.admin"]
+
+    def broken(**kwargs):
+        raise RuntimeError("database on fire")
+
+    # Anything else: the same message to the operator (never a 500), and its traceback in the log.
+    monkeypatch.setattr(settlement_admin, "delivery_advance_one", broken)
+    page = admin_client.post(calendar, {"action": "settle_now", "_selected_action": [quarterly.pk]}, follow=True)
+    assert page.status_code == 200 and b"database on fire" in page.content
+    (record,) = [r for r in caplog.records if r.name == "apps.contracts.admin"]
+    assert record.exc_info and "BTCUSDT_261225" in record.getMessage()
+    assert Contract.objects.get(pk=quarterly.pk).status == S.PENDING
