@@ -12,9 +12,12 @@ in-process caches (API keys, contracts, accounts) expire within seconds (API key
 changes and revocations reach every worker at once through the limiter's Redis
 round trip, `apps.accounts.limits`).
 
-SIGTERM/SIGINT are passed to every worker (one still running 20 s later is killed); if
-one worker exits the others are stopped and the launcher exits with its status, so the supervisor (honcho) sees the failure as
-it saw a lone Daphne's. `--workers 1` still execs a single Daphne on the socket.
+SIGTERM/SIGINT are passed to every worker; one still running 20 s later is killed (a
+Daphne stopped while a pool thread is sending a response waits at exit for that
+thread, whose send needs the event loop that has just stopped: it never ends). If one
+worker exits the others are stopped and the launcher exits with its status, so the
+supervisor (honcho) sees the failure as it saw a lone Daphne's. `--workers 1` runs one
+Daphne under the same supervision.
 """
 import argparse
 import os
@@ -48,8 +51,6 @@ def main() -> int:
     fd = listener.fileno()
 
     command = [sys.executable, "-m", "daphne", "--fd", str(fd), *daphne_args, args.application]
-    if args.workers == 1:
-        os.execv(sys.executable, command)  # a lone Daphne on the socket: nothing to supervise
     workers = [subprocess.Popen(command, pass_fds=(fd,)) for _ in range(args.workers)]
     listener.close()  # the workers hold it now
 

@@ -50,6 +50,8 @@ def launcher():
     yield start
     for process in started:
         if process.poll() is None:
+            for worker in psutil.Process(process.pid).children():  # no orphaned worker after a failure
+                worker.kill()
             process.kill()
             process.wait()
 
@@ -72,9 +74,9 @@ def test_a_dead_worker_stops_the_rest_and_fails_the_launcher(launcher):
     second.wait(timeout=30)
 
 
-def test_one_worker_is_a_lone_daphne(launcher):
+def test_one_worker_runs_under_the_same_supervision(launcher):
     process, port = launcher(1)
-    assert "daphne" in " ".join(psutil.Process(process.pid).cmdline())  # exec'd: no supervisor in between
-    assert psutil.Process(process.pid).children() == []
+    (worker,) = psutil.Process(process.pid).children()
+    assert "daphne" in " ".join(worker.cmdline()) and _ping(port) == 200
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
