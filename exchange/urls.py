@@ -25,6 +25,6 @@ urlpatterns = [
     path("healthz", ops_views.healthz, name="healthz"),
     path("readyz", ops_views.readyz, name="readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", ops_views.metrics, name="prometheus-django-metrics"),
     path("", ops_views.home, name="home"),
 ]

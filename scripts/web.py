@@ -7,7 +7,9 @@ Python CPU), so a second core needs a second process. This launcher binds the po
 once and starts N `daphne --fd` children on the inherited socket; the kernel hands each
 new connection to whichever child accepts it first. Nothing a request relies on lives
 in one worker only: rate limits, bans and replay markers are in Redis, the journal and
-the ledger in PostgreSQL, websocket groups in the Redis channel layer, and the
+the ledger in PostgreSQL, websocket streams through each worker's own Redis pub/sub
+subscription (apps.marketdata.fanout), Prometheus metrics in one multiprocess directory
+(summed over the workers by /metrics, apps.ops.views.metrics), and the
 in-process caches (API keys, contracts, accounts) expire within seconds (API key
 changes and revocations reach every worker at once through the limiter's Redis
 round trip, `apps.accounts.limits`).
@@ -21,14 +23,26 @@ Daphne under the same supervision.
 """
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 # A worker still running this long after SIGTERM is killed (Daphne's own close timeout is 10 s).
 STOP_TIMEOUT_SECONDS = 20
+
+
+def _metrics_dir(port: int) -> str:
+    """An empty directory where the workers' Prometheus metrics live (prometheus_client's
+    multiprocess mode), so that /metrics, whichever worker answers it, reports the sum of
+    all of them instead of one worker's counters (which would jump between scrapes)."""
+    path = Path(__file__).resolve().parent.parent / "var" / f"web-metrics-{port}"
+    shutil.rmtree(path, ignore_errors=True)  # a previous run's counters must not carry over
+    path.mkdir(parents=True)
+    return str(path)
 
 
 def main() -> int:
@@ -51,7 +65,8 @@ def main() -> int:
     fd = listener.fileno()
 
     command = [sys.executable, "-m", "daphne", "--fd", str(fd), *daphne_args, args.application]
-    workers = [subprocess.Popen(command, pass_fds=(fd,)) for _ in range(args.workers)]
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": _metrics_dir(args.port)}
+    workers = [subprocess.Popen(command, pass_fds=(fd,), env=env) for _ in range(args.workers)]
     listener.close()  # the workers hold it now
 
     stopping_since: float | None = None

@@ -457,6 +457,21 @@ def install() -> None:
         gc.callbacks.append(_gc_callback)
 
 
+def process_metrics_registry(*, multiprocess_dir: str | None):
+    """What this process's /metrics reports: its own registry, or — for web workers sharing a
+    multiprocess directory — every worker's metrics from it (counters summed, gauges per pid)
+    plus the collectors computed at scrape time (host, database)."""
+    if not multiprocess_dir:
+        return REGISTRY
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)
+    registry.register(SystemCollector())
+    registry.register(DATABASE_COLLECTOR)
+    return registry
+
+
 def metrics_serve(port: int, *, role: str | None = None, addr: str | None = None) -> bool:
     """Serve this process's registry on http://addr:port/metrics; False if the port is taken."""
     if role:

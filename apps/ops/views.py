@@ -1,11 +1,14 @@
 """Landing page, health endpoints and the staff-only ops dashboard with its JSON feed."""
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import JsonResponse
+import os
+
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 
 from .dashboard import dashboard_feed
 from .health import readiness
+from .metrics import process_metrics_registry
 from .routing import DASHBOARD_WS_PATH
 from .selectors import dashboard_summary
 
@@ -37,3 +40,12 @@ def dashboard_data(request):
     if not (user.is_active and user.is_staff):
         return JsonResponse({"detail": "staff only"}, status=403)
     return JsonResponse(dashboard_feed())
+
+
+def metrics(request):
+    """Prometheus scrape of the web process: with several workers (scripts/web.py sets
+    PROMETHEUS_MULTIPROC_DIR) their counters summed, whichever worker answers."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    registry = process_metrics_registry(multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -80,3 +80,21 @@ def test_one_worker_runs_under_the_same_supervision(launcher):
     assert "daphne" in " ".join(worker.cmdline()) and _ping(port) == 200
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
+
+
+def _responses_200(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("django_http_responses_total_by_status_total{") and 'status="200"' in line)
+
+
+def test_metrics_count_every_worker_whichever_answers_the_scrape(launcher):
+    """Each worker counts into the shared multiprocess directory: a scrape reports all requests,
+    and the counter never goes back between scrapes answered by different workers."""
+    _, port = launcher(2)
+    for _ in range(30):
+        assert _ping(port) == 200
+    totals = [_responses_200(port) for _ in range(6)]
+    assert totals[0] >= 30
+    assert totals == sorted(totals)
