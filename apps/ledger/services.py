@@ -285,8 +285,13 @@ def _write(stage, *, txn_ids: list[int | None], once: bool, assets: dict[str, As
         raise InsufficientBalance(f"Insufficient balance: account {account_id} would hold {after:f} {asset.code}.")
 
 
-def ledger_post_many(*, postings: Sequence[Posting]) -> list[LedgerTransaction]:
-    """Book postings in order; returns one transaction per posting (the earlier one for a repeated key)."""
+def ledger_post_many(*, postings: Sequence[Posting], savepoint: bool = True) -> list[LedgerTransaction]:
+    """Book postings in order; returns one transaction per posting (the earlier one for a repeated key).
+
+    `savepoint=False`: for a caller whose transaction ends anyway when the posting is refused
+    (order entry's margin hold): saves the SAVEPOINT and RELEASE round trips, and a refusal
+    leaves the caller's transaction unusable until it rolls back.
+    """
     if not postings:
         return []
     assets = _resolve_assets(postings)
@@ -296,7 +301,7 @@ def ledger_post_many(*, postings: Sequence[Posting]) -> list[LedgerTransaction]:
         raise LedgerError("The same idempotency key appears twice in one call.")
 
     # Its own savepoint: a refused posting leaves the caller's transaction usable.
-    with transaction.atomic(), legs_stage(rows) as stage:
+    with transaction.atomic(savepoint=savepoint), legs_stage(rows) as stage:
         pairs, legs = _lock(stage)
         # Checked after the locks: a concurrent poster of the same key touches the same
         # balances, so it has either committed (we see its key) or not started.
@@ -569,6 +574,7 @@ def ledger_post(
     memo: str = "",
     reference: dict | None = None,
     created_by=None,
+    savepoint: bool = True,
 ) -> LedgerTransaction:
     posting = Posting(
         kind=kind,
@@ -578,7 +584,7 @@ def ledger_post(
         reference=reference or {},
         created_by_id=created_by.pk if created_by is not None else None,
     )
-    return ledger_post_many(postings=[posting])[0]
+    return ledger_post_many(postings=[posting], savepoint=savepoint)[0]
 
 
 # Accounts are never deleted (PROTECT everywhere), so a process may remember them.
@@ -634,8 +640,9 @@ def ledger_transfer(
     memo: str = "",
     reference: dict | None = None,
     created_by=None,
+    savepoint: bool = True,
 ) -> LedgerTransaction:
-    """Move a positive amount from one account to another."""
+    """Move a positive amount from one account to another (`savepoint`: see `ledger_post_many`)."""
     amount = _positive(amount)
     return ledger_post(
         kind=kind,
@@ -644,6 +651,7 @@ def ledger_transfer(
         memo=memo,
         reference=reference,
         created_by=created_by,
+        savepoint=savepoint,
     )
 
 

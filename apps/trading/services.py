@@ -411,6 +411,7 @@ def _hold(*, user, contract: Contract, order: Order, amount: Decimal) -> None:
             destination=account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=user),
             asset=contract.settle_asset, amount=amount, kind=TransactionKind.ORDER_MARGIN,
             reference={"order_id": order.pk},
+            savepoint=False,  # a refused hold refuses the order: order_place's transaction rolls back
         )
     except InsufficientBalance as exc:
         raise MarginInsufficient("Margin is insufficient.") from exc

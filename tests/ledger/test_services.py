@@ -156,3 +156,29 @@ def test_quantize_and_split_exact():
     assert sum(parts) == D("0.00000010") and sorted(parts) == [D("0.00000003"), D("0.00000003"), D("0.00000004")]
     negative = split_exact(D("-1"), [D(2), D(1)], 2)
     assert negative == [D("-0.67"), D("-0.33")] and sum(negative) == D("-1")
+
+
+def test_a_transfer_without_savepoint_books_the_same_in_fewer_round_trips(alice, usdt, wallet):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.ledger.models import AccountKind
+    from apps.ledger.services import account_get_or_create
+
+    wallet_deposit(user=alice, asset=usdt, amount=D("10"))
+    held = account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=alice)
+    ledger_transfer(source=wallet(alice), destination=held, asset=usdt, amount=D("1"))  # creates the balance row
+    statements = {}
+    for savepoint in (True, False):
+        with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+            ledger_transfer(source=wallet(alice), destination=held, asset=usdt, amount=D("1"), savepoint=savepoint)
+        statements[savepoint] = [q["sql"].split()[0] for q in queries.captured_queries]
+    assert statements[True].count("SAVEPOINT") == 1 and "SAVEPOINT" not in statements[False]
+    assert len(statements[False]) == len(statements[True]) - 2
+    assert balance_amount(account=held, asset_code="USDT") == D("3")
+
+    # Refused without a savepoint: the error reaches the caller, whose transaction then rolls back.
+    before = snapshot()
+    with pytest.raises(InsufficientBalance), transaction.atomic():
+        ledger_transfer(source=wallet(alice), destination=held, asset=usdt, amount=D("8"), savepoint=False)
+    assert snapshot() == before
