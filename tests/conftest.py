@@ -8,6 +8,7 @@ from apps.contracts.models import ContractStatus, ContractType
 from apps.contracts.services import contract_create, tiers_from_brackets
 from apps.ledger.models import AccountKind, Asset
 from apps.ledger.services import account_get_or_create, accounts_forget, system_account
+from apps.marketdata.services import price_cache_clear
 from apps.ops.demo import BTC_BRACKETS
 from apps.positions.tiers import tiers_forget
 from exchange.params import contracts_forget
@@ -15,7 +16,10 @@ from exchange.params import contracts_forget
 
 @pytest.fixture(autouse=True)
 def _process_caches():
-    """Per-process caches (contracts by symbol, margin tiers) start empty in every test."""
+    """Per-process caches (contracts by symbol, margin tiers) start empty in every test, and so do
+    the prices cached in Redis: a mark left by an earlier test, session or benchmark on the test
+    Redis database would price a new contract that reuses the id's symbol."""
+    price_cache_clear()
     contracts_forget()
     tiers_forget()
     accounts_forget()
