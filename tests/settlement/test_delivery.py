@@ -110,6 +110,15 @@ def trade(contract, buyer, seller, qty: str, price: str) -> None:
     batch_process(engine)
 
 
+def trading_pair(contract, funded):
+    """Alice long and bob short 1 at 50000 on the contract, listed and trading."""
+    alice, bob = funded("alice"), funded("bob")
+    delivery_advance(now=ONBOARD)
+    contract.refresh_from_db()
+    trade(contract, alice, bob, "1", "50000")
+    return alice, bob
+
+
 def open_interest(contract) -> tuple[Decimal, Decimal]:
     sizes = list(Position.objects.filter(contract=contract).values_list("size", flat=True))
     return sum((s for s in sizes if s > 0), D(0)), -sum((s for s in sizes if s < 0), D(0))
@@ -176,10 +185,7 @@ def test_full_lifecycle_from_listing_to_settled(quarterly, funded):
 
 
 def test_close_only_rejects_opening_and_accepts_reducing(quarterly, funded):
-    alice, bob = funded("alice"), funded("bob")
-    delivery_advance(now=ONBOARD)
-    quarterly.refresh_from_db()
-    trade(quarterly, alice, bob, "1", "50000")
+    alice, bob = trading_pair(quarterly, funded)
     delivery_advance(now=DT - timedelta(minutes=29))
     quarterly.refresh_from_db()
     assert quarterly.status == S.CLOSE_ONLY
@@ -240,10 +246,7 @@ def test_settlement_price_from_samples_with_an_outlier_by_hand(quarterly):
 
 
 def test_no_valid_samples_no_settlement_and_an_alert(quarterly, funded):
-    alice, bob = funded("alice"), funded("bob")
-    delivery_advance(now=ONBOARD)
-    quarterly.refresh_from_db()
-    trade(quarterly, alice, bob, "1", "50000")
+    alice, bob = trading_pair(quarterly, funded)
     transactions = LedgerTransaction.objects.count()
     delivery_advance(now=DT + timedelta(minutes=1))
     quarterly.refresh_from_db()
@@ -263,10 +266,7 @@ def test_no_valid_samples_no_settlement_and_an_alert(quarterly, funded):
 
 
 def test_settling_twice_books_once(quarterly, funded):
-    alice, bob = funded("alice"), funded("bob")
-    delivery_advance(now=ONBOARD)
-    quarterly.refresh_from_db()
-    trade(quarterly, alice, bob, "1", "50000")
+    alice, bob = trading_pair(quarterly, funded)
     flat_hour(quarterly)
     delivery_advance(now=DT)
     balances = (wallet_of(alice), wallet_of(bob))
@@ -282,10 +282,7 @@ def test_settling_twice_books_once(quarterly, funded):
 def test_a_runner_that_priced_late_leaves_a_settled_run_settled(quarterly, funded):
     # Two runners read the run unpriced; the first prices and settles it; the second's price
     # comes after: it must not turn the DONE run back into PRICED (it then saw SETTLED and failed).
-    alice, bob = funded("alice"), funded("bob")
-    delivery_advance(now=ONBOARD)
-    quarterly.refresh_from_db()
-    trade(quarterly, alice, bob, "1", "50000")
+    alice, bob = trading_pair(quarterly, funded)
     flat_hour(quarterly)
     delivery_advance(now=DT - timedelta(minutes=1))
     quarterly.refresh_from_db()
@@ -299,10 +296,7 @@ def test_a_runner_that_priced_late_leaves_a_settled_run_settled(quarterly, funde
 
 
 def test_a_failure_half_way_books_nothing_and_the_next_run_settles(quarterly, funded, monkeypatch):
-    alice, bob = funded("alice"), funded("bob")
-    delivery_advance(now=ONBOARD)
-    quarterly.refresh_from_db()
-    trade(quarterly, alice, bob, "1", "50000")
+    alice, bob = trading_pair(quarterly, funded)
     order_place(user=alice, contract=quarterly, side="BUY", quantity=D("0.5"), price=D("45000"))
     batch_process(SymbolEngine(quarterly))
     flat_hour(quarterly)
@@ -335,10 +329,7 @@ def test_the_contract_lock_blocks_status_reads_not_rows_that_reference_the_contr
     (FOR SHARE) wait, but the key-share lock a new order or journal row takes on the contract it
     references does not. A liquidation inserting its order while holding balances the settlement
     waits for would otherwise deadlock with it."""
-    alice, bob = funded("alice"), funded("bob")
-    delivery_advance(now=ONBOARD)
-    quarterly.refresh_from_db()
-    trade(quarterly, alice, bob, "1", "50000")
+    alice, bob = trading_pair(quarterly, funded)
     flat_hour(quarterly)
     seen = {}
     settle = delivery._settle
@@ -518,10 +509,7 @@ def test_admin_calendar_history_samples_and_actions(quarterly, funded, admin_cli
 
     from apps.settlement.models import DeliveryContract
 
-    alice, bob = funded("alice"), funded("bob")
-    delivery_advance(now=ONBOARD)
-    quarterly.refresh_from_db()
-    trade(quarterly, alice, bob, "1", "50000")
+    alice, bob = trading_pair(quarterly, funded)
     calendar = reverse("admin:settlement_deliverycontract_changelist")
     page = admin_client.get(calendar)
     assert page.status_code == 200 and b"BTCUSDT_261225" in page.content
