@@ -2,8 +2,8 @@
 
 A scenario or soak run must start from an empty exchange (so the same seed gives the
 same run) and must never touch the exchange's own data, so the command points this
-process's default connection at a database of its own (`sim_<scenario>` unless told
-otherwise) before anything reads it: drop it if it exists, create it on the same
+process's default connection at a database of its own (`<configured database>_sim_<scenario>`
+unless told otherwise: environments sharing a server never drop each other's) before anything reads it: drop it if it exists, create it on the same
 PostgreSQL server, run every migration. Process caches keyed by primary key
 (contracts, tiers, accounts) are emptied, since ids repeat across databases.
 """
@@ -17,7 +17,10 @@ NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def database_name_for(label: str) -> str:
-    name = f"sim_{label}".lower().replace("-", "_")
+    """`<configured database>_sim_<label>`: two environments on one server (two checkouts, CI
+    and a developer) each drop and recreate only their own simulation database."""
+    configured = connections["default"].settings_dict["NAME"]
+    name = f"{configured}_sim_{label}".lower().replace("-", "_")
     if not NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a usable database name")
     return name

@@ -1,7 +1,7 @@
 """`manage.py simulate`: a named scenario with a report, or the randomized invariant soak.
 
-Both run on a database of their own, dropped and created fresh (`sim_<scenario>` or
-`sim_soak`; `--database NAME` to choose, `--in-place` to use the configured database
+Both run on a database of their own, dropped and created fresh (`<configured database>_sim_<scenario>`
+or `..._sim_soak`; `--database NAME` to choose, `--in-place` to use the configured database
 as it is, e.g. an empty test database).
 """
 import json
@@ -26,7 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--out", help="report directory (default: var/simulation/<scenario>-<seed>)")
         parser.add_argument("--events", type=int, default=100_000, help="soak: number of events")
         parser.add_argument("--check-every", type=int, default=10_000, help="soak: events between invariant checks")
-        parser.add_argument("--database", help="database to (re)create and use (default sim_<scenario>)")
+        parser.add_argument("--database", help="database to (re)create and use (default <configured database>_sim_<scenario>)")
         parser.add_argument("--in-place", action="store_true",
                             help="use the configured database as it is (it must be empty and migrated)")
 
