@@ -61,12 +61,13 @@ from .engine.quotes import ms_to_datetime, to_ms
 from .models import AnomalyKind, IndexConstituent, PriceStatus
 from .selectors import pause_lifts_since, pauses_active, price_latest_many
 from .services import (
+    MinuteInput,
     PriceInput,
     anomaly_event_close,
     anomaly_event_open,
     anomaly_record,
     constituents_ensure_default,
-    price_minute_record,
+    price_minutes_record,
     price_publish_many,
 )
 
@@ -353,12 +354,15 @@ class PriceFeed:
             by_source[q.symbol].append(q)
         contract_prices = self._contract_prices()
         inputs: list[PriceInput] = []
+        minutes: list[MinuteInput] = []  # minutes that ended, stored together
         with transaction.atomic():
             for symbol, feed in self.feeds.items():
                 own = [replace(q, symbol=symbol) for q in by_source.get(feed.source_symbol, ())]
-                item = self._price_one(feed, own, now, source_ms, contract_prices.get(symbol))
+                item = self._price_one(feed, own, now, source_ms, contract_prices.get(symbol), minutes)
                 if item is not None:
                     inputs.append(item)
+            if minutes:
+                price_minutes_record(minutes=minutes)
             if inputs:
                 price_publish_many(prices=inputs)
         for item in inputs:
@@ -369,7 +373,8 @@ class PriceFeed:
         return True
 
     def _price_one(
-        self, feed: _Symbol, quotes: list[VenueQuote], now: datetime, source_ms: int, contract_price: Decimal | None
+        self, feed: _Symbol, quotes: list[VenueQuote], now: datetime, source_ms: int, contract_price: Decimal | None,
+        minutes: list[MinuteInput],
     ) -> PriceInput | None:
         symbol = feed.contract.symbol
         started = time.perf_counter()
@@ -402,7 +407,7 @@ class PriceFeed:
                 ANOMALIES.labels(symbol, record.type.value, record.severity.value).inc()
         MARK_PAUSED.labels(symbol).set(1 if update.state.paused else 0)
         if index.is_fresh and not update.cached:
-            self._collect_minute(feed, index, mark, now)
+            self._collect_minute(feed, index, mark, now, minutes)
         if index.price is None or mark.price is None:
             return None  # nothing trustworthy yet: publish nothing rather than a guess
         if mark.status is MarkStatus.PAUSED:
@@ -427,11 +432,12 @@ class PriceFeed:
 
     # -- per-minute records -------------------------------------------------------------
 
-    def _collect_minute(self, feed: _Symbol, index, mark, now: datetime) -> None:
+    def _collect_minute(self, feed: _Symbol, index, mark, now: datetime, ended: list[MinuteInput]) -> None:
+        """Add the tick's quotes to the minute; a minute that ended goes to `ended` (stored by the caller)."""
         minute = now.replace(second=0, microsecond=0)
         bucket = feed.minute
         if bucket.minute is not None and bucket.minute != minute:
-            self._flush_minute(feed)
+            ended.extend(self._detach_minute(feed))
             bucket = feed.minute
         bucket.minute = minute
         bucket.index_price = index.price
@@ -439,15 +445,19 @@ class PriceFeed:
         for used in index.used:
             bucket.quotes[used.quote.venue][used.quote.timestamp] = used.quote
 
-    def _flush_minute(self, feed: _Symbol) -> None:
+    def _detach_minute(self, feed: _Symbol) -> list[MinuteInput]:
+        """Start a new minute; the one it replaces, as a record to store (none when empty)."""
         bucket = feed.minute
         feed.minute = _MinuteBucket()
         if bucket.minute is None or not bucket.quotes or bucket.mark_price is None:
-            return
-        price_minute_record(
-            contract=feed.contract, minute=bucket.minute, index_price=bucket.index_price,
-            mark_price=bucket.mark_price, venues=bucket.venues(),
-        )
+            return []
+        return [MinuteInput(contract=feed.contract, minute=bucket.minute, index_price=bucket.index_price,
+                            mark_price=bucket.mark_price, venues=bucket.venues())]
+
+    def _flush_minute(self, feed: _Symbol) -> None:
+        minutes = self._detach_minute(feed)
+        if minutes:
+            price_minutes_record(minutes=minutes)
 
     # -- ops interaction ----------------------------------------------------------------
 

@@ -9,13 +9,14 @@ row is committed. Prices are Decimals; floats are refused.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.contracts.models import Contract
@@ -217,6 +218,53 @@ def price_minute_record(
         row.mark_price = mark_price
         row.save(update_fields=["venues", "index_price", "mark_price"])
         return row
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteInput:
+    """One contract's minute for `price_minutes_record`."""
+
+    contract: Contract
+    minute: datetime
+    index_price: Decimal
+    mark_price: Decimal
+    venues: dict[str, dict]
+
+
+MINUTES_INSERT_SQL = f"""
+INSERT INTO {PriceMinute._meta.db_table} (contract_id, minute, index_price, mark_price, venues)
+SELECT * FROM unnest(%s::bigint[], %s::timestamptz[], %s::numeric[], %s::numeric[], %s::jsonb[])
+ON CONFLICT (contract_id, minute) DO NOTHING
+RETURNING contract_id, minute
+"""
+
+
+def price_minutes_record(*, minutes: Sequence[MinuteInput]) -> int:
+    """`price_minute_record` for several contracts: one INSERT for the minutes not stored yet
+    (the pricefeed's case every minute), the merge only for those already stored (a restart
+    mid-minute). Returns how many were merged."""
+    rows = []
+    for item in minutes:
+        minute = _aware(item.minute).replace(second=0, microsecond=0)
+        index_price = _price(item.index_price, "index_price")
+        mark_price = quantize_to_tick(_price(item.mark_price, "mark_price"), item.contract.tick_size)
+        clean = {venue: _venue_entry(entry) for venue, entry in item.venues.items()}
+        rows.append((item, minute, index_price, mark_price, clean))
+    if not rows:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(MINUTES_INSERT_SQL, [
+            [item.contract.pk for item, *_ in rows], [r[1] for r in rows], [r[2] for r in rows],
+            [r[3] for r in rows], [json.dumps(r[4]) for r in rows],
+        ])
+        created = set(cursor.fetchall())
+    merged = 0
+    for item, minute, index_price, mark_price, clean in rows:
+        if (item.contract.pk, minute) not in created:
+            price_minute_record(contract=item.contract, minute=minute, index_price=index_price,
+                                mark_price=mark_price, venues=clean)
+            merged += 1
+    return merged
 
 
 def _venue_entry(entry: dict) -> dict:

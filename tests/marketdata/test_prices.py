@@ -3,9 +3,10 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
-from apps.marketdata.models import PriceSample, PriceStatus
+from apps.marketdata.models import PriceMinute, PriceSample, PriceStatus
 from apps.marketdata.selectors import (
     funding_time_next,
     price_history,
@@ -14,9 +15,11 @@ from apps.marketdata.selectors import (
     price_settlement_quotes,
 )
 from apps.marketdata.services import (
+    MinuteInput,
     mark_listener_register,
     mark_listener_unregister,
     price_minute_record,
+    price_minutes_record,
     price_publish,
 )
 from apps.marketdata.snapshot import PRICE_KEY, PriceSnapshot
@@ -106,6 +109,36 @@ def test_minute_records_merge_and_feed_the_settlement_quotes(btcusdt):
         ("binance", D("90020"), D("3")),  # (90000*1 + 90030*2) / 3
         ("okx", D("90005"), D("3")),
     ]
+
+
+def test_minutes_of_several_contracts_are_one_insert_and_a_stored_minute_is_merged(btcusdt, ethusdt):
+    minute = T0.replace(second=0, microsecond=0)
+    binance = {"binance": {"price": "90000", "volume": "1", "quotes": 2, "last_ts": 5}}
+    price_minute_record(contract=btcusdt, minute=minute, index_price=D("90000"), mark_price=D("90001"),
+                        venues=binance)
+    later = minute + timedelta(minutes=1)
+    with CaptureQueriesContext(connection) as queries:
+        merged = price_minutes_record(minutes=[
+            MinuteInput(contract=btcusdt, minute=later, index_price=D("90100"), mark_price=D("90100.04"),
+                        venues={"okx": {"price": "90100", "volume": "2", "quotes": 1, "last_ts": 70}}),
+            MinuteInput(contract=ethusdt, minute=later, index_price=D("3000"), mark_price=D("3000.006"),
+                        venues={"okx": {"price": "3000", "volume": "4", "quotes": 3, "last_ts": 71}}),
+        ])
+    assert merged == 0 and len(queries) == 1
+    stored = {(r.contract_id, r.minute): r for r in PriceMinute.objects.filter(minute=later)}
+    assert stored[(btcusdt.pk, later)].mark_price == D("90100.0")  # to the contract's tick
+    assert stored[(ethusdt.pk, later)].mark_price == D("3000.01")
+    assert stored[(ethusdt.pk, later)].venues == {"okx": {"price": "3000", "volume": "4", "quotes": 3, "last_ts": 71}}
+    # A minute already stored (a restart mid-minute) merges as price_minute_record does.
+    merged = price_minutes_record(minutes=[
+        MinuteInput(contract=btcusdt, minute=minute + timedelta(seconds=30), index_price=D("90010"),
+                    mark_price=D("90011"), venues={"binance": {"price": "90030", "volume": "2", "quotes": 1,
+                                                               "last_ts": 9}}),
+    ])
+    assert merged == 1
+    row = PriceMinute.objects.get(contract=btcusdt, minute=minute)
+    assert row.venues == {"binance": {"price": "90020.00000000", "volume": "3", "quotes": 3, "last_ts": 9}}
+    assert (row.index_price, row.mark_price) == (D("90010"), D("90011"))
 
 
 def test_next_funding_time_follows_the_8h_schedule(btcusdt):
