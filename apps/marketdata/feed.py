@@ -465,6 +465,10 @@ class PriceFeed:
         """Resume mark updates of symbols whose pause ops lifted in the admin."""
         since = self._lift_checked_at - timedelta(seconds=5)  # overlap: lifts committed late
         self._lift_checked_at = timezone.now()
+        # Ops can only lift a pause in force (price_pause_lift), and every pause in force is
+        # in a detector (imposed here, or restored at set-up): with none, no query each tick.
+        if not any(f.pipeline.detector.is_paused(f.contract.symbol, now=source_ms) for f in self.feeds.values()):
+            return
         by_id = {f.contract.pk: f for f in self.feeds.values()}
         for anomaly in pause_lifts_since(contracts=[f.contract for f in self.feeds.values()], since=since):
             if anomaly.pk in self._lifts_seen:

@@ -4,6 +4,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -112,6 +114,21 @@ def test_volume_spike_pauses_the_mark_until_ops_lift_it(feed, t0, btcusdt, admin
     ticks(feed, t0, 13, 1)
     sample = PriceSample.objects.latest("at")
     assert (sample.mark_price, sample.status) == (D("91000"), PriceStatus.FRESH)
+
+
+def test_lifts_are_looked_for_only_while_a_pause_is_in_force(feed, t0, btcusdt):
+    def lift_reads(start):
+        with CaptureQueriesContext(connection) as queries:
+            ticks(feed, t0, start, 1)
+        return sum('"lifted_at" >=' in q["sql"] for q in queries.captured_queries)
+
+    ticks(feed, t0, 0, 11)
+    assert lift_reads(11) == 0
+    feed.source.volume = D("2500")  # HIGH: paused for 5 minutes
+    assert lift_reads(12) == 0  # paused during this tick, after the look
+    feed.source.volume = D("400")
+    assert lift_reads(13) == 1
+    assert lift_reads(13 + 50) == 0  # 5 minutes later the pause is over
 
 
 def test_stale_index_holds_the_last_value_and_records_one_episode(feed, t0, btcusdt):
