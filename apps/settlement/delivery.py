@@ -685,12 +685,13 @@ def delivery_roll(*, now: datetime | None = None) -> list[Contract]:
     if not settings.DELIVERY_ROLL_ENABLED:
         return []
     now = now or timezone.now()
-    symbols = Contract.objects.filter(contract_type=ContractType.DELIVERY).values_list("symbol", flat=True)
+    # Every symbol in one read (a few per base and year): the bases, and what is listed already.
+    rows = list(Contract.objects.values_list("symbol", "contract_type"))
+    existing = {symbol for symbol, _ in rows}
     listed = []
-    for base in sorted({_base_of(s) for s in symbols}):
+    for base in sorted({_base_of(s) for s, kind in rows if kind == ContractType.DELIVERY}):
         for expiry in quarterly_expiries_after(now, count=2):
-            if expiry <= now + CLOSE_ONLY_BEFORE or Contract.objects.filter(
-                    symbol=delivery_symbol(base, expiry)).exists():
+            if expiry <= now + CLOSE_ONLY_BEFORE or delivery_symbol(base, expiry) in existing:
                 continue
             listed.append(delivery_list(base_symbol=base, delivery_time=expiry, now=now))
     return listed

@@ -414,7 +414,8 @@ def test_a_cross_loss_beyond_the_wallet_is_covered_by_the_fund_then_bad_debt(qua
     assert run_all_invariants() == []
 
 
-def test_roll_lists_the_current_and_next_quarter_across_the_year_boundary(quarterly, settings):
+def test_roll_lists_the_current_and_next_quarter_across_the_year_boundary(quarterly, settings,
+                                                                          django_assert_num_queries):
     settings.DELIVERY_ROLL_ENABLED = True
     listed = delivery_roll(now=datetime(2026, 12, 20, tzinfo=timezone.utc))
     assert [c.symbol for c in listed] == ["BTCUSDT_270326"]
@@ -425,7 +426,8 @@ def test_roll_lists_the_current_and_next_quarter_across_the_year_boundary(quarte
         sorted(WEIGHTS.items())
     # After December's delivery time: March and June 2027.
     assert [c.symbol for c in delivery_roll(now=DT + timedelta(seconds=1))] == ["BTCUSDT_270625"]
-    assert delivery_roll(now=DT + timedelta(seconds=2)) == []  # idempotent
+    with django_assert_num_queries(1):  # nothing to list: one read of the symbols, each minute
+        assert delivery_roll(now=DT + timedelta(seconds=2)) == []  # idempotent
     delivery_advance(now=DT + timedelta(minutes=1))
     assert Contract.objects.get(symbol="BTCUSDT_270326").status == S.TRADING
 
