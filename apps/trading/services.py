@@ -19,7 +19,7 @@ from decimal import Decimal
 from django.db import IntegrityError, connection, transaction
 
 from apps.contracts.grid import Grid, OffGrid
-from apps.contracts.lifecycle import ACCEPTING_STATUSES, status_share_lock
+from apps.contracts.lifecycle import ACCEPTING_STATUSES
 from apps.contracts.models import Contract, ContractStatus
 from apps.contracts.tiers import TierError, max_leverage_for_notional
 from apps.ledger.errors import InsufficientBalance
@@ -29,7 +29,7 @@ from apps.ledger.services import account_get_or_create, ledger_transfer
 from apps.liquidation.models import Liquidation, LiquidationStatus
 from apps.ops.metrics import RISK_CHECK, measure_latency
 from apps.positions.models import Position
-from apps.positions.services import position_and_balances_lock, position_lock
+from apps.positions.services import entry_lock
 from apps.risk.services import risk_pretrade_check
 from apps.positions.tiers import contract_tiers
 from exchange.errors import ErrorCode
@@ -318,9 +318,10 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
                          "(unless you choose reduce only).", ErrorCode.MIN_NOTIONAL)
 
     with transaction.atomic():
-        # Read again FOR SHARE: a lifecycle change (close-only, settling, halt) waits for this order.
-        _check_status(contract, status_share_lock(contract.pk), reducing=reducing)
-        position, balances = position_and_balances_lock(user=user, contract=contract)
+        # The status read again FOR SHARE (a lifecycle change - close-only, settling, halt - waits
+        # for this order), then the balances and the position, locked in one statement.
+        status, position, balances = entry_lock(user=user, contract=contract)
+        _check_status(contract, status, reducing=reducing)
         exposure = _entry_state(user=user, contract=contract)
         # Liquidation freeze: judged under the balance lock that starting a liquidation also takes.
         if exposure["frozen"]:
@@ -499,8 +500,8 @@ def order_amend(*, user, contract: Contract, quantity, price, side: str | None =
         raise _missing("price")
     with transaction.atomic():
         # An amend can match: only while the contract matches (any order may be amended in close-only).
-        _check_status(contract, status_share_lock(contract.pk), reducing=True)
-        position_lock(user=user, contract=contract)  # money before the order row: the lock order
+        # Money before the order row: the lock order.
+        _check_status(contract, entry_lock(user=user, contract=contract)[0], reducing=True)
         order = order_get(user=user, contract=contract, order_id=order_id, client_order_id=client_order_id, lock=True)
         if side is not None and side != order.side:
             raise _error("Side does not match the order.", ErrorCode.INVALID_SIDE)
