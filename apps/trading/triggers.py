@@ -3,8 +3,8 @@
 Runs inside the matcher's batch transaction, before the batch reads its commands, so a
 fired order is journalled (a NEW command with the next sequence number) atomically
 with everything else the batch books: a crash fires it again or not at all, never
-twice. A waiting order is locked (SKIP LOCKED: one being cancelled right now is left
-for the next round, and the cancel wins). STOP and TAKE_PROFIT watch the mark price
+twice. A waiting order that is due (or moves its trailing extreme) is locked (SKIP LOCKED:
+one being cancelled right now is left for the next round, and the cancel wins). STOP and TAKE_PROFIT watch the mark price
 (`workingType=MARK_PRICE`) or the last trade price (CONTRACT_PRICE); a trailing stop
 tracks its extreme price in `trail_extreme`.
 
@@ -15,7 +15,7 @@ and expire (margin released) if there is none left to reduce.
 import logging
 from decimal import Decimal
 
-from django.db.models import Q
+from django.db import connection
 from django.utils import timezone
 
 from apps.positions.models import Position
@@ -38,27 +38,67 @@ def _waiting(contract):
     )
 
 
+# The waiting orders as plain rows, unlocked: most batches find none due, and then neither a
+# model per order nor a row lock per order (a tuple write each) is worth paying for. The
+# constants are inlined so the planner matches the partial index order_conditional_waiting.
+WAITING_SQL = (
+    "SELECT id, order_type, side, working_type, stop_price, trail_extreme, activation_price, callback_rate"
+    " FROM trading_order WHERE contract_id = %s AND status = '{status}' AND triggered_at IS NULL"
+    " AND order_type IN ({types}) ORDER BY id"
+).format(status=OrderStatus.NEW, types=", ".join(f"'{t}'" for t in CONDITIONAL_TYPES))
+
+
+def _step(order, price: Decimal) -> tuple[Decimal | None, bool]:
+    """(trail extreme after this price, due?) of a waiting order (a model or a `WAITING_SQL` row's namespace)."""
+    if order.order_type == OrderType.TRAILING_STOP_MARKET:
+        return trailing_step(side=order.side, price=price, extreme=order.trail_extreme,
+                             activation_price=order.activation_price, callback_rate=order.callback_rate)
+    return order.trail_extreme, is_triggered(order_type=order.order_type, side=order.side,
+                                             stop_price=order.stop_price, price=price)
+
+
+class _Row:
+    __slots__ = ("pk", "order_type", "side", "working_type", "stop_price", "trail_extreme", "activation_price",
+                 "callback_rate")
+
+    def __init__(self, row):
+        (self.pk, self.order_type, self.side, self.working_type, self.stop_price, self.trail_extreme,
+         self.activation_price, self.callback_rate) = row
+
+
 def triggers_fire(*, contract) -> tuple[list[Order], dict[int, Decimal]]:
-    """Fire what is due; returns the fired orders and the margin to release per user (expired ones)."""
-    waiting = list(_waiting(contract))
-    if not waiting:
+    """Fire what is due; returns the fired orders and the margin to release per user (expired ones).
+
+    The waiting orders are judged first on an unlocked read; only those that fire or move
+    their trailing extreme are then locked (SKIP LOCKED), read again and judged again on
+    the locked rows, which decides. A cancel that committed in between is seen there."""
+    with connection.cursor() as cursor:
+        cursor.execute(WAITING_SQL, [contract.pk])
+        rows = [_Row(r) for r in cursor.fetchall()]
+    if not rows:
         return [], {}
     mark = mark_price(contract)
-    last = last_price(contract) if any(o.working_type == WorkingType.CONTRACT_PRICE for o in waiting) else None
+    last = last_price(contract) if any(r.working_type == WorkingType.CONTRACT_PRICE for r in rows) else None
+    candidates = []
+    for row in rows:
+        price = mark if row.working_type == WorkingType.MARK_PRICE else last
+        if price is None:
+            continue
+        extreme, due = _step(row, price)
+        if due or extreme != row.trail_extreme:
+            candidates.append(row.pk)
+    if not candidates:
+        return [], {}
     fired: list[Order] = []
     trailed: list[Order] = []
-    for order in waiting:
+    for order in _waiting(contract).filter(pk__in=candidates):
         price = mark if order.working_type == WorkingType.MARK_PRICE else last
         if price is None:
             continue
-        if order.order_type == OrderType.TRAILING_STOP_MARKET:
-            extreme, due = trailing_step(side=order.side, price=price, extreme=order.trail_extreme,
-                                         activation_price=order.activation_price, callback_rate=order.callback_rate)
-            if extreme != order.trail_extreme:
-                order.trail_extreme = extreme
-                trailed.append(order)
-        else:
-            due = is_triggered(order_type=order.order_type, side=order.side, stop_price=order.stop_price, price=price)
+        extreme, due = _step(order, price)
+        if extreme != order.trail_extreme:
+            order.trail_extreme = extreme
+            trailed.append(order)
         if due:
             fired.append(order)
     if trailed:
