@@ -80,14 +80,18 @@ class TradeRow:
     created_at: object = None
 
 
+BATCH_LIMIT = 2000  # commands per batch
+
+
 @dataclass
 class BatchResult:
     commands: int
     trades: list = field(default_factory=list)  # TradeRow, in execution order
     seconds: float = 0.0
+    liquidation_kicked: bool = False  # a liquidation's next step was asked for after commit
 
 
-def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | None:
+def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchResult | None:
     contract = engine.contract
     started = time.perf_counter()
     with transaction.atomic(durable=True):
@@ -238,6 +242,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = 2000) -> BatchResult | N
         if any(c.order.order_type == OrderType.LIQUIDATION for c in commands):
             # Liquidation hook: the liquidation's next step is decided once these fills are committed.
             transaction.on_commit(_liquidation_kick)
+            result.liquidation_kicked = True
     result.seconds = time.perf_counter() - started
     return result
 
