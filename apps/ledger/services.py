@@ -34,7 +34,7 @@ from .models import (
     TransactionKind,
 )
 from .money import exponent_for, quantize_amount, to_decimal
-from .staging import LegRows, Stage, legs_stage
+from .staging import ARRAYS, COPY_FROM_LEGS, LegRows, Stage, legs_stage
 
 _KINDS = frozenset(TransactionKind.values)
 _ZERO = Decimal(0)
@@ -320,6 +320,80 @@ def _write(stage, *, txn_ids: list[int | None], once: bool, assets: dict[str, As
         raise InsufficientBalance(f"Insufficient balance: account {account_id} would hold {after:f} {asset.code}.")
 
 
+# One posting without an idempotency key (an order's margin hold or release, a matcher
+# batch, a deposit): the lock, the transaction row and the write in one statement instead of
+# three. The balance rows are locked in (account id, asset id) order as by LOCK_SQL, and the
+# amounts the posting adds to are read from that lock (a locked row is read at its latest
+# version); nothing is written when a balance row is missing (the caller then creates them
+# and takes the general path) or when a balance would end below zero (`short`, as WRITE_SQL).
+ONE_SQL = """
+{legs},
+pairs AS MATERIALIZED (SELECT DISTINCT account_id, asset_id FROM legs),
+locked AS MATERIALIZED (
+    SELECT b.id, b.account_id, b.asset_id, b.amount, b.may_go_negative
+    FROM ledger_balance b JOIN pairs t ON b.account_id = t.account_id AND b.asset_id = t.asset_id
+    ORDER BY b.account_id, b.asset_id
+    FOR UPDATE OF b
+),
+complete AS MATERIALIZED (SELECT (SELECT count(*) FROM locked) = (SELECT count(*) FROM pairs) AS ok),
+run AS MATERIALIZED (
+    SELECT l.ord, l.p, l.account_id, l.asset_id, l.amount, b.id AS balance_id, b.may_go_negative, {after}
+    FROM legs l
+    JOIN locked b ON b.account_id = l.account_id AND b.asset_id = l.asset_id
+    WHERE (SELECT ok FROM complete)
+    {window}
+),
+short AS (
+    SELECT p, account_id, asset_id, after FROM run
+    WHERE ends_posting AND after < 0 AND NOT may_go_negative
+    ORDER BY p, account_id, asset_id LIMIT 1
+),
+txn AS (
+    INSERT INTO ledger_ledgertransaction (kind, idempotency_key, memo, reference, created_by_id, created_at)
+    SELECT %s::text, NULL, %s::text, %s::jsonb, %s::bigint, %s::timestamptz
+    WHERE (SELECT ok FROM complete) AND NOT EXISTS (SELECT FROM short)
+    RETURNING id
+),
+entries AS (
+    INSERT INTO ledger_ledgerentry (transaction_id, account_id, asset_id, amount, balance_after)
+    SELECT t.id, r.account_id, r.asset_id, r.amount, r.after FROM run r CROSS JOIN txn t
+    ORDER BY r.ord
+),
+balances AS (
+    UPDATE ledger_balance b SET amount = r.after, updated_at = now()
+    FROM run r
+    WHERE r.ends_call AND b.id = r.balance_id AND EXISTS (SELECT FROM txn)
+)
+SELECT c.ok, (SELECT id FROM txn), s.account_id, s.asset_id, s.after
+FROM complete c LEFT JOIN short s ON true
+"""
+_ONE_SQL = {once: ONE_SQL.format(legs=ARRAYS, after=ONCE if once else RUNNING, window="" if once else WINDOW)
+            for once in (True, False)}
+_TXN_FIELDS = [LedgerTransaction._meta.get_field(name) for name in ("memo", "reference", "created_by", "created_at")]
+
+
+def _post_one(posting: Posting, rows: LegRows, assets: dict[str, Asset]) -> LedgerTransaction | None:
+    """Book one keyless posting in one statement; None (nothing written) when a balance row is missing."""
+    txn = LedgerTransaction(kind=posting.kind, memo=posting.memo[:255], reference=posting.reference,
+                            created_by_id=posting.created_by_id)
+    memo, reference, created_by, created_at = (
+        f.get_db_prep_save(f.pre_save(txn, add=True), connection) for f in _TXN_FIELDS)
+    once = len(set(zip(rows.account_id, rows.asset_id))) == len(rows.account_id)
+    with prepared_cursor() as cursor:
+        cursor.execute(_ONE_SQL[once], [rows.posting, rows.account_id, rows.asset_id, rows.amount,
+                                        str(posting.kind), memo, reference, created_by, created_at])
+        complete, txn_id, account_id, asset_id, after = cursor.fetchone()
+    if not complete:
+        return None
+    if txn_id is None:
+        asset = next(a for a in assets.values() if a.pk == asset_id)
+        after = quantize_amount(after, asset.precision)
+        raise InsufficientBalance(f"Insufficient balance: account {account_id} would hold {after:f} {asset.code}.")
+    txn.pk = txn_id
+    txn._state.adding, txn._state.db = False, connection.alias
+    return txn
+
+
 def ledger_post_many(*, postings: Sequence[Posting], savepoint: bool = True) -> list[LedgerTransaction]:
     """Book postings in order; returns one transaction per posting (the earlier one for a repeated key).
 
@@ -335,6 +409,11 @@ def ledger_post_many(*, postings: Sequence[Posting], savepoint: bool = True) -> 
     if len(keys) != len(set(keys)):
         raise LedgerError("The same idempotency key appears twice in one call.")
 
+    if len(postings) == 1 and not keys and len(rows.amount) < COPY_FROM_LEGS:
+        with transaction.atomic(savepoint=savepoint):
+            txn = _post_one(postings[0], rows, assets)
+        if txn is not None:
+            return [txn]
     # Its own savepoint: a refused posting leaves the caller's transaction usable.
     with transaction.atomic(savepoint=savepoint), legs_stage(rows) as stage:
         pairs, legs = _lock(stage)

@@ -182,3 +182,42 @@ def test_a_transfer_without_savepoint_books_the_same_in_fewer_round_trips(alice,
     with pytest.raises(InsufficientBalance), transaction.atomic():
         ledger_transfer(source=wallet(alice), destination=held, asset=usdt, amount=D("8"), savepoint=False)
     assert snapshot() == before
+
+
+def test_one_keyless_posting_is_one_statement_with_the_same_entries(alice, usdt, wallet, external):
+    """Lock, transaction row and write in one statement; running balances when a balance repeats."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    wallet_deposit(user=alice, asset=usdt, amount=D("10"))
+    held = system_account(AccountKind.FEE_INCOME)
+    ledger_transfer(source=wallet(alice), destination=held, asset=usdt, amount=D("1"))  # creates the balance row
+    legs = [Leg(wallet(alice), usdt, D("-4")), Leg(held, usdt, D("4")),
+            Leg(wallet(alice), usdt, D("2.5")), Leg(held, usdt, D("-2.5"))]
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        txn = ledger_post(kind=TransactionKind.TRADE, legs=legs, memo="m", reference={"order_id": 7}, savepoint=False)
+    assert len(queries) == 1
+    stored = LedgerTransaction.objects.get(pk=txn.pk)
+    assert (stored.kind, stored.memo, stored.reference, stored.idempotency_key) == ("TRADE", "m", {"order_id": 7}, None)
+    assert stored.created_at == txn.created_at and not txn._state.adding
+    rows = list(stored.entries.order_by("id").values_list("account_id", "amount", "balance_after"))
+    w, h = wallet(alice).pk, held.pk
+    assert rows == [(w, D("-4"), D("5")), (h, D("4"), D("5")), (w, D("2.5"), D("7.5")), (h, D("-2.5"), D("2.5"))]
+    assert balance_amount(account=wallet(alice), asset_code="USDT") == D("7.5")
+
+    # A balance short after the posting's legs: refused, nothing written (with or without savepoint).
+    before = snapshot()
+    for savepoint in (True, False):
+        with pytest.raises(InsufficientBalance, match=f"account {w} would hold -0.50000000 USDT"), \
+                transaction.atomic():
+            ledger_post(kind=TransactionKind.TRADE, legs=[Leg(wallet(alice), usdt, D("-9")), Leg(held, usdt, D("9")),
+                                                        Leg(wallet(alice), usdt, D("1")), Leg(held, usdt, D("-1"))],
+                        savepoint=savepoint)
+        assert snapshot() == before
+
+
+def test_one_keyless_posting_creates_missing_balance_rows(make_user, usdt, wallet, external):
+    bob = make_user("bob")
+    txn = ledger_transfer(source=external, destination=wallet(bob), asset=usdt, amount=D("3"))
+    assert balance_amount(account=wallet(bob), asset_code="USDT") == D("3")
+    assert sorted(txn.entries.values_list("amount", flat=True)) == [D("-3"), D("3")]
