@@ -79,9 +79,12 @@ class BookedFill:
 
 @dataclass
 class _PositionState:
-    row: Position
+    pk: int
+    leverage: int
     size: Decimal
     entry_price: Decimal
+    stored_size: Decimal  # as read under the lock: `_write_positions` writes only what moved
+    stored_entry_price: Decimal
     realized: Decimal = Decimal(0)
     isolated_balance: Decimal = Decimal(0)
 
@@ -101,37 +104,82 @@ def _ensure_positions(contract, user_ids: set[int]) -> dict[int, Position]:
     return existing
 
 
+# Per user: the position and every account a booking may post to, in one round trip (the
+# unique (kind, user, contract) index serves each join). `_accounts_and_positions` falls back to
+# the creating lookups when anything is missing (a first fill, a new isolated position).
+ACCOUNTS_POSITIONS_SQL = f"""
+SELECT u.id, p.id, p.margin_type, w.id, m.id, i.id
+FROM unnest(%s::int[]) AS u(id)
+LEFT JOIN positions_position p ON p.user_id = u.id AND p.contract_id = %s
+LEFT JOIN ledger_account w ON w.user_id = u.id AND w.kind = '{AccountKind.WALLET}' AND w.contract_id IS NULL
+LEFT JOIN ledger_account m ON m.user_id = u.id AND m.kind = '{AccountKind.ORDER_MARGIN}' AND m.contract_id IS NULL
+LEFT JOIN ledger_account i ON i.user_id = u.id AND i.kind = '{AccountKind.ISOLATED_MARGIN}' AND i.contract_id = %s
+"""
+POSITIONS_LOCK_SQL = ("SELECT id, user_id, size, entry_price, leverage FROM positions_position"
+                      " WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE")
+
+
+def _accounts_and_positions(contract, user_ids: set[int], order_margin_users: set[int]):
+    """(position ids, wallets, isolated-margin accounts, order-margin accounts), each by user id.
+
+    Wallets for every user, isolated-margin accounts for the users whose position is isolated,
+    order-margin accounts for `order_margin_users`; missing positions and accounts are created.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(ACCOUNTS_POSITIONS_SQL, [array_literal(sorted(user_ids)), contract.pk, contract.pk])
+        rows = cursor.fetchall()
+    positions, wallets, isolated, order_margin = {}, {}, {}, {}
+    for user_id, position_id, margin_type, wallet, margin, iso in rows:
+        isolated_position = margin_type == MarginType.ISOLATED
+        if position_id is None or wallet is None or (margin is None and user_id in order_margin_users) \
+                or (iso is None and isolated_position):
+            break
+        positions[user_id], wallets[user_id] = position_id, wallet
+        if user_id in order_margin_users:
+            order_margin[user_id] = margin
+        if isolated_position:
+            isolated[user_id] = iso
+    else:
+        return positions, wallets, isolated, order_margin
+    # Something to create: the lookups that create it, in the order accounts were always created in.
+    order_margin = accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=order_margin_users)
+    rows = _ensure_positions(contract, user_ids)
+    wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=user_ids)
+    isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, contract=contract,
+                                  user_ids={u for u, p in rows.items() if p.margin_type == MarginType.ISOLATED})
+    return {u: p.pk for u, p in rows.items()}, wallets, isolated, order_margin
+
+
 class _Book:
     """The per-account ledger deltas of one booking, over balances and positions it has locked."""
 
-    def __init__(self, contract, user_ids: set[int], extra_accounts=()):
+    def __init__(self, contract, user_ids: set[int], order_margin_users: set[int] = frozenset()):
         self.contract = contract
         self.precision = contract.settle_asset.precision
         self.cs = contract.contract_size
-        positions = _ensure_positions(contract, user_ids)
-        self.wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=user_ids)
-        isolated_users = {u for u, p in positions.items() if p.margin_type == MarginType.ISOLATED}
-        self.isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=isolated_users,
-                                           contract=contract)
+        positions, self.wallets, self.isolated, self.order_margin = _accounts_and_positions(
+            contract, user_ids, set(order_margin_users))
         self.fund = system_account(AccountKind.INSURANCE_FUND).pk
         self.bad_debt = system_account(AccountKind.BAD_DEBT).pk
         self.fee_income = system_account(AccountKind.FEE_INCOME).pk
         self.pnl_clearing = system_account(AccountKind.PNL_CLEARING).pk
-        # Every balance the posting can touch (`extra_accounts`: the rest), locked before anything
-        # is decided from them, all at once in the ledger's lock order: the posting then takes no
-        # lock out of order (delivery locks the same system accounts in one pass). Then the
+        # Every balance the posting can touch (the order margin released included), locked before
+        # anything is decided from them, all at once in the ledger's lock order: the posting then
+        # takes no lock out of order (delivery locks the same system accounts in one pass). Then the
         # positions, read again under their row locks (an ADL step may have just committed a
         # change to them: it holds these balances while it writes).
         self.current = balances_lock(account_ids=[*self.wallets.values(), *self.isolated.values(), self.fund,
                                                   self.bad_debt, self.fee_income, self.pnl_clearing,
-                                                  *extra_accounts], asset=contract.settle_asset)
-        locked = Position.objects.filter(pk__in=[p.pk for p in positions.values()]).order_by("pk") \
-            .select_for_update(of=("self",))
+                                                  *self.order_margin.values()], asset=contract.settle_asset)
+        with connection.cursor() as cursor:
+            cursor.execute(POSITIONS_LOCK_SQL, [array_literal(sorted(positions.values()))])
+            locked = cursor.fetchall()
         self.states = {
-            p.user_id: _PositionState(row=p, size=p.size, entry_price=p.entry_price,
-                                      isolated_balance=self.current[self.isolated[p.user_id]]
-                                      if p.user_id in self.isolated else Decimal(0))
-            for p in locked
+            user_id: _PositionState(pk=pk, leverage=leverage, size=size, entry_price=entry_price, stored_size=size,
+                                    stored_entry_price=entry_price,
+                                    isolated_balance=self.current[self.isolated[user_id]]
+                                    if user_id in self.isolated else Decimal(0))
+            for pk, user_id, size, entry_price, leverage in locked
         }
         self.delta: dict[int, Decimal] = defaultdict(Decimal)  # account id -> amount
 
@@ -156,7 +204,7 @@ class _Book:
                 delta[iso] -= back
                 delta[wallet] += back
             if result.opened:
-                im = quantize_amount(result.opened * price * self.cs / Decimal(state.row.leverage), precision)
+                im = quantize_amount(result.opened * price * self.cs / Decimal(state.leverage), precision)
                 state.isolated_balance += im
                 delta[iso] += im
                 delta[wallet] -= im
@@ -187,14 +235,18 @@ class _Book:
                                 bad_debt=self.bad_debt)
         return {u: covers[a] for u, a in self.wallets.items() if a in covers}
 
-    def post(self, *, kind: str, reference: dict, idempotency_key: str | None = None) -> int | None:
-        """One balanced posting of the deltas, then the positions; the transaction id (None: nothing moved)."""
+    def post(self, *, kind: str, reference: dict, idempotency_key: str | None = None,
+             savepoint: bool = True) -> int | None:
+        """One balanced posting of the deltas, then the positions; the transaction id (None: nothing moved).
+
+        `savepoint=False`: the caller's transaction rolls back anyway when the posting is refused."""
         asset = self.contract.settle_asset
         legs = [Leg(account_id, asset, amount) for account_id, amount in sorted(self.delta.items()) if amount]
         txn_id = None
         if legs:
             txn_id = ledger_post_many(postings=[Posting(kind=kind, legs=legs, reference=reference,
-                                                        idempotency_key=idempotency_key)])[0].pk
+                                                        idempotency_key=idempotency_key)],
+                                      savepoint=savepoint)[0].pk
         _write_positions(self.states.values())
         return txn_id
 
@@ -204,8 +256,8 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
     user_ids = {f.taker_user_id for f in fills} | {f.maker_user_id for f in fills} | set(releases)
     if not user_ids:
         return BatchBooking()
-    order_margin = accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=set(releases))
-    book = _Book(contract, user_ids, extra_accounts=order_margin.values())
+    book = _Book(contract, user_ids, order_margin_users=set(releases))
+    order_margin = book.order_margin
     delta, wallets, fund, precision, cs = book.delta, book.wallets, book.fund, book.precision, book.cs
     fee_income = Decimal(0)
     pnl_clearing = Decimal(0)
@@ -262,7 +314,9 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
             if user_id in by_user:
                 by_user[user_id].fund_cover += covered
                 by_user[user_id].bad_debt += bad
-    booking.ledger_transaction_id = book.post(kind=TransactionKind.TRADE, reference=reference)
+    # No savepoint of its own: a refused posting fails the batch, whose transaction rolls back (the
+    # matcher rebuilds the book and replays it), so the SAVEPOINT / RELEASE pair was pure cost.
+    booking.ledger_transaction_id = book.post(kind=TransactionKind.TRADE, reference=reference, savepoint=False)
     if outcomes:
         from apps.liquidation.services import liquidation_outcomes_record  # liquidation builds on positions
 
@@ -398,7 +452,7 @@ def deficits_cover(*, wallets: dict[int, int], delta: dict[int, Decimal], curren
 
 
 def _write_positions(states) -> None:
-    changed = [s for s in states if s.size != s.row.size or s.entry_price != s.row.entry_price or s.realized]
+    changed = [s for s in states if s.size != s.stored_size or s.entry_price != s.stored_entry_price or s.realized]
     if not changed:
         return
     with connection.cursor() as cursor:
@@ -411,7 +465,7 @@ def _write_positions(states) -> None:
             WHERE p.id = t.id
             """,
             [
-                array_literal([s.row.pk for s in changed]),
+                array_literal([s.pk for s in changed]),
                 array_literal([s.size for s in changed]),
                 array_literal([s.entry_price for s in changed]),
                 array_literal([s.realized for s in changed]),

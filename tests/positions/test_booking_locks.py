@@ -28,9 +28,9 @@ def test_a_matcher_batch_posts_only_to_balances_it_locked_first(make_user, usdt,
         calls.append((set(account_ids), set()))
         return lock(account_ids=account_ids, asset=asset)
 
-    def ledger_post_many(*, postings):
+    def ledger_post_many(*, postings, **options):
         calls[-1][1].update(leg.account_id for p in postings for leg in p.legs)
-        return post(postings=postings)
+        return post(postings=postings, **options)
 
     monkeypatch.setattr(booking, "balances_lock", balances_lock)
     monkeypatch.setattr(booking, "ledger_post_many", ledger_post_many)
