@@ -65,6 +65,7 @@ class ScreenBook:
     amounts: np.ndarray
     tier_count: np.ndarray
     loaded_at: float = 0.0
+    contracts: list = field(default_factory=list)  # Contract rows (id, symbol, size) when loaded
 
     @property
     def positions(self) -> int:
@@ -100,6 +101,8 @@ class ScreenBook:
 
     @classmethod
     def load(cls) -> "ScreenBook":
+        # One statement, one snapshot: the positions (contract id set), then the cross wallets
+        # (contract id NULL) of their holders.
         with connection.cursor() as cursor:
             cursor.execute(
                 """
@@ -111,31 +114,41 @@ class ScreenBook:
                        ON a.kind = 'ISOLATED_MARGIN' AND a.user_id = p.user_id AND a.contract_id = p.contract_id
                 LEFT JOIN ledger_balance b ON b.account_id = a.id AND b.asset_id = c.settle_asset_id
                 WHERE p.size <> 0
-                """
-            )
-            rows = cursor.fetchall()
-            cursor.execute(
-                """
-                SELECT a.user_id, b.asset_id, SUM(b.amount)::float8
+                UNION ALL
+                SELECT NULL, a.user_id, NULL, NULL, NULL, SUM(b.amount)::float8, b.asset_id
                 FROM ledger_balance b JOIN ledger_account a ON a.id = b.account_id
                 WHERE a.kind IN ('WALLET', 'ORDER_MARGIN')
                   AND a.user_id IN (SELECT user_id FROM positions_position WHERE size <> 0 AND margin_type = 'CROSS')
                 GROUP BY a.user_id, b.asset_id
                 """
             )
-            wallets = {(u, a): w for u, a, w in cursor.fetchall()}
+            rows, wallets = [], {}
+            for row in cursor.fetchall():
+                if row[0] is None:
+                    wallets[(row[1], row[6])] = row[5]
+                else:
+                    rows.append(row)
         columns = list(zip(*rows)) if rows else [()] * 7
         contract_id = np.array(columns[0], dtype=np.int64)
-        contracts = []
-        for contract in Contract.objects.filter(pk__in=set(columns[0])).order_by("pk"):
+        contracts, loaded = [], []
+        # Only what the screen and the marks read (the id for the tiers, the symbol, the size).
+        for contract in (Contract.objects.filter(pk__in=set(columns[0])).only("id", "symbol", "contract_size")
+                         .order_by("pk")):
             tiers = [(float(t.notional_cap), float(t.maintenance_rate), float(t.maintenance_amount))
                      for t in contract_tiers(contract)]
             contracts.append((contract.pk, float(contract.contract_size), tiers))
-        return cls.from_arrays(
+            loaded.append(contract)
+        book = cls.from_arrays(
             contracts=contracts, contract_id=contract_id, user_id=np.array(columns[1], dtype=np.int64),
             size=np.array(columns[2], dtype=float), entry=np.array(columns[3], dtype=float),
             isolated=np.array(columns[4], dtype=bool), isolated_margin=np.array(columns[5], dtype=float),
             asset_id=np.array(columns[6], dtype=np.int64), wallets=wallets)
+        book.contracts = loaded
+        return book
+
+    def marks(self) -> dict[int, float]:
+        """`latest_marks` of the book's contracts (those loaded with it: no second contract query)."""
+        return latest_marks(self.contract_ids, contracts=self.contracts)
 
     def _tier_index(self):
         """Flat per-contract tier tables: banded caps (all but the last tier's), and rates/amounts."""
@@ -234,10 +247,12 @@ class ScreenBook:
         return result
 
 
-def latest_marks(contract_ids) -> dict[int, float]:
+def latest_marks(contract_ids, *, contracts=None) -> dict[int, float]:
+    """contract id -> latest mark; `contracts`: the Contract rows of these ids, when already loaded."""
     from apps.marketdata.selectors import price_latest_many
 
-    contracts = list(Contract.objects.filter(pk__in=[int(c) for c in contract_ids]))
+    if contracts is None:
+        contracts = list(Contract.objects.filter(pk__in=[int(c) for c in contract_ids]))
     snapshots = price_latest_many(contracts=contracts)
     return {c.pk: float(snapshots[c.symbol].mark_price) for c in contracts if snapshots.get(c.symbol) is not None}
 
@@ -251,7 +266,7 @@ def screen_on_mark(contract, snapshot) -> None:
     min_age = float(liquidation_setting("LIQUIDATION_SCREEN_MIN_INTERVAL_SECONDS"))
     if _book is None or time.monotonic() - _book.loaded_at >= min_age:
         _book = ScreenBook.load()
-    marks = latest_marks(_book.contract_ids)
+    marks = _book.marks()
     marks[contract.pk] = float(snapshot.mark_price)
     hits = _book.screen(marks, ratio=float(liquidation_setting("LIQUIDATION_WARNING_RATIO")))
     if hits.count:

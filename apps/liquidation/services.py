@@ -557,12 +557,12 @@ def liquidation_nominees_process(*, cross: list[tuple[int, int]], isolated: list
 
 def liquidation_sweep() -> dict:
     """Screen every open position at the latest marks, process the nominees, advance active liquidations."""
-    from .screen import ScreenBook, latest_marks
+    from .screen import ScreenBook
 
     started = time.perf_counter()
     book = ScreenBook.load()
     loaded = time.perf_counter()
-    marks = latest_marks(book.contract_ids)
+    marks = book.marks()
     hits = book.screen(marks, ratio=float(thresholds()[MarginLevel.WARNING]))
     result = liquidation_nominees_process(cross=hits.cross, isolated=hits.isolated)
     result.update(advanced=liquidations_advance(), positions=book.positions,

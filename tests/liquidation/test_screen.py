@@ -2,6 +2,8 @@
 from decimal import Decimal
 
 import numpy as np
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from apps.liquidation.models import MarginLevel
 from apps.liquidation.screen import ScreenBook
@@ -36,6 +38,22 @@ def test_screen_flags_exactly_the_scopes_at_or_below_the_ratio(funded, trade, ma
     mark("47200")
     assert book.screen({btcusdt.pk: 47200.0}, ratio=1.5).cross == [(alice.pk, usdt.pk)]
     assert margin_status(user=alice).level == MarginLevel.DANGER
+
+
+def test_the_screen_loads_positions_wallets_and_contracts_in_two_statements(funded, trade, mark, btcusdt, usdt):
+    alice, bob = funded("alice", "3000"), funded("bob")
+    mark("50000")
+    trade(alice, bob, "BUY", "1", "50000")
+    ScreenBook.load()  # the tiers are cached per process
+    with CaptureQueriesContext(connection) as queries:
+        book = ScreenBook.load()
+    assert len(queries) == 2
+    with CaptureQueriesContext(connection) as queries:
+        marks = book.marks()  # the contracts loaded with the book (the mark: Redis, else its sample)
+    assert marks == {btcusdt.pk: 50000.0}
+    assert not [q for q in queries.captured_queries if "contracts_contract" in q["sql"]]
+    assert sorted(zip(book.group_user.tolist(), book.group_wallet.tolist())) == [(alice.pk, 2990.0), (bob.pk, 99980.0)]
+    assert [c.symbol for c in book.contracts] == ["BTCUSDT"]
 
 
 def test_synthetic_book_vectorized_equals_loop():
