@@ -140,10 +140,15 @@ def margin_calls_evaluate(*, user) -> list[MarginCall]:
 
     A scope already called at the same or a worse level within the repeat interval is skipped.
     """
+    return _margin_calls_record(user, statuses_from_overview(user.pk, account_overview(user=user)))
+
+
+def _margin_calls_record(user, statuses: list[MarginStatus]) -> list[MarginCall]:
+    """`margin_calls_evaluate` on the user's statuses just read."""
     repeat = timedelta(seconds=float(liquidation_setting("LIQUIDATION_MARGIN_CALL_REPEAT_SECONDS")))
     now = timezone.now()
     calls: list[MarginCall] = []
-    for status in statuses_from_overview(user.pk, account_overview(user=user)):
+    for status in statuses:
         level = status.level
         if level == MarginLevel.NORMAL:
             continue
@@ -542,14 +547,30 @@ def liquidation_nominees_process(*, cross: list[tuple[int, int]], isolated: list
     from django.contrib.auth import get_user_model
 
     users = get_user_model().objects.in_bulk({u for u, _ in cross} | {u for u, _ in isolated})
-    assets = Asset.objects.in_bulk({a for _, a in cross})
-    contracts = Contract.objects.select_related("settle_asset").in_bulk({c for _, c in isolated})
-    started = 0
+    # Each user's statuses are read once, for the margin calls and to pick the scopes at or
+    # below 100% now; only those are started (`liquidation_start` judges again under the lock).
+    # Most nominees are only margin calls: they no longer pay a lock and a second read.
+    statuses = {}
     for user in users.values():
-        margin_calls_evaluate(user=user)
-    for user_id, asset_id in cross:
+        statuses[user.pk] = statuses_from_overview(user.pk, account_overview(user=user))
+        _margin_calls_record(user, statuses[user.pk])
+
+    def due(user_id: int, *, asset_id: int | None = None, contract_id: int | None = None) -> bool:
+        for status in statuses[user_id]:
+            if (status.scope == Scope.ISOLATED and status.contract.pk == contract_id) or (
+                    contract_id is None and status.scope == Scope.CROSS
+                    and status.positions[0].contract.settle_asset_id == asset_id):
+                return level_of(status.ratio) == MarginLevel.LIQUIDATION
+        return False
+
+    cross_due = [(u, a) for u, a in cross if due(u, asset_id=a)]
+    isolated_due = [(u, c) for u, c in isolated if due(u, contract_id=c)]
+    assets = Asset.objects.in_bulk({a for _, a in cross_due})
+    contracts = Contract.objects.select_related("settle_asset").in_bulk({c for _, c in isolated_due})
+    started = 0
+    for user_id, asset_id in cross_due:
         started += liquidation_start(user=users[user_id], asset=assets[asset_id]) is not None
-    for user_id, contract_id in isolated:
+    for user_id, contract_id in isolated_due:
         contract = contracts[contract_id]
         started += liquidation_start(user=users[user_id], asset=contract.settle_asset, contract=contract) is not None
     return {"nominees": len(cross) + len(isolated), "started": started}

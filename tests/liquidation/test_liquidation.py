@@ -3,10 +3,12 @@ insurance fund and beyond it into bad debt; invariants after every scenario."""
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from apps.ledger.models import AccountKind, Income, IncomeType
 from apps.ledger.services import account_get_or_create
-from apps.liquidation.models import Liquidation, LiquidationStatus, RecordKind
+from apps.liquidation.models import Liquidation, LiquidationStatus, MarginCall, MarginLevel, RecordKind
 from apps.liquidation.selectors import account_frozen, margin_status
 from apps.liquidation.services import liquidation_advance, liquidation_sweep
 from apps.ops.invariants import run_all_invariants
@@ -77,6 +79,22 @@ def test_cross_account_is_liquidated_partially_into_a_lower_tier(funded, trade, 
     order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.1"), price=D("49000"))  # unfrozen
     assert liquidation_sweep()["started"] == 0  # nothing liquidated twice
     assert run_all_invariants() == []
+
+
+def test_a_sweep_that_finds_only_a_margin_call_reads_the_account_once_and_locks_nothing(funded, trade, mark):
+    alice = funded("alice", "3000")  # cross long 1 @ 50,000, wallet 2,990
+    bob = funded("bob")
+    mark("50000")
+    trade(alice, bob, "BUY", "1", "50000")
+    mark("47200")  # alice DANGER (ratio 1.006): a margin call, no liquidation
+    with CaptureQueriesContext(connection) as queries:
+        result = liquidation_sweep()
+    assert (result["nominees"], result["started"]) == (1, 0)
+    assert list(MarginCall.objects.filter(user=alice).values_list("level", flat=True)) == [MarginLevel.DANGER]
+    sql = [q["sql"] for q in queries.captured_queries]
+    assert not [s for s in sql if "FOR UPDATE" in s or "liquidation_liquidation" in s and "INSERT" in s]
+    assert sum(s.startswith('SELECT "ledger_account"."id" AS "id" FROM "ledger_account"') for s in sql) == 1
+    assert not Liquidation.objects.exists()
 
 
 def _isolated_short(funded, trade, mark):
