@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone as dt_timezone
 from decimal import Decimal
+from typing import NamedTuple
 
 import numpy as np
 from django.db import IntegrityError, transaction
@@ -529,10 +530,11 @@ def risk_snapshots_prune(*, now: datetime | None = None) -> int:
 _EXPOSURE_SQL: str | None = None
 
 
-def _exposure_sql() -> str:
+def exposure_sql() -> str:
     """One round trip for the pre-trade reads: settle-asset balance, open positions and
     open non-reducing orders per contract and side, each row with its contract's symbol
-    and size. Raw SQL because the ORM's query compilation cost more than the queries."""
+    and size. Raw SQL because the ORM's query compilation cost more than the queries;
+    typed parameters (`exposure_params`) so order entry can prepare it with its own reads."""
     global _EXPOSURE_SQL
     if _EXPOSURE_SQL is None:
         from apps.ledger.models import Account, Asset, Balance
@@ -542,39 +544,55 @@ def _exposure_sql() -> str:
         _EXPOSURE_SQL = f"""
             SELECT 'B', NULL, NULL, NULL, COALESCE(SUM(b.amount), 0), NULL, NULL
               FROM {t[Balance]} b JOIN {t[Account]} a ON a.id = b.account_id JOIN {t[Asset]} s ON s.id = b.asset_id
-             WHERE a.user_id = %(user)s AND a.kind = ANY(%(kinds)s) AND s.code = %(asset)s
+             WHERE a.user_id = %(user)s::bigint AND a.kind = ANY(%(kinds)s::text[]) AND s.code = %(asset)s::text
             UNION ALL
             SELECT 'P', p.contract_id, c.symbol, c.contract_size, p.size, p.entry_price, NULL
               FROM {t[Position]} p JOIN {t[Contract]} c ON c.id = p.contract_id
-             WHERE p.user_id = %(user)s AND p.size <> 0
+             WHERE p.user_id = %(user)s::bigint AND p.size <> 0
             UNION ALL
             SELECT 'O', o.contract_id, c.symbol, c.contract_size, SUM(o.quantity - o.executed_qty), NULL, o.side
               FROM {t[Order]} o JOIN {t[Contract]} c ON c.id = o.contract_id
-             WHERE o.user_id = %(user)s AND o.status = ANY(%(statuses)s) AND NOT o.reduce_only AND NOT o.close_position
+             WHERE o.user_id = %(user)s::bigint AND o.status = ANY(%(statuses)s::text[]) AND NOT o.reduce_only
+               AND NOT o.close_position
              GROUP BY o.contract_id, c.symbol, c.contract_size, o.side
         """
     return _EXPOSURE_SQL
 
 
-def _exposure_for_pretrade(*, user, contract: Contract, mark: Decimal | None = None
+def exposure_params(*, user) -> dict:
+    """The parameters of `exposure_sql` for one user."""
+    from apps.ledger.models import USER_KINDS
+
+    return {"user": user.pk, "kinds": [str(k) for k in USER_KINDS], "asset": SETTLE_ASSET,
+            "statuses": [str(s) for s in OPEN_STATUSES]}
+
+
+class _ContractRef(NamedTuple):
+    """What the price lookup reads of a contract (no model instance per row)."""
+
+    pk: int
+    symbol: str
+
+
+def _exposure_for_pretrade(*, user, contract: Contract, mark: Decimal | None = None, rows=None
                            ) -> tuple[Decimal, dict[str, Decimal], dict]:
     """(equity, signed position size per symbol in base units, {buys, sells, marks}) of
-    one user: one SQL round trip and one Redis MGET for the marks (none when `mark`, the
-    contract's mark the caller has just read, is given and no other symbol is involved)."""
+    one user: one SQL round trip (none when `rows`, the rows of `exposure_sql` the caller
+    read under its locks, are given) and one Redis MGET for the marks (none when `mark`,
+    the contract's mark the caller has just read, is given and no other symbol is involved)."""
     from django.db import connection
 
-    from apps.ledger.models import USER_KINDS
     from apps.marketdata.selectors import price_latest_many
 
-    with connection.cursor() as cursor:
-        cursor.execute(_exposure_sql(), {"user": user.pk, "kinds": [str(k) for k in USER_KINDS],
-                                         "asset": SETTLE_ASSET, "statuses": [str(s) for s in OPEN_STATUSES]})
-        rows = cursor.fetchall()
+    if rows is None:
+        with connection.cursor() as cursor:
+            cursor.execute(exposure_sql(), exposure_params(user=user))
+            rows = cursor.fetchall()
     equity = ZERO
     contracts = {contract.pk: contract}
     for kind, contract_id, symbol, _, _, _, _ in rows:
         if kind != "B" and contract_id not in contracts:
-            contracts[contract_id] = Contract(pk=contract_id, symbol=symbol)
+            contracts[contract_id] = _ContractRef(contract_id, symbol)
     if mark is not None:
         del contracts[contract.pk]
     marks = price_latest_many(contracts=list(contracts.values()))
@@ -619,7 +637,7 @@ def risk_pretrade_evaluate(*, user, contract: Contract, side: str, quantity: Dec
 
 
 def _pretrade(*, user, contract: Contract, side: str, quantity: Decimal, price: Decimal, mark: Decimal | None,
-              lazy: bool) -> PretradeResult:
+              lazy: bool, rows=None) -> PretradeResult:
     """`lazy`: the score before the order only when the one after it is above the accepted
     level (it decides nothing otherwise); then the result's before fields are NaN / None."""
     if side not in (Side.BUY, Side.SELL):
@@ -627,7 +645,7 @@ def _pretrade(*, user, contract: Contract, side: str, quantity: Decimal, price: 
     quantity, price = Decimal(quantity), Decimal(price)
     if not quantity > 0 or not price > 0:
         raise ValueError("quantity and price must be positive")
-    equity, sizes, extra = _exposure_for_pretrade(user=user, contract=contract, mark=mark)
+    equity, sizes, extra = _exposure_for_pretrade(user=user, contract=contract, mark=mark, rows=rows)
     buys, sells, marks = extra["buys"], extra["sells"], extra["marks"]
     symbols = set(sizes) | set(buys) | set(sells) | {contract.symbol}
     model = model_with_symbols(market_model_current(), sorted(symbols))
@@ -656,7 +674,7 @@ def _pretrade(*, user, contract: Contract, side: str, quantity: Decimal, price: 
 
 
 def risk_pretrade_check(*, user, contract: Contract, side: str, quantity: Decimal, price: Decimal,
-                        mark: Decimal | None = None) -> None:
+                        mark: Decimal | None = None, rows=None) -> None:
     """Refuse an order that would push the account's risk level above the accepted level.
 
     Parametric and cheap (no Monte Carlo): the current market model (the latest run's
@@ -669,7 +687,9 @@ def risk_pretrade_check(*, user, contract: Contract, side: str, quantity: Decima
     larger in size, so resting orders cannot add up past the gate one by one; call it
     before the new order is stored. ``quantity`` is in contracts, ``price`` is used only
     when the contract has no mark; ``mark``, when given, is the contract's mark price the
-    caller has just read (order entry), so it is not read again. Raises `ExchangeError`
+    caller has just read (order entry), so it is not read again; ``rows``, when given, are
+    the rows of the exposure query the caller read under its locks (order entry reads them
+    with its own, in one statement). Raises `ExchangeError`
     RISK_TOO_HIGH (-2030, "风险过高 (risk too high) ...") when the level after the order is above
     RISK_PRETRADE_MAX_LEVEL (default HIGH, i.e. CRITICAL is refused) and the order does
     not lower the score; an order that only reduces a position is never refused.
@@ -677,7 +697,8 @@ def risk_pretrade_check(*, user, contract: Contract, side: str, quantity: Decima
     """
     if not risk_setting("RISK_PRETRADE_ENABLED"):
         return
-    result = _pretrade(user=user, contract=contract, side=side, quantity=quantity, price=price, mark=mark, lazy=True)
+    result = _pretrade(user=user, contract=contract, side=side, quantity=quantity, price=price, mark=mark, lazy=True,
+                       rows=rows)
     if result.reject:
         raise ExchangeError(
             f"{RISK_TOO_HIGH} (risk too high): this order would raise the account's risk level to "

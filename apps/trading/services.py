@@ -25,12 +25,13 @@ from apps.contracts.tiers import TierError, max_leverage_for_notional
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import to_decimal
-from apps.ledger.services import account_get_or_create, ledger_transfer
+from apps.ledger.services import account_get_or_create, ledger_transfer, prepared_cursor
 from apps.liquidation.models import Liquidation, LiquidationStatus
 from apps.ops.metrics import RISK_CHECK, measure_latency
 from apps.positions.models import Position
 from apps.positions.services import entry_lock
-from apps.risk.services import risk_pretrade_check
+from apps.risk.conf import risk_setting
+from apps.risk.services import exposure_params, exposure_sql, risk_pretrade_check
 from apps.positions.tiers import contract_tiers
 from exchange.errors import ErrorCode
 
@@ -212,34 +213,54 @@ def _check_status(contract: Contract, status: str, *, reducing: bool) -> None:
                      "delivery; only reduce-only orders are accepted.", ErrorCode.INVALID_SYMBOL_STATUS)
 
 
-def _entry_state(*, user, contract: Contract) -> dict:
-    """The liquidation freeze and the account's open orders on the contract, in one round trip.
+def _entry_state(*, user, contract: Contract, exposure: bool) -> dict:
+    """The liquidation freeze, the account's open orders on the contract and (`exposure`) the
+    pre-trade risk check's reads, in one prepared statement under the entry locks.
 
     Count, open notional per side and reduce-only quantity per side of the open orders
     (one aggregate over the (user, contract) index), and whether a liquidation of the
     account is active (`apps.liquidation.selectors.account_frozen`, folded in here to save
-    a round trip under the balance lock). Raw SQL because the ORM spends longer building
-    these queries than PostgreSQL spends running them.
+    a round trip under the balance lock); then the rows of the risk check's exposure query
+    (`risk_pretrade_check(rows=...)`), read here rather than in a statement of their own.
+    Raw SQL because the ORM spends longer building these queries than PostgreSQL spends
+    running them.
     """
-    with connection.cursor() as cursor:
-        cursor.execute(_ENTRY_STATE_SQL, [user.pk, LiquidationStatus.ACTIVE, user.pk, contract.pk, list(OPEN_STATUSES)])
-        count, buys, sells, reducing_buys, reducing_sells, frozen = cursor.fetchone()
+    with prepared_cursor() as cursor:
+        cursor.execute(_entry_state_sql(), {**exposure_params(user=user), "contract": contract.pk,
+                                            "liquidating": _LIQUIDATING, "exposure": exposure})
+        rows = cursor.fetchall()
+    entry = next(row for row in rows if row[0] == "E")
+    _, count, _, buys, sells, reducing_buys, _, reducing_sells, frozen = entry
     return {"count": count, "buy_notional": buys, "sell_notional": sells,
-            "reducing_buys": reducing_buys, "reducing_sells": reducing_sells, "frozen": frozen}
+            "reducing_buys": reducing_buys, "reducing_sells": reducing_sells, "frozen": frozen,
+            "exposure": [row[:7] for row in rows if row is not entry] if exposure else None}
 
 
-_ENTRY_STATE_SQL = f"""
-    SELECT count(*),
+_LIQUIDATING = str(LiquidationStatus.ACTIVE)
+_ENTRY_STATE_SQL: list[str] = []
+
+
+def _entry_state_sql() -> str:
+    # The entry row first (kind 'E'; its columns padded to the exposure rows' seven, plus
+    # two), then the exposure rows (kinds B, P, O) when asked for.
+    if not _ENTRY_STATE_SQL:
+        _ENTRY_STATE_SQL.append(f"""
+    (SELECT 'E', count(*), NULL,
            COALESCE(sum(open * px) FILTER (WHERE NOT reducing AND side = 'BUY'), 0),
            COALESCE(sum(open * px) FILTER (WHERE NOT reducing AND side = 'SELL'), 0),
-           COALESCE(sum(open) FILTER (WHERE reducing AND side = 'BUY'), 0),
+           COALESCE(sum(open) FILTER (WHERE reducing AND side = 'BUY'), 0), NULL,
            COALESCE(sum(open) FILTER (WHERE reducing AND side = 'SELL'), 0),
-           EXISTS (SELECT 1 FROM {Liquidation._meta.db_table} WHERE user_id = %s AND status = %s)
+           EXISTS (SELECT 1 FROM {Liquidation._meta.db_table}
+                   WHERE user_id = %(user)s::bigint AND status = %(liquidating)s::text)
     FROM (SELECT side, quantity - executed_qty AS open, reduce_only OR close_position AS reducing,
                  COALESCE(price, protection_price, stop_price, activation_price, 0) AS px
           FROM {Order._meta.db_table}
-          WHERE user_id = %s AND contract_id = %s AND status = ANY(%s)) AS o
-"""
+          WHERE user_id = %(user)s::bigint AND contract_id = %(contract)s::bigint
+            AND status = ANY(%(statuses)s::text[])) AS o)
+    UNION ALL
+    (SELECT x.*, NULL::numeric, NULL::boolean FROM ({exposure_sql()}) AS x WHERE %(exposure)s::boolean)
+    """)
+    return _ENTRY_STATE_SQL[0]
 
 
 def _check_reducing(spec: OrderSpec, position: Position, exposure: dict) -> Decimal:
@@ -322,7 +343,8 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
         # for this order), then the balances and the position, locked in one statement.
         status, position, balances = entry_lock(user=user, contract=contract)
         _check_status(contract, status, reducing=reducing)
-        exposure = _entry_state(user=user, contract=contract)
+        exposure = _entry_state(user=user, contract=contract,
+                                exposure=not reducing and risk_setting("RISK_PRETRADE_ENABLED"))
         # Liquidation freeze: judged under the balance lock that starting a liquidation also takes.
         if exposure["frozen"]:
             raise _error("User in liquidation mode now.", ErrorCode.USER_IN_LIQUIDATION)
@@ -348,7 +370,7 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
         if not reducing:  # before the order row exists: the check counts the open orders itself
             with measure_latency(RISK_CHECK):
                 risk_pretrade_check(user=user, contract=contract, side=spec.side, quantity=quantity, price=hold_price,
-                                    mark=mark)
+                                    mark=mark, rows=exposure["exposure"])
         order = Order(
             user=user, contract=contract, client_order_id=spec.client_order_id, side=spec.side,
             order_type=spec.order_type, time_in_force=spec.time_in_force, price=spec.price,

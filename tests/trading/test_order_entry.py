@@ -224,3 +224,46 @@ def test_a_position_closes_even_from_an_empty_wallet(funded, btcusdt):
     assert Position.objects.get(user=alice).size == 0
     assert wallet_of(alice) == D("2500") - D("10")  # the margin back less the maker fee (0.02% of 50,000)
     assert run_all_invariants() == []
+
+
+def test_a_limit_order_is_four_statements_and_the_risk_check_reads_the_same_exposure(funded, btcusdt, monkeypatch):
+    """Entry locks, entry state with the risk check's reads, the order with its journal row, the hold."""
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.risk import services as risk
+    from apps.trading.services import _entry_state
+
+    alice = funded("alice")
+    mark(btcusdt, "50000")
+    engine = open_long(btcusdt, alice, funded("bob"), qty="0.2")
+    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.1"), price=D("49000"))  # resting
+    order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.05"), price=D("51000"), reduce_only=True)
+    seen = []
+    check = risk.risk_pretrade_check
+
+    def spy(**kwargs):
+        seen.append(kwargs["rows"])
+        return check(**kwargs)
+
+    monkeypatch.setattr("apps.trading.services.risk_pretrade_check", spy)
+    with CaptureQueriesContext(connection) as queries:
+        order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.1"), price=D("49500"))
+    # Not counted: what a test's never-committed transaction cannot cache (the mark, read from the
+    # stored samples, and the user's accounts, remembered after commit).
+    counted = [q["sql"] for q in queries.captured_queries
+               if not any(s in q["sql"] for s in ("SAVEPOINT", "marketdata_pricesample", 'FROM "ledger_account"'))]
+    assert len(counted) == 4, counted
+    assert len(seen) == 1 and seen[0]
+    with connection.cursor() as cursor:
+        cursor.execute(risk.exposure_sql(), risk.exposure_params(user=alice))
+        now = cursor.fetchall()
+    # What the check saw is what its own query reads (before this order: one open buy less).
+    assert [r for r in seen[0] if r[0] != "O"] == [r for r in now if r[0] != "O"]
+    assert {r[6]: r[4] for r in seen[0] if r[0] == "O"} == {"BUY": D("0.1")}
+    assert {r[6]: r[4] for r in now if r[0] == "O"} == {"BUY": D("0.2")}
+    with transaction.atomic():
+        state_ = _entry_state(user=alice, contract=btcusdt, exposure=False)
+    assert (state_["count"], state_["reducing_sells"], state_["exposure"]) == (3, D("0.05"), None)
+    assert state_["buy_notional"] == D("0.1") * D("49000") + D("0.1") * D("49500") and not state_["frozen"]
+    engine.book.validate()
