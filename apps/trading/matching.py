@@ -19,10 +19,9 @@ import numpy as np
 from django.db import connection, models, transaction
 from django.utils import timezone
 
-from apps.contracts.lifecycle import ACCEPTING_STATUSES, status_share_lock
+from apps.contracts.lifecycle import ACCEPTING_STATUSES
 from apps.ops.metrics import POSITION_UPDATE, measure_latency
 from apps.positions.booking import Fill, fills_book, incomes_record
-from apps.positions.models import Position
 from matching_native import COMMAND_DTYPE, EventKind, Flag, Op, Reason
 from matching_native import Side as BookSide
 
@@ -31,15 +30,73 @@ from exchange.redis import channel, get_redis
 
 from .engine import RESTING_STATUSES, SymbolEngine
 from .margin import hold_release, order_hold
-from .models import CommandKind, CommandStatus, Order, OrderCommand, OrderStatus, OrderType, Side, Trade
+from .models import CommandKind, CommandStatus, Order, OrderStatus, OrderType, Side, Trade
 from .rules import reduce_only_excess
-from .triggers import triggers_fire
+from .triggers import WAITING_COLUMNS, triggers_fire, waiting_predicate
 
 logger = logging.getLogger(__name__)
 EVENTS_CHANNEL = channel("events:{symbol}")
 # Cancellations of resting orders (the others are remainders of takers that never rested).
 LEFT_THE_BOOK = (Reason.USER_CANCEL, Reason.STP_MAKER)
 DEPTH_LEVELS = 1000  # depth changes are reported for the top this many levels per side
+
+# The batch's reads are plain SQL into tuples (orders become models through `Order.from_db`, as the
+# ORM would make them): compiling the ORM's queries cost more CPU than running them.
+_ORDER_FIELDS = [f.attname for f in Order._meta.concrete_fields]
+_ORDER_COLUMNS = ", ".join(f'o."{f.column}"' for f in Order._meta.concrete_fields)
+# The contract's status FOR SHARE (`status_share_lock`: a lifecycle change waits for this batch)
+# with its waiting conditional orders (`triggers_fire`), in one round trip.
+STATUS_WAITING_SQL = (
+    f"SELECT c.status, {', '.join('o.' + c for c in WAITING_COLUMNS)} FROM contracts_contract c"
+    f" LEFT JOIN trading_order o ON o.contract_id = c.id AND {waiting_predicate('o')}"
+    " WHERE c.id = %s ORDER BY o.id FOR SHARE OF c"
+)
+# Pending commands in journal order with their orders (the partial index command_pending_by_contract).
+COMMANDS_SQL = (
+    f"SELECT c.seq, c.kind, c.price, c.quantity, c.margin_added, {_ORDER_COLUMNS}"
+    " FROM trading_ordercommand c JOIN trading_order o ON o.id = c.order_id"
+    f" WHERE c.contract_id = %s AND c.status = '{CommandStatus.PENDING}' ORDER BY c.seq LIMIT %s"
+)
+# The makers of the batch's fills, and the resting reduce-only orders of every account that
+# filled (`_reduce_only_excess`), in one round trip.
+FILL_ORDERS_SQL = (
+    f"SELECT {_ORDER_COLUMNS} FROM trading_order o WHERE o.id = ANY(%s::bigint[])"
+    f" UNION ALL SELECT {_ORDER_COLUMNS} FROM trading_order o"
+    " WHERE o.contract_id = %s AND o.user_id = ANY(%s::int[])"
+    f" AND o.status IN ({', '.join(repr(str(s)) for s in RESTING_STATUSES)}) AND o.priority IS NOT NULL"
+    " AND (o.reduce_only OR o.close_position)"
+)
+
+
+def _order(row) -> Order:
+    return Order.from_db(connection.alias, _ORDER_FIELDS, row)
+
+
+class _Command:
+    """A pending journal command with its order (what the batch reads of an `OrderCommand`)."""
+
+    __slots__ = ("seq", "kind", "price", "quantity", "margin_added", "order")
+
+    def __init__(self, row):
+        self.seq, self.kind, self.price, self.quantity, self.margin_added = row[:5]
+        self.order = _order(row[5:])
+
+    @property
+    def order_id(self) -> int:
+        return self.order.pk
+
+
+def _status_and_waiting(contract_id: int) -> tuple[str, list[tuple]]:
+    with connection.cursor() as cursor:
+        cursor.execute(STATUS_WAITING_SQL, [contract_id])
+        rows = cursor.fetchall()
+    return rows[0][0], [row[1:] for row in rows if row[1] is not None]
+
+
+def _pending_commands(contract_id: int, limit: int) -> list[_Command]:
+    with connection.cursor() as cursor:
+        cursor.execute(COMMANDS_SQL, [contract_id, limit])
+        return [_Command(row) for row in cursor.fetchall()]
 
 
 @dataclass
@@ -98,13 +155,10 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         # FOR SHARE: a lifecycle change (halt, settling) waits for this batch, and the next
         # batch sees it. While the contract does not match, nothing fires and new orders and
         # amends are refused; cancels still leave the book.
-        matching = status_share_lock(contract.pk) in ACCEPTING_STATUSES
-        _, expired = triggers_fire(contract=contract) if matching else ([], {})
-        commands = list(
-            OrderCommand.objects.filter(contract=contract, status=CommandStatus.PENDING)
-            .select_related("order")
-            .order_by("seq")[:limit]
-        )
+        status, waiting = _status_and_waiting(contract.pk)
+        matching = status in ACCEPTING_STATUSES
+        _, expired = triggers_fire(contract=contract, waiting=waiting) if matching and waiting else ([], {})
+        commands = _pending_commands(contract.pk, limit)
         if not commands:
             if expired:  # conditional orders that expired unfired: only their holds to return
                 fills_book(contract=contract, fills=[], releases=expired,
@@ -113,10 +167,19 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         live = commands if matching else [c for c in commands if c.kind == CommandKind.CANCEL]
         run = engine.execute(engine.command_records(live))
         events = run.events
-        # The commands' orders came with the commands; only resting makers are loaded.
+        # The commands' orders came with the commands; only resting makers are loaded, and with
+        # them the resting reduce-only orders of the accounts that filled (`_reduce_only_excess`).
         orders = {c.order_id: _OrderState.of(c.order) for c in commands}
-        makers = {int(x) for x in events["maker_oid"][events["kind"] == EventKind.FILL]} - orders.keys()
-        orders.update((o.pk, _OrderState.of(o)) for o in Order.objects.filter(pk__in=makers))
+        filled = events[events["kind"] == EventKind.FILL]
+        fill_users = {int(u) for u in filled["owner"]} | {int(u) for u in filled["maker_owner"]}
+        if len(filled):
+            makers = {int(x) for x in filled["maker_oid"]} - orders.keys()
+            with connection.cursor() as cursor:
+                cursor.execute(FILL_ORDERS_SQL, [array_literal(sorted(makers)), contract.pk,
+                                                 array_literal(sorted(fill_users))])
+                for row in cursor.fetchall():
+                    if row[0] not in orders:
+                        orders[row[0]] = _OrderState.of(_order(row))
         grid, precision, cs = engine.grid, contract.settle_asset.precision, contract.contract_size
 
         fills: list[Fill] = []
@@ -213,7 +276,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
             if command.kind == CommandKind.AMEND and not amended and command.margin_added:
                 releases[command.order.user_id] += command.margin_added  # refused amend: its extra hold returns
 
-        for state, event in _reduce_only_excess(engine, fills, orders):
+        for state, event in _reduce_only_excess(engine, fills, orders, fill_users):
             close(state, OrderStatus.EXPIRED)
             report("EXPIRED", state)
             touched.add((int(event["side"]), int(event["price"])))
@@ -257,14 +320,16 @@ def _liquidation_kick() -> None:
         logger.warning("liquidation kick failed", exc_info=True)
 
 
-def _reduce_only_excess(engine: SymbolEngine, fills: list[Fill], orders: dict[int, _OrderState]):
+def _reduce_only_excess(engine: SymbolEngine, fills: list[Fill], orders: dict[int, _OrderState],
+                        loaded_users: set[int] = frozenset()):
     """Take out of the book the reduce-only orders that the batch's fills left with nothing to reduce.
 
     A reduce-only order was checked against the position when it was accepted; fills
     since may have shrunk, closed or flipped that position. Per account and side the
     oldest such orders are kept up to the size they may still reduce and the newer ones
     are cancelled here, in the same batch, so a later fill can never open or flip a
-    position through them. Yields (order state, CANCELLED event).
+    position through them. Yields (order state, CANCELLED event). `loaded_users`: accounts
+    whose resting reduce-only orders are in `orders` already.
     """
     contract = engine.contract
     delta: dict[int, Decimal] = defaultdict(Decimal)
@@ -273,10 +338,11 @@ def _reduce_only_excess(engine: SymbolEngine, fills: list[Fill], orders: dict[in
         delta[f.maker_user_id] -= f.quantity if f.taker_is_buyer else -f.quantity
     if not delta:
         return
-    for row in (Order.objects.filter(contract=contract, user_id__in=delta.keys(), status__in=RESTING_STATUSES,
-                                     priority__isnull=False)
-                .filter(models.Q(reduce_only=True) | models.Q(close_position=True))):
-        orders.setdefault(row.pk, _OrderState.of(row))
+    if not delta.keys() <= loaded_users:
+        for row in (Order.objects.filter(contract=contract, user_id__in=delta.keys(), status__in=RESTING_STATUSES,
+                                         priority__isnull=False)
+                    .filter(models.Q(reduce_only=True) | models.Q(close_position=True))):
+            orders.setdefault(row.pk, _OrderState.of(row))
     resting = sorted(
         (s for s in orders.values()
          if (s.order.reduce_only or s.order.close_position) and s.order.user_id in delta
@@ -285,7 +351,10 @@ def _reduce_only_excess(engine: SymbolEngine, fills: list[Fill], orders: dict[in
     )
     if not resting:
         return
-    sizes = dict(Position.objects.filter(contract=contract, user_id__in=delta.keys()).values_list("user_id", "size"))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT user_id, size FROM positions_position WHERE contract_id = %s"
+                       " AND user_id = ANY(%s::int[])", [contract.pk, array_literal(sorted(delta))])
+        sizes = dict(cursor.fetchall())
     excess = reduce_only_excess(((s.order.user_id, s.order.side, s.open_qty, s) for s in resting),
                                 {u: sizes.get(u, Decimal(0)) + d for u, d in delta.items()})
     if not excess:

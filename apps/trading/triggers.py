@@ -41,11 +41,18 @@ def _waiting(contract):
 # The waiting orders as plain rows, unlocked: most batches find none due, and then neither a
 # model per order nor a row lock per order (a tuple write each) is worth paying for. The
 # constants are inlined so the planner matches the partial index order_conditional_waiting.
-WAITING_SQL = (
-    "SELECT id, order_type, side, working_type, stop_price, trail_extreme, activation_price, callback_rate"
-    " FROM trading_order WHERE contract_id = %s AND status = '{status}' AND triggered_at IS NULL"
-    " AND order_type IN ({types}) ORDER BY id"
-).format(status=OrderStatus.NEW, types=", ".join(f"'{t}'" for t in CONDITIONAL_TYPES))
+# `WAITING_COLUMNS` and `waiting_predicate` let the matcher read them with the contract's status.
+WAITING_COLUMNS = ("id", "order_type", "side", "working_type", "stop_price", "trail_extreme", "activation_price",
+                   "callback_rate")
+
+
+def waiting_predicate(alias: str) -> str:
+    return (f"{alias}.status = '{OrderStatus.NEW}' AND {alias}.triggered_at IS NULL"
+            f" AND {alias}.order_type IN ({', '.join(repr(str(t)) for t in CONDITIONAL_TYPES)})")
+
+
+WAITING_SQL = (f"SELECT {', '.join('o.' + c for c in WAITING_COLUMNS)} FROM trading_order o"
+               f" WHERE o.contract_id = %s AND {waiting_predicate('o')} ORDER BY o.id")
 
 
 def _step(order, price: Decimal) -> tuple[Decimal | None, bool]:
@@ -66,15 +73,18 @@ class _Row:
          self.activation_price, self.callback_rate) = row
 
 
-def triggers_fire(*, contract) -> tuple[list[Order], dict[int, Decimal]]:
+def triggers_fire(*, contract, waiting: list[tuple] | None = None) -> tuple[list[Order], dict[int, Decimal]]:
     """Fire what is due; returns the fired orders and the margin to release per user (expired ones).
 
-    The waiting orders are judged first on an unlocked read; only those that fire or move
-    their trailing extreme are then locked (SKIP LOCKED), read again and judged again on
-    the locked rows, which decides. A cancel that committed in between is seen there."""
-    with connection.cursor() as cursor:
-        cursor.execute(WAITING_SQL, [contract.pk])
-        rows = [_Row(r) for r in cursor.fetchall()]
+    The waiting orders (`waiting`: their `WAITING_COLUMNS` rows, if the caller read them) are
+    judged first on an unlocked read; only those that fire or move their trailing extreme are
+    then locked (SKIP LOCKED), read again and judged again on the locked rows, which decides.
+    A cancel that committed in between is seen there."""
+    if waiting is None:
+        with connection.cursor() as cursor:
+            cursor.execute(WAITING_SQL, [contract.pk])
+            waiting = cursor.fetchall()
+    rows = [_Row(r) for r in waiting]
     if not rows:
         return [], {}
     mark = mark_price(contract)
