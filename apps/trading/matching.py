@@ -292,12 +292,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         if trade_rows:
             incomes_record(contract=contract, fills=fills, booking=booking, trade_ids=[t.pk for t in trade_rows],
                            at=trade_rows[0].created_at)
-        changed = [s for s in orders.values() if s.changed]
-        _write_orders(changed)
-        with connection.cursor() as cursor:  # an array, not an IN list of thousands of parameters
-            cursor.execute("UPDATE trading_ordercommand SET status = %s, processed_at = statement_timestamp()"
-                           " WHERE seq = ANY(%s::bigint[])",
-                           [CommandStatus.DONE, array_literal([c.seq for c in commands])])
+        _write_orders([s for s in orders.values() if s.changed], [c.seq for c in commands])
         result = BatchResult(commands=len(commands), trades=trade_rows)
         levels = _levels(engine, touched)
         last_seq = commands[-1].seq
@@ -387,12 +382,18 @@ def _trades_write(contract, rows: list[TradeRow]) -> None:
              t.maker_fee, t.taker_realized_pnl, t.maker_realized_pnl, t.command_seq, now) for t in rows))
 
 
-def _write_orders(states: list[_OrderState]) -> None:
-    if not states:
-        return
+def _write_orders(states: list[_OrderState], seqs: list[int]) -> None:
+    """The changed orders and the batch's commands marked DONE, in one statement (the commands'
+    UPDATE rides in a WITH; arrays, not IN lists of thousands of parameters)."""
+    done = ("WITH done AS (UPDATE trading_ordercommand SET status = %s, processed_at = statement_timestamp()"
+            " WHERE seq = ANY(%s::bigint[]))")
+    params = [CommandStatus.DONE, array_literal(seqs)]
     with connection.cursor() as cursor:
+        if not states:
+            cursor.execute(done + " SELECT 1", params)
+            return
         cursor.execute(
-            """
+            done + """
             UPDATE trading_order AS o
             SET status = t.status, executed_qty = t.executed, cum_quote = t.cum_quote, margin_held = t.held,
                 priority = t.priority, quantity = t.quantity, price = t.price, updated_at = now()
@@ -402,6 +403,7 @@ def _write_orders(states: list[_OrderState]) -> None:
             WHERE o.id = t.id
             """,
             [
+                *params,
                 array_literal([s.order.pk for s in states]),
                 array_literal([s.status for s in states]),
                 array_literal([s.executed for s in states]),
