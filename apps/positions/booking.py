@@ -153,7 +153,8 @@ def _accounts_and_positions(contract, user_ids: set[int], order_margin_users: se
 class _Book:
     """The per-account ledger deltas of one booking, over balances and positions it has locked."""
 
-    def __init__(self, contract, user_ids: set[int], order_margin_users: set[int] = frozenset()):
+    def __init__(self, contract, user_ids: set[int], order_margin_users: set[int] = frozenset(),
+                 lock_positions: bool = True):
         self.contract = contract
         self.precision = contract.settle_asset.precision
         self.cs = contract.contract_size
@@ -167,13 +168,16 @@ class _Book:
         # anything is decided from them, all at once in the ledger's lock order: the posting then
         # takes no lock out of order (delivery locks the same system accounts in one pass). Then the
         # positions, read again under their row locks (an ADL step may have just committed a
-        # change to them: it holds these balances while it writes).
+        # change to them: it holds these balances while it writes). A booking of released margin
+        # only (`lock_positions=False`) neither reads nor writes a position: it locks none.
         self.current = balances_lock(account_ids=[*self.wallets.values(), *self.isolated.values(), self.fund,
                                                   self.bad_debt, self.fee_income, self.pnl_clearing,
                                                   *self.order_margin.values()], asset=contract.settle_asset)
-        with connection.cursor() as cursor:
-            cursor.execute(POSITIONS_LOCK_SQL, [array_literal(sorted(positions.values()))])
-            locked = cursor.fetchall()
+        locked = []
+        if lock_positions:
+            with connection.cursor() as cursor:
+                cursor.execute(POSITIONS_LOCK_SQL, [array_literal(sorted(positions.values()))])
+                locked = cursor.fetchall()
         self.states = {
             user_id: _PositionState(pk=pk, leverage=leverage, size=size, entry_price=entry_price, stored_size=size,
                                     stored_entry_price=entry_price,
@@ -256,7 +260,7 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
     user_ids = {f.taker_user_id for f in fills} | {f.maker_user_id for f in fills} | set(releases)
     if not user_ids:
         return BatchBooking()
-    book = _Book(contract, user_ids, order_margin_users=set(releases))
+    book = _Book(contract, user_ids, order_margin_users=set(releases), lock_positions=bool(fills))
     order_margin = book.order_margin
     delta, wallets, fund, precision, cs = book.delta, book.wallets, book.fund, book.precision, book.cs
     fee_income = Decimal(0)
