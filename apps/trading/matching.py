@@ -45,9 +45,12 @@ DEPTH_LEVELS = 1000  # depth changes are reported for the top this many levels p
 _ORDER_FIELDS = [f.attname for f in Order._meta.concrete_fields]
 _ORDER_COLUMNS = ", ".join(f'o."{f.column}"' for f in Order._meta.concrete_fields)
 # The contract's status FOR SHARE (`status_share_lock`: a lifecycle change waits for this batch)
-# with its waiting conditional orders (`triggers_fire`), in one round trip.
+# with whether any command is pending and its waiting conditional orders (`triggers_fire`), in one
+# round trip: a batch with nothing to do (the idle worker's poll) ends there.
 STATUS_WAITING_SQL = (
-    f"SELECT c.status, {', '.join('o.' + c for c in WAITING_COLUMNS)} FROM contracts_contract c"
+    "SELECT c.status, EXISTS (SELECT FROM trading_ordercommand p WHERE p.contract_id = c.id"
+    f" AND p.status = '{CommandStatus.PENDING}'), {', '.join('o.' + c for c in WAITING_COLUMNS)}"
+    " FROM contracts_contract c"
     f" LEFT JOIN trading_order o ON o.contract_id = c.id AND {waiting_predicate('o')}"
     " WHERE c.id = %s ORDER BY o.id FOR SHARE OF c"
 )
@@ -86,11 +89,12 @@ class _Command:
         return self.order.pk
 
 
-def _status_and_waiting(contract_id: int) -> tuple[str, list[tuple]]:
+def _status_and_waiting(contract_id: int) -> tuple[str, bool, list[tuple]]:
+    """(status, any command pending?, waiting conditional orders' rows)."""
     with connection.cursor() as cursor:
         cursor.execute(STATUS_WAITING_SQL, [contract_id])
         rows = cursor.fetchall()
-    return rows[0][0], [row[1:] for row in rows if row[1] is not None]
+    return rows[0][0], rows[0][1], [row[2:] for row in rows if row[2] is not None]
 
 
 def _pending_commands(contract_id: int, limit: int) -> list[_Command]:
@@ -155,10 +159,10 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         # FOR SHARE: a lifecycle change (halt, settling) waits for this batch, and the next
         # batch sees it. While the contract does not match, nothing fires and new orders and
         # amends are refused; cancels still leave the book.
-        status, waiting = _status_and_waiting(contract.pk)
+        status, pending, waiting = _status_and_waiting(contract.pk)
         matching = status in ACCEPTING_STATUSES
-        _, expired = triggers_fire(contract=contract, waiting=waiting) if matching and waiting else ([], {})
-        commands = _pending_commands(contract.pk, limit)
+        fired, expired = triggers_fire(contract=contract, waiting=waiting) if matching and waiting else ([], {})
+        commands = _pending_commands(contract.pk, limit) if pending or fired else []
         if not commands:
             if expired:  # conditional orders that expired unfired: only their holds to return
                 fills_book(contract=contract, fills=[], releases=expired,
