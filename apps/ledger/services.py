@@ -40,39 +40,34 @@ _KINDS = frozenset(TransactionKind.values)
 _ZERO = Decimal(0)
 
 
-def prepared_cursor():
-    """A cursor whose statements PostgreSQL parses and plans once per connection (server-side
-    binding, prepared at first use), for the hot fixed statements of order entry and posting.
-
-    Django's cursors bind parameters client-side and never prepare (unless the process opts in
-    with DB_SERVER_SIDE_BINDING); a fixed raw statement gains nothing from that and pays
-    PostgreSQL's parse and plan on every call. Wrapped like Django's own cursors (execute
-    wrappers, query logging, the prometheus counters). Parameters need explicit casts where
-    PostgreSQL cannot infer their type.
+def bound_cursor():
+    """A cursor with server-side parameter binding, for the fixed raw statements of order entry
+    and posting: typed parameters (explicit casts where PostgreSQL cannot infer a type), no
+    client-side quoting of each value into the SQL text. Its statements are prepared only
+    where the process opted in (DB_SERVER_SIDE_BINDING sets psycopg's prepare_threshold);
+    psycopg drops every prepared statement at each rollback, so forcing it here would cost
+    a DEALLOCATE round trip after each refused order and save little. Wrapped like Django's
+    own cursors (execute wrappers, query logging, the prometheus counters).
     """
     connection.ensure_connection()
-    return connection._prepare_cursor(_prepared_cursor_class()(connection.connection))
+    return connection._prepare_cursor(_bound_cursor_class()(connection.connection))
 
 
-_PREPARED: list = []
+_BOUND: list = []
 
 
-def _prepared_cursor_class():
-    if not _PREPARED:
+def _bound_cursor_class():
+    if not _BOUND:
         from django.db.backends.postgresql.base import ServerBindingCursor
 
-        class PreparedCursor(ServerBindingCursor):
-            def execute(self, query, params=None, *, prepare=True, binary=None):
-                return super().execute(query, params, prepare=prepare, binary=binary)
-
-        cls = PreparedCursor
+        cls = ServerBindingCursor
         factory = getattr(connection.connection, "cursor_factory", None)
         if factory is not None and factory.__module__.startswith("django_prometheus"):
             from django_prometheus.db.common import ExportingCursorWrapper
 
-            cls = ExportingCursorWrapper(PreparedCursor, connection.alias, connection.vendor)
-        _PREPARED.append(cls)
-    return _PREPARED[0]
+            cls = ExportingCursorWrapper(ServerBindingCursor, connection.alias, connection.vendor)
+        _BOUND.append(cls)
+    return _BOUND[0]
 
 
 @dataclass(frozen=True)
@@ -379,7 +374,7 @@ def _post_one(posting: Posting, rows: LegRows, assets: dict[str, Asset]) -> Ledg
     memo, reference, created_by, created_at = (
         f.get_db_prep_save(f.pre_save(txn, add=True), connection) for f in _TXN_FIELDS)
     once = len(set(zip(rows.account_id, rows.asset_id))) == len(rows.account_id)
-    with prepared_cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(_ONE_SQL[once], [rows.posting, rows.account_id, rows.asset_id, rows.amount,
                                         str(posting.kind), memo, reference, created_by, created_at])
         complete, txn_id, account_id, asset_id, after = cursor.fetchone()

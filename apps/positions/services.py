@@ -12,7 +12,7 @@ from apps.contracts.tiers import TierError, max_leverage_for_notional
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import fits_precision
-from apps.ledger.services import account_get_or_create, ledger_transfer, prepared_cursor
+from apps.ledger.services import account_get_or_create, ledger_transfer, bound_cursor
 from exchange.errors import ErrorCode, ExchangeError
 
 from .models import MarginType, Position
@@ -36,11 +36,13 @@ def position_lock(*, user, contract: Contract) -> Position:
 
 def position_and_balances_lock(*, user, contract: Contract) -> tuple[Position, dict[int, Decimal]]:
     """`position_lock`, also returning the locked balances (account id -> amount)."""
-    return entry_lock(user=user, contract=contract, status=False)[1:]
+    return entry_lock(user=user, contract=contract, status=False)[1:3]
 
 
-def entry_lock(*, user, contract: Contract, status: bool = True) -> tuple[str | None, Position, dict[int, Decimal]]:
-    """(the contract's status read FOR SHARE, the position, the balances) for order entry: one statement.
+def entry_lock(*, user, contract: Contract, status: bool = True
+               ) -> tuple[str | None, Position, dict[int, Decimal], dict[str, int]]:
+    """(the contract's status read FOR SHARE, the position, the balances, the user's wallet and
+    order-margin account ids by kind) for order entry: one statement.
 
     Takes the locks in the project's order: the contract row FOR SHARE (a lifecycle change
     waits for this transaction; `status=False` leaves it out and returns None), then the
@@ -48,24 +50,26 @@ def entry_lock(*, user, contract: Contract, status: bool = True) -> tuple[str | 
     position row. Each step is gated on the previous one having run to the end (a one-time
     filter on its row count), so the statement locks in that order as the separate
     statements did; locked rows are read at their latest committed version. A missing
-    position row is created and locked after it.
+    position row is created and locked after it. The account ids spare the margin hold its
+    account lookups (a kind not there yet is absent: the caller creates it).
     """
-    with prepared_cursor() as cursor:
-        cursor.execute(_ENTRY_LOCK_SQL[status],
-                       {"user": user.pk, "contract": contract.pk, "asset": contract.settle_asset_id})
+    with bound_cursor() as cursor:
+        cursor.execute(_ENTRY_LOCK_SQL[status], {"user": user.pk, "contract": contract.pk,
+                                                 "asset": contract.settle_asset_id, "kinds": _ENTRY_KINDS})
         row = cursor.fetchone()
-    current, accounts, amounts = row[0], row[1], row[2]
+    current, accounts, amounts, kinds, ids = row[:5]
     balances = dict(zip(accounts, amounts)) if accounts else {}
-    if row[3] is not None:
-        position = Position.from_db(connection.alias, _POSITION_FIELDS, row[3:])
+    if row[5] is not None:
+        position = Position.from_db(connection.alias, _POSITION_FIELDS, row[5:])
     else:
         Position.objects.bulk_create([Position(user=user, contract=contract)], ignore_conflicts=True)
         position = Position.objects.select_for_update().get(user=user, contract=contract)
-    return current, position, balances
+    return current, position, balances, dict(zip(kinds, ids)) if kinds else {}
 
 
 _POSITION_FIELDS = [f.attname for f in Position._meta.concrete_fields]
-_STATUS_CTE = """st AS MATERIALIZED (SELECT status FROM contracts_contract WHERE id = %(contract)s::bigint FOR SHARE),"""
+_ENTRY_KINDS = [str(AccountKind.WALLET), str(AccountKind.ORDER_MARGIN)]
+_STATUS_CTE = "st AS MATERIALIZED (SELECT status FROM contracts_contract WHERE id = %(contract)s::bigint FOR SHARE),"
 
 
 def _entry_lock_sql(status: bool) -> str:
@@ -87,8 +91,11 @@ def _entry_lock_sql(status: bool) -> str:
     SELECT {"(SELECT status FROM st)" if status else "NULL::text"},
            (SELECT array_agg(account_id ORDER BY account_id) FROM bal),
            (SELECT array_agg(amount ORDER BY account_id) FROM bal),
+           acc.kinds, acc.ids,
            pos.*
-    FROM (SELECT 1) one LEFT JOIN pos ON true
+    FROM (SELECT array_agg(a.kind::text) AS kinds, array_agg(a.id) AS ids FROM ledger_account a
+          WHERE a.user_id = %(user)s::bigint AND a.contract_id IS NULL AND a.kind = ANY(%(kinds)s::text[])) acc
+    LEFT JOIN pos ON true
     """
 
 

@@ -534,7 +534,7 @@ def exposure_sql() -> str:
     """One round trip for the pre-trade reads: settle-asset balance, open positions and
     open non-reducing orders per contract and side, each row with its contract's symbol
     and size. Raw SQL because the ORM's query compilation cost more than the queries;
-    typed parameters (`exposure_params`) so order entry can prepare it with its own reads."""
+    typed parameters (`exposure_params`) so order entry can read it with its own (server-side binding)."""
     global _EXPOSURE_SQL
     if _EXPOSURE_SQL is None:
         from apps.ledger.models import Account, Asset, Balance

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 
 from apps.contracts.grid import Grid, OffGrid
 from apps.contracts.lifecycle import ACCEPTING_STATUSES
@@ -25,7 +25,7 @@ from apps.contracts.tiers import TierError, max_leverage_for_notional
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import to_decimal
-from apps.ledger.services import account_get_or_create, ledger_transfer, prepared_cursor
+from apps.ledger.services import account_get_or_create, ledger_transfer, bound_cursor
 from apps.liquidation.models import Liquidation, LiquidationStatus
 from apps.ops.metrics import RISK_CHECK, measure_latency
 from apps.positions.models import Position
@@ -215,7 +215,7 @@ def _check_status(contract: Contract, status: str, *, reducing: bool) -> None:
 
 def _entry_state(*, user, contract: Contract, exposure: bool) -> dict:
     """The liquidation freeze, the account's open orders on the contract and (`exposure`) the
-    pre-trade risk check's reads, in one prepared statement under the entry locks.
+    pre-trade risk check's reads, in one statement under the entry locks.
 
     Count, open notional per side and reduce-only quantity per side of the open orders
     (one aggregate over the (user, contract) index), and whether a liquidation of the
@@ -225,7 +225,7 @@ def _entry_state(*, user, contract: Contract, exposure: bool) -> dict:
     Raw SQL because the ORM spends longer building these queries than PostgreSQL spends
     running them.
     """
-    with prepared_cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(_entry_state_sql(), {**exposure_params(user=user), "contract": contract.pk,
                                             "liquidating": _LIQUIDATING, "exposure": exposure})
         rows = cursor.fetchall()
@@ -341,7 +341,7 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
     with transaction.atomic():
         # The status read again FOR SHARE (a lifecycle change - close-only, settling, halt - waits
         # for this order), then the balances and the position, locked in one statement.
-        status, position, balances = entry_lock(user=user, contract=contract)
+        status, position, balances, accounts = entry_lock(user=user, contract=contract)
         _check_status(contract, status, reducing=reducing)
         exposure = _entry_state(user=user, contract=contract,
                                 exposure=not reducing and risk_setting("RISK_PRETRADE_ENABLED"))
@@ -364,8 +364,8 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
             _check_leverage_tier(spec, contract, position, exposure, quantity, hold_price)
         hold = order_hold(quantity=quantity, price=hold_price, contract=contract, leverage=position.leverage,
                           reduce_only=reducing)
-        wallet = account_get_or_create(kind=AccountKind.WALLET, user=user)
-        if hold > balances.get(wallet.pk, ZERO):  # the ledger would refuse it too; say so before the risk gate
+        wallet = _account_id(accounts, AccountKind.WALLET, user)
+        if hold > balances.get(wallet, ZERO):  # the ledger would refuse it too; say so before the risk gate
             raise MarginInsufficient("Margin is insufficient.")
         if not reducing:  # before the order row exists: the check counts the open orders itself
             with measure_latency(RISK_CHECK):
@@ -387,20 +387,48 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
         except IntegrityError as exc:
             raise _error("ClientOrderId is duplicated.", ErrorCode.CLIENT_ORDER_ID_DUPLICATED) from exc
         if hold > 0:
-            _hold(user=user, contract=contract, order=order, amount=hold)
+            _hold(user=user, contract=contract, order=order, amount=hold, accounts=accounts)
         if not conditional:
             transaction.on_commit(lambda: doorbell.ring(contract.pk))
     return order
 
 
+# Fields whose database preparation is the identity on PostgreSQL for a value of the given
+# type (what order entry sets): such a value is passed as it is; anything else goes through
+# the field, as `Model.save()` would.
+# (Not integer fields: Django hands psycopg their values as sized Int2/Int4/Int8.)
+_AS_IS = ((models.CharField, str), (models.BooleanField, bool), (models.DecimalField, Decimal),
+          (models.ForeignKey, int))
+_insert_plans: dict[tuple[type, tuple[str, ...]], tuple[list[str], list[tuple]]] = {}
+
+
+def _insert_plan(model, skip: tuple[str, ...]) -> tuple[list[str], list[tuple]]:
+    plan = _insert_plans.get((model, skip))
+    if plan is None:
+        columns, steps = [], []
+        for field in model._meta.concrete_fields:
+            if field.primary_key or field.attname in skip:
+                continue
+            columns.append(field.column)
+            plain = None
+            if not getattr(field, "auto_now", False) and not getattr(field, "auto_now_add", False):
+                plain = next((kind for cls, kind in _AS_IS if isinstance(field, cls)), None)
+            steps.append((field, field.attname, plain))
+        plan = _insert_plans[model, skip] = (columns, steps)
+    return plan
+
+
 def _insert_parts(instance, *, skip: tuple[str, ...] = ()) -> tuple[list[str], list]:
     """Columns and database values of a new row, as `Model.save()` would insert them
     (defaults, auto_now stamps set on the instance, values prepared by each field)."""
-    columns, values = [], []
-    for field in instance._meta.concrete_fields:
-        if field.primary_key or field.attname in skip:
-            continue
-        columns.append(field.column)
+    columns, steps = _insert_plan(type(instance), skip)
+    values = []
+    for field, attname, plain in steps:
+        if plain is not None:
+            value = getattr(instance, attname)
+            if value is None or type(value) is plain or (plain is str and isinstance(value, str)):
+                values.append(value)
+                continue
         values.append(field.get_db_prep_save(field.pre_save(instance, add=True), connection))
     return columns, values
 
@@ -413,25 +441,45 @@ def _order_insert(order: Order, *, journal: bool) -> None:
     the order's pk (and its stamps, through the fields' pre_save).
     """
     columns, values = _insert_parts(order)
-    sql = (f"WITH o AS (INSERT INTO {Order._meta.db_table} ({', '.join(columns)}) "
-           f"VALUES ({', '.join(['%s'] * len(columns))}) RETURNING id)")
     if journal:
         command = OrderCommand(contract_id=order.contract_id, kind=CommandKind.NEW)
-        command_columns, command_values = _insert_parts(command, skip=("order_id",))
-        sql += (f", c AS (INSERT INTO {OrderCommand._meta.db_table} ({', '.join(command_columns)}, order_id) "
-                f"SELECT {', '.join(['%s'] * len(command_columns))}, o.id FROM o)")
-        values += command_values
-    with connection.cursor() as cursor:
-        cursor.execute(sql + " SELECT id FROM o", values)
+        values += _insert_parts(command, skip=("order_id",))[1]
+    with bound_cursor() as cursor:
+        cursor.execute(_order_insert_sql(columns, journal), values)
         order.pk = cursor.fetchone()[0]
     order._state.adding, order._state.db = False, connection.alias
 
 
-def _hold(*, user, contract: Contract, order: Order, amount: Decimal) -> None:
+_ORDER_INSERT_SQL: dict[bool, str] = {}
+
+
+def _order_insert_sql(columns: list[str], journal: bool) -> str:
+    # VALUES straight into each table: PostgreSQL types the parameters by their columns.
+    sql = _ORDER_INSERT_SQL.get(journal)
+    if sql is None:
+        sql = (f"WITH o AS (INSERT INTO {Order._meta.db_table} ({', '.join(columns)}) "
+               f"VALUES ({', '.join(['%s'] * len(columns))}) RETURNING id)")
+        if journal:
+            command_columns = _insert_plan(OrderCommand, ("order_id",))[0]
+            sql += (f", c AS (INSERT INTO {OrderCommand._meta.db_table} ({', '.join(command_columns)}, order_id) "
+                    f"VALUES ({', '.join(['%s'] * len(command_columns))}, (SELECT id FROM o)))")
+        sql = _ORDER_INSERT_SQL[journal] = sql + " SELECT id FROM o"
+    return sql
+
+
+def _account_id(accounts: dict[str, int], kind: str, user) -> int:
+    """The user's account of a kind: from `entry_lock`'s read, else looked up (created when missing)."""
+    found = accounts.get(kind)
+    if found is None:
+        found = accounts[kind] = account_get_or_create(kind=kind, user=user).pk
+    return found
+
+
+def _hold(*, user, contract: Contract, order: Order, amount: Decimal, accounts: dict[str, int]) -> None:
     try:
         ledger_transfer(
-            source=account_get_or_create(kind=AccountKind.WALLET, user=user),
-            destination=account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=user),
+            source=_account_id(accounts, AccountKind.WALLET, user),
+            destination=_account_id(accounts, AccountKind.ORDER_MARGIN, user),
             asset=contract.settle_asset, amount=amount, kind=TransactionKind.ORDER_MARGIN,
             reference={"order_id": order.pk},
             savepoint=False,  # a refused hold refuses the order: order_place's transaction rolls back
@@ -523,7 +571,8 @@ def order_amend(*, user, contract: Contract, quantity, price, side: str | None =
     with transaction.atomic():
         # An amend can match: only while the contract matches (any order may be amended in close-only).
         # Money before the order row: the lock order.
-        _check_status(contract, entry_lock(user=user, contract=contract)[0], reducing=True)
+        status, _, _, accounts = entry_lock(user=user, contract=contract)
+        _check_status(contract, status, reducing=True)
         order = order_get(user=user, contract=contract, order_id=order_id, client_order_id=client_order_id, lock=True)
         if side is not None and side != order.side:
             raise _error("Side does not match the order.", ErrorCode.INVALID_SIDE)
@@ -551,7 +600,7 @@ def order_amend(*, user, contract: Contract, quantity, price, side: str | None =
                               leverage=order.leverage, reduce_only=order.reduce_only)
         added = max(ZERO, required - order.margin_held)
         if added:
-            _hold(user=user, contract=contract, order=order, amount=added)
+            _hold(user=user, contract=contract, order=order, amount=added, accounts=accounts)
         OrderCommand.objects.create(contract=contract, kind=CommandKind.AMEND, order=order, price=price,
                                     quantity=quantity, margin_added=added)
         transaction.on_commit(lambda: doorbell.ring(contract.pk))

@@ -22,8 +22,10 @@ def test_entry_lock_reads_what_the_separate_locks_read_in_one_statement(make_use
     Position.objects.create(user=alice, contract=btcusdt, size=D("-0.3"), entry_price=D("50000"), leverage=7)
     with transaction.atomic():
         with CaptureQueriesContext(connection) as queries:
-            status, position, balances = entry_lock(user=alice, contract=btcusdt)
+            status, position, balances, accounts = entry_lock(user=alice, contract=btcusdt)
         assert len(queries) == 1
+        assert accounts == {kind: account_get_or_create(kind=kind, user=alice).pk
+                            for kind in (AccountKind.WALLET, AccountKind.ORDER_MARGIN)}
         assert status == status_share_lock(btcusdt.pk)
         assert balances == user_balances_lock(user_id=alice.pk, asset=usdt)
         assert list(balances.values()) == [D("987.5"), D("12.5")]  # by account id: wallet, then order margin
@@ -36,8 +38,8 @@ def test_entry_lock_reads_what_the_separate_locks_read_in_one_statement(make_use
 def test_entry_lock_creates_a_missing_position(make_user, usdt, btcusdt):
     bob = make_user("bob")
     with transaction.atomic():
-        status, position, balances = entry_lock(user=bob, contract=btcusdt, status=False)
-    assert status is None and balances == {}
+        status, position, balances, accounts = entry_lock(user=bob, contract=btcusdt, status=False)
+    assert status is None and balances == {} and accounts == {}
     assert position.pk == Position.objects.get(user=bob, contract=btcusdt).pk and position.size == 0
     with transaction.atomic():
         assert position_and_balances_lock(user=bob, contract=btcusdt)[0].pk == position.pk

@@ -267,3 +267,23 @@ def test_a_limit_order_is_four_statements_and_the_risk_check_reads_the_same_expo
     assert (state_["count"], state_["reducing_sells"], state_["exposure"]) == (3, D("0.05"), None)
     assert state_["buy_notional"] == D("0.1") * D("49000") + D("0.1") * D("49500") and not state_["frozen"]
     engine.book.validate()
+
+
+def test_order_rows_are_written_as_the_fields_prepare_them(funded, btcusdt):
+    from django.db import connection
+
+    from apps.trading.models import OrderCommand
+    from apps.trading.services import _insert_parts
+
+    alice = funded("alice")
+    order = order_place(user=alice, contract=btcusdt, side="BUY", order_type="STOP", quantity=D("0.1"),
+                        price=D("50000"), stop_price=D("50100"), working_type="MARK_PRICE")
+    stored = Order.objects.get(pk=order.pk)
+    assert [getattr(stored, f.attname) for f in Order._meta.concrete_fields] == \
+        [getattr(order, f.attname) for f in Order._meta.concrete_fields]
+    command = OrderCommand(contract_id=btcusdt.pk, kind="NEW", order_id=order.pk)
+    for instance in (order, command):  # (pre_save stamps the auto_now times again: compared after)
+        columns, values = _insert_parts(instance)
+        by_field = [f.get_db_prep_save(getattr(instance, f.attname), connection)
+                    for f in instance._meta.concrete_fields if not f.primary_key]
+        assert values == by_field and [type(v) for v in values] == [type(v) for v in by_field]
