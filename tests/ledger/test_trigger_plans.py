@@ -1,0 +1,49 @@
+"""The ledger's statement triggers keep probing indexes after the tables have grown (migration 0008).
+
+PL/pgSQL keeps a trigger statement's plan for the connection's life until an ANALYZE or
+VACUUM invalidates it; without autovacuum (the CI server's setting) a plan made while the
+tables were small read all of `ledger_ledgertransaction` at every posting of a long-lived
+worker. Here: a posting and an income line plan the triggers on small tables, 20,000
+transactions arrive without an ANALYZE, and the next posting and income line must read
+the transaction and user tables by index only (the counters of the current transaction).
+"""
+from decimal import Decimal
+
+from django.db import connection
+from django.utils import timezone
+
+from apps.ledger.models import AccountKind, Income, IncomeType
+from apps.ledger.services import account_get_or_create, ledger_transfer, wallet_deposit
+
+D = Decimal
+WATCHED = ("ledger_ledgertransaction", "auth_user")
+
+
+def _seq_scans() -> dict[str, int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT relname, seq_scan FROM pg_stat_xact_user_tables WHERE relname = ANY(%s)",
+                       [list(WATCHED)])
+        return dict(cursor.fetchall())
+
+
+def _post_and_record(user, usdt, wallet, margin) -> None:
+    txn = ledger_transfer(source=wallet, destination=margin, asset=usdt, amount=D("1"), kind="ORDER_MARGIN")
+    Income.objects.create(user=user, income_type=IncomeType.TRANSFER, amount=D("1"), asset=usdt,
+                          transaction=txn, created_at=timezone.now())
+
+
+def test_trigger_checks_probe_indexes_after_the_tables_grew(make_user, usdt):
+    user = make_user("grower")
+    wallet_deposit(user=user, asset=usdt, amount=D("100"))
+    wallet = account_get_or_create(kind=AccountKind.WALLET, user=user)
+    margin = account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=user)
+    _post_and_record(user, usdt, wallet, margin)  # the triggers' plans are made now, on small tables
+
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO ledger_ledgertransaction (kind, memo, reference, created_at)"
+                       " SELECT 'TRANSFER', '', '{}', now() FROM generate_series(1, 20000)")
+    before = _seq_scans()
+    _post_and_record(user, usdt, wallet, margin)
+    after = _seq_scans()
+
+    assert {t: after.get(t, 0) - before.get(t, 0) for t in WATCHED} == {t: 0 for t in WATCHED}
