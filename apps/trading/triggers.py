@@ -3,10 +3,10 @@
 Runs inside the matcher's batch transaction, before the batch reads its commands, so a
 fired order is journalled (a NEW command with the next sequence number) atomically
 with everything else the batch books: a crash fires it again or not at all, never
-twice. A waiting order that is due (or moves its trailing extreme) is locked (SKIP LOCKED:
-one being cancelled right now is left for the next round, and the cancel wins). STOP and TAKE_PROFIT watch the mark price
-(`workingType=MARK_PRICE`) or the last trade price (CONTRACT_PRICE); a trailing stop
-tracks its extreme price in `trail_extreme`.
+twice. A waiting order that is due (or moves its trailing extreme) is locked (SKIP
+LOCKED: one being cancelled right now is left for the next round, and the cancel wins).
+STOP and TAKE_PROFIT watch the mark price (`workingType=MARK_PRICE`) or the last trade
+price (CONTRACT_PRICE); a trailing stop tracks its extreme price in `trail_extreme`.
 
 When an order fires: market types get their protection price from the mark at that
 moment; reduce-only and close-position orders are cut to the position they may reduce
