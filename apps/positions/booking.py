@@ -83,7 +83,7 @@ class _PositionState:
     leverage: int
     size: Decimal
     entry_price: Decimal
-    stored_size: Decimal  # as read under the lock: `_write_positions` writes only what moved
+    stored_size: Decimal  # as read under the lock: `positions_update` writes only what moved
     stored_entry_price: Decimal
     realized: Decimal = Decimal(0)
     isolated_balance: Decimal = Decimal(0)
@@ -93,6 +93,9 @@ class _PositionState:
 class BatchBooking:
     fills: list[BookedFill] = field(default_factory=list)
     ledger_transaction_id: int | None = None
+    # `fills_book(positions_write=False)`: the positions' UPDATE (sql, params) left for the caller
+    # to run (None: no position moved).
+    positions_update: tuple[str, list] | None = None
 
 
 def _ensure_positions(contract, user_ids: set[int]) -> dict[int, Position]:
@@ -240,10 +243,11 @@ class _Book:
         return {u: covers[a] for u, a in self.wallets.items() if a in covers}
 
     def post(self, *, kind: str, reference: dict, idempotency_key: str | None = None,
-             savepoint: bool = True) -> int | None:
+             savepoint: bool = True, positions_write: bool = True) -> int | None:
         """One balanced posting of the deltas, then the positions; the transaction id (None: nothing moved).
 
-        `savepoint=False`: the caller's transaction rolls back anyway when the posting is refused."""
+        `savepoint=False`: the caller's transaction rolls back anyway when the posting is refused.
+        `positions_write=False`: the positions' UPDATE is left in `self.positions_update`."""
         asset = self.contract.settle_asset
         legs = [Leg(account_id, asset, amount) for account_id, amount in sorted(self.delta.items()) if amount]
         txn_id = None
@@ -251,12 +255,19 @@ class _Book:
             txn_id = ledger_post_many(postings=[Posting(kind=kind, legs=legs, reference=reference,
                                                         idempotency_key=idempotency_key)],
                                       savepoint=savepoint)[0].pk
-        _write_positions(self.states.values())
+        self.positions_update = positions_update(self.states.values())
+        if positions_write and self.positions_update is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(*self.positions_update)
         return txn_id
 
 
-def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], reference: dict) -> BatchBooking:
-    """Book a batch: `fills` in execution order, `releases` = order margin returned per user id."""
+def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], reference: dict,
+               positions_write: bool = True) -> BatchBooking:
+    """Book a batch: `fills` in execution order, `releases` = order margin returned per user id.
+
+    `positions_write=False`: the positions' UPDATE comes back in `BatchBooking.positions_update`
+    for the caller to run in its own next statement (the matcher's, with its orders), before commit."""
     user_ids = {f.taker_user_id for f in fills} | {f.maker_user_id for f in fills} | set(releases)
     if not user_ids:
         return BatchBooking()
@@ -320,7 +331,9 @@ def fills_book(*, contract, fills: list[Fill], releases: dict[int, Decimal], ref
                 by_user[user_id].bad_debt += bad
     # No savepoint of its own: a refused posting fails the batch, whose transaction rolls back (the
     # matcher rebuilds the book and replays it), so the SAVEPOINT / RELEASE pair was pure cost.
-    booking.ledger_transaction_id = book.post(kind=TransactionKind.TRADE, reference=reference, savepoint=False)
+    booking.ledger_transaction_id = book.post(kind=TransactionKind.TRADE, reference=reference, savepoint=False,
+                                              positions_write=positions_write)
+    booking.positions_update = None if positions_write else book.positions_update
     if outcomes:
         from apps.liquidation.services import liquidation_outcomes_record  # liquidation builds on positions
 
@@ -455,23 +468,22 @@ def deficits_cover(*, wallets: dict[int, int], delta: dict[int, Decimal], curren
     return covers
 
 
-def _write_positions(states) -> None:
+POSITIONS_UPDATE_SQL = """
+UPDATE positions_position AS p
+SET size = t.size, entry_price = t.entry_price, realized_pnl = p.realized_pnl + t.realized, updated_at = now()
+FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[]) AS t(id, size, entry_price, realized)
+WHERE p.id = t.id
+"""
+
+
+def positions_update(states) -> tuple[str, list] | None:
+    """The UPDATE (sql, params) of the positions that moved, None if none did."""
     changed = [s for s in states if s.size != s.stored_size or s.entry_price != s.stored_entry_price or s.realized]
     if not changed:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            UPDATE positions_position AS p
-            SET size = t.size, entry_price = t.entry_price, realized_pnl = p.realized_pnl + t.realized,
-                updated_at = now()
-            FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[]) AS t(id, size, entry_price, realized)
-            WHERE p.id = t.id
-            """,
-            [
-                array_literal([s.pk for s in changed]),
-                array_literal([s.size for s in changed]),
-                array_literal([s.entry_price for s in changed]),
-                array_literal([s.realized for s in changed]),
-            ],
-        )
+        return None
+    return POSITIONS_UPDATE_SQL, [
+        array_literal([s.pk for s in changed]),
+        array_literal([s.size for s in changed]),
+        array_literal([s.entry_price for s in changed]),
+        array_literal([s.realized for s in changed]),
+    ]

@@ -288,7 +288,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         with measure_latency(POSITION_UPDATE):  # the SLA operation "position update" is the booking
             booking = fills_book(contract=contract, fills=fills, releases=dict(releases),
                                  reference={"symbol": contract.symbol, "first_seq": commands[0].seq,
-                                            "last_seq": commands[-1].seq})
+                                            "last_seq": commands[-1].seq}, positions_write=False)
         for trade, booked in zip(trade_rows, booking.fills):
             trade.taker_fee, trade.maker_fee = booked.taker_fee, booked.maker_fee
             trade.taker_realized_pnl, trade.maker_realized_pnl = booked.taker_realized_pnl, booked.maker_realized_pnl
@@ -296,7 +296,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         if trade_rows:
             incomes_record(contract=contract, fills=fills, booking=booking, trade_ids=[t.pk for t in trade_rows],
                            at=trade_rows[0].created_at)
-        _write_orders([s for s in orders.values() if s.changed], [c.seq for c in commands])
+        _write_orders([s for s in orders.values() if s.changed], [c.seq for c in commands], booking.positions_update)
         result = BatchResult(commands=len(commands), trades=trade_rows)
         levels = _levels(engine, touched)
         last_seq = commands[-1].seq
@@ -386,18 +386,23 @@ def _trades_write(contract, rows: list[TradeRow]) -> None:
              t.maker_fee, t.taker_realized_pnl, t.maker_realized_pnl, t.command_seq, now) for t in rows))
 
 
-def _write_orders(states: list[_OrderState], seqs: list[int]) -> None:
-    """The changed orders and the batch's commands marked DONE, in one statement (the commands'
-    UPDATE rides in a WITH; arrays, not IN lists of thousands of parameters)."""
-    done = ("WITH done AS (UPDATE trading_ordercommand SET status = %s, processed_at = statement_timestamp()"
-            " WHERE seq = ANY(%s::bigint[]))")
+def _write_orders(states: list[_OrderState], seqs: list[int], positions: tuple[str, list] | None = None) -> None:
+    """The changed orders, the batch's commands marked DONE and the booked positions (`positions`:
+    the UPDATE `fills_book(positions_write=False)` left) in one statement: the other UPDATEs ride in
+    a WITH, which PostgreSQL runs exactly once (arrays, not IN lists of thousands of parameters)."""
+    ctes = ["done AS (UPDATE trading_ordercommand SET status = %s, processed_at = statement_timestamp()"
+            " WHERE seq = ANY(%s::bigint[]))"]
     params = [CommandStatus.DONE, array_literal(seqs)]
+    if positions is not None:
+        ctes.append(f"moved AS ({positions[0]})")
+        params += positions[1]
+    head = "WITH " + ", ".join(ctes)
     with connection.cursor() as cursor:
         if not states:
-            cursor.execute(done + " SELECT 1", params)
+            cursor.execute(head + " SELECT 1", params)
             return
         cursor.execute(
-            done + """
+            head + """
             UPDATE trading_order AS o
             SET status = t.status, executed_qty = t.executed, cum_quote = t.cum_quote, margin_held = t.held,
                 priority = t.priority, quantity = t.quantity, price = t.price, updated_at = now()

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from apps.marketdata.services import price_publish
 from apps.ops.invariants import run_all_invariants
+from apps.positions.models import Position
 from apps.trading.engine import SymbolEngine
 from apps.trading.matching import batch_process
 from apps.trading.models import Order, OrderStatus
@@ -46,4 +47,19 @@ def test_a_batch_that_only_releases_margin_locks_no_position(funded, btcusdt):
     assert not [q for q in queries if "positions_position" in (q["sql"] or "") and "FOR UPDATE" in q["sql"]]
     assert Order.objects.get(pk=order.pk).status == OrderStatus.CANCELED
     assert held_of(alice) == 0
+    assert run_all_invariants() == []
+
+
+def test_a_fill_batch_writes_positions_orders_and_journal_in_one_statement(funded, btcusdt):
+    alice, bob = funded("alice"), funded("bob")
+    engine = SymbolEngine(btcusdt)
+    order_place(user=bob, contract=btcusdt, side="SELL", quantity=D("0.1"), price=D("50000"))
+    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.1"), price=D("50000"))
+    with CaptureQueriesContext(connection) as queries:
+        assert len(batch_process(engine).trades) == 1
+    writes = [q["sql"] for q in queries if "UPDATE positions_position" in (q["sql"] or "")]
+    assert len(writes) == 1 and "UPDATE trading_order" in writes[0] and "UPDATE trading_ordercommand" in writes[0]
+    assert dict(Position.objects.filter(contract=btcusdt).values_list("user_id", "size")) == \
+        {alice.pk: D("0.1"), bob.pk: D("-0.1")}
+    assert set(Order.objects.values_list("status", flat=True)) == {OrderStatus.FILLED}
     assert run_all_invariants() == []
