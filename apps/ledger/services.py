@@ -239,6 +239,14 @@ ONCE = """
     b.amount + l.amount AS after, true AS ends_posting, true AS ends_call"""
 WINDOW = "WINDOW pair AS (PARTITION BY l.account_id, l.asset_id ORDER BY l.ord)"
 
+# The first balance a posting would leave below zero (unless it may go negative), after all
+# of that posting's legs: what refuses the posting (both write statements below).
+SHORT = """short AS (
+    SELECT p, account_id, asset_id, after FROM run
+    WHERE ends_posting AND after < 0 AND NOT may_go_negative
+    ORDER BY p, account_id, asset_id LIMIT 1
+),"""
+
 WRITE_SQL = """
 {legs},
 txn AS (SELECT * FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(id, p1)),
@@ -250,11 +258,7 @@ run AS MATERIALIZED (
     JOIN ledger_balance b ON b.account_id = l.account_id AND b.asset_id = l.asset_id
     {window}
 ),
-short AS (
-    SELECT p, account_id, asset_id, after FROM run
-    WHERE ends_posting AND after < 0 AND NOT may_go_negative
-    ORDER BY p, account_id, asset_id LIMIT 1
-),
+{short}
 entries AS (
     INSERT INTO ledger_ledgerentry (transaction_id, account_id, asset_id, amount, balance_after)
     SELECT transaction_id, account_id, asset_id, amount, after FROM run
@@ -304,7 +308,8 @@ def _write(stage, *, txn_ids: list[int | None], once: bool, assets: dict[str, As
         except IntegrityError as exc:
             if NON_NEGATIVE not in str(exc):
                 raise
-    sql = WRITE_SQL.format(legs=stage.cte, after=ONCE if once else RUNNING, window="" if once else WINDOW)
+    sql = WRITE_SQL.format(legs=stage.cte, after=ONCE if once else RUNNING, window="" if once else WINDOW,
+                           short=SHORT)
     with connection.cursor() as cursor:
         cursor.execute(sql, [*stage.params, txn_ids])
         short = cursor.fetchone()
@@ -338,11 +343,7 @@ run AS MATERIALIZED (
     WHERE (SELECT ok FROM complete)
     {window}
 ),
-short AS (
-    SELECT p, account_id, asset_id, after FROM run
-    WHERE ends_posting AND after < 0 AND NOT may_go_negative
-    ORDER BY p, account_id, asset_id LIMIT 1
-),
+{short}
 txn AS (
     INSERT INTO ledger_ledgertransaction (kind, idempotency_key, memo, reference, created_by_id, created_at)
     SELECT %s::text, NULL, %s::text, %s::jsonb, %s::bigint, %s::timestamptz
@@ -362,7 +363,8 @@ balances AS (
 SELECT c.ok, (SELECT id FROM txn), s.account_id, s.asset_id, s.after
 FROM complete c LEFT JOIN short s ON true
 """
-_ONE_SQL = {once: ONE_SQL.format(legs=ARRAYS, after=ONCE if once else RUNNING, window="" if once else WINDOW)
+_ONE_SQL = {once: ONE_SQL.format(legs=ARRAYS, after=ONCE if once else RUNNING, window="" if once else WINDOW,
+                                 short=SHORT)
             for once in (True, False)}
 _TXN_FIELDS = [LedgerTransaction._meta.get_field(name) for name in ("memo", "reference", "created_by", "created_at")]
 
