@@ -796,10 +796,12 @@ def wallet_adjust(
             reference={"user_id": user.pk},
             created_by=created_by,
         )
-        # get_or_create: a repeated idempotency key returns the earlier transaction.
+        # get_or_create: a repeated idempotency key returns the earlier transaction. The line's time
+        # is its transaction's, so the lookup goes through income_user_time (income lines have no
+        # index on their transaction: a scan of every line would grow with the table).
         Income.objects.get_or_create(
-            transaction=posted, user=user, income_type=IncomeType.TRANSFER,
-            defaults={"amount": amount, "asset": _asset(asset), "info": kind, "created_at": posted.created_at},
+            transaction=posted, user=user, income_type=IncomeType.TRANSFER, created_at=posted.created_at,
+            defaults={"amount": amount, "asset": _asset(asset), "info": kind},
         )
     return posted
 

@@ -1,4 +1,4 @@
-"""The ledger's statement triggers keep probing indexes after the tables have grown (migration 0008).
+"""Ledger lookups stay index probes after the tables have grown (the triggers: migration 0008; deposits).
 
 PL/pgSQL keeps a trigger statement's plan for the connection's life until an ANALYZE or
 VACUUM invalidates it; without autovacuum (the CI server's setting) a plan made while the
@@ -47,3 +47,24 @@ def test_trigger_checks_probe_indexes_after_the_tables_grew(make_user, usdt):
     after = _seq_scans()
 
     assert {t: after.get(t, 0) - before.get(t, 0) for t in WATCHED} == {t: 0 for t in WATCHED}
+
+
+def test_a_repeated_deposit_finds_its_income_line_by_index(make_user, usdt):
+    """The idempotent deposit looks its income line up by (user, time): no scan of every line."""
+    user = make_user("depositor")
+    first = wallet_deposit(user=user, asset=usdt, amount=D("5"), idempotency_key="dep-1")
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO ledger_income (user_id, symbol, income_type, amount, asset_id, info, transaction_id,"
+                       " created_at) SELECT %s, '', 'TRANSFER', 1, %s, '', %s, now() - interval '1 day'"
+                       " FROM generate_series(1, 20000)", [user.pk, usdt.pk, first.pk])
+    before = _seq_scans_of("ledger_income")
+    again = wallet_deposit(user=user, asset=usdt, amount=D("5"), idempotency_key="dep-1")
+    assert again.pk == first.pk
+    assert _seq_scans_of("ledger_income") == before
+    assert Income.objects.filter(transaction=first, user=user, created_at=first.created_at).count() == 1
+
+
+def _seq_scans_of(table: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COALESCE(sum(seq_scan), 0) FROM pg_stat_xact_user_tables WHERE relname = %s", [table])
+        return cursor.fetchone()[0]
