@@ -26,6 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=20261126)
+    parser.add_argument("--window", type=int, default=0,
+                        help="also print ms per call of the main kinds for each window of this many events")
     args = parser.parse_args()
 
     ensure_services()
@@ -40,6 +42,7 @@ def main() -> None:
 
     database_recreate_and_use(bench_database_name("soak"))
     stats: dict[str, list] = defaultdict(lambda: [0, 0.0, 0])
+    windows: list[dict[str, list]] = []  # per window: kind -> [calls, seconds, statements]
     statements = [0]
 
     def count(execute, sql, params, many, context):
@@ -50,10 +53,16 @@ def main() -> None:
         kind = self.rng.choices(self._kinds, self._weights)[0]
         before, started = statements[0], time.perf_counter()
         getattr(self, f"do_{kind}")()
-        row = stats[kind]
-        row[0] += 1
-        row[1] += time.perf_counter() - started
-        row[2] += statements[0] - before
+        spent, stmts = time.perf_counter() - started, statements[0] - before
+        rows = [stats[kind]]
+        if args.window:
+            if not windows or sum(r[0] for r in windows[-1].values()) >= args.window:
+                windows.append(defaultdict(lambda: [0, 0.0, 0]))
+            rows.append(windows[-1][kind])
+        for row in rows:
+            row[0] += 1
+            row[1] += spent
+            row[2] += stmts
         return kind
 
     soak.Soak.event = event
@@ -79,6 +88,14 @@ def main() -> None:
     floor = per_event_statements * round_trip
     print(f"  baseline: SELECT 1 round trip {round_trip:.3f} ms; an event's statements as bare round trips "
           f"{floor:.2f} ms; ratio event / round-trip floor {per_event_ms / floor:.1f}x")
+    if windows:
+        kinds = ("limit", "match", "tick", "sweep", "cancel", "amend")
+        print("  per window of %d events: events/s, then ms per call (statements per call)" % args.window)
+        for number, window in enumerate(windows):
+            spent = sum(r[1] for r in window.values())
+            cells = "  ".join(f"{k} {window[k][1] / window[k][0] * 1000:5.2f} ({window[k][2] / window[k][0]:4.1f})"
+                              for k in kinds if window[k][0])
+            print(f"    {number * args.window:>8,d}+ {sum(r[0] for r in window.values()) / spent:6.1f}/s  {cells}")
     print(f"  invariants: {result.checks_passed} checks passed in {result.rounds} rounds"
           + ("" if result.ok else f"; FAILED: {result.failure}"))
     print(machine_line())
