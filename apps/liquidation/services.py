@@ -86,7 +86,7 @@ from .models import (
     RecordKind,
     Scope,
 )
-from .status import MarginStatus, bankruptcy_price, level_of, plain, statuses_from_overview, thresholds
+from .status import MarginStatus, bankruptcy_price, plain, statuses_from_overview, thresholds
 
 logger = logging.getLogger(__name__)
 ZERO = Decimal(0)
@@ -195,7 +195,7 @@ def liquidation_start(*, user, asset: Asset, contract: Contract | None = None) -
         if Liquidation.objects.filter(user=user, contract=contract, status=LiquidationStatus.ACTIVE).exists():
             return None
         status = _scope_status(user, asset_code=asset.code, contract_id=contract.pk if contract else None)
-        if status is None or level_of(status.ratio) != MarginLevel.LIQUIDATION:
+        if status is None or status.level != MarginLevel.LIQUIDATION:
             return None
         liquidation = Liquidation.objects.create(
             user=user, asset=asset, scope=Scope.ISOLATED if contract else Scope.CROSS, contract=contract,
@@ -560,7 +560,7 @@ def liquidation_nominees_process(*, cross: list[tuple[int, int]], isolated: list
             if (status.scope == Scope.ISOLATED and status.contract.pk == contract_id) or (
                     contract_id is None and status.scope == Scope.CROSS
                     and status.positions[0].contract.settle_asset_id == asset_id):
-                return level_of(status.ratio) == MarginLevel.LIQUIDATION
+                return status.level == MarginLevel.LIQUIDATION
         return False
 
     cross_due = [(u, a) for u, a in cross if due(u, asset_id=a)]
