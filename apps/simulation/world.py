@@ -49,7 +49,8 @@ from apps.settlement.delivery import delivery_advance
 from apps.settlement.services import funding_settle, premium_sample_take
 from apps.trading.matcher import Matcher
 from apps.trading.matching import BATCH_LIMIT, batch_process
-from apps.trading.models import CONDITIONAL_TYPES, CommandStatus, OrderStatus
+from apps.trading.models import CommandStatus
+from apps.trading.triggers import waiting_predicate
 
 from .database import process_caches_forget
 
@@ -258,11 +259,7 @@ class SimExchange:
 # Raw SQL: these run on every match event, and the ORM's query compilation cost more than the queries.
 # The constants are inlined so the planner matches the partial indexes.
 PENDING_SQL = f"SELECT DISTINCT contract_id FROM trading_ordercommand WHERE status = '{CommandStatus.PENDING}'"
-_CONDITIONAL = ", ".join(f"'{t}'" for t in CONDITIONAL_TYPES)
-WORK_SQL = (
-    f"{PENDING_SQL} UNION SELECT contract_id FROM trading_order WHERE status = '{OrderStatus.NEW}'"
-    f" AND triggered_at IS NULL AND order_type IN ({_CONDITIONAL})"
-)
+WORK_SQL = f"{PENDING_SQL} UNION SELECT o.contract_id FROM trading_order o WHERE {waiting_predicate('o')}"
 
 
 def _contract_ids(sql: str) -> set[int]:
