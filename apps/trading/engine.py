@@ -42,9 +42,13 @@ class SymbolEngine:
         self.grid = Grid.of(contract)
         self.book = Book(self.grid.ticks(contract.min_price), self.grid.ticks(contract.max_price), 1 << 16)
         self.next_priority = 1
+        # Close-only: the opening orders resting from before have been taken out of this book
+        # (`apps.trading.matching`); False again after a rebuild or once the contract trades.
+        self.opening_swept = False
 
     def rebuild(self) -> int:
         """Load the resting orders of the contract into an empty book, in priority order."""
+        self.opening_swept = False
         rows = list(
             Order.objects.filter(contract=self.contract, status__in=RESTING_STATUSES, priority__isnull=False)
             .order_by("priority")

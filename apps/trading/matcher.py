@@ -131,7 +131,8 @@ class Matcher:
             BATCH_SECONDS.labels(symbol).observe(result.seconds)
             # Per command: the batch's time spread over its commands (they are matched
             # and booked together, in one transaction).
-            observe_latency(ORDER_PROCESSING, result.seconds / result.commands, count=result.commands)
+            if result.commands:  # none: a batch that only took close-only's opening orders out
+                observe_latency(ORDER_PROCESSING, result.seconds / result.commands, count=result.commands)
             counted = self._counted.setdefault(symbol, [0, 0])
             counted[0] += result.commands
             counted[1] += len(result.trades)

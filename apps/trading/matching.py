@@ -20,6 +20,7 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from apps.contracts.lifecycle import ACCEPTING_STATUSES
+from apps.contracts.models import ContractStatus
 from apps.ops.metrics import POSITION_UPDATE, measure_latency
 from apps.positions.booking import Fill, fills_book, incomes_record
 from matching_native import COMMAND_DTYPE, EventKind, Flag, Op, Reason
@@ -161,19 +162,26 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         # amends are refused; cancels still leave the book.
         status, pending, waiting = _status_and_waiting(contract.pk)
         matching = status in ACCEPTING_STATUSES
+        close_only = status == ContractStatus.CLOSE_ONLY
         fired, expired = triggers_fire(contract=contract, waiting=waiting) if matching and waiting else ([], {})
         commands = _pending_commands(contract.pk, limit) if pending or fired else []
-        if not commands:
+        # The commands' orders came with the commands; only resting makers are loaded, and with
+        # them the resting reduce-only orders of the accounts that filled (`_reduce_only_excess`).
+        orders = {c.order_id: _OrderState.of(c.order) for c in commands}
+        # Close-only: no order may open a position any more. Those resting from before leave the
+        # book before anything matches (once per close-only period: none can rest again while it
+        # lasts), and the new ones still in the journal are refused below (`_refused`).
+        opening = list(_opening_orders_cancel(engine, orders)) if close_only and not engine.opening_swept else []
+        engine.opening_swept = close_only
+        if not commands and not opening:
             if expired:  # conditional orders that expired unfired: only their holds to return
                 fills_book(contract=contract, fills=[], releases=expired,
                            reference={"symbol": contract.symbol, "expired_conditional": True})
             return None
-        live = commands if matching else [c for c in commands if c.kind == CommandKind.CANCEL]
+        refused = [c for c in commands if _refused(c, matching=matching, close_only=close_only)]
+        live = [c for c in commands if not _refused(c, matching=matching, close_only=close_only)]
         run = engine.execute(engine.command_records(live))
         events = run.events
-        # The commands' orders came with the commands; only resting makers are loaded, and with
-        # them the resting reduce-only orders of the accounts that filled (`_reduce_only_excess`).
-        orders = {c.order_id: _OrderState.of(c.order) for c in commands}
         filled = events[events["kind"] == EventKind.FILL]
         fill_users = {int(u) for u in filled["owner"]} | {int(u) for u in filled["maker_owner"]}
         if len(filled):
@@ -213,7 +221,11 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
             state.status = status
             state.changed = True
 
-        for command in (commands if not matching else ()):
+        for state, event in opening:
+            close(state, OrderStatus.EXPIRED)
+            report("EXPIRED", state)
+            touched.add((int(event["side"]), int(event["price"])))
+        for command in refused:
             if command.kind == CommandKind.NEW:
                 close(orders[command.order_id], OrderStatus.REJECTED)
                 report("REJECTED", orders[command.order_id])
@@ -288,7 +300,9 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         with measure_latency(POSITION_UPDATE):  # the SLA operation "position update" is the booking
             booking = fills_book(contract=contract, fills=fills, releases=dict(releases),
                                  reference={"symbol": contract.symbol, "first_seq": commands[0].seq,
-                                            "last_seq": commands[-1].seq}, positions_write=False)
+                                            "last_seq": commands[-1].seq} if commands
+                                 else {"symbol": contract.symbol, "close_only_expired": len(opening)},
+                                 positions_write=False)
         for trade, booked in zip(trade_rows, booking.fills):
             trade.taker_fee, trade.maker_fee = booked.taker_fee, booked.maker_fee
             trade.taker_realized_pnl, trade.maker_realized_pnl = booked.taker_realized_pnl, booked.maker_realized_pnl
@@ -299,7 +313,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         _write_orders([s for s in orders.values() if s.changed], [c.seq for c in commands], booking.positions_update)
         result = BatchResult(commands=len(commands), trades=trade_rows)
         levels = _levels(engine, touched)
-        last_seq = commands[-1].seq
+        last_seq = commands[-1].seq if commands else None
         transaction.on_commit(lambda: _publish(contract, trade_rows, executions, levels, last_seq))
         if any(c.order.order_type == OrderType.LIQUIDATION for c in commands):
             # Liquidation hook: the liquidation's next step is decided once these fills are committed.
@@ -317,6 +331,54 @@ def _liquidation_kick() -> None:
         liquidations_advance_task.delay()
     except Exception:
         logger.warning("liquidation kick failed", exc_info=True)
+
+
+def _refused(command: _Command, *, matching: bool, close_only: bool) -> bool:
+    """Refused without reaching the book: all but cancels while the contract does not match
+    (new orders rejected, amends' extra holds returned), and a new order that may open a
+    position in close-only (accepted before the contract turned close-only)."""
+    if command.kind == CommandKind.CANCEL:
+        return False
+    if not matching:
+        return True
+    return close_only and command.kind == CommandKind.NEW and not _reducing(command.order)
+
+
+def _reducing(order: Order) -> bool:
+    return order.reduce_only or order.close_position
+
+
+# The orders resting in the book that may open a position (not reduce-only, not close-position).
+OPENING_RESTING_SQL = (
+    f"SELECT {_ORDER_COLUMNS} FROM trading_order o WHERE o.contract_id = %s"
+    f" AND o.status IN ({', '.join(repr(str(s)) for s in RESTING_STATUSES)}) AND o.priority IS NOT NULL"
+    " AND NOT o.reduce_only AND NOT o.close_position ORDER BY o.priority"
+)
+
+
+def _opening_orders_cancel(engine: SymbolEngine, orders: dict[int, _OrderState]):
+    """Take the resting orders that may open a position out of the book (the contract turned
+    close-only); yields (order state, CANCELLED event). States already in `orders` (an order
+    with a command in this batch) are used as they are; the others are added."""
+    with connection.cursor() as cursor:
+        cursor.execute(OPENING_RESTING_SQL, [engine.contract.pk])
+        states = [orders.setdefault(row[0], _OrderState.of(_order(row))) for row in cursor.fetchall()]
+    yield from _book_cancel(engine, states)
+
+
+def _book_cancel(engine: SymbolEngine, states: list[_OrderState]):
+    """Cancel these orders in the book; yields (order state, CANCELLED event) for those it held."""
+    if not states:
+        return
+    records = np.zeros(len(states), COMMAND_DTYPE)
+    for i, state in enumerate(states):
+        records[i] = (Op.CANCEL, 0, 0, state.order.pk, state.order.user_id, 0, 0)
+    run = engine.execute(records)
+    by_order = {int(e["oid"]): e for e in run.events if e["kind"] == EventKind.CANCELLED}
+    for state in states:
+        event = by_order.get(state.order.pk)
+        if event is not None:
+            yield state, event
 
 
 def _reduce_only_excess(engine: SymbolEngine, fills: list[Fill], orders: dict[int, _OrderState],
@@ -344,7 +406,7 @@ def _reduce_only_excess(engine: SymbolEngine, fills: list[Fill], orders: dict[in
             orders.setdefault(row.pk, _OrderState.of(row))
     resting = sorted(
         (s for s in orders.values()
-         if (s.order.reduce_only or s.order.close_position) and s.order.user_id in delta
+         if _reducing(s.order) and s.order.user_id in delta
          and s.status in RESTING_STATUSES and s.priority is not None and s.open_qty > 0),
         key=lambda s: s.priority,
     )
@@ -356,17 +418,7 @@ def _reduce_only_excess(engine: SymbolEngine, fills: list[Fill], orders: dict[in
         sizes = dict(cursor.fetchall())
     excess = reduce_only_excess(((s.order.user_id, s.order.side, s.open_qty, s) for s in resting),
                                 {u: sizes.get(u, Decimal(0)) + d for u, d in delta.items()})
-    if not excess:
-        return
-    records = np.zeros(len(excess), COMMAND_DTYPE)
-    for i, state in enumerate(excess):
-        records[i] = (Op.CANCEL, 0, 0, state.order.pk, state.order.user_id, 0, 0)
-    run = engine.execute(records)
-    by_order = {int(e["oid"]): e for e in run.events if e["kind"] == EventKind.CANCELLED}
-    for state in excess:
-        event = by_order.get(state.order.pk)
-        if event is not None:
-            yield state, event
+    yield from _book_cancel(engine, excess)
 
 
 TRADE_COLUMNS = ("id", "contract_id", "price", "quantity", "taker_order_id", "maker_order_id", "taker_side",

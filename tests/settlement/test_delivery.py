@@ -204,6 +204,66 @@ def test_close_only_rejects_opening_and_accepts_reducing(quarterly, funded):
     assert run_all_invariants() == []
 
 
+def test_close_only_takes_opening_orders_out_of_the_book_before_anything_matches(quarterly, funded):
+    """Orders accepted while the contract traded may not open positions once it is close-only:
+    those resting leave the book (expired, holds back), those still in the journal are refused."""
+    alice, bob = trading_pair(quarterly, funded)  # alice long 1, bob short 1
+    carol, dave = funded("carol"), funded("dave")
+    engine = SymbolEngine(quarterly)
+    engine.rebuild()
+    opening_buy = order_place(user=carol, contract=quarterly, side="BUY", quantity=D("1"), price=D("49000"))
+    opening_sell = order_place(user=carol, contract=quarterly, side="SELL", quantity=D("1"), price=D("51000"))
+    reducing = order_place(user=alice, contract=quarterly, side="SELL", quantity=D("0.4"), price=D("52000"),
+                           reduce_only=True)
+    batch_process(engine)
+    journaled = order_place(user=dave, contract=quarterly, side="BUY", quantity=D("0.3"), price=D("48000"))
+    assert held_of(carol) > 0 and held_of(dave) > 0
+
+    delivery_advance(now=DT - timedelta(minutes=29))
+    quarterly.refresh_from_db()
+    assert quarterly.status == S.CLOSE_ONLY
+    # Bob's reduce-only buy would have filled against carol's sell and opened her a short.
+    order_place(user=bob, contract=quarterly, side="BUY", quantity=D("1"), price=D("51000"), reduce_only=True)
+    result = batch_process(engine)
+    assert result.trades == []
+    statuses = dict(Order.objects.filter(pk__in=[opening_buy.pk, opening_sell.pk, reducing.pk, journaled.pk])
+                    .values_list("pk", "status"))
+    assert statuses == {opening_buy.pk: OrderStatus.EXPIRED, opening_sell.pk: OrderStatus.EXPIRED,
+                        reducing.pk: OrderStatus.NEW, journaled.pk: OrderStatus.REJECTED}
+    assert held_of(carol) == 0 and held_of(dave) == 0
+    assert open_interest(quarterly) == (D("1"), D("1"))
+    assert engine.book.get(opening_buy.pk) is None and engine.book.get(opening_sell.pk) is None
+    assert engine.book.best_bid() == engine.grid.ticks(D("51000"))  # bob's reduce-only buy rests alone
+    assert run_all_invariants() == []
+
+    # The close-only sweep ran once; an idle batch does nothing, and reducing orders still match.
+    assert batch_process(engine) is None
+    order_place(user=alice, contract=quarterly, side="SELL", quantity=D("0.5"), price=D("51000"), reduce_only=True)
+    assert len(batch_process(engine).trades) == 1
+    assert open_interest(quarterly) == (D("0.5"), D("0.5"))
+    assert run_all_invariants() == []
+
+
+def test_a_close_only_sweep_without_commands_runs_on_the_matchers_idle_step(quarterly, funded):
+    from apps.trading.matcher import Matcher
+
+    alice, bob = trading_pair(quarterly, funded)
+    matcher = Matcher([quarterly.symbol])
+    engine = matcher.engines[quarterly.symbol] = SymbolEngine(quarterly)
+    engine.rebuild()
+    resting = order_place(user=alice, contract=quarterly, side="BUY", quantity=D("0.2"), price=D("49000"))
+    assert matcher.step() == 1
+    delivery_advance(now=DT - timedelta(minutes=29))
+    assert matcher.step() == 0 and not matcher._failures  # no command: only the sweep
+    resting.refresh_from_db()
+    assert resting.status == OrderStatus.EXPIRED and held_of(alice) == 0
+    assert engine.book.get(resting.pk) is None and engine.book.best_bid() is None
+    assert batch_process(engine) is None
+    engine.rebuild()  # a restarted matcher looks once more, and finds nothing to take out
+    assert batch_process(engine) is None and not engine.book.order_count
+    assert run_all_invariants() == []
+
+
 def test_orders_journaled_before_settling_are_refused_by_the_matcher(quarterly, funded):
     alice, bob = funded("alice"), funded("bob")
     delivery_advance(now=ONBOARD)
