@@ -60,3 +60,30 @@ def test_faucet_tops_a_wallet_back_up_and_only_when_below(usdt):
     assert faucet_refill(name="demo-trend-1", up_to=D("2000")) is None
     assert faucet_refill(name="demo-trend-1", up_to=D("2500.5")) == D("500.5")
     assert wallet_of("demo-trend-1") == D("2500.5")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_refills_at_once_top_up_once(usdt):
+    """The second refill waits for the first's wallet lock, then finds nothing missing."""
+    import threading
+
+    from django.db import connection
+
+    provision_participants(specs=participant_specs(makers=0, takers=0, trend=1), base_url="http://127.0.0.1:1")
+    barrier = threading.Barrier(2)
+    results = []
+
+    def refill():
+        try:
+            barrier.wait()
+            results.append(faucet_refill(name="demo-trend-1", up_to=D("3000")))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=refill) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results, key=str) == [D("1000"), None]
+    assert wallet_of("demo-trend-1") == D("3000")

@@ -25,9 +25,8 @@ from django.db import transaction
 
 from apps.accounts.models import ApiKey
 from apps.accounts.services import api_key_create, api_key_revoke
-from apps.ledger.models import AccountKind
-from apps.ledger.selectors import balance_amount
-from apps.ledger.services import account_get_or_create, wallet_deposit
+from apps.ledger.models import AccountKind, Asset
+from apps.ledger.services import account_get_or_create, balances_lock, wallet_deposit
 
 D = Decimal
 KEY_LABEL = "demo traders"
@@ -100,10 +99,13 @@ def faucet_refill(*, name: str, up_to: Decimal) -> Decimal | None:
     """Deposit what brings the user's wallet back to `up_to`; None when it is not below."""
     user = get_user_model().objects.get(username=name)
     wallet = account_get_or_create(kind=AccountKind.WALLET, user=user)
-    missing = up_to - balance_amount(account=wallet, asset_code=ASSET)
-    if missing <= 0:
-        return None
-    amount = missing  # both terms are amounts of the asset's precision, so is their difference
-    wallet_deposit(user=user, asset=ASSET, amount=amount, idempotency_key=f"demo-traders:refill:{name}:{uuid.uuid4()}",
-                   memo="demo faucet")
-    return amount
+    asset = Asset.objects.get(code=ASSET)
+    with transaction.atomic():  # read and top up under the wallet's lock: two refills never both deposit
+        held = balances_lock(account_ids=[wallet.pk], asset=asset).get(wallet.pk, Decimal(0))
+        missing = up_to - held
+        if missing <= 0:
+            return None
+        # Both terms are amounts of the asset's precision, so is their difference.
+        wallet_deposit(user=user, asset=asset, amount=missing,
+                       idempotency_key=f"demo-traders:refill:{name}:{uuid.uuid4()}", memo="demo faucet")
+    return missing
