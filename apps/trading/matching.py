@@ -516,24 +516,27 @@ def _levels(engine: SymbolEngine, touched: set[tuple[int, int]]) -> dict[str, li
 
 
 def _execution(contract, trades: list[TradeRow], entry: tuple) -> dict:
+    """An execution report for the relay, which turns those of users with a live listen key into
+    ORDER_TRADE_UPDATE events (`apps.accounts.user_stream`, where decimals are normalized: here
+    they go as `str()` prints them, most of them for nobody)."""
     exec_type, state, status, executed, cum_quote, fill, maker = entry
     order = state.order
     trade = trades[fill] if fill is not None else None
     out = {
         "order_id": order.pk, "user_id": order.user_id, "client_order_id": order.client_order_id,
         "side": order.side, "type": order.order_type, "time_in_force": order.time_in_force,
-        "orig_qty": _text(state.quantity), "price": _text(state.price or 0), "stop_price": _text(order.stop_price or 0),
-        "avg_price": _text(cum_quote / (executed * contract.contract_size)) if executed else "0",
-        "status": str(status), "exec_type": exec_type, "executed_qty": _text(executed),
+        "orig_qty": str(state.quantity), "price": str(state.price or 0), "stop_price": str(order.stop_price or 0),
+        "avg_price": str(cum_quote / (executed * contract.contract_size)) if executed else "0",
+        "status": str(status), "exec_type": exec_type, "executed_qty": str(executed),
         "reduce_only": order.reduce_only or order.close_position, "working_type": order.working_type,
         "close_position": order.close_position, "price_protect": order.price_protect, "stp_mode": order.stp_mode,
         "last_qty": "0", "last_price": "0", "commission": "0", "realized_pnl": "0", "trade_id": 0, "is_maker": maker,
         "commission_asset": contract.settle_asset.code,
     }
     if trade is not None:
-        out.update(last_qty=_text(trade.quantity), last_price=_text(trade.price), trade_id=trade.pk,
-                   commission=_text(trade.maker_fee if maker else trade.taker_fee),
-                   realized_pnl=_text(trade.maker_realized_pnl if maker else trade.taker_realized_pnl))
+        out.update(last_qty=str(trade.quantity), last_price=str(trade.price), trade_id=trade.pk,
+                   commission=str(trade.maker_fee if maker else trade.taker_fee),
+                   realized_pnl=str(trade.maker_realized_pnl if maker else trade.taker_realized_pnl))
     return out
 
 
