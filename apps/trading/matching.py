@@ -41,9 +41,10 @@ EVENTS_CHANNEL = channel("events:{symbol}")
 LEFT_THE_BOOK = (Reason.USER_CANCEL, Reason.STP_MAKER)
 DEPTH_LEVELS = 1000  # depth changes are reported for the top this many levels per side
 
-# The batch's reads are plain SQL into tuples: compiling the ORM's queries cost more CPU than running them.
-# What a batch reads of an order, as a plain row: building a model per order (its __init__,
-# its foreign-key descriptors, the timestamps it never reads) cost more CPU than booking it.
+# The batch's reads are plain SQL into tuples: compiling the ORM's queries cost more CPU than
+# running them. An order is a plain row of what the batch reads of it: building a model per
+# order (its __init__, its foreign-key descriptors, the timestamps it never reads) cost more
+# CPU than booking it.
 _ORDER_FIELDS = ("id", "user_id", "client_order_id", "side", "order_type", "time_in_force", "price",
                  "protection_price", "stop_price", "working_type", "close_position", "price_protect", "quantity",
                  "executed_qty", "cum_quote", "reduce_only", "status", "margin_held", "leverage", "stp_mode", "priority")
@@ -59,6 +60,8 @@ class _OrderRow(namedtuple("_OrderRow", _ORDER_FIELDS)):
     @property
     def pk(self) -> int:
         return self.id
+
+
 # The contract's status FOR SHARE (`status_share_lock`: a lifecycle change waits for this batch)
 # with whether any command is pending and its waiting conditional orders (`triggers_fire`), in one
 # round trip: a batch with nothing to do (the idle worker's poll) ends there.
