@@ -62,6 +62,8 @@ class _OrderRow(namedtuple("_OrderRow", _ORDER_FIELDS)):
         return self.id
 
 
+# An order the book holds (resting, with a time priority): one predicate for every read of them.
+_IN_BOOK = f"o.status IN ({', '.join(repr(str(s)) for s in RESTING_STATUSES)}) AND o.priority IS NOT NULL"
 # The contract's status FOR SHARE (`status_share_lock`: a lifecycle change waits for this batch)
 # with whether any command is pending and its waiting conditional orders (`triggers_fire`), in one
 # round trip: a batch with nothing to do (the idle worker's poll) ends there.
@@ -84,7 +86,7 @@ FILL_ORDERS_SQL = (
     f"SELECT {_ORDER_COLUMNS} FROM trading_order o WHERE o.id = ANY(%s::bigint[])"
     f" UNION ALL SELECT {_ORDER_COLUMNS} FROM trading_order o"
     " WHERE o.contract_id = %s AND o.user_id = ANY(%s::int[])"
-    f" AND o.status IN ({', '.join(repr(str(s)) for s in RESTING_STATUSES)}) AND o.priority IS NOT NULL"
+    f" AND {_IN_BOOK}"
     " AND (o.reduce_only OR o.close_position)"
 )
 
@@ -194,8 +196,9 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
                 fills_book(contract=contract, fills=[], releases=expired,
                            reference={"symbol": contract.symbol, "expired_conditional": True})
             return None
-        refused = [c for c in commands if _refused(c, matching=matching, close_only=close_only)]
-        live = [c for c in commands if not _refused(c, matching=matching, close_only=close_only)]
+        refused, live = [], []
+        for command in commands:
+            (refused if _refused(command, matching=matching, close_only=close_only) else live).append(command)
         run = engine.execute(engine.command_records(live))
         events = run.events
         filled = events[events["kind"] == EventKind.FILL]
@@ -367,7 +370,7 @@ def _reducing(order: Order) -> bool:
 # The orders resting in the book that may open a position (not reduce-only, not close-position).
 OPENING_RESTING_SQL = (
     f"SELECT {_ORDER_COLUMNS} FROM trading_order o WHERE o.contract_id = %s"
-    f" AND o.status IN ({', '.join(repr(str(s)) for s in RESTING_STATUSES)}) AND o.priority IS NOT NULL"
+    f" AND {_IN_BOOK}"
     " AND NOT o.reduce_only AND NOT o.close_position ORDER BY o.priority"
 )
 
