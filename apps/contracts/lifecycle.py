@@ -14,6 +14,7 @@ waits for the batches and orders in flight, and everything after it sees the new
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from exchange.errors import ErrorCode, ExchangeError
@@ -87,6 +88,20 @@ def status_share_lock(contract_id: int) -> str:
     with connection.cursor() as cursor:
         cursor.execute("SELECT status FROM contracts_contract WHERE id = %s FOR SHARE", [contract_id])
         return cursor.fetchone()[0]
+
+
+def book_exclusive_lock(contract_id: int) -> str:
+    """The contract's current status, its row locked NO KEY UPDATE: no matcher batch and no order
+    entry runs on the contract until this transaction ends (both read the status FOR SHARE), and
+    one in flight is waited for. Taken first, before any balance, by a change to the book's
+    orders made outside the matcher (an ADL step)."""
+    return Contract.objects.select_for_update(no_key=True).values_list("status", flat=True).get(pk=contract_id)
+
+
+def book_changed(contract_id: int) -> None:
+    """Under `book_exclusive_lock`: the resting orders changed outside the matcher, whose next
+    batch rebuilds its book from the database (`Contract.book_version`)."""
+    Contract.objects.filter(pk=contract_id).update(book_version=F("book_version") + 1)
 
 
 def _forget_cached_contracts() -> None:

@@ -81,6 +81,11 @@ class Contract(models.Model):
     delivery_fee_rate = models.DecimalField(default=Decimal("0.0002"), **RATE_DIGITS)
     settlement_price = MoneyField(null=True, blank=True)
 
+    # Bumped when the book's resting orders change outside the matcher (an ADL step expires the
+    # reduce-only orders the smaller positions no longer cover): a matcher that sees a new value
+    # rebuilds its book from the database before it matches anything more.
+    book_version = models.PositiveBigIntegerField(default=0, editable=False)
+
     onboard_time = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

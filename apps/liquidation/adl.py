@@ -10,16 +10,18 @@ balanced ADL posting keyed `liquidation:<id>:adl:<step>`; what the closing still
 (rounding, a counterparty's own loss) is covered by the fund, then recorded bad debt.
 
 `adl_step` runs inside the liquidation's advance transaction (the liquidation row is
-locked, no balance yet), takes every balance it needs in one sorted lock, then the
-positions (`booking.adl_lock`), and writes in that transaction: one DELEVERAGE record
-(the step: the liquidated side's order row, quantity, bankruptcy price, fund and bad
-debt), one ADL record per counterparty (quantity, price, PnL), REALIZED_PNL income
-lines, journalled cancels of counterparties' reduce-only orders the smaller positions no
-longer cover, and, after commit, a Binance-style ORDER_TRADE_UPDATE on each user's data stream
-(exec type CALCULATED; the liquidated side: its LIQUIDATION order row, FILLED;
-counterparties: type MARKET, client order id `adl_autoclose`, and as order id their ADL
-record's id, since they get no order row: that client id repeats) and the ADL counter. A crash rolls the whole step back; the unique step number and
-ledger key make a replay book it once.
+locked, no balance yet). It holds the contract's book (`book_exclusive_lock`: no matcher
+batch in flight or starting), takes every balance it needs in one sorted lock, then the
+positions (`adl_prepare`), and writes in that transaction: one DELEVERAGE record (the
+step: the liquidated side's order row, quantity, bankruptcy price, fund and bad debt),
+one ADL record per counterparty (quantity, price, PnL), REALIZED_PNL income lines, the
+expiry of counterparties' reduce-only orders the smaller positions no longer cover
+(`_reduce_only_trim`), and, after commit, a Binance-style ORDER_TRADE_UPDATE on each
+user's data stream (exec type CALCULATED; the liquidated side: its LIQUIDATION order row,
+FILLED; counterparties: type MARKET, client order id `adl_autoclose`, and as order id
+their ADL record's id, since they get no order row: that client id repeats; EXPIRED for
+the trimmed orders) and the ADL counter. A crash rolls the whole step back; the unique
+step number and ledger key make a replay book it once.
 """
 import json
 import logging
@@ -30,12 +32,13 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from apps.contracts.lifecycle import book_changed
 from apps.ledger.models import Income, IncomeType
 from apps.positions.booking import AdlBooking, adl_book, adl_lock
 from apps.positions.models import Position
 from apps.trading.models import OPEN_STATUSES, Order, OrderStatus, OrderType, Side, StpMode, TimeInForce
 from apps.trading.rules import reduce_only_excess
-from apps.trading.services import order_cancel
+from apps.trading.matching import expired_report
 from exchange.redis import get_redis
 
 from .models import Liquidation, LiquidationRecord, RecordKind
@@ -74,7 +77,8 @@ def adl_counterparties(*, contract, user_id: int, size: Decimal) -> list[int]:
 
 
 def adl_prepare(*, contract, user_id: int) -> list[int]:
-    """Rank and lock (balances, then positions) the liquidated user and the counterparties; [] if flat."""
+    """Rank and lock (balances, then positions) the liquidated user and the counterparties; [] if flat.
+    The caller holds the contract's `book_exclusive_lock`, which comes before them."""
     size = Position.objects.filter(contract=contract, user_id=user_id).values_list("size", flat=True).first()
     if not size:
         return []
@@ -120,7 +124,7 @@ def adl_step(*, liquidation: Liquidation, contract, position: Position, counterp
         for fill in booking.fills
     ])
     _incomes(contract, liquidation.user_id, booking)
-    _reduce_only_trim(contract, [fill.user_id for fill in booking.fills])
+    expired = _reduce_only_trim(contract, [fill.user_id for fill in booking.fills])
     reports = [_report(order_id=order.pk, user_id=liquidation.user_id, client_order_id=order.client_order_id,
                        side=side, order_type=OrderType.LIQUIDATION, quantity=booking.quantity, price=bankruptcy,
                        pnl=booking.realized_pnl, contract=contract)]
@@ -128,23 +132,32 @@ def adl_step(*, liquidation: Liquidation, contract, position: Position, counterp
                         side=Side.BUY if side == Side.SELL else Side.SELL, order_type=OrderType.MARKET,
                         quantity=fill.quantity, price=bankruptcy, pnl=fill.realized_pnl, contract=contract)
                 for record, fill in zip(adl_records, booking.fills)]
-    transaction.on_commit(lambda: _announce(contract.symbol, reports))
+    transaction.on_commit(lambda: _announce(contract.symbol, reports + expired, executions=len(booking.fills)))
     return booking
 
 
-def _reduce_only_trim(contract, user_ids: list[int]) -> None:
-    """ADL shrank these positions outside the matcher, which assumes between batches that no
-    resting reduce-only order exceeds what is left to reduce (else a fill could open a position
-    through it): per user and side the oldest are kept up to that size, the rest cancelled
-    through the journal (the matcher's rule, `apps.trading.rules.reduce_only_excess`)."""
+def _reduce_only_trim(contract, user_ids: list[int]) -> list[dict]:
+    """ADL shrank these positions outside the matcher, which assumes that no open reduce-only
+    order exceeds what is left to reduce (else a fill could open a position through it): per
+    user and side the oldest are kept up to that size (the matcher's rule,
+    `apps.trading.rules.reduce_only_excess`), the rest EXPIRED here, in the step's transaction.
+    A journalled cancel would come after the commands accepted before this step, which could
+    still fill them; instead the matcher's next batch rebuilds its book first (`book_changed`;
+    the caller holds `book_exclusive_lock`) and drops a pending NEW whose order is no longer
+    open. Reducing orders hold no margin (`order_hold`): nothing to release. Returns the
+    EXPIRED execution reports."""
     sizes = dict(Position.objects.filter(contract=contract, user_id__in=user_ids).values_list("user_id", "size"))
     orders = (Order.objects.filter(contract=contract, user_id__in=user_ids, status__in=OPEN_STATUSES)
-              .filter(Q(reduce_only=True) | Q(close_position=True)).select_related("user")
+              .filter(Q(reduce_only=True) | Q(close_position=True))
               .order_by(F("priority").asc(nulls_last=True), "pk"))
     # A conditional order not in the book yet (`is_waiting`) is left to its trigger.
-    for order in reduce_only_excess(((o.user_id, o.side, o.quantity - o.executed_qty, o) for o in orders
-                                     if not o.is_waiting), sizes):
-        order_cancel(user=order.user, contract=contract, order_id=order.pk)
+    excess = reduce_only_excess(((o.user_id, o.side, o.quantity - o.executed_qty, o) for o in orders
+                                 if not o.is_waiting), sizes)
+    if not excess:
+        return []
+    Order.objects.filter(pk__in=[o.pk for o in excess]).update(status=OrderStatus.EXPIRED, updated_at=timezone.now())
+    book_changed(contract.pk)
+    return [expired_report(contract, order) for order in excess]
 
 
 def _incomes(contract, user_id: int, booking: AdlBooking) -> None:
@@ -172,15 +185,16 @@ def _report(*, order_id: int, user_id: int, client_order_id: str, side: str, ord
     }
 
 
-def _announce(symbol: str, reports: list[dict]) -> None:
-    """After commit: the ADL counter, and the reports on the matcher's event channel (the relay turns
-    each into an ORDER_TRADE_UPDATE on its user's stream). A lost publish loses no data."""
+def _announce(symbol: str, reports: list[dict], *, executions: int) -> None:
+    """After commit: the ADL counter (`executions`: one per counterparty), and the reports on the
+    matcher's event channel (the relay turns each into an ORDER_TRADE_UPDATE on its user's
+    stream). A lost publish loses no data."""
     from apps.trading.matching import EVENTS_CHANNEL
 
     try:
         from apps.ops.metrics import ADL_EVENTS
 
-        ADL_EVENTS.labels(symbol=symbol).inc(len(reports) - 1)  # one per counterparty
+        ADL_EVENTS.labels(symbol=symbol).inc(executions)
     except Exception:
         logger.debug("ADL metric not counted", exc_info=True)
     try:

@@ -47,7 +47,7 @@ from django.db import transaction
 from django.db.models import Avg, F, Max, Min, Q, Sum
 from django.utils import timezone
 
-from apps.contracts.lifecycle import ACCEPTING_STATUSES
+from apps.contracts.lifecycle import ACCEPTING_STATUSES, book_exclusive_lock
 from apps.contracts.models import Contract
 from apps.ledger.models import AccountKind, Asset
 from apps.ledger.selectors import balance_amount
@@ -442,6 +442,9 @@ def _deleverage(liquidation: Liquidation, last: LiquidationRecord) -> str | None
     close at the market); None when, under the locks, there is nothing to deleverage any more, or
     when the contract does not match now (halted, delivering): its positions wait, as in the plan."""
     contract = last.order.contract
+    # The book before any balance: a batch in flight has booked its fills when this goes on,
+    # and none matches against the orders this step expires (`adl._reduce_only_trim`).
+    contract.status = book_exclusive_lock(contract.pk)
     if contract.status not in ACCEPTING_STATUSES:
         return None
     counterparties = adl_prepare(contract=contract, user_id=liquidation.user_id)  # balances, then positions

@@ -291,7 +291,11 @@ class Soak:
         self.exchange.fund()
 
     def do_restart(self) -> None:
-        before = {s: e.book.state_hash() for s, e in self.exchange.matcher.engines.items()}
+        # A book whose contract's orders changed outside the matcher since it was built (an ADL
+        # step) is known to be behind: its next batch rebuilds it. Every other one must match.
+        versions = dict(Contract.objects.values_list("symbol", "book_version"))
+        before = {s: e.book.state_hash() for s, e in self.exchange.matcher.engines.items()
+                  if e.book_version == versions[s]}
         self.exchange.restart()
         after = {s: e.book.state_hash() for s, e in self.exchange.matcher.engines.items()}
         # A settled contract's book is not taken up again; every other one must come back equal.

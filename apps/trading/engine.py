@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apps.contracts.grid import Grid
+from apps.contracts.models import Contract
 from matching_native import COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, Book, Op, Side, Stp
 
 from .models import MARKET_TYPES, CommandKind, Order, OrderStatus, Side as OrderSide, StpMode, TimeInForce
@@ -42,6 +43,7 @@ class SymbolEngine:
         self.grid = Grid.of(contract)
         self.book = Book(self.grid.ticks(contract.min_price), self.grid.ticks(contract.max_price), 1 << 16)
         self.next_priority = 1
+        self.book_version = 0  # the contract's `book_version` this book was built at
         # Close-only: the opening orders resting from before have been taken out of this book
         # (`apps.trading.matching`); False again after a rebuild or once the contract trades.
         self.opening_swept = False
@@ -49,6 +51,9 @@ class SymbolEngine:
     def rebuild(self) -> int:
         """Load the resting orders of the contract into an empty book, in priority order."""
         self.opening_swept = False
+        # The version before the orders: a change committed between the two reads is seen as
+        # a new version by the next batch, which rebuilds again.
+        self.book_version = Contract.objects.values_list("book_version", flat=True).get(pk=self.contract.pk)
         rows = list(
             Order.objects.filter(contract=self.contract, status__in=RESTING_STATUSES, priority__isnull=False)
             .order_by("priority")

@@ -31,7 +31,7 @@ from exchange.redis import channel, get_redis
 
 from .engine import RESTING_STATUSES, SymbolEngine
 from .margin import hold_release, order_hold
-from .models import CommandKind, CommandStatus, Order, OrderStatus, OrderType, Side, Trade
+from .models import OPEN_STATUSES, CommandKind, CommandStatus, Order, OrderStatus, OrderType, Side, Trade
 from .rules import reduce_only_excess
 from .triggers import WAITING_COLUMNS, triggers_fire, waiting_predicate
 
@@ -68,7 +68,7 @@ _IN_BOOK = f"o.status IN ({', '.join(repr(str(s)) for s in RESTING_STATUSES)}) A
 # with whether any command is pending and its waiting conditional orders (`triggers_fire`), in one
 # round trip: a batch with nothing to do (the idle worker's poll) ends there.
 STATUS_WAITING_SQL = (
-    "SELECT c.status, EXISTS (SELECT FROM trading_ordercommand p WHERE p.contract_id = c.id"
+    "SELECT c.status, c.book_version, EXISTS (SELECT FROM trading_ordercommand p WHERE p.contract_id = c.id"
     f" AND p.status = '{CommandStatus.PENDING}'), {', '.join('o.' + c for c in WAITING_COLUMNS)}"
     " FROM contracts_contract c"
     f" LEFT JOIN trading_order o ON o.contract_id = c.id AND {waiting_predicate('o')}"
@@ -108,12 +108,12 @@ class _Command:
         return self.order.pk
 
 
-def _status_and_waiting(contract_id: int) -> tuple[str, bool, list[tuple]]:
-    """(status, any command pending?, waiting conditional orders' rows)."""
+def _status_and_waiting(contract_id: int) -> tuple[str, int, bool, list[tuple]]:
+    """(status, book version, any command pending?, waiting conditional orders' rows)."""
     with connection.cursor() as cursor:
         cursor.execute(STATUS_WAITING_SQL, [contract_id])
         rows = cursor.fetchall()
-    return rows[0][0], rows[0][1], [row[2:] for row in rows if row[2] is not None]
+    return rows[0][0], rows[0][1], rows[0][2], [row[3:] for row in rows if row[3] is not None]
 
 
 def _pending_commands(contract_id: int, limit: int) -> list[_Command]:
@@ -178,7 +178,10 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         # FOR SHARE: a lifecycle change (halt, settling) waits for this batch, and the next
         # batch sees it. While the contract does not match, nothing fires and new orders and
         # amends are refused; cancels still leave the book.
-        status, pending, waiting = _status_and_waiting(contract.pk)
+        status, version, pending, waiting = _status_and_waiting(contract.pk)
+        # Resting orders changed outside the matcher (an ADL step expired some): the book is
+        # rebuilt before anything matches; the levels that changed go out with the batch.
+        resynced = _book_resync(engine) if version != engine.book_version else set()
         matching = status in ACCEPTING_STATUSES
         close_only = status == ContractStatus.CLOSE_ONLY
         fired, expired = triggers_fire(contract=contract, waiting=waiting) if matching and waiting else ([], {})
@@ -191,13 +194,15 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         # lasts), and the new ones still in the journal are refused below (`_refused`).
         opening = list(_opening_orders_cancel(engine, orders)) if close_only and not engine.opening_swept else []
         engine.opening_swept = close_only
-        if not commands and not opening:
+        if not commands and not opening and not resynced:
             if expired:  # conditional orders that expired unfired: only their holds to return
                 fills_book(contract=contract, fills=[], releases=expired,
                            reference={"symbol": contract.symbol, "expired_conditional": True})
             return None
         refused, live = [], []
         for command in commands:
+            if command.kind == CommandKind.NEW and command.order.status not in OPEN_STATUSES:
+                continue  # expired before it reached the book (`apps.liquidation.adl`): only marked DONE
             (refused if _refused(command, matching=matching, close_only=close_only) else live).append(command)
         run = engine.execute(engine.command_records(live))
         events = run.events
@@ -219,7 +224,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         # For the after-commit publish: (execution type, order state, status, executed, cum quote,
         # fill index or None, maker?) per order event, and the book levels (side, ticks) touched.
         executions: list[tuple] = []
-        touched: set[tuple[int, int]] = set()
+        touched: set[tuple[int, int]] = set(resynced)
 
         def report(exec_type: str, state: _OrderState, fill: int | None = None, maker: bool = False) -> None:
             executions.append((exec_type, state, state.status, state.executed, state.cum_quote, fill, maker))
@@ -320,7 +325,8 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
             booking = fills_book(contract=contract, fills=fills, releases=dict(releases),
                                  reference={"symbol": contract.symbol, "first_seq": commands[0].seq,
                                             "last_seq": commands[-1].seq} if commands
-                                 else {"symbol": contract.symbol, "close_only_expired": len(opening)},
+                                 else {"symbol": contract.symbol, "close_only_expired": len(opening),
+                                       "book_resynced": bool(resynced)},
                                  positions_write=False)
         for trade, booked in zip(trade_rows, booking.fills):
             trade.taker_fee, trade.maker_fee = booked.taker_fee, booked.maker_fee
@@ -340,6 +346,22 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
             result.liquidation_kicked = True
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _book_resync(engine: SymbolEngine) -> set[tuple[int, int]]:
+    """Rebuild the book from the database; the (side, ticks) levels whose total changed."""
+    before = _depth(engine)
+    resting = engine.rebuild()
+    after = _depth(engine)
+    logger.info("%s: resting orders changed outside the matcher; book rebuilt with %d", engine.contract.symbol,
+                resting)
+    return {level for level in before.keys() | after.keys() if before.get(level) != after.get(level)}
+
+
+def _depth(engine: SymbolEngine) -> dict[tuple[int, int], int]:
+    bids, asks = engine.book.depth(DEPTH_LEVELS)
+    return {**{(BookSide.BUY, price): qty for price, qty, _ in bids},
+            **{(BookSide.SELL, price): qty for price, qty, _ in asks}}
 
 
 def _liquidation_kick() -> None:
@@ -544,6 +566,13 @@ def _execution(contract, trades: list[TradeRow], entry: tuple) -> dict:
                    commission=str(trade.maker_fee if maker else trade.taker_fee),
                    realized_pnl=str(trade.maker_realized_pnl if maker else trade.taker_realized_pnl))
     return out
+
+
+def expired_report(contract, order: Order) -> dict:
+    """The EXPIRED execution report of an order expired outside a batch (an ADL step's trim)."""
+    state = _OrderState.of(order)
+    return _execution(contract, [], ("EXPIRED", state, OrderStatus.EXPIRED, state.executed, state.cum_quote, None,
+                                     False))
 
 
 def _publish(contract, trades: list[TradeRow], executions: list[tuple], levels: dict, last_seq: int) -> None:

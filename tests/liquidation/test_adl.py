@@ -17,13 +17,28 @@ from apps.liquidation.services import liquidation_advance, liquidation_sweep
 from apps.ops.invariants import run_all_invariants
 from apps.ops.metrics import ADL_EVENTS
 from apps.trading.matching import EVENTS_CHANNEL, batch_process
-from apps.trading.models import OrderStatus, OrderType
+from apps.trading.models import CommandStatus, OrderCommand, OrderStatus, OrderType, Trade
 from apps.trading.services import order_place
 from exchange.redis import get_redis
 
 from .helpers import bad_debt, fund, isolated_of, records, size_of, wallet_of
 
 D = Decimal
+
+
+def published(pubsub, match) -> dict:
+    """The first message on `pubsub` that `match`es, within 10 s (pub/sub channels are server-wide:
+    other test runs may publish on the same one); closes `pubsub`."""
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.5)
+            body = json.loads(message["data"]) if message else {}
+            if match(body):
+                return body
+        raise AssertionError("no such message published")
+    finally:
+        pubsub.close()
 
 
 def test_empty_fund_deleverages_the_most_profitable_most_leveraged_shorts(
@@ -49,16 +64,9 @@ def test_empty_fund_deleverages_the_most_profitable_most_leveraged_shorts(
     with django_capture_on_commit_callbacks(execute=True):
         # The fund cannot pay for one tick beyond 45,000: no market order, ADL at 45,000.
         assert liquidation_advance(liquidation=liquidation) == "deleveraged"
-    # Pub/sub channels are server-wide (other test runs may publish on this one): ours is the
-    # CALCULATED report for alice's order.
-    reports = None
-    deadline = time.monotonic() + 10
-    while reports is None and time.monotonic() < deadline:
-        message = pubsub.get_message(timeout=0.5)
-        body = json.loads(message["data"]) if message else {}
-        if any(r.get("exec_type") == "CALCULATED" and r.get("user_id") == alice.pk for r in body.get("orders", ())):
-            reports = body["orders"]
-    pubsub.close()
+    # Ours is the one with the CALCULATED report for alice's order.
+    reports = published(pubsub, lambda body: any(r.get("exec_type") == "CALCULATED" and r.get("user_id") == alice.pk
+                                                 for r in body.get("orders", ())))["orders"]
 
     # sam 0.5 and tom 0.5 whole, uma 1 of her 2; at 45,000, no fees.
     [step] = records(liquidation, RecordKind.DELEVERAGE)
@@ -83,12 +91,16 @@ def test_empty_fund_deleverages_the_most_profitable_most_leveraged_shorts(
     assert (step.order.order_type, step.order.status, step.order.executed_qty) == \
         (OrderType.LIQUIDATION, OrderStatus.FILLED, D("2"))
     assert ADL_EVENTS.labels(symbol="BTCUSDT")._value.get() == counted + 3
-    batch_process(engine)  # the journalled cancel: 2 to reduce a short of 1 could open a long
+    # Expired in the step: 2 to reduce a short of 1 could open a long.
     take_profit.refresh_from_db()
-    assert take_profit.status == OrderStatus.CANCELED
+    assert (take_profit.status, take_profit.margin_held) == (OrderStatus.EXPIRED, 0)
 
-    # Each user's stream gets an ORDER_TRADE_UPDATE like the reference exchange's ADL.
-    assert [r["user_id"] for r in reports] == [alice.pk, sam.pk, tom.pk, uma.pk]
+    # Each user's stream gets an ORDER_TRADE_UPDATE like the reference exchange's ADL, and uma
+    # the expiry of her take-profit.
+    assert [r["user_id"] for r in reports] == [alice.pk, sam.pk, tom.pk, uma.pk, uma.pk]
+    expiry = order_trade_update(symbol="BTCUSDT", report=reports.pop(), event_ms=1, transaction_ms=1)["o"]
+    assert (expiry["i"], expiry["x"], expiry["X"], expiry["R"], expiry["q"], expiry["p"]) == \
+        (take_profit.pk, "EXPIRED", "EXPIRED", True, "2", "30000")
     updates = [order_trade_update(symbol="BTCUSDT", report=r, event_ms=1, transaction_ms=1)["o"] for r in reports]
     assert [(u["x"], u["X"], u["o"], u["c"], u["S"], u["z"], u["ap"], u["rp"]) for u in updates[1:]] == [
         ("CALCULATED", "FILLED", "MARKET", "adl_autoclose", "BUY", "0.5", "45000", "2500"),
@@ -170,4 +182,58 @@ def test_a_halted_contract_is_not_deleveraged_until_it_resumes(gapped_long, btcu
     contract_resume(contract=btcusdt, actor=None)
     assert liquidation_advance(liquidation=liquidation) == "deleveraged"  # the fund is still empty
     assert [size_of(u) for u in (alice, sam, tom, uma, bob)] == [0, 0, 0, D("-1"), D("1")]
+    assert run_all_invariants() == []
+
+
+def test_orders_accepted_before_the_adl_step_cannot_fill_the_reduce_only_orders_it_expired(
+        gapped_long, funded, btcusdt, engine, django_capture_on_commit_callbacks):
+    """uma's reduce-only bid covers her whole short; vic's sell that would fill it is accepted
+    before the ADL step halves her short, and only matched after it. Through the journal, the
+    step's cancel of the bid would come after vic's order, which would fill all 2 and turn uma
+    long 1. The step expires the bid itself; the matcher rebuilds its book before matching vic."""
+    alice, sam, tom, uma, bob = gapped_long
+    take_profit = order_place(user=uma, contract=btcusdt, side="BUY", quantity=D("2"), price=D("43000"),
+                              reduce_only=True)
+    assert liquidation_sweep()["started"] == 1
+    batch_process(engine)  # alice's order at 45,000 finds no bid; uma's bid rests
+    sell = order_place(user=funded("vic"), contract=btcusdt, side="SELL", quantity=D("2"), price=D("43000"))
+    assert liquidation_advance(liquidation=Liquidation.objects.get(user=alice)) == "deleveraged"
+    assert size_of(uma) == D("-1")
+    take_profit.refresh_from_db()
+    assert take_profit.status == OrderStatus.EXPIRED
+    btcusdt.refresh_from_db()
+    assert btcusdt.book_version == engine.book_version + 1
+
+    pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(EVENTS_CHANNEL.format(symbol="BTCUSDT"))
+    with django_capture_on_commit_callbacks(execute=True):
+        result = batch_process(engine)
+    assert (result.commands, result.trades) == (1, [])
+    sell.refresh_from_db()
+    assert (sell.status, sell.executed_qty) == (OrderStatus.NEW, 0)  # it rests: no bid left
+    assert size_of(uma) == D("-1") and Trade.objects.filter(taker_order=sell).count() == 0
+    assert engine.book_version == btcusdt.book_version
+    assert engine.book.depth(5) == ([], [(430000, 2000, 1)])  # ticks of 0.1, lots of 0.001
+    # The depth stream is told that the bid left and the ask came.
+    body = published(pubsub, lambda body: body.get("depth", {}).get("asks"))
+    assert body["depth"] == {"bids": [["43000", "0"]], "asks": [["43000", "2"]]}
+    assert run_all_invariants() == []
+
+
+def test_a_pending_reduce_only_order_the_adl_step_expired_never_reaches_the_book(gapped_long, btcusdt, engine):
+    """A reduce-only order still in the journal (PENDING_NEW) when the step expires it: its NEW
+    command is marked done, and it neither rests nor fills."""
+    alice, sam, tom, uma, bob = gapped_long
+    assert liquidation_sweep()["started"] == 1
+    batch_process(engine)
+    take_profit = order_place(user=uma, contract=btcusdt, side="BUY", quantity=D("2"), price=D("43000"),
+                              reduce_only=True)
+    assert liquidation_advance(liquidation=Liquidation.objects.get(user=alice)) == "deleveraged"
+    take_profit.refresh_from_db()
+    assert take_profit.status == OrderStatus.EXPIRED
+    assert batch_process(engine).commands == 1
+    take_profit.refresh_from_db()
+    assert (take_profit.status, take_profit.priority) == (OrderStatus.EXPIRED, None)
+    assert not OrderCommand.objects.filter(order=take_profit, status=CommandStatus.PENDING).exists()
+    assert engine.book.depth(5) == ([], [])
     assert run_all_invariants() == []

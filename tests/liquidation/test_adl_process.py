@@ -14,6 +14,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection, transaction
 
+from apps.contracts.lifecycle import status_share_lock
 from apps.ledger.models import AccountKind, Balance, LedgerTransaction, TransactionKind
 from apps.ledger.services import account_get_or_create
 from apps.liquidation.models import Liquidation, LiquidationStatus, RecordKind
@@ -78,4 +79,25 @@ def test_a_worker_killed_inside_an_adl_step_is_resumed_once(gapped_long, engine,
     assert [size_of(u) for u in (alice, sam, tom, uma, bob)] == [0, 0, 0, D("-1"), D("1")]
     assert (wallet_of(sam), wallet_of(tom), wallet_of(uma)) == (D("3795"), D("8495"), D("104980"))
     assert liquidation_sweep()["started"] == 0
+    assert run_all_invariants() == []
+
+
+def test_an_adl_step_waits_for_the_matcher_batch_in_flight_before_taking_any_balance(
+        gapped_long, btcusdt, engine, spawn):
+    """A batch reads the contract FOR SHARE first and books its fills last; the step takes the
+    contract (`book_exclusive_lock`) before any balance. So a batch that matched against
+    orders the step would expire has booked them when the step looks at the positions."""
+    alice, sam, tom, uma, bob = gapped_long
+    liquidation_sweep()
+    batch_process(engine)
+    uma_wallet = account_get_or_create(kind=AccountKind.WALLET, user=uma)
+    with transaction.atomic():
+        status_share_lock(btcusdt.pk)  # as a batch in flight holds it until its commit
+        worker = spawn("worker", WORKER)
+        wait_for(blocked_backend, "the worker to wait for the batch", worker, timeout=120)
+        # Waiting, it holds no balance (this would raise LockNotAvailable).
+        Balance.objects.select_for_update(nowait=True).get(account=uma_wallet)
+    assert worker.wait(timeout=120) == 0, worker.log_path.read_text(errors="replace")[-2000:]
+    assert "'deleveraged': 1" in worker.log_path.read_text()
+    assert [size_of(u) for u in (alice, sam, tom, uma, bob)] == [0, 0, 0, D("-1"), D("1")]
     assert run_all_invariants() == []
