@@ -34,6 +34,9 @@ class FundingPolicy(models.TextChoices):
     IMPACT = "IMPACT", "Impact bid/ask vs index premium index"
 
 
+FUNDING_INTERVALS = (1, 2, 3, 4, 6, 8, 12, 24)  # hours; each divides the day
+
+
 class Contract(models.Model):
     symbol = models.CharField(max_length=32, unique=True)
     contract_type = models.CharField(max_length=16, choices=ContractType.choices)
@@ -68,7 +71,8 @@ class Contract(models.Model):
     liquidation_fee_rate = models.DecimalField(default=Decimal("0.0125"), **RATE_DIGITS)
 
     # Funding (perpetuals only; ignored for delivery contracts).
-    funding_interval_hours = models.PositiveSmallIntegerField(default=8)
+    funding_interval_hours = models.PositiveSmallIntegerField(
+        default=8, choices=[(hours, f"{hours} h") for hours in FUNDING_INTERVALS])
     funding_rate_cap = models.DecimalField(default=Decimal("0.0075"), **RATE_DIGITS)
     funding_rate_floor = models.DecimalField(default=Decimal("-0.0075"), **RATE_DIGITS)
     interest_rate = models.DecimalField(default=Decimal("0.0001"), **RATE_DIGITS)
@@ -121,7 +125,11 @@ class Contract(models.Model):
             models.CheckConstraint(
                 condition=Q(funding_rate_cap__gte=0, funding_rate_floor__lte=0), name="contract_funding_bounds"
             ),
-            models.CheckConstraint(condition=Q(funding_interval_hours__gte=1), name="contract_funding_interval"),
+            # Funding times are every interval from 00:00 UTC each day: the interval must divide the day.
+            models.CheckConstraint(condition=Q(funding_interval_hours__in=FUNDING_INTERVALS),
+                                   name="contract_funding_interval_divides_day",
+                                   violation_error_message="The funding interval must divide 24 hours: "
+                                                           "1, 2, 3, 4, 6, 8, 12 or 24."),
             models.CheckConstraint(
                 condition=Q(percent_price_up__gt=0, percent_price_down__gt=0, percent_price_down__lt=1),
                 name="contract_percent_price",
