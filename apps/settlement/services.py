@@ -192,6 +192,12 @@ def funding_settle(*, contract: Contract, funding_time: datetime, now: datetime 
                            f"(every {contract.funding_interval_hours} h from 00:00 UTC).")
     if funding_time > now:
         raise FundingError(f"Funding time {funding_time.isoformat()} of {contract.symbol} has not come yet.")
+    # In order: an earlier time left unsettled would never be (the beat goes on from the last one
+    # settled), and the seed policy's smoothing needs the previous interval's rate.
+    earlier = funding_times_due(contract=contract, now=funding_time - timedelta(microseconds=1), max_catch_up=1)
+    if earlier:
+        raise FundingError(f"Funding time {earlier[0].isoformat()} of {contract.symbol} is not settled yet: "
+                           "funding times are settled in order.")
     run, _ = FundingSettlement.objects.get_or_create(contract=contract, funding_time=funding_time)
     if run.status == SettlementStatus.DONE:
         return run

@@ -1,5 +1,6 @@
 """Funding settlement with hand-computed numbers: who pays, how much, the dust, the
 accounts it moves, the income lines, the history row; idempotency; catch-up; bad inputs."""
+import re
 from datetime import timedelta
 from decimal import Decimal
 
@@ -208,6 +209,21 @@ def test_due_times_wait_for_the_funding_time_and_catch_up_missed_ones(btcusdt, t
     assert list(FundingRate.objects.order_by("funding_time").values_list("funding_rate", flat=True)) == [
         D("0.0011"), D("0.0005"), D("0.00044")]
     assert Income.objects.filter(income_type=IncomeType.FUNDING_FEE).count() == 9
+    assert clean_invariants() == []
+
+
+def test_a_later_time_is_refused_while_an_earlier_one_is_unsettled(btcusdt, three, mark):
+    """Ops settling 16:00 by hand while the scheduler missed 08:00: refused, else 08:00 would never
+    be settled (the beat goes on from the last time settled); the beat then settles both in order."""
+    btcusdt.onboard_time = T0 - timedelta(hours=3)
+    btcusdt.save(update_fields=["onboard_time"])
+    for t in (T0, T8, T16):
+        mark(btcusdt, "50000", t - timedelta(seconds=1))
+    funding_settle(contract=btcusdt, funding_time=T0, now=T0)
+    with pytest.raises(FundingError, match=re.escape(f"Funding time {T8.isoformat()} of BTCUSDT is not settled yet")):
+        funding_settle(contract=btcusdt, funding_time=T16, now=T16 + timedelta(minutes=5))
+    assert not FundingSettlement.objects.filter(funding_time=T16).exists()
+    assert [r.funding_time for r in funding_settle_due(now=T16 + timedelta(minutes=6))] == [T8, T16]
     assert clean_invariants() == []
 
 
