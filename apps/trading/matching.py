@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 EVENTS_CHANNEL = channel("events:{symbol}")
 # Cancellations of resting orders (the others are remainders of takers that never rested).
 LEFT_THE_BOOK = (Reason.USER_CANCEL, Reason.STP_MAKER)
+# Resting makers expired while another order's command matches.
+MAKER_EXPIRIES = (Reason.STP_MAKER,)
 DEPTH_LEVELS = 1000  # depth changes are reported for the top this many levels per side
 
 # The batch's reads are plain SQL into tuples: compiling the ORM's queries cost more CPU than
@@ -208,8 +210,11 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
         events = run.events
         filled = events[events["kind"] == EventKind.FILL]
         fill_users = {int(u) for u in filled["owner"]} | {int(u) for u in filled["maker_owner"]}
-        if len(filled):
-            makers = {int(x) for x in filled["maker_oid"]} - orders.keys()
+        # Resting orders the batch touched without a command of their own: makers that filled,
+        # and makers that self-trade prevention expired.
+        swept = events["oid"][(events["kind"] == EventKind.CANCELLED) & np.isin(events["reason"], MAKER_EXPIRIES)]
+        makers = ({int(x) for x in filled["maker_oid"]} | {int(x) for x in swept}) - orders.keys()
+        if makers or fill_users:
             with connection.cursor() as cursor:
                 cursor.execute(FILL_ORDERS_SQL, [array_literal(sorted(makers)), contract.pk,
                                                  array_literal(sorted(fill_users))])
