@@ -11,7 +11,7 @@ import numpy as np
 
 from apps.contracts.grid import Grid
 from apps.contracts.models import Contract
-from matching_native import COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, Book, Op, Side, Stp
+from matching_native import COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, Book, EventKind, Op, Side, Stp
 
 from .models import MARKET_TYPES, CommandKind, Order, OrderStatus, Side as OrderSide, StpMode, TimeInForce
 
@@ -88,6 +88,32 @@ class SymbolEngine:
                 records[i] = (Op.AMEND, 0, 0, order.pk, order.user_id, new_price,
                               grid.lots(command.quantity - order.executed_qty))
         return records
+
+    def run(self, commands) -> EngineRun:
+        """Execute journal commands in order. An AMEND sets the order's total quantity, while the
+        C command takes the new open quantity: what the order has filled is subtracted, counting
+        the fills of the commands before it in this run, so the run is cut before each AMEND.
+        One the fills have overtaken (nothing left open) goes in as 0, which the book rejects."""
+        records = self.command_records(commands)
+        amended = {int(records[i]["oid"]) for i, c in enumerate(commands) if c.kind == CommandKind.AMEND}
+        if not amended:
+            return self.execute(records)
+        starts = sorted({0, *(i for i, c in enumerate(commands) if c.kind == CommandKind.AMEND)})
+        events, offsets, count = [], [np.zeros(1, np.int64)], 0
+        filled: dict[int, int] = {}  # amended order id -> lots filled in this run so far
+        for start, end in zip(starts, [*starts[1:], len(records)]):
+            first = records[start]
+            if first["op"] == Op.AMEND:
+                first["qty"] = max(0, int(first["qty"]) - filled.get(int(first["oid"]), 0))
+            part = self.execute(records[start:end])
+            for event in part.events[part.events["kind"] == EventKind.FILL]:
+                for oid in (int(event["oid"]), int(event["maker_oid"])):
+                    if oid in amended:
+                        filled[oid] = filled.get(oid, 0) + int(event["qty"])
+            events.append(part.events)
+            offsets.append(part.offsets[1:] + count)
+            count += len(part.events)
+        return EngineRun(events=np.concatenate(events), offsets=np.concatenate(offsets))
 
     def execute(self, records: np.ndarray) -> EngineRun:
         offsets = np.zeros(len(records) + 1, np.int64)

@@ -206,7 +206,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
             if command.kind == CommandKind.NEW and command.order.status not in OPEN_STATUSES:
                 continue  # expired before it reached the book (`apps.liquidation.adl`): only marked DONE
             (refused if _refused(command, matching=matching, close_only=close_only) else live).append(command)
-        run = engine.execute(engine.command_records(live))
+        run = engine.run(live)
         events = run.events
         filled = events[events["kind"] == EventKind.FILL]
         fill_users = {int(u) for u in filled["owner"]} | {int(u) for u in filled["maker_owner"]}
