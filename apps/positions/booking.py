@@ -237,7 +237,20 @@ class _Book:
             outcome.bad_debt += -rest - covered
 
     def cover_deficits(self) -> dict[int, tuple[Decimal, Decimal]]:
-        """`deficits_cover` over this booking's wallets: user id -> (fund cover, bad debt)."""
+        """`deficits_cover` over this booking's wallets: user id -> (fund cover, bad debt).
+
+        First, opening margin this booking moved into an isolated position beyond what the wallet
+        holds stays in the wallet: an order holds at its own price, and a fill above it (a sell's
+        price improvement, a stop filled past its trigger) needs more. The position starts with
+        less isolated margin, for the liquidation screen to judge; the insurance fund never pays
+        for opening margin."""
+        for user_id, iso in self.isolated.items():
+            wallet = self.wallets[user_id]
+            back = min(-(self.current[wallet] + self.delta[wallet]), self.delta[iso])
+            if back > 0:
+                self.delta[iso] -= back
+                self.delta[wallet] += back
+                self.states[user_id].isolated_balance -= back
         covers = deficits_cover(wallets=self.wallets, delta=self.delta, current=self.current, fund=self.fund,
                                 bad_debt=self.bad_debt)
         return {u: covers[a] for u, a in self.wallets.items() if a in covers}

@@ -102,6 +102,32 @@ def test_isolated_position_moves_initial_margin(funded, btcusdt):
     assert run_all_invariants() == []
 
 
+def test_isolated_margin_beyond_the_hold_never_comes_from_the_insurance_fund(funded, usdt, btcusdt):
+    """A sell holds at its limit price and fills higher (price improvement): the isolated margin
+    the fill asks for is more than the hold returned. What the wallet cannot give stays out of
+    the position's margin; the fund pays nothing."""
+    from apps.ledger.models import TransactionKind
+    from apps.ledger.services import Leg, ledger_post
+
+    ledger_post(kind=TransactionKind.INSURANCE, legs=[Leg(system_account(AccountKind.INSURANCE_FUND), usdt, D("1000")),
+                                                      Leg(system_account(AccountKind.EXTERNAL), usdt, D("-1000"))])
+    alice, bob = funded("alice", D("858.42")), funded("bob")
+    Position.objects.create(user=alice, contract=btcusdt, margin_type=MarginType.ISOLATED, leverage=10)
+    engine = SymbolEngine(btcusdt)
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("0.19"), price=D("52000"))
+    batch_process(engine)
+    # hold = 0.19 × 45,000 × (1/10 + 0.0004) = 858.42: all of alice's wallet.
+    sell = order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("0.19"), price=D("45000"))
+    assert sell.margin_held == D("858.42") and wallet_of(alice) == 0
+    batch_process(engine)  # fills at 52,000: margin 988 and taker fee 3.952 asked, 858.42 there
+    isolated = account_get_or_create(kind=AccountKind.ISOLATED_MARGIN, user=alice, contract=btcusdt)
+    assert Position.objects.get(user=alice).size == D("-0.19")
+    assert balance_amount(account=isolated, asset_code="USDT") == D("858.42") - D("3.952")
+    assert wallet_of(alice) == 0
+    assert balance_amount(account=system_account(AccountKind.INSURANCE_FUND), asset_code="USDT") == D("1000")
+    assert run_all_invariants() == []
+
+
 def test_rebuilt_book_equals_the_live_book(funded, btcusdt):
     alice, bob = funded("alice"), funded("bob")
     engine = SymbolEngine(btcusdt)
