@@ -160,7 +160,7 @@ def run_single(rows: list, chunk: int, book):
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
         t0 = time.perf_counter()
-        for op, side, stp, oid, owner, price, qty in part:
+        for op, side, stp, _flags, oid, owner, price, qty in part:
             submit(op, side, oid, owner, price, qty, stp)
         if is_c:
             k = book.read_events(out)

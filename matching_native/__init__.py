@@ -10,8 +10,9 @@ Entry points
     ``1 <= min_tick <= max_tick``, band at most ``MAX_LEVELS`` (2**28) ticks;
     ``capacity`` presizes the resting-order pool (doubles when full, up to
     ``MAX_ORDERS`` = 2**26).
-``book.submit(op, side, oid, owner, price, qty, stp=0) -> int``
-    one command; ``limit/ioc/fok/post_only/market(side, oid, owner, price, qty, stp=0)``,
+``book.submit(op, side, oid, owner, price, qty, stp=0, *, reduce_only=False) -> int``
+    one command (``reduce_only`` sets ``CommandFlag.REDUCE_ONLY``);
+    ``limit/ioc/fok/post_only/market(side, oid, owner, price, qty, stp=0, *, reduce_only=False)``,
     ``cancel(oid)``, ``amend(oid, qty, price=0)`` are shorthands. Each returns the
     number of events appended to the book's pending event buffer.
 ``book.execute(commands, offsets=None) -> int``
@@ -30,6 +31,44 @@ Queries: ``best_bid()``, ``best_ask()`` (int or None), ``depth(n)`` ->
 ``ORDER_DTYPE`` bytes in priority order, ``restore(snapshot)``, ``clear()``,
 ``state_hash()`` -> uint64, ``validate()`` (raises ``BookInvariantError``),
 ``order_count`` / ``len(book)``, ``memory_bytes()``.
+Positions: ``set_positions(positions)`` (any C-contiguous buffer of
+``POSITION_DTYPE`` records: each owner's position is replaced, lots 0 removes
+it, other owners untouched; ValueError if a ``|lots|`` exceeds ``MAX_POSITION``
+= 2**62), ``position(owner)`` -> int (0 if none), ``positions()`` -> the non-zero
+positions as ``POSITION_DTYPE`` bytes by ascending owner, ``position_count``.
+``clear()`` removes the orders and the positions; ``snapshot()``/``restore()``
+carry the orders only (a rebuild restores the orders, then ``set_positions``).
+``state_hash()`` covers the positions too; ``validate()`` checks the map.
+
+Positions and reduce-only orders
+--------------------------------
+The book keeps a signed position in lots per owner (long > 0, short < 0).
+Every FILL moves both: a BUY taker gains ``qty`` and its maker loses it, a SELL
+taker the opposite (the same owner on both sides: no change), whether or not
+an order is reduce-only. reducible(owner, side) = max(0, position) for a SELL,
+max(0, -position) for a BUY: what an order of that side may still reduce.
+
+* Reduce-only taker (new order with ``flags`` bit REDUCE_ONLY, after the checks
+  that produce REJECTED): if qty > allowed = reducible(owner, side), a CANCELLED
+  event, reason REDUCE_ONLY, qty = the lots removed (qty - allowed), leaves =
+  allowed (0: the order is finished, nothing else happens), price = command
+  price; the order goes on with qty = allowed (post-only check, matching,
+  resting of a GTC/POST_ONLY remainder, which keeps the flag). A FOK with qty >
+  allowed is cancelled whole with FOK_NOT_FILLABLE instead (no REDUCE_ONLY event).
+  Its own fills reduce its position, so it is not checked again in the sweep.
+* Reduce-only maker (resting order with the flag), when the sweep reaches it
+  (after self-trade prevention, which is unchanged and comes first): allowed = reducible(maker
+  owner, maker side). If 0, the maker is removed with a CANCELLED event, reason
+  REDUCE_ONLY, qty = its open qty, leaves 0, op = the taker's op, and the sweep
+  goes on. Otherwise it fills min(taker remaining, maker open, allowed) (a
+  normal FILL); if it then still has open qty but nothing left to reduce, it is
+  removed the same way. (Against its own owner's taker, STP NONE, a fill nets
+  0, so the maker stays first and is filled again, each fill capped likewise.)
+* The FOK fillability check counts reduce-only makers as 0 lots: conservative, a
+  FOK that passes is filled completely (the makers the sweep skips or cuts are
+  reduce-only ones, which were not counted); a FOK may be refused although the
+  reduce-only makers would have filled it.
+* AMEND keeps the flag; CANCEL and AMEND ignore the command's ``flags``.
 
 COMMAND_DTYPE (40 bytes)
 ------------------------
@@ -39,7 +78,8 @@ off    field   type  meaning
 0      op      u1    ``Op`` code
 1      side    u1    ``Side`` code (ignored by CANCEL and AMEND)
 2      stp     u1    ``Stp`` mode of the taker (new orders only)
-3      --      5x    padding, ignored
+3      flags   u1    ``CommandFlag`` bits (new orders only; other bits ignored)
+4      --      4x    padding, ignored
 8      oid     i8    order id (CANCEL/AMEND: the order to act on)
 16     owner   i8    owner (account) id, used for self-trade prevention
 24     price   i8    limit price in ticks; MARKET: protection price; AMEND: new
@@ -69,12 +109,16 @@ off    field         type  meaning
 48     qty           i8    FILL: filled lots; RESTED: open qty; CANCELLED: qty
                            removed; AMENDED: new open qty; REJECTED: command qty
 56     leaves        i8    FILL: taker open qty after the fill; RESTED/AMENDED:
-                           open qty; else 0
+                           open qty; CANCELLED REDUCE_ONLY of a taker: qty it
+                           keeps; else 0
 64     maker_leaves  i8    FILL: maker open qty after the fill; else 0
 =====  ============  ====  ====================================================
 
 ORDER_DTYPE (snapshot record, 40 bytes): oid i8 @0, owner i8 @8, price i8 @16,
-qty i8 @24 (open qty), side u1 @32, 7 padding bytes (zero).
+qty i8 @24 (open qty), side u1 @32, flags u1 @33 (``CommandFlag`` bits of the
+resting order: REDUCE_ONLY; restore ignores other bits), 6 padding bytes (zero).
+
+POSITION_DTYPE (16 bytes): owner i8 @0, lots i8 @8 (signed position in lots).
 
 Codes
 -----
@@ -87,13 +131,15 @@ EventKind: FILL=1, RESTED=2, CANCELLED=3 (cancelled or expired), AMENDED=4,
 REJECTED=5.
 Reason, for CANCELLED: USER_CANCEL=1, REMAINDER_EXPIRED=2 (IOC/market
 remainder), FOK_NOT_FILLABLE=3, STP_TAKER=4, STP_MAKER=5,
-POST_ONLY_WOULD_TAKE=6; for REJECTED: UNKNOWN_ORDER=10 (cancel of an unknown
+POST_ONLY_WOULD_TAKE=6, REDUCE_ONLY=7 (reduce-only order cut or removed: see
+above); for REJECTED: UNKNOWN_ORDER=10 (cancel of an unknown
 or already closed order), DUPLICATE_ORDER_ID=11 (oid already resting),
 BAD_QTY=12 (qty <= 0 or > MAX_QTY, also amend to 0), PRICE_OUT_OF_BAND=13,
 AMEND_UNKNOWN_ORDER=14 (amend of an unknown or already filled/cancelled order),
 BAD_OP=15, BAD_SIDE=16, BAD_STP=17, BOOK_FULL=18 (pool cannot grow),
 AMEND_WOULD_CROSS=19 (an amend never trades). NONE=0 otherwise.
 Flag: MAKER_DONE=1, TAKER_DONE=2, PRIORITY_KEPT=4.
+CommandFlag (``flags`` of COMMAND_DTYPE and ORDER_DTYPE): REDUCE_ONLY=1.
 """
 from __future__ import annotations
 
@@ -102,7 +148,7 @@ import enum
 import numpy as np
 
 from . import _book
-from ._book import MAX_LEVELS, MAX_ORDERS, MAX_QTY, Book, BookInvariantError
+from ._book import MAX_LEVELS, MAX_ORDERS, MAX_POSITION, MAX_QTY, Book, BookInvariantError
 
 
 class Op(enum.IntEnum):
@@ -143,6 +189,7 @@ class Reason(enum.IntEnum):
     STP_TAKER = _book.R_STP_TAKER
     STP_MAKER = _book.R_STP_MAKER
     POST_ONLY_WOULD_TAKE = _book.R_POST_ONLY_WOULD_TAKE
+    REDUCE_ONLY = _book.R_REDUCE_ONLY
     UNKNOWN_ORDER = _book.R_UNKNOWN_ORDER
     DUPLICATE_ORDER_ID = _book.R_DUPLICATE_ORDER_ID
     BAD_QTY = _book.R_BAD_QTY
@@ -161,11 +208,15 @@ class Flag(enum.IntFlag):
     PRIORITY_KEPT = _book.F_PRIORITY_KEPT
 
 
+class CommandFlag(enum.IntFlag):
+    REDUCE_ONLY = _book.CF_REDUCE_ONLY
+
+
 COMMAND_DTYPE = np.dtype(
     {
-        "names": ["op", "side", "stp", "oid", "owner", "price", "qty"],
-        "formats": ["u1", "u1", "u1", "<i8", "<i8", "<i8", "<i8"],
-        "offsets": [0, 1, 2, 8, 16, 24, 32],
+        "names": ["op", "side", "stp", "flags", "oid", "owner", "price", "qty"],
+        "formats": ["u1", "u1", "u1", "u1", "<i8", "<i8", "<i8", "<i8"],
+        "offsets": [0, 1, 2, 3, 8, 16, 24, 32],
         "itemsize": 40,
     }
 )
@@ -184,22 +235,47 @@ EVENT_DTYPE = np.dtype(
 
 ORDER_DTYPE = np.dtype(
     {
-        "names": ["oid", "owner", "price", "qty", "side"],
-        "formats": ["<i8", "<i8", "<i8", "<i8", "u1"],
-        "offsets": [0, 8, 16, 24, 32],
+        "names": ["oid", "owner", "price", "qty", "side", "flags"],
+        "formats": ["<i8", "<i8", "<i8", "<i8", "u1", "u1"],
+        "offsets": [0, 8, 16, 24, 32, 33],
         "itemsize": 40,
+    }
+)
+
+POSITION_DTYPE = np.dtype(
+    {
+        "names": ["owner", "lots"],
+        "formats": ["<i8", "<i8"],
+        "offsets": [0, 8],
+        "itemsize": 16,
     }
 )
 
 
 def commands(rows) -> np.ndarray:
-    """Build a ``COMMAND_DTYPE`` array from ``(op, side, oid, owner, price, qty, stp)`` rows."""
+    """Build a ``COMMAND_DTYPE`` array from ``(op, side, oid, owner, price, qty[, stp[, flags]])`` rows."""
     rows = list(rows)
     arr = np.zeros(len(rows), COMMAND_DTYPE)
     for i, row in enumerate(rows):
         op, side, oid, owner, price, qty, *rest = row
-        arr[i] = (op, side, rest[0] if rest else 0, oid, owner, price, qty)
+        stp = rest[0] if rest else 0
+        flags = rest[1] if len(rest) > 1 else 0
+        arr[i] = (op, side, stp, flags, oid, owner, price, qty)
     return arr
+
+
+def positions(rows) -> np.ndarray:
+    """Build a ``POSITION_DTYPE`` array from ``(owner, lots)`` pairs or a ``{owner: lots}`` dict."""
+    rows = list(rows.items()) if isinstance(rows, dict) else list(rows)
+    arr = np.zeros(len(rows), POSITION_DTYPE)
+    for i, (owner, lots) in enumerate(rows):
+        arr[i] = (owner, lots)
+    return arr
+
+
+def positions_array(book) -> np.ndarray:
+    """``book.positions()`` as a ``POSITION_DTYPE`` array."""
+    return np.frombuffer(book.positions(), POSITION_DTYPE)
 
 
 def events_array(book, clear: bool = True) -> np.ndarray:
@@ -226,7 +302,8 @@ def snapshot_array(book) -> np.ndarray:
 
 
 __all__ = [
-    "Book", "BookInvariantError", "Op", "Side", "Stp", "EventKind", "Reason", "Flag",
-    "COMMAND_DTYPE", "EVENT_DTYPE", "ORDER_DTYPE", "MAX_QTY", "MAX_LEVELS", "MAX_ORDERS",
-    "commands", "events_array", "execute", "snapshot_array",
+    "Book", "BookInvariantError", "Op", "Side", "Stp", "EventKind", "Reason", "Flag", "CommandFlag",
+    "COMMAND_DTYPE", "EVENT_DTYPE", "ORDER_DTYPE", "POSITION_DTYPE", "MAX_QTY", "MAX_LEVELS",
+    "MAX_ORDERS", "MAX_POSITION", "commands", "events_array", "execute", "positions",
+    "positions_array", "snapshot_array",
 ]

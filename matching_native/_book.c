@@ -33,25 +33,29 @@ enum {
     R_NONE = 0,
     /* cancelled / expired */
     R_USER_CANCEL = 1, R_REMAINDER_EXPIRED = 2, R_FOK_NOT_FILLABLE = 3,
-    R_STP_TAKER = 4, R_STP_MAKER = 5, R_POST_ONLY_WOULD_TAKE = 6,
+    R_STP_TAKER = 4, R_STP_MAKER = 5, R_POST_ONLY_WOULD_TAKE = 6, R_REDUCE_ONLY = 7,
     /* rejected */
     R_UNKNOWN_ORDER = 10, R_DUPLICATE_ORDER_ID = 11, R_BAD_QTY = 12,
     R_PRICE_OUT_OF_BAND = 13, R_AMEND_UNKNOWN_ORDER = 14, R_BAD_OP = 15,
     R_BAD_SIDE = 16, R_BAD_STP = 17, R_BOOK_FULL = 18, R_AMEND_WOULD_CROSS = 19
 };
 enum { F_MAKER_DONE = 1, F_TAKER_DONE = 2, F_PRIORITY_KEPT = 4 };
+/* Cmd.flags (new orders) and SnapOrder.flags / Order.flags (resting orders); other bits ignored */
+enum { CF_REDUCE_ONLY = 1 };
 
 #define MAX_QTY ((int64_t)((1LL << 36) - 1))   /* per order, lots */
+#define MAX_POSITION ((int64_t)1 << 62)          /* |lots| accepted by set_positions */
 #define MAX_LEVELS (1u << 28)                    /* max_tick - min_tick + 1 */
 #define MAX_ORDERS (1u << 26)                    /* pool capacity ceiling */
 #define NIL UINT32_MAX
 #define HT_INITIAL_MAX ((uint64_t)1 << 12) /* initial hash entries at most */
+#define POS_INITIAL ((uint64_t)1 << 6)     /* initial position map entries */
 #define OFF(T, f) ((Py_ssize_t)offsetof(T, f))
 
 /* ------------------------------------------------------------ wire records */
 
 typedef struct {            /* COMMAND_DTYPE, 40 bytes */
-    uint8_t op, side, stp, pad[5];
+    uint8_t op, side, stp, flags, pad[4];
     int64_t oid, owner, price, qty;
 } Cmd;
 
@@ -62,12 +66,17 @@ typedef struct {            /* EVENT_DTYPE, 72 bytes */
 
 typedef struct {            /* ORDER_DTYPE (snapshot record), 40 bytes */
     int64_t oid, owner, price, qty;
-    uint8_t side, pad[7];
+    uint8_t side, flags, pad[6];
 } SnapOrder;
+
+typedef struct {            /* POSITION_DTYPE, 16 bytes; also a position map entry */
+    int64_t owner, lots;     /* map: lots == 0 marks an empty entry */
+} PosRec;
 
 _Static_assert(sizeof(Cmd) == 40, "Cmd layout");
 _Static_assert(sizeof(Event) == 72, "Event layout");
 _Static_assert(sizeof(SnapOrder) == 40, "SnapOrder layout");
+_Static_assert(sizeof(PosRec) == 16, "PosRec layout");
 
 /* --------------------------------------------------------- internal state */
 
@@ -76,11 +85,13 @@ typedef struct {
     uint32_t next, prev;         /* FIFO links inside the level; next = free list link */
     uint32_t lvl;                /* price - min_tick */
     uint8_t side;
+    uint8_t flags;               /* CF_REDUCE_ONLY */
 } Order;
 
 typedef struct {
     int64_t total;               /* sum of open qty */
     uint32_t head, tail, count;  /* head/tail meaningless when count == 0 */
+    uint32_t ro;                 /* reduce-only orders in the level (FOK check fast path) */
 } Level;
 
 typedef struct {
@@ -88,6 +99,9 @@ typedef struct {
     uint32_t val;                /* slot + 1, 0 = empty */
     uint32_t pad;
 } HEntry;
+
+_Static_assert(sizeof(Order) == 40, "Order slot stays 40 bytes");
+_Static_assert(sizeof(Level) == 24, "Level stays 24 bytes");
 
 #define CHUNK_BITS 10
 #define CHUNK_LEVELS (1u << CHUNK_BITS)
@@ -105,6 +119,9 @@ typedef struct {
     HEntry *ht;
     uint64_t ht_mask;
     int ht_shift;
+    PosRec *pos;                     /* owner -> signed position (lots), open addressing */
+    uint64_t pos_mask, pos_count;
+    int pos_shift;
     Event *ev;
     size_t ev_n, ev_cap;
     int ev_oom;
@@ -335,6 +352,136 @@ static inline int slot_ensure(Core *b)
     return 0;
 }
 
+/* ------------------------------------------------------------ position map */
+
+/* Signed position in lots per owner: open addressing (linear probing, Fibonacci
+   hashing, backward-shift deletion). Only non-zero positions are stored, so
+   lots == 0 marks an empty entry and an owner whose position returns to 0 leaves
+   the map. Load <= 1/2, doubling: no allocation per fill in the steady state. */
+
+/* The entry of `owner`, or the empty entry where it would be inserted. */
+static inline PosRec *pos_slot(const Core *b, int64_t owner)
+{
+    uint64_t i = hslot(owner, b->pos_shift);
+    for (;;) {
+        PosRec *e = &b->pos[i];
+        if (e->lots == 0 || e->owner == owner) return e;
+        i = (i + 1) & b->pos_mask;
+    }
+}
+
+static inline int64_t pos_get(const Core *b, int64_t owner)
+{
+    return pos_slot(b, owner)->lots;
+}
+
+/* Lots an order of `side` may still reduce given position p: the long position
+   for a SELL, the short position for a BUY, else 0. */
+static inline int64_t reducible_of(int64_t p, uint8_t side)
+{
+    if (side == SIDE_SELL) return p > 0 ? p : 0;
+    return p < 0 ? (p == INT64_MIN ? INT64_MAX : -p) : 0;
+}
+
+/* position(owner) + adj, wrapping like pos_add */
+static inline int64_t pos_plus(const Core *b, int64_t owner, int64_t adj)
+{
+    return (int64_t)((uint64_t)pos_get(b, owner) + (uint64_t)adj);
+}
+
+static inline int64_t reducible(const Core *b, int64_t owner, uint8_t side)
+{
+    return reducible_of(pos_get(b, owner), side);
+}
+
+__attribute__((noinline)) static void pos_delete(Core *b, uint64_t i)
+{
+    uint64_t mask = b->pos_mask, j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (b->pos[j].lots == 0) break;
+        uint64_t k = hslot(b->pos[j].owner, b->pos_shift);
+        if (((j - k) & mask) >= ((j - i) & mask)) {
+            b->pos[i] = b->pos[j];
+            i = j;
+        }
+    }
+    b->pos[i].owner = 0;
+    b->pos[i].lots = 0;
+    b->pos_count--;
+}
+
+static int pos_alloc(uint64_t want, PosRec **out, uint64_t *mask, int *shift)
+{
+    int bits = 4;
+    while ((1ULL << bits) < want) bits++;
+    PosRec *t = (PosRec *)calloc((size_t)1 << bits, sizeof(PosRec));
+    if (!t) return -1;
+    *out = t;
+    *mask = (1ULL << bits) - 1;
+    *shift = 64 - bits;
+    return 0;
+}
+
+static int pos_grow(Core *b)
+{
+    PosRec *nt;
+    uint64_t nmask;
+    int nshift;
+    if (pos_alloc((b->pos_mask + 1) * 2, &nt, &nmask, &nshift) < 0) return -1;
+    for (uint64_t i = 0; i <= b->pos_mask; i++) {
+        const PosRec *e = &b->pos[i];
+        if (e->lots == 0) continue;
+        uint64_t j = hslot(e->owner, nshift);
+        while (nt[j].lots) j = (j + 1) & nmask;
+        nt[j] = *e;
+    }
+    free(b->pos);
+    b->pos = nt;
+    b->pos_mask = nmask;
+    b->pos_shift = nshift;
+    return 0;
+}
+
+/* Set the position of `owner` (0 removes it). -1 if the map could not grow
+   (the position is still stored while the table has a free entry left). */
+__attribute__((noinline)) static int pos_set(Core *b, int64_t owner, int64_t lots)
+{
+    PosRec *e = pos_slot(b, owner);
+    if (e->lots != 0) {
+        if (lots != 0) e->lots = lots;
+        else pos_delete(b, (uint64_t)(e - b->pos));
+        return 0;
+    }
+    if (lots == 0) return 0;
+    int rc = 0;
+    if ((b->pos_count + 1) * 2 > b->pos_mask + 1) {
+        if (pos_grow(b) == 0) {
+            e = pos_slot(b, owner);
+        } else {
+            rc = -1;
+            if (b->pos_count + 2 > b->pos_mask + 1) return -1; /* keep one empty entry */
+        }
+    }
+    e->owner = owner;
+    e->lots = lots;
+    b->pos_count++;
+    return rc;
+}
+
+/* position(owner) += delta (wrapping int64 arithmetic, never UB) */
+static inline void pos_add(Core *b, int64_t owner, int64_t delta)
+{
+    PosRec *e = pos_slot(b, owner);
+    int64_t v = (int64_t)((uint64_t)e->lots + (uint64_t)delta);
+    if (__builtin_expect(e->lots != 0 && v != 0, 1)) {
+        e->lots = v;
+        return;
+    }
+    if (e->lots != 0) pos_delete(b, (uint64_t)(e - b->pos));
+    else if (pos_set(b, owner, delta) < 0) b->ev_oom = 1; /* MemoryError after the call */
+}
+
 /* ------------------------------------------------------------------ events */
 
 static int ev_reserve(Core *b, size_t extra)
@@ -377,8 +524,8 @@ static void ev_reject(Core *b, const Cmd *c, uint8_t reason)
     e->qty = c->qty;
 }
 
-static void ev_cancelled(Core *b, uint8_t op, uint8_t reason, uint8_t side, int64_t oid,
-                         int64_t owner, int64_t price, int64_t qty)
+static Event *ev_cancelled(Core *b, uint8_t op, uint8_t reason, uint8_t side, int64_t oid,
+                           int64_t owner, int64_t price, int64_t qty)
 {
     Event *e = ev_push(b, EV_CANCELLED, reason, op);
     e->side = side;
@@ -386,6 +533,7 @@ static void ev_cancelled(Core *b, uint8_t op, uint8_t reason, uint8_t side, int6
     e->owner = owner;
     e->price = price;
     e->qty = qty;
+    return e;
 }
 
 /* ------------------------------------------------------------------- core */
@@ -405,6 +553,8 @@ static void core_free(Core *b)
     b->orders = NULL;
     free(b->ht);
     b->ht = NULL;
+    free(b->pos);
+    b->pos = NULL;
     free(b->ev);
     b->ev = NULL;
 }
@@ -442,6 +592,7 @@ static int core_init(Core *b, int64_t min_tick, int64_t max_tick, uint32_t cap)
     uint64_t want = (uint64_t)cap * 2;
     if (want > HT_INITIAL_MAX) want = HT_INITIAL_MAX;
     if (ht_alloc(want, &b->ht, &b->ht_mask, &b->ht_shift) < 0) return -1;
+    if (pos_alloc(POS_INITIAL, &b->pos, &b->pos_mask, &b->pos_shift) < 0) return -1;
     core_reset_orders(b);
     return ev_reserve(b, 1024);
 }
@@ -454,6 +605,13 @@ static void core_clear(Core *b)
     for (int k = 0; k < 3; k++) memset(b->bm[k], 0, b->bmw[k] * sizeof(uint64_t));
     memset(b->ht, 0, (b->ht_mask + 1) * sizeof(HEntry));
     core_reset_orders(b);
+}
+
+/* forget every position, keep the allocation */
+static void core_clear_positions(Core *b)
+{
+    memset(b->pos, 0, (b->pos_mask + 1) * sizeof(PosRec));
+    b->pos_count = 0;
 }
 
 /* Append slot s (fields oid/owner/qty/side/lvl set) to the tail of its level.
@@ -479,6 +637,7 @@ static inline void level_append(Core *b, uint32_t s)
     }
     L->count++;
     L->total += o->qty;
+    if (o->flags) L->ro++;
 }
 
 /* Unlink slot s from its level (slot and hash entry stay). */
@@ -492,6 +651,7 @@ static inline void level_unlink(Core *b, uint32_t s)
     else L->tail = o->prev;
     L->count--;
     L->total -= o->qty;
+    if (o->flags) L->ro--;
     if (L->count == 0) {
         bm_clear(b, o->lvl);
         if (o->side == SIDE_BUY) {
@@ -513,7 +673,8 @@ static inline void order_remove(Core *b, uint32_t s)
 }
 
 /* Rest a new order (pool_ensure and ensure_chunk already succeeded). */
-static void order_rest(Core *b, uint8_t side, int64_t oid, int64_t owner, uint32_t lvl, int64_t qty)
+static void order_rest(Core *b, uint8_t side, int64_t oid, int64_t owner, uint32_t lvl, int64_t qty,
+                       uint8_t flags)
 {
     uint32_t s = b->free_head;
     Order *o = &b->orders[s];
@@ -523,6 +684,7 @@ static void order_rest(Core *b, uint8_t side, int64_t oid, int64_t owner, uint32
     o->qty = qty;
     o->lvl = lvl;
     o->side = side;
+    o->flags = flags & CF_REDUCE_ONLY;
     level_append(b, s);
     ht_put(b->ht, b->ht_mask, b->ht_shift, oid, s);
     b->count++;
@@ -534,7 +696,9 @@ static inline int crosses(const Core *b, uint8_t side, int64_t lvl)
     return b->best_bid >= 0 && lvl <= b->best_bid;
 }
 
-/* Could a taker of `qty` be filled completely within limit level `lim`? */
+/* Could a taker of `qty` be filled completely within limit level `lim`?
+   Reduce-only makers count as 0 lots (the sweep may skip or cut them), so the
+   answer is conservative: a FOK that passes is filled completely. */
 static int fok_fillable(const Core *b, const Cmd *c, int64_t lim)
 {
     int64_t need = c->qty;
@@ -542,16 +706,17 @@ static int fok_fillable(const Core *b, const Cmd *c, int64_t lim)
     int64_t i = buy ? b->best_ask : b->best_bid;
     while (i >= 0 && (buy ? i <= lim : i >= lim)) {
         const Level *L = lv(b, (uint32_t)i);
-        if (c->stp == STP_NONE) {
+        if (c->stp == STP_NONE && L->ro == 0) {
             if (L->total >= need) return 1;
             need -= L->total;
         } else {
             for (uint32_t s = L->head; s != NIL; s = b->orders[s].next) {
                 const Order *o = &b->orders[s];
-                if (o->owner == c->owner) {
+                if (c->stp != STP_NONE && o->owner == c->owner) {
                     if (c->stp == STP_EXPIRE_MAKER) continue;
                     return 0;
                 }
+                if (o->flags & CF_REDUCE_ONLY) continue;
                 if (o->qty >= need) return 1;
                 need -= o->qty;
             }
@@ -561,11 +726,17 @@ static int fok_fillable(const Core *b, const Cmd *c, int64_t lim)
     return 0;
 }
 
-/* Match taker `c` against the opposite side up to limit level `lim`.
-   Returns the remaining qty; *expired set if STP expired the taker. */
-static int64_t match(Core *b, const Cmd *c, int64_t lim, int *expired)
+/* Match taker `c` with `qty` lots against the opposite side up to limit level
+   `lim`. Returns the remaining qty; *expired set if STP expired the taker.
+   Every fill moves the positions of both owners; a reduce-only maker fills at
+   most what its owner may still reduce and is removed (CANCELLED REDUCE_ONLY)
+   when that is 0. The taker's own position change is summed in `tdelta` and
+   stored once at the end (one map access per fill instead of two); the only
+   reader of it during the sweep, a reduce-only maker of the taker's own owner,
+   adds it in. */
+static int64_t match(Core *b, const Cmd *c, int64_t qty, int64_t lim, int *expired)
 {
-    int64_t rem = c->qty;
+    int64_t rem = qty, tdelta = 0;
     int buy = c->side == SIDE_BUY;
     while (rem > 0) {
         int64_t best = buy ? b->best_ask : b->best_bid;
@@ -582,14 +753,30 @@ static int64_t match(Core *b, const Cmd *c, int64_t lim, int *expired)
             if (c->stp != STP_EXPIRE_MAKER) {
                 ev_cancelled(b, c->op, R_STP_TAKER, c->side, c->oid, c->owner, c->price, rem);
                 *expired = 1;
-                return rem;
+                break;
             }
             continue;
         }
         int64_t q = rem < o->qty ? rem : o->qty;
+        if (o->flags & CF_REDUCE_ONLY) {
+            int64_t allowed = reducible_of(pos_plus(b, o->owner, o->owner == c->owner ? tdelta : 0),
+                                           o->side);
+            if (allowed == 0) {
+                ev_cancelled(b, c->op, R_REDUCE_ONLY, o->side, o->oid, o->owner,
+                             b->min_tick + (int64_t)o->lvl, o->qty);
+                order_remove(b, s);
+                continue;
+            }
+            if (allowed < q) q = allowed;
+        }
         rem -= q;
         o->qty -= q;
         L->total -= q;
+        if (o->owner != c->owner) {
+            int64_t d = buy ? q : -q;
+            tdelta += d;
+            pos_add(b, o->owner, -d);
+        }
         Event *e = ev_push(b, EV_FILL, R_NONE, c->op);
         e->side = c->side;
         e->oid = c->oid;
@@ -601,8 +788,17 @@ static int64_t match(Core *b, const Cmd *c, int64_t lim, int *expired)
         e->leaves = rem;
         e->maker_leaves = o->qty;
         e->flags = (uint8_t)((o->qty == 0 ? F_MAKER_DONE : 0) | (rem == 0 ? F_TAKER_DONE : 0));
-        if (o->qty == 0) order_remove(b, s);
+        if (o->qty == 0) {
+            order_remove(b, s);
+        } else if ((o->flags & CF_REDUCE_ONLY) &&
+                   reducible_of(pos_plus(b, o->owner, o->owner == c->owner ? tdelta : 0),
+                                o->side) == 0) {
+            ev_cancelled(b, c->op, R_REDUCE_ONLY, o->side, o->oid, o->owner,
+                         b->min_tick + (int64_t)o->lvl, o->qty);
+            order_remove(b, s);
+        }
     }
+    if (tdelta) pos_add(b, c->owner, tdelta);
     return rem;
 }
 
@@ -619,19 +815,35 @@ static void cmd_new(Core *b, const Cmd *c)
         ev_reject(b, c, R_BOOK_FULL);
         return;
     }
+    int64_t qty = c->qty;
+    if (c->flags & CF_REDUCE_ONLY) {
+        /* a reduce-only taker keeps at most what its owner may reduce */
+        int64_t allowed = reducible(b, c->owner, c->side);
+        if (qty > allowed) {
+            if (c->op == OP_FOK) {
+                ev_cancelled(b, c->op, R_FOK_NOT_FILLABLE, c->side, c->oid, c->owner, c->price, qty);
+                return;
+            }
+            Event *e = ev_cancelled(b, c->op, R_REDUCE_ONLY, c->side, c->oid, c->owner, c->price,
+                                    qty - allowed);
+            e->leaves = allowed;
+            if (allowed == 0) return;
+            qty = allowed;
+        }
+    }
     if (c->op == OP_POST_ONLY && crosses(b, c->side, lvl)) {
-        ev_cancelled(b, c->op, R_POST_ONLY_WOULD_TAKE, c->side, c->oid, c->owner, c->price, c->qty);
+        ev_cancelled(b, c->op, R_POST_ONLY_WOULD_TAKE, c->side, c->oid, c->owner, c->price, qty);
         return;
     }
     if (c->op == OP_FOK && !fok_fillable(b, c, lvl)) {
-        ev_cancelled(b, c->op, R_FOK_NOT_FILLABLE, c->side, c->oid, c->owner, c->price, c->qty);
+        ev_cancelled(b, c->op, R_FOK_NOT_FILLABLE, c->side, c->oid, c->owner, c->price, qty);
         return;
     }
     int expired = 0;
-    int64_t rem = match(b, c, lvl, &expired);
+    int64_t rem = match(b, c, qty, lvl, &expired);
     if (rem == 0 || expired) return;
     if (rests) {
-        order_rest(b, c->side, c->oid, c->owner, lvl, rem);
+        order_rest(b, c->side, c->oid, c->owner, lvl, rem, c->flags);
         Event *e = ev_push(b, EV_RESTED, R_NONE, c->op);
         e->side = c->side;
         e->oid = c->oid;
@@ -694,23 +906,29 @@ static void cmd_amend(Core *b, const Cmd *c)
 #define PF_HASH 8
 #define PF_SLOT 4
 
-static inline void prefetch_hash(const Core *b, const Cmd *c)
+/* Both read only the fields they need from the raw record `rec` (a Cmd). */
+static inline void prefetch_hash(const Core *b, const char *rec)
 {
 #ifndef MATCHING_NO_PREFETCH
-    __builtin_prefetch(&b->ht[hslot(c->oid, b->ht_shift)]);
+    int64_t oid;
+    memcpy(&oid, rec + offsetof(Cmd, oid), sizeof(oid));
+    __builtin_prefetch(&b->ht[hslot(oid, b->ht_shift)]);
 #else
     (void)b;
-    (void)c;
+    (void)rec;
 #endif
 }
 
-static inline void prefetch_slot(const Core *b, const Cmd *c)
+static inline void prefetch_slot(const Core *b, const char *rec)
 {
 #ifdef MATCHING_NO_PREFETCH
     return;
 #endif
-    if (c->op == OP_CANCEL || c->op == OP_AMEND) {
-        uint32_t s = ht_find(b, c->oid);
+    uint8_t op = (uint8_t)rec[offsetof(Cmd, op)];
+    if (op == OP_CANCEL || op == OP_AMEND) {
+        int64_t oid;
+        memcpy(&oid, rec + offsetof(Cmd, oid), sizeof(oid));
+        uint32_t s = ht_find(b, oid);
         if (s != NIL) {
             const Order *o = &b->orders[s];
             __builtin_prefetch(o);
@@ -763,7 +981,7 @@ static inline uint64_t hmixin(uint64_t h, uint64_t v)
 static int visit_hash(const Core *b, const Order *o, void *arg)
 {
     uint64_t *h = (uint64_t *)arg;
-    *h = hmixin(*h, o->side);
+    *h = hmixin(*h, (uint64_t)o->side | ((uint64_t)o->flags << 8));
     *h = hmixin(*h, (uint64_t)(b->min_tick + (int64_t)o->lvl));
     *h = hmixin(*h, (uint64_t)o->oid);
     *h = hmixin(*h, (uint64_t)o->owner);
@@ -781,7 +999,28 @@ static int visit_snap(const Core *b, const Order *o, void *arg)
     r->price = b->min_tick + (int64_t)o->lvl;
     r->qty = o->qty;
     r->side = o->side;
+    r->flags = o->flags;
     return 0;
+}
+
+static int cmp_pos(const void *a, const void *b)
+{
+    int64_t x = ((const PosRec *)a)->owner, y = ((const PosRec *)b)->owner;
+    return (x > y) - (x < y);
+}
+
+/* The non-zero positions sorted by owner into a new malloc'ed array (*n entries);
+   NULL on allocation failure. */
+static PosRec *positions_sorted(const Core *b, size_t *n)
+{
+    PosRec *out = (PosRec *)malloc((b->pos_count ? b->pos_count : 1) * sizeof(PosRec));
+    if (!out) return NULL;
+    size_t k = 0;
+    for (uint64_t i = 0; i <= b->pos_mask; i++)
+        if (b->pos[i].lots != 0) out[k++] = b->pos[i];
+    qsort(out, k, sizeof(PosRec), cmp_pos);
+    *n = k;
+    return out;
 }
 
 /* Returns NULL if consistent, else a static description of the first failure. */
@@ -808,6 +1047,7 @@ static const char *core_check(const Core *b)
             if (!bm_test(b, i)) return "bitmap bit clear for a non-empty level";
             uint32_t n = 0, prev = NIL;
             int64_t total = 0;
+            uint32_t ro = 0;
             uint8_t side = 0;
             for (uint32_t s = L->head; s != NIL; s = b->orders[s].next) {
                 if (s >= b->cap) return "order link out of range";
@@ -815,6 +1055,8 @@ static const char *core_check(const Core *b)
                 if (o->prev != prev) return "broken prev link";
                 if (o->lvl != i) return "order level mismatch";
                 if (o->qty <= 0) return "resting order with qty <= 0";
+                if (o->flags & ~CF_REDUCE_ONLY) return "unknown order flag bits";
+                ro += o->flags & CF_REDUCE_ONLY;
                 if (side == 0) side = o->side;
                 if (o->side != side || (side != SIDE_BUY && side != SIDE_SELL)) return "mixed sides in a level";
                 if (ht_find(b, o->oid) != s) return "hash map does not point at the resting order";
@@ -825,6 +1067,7 @@ static const char *core_check(const Core *b)
             if (L->tail != prev) return "level tail mismatch";
             if (n != L->count) return "level count mismatch";
             if (total != L->total) return "level total mismatch";
+            if (ro != L->ro) return "level reduce-only count mismatch";
             seen += n;
             if (side == SIDE_BUY) {
                 if ((int64_t)i > hi_bid) hi_bid = i;
@@ -859,6 +1102,18 @@ static const char *core_check(const Core *b)
         if (++nfree > b->cap) return "cycle in free list";
     }
     if (nfree + b->count != b->cap) return "free list + resting != capacity";
+    uint64_t npos = 0;
+    for (uint64_t i = 0; i <= b->pos_mask; i++) {
+        const PosRec *e = &b->pos[i];
+        if (e->lots == 0) {
+            if (e->owner != 0) return "empty position entry not cleared";
+            continue;
+        }
+        npos++;
+        if (pos_slot(b, e->owner) != e) return "position entry not reachable by probing";
+    }
+    if (npos != b->pos_count) return "position count mismatch";
+    if (b->pos_count * 2 > b->pos_mask + 1) return "position map over half full";
     return NULL;
 }
 
@@ -999,18 +1254,41 @@ static void Book_dealloc(PyObject *self)
 
 /* ---- single commands */
 
-PyDoc_STRVAR(Book_submit_doc,
-"submit($self, op, side, oid, owner, price, qty, stp=0, /)\n--\n\n"
-"Returns int. "
-"Process one command (fields as in COMMAND_DTYPE). The events it produces are\n"
-"appended to the pending event buffer (read them with events()); returns how\n"
-"many were appended. Invalid commands produce a REJECTED event, never an\n"
-"exception; only values that do not fit the record (op/side/stp outside 0..255,\n"
-"ints outside int64) raise.");
+/* The keyword-only `reduce_only` of submit() and the shorthands (METH_FASTCALL |
+   METH_KEYWORDS: the keyword values follow the positional ones in args). A call
+   without keywords never gets here. */
+static int parse_reduce_only(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                             const char *name, uint8_t *flags)
+{
+    Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, "reduce_only") != 0) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", name, k);
+            return -1;
+        }
+        PyObject *v = args[nargs + i];
+        int t = v == Py_True ? 1 : v == Py_False ? 0 : PyObject_IsTrue(v);
+        if (t < 0) return -1;
+        *flags = t ? CF_REDUCE_ONLY : 0;
+    }
+    return 0;
+}
 
-static PyObject *Book_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+PyDoc_STRVAR(Book_submit_doc,
+"submit($self, op, side, oid, owner, price, qty, stp=0, /, *, reduce_only=False)\n--\n\n"
+"Returns int. "
+"Process one command (fields as in COMMAND_DTYPE; reduce_only sets the\n"
+"REDUCE_ONLY bit of `flags`). The events it produces are appended to the pending\n"
+"event buffer (read them with events()); returns how many were appended. Invalid\n"
+"commands produce a REJECTED event, never an exception; only values that do not\n"
+"fit the record (op/side/stp outside 0..255, ints outside int64) raise.");
+
+static PyObject *Book_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargsf,
+                             PyObject *kwnames)
 {
     Cmd c;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     memset(&c, 0, sizeof(c));
     if (nargs != 6 && nargs != 7) {
         PyErr_Format(PyExc_TypeError, "submit() takes 6 or 7 positional arguments (%zd given)", nargs);
@@ -1021,14 +1299,16 @@ static PyObject *Book_submit(PyObject *self, PyObject *const *args, Py_ssize_t n
         as_i64(args[4], &c.price, "price") < 0 || as_i64(args[5], &c.qty, "qty") < 0 ||
         (nargs == 7 && as_u8(args[6], &c.stp, "stp") < 0))
         return NULL;
+    if (kwnames && parse_reduce_only(args, nargs, kwnames, "submit", &c.flags) < 0) return NULL;
     return run_one((BookObject *)self, &c);
 }
 
-/* limit/ioc/fok/post_only/market(side, oid, owner, price, qty, stp=0) */
-static PyObject *new_order_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
-                                uint8_t op, const char *name)
+/* limit/ioc/fok/post_only/market(side, oid, owner, price, qty, stp=0, *, reduce_only=False) */
+static PyObject *new_order_call(PyObject *self, PyObject *const *args, Py_ssize_t nargsf,
+                                PyObject *kwnames, uint8_t op, const char *name)
 {
     Cmd c;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     memset(&c, 0, sizeof(c));
     c.op = op;
     if (nargs != 5 && nargs != 6) {
@@ -1039,15 +1319,18 @@ static PyObject *new_order_call(PyObject *self, PyObject *const *args, Py_ssize_
         as_i64(args[2], &c.owner, "owner") < 0 || as_i64(args[3], &c.price, "price") < 0 ||
         as_i64(args[4], &c.qty, "qty") < 0 || (nargs == 6 && as_u8(args[5], &c.stp, "stp") < 0))
         return NULL;
+    if (kwnames && parse_reduce_only(args, nargs, kwnames, name, &c.flags) < 0) return NULL;
     return run_one((BookObject *)self, &c);
 }
 
 #define NEW_ORDER_METHOD(fname, OPC, pyname, what)                                              \
-    PyDoc_STRVAR(fname##_doc, pyname "($self, side, oid, owner, price, qty, stp=0, /)\n--\n\n" \
+    PyDoc_STRVAR(fname##_doc, pyname "($self, side, oid, owner, price, qty, stp=0, /, *, "     \
+                 "reduce_only=False)\n--\n\n"                                                  \
                  what " Same as submit(op, side, ...). Returns the number of events appended.");   \
-    static PyObject *fname(PyObject *self, PyObject *const *args, Py_ssize_t nargs)           \
+    static PyObject *fname(PyObject *self, PyObject *const *args, Py_ssize_t nargsf,          \
+                           PyObject *kwnames)                                                  \
     {                                                                                          \
-        return new_order_call(self, args, nargs, OPC, pyname);                                 \
+        return new_order_call(self, args, nargsf, kwnames, OPC, pyname);                       \
     }
 
 NEW_ORDER_METHOD(Book_limit, OP_LIMIT, "limit", "GTC limit order: match, rest the remainder.")
@@ -1145,15 +1428,9 @@ static PyObject *Book_execute(PyObject *self, PyObject *const *args, Py_ssize_t 
     size_t before = b->ev_n;
     const char *p = (const char *)cv.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
-        Cmd c, ahead;
-        if (i + PF_HASH < n) {
-            memcpy(&ahead, p + (i + PF_HASH) * (Py_ssize_t)sizeof(Cmd), sizeof(Cmd));
-            prefetch_hash(b, &ahead);
-        }
-        if (i + PF_SLOT < n) {
-            memcpy(&ahead, p + (i + PF_SLOT) * (Py_ssize_t)sizeof(Cmd), sizeof(Cmd));
-            prefetch_slot(b, &ahead);
-        }
+        Cmd c;
+        if (i + PF_HASH < n) prefetch_hash(b, p + (i + PF_HASH) * (Py_ssize_t)sizeof(Cmd));
+        if (i + PF_SLOT < n) prefetch_slot(b, p + (i + PF_SLOT) * (Py_ssize_t)sizeof(Cmd));
         memcpy(&c, p + i * (Py_ssize_t)sizeof(Cmd), sizeof(Cmd));
         if (offs) offs[i] = (int64_t)b->ev_n;
         core_process(b, &c);
@@ -1389,8 +1666,9 @@ static PyObject *Book_get(PyObject *self, PyObject *arg)
 PyDoc_STRVAR(Book_snapshot_doc,
 "snapshot($self)\n--\n\n"
 "Returns bytes. "
-"All resting orders as ORDER_DTYPE records in priority order: bids best to\n"
-"worst, then asks best to worst, FIFO within a level.");
+"All resting orders as ORDER_DTYPE records (with their REDUCE_ONLY flag) in\n"
+"priority order: bids best to worst, then asks best to worst, FIFO within a\n"
+"level. Positions are not included (positions()).");
 
 static PyObject *Book_snapshot(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -1406,7 +1684,8 @@ PyDoc_STRVAR(Book_restore_doc,
 "restore($self, snapshot, /)\n--\n\n"
 "Returns None. "
 "Replace the resting orders by those of a snapshot() buffer (ORDER_DTYPE\n"
-"records; FIFO order within a level is the order of the records). Raises\n"
+"records, their REDUCE_ONLY flag included; FIFO order within a level is the\n"
+"order of the records). Positions are not touched (set_positions). Raises\n"
 "ValueError on an invalid snapshot (bad side, qty, price outside the band,\n"
 "duplicate order id, crossed book); the book is then left empty. Pending\n"
 "events are kept.");
@@ -1465,7 +1744,7 @@ static PyObject *Book_restore(PyObject *self, PyObject *arg)
             PyErr_NoMemory();
             goto error;
         }
-        order_rest(b, r.side, r.oid, r.owner, lvl, r.qty);
+        order_rest(b, r.side, r.oid, r.owner, lvl, r.qty, r.flags);
     }
     result = Py_NewRef(Py_None);
 error:
@@ -1473,19 +1752,23 @@ error:
     return result;
 }
 
-PyDoc_STRVAR(Book_clear_doc, "clear($self)\n--\n\nReturns None. Remove every resting order (no events).");
+PyDoc_STRVAR(Book_clear_doc,
+"clear($self)\n--\n\nReturns None. Remove every resting order and every position (no events).");
 
 static PyObject *Book_clear(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     core_clear(&((BookObject *)self)->core);
+    core_clear_positions(&((BookObject *)self)->core);
     Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(Book_state_hash_doc,
 "state_hash($self)\n--\n\n"
 "Returns int. "
-"64-bit hash of the resting orders in priority order (side, price, oid, owner,\n"
-"qty of each); equal books have equal hashes.");
+"64-bit hash of the resting orders in priority order (side | flags << 8, price,\n"
+"oid, owner, qty of each, then their count) and, if any position is non-zero,\n"
+"of the non-zero positions by ascending owner (owner, lots of each, then their\n"
+"count); equal books have equal hashes.");
 
 static PyObject *Book_state_hash(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -1493,7 +1776,93 @@ static PyObject *Book_state_hash(PyObject *self, PyObject *Py_UNUSED(ignored))
     uint64_t h = HASH_SEED;
     core_visit(b, visit_hash, &h);
     h = hmixin(h, b->count);
+    if (b->pos_count) {
+        size_t n;
+        PosRec *ps = positions_sorted(b, &n);
+        if (!ps) return PyErr_NoMemory();
+        for (size_t i = 0; i < n; i++) {
+            h = hmixin(h, (uint64_t)ps[i].owner);
+            h = hmixin(h, (uint64_t)ps[i].lots);
+        }
+        h = hmixin(h, (uint64_t)n);
+        free(ps);
+    }
     return PyLong_FromUnsignedLongLong(h);
+}
+
+PyDoc_STRVAR(Book_set_positions_doc,
+"set_positions($self, positions, /)\n--\n\n"
+"Returns None. "
+"Set the position of each owner of a C-contiguous buffer of POSITION_DTYPE\n"
+"records (owner i8, lots i8; item size 16 or raw bytes), replacing its current\n"
+"position (lots 0 removes it; a later record for the same owner wins). Other\n"
+"owners are untouched. Raises ValueError if a |lots| exceeds 2**62 (nothing is\n"
+"changed then).");
+
+static PyObject *Book_set_positions(PyObject *self, PyObject *arg)
+{
+    Core *b = &((BookObject *)self)->core;
+    Py_buffer v;
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(arg, &v, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if ((v.itemsize != (Py_ssize_t)sizeof(PosRec) && v.itemsize != 1) ||
+        v.len % (Py_ssize_t)sizeof(PosRec) != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "positions must be POSITION_DTYPE records (%zu bytes each); got item size %zd, length %zd",
+                     sizeof(PosRec), v.itemsize, v.len);
+        goto error;
+    }
+    Py_ssize_t n = v.len / (Py_ssize_t)sizeof(PosRec);
+    const char *p = (const char *)v.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PosRec r;
+        memcpy(&r, p + i * (Py_ssize_t)sizeof(PosRec), sizeof(r));
+        if (r.lots < -MAX_POSITION || r.lots > MAX_POSITION) {
+            PyErr_Format(PyExc_ValueError, "positions record %zd: lots %lld outside -2**62..2**62", i,
+                         (long long)r.lots);
+            goto error;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PosRec r;
+        memcpy(&r, p + i * (Py_ssize_t)sizeof(PosRec), sizeof(r));
+        if (pos_set(b, r.owner, r.lots) < 0) {
+            PyErr_NoMemory();
+            goto error;
+        }
+    }
+    result = Py_NewRef(Py_None);
+error:
+    PyBuffer_Release(&v);
+    return result;
+}
+
+PyDoc_STRVAR(Book_position_doc,
+"position($self, owner, /)\n--\n\n"
+"Returns int. The signed position of `owner` in lots (long > 0, short < 0, 0 if none).");
+
+static PyObject *Book_position(PyObject *self, PyObject *arg)
+{
+    const Core *b = &((BookObject *)self)->core;
+    int64_t owner;
+    if (as_i64(arg, &owner, "owner") < 0) return NULL;
+    return PyLong_FromLongLong(pos_get(b, owner));
+}
+
+PyDoc_STRVAR(Book_positions_doc,
+"positions($self)\n--\n\n"
+"Returns bytes. Every non-zero position as POSITION_DTYPE records, by ascending owner\n"
+"(set_positions() of it on an empty book reproduces them).");
+
+static PyObject *Book_positions(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    const Core *b = &((BookObject *)self)->core;
+    size_t n;
+    PosRec *ps = positions_sorted(b, &n);
+    if (!ps) return PyErr_NoMemory();
+    PyObject *r = PyBytes_FromStringAndSize((const char *)ps, (Py_ssize_t)(n * sizeof(PosRec)));
+    free(ps);
+    return r;
 }
 
 PyDoc_STRVAR(Book_validate_doc,
@@ -1513,13 +1882,15 @@ static PyObject *Book_validate(PyObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(Book_memory_doc,
-"memory_bytes($self)\n--\n\nReturns int. Bytes allocated by the book (pool, hash, ladder, bitmaps, events).");
+"memory_bytes($self)\n--\n\nReturns int. Bytes allocated by the book (pool, hash, ladder, bitmaps,\n"
+"position map, events).");
 
 static PyObject *Book_memory_bytes(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     const Core *b = &((BookObject *)self)->core;
     size_t m = (size_t)b->cap * sizeof(Order) + (b->ht_mask + 1) * sizeof(HEntry) +
-               b->nchunks * sizeof(Level *) + b->ev_cap * sizeof(Event);
+               b->nchunks * sizeof(Level *) + b->ev_cap * sizeof(Event) +
+               (b->pos_mask + 1) * sizeof(PosRec);
     for (uint32_t c = 0; c < b->nchunks; c++)
         if (b->chunks[c]) m += CHUNK_LEVELS * sizeof(Level);
     for (int k = 0; k < 3; k++) m += b->bmw[k] * sizeof(uint64_t);
@@ -1551,6 +1922,10 @@ static PyObject *get_pending(PyObject *self, void *Py_UNUSED(c))
 {
     return PyLong_FromSize_t(((BookObject *)self)->core.ev_n);
 }
+static PyObject *get_position_count(PyObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(((BookObject *)self)->core.pos_count);
+}
 
 static PyGetSetDef Book_getset[] = {
     {"order_count", get_order_count, NULL, "Number of resting orders.", NULL},
@@ -1558,16 +1933,17 @@ static PyGetSetDef Book_getset[] = {
     {"max_tick", get_max_tick, NULL, "Highest accepted price (ticks).", NULL},
     {"capacity", get_capacity, NULL, "Current order pool capacity (grows by doubling).", NULL},
     {"pending_events", get_pending, NULL, "Number of events waiting in the buffer.", NULL},
+    {"position_count", get_position_count, NULL, "Number of owners with a non-zero position.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyMethodDef Book_methods[] = {
-    {"submit", (PyCFunction)(void (*)(void))Book_submit, METH_FASTCALL, Book_submit_doc},
-    {"limit", (PyCFunction)(void (*)(void))Book_limit, METH_FASTCALL, Book_limit_doc},
-    {"ioc", (PyCFunction)(void (*)(void))Book_ioc, METH_FASTCALL, Book_ioc_doc},
-    {"fok", (PyCFunction)(void (*)(void))Book_fok, METH_FASTCALL, Book_fok_doc},
-    {"post_only", (PyCFunction)(void (*)(void))Book_post_only, METH_FASTCALL, Book_post_only_doc},
-    {"market", (PyCFunction)(void (*)(void))Book_market, METH_FASTCALL, Book_market_doc},
+    {"submit", (PyCFunction)(void (*)(void))Book_submit, METH_FASTCALL | METH_KEYWORDS, Book_submit_doc},
+    {"limit", (PyCFunction)(void (*)(void))Book_limit, METH_FASTCALL | METH_KEYWORDS, Book_limit_doc},
+    {"ioc", (PyCFunction)(void (*)(void))Book_ioc, METH_FASTCALL | METH_KEYWORDS, Book_ioc_doc},
+    {"fok", (PyCFunction)(void (*)(void))Book_fok, METH_FASTCALL | METH_KEYWORDS, Book_fok_doc},
+    {"post_only", (PyCFunction)(void (*)(void))Book_post_only, METH_FASTCALL | METH_KEYWORDS, Book_post_only_doc},
+    {"market", (PyCFunction)(void (*)(void))Book_market, METH_FASTCALL | METH_KEYWORDS, Book_market_doc},
     {"cancel", (PyCFunction)(void (*)(void))Book_cancel, METH_FASTCALL, Book_cancel_doc},
     {"amend", (PyCFunction)(void (*)(void))Book_amend, METH_FASTCALL, Book_amend_doc},
     {"execute", (PyCFunction)(void (*)(void))Book_execute, METH_FASTCALL, Book_execute_doc},
@@ -1582,6 +1958,9 @@ static PyMethodDef Book_methods[] = {
     {"snapshot", Book_snapshot, METH_NOARGS, Book_snapshot_doc},
     {"restore", Book_restore, METH_O, Book_restore_doc},
     {"clear", Book_clear, METH_NOARGS, Book_clear_doc},
+    {"set_positions", Book_set_positions, METH_O, Book_set_positions_doc},
+    {"position", Book_position, METH_O, Book_position_doc},
+    {"positions", Book_positions, METH_NOARGS, Book_positions_doc},
     {"state_hash", Book_state_hash, METH_NOARGS, Book_state_hash_doc},
     {"validate", Book_validate, METH_NOARGS, Book_validate_doc},
     {"memory_bytes", Book_memory_bytes, METH_NOARGS, Book_memory_doc},
@@ -1624,12 +2003,13 @@ PyDoc_STRVAR(layout_doc,
 static PyObject *mod_layout(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
     return Py_BuildValue(
-        "{s:(n{s:n,s:n,s:n,s:n,s:n,s:n,s:n}),"
+        "{s:(n{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}),"
         "s:(n{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}),"
-        "s:(n{s:n,s:n,s:n,s:n,s:n})}",
+        "s:(n{s:n,s:n,s:n,s:n,s:n,s:n}),"
+        "s:(n{s:n,s:n})}",
         "command", (Py_ssize_t)sizeof(Cmd),
         "op", OFF(Cmd, op), "side", OFF(Cmd, side), "stp", OFF(Cmd, stp),
-        "oid", OFF(Cmd, oid), "owner", OFF(Cmd, owner), "price", OFF(Cmd, price),
+        "flags", OFF(Cmd, flags), "oid", OFF(Cmd, oid), "owner", OFF(Cmd, owner), "price", OFF(Cmd, price),
         "qty", OFF(Cmd, qty),
         "event", (Py_ssize_t)sizeof(Event),
         "kind", OFF(Event, kind), "reason", OFF(Event, reason), "side", OFF(Event, side),
@@ -1641,7 +2021,9 @@ static PyObject *mod_layout(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored)
         "order", (Py_ssize_t)sizeof(SnapOrder),
         "oid", OFF(SnapOrder, oid), "owner", OFF(SnapOrder, owner),
         "price", OFF(SnapOrder, price), "qty", OFF(SnapOrder, qty),
-        "side", OFF(SnapOrder, side));
+        "side", OFF(SnapOrder, side), "flags", OFF(SnapOrder, flags),
+        "position", (Py_ssize_t)sizeof(PosRec),
+        "owner", OFF(PosRec, owner), "lots", OFF(PosRec, lots));
 }
 
 static PyMethodDef module_methods[] = {
@@ -1664,13 +2046,14 @@ static int module_exec(PyObject *m)
         {"R_NONE", R_NONE}, {"R_USER_CANCEL", R_USER_CANCEL},
         {"R_REMAINDER_EXPIRED", R_REMAINDER_EXPIRED}, {"R_FOK_NOT_FILLABLE", R_FOK_NOT_FILLABLE},
         {"R_STP_TAKER", R_STP_TAKER}, {"R_STP_MAKER", R_STP_MAKER},
-        {"R_POST_ONLY_WOULD_TAKE", R_POST_ONLY_WOULD_TAKE}, {"R_UNKNOWN_ORDER", R_UNKNOWN_ORDER},
+        {"R_POST_ONLY_WOULD_TAKE", R_POST_ONLY_WOULD_TAKE}, {"R_REDUCE_ONLY", R_REDUCE_ONLY},
+        {"R_UNKNOWN_ORDER", R_UNKNOWN_ORDER},
         {"R_DUPLICATE_ORDER_ID", R_DUPLICATE_ORDER_ID}, {"R_BAD_QTY", R_BAD_QTY},
         {"R_PRICE_OUT_OF_BAND", R_PRICE_OUT_OF_BAND}, {"R_AMEND_UNKNOWN_ORDER", R_AMEND_UNKNOWN_ORDER},
         {"R_BAD_OP", R_BAD_OP}, {"R_BAD_SIDE", R_BAD_SIDE}, {"R_BAD_STP", R_BAD_STP},
         {"R_BOOK_FULL", R_BOOK_FULL}, {"R_AMEND_WOULD_CROSS", R_AMEND_WOULD_CROSS},
         {"F_MAKER_DONE", F_MAKER_DONE}, {"F_TAKER_DONE", F_TAKER_DONE},
-        {"F_PRIORITY_KEPT", F_PRIORITY_KEPT},
+        {"F_PRIORITY_KEPT", F_PRIORITY_KEPT}, {"CF_REDUCE_ONLY", CF_REDUCE_ONLY},
         {"MAX_LEVELS", (long)MAX_LEVELS}, {"MAX_ORDERS", (long)MAX_ORDERS},
     };
     for (size_t i = 0; i < sizeof(consts) / sizeof(consts[0]); i++)
@@ -1679,6 +2062,11 @@ static int module_exec(PyObject *m)
     if (!mq) return -1;
     int rc = PyModule_AddObjectRef(m, "MAX_QTY", mq);
     Py_DECREF(mq);
+    if (rc < 0) return -1;
+    PyObject *mp = PyLong_FromLongLong(MAX_POSITION);
+    if (!mp) return -1;
+    rc = PyModule_AddObjectRef(m, "MAX_POSITION", mp);
+    Py_DECREF(mp);
     if (rc < 0) return -1;
     st->invariant_error = PyErr_NewExceptionWithDoc(
         "matching_native._book.BookInvariantError",
@@ -1726,12 +2114,13 @@ PyDoc_STRVAR(module_doc,
 "C price-time priority order book (see matching_native/README.md).\n"
 "\n"
 "Integer ticks and lots only. One Book per symbol. Commands are COMMAND_DTYPE\n"
-"records (40 bytes: op u1, side u1, stp u1, 5 pad, oid i8, owner i8, price i8,\n"
-"qty i8); events are EVENT_DTYPE records (72 bytes: kind u1, reason u1, side u1,\n"
-"flags u1, op u1, 3 pad, oid, owner, maker_oid, maker_owner, price, qty, leaves,\n"
-"maker_leaves, all i8); snapshots are ORDER_DTYPE records (40 bytes: oid, owner,\n"
-"price, qty i8, side u1, 7 pad). The codes are the module constants OP_*, SIDE_*,\n"
-"STP_*, EV_*, R_*, F_*; matching_native documents each of them.");
+"records (40 bytes: op u1, side u1, stp u1, flags u1, 4 pad, oid i8, owner i8,\n"
+"price i8, qty i8); events are EVENT_DTYPE records (72 bytes: kind u1, reason u1,\n"
+"side u1, flags u1, op u1, 3 pad, oid, owner, maker_oid, maker_owner, price, qty,\n"
+"leaves, maker_leaves, all i8); snapshots are ORDER_DTYPE records (40 bytes: oid,\n"
+"owner, price, qty i8, side u1, flags u1, 6 pad); positions are POSITION_DTYPE\n"
+"records (16 bytes: owner i8, lots i8). The codes are the module constants OP_*,\n"
+"SIDE_*, STP_*, EV_*, R_*, F_*, CF_*; matching_native documents each of them.");
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,

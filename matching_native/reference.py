@@ -22,14 +22,16 @@ BUY, SELL = 1, 2
 STP_NONE, STP_EXPIRE_TAKER, STP_EXPIRE_MAKER, STP_EXPIRE_BOTH = range(4)
 FILL, RESTED, CANCELLED, AMENDED, REJECTED = range(1, 6)
 (R_USER_CANCEL, R_REMAINDER_EXPIRED, R_FOK_NOT_FILLABLE, R_STP_TAKER, R_STP_MAKER,
- R_POST_ONLY_WOULD_TAKE) = range(1, 7)
+ R_POST_ONLY_WOULD_TAKE, R_REDUCE_ONLY) = range(1, 8)
 (R_UNKNOWN_ORDER, R_DUPLICATE_ORDER_ID, R_BAD_QTY, R_PRICE_OUT_OF_BAND, R_AMEND_UNKNOWN_ORDER,
  R_BAD_OP, R_BAD_SIDE, R_BAD_STP, R_BOOK_FULL, R_AMEND_WOULD_CROSS) = range(10, 20)
 F_MAKER_DONE, F_TAKER_DONE, F_PRIORITY_KEPT = 1, 2, 4
+CF_REDUCE_ONLY = 1
 
 MAX_QTY = _book.MAX_QTY
 MAX_LEVELS = _book.MAX_LEVELS
 MAX_ORDERS = _book.MAX_ORDERS
+MAX_POSITION = _book.MAX_POSITION
 _M64 = (1 << 64) - 1
 _HASH_SEED = 0xCBF29CE484222325
 _HASH_PRIME = 0x100000001B3
@@ -41,6 +43,17 @@ _EVENT_FIELDS = ("kind", "reason", "side", "flags", "op", "oid", "owner", "maker
 def _dtypes():
     from . import COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE
     return COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE
+
+
+def _position_dtype():
+    from . import POSITION_DTYPE
+    return POSITION_DTYPE
+
+
+def _wrap64(v: int) -> int:
+    """v as a (wrapping) int64, like the C book's position arithmetic."""
+    v &= _M64
+    return v - (1 << 64) if v >> 63 else v
 
 
 def _mix(h: int, v: int) -> int:
@@ -69,10 +82,11 @@ def _u8(v, name):
 
 
 class _Order:
-    __slots__ = ("oid", "owner", "side", "price", "qty")
+    __slots__ = ("oid", "owner", "side", "price", "qty", "flags")
 
-    def __init__(self, oid, owner, side, price, qty):
+    def __init__(self, oid, owner, side, price, qty, flags=0):
         self.oid, self.owner, self.side, self.price, self.qty = oid, owner, side, price, qty
+        self.flags = flags & CF_REDUCE_ONLY
 
 
 class ReferenceBook:
@@ -93,9 +107,55 @@ class ReferenceBook:
 
     # ------------------------------------------------------------ state
     def clear(self):
+        self._clear_orders()
+        self._pos: dict[int, int] = {}       # owner -> non-zero position (lots)
+
+    def _clear_orders(self):
         self._orders: dict[int, _Order] = {}
         self._levels = {BUY: {}, SELL: {}}   # price -> {oid: _Order} (FIFO)
         self._prices = {BUY: [], SELL: []}   # ascending
+
+    # ------------------------------------------------------------ positions
+    def set_positions(self, positions):
+        mv = memoryview(positions)
+        if not mv.c_contiguous:
+            raise BufferError("positions buffer is not C-contiguous")
+        if mv.itemsize not in (16, 1) or mv.nbytes % 16:
+            raise ValueError(f"positions must be POSITION_DTYPE records (16 bytes each); "
+                             f"got item size {mv.itemsize}, length {mv.nbytes}")
+        rows = np.frombuffer(mv.cast("B"), _position_dtype()).tolist()
+        for i, (_, lots) in enumerate(rows):
+            if not -MAX_POSITION <= lots <= MAX_POSITION:
+                raise ValueError(f"positions record {i}: lots {lots} outside -2**62..2**62")
+        for owner, lots in rows:
+            if lots:
+                self._pos[owner] = lots
+            else:
+                self._pos.pop(owner, None)
+
+    def position(self, owner):
+        return self._pos.get(_i64(owner, "owner"), 0)
+
+    def positions(self):
+        arr = np.zeros(len(self._pos), _position_dtype())
+        for i, owner in enumerate(sorted(self._pos)):
+            arr[i] = (owner, self._pos[owner])
+        return arr.tobytes()
+
+    @property
+    def position_count(self):
+        return len(self._pos)
+
+    def _pos_add(self, owner, delta):
+        v = _wrap64(self._pos.get(owner, 0) + delta)
+        if v:
+            self._pos[owner] = v
+        else:
+            self._pos.pop(owner, None)
+
+    def _reducible(self, owner, side):
+        p = self._pos.get(owner, 0)
+        return max(0, p) if side == SELL else max(0, -p)
 
     def __len__(self):
         return len(self._orders)
@@ -194,29 +254,30 @@ class ReferenceBook:
         return k
 
     # ------------------------------------------------------------ commands
-    def submit(self, op, side, oid, owner, price, qty, stp=0):
+    def submit(self, op, side, oid, owner, price, qty, stp=0, /, *, reduce_only=False):
         op, side = _u8(op, "op"), _u8(side, "side")
         oid, owner = _i64(oid, "oid"), _i64(owner, "owner")
         price, qty = _i64(price, "price"), _i64(qty, "qty")
         stp = _u8(stp, "stp")
+        flags = CF_REDUCE_ONLY if reduce_only else 0
         n = len(self._ev)
-        self._process(op, side, stp, oid, owner, price, qty)
+        self._process(op, side, stp, flags, oid, owner, price, qty)
         return len(self._ev) - n
 
-    def limit(self, side, oid, owner, price, qty, stp=0):
-        return self.submit(LIMIT, side, oid, owner, price, qty, stp)
+    def limit(self, side, oid, owner, price, qty, stp=0, /, *, reduce_only=False):
+        return self.submit(LIMIT, side, oid, owner, price, qty, stp, reduce_only=reduce_only)
 
-    def ioc(self, side, oid, owner, price, qty, stp=0):
-        return self.submit(IOC, side, oid, owner, price, qty, stp)
+    def ioc(self, side, oid, owner, price, qty, stp=0, /, *, reduce_only=False):
+        return self.submit(IOC, side, oid, owner, price, qty, stp, reduce_only=reduce_only)
 
-    def fok(self, side, oid, owner, price, qty, stp=0):
-        return self.submit(FOK, side, oid, owner, price, qty, stp)
+    def fok(self, side, oid, owner, price, qty, stp=0, /, *, reduce_only=False):
+        return self.submit(FOK, side, oid, owner, price, qty, stp, reduce_only=reduce_only)
 
-    def post_only(self, side, oid, owner, price, qty, stp=0):
-        return self.submit(POST_ONLY, side, oid, owner, price, qty, stp)
+    def post_only(self, side, oid, owner, price, qty, stp=0, /, *, reduce_only=False):
+        return self.submit(POST_ONLY, side, oid, owner, price, qty, stp, reduce_only=reduce_only)
 
-    def market(self, side, oid, owner, price, qty, stp=0):
-        return self.submit(MARKET, side, oid, owner, price, qty, stp)
+    def market(self, side, oid, owner, price, qty, stp=0, /, *, reduce_only=False):
+        return self.submit(MARKET, side, oid, owner, price, qty, stp, reduce_only=reduce_only)
 
     def cancel(self, oid):
         return self.submit(CANCEL, 0, oid, 0, 0, 0, 0)
@@ -242,17 +303,17 @@ class ReferenceBook:
             offs = ov.cast("B").cast("q")
         n0 = len(self._ev)
         process = self._process
-        for i, (op, side, stp, oid, owner, price, qty) in enumerate(rows):
+        for i, (op, side, stp, flags, oid, owner, price, qty) in enumerate(rows):
             if offs is not None:
                 offs[i] = len(self._ev)
-            process(op, side, stp, oid, owner, price, qty)
+            process(op, side, stp, flags, oid, owner, price, qty)
         if offs is not None:
             offs[len(rows)] = len(self._ev)
         return len(self._ev) - n0
 
-    def _process(self, op, side, stp, oid, owner, price, qty):
+    def _process(self, op, side, stp, flags, oid, owner, price, qty):
         if LIMIT <= op <= MARKET:
-            self._new(op, side, stp, oid, owner, price, qty)
+            self._new(op, side, stp, flags & CF_REDUCE_ONLY, oid, owner, price, qty)
         elif op == CANCEL:
             o = self._orders.get(oid)
             if o is None:
@@ -265,7 +326,7 @@ class ReferenceBook:
         else:
             self._reject(op, side, oid, owner, price, qty, R_BAD_OP)
 
-    def _new(self, op, side, stp, oid, owner, price, qty):
+    def _new(self, op, side, stp, flags, oid, owner, price, qty):
         def rej(reason):
             self._reject(op, side, oid, owner, price, qty, reason)
 
@@ -279,6 +340,16 @@ class ReferenceBook:
             return rej(R_PRICE_OUT_OF_BAND)
         if oid in self._orders:
             return rej(R_DUPLICATE_ORDER_ID)
+        if flags & CF_REDUCE_ONLY:
+            allowed = self._reducible(owner, side)
+            if qty > allowed:
+                if op == FOK:
+                    return self._cancelled(op, R_FOK_NOT_FILLABLE, side, oid, owner, price, qty)
+                self._push(CANCELLED, R_REDUCE_ONLY, op, side=side, oid=oid, owner=owner, price=price,
+                           qty=qty - allowed, leaves=allowed)
+                if allowed == 0:
+                    return
+                qty = allowed
         if op == POST_ONLY and self._crosses(side, price):
             return self._cancelled(op, R_POST_ONLY_WOULD_TAKE, side, oid, owner, price, qty)
         if op == FOK and not self._fok_fillable(side, stp, owner, price, qty):
@@ -287,7 +358,7 @@ class ReferenceBook:
         if rem == 0 or expired:
             return
         if op in (LIMIT, POST_ONLY):
-            o = _Order(oid, owner, side, price, rem)
+            o = _Order(oid, owner, side, price, rem, flags)
             self._orders[oid] = o
             self._append(o)
             self._push(RESTED, 0, op, side=side, oid=oid, owner=owner, price=price, qty=rem, leaves=rem)
@@ -305,6 +376,8 @@ class ReferenceBook:
                     if stp == STP_EXPIRE_MAKER:
                         continue
                     return False
+                if o.flags & CF_REDUCE_ONLY:   # counts as 0: conservative
+                    continue
                 if o.qty >= need:
                     return True
                 need -= o.qty
@@ -327,12 +400,27 @@ class ReferenceBook:
                     return rem, True
                 continue
             q = min(rem, o.qty)
+            ro = o.flags & CF_REDUCE_ONLY
+            if ro:
+                allowed = self._reducible(o.owner, o.side)
+                if allowed == 0:
+                    self._cancelled(op, R_REDUCE_ONLY, o.side, o.oid, o.owner, o.price, o.qty)
+                    self._remove(o)
+                    continue
+                q = min(q, allowed)
             rem -= q
             o.qty -= q
+            if o.owner != owner:
+                d = q if side == BUY else -q
+                self._pos_add(owner, d)
+                self._pos_add(o.owner, -d)
             flags = (F_MAKER_DONE if o.qty == 0 else 0) | (F_TAKER_DONE if rem == 0 else 0)
             self._push(FILL, 0, op, side=side, flags=flags, oid=oid, owner=owner, maker_oid=o.oid,
                        maker_owner=o.owner, price=best, qty=q, leaves=rem, maker_leaves=o.qty)
             if o.qty == 0:
+                self._remove(o)
+            elif ro and self._reducible(o.owner, o.side) == 0:
+                self._cancelled(op, R_REDUCE_ONLY, o.side, o.oid, o.owner, o.price, o.qty)
                 self._remove(o)
         return rem, False
 
@@ -403,10 +491,10 @@ class ReferenceBook:
 
     def snapshot(self):
         _, _, order_dtype = _dtypes()
-        rows = [(o.oid, o.owner, o.price, o.qty, o.side) for o in self._priority_order()]
+        rows = [(o.oid, o.owner, o.price, o.qty, o.side, o.flags) for o in self._priority_order()]
         arr = np.zeros(len(rows), order_dtype)
         if rows:
-            for name, col in zip(("oid", "owner", "price", "qty", "side"), zip(*rows)):
+            for name, col in zip(("oid", "owner", "price", "qty", "side", "flags"), zip(*rows)):
                 arr[name] = col
         return arr.tobytes()
 
@@ -418,7 +506,7 @@ class ReferenceBook:
         rows = np.frombuffer(mv.cast("B"), order_dtype).tolist()
         bids = [r[2] for r in rows if r[4] == BUY]
         asks = [r[2] for r in rows if r[4] == SELL]
-        for i, (oid, owner, price, qty, side) in enumerate(rows):
+        for i, (oid, owner, price, qty, side, flags) in enumerate(rows):
             if side not in (BUY, SELL):
                 raise ValueError(f"snapshot record {i}: bad side {side}")
             if qty <= 0 or qty > MAX_QTY:
@@ -427,21 +515,26 @@ class ReferenceBook:
                 raise ValueError(f"snapshot record {i}: price {price} outside the band")
         if bids and asks and max(bids) >= min(asks):
             raise ValueError("snapshot is crossed (a bid at or above an ask)")
-        self.clear()
-        for i, (oid, owner, price, qty, side) in enumerate(rows):
+        self._clear_orders()
+        for i, (oid, owner, price, qty, side, flags) in enumerate(rows):
             if oid in self._orders:
-                self.clear()
+                self._clear_orders()
                 raise ValueError(f"snapshot record {i}: duplicate order id {oid}")
-            o = _Order(oid, owner, side, price, qty)
+            o = _Order(oid, owner, side, price, qty, flags)
             self._orders[oid] = o
             self._append(o)
 
     def state_hash(self):
         h = _HASH_SEED
         for o in self._priority_order():
-            for v in (o.side, o.price, o.oid, o.owner, o.qty):
+            for v in (o.side | o.flags << 8, o.price, o.oid, o.owner, o.qty):
                 h = _mix(h, v)
-        return _mix(h, len(self._orders))
+        h = _mix(h, len(self._orders))
+        if self._pos:
+            for owner in sorted(self._pos):
+                h = _mix(_mix(h, owner), self._pos[owner])
+            h = _mix(h, len(self._pos))
+        return h
 
     def validate(self):
         seen = 0
@@ -453,13 +546,15 @@ class ReferenceBook:
                 if not lvl:
                     raise BookInvariantError("empty level kept")
                 for oid, o in lvl.items():
-                    if o.oid != oid or o.side != side or o.price != p or o.qty <= 0:
+                    if o.oid != oid or o.side != side or o.price != p or o.qty <= 0 or o.flags & ~CF_REDUCE_ONLY:
                         raise BookInvariantError("order fields inconsistent with its level")
                     if self._orders.get(oid) is not o:
                         raise BookInvariantError("order map does not point at the resting order")
                     seen += 1
         if seen != len(self._orders):
             raise BookInvariantError("order map size mismatch")
+        if any(v == 0 for v in self._pos.values()):
+            raise BookInvariantError("zero position kept")
         b, a = self.best_bid(), self.best_ask()
         if b is not None and a is not None and b >= a:
             raise BookInvariantError("book crossed")

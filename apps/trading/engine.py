@@ -6,12 +6,15 @@ ticks and lots, exact), and hands back the events with, for each command, the ra
 of events it produced.
 """
 from dataclasses import dataclass
+from decimal import Decimal
 
 import numpy as np
 
 from apps.contracts.grid import Grid
 from apps.contracts.models import Contract
-from matching_native import COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, Book, EventKind, Op, Side, Stp
+from apps.positions.models import Position
+from matching_native import (COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, POSITION_DTYPE, Book, CommandFlag, EventKind,
+                             Op, Side, Stp)
 
 from .models import MARKET_TYPES, CommandKind, Order, OrderStatus, Side as OrderSide, StpMode, TimeInForce
 
@@ -29,6 +32,10 @@ STP_CODES = {
 }
 SIDE_CODES = {OrderSide.BUY: Side.BUY, OrderSide.SELL: Side.SELL}
 RESTING_STATUSES = (OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
+
+
+def _flags(reducing: bool) -> int:
+    return CommandFlag.REDUCE_ONLY if reducing else 0
 
 
 @dataclass
@@ -49,7 +56,8 @@ class SymbolEngine:
         self.opening_swept = False
 
     def rebuild(self) -> int:
-        """Load the resting orders of the contract into an empty book, in priority order."""
+        """Load the resting orders of the contract into an empty book, in priority order, and
+        the positions (the book cuts reduce-only orders at them as it matches)."""
         self.opening_swept = False
         # The version before the orders: a change committed between the two reads is seen as
         # a new version by the next batch, which rebuilds again.
@@ -57,19 +65,39 @@ class SymbolEngine:
         rows = list(
             Order.objects.filter(contract=self.contract, status__in=RESTING_STATUSES, priority__isnull=False)
             .order_by("priority")
-            .values_list("pk", "user_id", "price", "quantity", "executed_qty", "side", "priority")
+            .values_list("pk", "user_id", "price", "quantity", "executed_qty", "side", "reduce_only",
+                         "close_position", "priority")
         )
         snapshot = np.zeros(len(rows), ORDER_DTYPE)
-        for i, (pk, user_id, price, quantity, executed, side, _) in enumerate(rows):
-            snapshot[i] = (pk, user_id, self.grid.ticks(price), self.grid.lots(quantity - executed), SIDE_CODES[side])
+        for i, (pk, user_id, price, quantity, executed, side, reduce_only, close_position, _) in enumerate(rows):
+            snapshot[i] = (pk, user_id, self.grid.ticks(price), self.grid.lots(quantity - executed), SIDE_CODES[side],
+                           _flags(reduce_only or close_position))
         self.book.clear()
         self.book.restore(snapshot.tobytes())
         self.book.events()
-        self.next_priority = (rows[-1][6] + 1) if rows else 1
+        self._positions_set(Position.objects.filter(contract=self.contract).exclude(size=0)
+                            .values_list("user_id", "size"))
+        self.next_priority = (rows[-1][-1] + 1) if rows else 1
         return len(rows)
 
+    def positions_sync(self, user_ids) -> None:
+        """Set these users' positions in the book from the database (absent: flat). The book follows
+        every fill itself; this makes a batch's reducing orders judge the stored positions even if
+        they were changed without the book (a test, an operator), at one read per such batch."""
+        sizes = dict.fromkeys(user_ids, Decimal(0))
+        sizes.update(Position.objects.filter(contract=self.contract, user_id__in=sizes).values_list("user_id", "size"))
+        self._positions_set(sizes.items())
+
+    def _positions_set(self, rows) -> None:
+        rows = list(rows)
+        positions = np.zeros(len(rows), POSITION_DTYPE)
+        for i, (user_id, size) in enumerate(rows):
+            positions[i] = (user_id, self.grid.lots(size))
+        self.book.set_positions(positions)
+
     def command_records(self, commands) -> np.ndarray:
-        """C command records for journal commands (each with its `order` loaded)."""
+        """C command records for journal commands (each with its `order` loaded). Reduce-only and
+        close-position orders carry the REDUCE_ONLY flag: the book cuts them at the position."""
         records = np.zeros(len(commands), COMMAND_DTYPE)
         grid = self.grid
         for i, command in enumerate(commands):
@@ -79,13 +107,14 @@ class SymbolEngine:
                     op, price = Op.MARKET, order.protection_price
                 else:
                     op, price = OP_FOR_TIME_IN_FORCE[order.time_in_force], order.price
-                records[i] = (op, SIDE_CODES[order.side], STP_CODES[order.stp_mode], order.pk, order.user_id,
+                records[i] = (op, SIDE_CODES[order.side], STP_CODES[order.stp_mode],
+                              _flags(order.reduce_only or order.close_position), order.pk, order.user_id,
                               grid.ticks(price), grid.lots(order.quantity - order.executed_qty))
             elif command.kind == CommandKind.CANCEL:
-                records[i] = (Op.CANCEL, 0, 0, order.pk, order.user_id, 0, 0)
+                records[i] = (Op.CANCEL, 0, 0, 0, order.pk, order.user_id, 0, 0)
             else:
                 new_price = grid.ticks(command.price) if command.price is not None else 0
-                records[i] = (Op.AMEND, 0, 0, order.pk, order.user_id, new_price,
+                records[i] = (Op.AMEND, 0, 0, 0, order.pk, order.user_id, new_price,
                               grid.lots(command.quantity - order.executed_qty))
         return records
 

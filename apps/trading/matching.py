@@ -38,9 +38,10 @@ from .triggers import WAITING_COLUMNS, triggers_fire, waiting_predicate
 logger = logging.getLogger(__name__)
 EVENTS_CHANNEL = channel("events:{symbol}")
 # Cancellations of resting orders (the others are remainders of takers that never rested).
-LEFT_THE_BOOK = (Reason.USER_CANCEL, Reason.STP_MAKER)
-# Resting makers expired while another order's command matches.
-MAKER_EXPIRIES = (Reason.STP_MAKER,)
+LEFT_THE_BOOK = (Reason.USER_CANCEL, Reason.STP_MAKER, Reason.REDUCE_ONLY)
+# Resting makers expired while another order's command matches: by self-trade prevention, and
+# reduce-only ones with nothing left to reduce (the book follows the positions).
+MAKER_EXPIRIES = (Reason.STP_MAKER, Reason.REDUCE_ONLY)
 DEPTH_LEVELS = 1000  # depth changes are reported for the top this many levels per side
 
 # The batch's reads are plain SQL into tuples: compiling the ORM's queries cost more CPU than
@@ -206,6 +207,11 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
             if command.kind == CommandKind.NEW and command.order.status not in OPEN_STATUSES:
                 continue  # expired before it reached the book (`apps.liquidation.adl`): only marked DONE
             (refused if _refused(command, matching=matching, close_only=close_only) else live).append(command)
+        # The book cuts reduce-only and close-position orders at the position as it matches (so no
+        # fill can open or flip one, however the batch's commands and sweeps interleave).
+        reducing = {c.order.user_id for c in live if c.kind == CommandKind.NEW and _reducing(c.order)}
+        if reducing:
+            engine.positions_sync(reducing)
         run = engine.run(live)
         events = run.events
         filled = events[events["kind"] == EventKind.FILL]
@@ -291,6 +297,11 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
                     state.changed = True
                     report("NEW", state)
                     touched.add((int(event["side"]), int(event["price"])))
+                elif kind == EventKind.CANCELLED and event["reason"] == Reason.REDUCE_ONLY and event["leaves"]:
+                    # A reduce-only taker cut to what its position lets it reduce (it holds no margin).
+                    state.open_qty = grid.quantity(int(event["leaves"]))
+                    state.quantity = state.executed + state.open_qty
+                    state.changed = True
                 elif kind == EventKind.CANCELLED:
                     user_cancel = event["reason"] == Reason.USER_CANCEL
                     close(state, OrderStatus.CANCELED if user_cancel else OrderStatus.EXPIRED)
@@ -418,7 +429,7 @@ def _book_cancel(engine: SymbolEngine, states: list[_OrderState]):
         return
     records = np.zeros(len(states), COMMAND_DTYPE)
     for i, state in enumerate(states):
-        records[i] = (Op.CANCEL, 0, 0, state.order.pk, state.order.user_id, 0, 0)
+        records[i] = (Op.CANCEL, 0, 0, 0, state.order.pk, state.order.user_id, 0, 0)
     run = engine.execute(records)
     by_order = {int(e["oid"]): e for e in run.events if e["kind"] == EventKind.CANCELLED}
     for state in states:

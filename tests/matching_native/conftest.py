@@ -2,7 +2,7 @@
 
 Each book made through `make_book` is validated (internal invariants) right after
 construction and again after the test, and its state_hash() is checked against a
-hash recomputed from its snapshot.
+hash recomputed from its snapshot and positions.
 """
 import pytest
 
@@ -17,7 +17,7 @@ IMPLS = {"c": Book, "reference": ReferenceBook}
 def check_book(book):
     book.validate()
     snap = book.snapshot()
-    assert book.state_hash() == snapshot_hash(snap)
+    assert book.state_hash() == snapshot_hash(snap, book.positions())
     assert len(snap) // 40 == len(book) == book.order_count
 
 

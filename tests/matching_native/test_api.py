@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import matching_native as mn
-from matching_native import COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, Book, BookInvariantError, _book
+from matching_native import (
+    COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, POSITION_DTYPE, Book, BookInvariantError, _book,
+)
 from matching_native.reference import ReferenceBook
 
 from .conftest import check_book
@@ -14,7 +16,8 @@ from .util import BUY, CANCEL, LIMIT, SELL, cmd_array, rested, submit
 
 def test_dtypes_match_c_layout():
     layout = _book._layout()
-    for name, dtype in (("command", COMMAND_DTYPE), ("event", EVENT_DTYPE), ("order", ORDER_DTYPE)):
+    for name, dtype in (("command", COMMAND_DTYPE), ("event", EVENT_DTYPE), ("order", ORDER_DTYPE),
+                        ("position", POSITION_DTYPE)):
         size, offsets = layout[name]
         assert dtype.itemsize == size
         assert {f: dtype.fields[f][1] for f in dtype.names} == offsets
@@ -22,7 +25,8 @@ def test_dtypes_match_c_layout():
 
 def test_enums_match_c_constants():
     for enum_cls, prefix in ((mn.Op, "OP_"), (mn.Side, "SIDE_"), (mn.Stp, "STP_"),
-                             (mn.EventKind, "EV_"), (mn.Reason, "R_"), (mn.Flag, "F_")):
+                             (mn.EventKind, "EV_"), (mn.Reason, "R_"), (mn.Flag, "F_"),
+                             (mn.CommandFlag, "CF_")):
         c_names = {n[len(prefix):] for n in dir(_book) if n.startswith(prefix)}
         assert c_names == set(enum_cls.__members__)
         for member in enum_cls:
@@ -31,22 +35,27 @@ def test_enums_match_c_constants():
 
 def test_every_code_is_documented():
     readme = (Path(mn.__file__).parent / "README.md").read_text()
-    for enum_cls in (mn.Op, mn.Side, mn.Stp, mn.EventKind, mn.Reason, mn.Flag):
+    for enum_cls in (mn.Op, mn.Side, mn.Stp, mn.EventKind, mn.Reason, mn.Flag, mn.CommandFlag):
         for member in enum_cls:
             assert f"{member.name}={member.value}" in mn.__doc__, member
             assert f"`{member.name}`" in readme and f"| {member.value} " in readme, member
-    for dtype in (COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE):
+    for dtype in (COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, POSITION_DTYPE):
         for field in dtype.names:
             assert field in mn.__doc__ and f"`{field}`" in readme
 
 
 def test_methods_have_signature_docstrings():
     for name in ("submit", "execute", "events", "depth", "impact_price", "snapshot", "restore",
-                 "state_hash", "validate", "limit", "cancel", "amend"):
+                 "state_hash", "validate", "limit", "cancel", "amend", "set_positions", "position",
+                 "positions"):
         doc = getattr(Book, name).__doc__
         assert doc and len(doc) > 20, name
     assert Book.__text_signature__ == "(min_tick, max_tick, capacity=1024)"
-    assert Book.submit.__text_signature__ == "($self, op, side, oid, owner, price, qty, stp=0, /)"
+    assert Book.submit.__text_signature__ == (
+        "($self, op, side, oid, owner, price, qty, stp=0, /, *, reduce_only=False)")
+    for name in ("limit", "ioc", "fok", "post_only", "market"):
+        assert getattr(Book, name).__text_signature__ == (
+            "($self, side, oid, owner, price, qty, stp=0, /, *, reduce_only=False)"), name
 
 
 @pytest.mark.parametrize("args", [(0, 10), (5, 4), (-3, 10), (1, 1 << 28 + 1)])
@@ -216,4 +225,19 @@ def test_million_resting_orders_fit():
     evs = np.frombuffer(book.events(), EVENT_DTYPE)
     assert (evs["reason"] == mn.Reason.USER_CANCEL).all()
     assert len(book) == n // 2
+    book.validate()
+
+
+def test_memory_bytes_counts_the_position_map():
+    book = Book(1, 1000, capacity=16)
+    before = book.memory_bytes()
+    pos = np.zeros(10_000, POSITION_DTYPE)
+    pos["owner"] = np.arange(10_000)
+    pos["lots"] = 1
+    book.set_positions(pos)
+    assert book.position_count == 10_000
+    assert book.memory_bytes() >= before + 2 * 10_000 * POSITION_DTYPE.itemsize
+    book.validate()
+    book.clear()   # keeps the allocation, forgets the positions
+    assert book.position_count == 0 and book.position(5) == 0
     book.validate()

@@ -484,15 +484,16 @@ def test_restore_rejects_bad_snapshots(make_book):
     book = make_book(min_tick=10, max_tick=200)
     submit(book, LIMIT, BUY, 1, 7, 100, 5)
 
-    def snap(*rows):
+    def snap(*rows):  # (oid, owner, price, qty, side) rows, flags 0
         arr = np.zeros(len(rows), ORDER_DTYPE)
         for i, r in enumerate(rows):
-            arr[i] = r
+            arr[i] = (*r, 0)
         return arr.tobytes()
 
     good = (1, 7, 100, 5, BUY)
-    for bad in [(2, 7, 100, 5, 3), (2, 7, 100, 0, BUY), (2, 7, 5, 5, BUY), (2, 7, 201, 5, SELL)]:
-        with pytest.raises(ValueError):
+    for bad, msg in [((2, 7, 100, 5, 3), "bad side"), ((2, 7, 100, 0, BUY), "bad qty"),
+                     ((2, 7, 5, 5, BUY), "outside the band"), ((2, 7, 201, 5, SELL), "outside the band")]:
+        with pytest.raises(ValueError, match=msg):
             book.restore(snap(good, bad))
     with pytest.raises(ValueError, match="crossed"):
         book.restore(snap(good, (2, 7, 100, 5, SELL)))

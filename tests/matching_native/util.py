@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from matching_native import (
-    COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, EventKind, Flag, Op, Reason, Side, Stp,
+    COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, POSITION_DTYPE, EventKind, Flag, Op, Reason, Side, Stp,
 )
 
 LIMIT, IOC, FOK, POST, MARKET, CANCEL, AMEND = (
@@ -30,8 +30,8 @@ def rested(op, side, oid, owner, price, qty):
     return _ev(EventKind.RESTED, 0, side, 0, op, oid, owner, price=price, qty=qty, leaves=qty)
 
 
-def cancelled(op, reason, side, oid, owner, price, qty):
-    return _ev(EventKind.CANCELLED, reason, side, 0, op, oid, owner, price=price, qty=qty)
+def cancelled(op, reason, side, oid, owner, price, qty, leaves=0):
+    return _ev(EventKind.CANCELLED, reason, side, 0, op, oid, owner, price=price, qty=qty, leaves=leaves)
 
 
 def amended(side, oid, owner, price, qty, kept):
@@ -47,24 +47,40 @@ def as_tuples(raw: bytes) -> list[tuple]:
     return [tuple(int(x) for x in row) for row in np.frombuffer(raw, EVENT_DTYPE).tolist()]
 
 
-def submit(book, op, side, oid, owner, price, qty, stp=0) -> list[tuple]:
+def submit(book, op, side, oid, owner, price, qty, stp=0, reduce_only=False) -> list[tuple]:
     """One command through the single-call path; returns its events as tuples."""
     book.clear_events()
-    n = book.submit(op, side, oid, owner, price, qty, stp)
+    if reduce_only:
+        n = book.submit(op, side, oid, owner, price, qty, stp, reduce_only=True)
+    else:
+        n = book.submit(op, side, oid, owner, price, qty, stp)
     evs = as_tuples(book.events())
     assert len(evs) == n
     return evs
 
 
 def cmd_array(rows) -> np.ndarray:
+    """COMMAND_DTYPE records from (op, side, oid, owner, price, qty, stp[, flags]) rows."""
     arr = np.zeros(len(rows), COMMAND_DTYPE)
-    for i, (op, side, oid, owner, price, qty, stp) in enumerate(rows):
-        arr[i] = (op, side, stp, oid, owner, price, qty)
+    for i, (op, side, oid, owner, price, qty, stp, *flags) in enumerate(rows):
+        arr[i] = (op, side, stp, flags[0] if flags else 0, oid, owner, price, qty)
     return arr
 
 
-def snapshot_hash(raw: bytes) -> int:
-    """state_hash() recomputed independently from a snapshot (same mixing rule)."""
+def pos_array(positions) -> np.ndarray:
+    """POSITION_DTYPE records from a {owner: lots} dict."""
+    arr = np.zeros(len(positions), POSITION_DTYPE)
+    for i, (owner, lots) in enumerate(positions.items()):
+        arr[i] = (owner, lots)
+    return arr
+
+
+def positions_dict(book) -> dict[int, int]:
+    return {int(o): int(q) for o, q in np.frombuffer(book.positions(), POSITION_DTYPE).tolist()}
+
+
+def snapshot_hash(raw: bytes, positions: bytes = b"") -> int:
+    """state_hash() recomputed independently from a snapshot and positions() (same mixing rule)."""
     h = 0xCBF29CE484222325
 
     def mix(h, v):
@@ -72,14 +88,20 @@ def snapshot_hash(raw: bytes) -> int:
         return h ^ (h >> 32)
 
     rows = np.frombuffer(raw, ORDER_DTYPE).tolist()
-    for oid, owner, price, qty, side in rows:
-        for v in (side, price, oid, owner, qty):
+    for oid, owner, price, qty, side, flags in rows:
+        for v in (side | flags << 8, price, oid, owner, qty):
             h = mix(h, v)
-    return mix(h, len(rows))
+    h = mix(h, len(rows))
+    pos = sorted(np.frombuffer(positions, POSITION_DTYPE).tolist())
+    if pos:
+        for owner, lots in pos:
+            h = mix(mix(h, owner), lots)
+        h = mix(h, len(pos))
+    return h
 
 
 __all__ = [
     "LIMIT", "IOC", "FOK", "POST", "MARKET", "CANCEL", "AMEND", "BUY", "SELL", "Reason", "Stp",
     "fill", "rested", "cancelled", "amended", "rejected", "as_tuples", "submit", "cmd_array",
-    "snapshot_hash",
+    "pos_array", "positions_dict", "snapshot_hash",
 ]

@@ -110,7 +110,7 @@ def replay_fills(contract) -> list[tuple]:
         order = command.order
         assert command.kind == "NEW"
         records[i] = (OP_FOR_TIME_IN_FORCE[order.time_in_force], SIDE_CODES[order.side], STP_CODES[order.stp_mode],
-                      order.pk, order.user_id, int(order.price / grid_tick), int(order.quantity / grid_lot))
+                      0, order.pk, order.user_id, int(order.price / grid_tick), int(order.quantity / grid_lot))
     book = Book(int(contract.min_price / grid_tick), int(contract.max_price / grid_tick))
     book.execute(records)
     events = np.frombuffer(book.events(), dtype=EVENT_DTYPE)
