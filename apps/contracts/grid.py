@@ -1,7 +1,8 @@
 """Exact conversion between Decimal prices/quantities and the matcher's integer ticks/lots.
 
-The boundary refuses what does not divide (the API answers -1111); nothing is rounded
-on the way into the book.
+The boundary refuses what does not divide (the API answers -1111), including a value so
+large that the division itself fails (more steps than the Decimal context has digits);
+nothing is rounded on the way into the book.
 """
 from dataclasses import dataclass
 from decimal import Decimal
@@ -34,7 +35,10 @@ class Grid:
 
 
 def _exact_multiple(value: Decimal, step: Decimal, what: str, step_name: str) -> int:
-    units, remainder = divmod(value, step)
+    try:
+        units, remainder = divmod(value, step)
+    except ArithmeticError as exc:  # decimal.InvalidOperation: more steps than the context's digits
+        raise OffGrid(f"{what} {value} is too large to be a multiple of the {step_name} {step.normalize()}") from exc
     if remainder != 0:
         raise OffGrid(f"{what} {value} is not a multiple of the {step_name} {step.normalize()}")
     return int(units)

@@ -39,7 +39,12 @@ def quantize_amount(value: Decimal, precision: int) -> Decimal:
 
 
 def fits_precision(value: Decimal, precision: int) -> bool:
-    return value == value.quantize(exponent_for(precision), rounding=ROUND_DOWN)
+    """Whether `value` has at most `precision` decimals; False (not an exception) for a value
+    too large to carry them in the Decimal context (quantize raises InvalidOperation)."""
+    try:
+        return value == value.quantize(exponent_for(precision), rounding=ROUND_DOWN)
+    except ArithmeticError:
+        return False
 
 
 def split_exact(total: Decimal, weights: Sequence[Decimal], precision: int) -> list[Decimal]:

@@ -4,6 +4,7 @@ Views parse parameters, call one service or selector and shape the output; every
 refusal is an `ExchangeError` rendered as `{code, msg}` by the exception handler.
 """
 import json
+import logging
 from decimal import Decimal
 
 from django.conf import settings
@@ -21,6 +22,7 @@ from .services import order_amend, order_cancel, order_get, order_place, orders_
 
 MAX_BATCH_ORDERS = 5
 RESP_TYPES = ("ACK", "RESULT")
+logger = logging.getLogger(__name__)
 
 
 def _ms(value) -> int:
@@ -228,6 +230,22 @@ def _batch(raw: str | None, name: str) -> list:
     return items
 
 
+def _item_params(item: dict) -> dict:
+    """One batch item's JSON values as the strings a query string would carry: null is absent,
+    booleans are "true"/"false", numbers their JSON text; an object or array is refused (-1130)."""
+    params = {}
+    for name, value in item.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            params[name] = "true" if value else "false"
+        elif isinstance(value, (str, int, float)):
+            params[name] = str(value)
+        else:
+            raise p.invalid(name, value)
+    return params
+
+
 class BatchOrdersApi(SignedApi):
     """POST /fapi/v1/batchOrders (up to 5 orders, each accepted or refused on its own), DELETE (cancel a list)."""
 
@@ -243,9 +261,16 @@ class BatchOrdersApi(SignedApi):
             try:
                 if not isinstance(item, dict):
                     raise p.missing("batchOrders")
-                results.append(_place(request.user, {k: str(v) for k, v in item.items()}))
+                results.append(_place(request.user, _item_params(item)))
             except ExchangeError as exc:
                 results.append(exc.as_body())
+            except Exception:  # noqa: BLE001 - one item's failure is that item's answer, never the batch's 500
+                # Each item commits on its own (order_place's transaction): the earlier items stand,
+                # so the batch answers, item by item, as Binance does.
+                logger.exception("batchOrders: unexpected error placing an item")
+                results.append({"code": int(ErrorCode.UNKNOWN),
+                                "msg": "An unknown error occurred while processing this order; "
+                                       "query its status before retrying."})
         return Response(results)
 
     @extend_schema(parameters=SIGNED + [SYMBOL, OpenApiParameter("orderIdList", str),
