@@ -73,6 +73,9 @@ class ErrorCode(IntEnum):
     MIN_NOTIONAL = -4164
     # 50xx: order book conditions
     GTX_ORDER_REJECT = -5022
+    # Binance "Exceed maximum modify order limit."; here also: an order has one modification
+    # in flight at a time (a second PUT /fapi/v1/order while the first is still pending).
+    MODIFY_ORDER_LIMIT = -5026
 
 
 class ExchangeError(Exception):

@@ -118,19 +118,30 @@ def leverage_change(*, user, contract: Contract, leverage: int) -> Position:
     if not 1 <= leverage <= contract.max_leverage:
         raise ExchangeError(f"Leverage {leverage} is not valid (1 to {contract.max_leverage}).",
                             code=ErrorCode.INVALID_LEVERAGE)
+    from apps.trading.services import leverage_exposure  # trading builds on positions, not the reverse
+
     with transaction.atomic():
         position = position_lock(user=user, contract=contract)
+        # The tier is judged on the larger side of position + open orders (what the orders can
+        # fill into, as order entry judges it), not on the position alone: open orders with no
+        # position must not let the leverage rise past their tier.
+        notional = leverage_exposure(user=user, contract=contract, position=position)
+        position_notional = ZERO
         if position.size:
             overview, view = _view(user, contract)
-            notional = abs(view.risk.notional)
+            position_notional = abs(view.risk.notional)
+            notional = max(notional, position_notional)
+        if notional:
             try:
                 allowed = max_leverage_for_notional(contract_tiers(contract), notional)
             except TierError:
                 allowed = 0
             if leverage > allowed:
-                raise ExchangeError(f"Leverage {leverage}x exceeds the {allowed}x allowed for a position of "
-                                    f"notional {notional.normalize():f}.", code=ErrorCode.MAX_LEVERAGE_RATIO)
-            new_initial = notional / Decimal(leverage)
+                raise ExchangeError(f"Leverage {leverage}x exceeds the {allowed}x allowed for a position and open "
+                                    f"orders of notional {notional.normalize():f}.",
+                                    code=ErrorCode.MAX_LEVERAGE_RATIO)
+        if position.size:
+            new_initial = position_notional / Decimal(leverage)
             if view.is_isolated:
                 short = new_initial > view.isolated_margin + view.risk.unrealized_pnl
             else:

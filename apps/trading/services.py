@@ -43,6 +43,7 @@ from .models import (
     MARKET_TYPES,
     OPEN_STATUSES,
     CommandKind,
+    CommandStatus,
     Order,
     OrderCommand,
     OrderStatus,
@@ -172,17 +173,27 @@ def order_spec(*, contract: Contract, side: str, order_type: str, quantity=None,
     elif quantity is None:
         raise _missing("quantity")
     _check_status(contract, contract.status, reducing=reduce_only or close_position)
+    _check_filters(contract, order_type=order_type, prices=(price, stop_price, activation_price), quantity=quantity)
+    return OrderSpec(side=side, order_type=order_type, quantity=quantity, price=price, stop_price=stop_price,
+                     time_in_force=time_in_force, reduce_only=reduce_only, close_position=close_position,
+                     client_order_id=client_order_id or f"x-{uuid.uuid4().hex[:24]}", stp_mode=stp_mode,
+                     working_type=working_type, activation_price=activation_price, callback_rate=callback_rate,
+                     price_protect=price_protect)
 
+
+def _check_filters(contract: Contract, *, order_type: str, prices, quantity: Decimal | None) -> None:
+    """The tick and lot grid (-1111), then the PRICE_FILTER and LOT_SIZE bounds, of order entry
+    and of an amend; `prices` may hold None for a price the order does not have."""
     grid = Grid.of(contract)
     try:
-        for value in (price, stop_price, activation_price):
+        for value in prices:
             if value is not None:
                 grid.ticks(value)
         if quantity is not None:
             grid.lots(quantity)
     except OffGrid as exc:
         raise BadPrecision(f"Precision is over the maximum defined for this asset: {exc}.") from exc
-    for value in (price, stop_price, activation_price):
+    for value in prices:
         if value is not None and value < contract.min_price:
             raise _error(f"Price less than min price {contract.min_price.normalize():f}.",
                          ErrorCode.PRICE_LESS_THAN_MIN_PRICE)
@@ -197,11 +208,13 @@ def order_spec(*, contract: Contract, side: str, order_type: str, quantity=None,
         if quantity > max_qty:
             raise _error(f"Quantity greater than max quantity {max_qty.normalize():f}.",
                          ErrorCode.QTY_GREATER_THAN_MAX_QTY)
-    return OrderSpec(side=side, order_type=order_type, quantity=quantity, price=price, stop_price=stop_price,
-                     time_in_force=time_in_force, reduce_only=reduce_only, close_position=close_position,
-                     client_order_id=client_order_id or f"x-{uuid.uuid4().hex[:24]}", stp_mode=stp_mode,
-                     working_type=working_type, activation_price=activation_price, callback_rate=callback_rate,
-                     price_protect=price_protect)
+
+
+def _check_min_notional(contract: Contract, quantity: Decimal, price: Decimal) -> None:
+    """MIN_NOTIONAL (-4164) of an order that is not reduce-only (the caller skips those)."""
+    if quantity * price * contract.contract_size < contract.min_notional:
+        raise _error(f"Order's notional must be no smaller than {contract.min_notional.normalize():f} "
+                     "(unless you choose reduce only).", ErrorCode.MIN_NOTIONAL)
 
 
 def _check_status(contract: Contract, status: str, *, reducing: bool) -> None:
@@ -292,18 +305,40 @@ def _check_band(spec: OrderSpec, contract: Contract, mark: Decimal | None) -> No
                      ErrorCode.PRICE_LOWER_THAN_MULTIPLIER_DOWN)
 
 
-def _check_leverage_tier(spec: OrderSpec, contract: Contract, position: Position, exposure: dict,
-                         quantity: Decimal, price: Decimal) -> None:
-    """The side this order adds to (position plus open orders plus it) must fit the tier its leverage allows."""
-    if spec.side == Side.BUY:
+def _side_notional(side: str, contract: Contract, position: Position, exposure: dict,
+                   quantity: Decimal = ZERO, price: Decimal = ZERO) -> Decimal:
+    """The notional the leverage tier is judged on for one side: the position if it is on that
+    side (at its entry price), plus the open non-reducing orders on that side, plus a new
+    order's `quantity` at `price`."""
+    if side == Side.BUY:
         held, pending = max(ZERO, position.size), exposure["buy_notional"]
     else:
         held, pending = max(ZERO, -position.size), exposure["sell_notional"]
-    notional = (held * position.entry_price + pending + quantity * price) * contract.contract_size
+    return (held * position.entry_price + pending + quantity * price) * contract.contract_size
+
+
+def _tier_leverage(contract: Contract, notional: Decimal) -> int:
+    """The highest leverage the contract's tiers allow for a notional; 0 beyond the last tier."""
     try:
-        allowed = max_leverage_for_notional(contract_tiers(contract), notional)
+        return max_leverage_for_notional(contract_tiers(contract), notional)
     except TierError:
-        allowed = 0  # beyond the last tier: no leverage allows it
+        return 0  # beyond the last tier: no leverage allows it
+
+
+def leverage_exposure(*, user, contract: Contract, position: Position) -> Decimal:
+    """The notional a leverage change is judged on: the larger side of (position + open orders
+    on that side), as order entry judges each order's side (`_check_leverage_tier`), so the
+    open orders can never fill into a position the new leverage's tier does not allow.
+    Call it under the position's row lock (`apps.positions.services.position_lock`)."""
+    exposure = _entry_state(user=user, contract=contract, exposure=False)
+    return max(_side_notional(side, contract, position, exposure) for side in Side.values)
+
+
+def _check_leverage_tier(spec: OrderSpec, contract: Contract, position: Position, exposure: dict,
+                         quantity: Decimal, price: Decimal) -> None:
+    """The side this order adds to (position plus open orders plus it) must fit the tier its leverage allows."""
+    notional = _side_notional(spec.side, contract, position, exposure, quantity, price)
+    allowed = _tier_leverage(contract, notional)
     if position.leverage > allowed:
         raise _error(
             f"Exceeded the maximum allowable position at current leverage: a notional of "
@@ -334,9 +369,7 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
                                                 stop_price=spec.stop_price, price=current):
             raise _error("Order would immediately trigger.", ErrorCode.ORDER_WOULD_IMMEDIATELY_TRIGGER)
     if not spec.reduce_only and not spec.close_position and spec.price is not None and spec.quantity is not None:
-        if spec.quantity * spec.price * contract.contract_size < contract.min_notional:
-            raise _error(f"Order's notional must be no smaller than {contract.min_notional.normalize():f} "
-                         "(unless you choose reduce only).", ErrorCode.MIN_NOTIONAL)
+        _check_min_notional(contract, spec.quantity, spec.price)
 
     with transaction.atomic():
         # The status read again FOR SHARE (a lifecycle change - close-only, settling, halt - waits
@@ -358,9 +391,8 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
         if hold_price is None:
             raise _error(f"No reference price for {contract.symbol} yet.", ErrorCode.NEW_ORDER_REJECTED)
         if not reducing:
-            if spec.price is None and quantity * hold_price * contract.contract_size < contract.min_notional:
-                raise _error(f"Order's notional must be no smaller than {contract.min_notional.normalize():f} "
-                             "(unless you choose reduce only).", ErrorCode.MIN_NOTIONAL)
+            if spec.price is None:
+                _check_min_notional(contract, quantity, hold_price)
             _check_leverage_tier(spec, contract, position, exposure, quantity, hold_price)
         hold = order_hold(quantity=quantity, price=hold_price, contract=contract, leverage=position.leverage,
                           reduce_only=reducing)
@@ -559,6 +591,15 @@ def order_amend(*, user, contract: Contract, quantity, price, side: str | None =
                 client_order_id: str | None = None) -> Order:
     """Binance "modify order" (PUT /fapi/v1/order): new price and total quantity of an open LIMIT order.
 
+    The new order is judged by order entry's rules (one function per rule): the grid and the
+    price and quantity filters, min notional (not for reduce-only), the price band; then,
+    under the entry locks, for an amend that grows the order (a reduce-only order's quantity,
+    any other order's notional), the reduce-only limit, the leverage tier, the margin and the
+    pre-trade risk check, each judged with the order's current remainder replaced by the new
+    one. One amend of an order is in flight at a time (-5026 while an earlier one is still
+    in the journal): the extra hold is priced off the order's current hold, which a pending
+    amend is about to change.
+
     A quantity decrease at the same price keeps book priority (the C book decides). Extra
     margin for a larger or dearer order is held now and travels with the command.
     """
@@ -568,10 +609,12 @@ def order_amend(*, user, contract: Contract, quantity, price, side: str | None =
         raise _missing("quantity")
     if price is None:
         raise _missing("price")
+    _check_filters(contract, order_type=OrderType.LIMIT, prices=(price,), quantity=quantity)
+    mark = mark_price(contract)
     with transaction.atomic():
         # An amend can match: only while the contract matches (any order may be amended in close-only).
         # Money before the order row: the lock order.
-        status, _, _, accounts = entry_lock(user=user, contract=contract)
+        status, position, balances, accounts = entry_lock(user=user, contract=contract)
         _check_status(contract, status, reducing=True)
         order = order_get(user=user, contract=contract, order_id=order_id, client_order_id=client_order_id, lock=True)
         if side is not None and side != order.side:
@@ -579,29 +622,66 @@ def order_amend(*, user, contract: Contract, quantity, price, side: str | None =
         if order.status not in OPEN_STATUSES or order.order_type != OrderType.LIMIT:
             raise _error(f"Only open LIMIT orders can be modified (order is {order.order_type} {order.status}).",
                          ErrorCode.NEW_ORDER_REJECTED)
-        grid = Grid.of(contract)
-        try:
-            grid.ticks(price)
-            grid.lots(quantity)
-        except OffGrid as exc:
-            raise BadPrecision(f"Precision is over the maximum defined for this asset: {exc}.") from exc
         if quantity <= order.executed_qty:
             raise _error("Quantity must be greater than the executed quantity.", ErrorCode.NEW_ORDER_REJECTED)
-        if quantity > contract.max_qty:
-            raise _error(f"Quantity greater than max quantity {contract.max_qty.normalize():f}.",
-                         ErrorCode.QTY_GREATER_THAN_MAX_QTY)
-        spec = OrderSpec(side=order.side, order_type=OrderType.LIMIT, quantity=quantity, price=price, stop_price=None,
-                         time_in_force=order.time_in_force, reduce_only=order.reduce_only, close_position=False,
+        # Under the order's row lock, which every amend of it takes: a second amend sees the first's command.
+        if OrderCommand.objects.filter(order=order, kind=CommandKind.AMEND, status=CommandStatus.PENDING).exists():
+            raise _error("Exceed maximum modify order limit: an earlier modification of this order is still "
+                         "pending; retry once it is processed.", ErrorCode.MODIFY_ORDER_LIMIT)
+        reducing = order.reduce_only
+        if not reducing:
+            _check_min_notional(contract, quantity, price)
+        old_open, new_open = order.quantity - order.executed_qty, quantity - order.executed_qty
+        # The spec of the order's new remainder: what a new order in its place would be.
+        spec = OrderSpec(side=order.side, order_type=OrderType.LIMIT, quantity=new_open, price=price, stop_price=None,
+                         time_in_force=order.time_in_force, reduce_only=reducing, close_position=False,
                          client_order_id=order.client_order_id, stp_mode=order.stp_mode,
                          working_type=order.working_type, activation_price=None, callback_rate=None,
                          price_protect=False)
-        _check_band(spec, contract, mark_price(contract))
-        required = order_hold(quantity=quantity - order.executed_qty, price=price, contract=contract,
-                              leverage=order.leverage, reduce_only=order.reduce_only)
+        _check_band(spec, contract, mark)
+        required = order_hold(quantity=new_open, price=price, contract=contract,
+                              leverage=order.leverage, reduce_only=reducing)
         added = max(ZERO, required - order.margin_held)
+        grows = new_open > old_open if reducing else new_open * price > old_open * order.price
+        if grows:
+            exposure = _without_order(_entry_state(user=user, contract=contract,
+                                                   exposure=not reducing and risk_setting("RISK_PRETRADE_ENABLED")),
+                                      order, old_open)
+            if exposure["frozen"]:
+                raise _error("User in liquidation mode now.", ErrorCode.USER_IN_LIQUIDATION)
+            if reducing:
+                _check_reducing(spec, position, exposure)
+            else:
+                _check_leverage_tier(spec, contract, position, exposure, new_open, price)
+                if added > balances.get(_account_id(accounts, AccountKind.WALLET, user), ZERO):
+                    raise MarginInsufficient("Margin is insufficient.")
+                with measure_latency(RISK_CHECK):
+                    risk_pretrade_check(user=user, contract=contract, side=order.side, quantity=new_open,
+                                        price=price, mark=mark, rows=exposure["exposure"])
         if added:
             _hold(user=user, contract=contract, order=order, amount=added, accounts=accounts)
         OrderCommand.objects.create(contract=contract, kind=CommandKind.AMEND, order=order, price=price,
                                     quantity=quantity, margin_added=added)
         transaction.on_commit(lambda: doorbell.ring(contract.pk))
     return order
+
+
+def _without_order(exposure: dict, order: Order, open_qty: Decimal) -> dict:
+    """`_entry_state`'s reads with `order`'s current remainder (`open_qty`) taken out: the
+    other open orders, which an amend's new remainder is judged against."""
+    result = dict(exposure)
+    buy = order.side == Side.BUY
+    if order.reduce_only or order.close_position:
+        key = "reducing_buys" if buy else "reducing_sells"
+        result[key] = exposure[key] - open_qty
+        return result
+    key = "buy_notional" if buy else "sell_notional"
+    result[key] = exposure[key] - open_qty * order.price
+    if exposure["exposure"] is not None:
+        # The risk check's per-side open-order rows (kind 'O': ..., summed open quantity, ..., side).
+        result["exposure"] = [
+            (*row[:4], row[4] - open_qty, *row[5:])
+            if row[0] == "O" and row[1] == order.contract_id and row[6] == order.side else row
+            for row in exposure["exposure"]
+        ]
+    return result
