@@ -6,30 +6,20 @@ from decimal import Decimal
 import pytest
 
 from apps.contracts.grid import Grid, OffGrid
-from apps.ledger.models import Balance, LedgerTransaction
 from apps.ledger.money import fits_precision
 from apps.ops.invariants import run_all_invariants
 from apps.trading import apis
 from apps.trading.engine import SymbolEngine
 from apps.trading.matching import batch_process
-from apps.trading.models import Order, OrderCommand
+from apps.trading.models import Order
+
+from .test_orders_api import db_state, error
 
 D = Decimal
 ORDER = "/fapi/v1/order"
 BATCH = "/fapi/v1/batchOrders"
 HUGE = ["1e30", "1E+30", "123456789012345678901234567890", "1e999999999"]
 
-
-def db_state():
-    return (Order.objects.count(), OrderCommand.objects.count(), LedgerTransaction.objects.count(),
-            sorted(Balance.objects.values_list("account_id", "amount")))
-
-
-def error(response, status, code):
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert body["code"] == code and body["msg"], body
-    return body
 
 
 @pytest.mark.parametrize("value", HUGE)

@@ -18,26 +18,14 @@ from apps.trading.models import CommandKind, CommandStatus, Order, OrderCommand,
 from apps.trading.services import order_amend, order_place
 from exchange.errors import ErrorCode, ExchangeError
 
-from .test_matching import held_of, state
+from .test_matching import held_of
+from .test_order_entry import open_long, refused
 
 D = Decimal
 
 
 def amend_refused(code, **kwargs):
-    before = state()
-    with pytest.raises(ExchangeError) as caught:
-        order_amend(**kwargs)
-    assert caught.value.code == code, caught.value.msg
-    assert state() == before
-    return caught.value
-
-
-def open_long(contract, buyer, seller, qty="0.1", price="50000"):
-    engine = SymbolEngine(contract)
-    order_place(user=seller, contract=contract, side="SELL", quantity=D(qty), price=D(price))
-    order_place(user=buyer, contract=contract, side="BUY", quantity=D(qty), price=D(price))
-    batch_process(engine)
-    return engine
+    return refused(code, call=order_amend, **kwargs)
 
 
 def test_reduce_only_amend_cannot_exceed_what_the_position_still_allows(funded, btcusdt):

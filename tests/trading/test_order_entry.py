@@ -26,10 +26,11 @@ def mark(contract, price):
     price_publish(contract=contract, index_price=D(price), mark_price=D(price), at=timezone.now())
 
 
-def refused(code, **kwargs):
+def refused(code, call=order_place, **kwargs):
+    """`call(**kwargs)` is refused with `code` and changes nothing."""
     before = state()
     with pytest.raises(ExchangeError) as caught:
-        order_place(**kwargs)
+        call(**kwargs)
     assert caught.value.code == code, caught.value.msg
     assert state() == before
     return caught.value
