@@ -388,6 +388,8 @@ def liquidation_advance(*, liquidation: Liquidation) -> str:
             # touches in one sorted lock, so it must not hold the liquidated user's already.
             stage = _gap_stage(liquidation, order, stage)
             if stage == "adl":
+                if _cancels_pending(liquidation, order.contract_id):
+                    return "waiting"
                 outcome = _deleverage(liquidation, last)
                 if outcome is not None:
                     return outcome
@@ -400,7 +402,8 @@ def liquidation_advance(*, liquidation: Liquidation) -> str:
             _finish(liquidation, status)
             return "finished"
         plan = liquidation_plan(status)
-        if not plan:  # only positions no book can trade now: the next sweep looks again
+        # Only positions no book can trade now, or cancels still on their way: the next sweep looks again.
+        if not plan or _cancels_pending(liquidation, plan[0].contract.pk):
             return "waiting"
         if last is None:
             _record(liquidation, RecordKind.PLAN, ratio=_ratio_field(status.ratio),
@@ -411,6 +414,22 @@ def liquidation_advance(*, liquidation: Liquidation) -> str:
         quantity = abs(view.position.size) if market else step_quantity(view, status)
         _journal_order(liquidation, view, status, quantity, market)
     return "ordered"
+
+
+def _cancels_pending(liquidation: Liquidation, contract_id: int) -> bool:
+    """Whether the scope still has open orders on contracts other than `contract_id`. Their
+    cancels, journalled at the start, wait for those contracts' matchers, and until then their
+    holds are not back in the wallet, though the cross scope's backing (its bankruptcy price)
+    counts them: a liquidation order or ADL step booked first would leave a wallet deficit the
+    insurance fund covers, and the returning holds would then go to the user. (On the order's
+    own contract the journal processes the cancels first.)"""
+    orders = (Order.objects.filter(user_id=liquidation.user_id, status__in=OPEN_STATUSES)
+              .exclude(order_type=OrderType.LIQUIDATION).exclude(contract_id=contract_id))
+    if liquidation.contract_id is not None:
+        orders = orders.filter(contract_id=liquidation.contract_id)
+    else:
+        orders = orders.filter(contract__settle_asset_id=liquidation.asset_id)
+    return orders.exists()
 
 
 def _gapped_view(liquidation: Liquidation, contract_id: int) -> tuple[MarginStatus | None, PositionView | None]:

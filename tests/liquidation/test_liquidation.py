@@ -270,3 +270,44 @@ def test_one_failing_liquidation_does_not_hold_up_the_others(funded, mark, btcus
     assert "cannot be booked" in caplog.text
     other = Liquidation.objects.exclude(pk=first.pk).get(user__in=(carol, frank))
     assert len(records(other, RecordKind.ORDER)) == 2 and len(records(first, RecordKind.ORDER)) == 1
+
+
+def test_a_cross_liquidation_waits_for_the_cancels_on_other_symbols(funded, trade, mark, btcusdt, engine, fund_seed,
+                                                                     usdt, btc):
+    """alice's bid on ETHUSDT holds 95.76 that her cross backing counts (bankruptcy 46,010). Its
+    cancel goes to the ETH matcher; a BTC liquidation order filled before it is processed would
+    leave her wallet 95.76 short, paid by the fund, and the returning hold would then be hers.
+    So the liquidation orders nothing until the other symbols' cancels are done."""
+    from apps.contracts.models import ContractStatus, ContractType
+    from apps.contracts.services import contract_create, tiers_from_brackets
+    from apps.ops.demo import ETH_BRACKETS
+    from apps.trading.engine import SymbolEngine
+
+    ethusdt = contract_create(tiers=tiers_from_brackets(ETH_BRACKETS), symbol="ETHUSDT",
+                              contract_type=ContractType.PERPETUAL, status=ContractStatus.TRADING, base_asset=btc,
+                              quote_asset=usdt, settle_asset=usdt)
+    fund_seed("1000")
+    alice, bob = funded("alice", "4000"), funded("bob")
+    mark("50000")
+    mark("2000", ethusdt)
+    trade(alice, bob, "BUY", "1", "50000")  # alice the maker: fee 10, wallet 3,990
+    eth = SymbolEngine(ethusdt)
+    bid = order_place(user=alice, contract=ethusdt, side="BUY", quantity=D("1"), price=D("1900"))
+    batch_process(eth)
+    assert bid.margin_held == D("95.76")
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("1"), price=D("46010"))
+    batch_process(engine)
+    mark("46100")  # equity 3,990 − 3,900 = 90 < maintenance 184.4
+    assert liquidation_sweep()["started"] == 1
+    liquidation = Liquidation.objects.get(user=alice)
+    assert records(liquidation, RecordKind.ORDER) == []  # the ETH cancel is pending: nothing ordered
+    assert liquidation_advance(liquidation=liquidation) == "waiting"
+    batch_process(eth)  # the cancel: the hold is back in the wallet
+    assert Order.objects.get(pk=bid.pk).status == OrderStatus.CANCELED and wallet_of(alice) == D("3990")
+    assert liquidation_advance(liquidation=liquidation) == "ordered"
+    assert records(liquidation, RecordKind.ORDER)[0].order.price == D("46010")
+    batch_process(engine)  # fills at the bankruptcy price: nothing left, nothing to cover
+    [execution] = records(liquidation, RecordKind.EXECUTION)
+    assert (execution.fund_cover, execution.bad_debt) == (0, 0)
+    assert fund() == D("1000") and wallet_of(alice) == 0
+    assert run_all_invariants() == []
