@@ -3,6 +3,7 @@ import logging
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 
 from exchange.errors import ExchangeError
 
@@ -64,17 +65,31 @@ class StatusChangeInline(admin.TabularInline):
 
 
 class LifecycleActions:
-    """Halt and resume through the lifecycle (one place for the admin's status changes)."""
+    """Halt and resume through the lifecycle (one place for the admin's status changes).
 
-    @admin.action(description="Halt trading (the matcher stops; resume returns to the previous status)")
+    Both need `contracts.halt_contract`, on the contracts and on the delivery calendar alike.
+    """
+
+    def has_halt_contract_permission(self, request):
+        return request.user.has_perm("contracts.halt_contract")
+
+    @admin.action(description="Halt trading (the matcher stops; resume returns to the previous status)",
+                  permissions=["halt_contract"])
     def halt(self, request, queryset):
+        self._require_halt_permission(request)
         for contract in queryset:
             self._lifecycle(request, contract, contract_halt, "halted")
 
-    @admin.action(description="Resume a halted contract")
+    @admin.action(description="Resume a halted contract", permissions=["halt_contract"])
     def resume(self, request, queryset):
+        self._require_halt_permission(request)
         for contract in queryset:
             self._lifecycle(request, contract, contract_resume, "resumed")
+
+    def _require_halt_permission(self, request) -> None:
+        # Django only offers and runs the actions with the permission; refuse here too.
+        if not self.has_halt_contract_permission(request):
+            raise PermissionDenied
 
     def _lifecycle(self, request, contract, change, done: str) -> None:
         try:

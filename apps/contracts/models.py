@@ -96,6 +96,8 @@ class Contract(models.Model):
 
     class Meta:
         ordering = ["symbol"]
+        # The admin's halt/resume actions (contracts and the delivery calendar) stop or restart matching.
+        permissions = [("halt_contract", "Can halt and resume a contract")]
         constraints = [
             models.CheckConstraint(condition=Q(symbol__regex=r"^[A-Z0-9]+(_[0-9]{6})?$"), name="contract_symbol_format"),
             models.CheckConstraint(condition=Q(contract_size__gt=0), name="contract_size_positive"),

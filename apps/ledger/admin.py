@@ -1,5 +1,6 @@
 """Ops console for the ledger: accounts with the wallet adjustment action, read-only history."""
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.shortcuts import render
 
@@ -60,8 +61,15 @@ class AccountAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    @admin.action(description="Credit or debit the wallet (booked through the ledger)")
+    def has_adjust_wallet_permission(self, request):
+        return request.user.has_perm("ledger.adjust_wallet")
+
+    @admin.action(description="Credit or debit the wallet (booked through the ledger)", permissions=["adjust_wallet"])
     def adjust_wallet(self, request, queryset):
+        # Django offers and runs the action only with the permission; the form and its
+        # apply=1 POST come back through here, so refuse again rather than rely on that alone.
+        if not self.has_adjust_wallet_permission(request):
+            raise PermissionDenied
         wallets = list(queryset.filter(kind=AccountKind.WALLET).select_related("user"))
         if len(wallets) != queryset.count() or not wallets:
             self.message_user(request, "Select user WALLET accounts only.", messages.ERROR)

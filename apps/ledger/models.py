@@ -70,6 +70,8 @@ class Account(models.Model):
 
     class Meta:
         ordering = ["id"]
+        # The admin's wallet adjustment books money: not granted by view/change on accounts.
+        permissions = [("adjust_wallet", "Can credit or debit a wallet")]
         constraints = [
             models.UniqueConstraint(
                 fields=["kind", "user", "contract"], nulls_distinct=False, name="account_unique_kind_user_contract"

@@ -6,6 +6,7 @@ notifications and backups are history: read-only, with acknowledge / resolve and
 """
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 
 from .alerts import alert_acknowledge, alert_resolve
@@ -91,13 +92,21 @@ class AlertAdmin(ReadOnlyMixin, admin.ModelAdmin):
         color = {"FIRING": "#b00", "PENDING": "#b60", "RESOLVED": "green"}[obj.status]
         return format_html('<b style="color:{}">{}</b>', color, obj.status)
 
-    @admin.action(description="Acknowledge selected alerts")
+    def has_manage_alert_permission(self, request):
+        # Change is denied to everyone (alerts are history); the actions have their own permission.
+        return request.user.has_perm("ops.manage_alert")
+
+    @admin.action(description="Acknowledge selected alerts", permissions=["manage_alert"])
     def acknowledge(self, request, queryset):
+        if not self.has_manage_alert_permission(request):
+            raise PermissionDenied
         done = sum(alert_acknowledge(alert=alert, user=request.user) for alert in queryset)
         self.message_user(request, f"{done} alert(s) acknowledged.", messages.SUCCESS)
 
-    @admin.action(description="Resolve selected alerts (notifies the channels)")
+    @admin.action(description="Resolve selected alerts (notifies the channels)", permissions=["manage_alert"])
     def resolve(self, request, queryset):
+        if not self.has_manage_alert_permission(request):
+            raise PermissionDenied
         done = 0
         for alert in queryset.filter(status__in=(AlertStatus.PENDING, AlertStatus.FIRING)):
             alert_resolve(key=alert.dedup_key, note=f"resolved by {request.user.get_username()}")
@@ -125,8 +134,13 @@ class BackupAdmin(ReadOnlyMixin, admin.ModelAdmin):
             return "—"
         return f"{obj.size_bytes / 1_048_576:.2f} MiB" if obj.size_bytes >= 1_048_576 else f"{obj.size_bytes} B"
 
-    @admin.action(description="Verify now (restore into a scratch database)")
+    def has_verify_backup_permission(self, request):
+        return request.user.has_perm("ops.verify_backup")
+
+    @admin.action(description="Verify now (restore into a scratch database)", permissions=["verify_backup"])
     def verify_now(self, request, queryset):
+        if not self.has_verify_backup_permission(request):
+            raise PermissionDenied
         from .tasks import backup_verify_task
 
         for backup in queryset:

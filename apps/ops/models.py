@@ -133,6 +133,8 @@ class Alert(models.Model):
 
     class Meta:
         ordering = ["-last_seen"]
+        # Alerts are read-only in the admin; acknowledge/resolve need this permission.
+        permissions = [("manage_alert", "Can acknowledge and resolve alerts")]
         constraints = [
             models.UniqueConstraint(
                 fields=["dedup_key"], condition=Q(status__in=["PENDING", "FIRING"]), name="alert_one_open_per_dedup_key"
@@ -286,6 +288,8 @@ class Backup(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
+        # Backups are read-only in the admin; "verify now" needs this permission.
+        permissions = [("verify_backup", "Can queue a backup verification")]
 
     def __str__(self) -> str:
         return f"backup #{self.pk} {self.started_at:%Y-%m-%d %H:%M} {self.status}"

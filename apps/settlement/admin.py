@@ -13,6 +13,7 @@ from datetime import datetime, timezone as dt_timezone
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -82,8 +83,15 @@ class FundingSettlementAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return obj is None and super().has_change_permission(request, obj)
 
+    def has_add_permission(self, request):
+        # Adding a run settles it: the same permission as the action.
+        return super().has_add_permission(request) and self.has_settle_funding_permission(request)
+
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def has_settle_funding_permission(self, request):
+        return request.user.has_perm("settlement.settle_funding")
 
     def save_model(self, request, obj, form, change):
         """Adding a run = "settle now" for that funding time (idempotent)."""
@@ -96,6 +104,8 @@ class FundingSettlementAdmin(admin.ModelAdmin):
         pass
 
     def _settle(self, request, contract, funding_time):
+        if not self.has_settle_funding_permission(request):
+            raise PermissionDenied
         try:
             run = funding_settle(contract=contract, funding_time=funding_time, requested_by=request.user)
         except Exception as exc:
@@ -105,8 +115,11 @@ class FundingSettlementAdmin(admin.ModelAdmin):
                                    f"{run.funding_rate}, {run.positions} positions, dust {run.dust}.")
         return run
 
-    @admin.action(description="Settle now (idempotent; settled runs are left as they are)")
+    @admin.action(description="Settle now (idempotent; settled runs are left as they are)",
+                  permissions=["settle_funding"])
     def settle_now(self, request, queryset):
+        if not self.has_settle_funding_permission(request):
+            raise PermissionDenied
         for run in queryset.select_related("contract"):
             if run.status == SettlementStatus.DONE:
                 self.message_user(request, f"{run} was already settled: nothing charged.", messages.INFO)
@@ -159,8 +172,14 @@ class DeliveryCalendarAdmin(LifecycleActions, admin.ModelAdmin):
         except DeliverySettlement.DoesNotExist:
             return "—"
 
-    @admin.action(description="Settle now (runs the steps that are due; never before the delivery time)")
+    def has_settle_delivery_permission(self, request):
+        return request.user.has_perm("settlement.settle_delivery")
+
+    @admin.action(description="Settle now (runs the steps that are due; never before the delivery time)",
+                  permissions=["settle_delivery"])
     def settle_now(self, request, queryset):
+        if not self.has_settle_delivery_permission(request):
+            raise PermissionDenied
         now = timezone.now()
         for contract in queryset.select_related("settle_asset"):
             try:

@@ -117,6 +117,8 @@ class FundingSettlement(SettlementRun):
 
     class Meta:
         ordering = ["-funding_time", "contract_id"]
+        # The admin's "settle now" (the action and adding a run) moves funding between users.
+        permissions = [("settle_funding", "Can settle funding now")]
         constraints = [
             models.UniqueConstraint(fields=["contract", "funding_time"], name="funding_settlement_unique_time"),
             models.CheckConstraint(
@@ -206,5 +208,7 @@ class DeliveryContract(Contract):
     class Meta:
         proxy = True
         ordering = ["delivery_time", "symbol"]
+        # The delivery calendar's "settle now" closes every position of the contract.
+        permissions = [("settle_delivery", "Can settle a delivery contract now")]
         verbose_name = "delivery calendar entry"
         verbose_name_plural = "delivery calendar"
