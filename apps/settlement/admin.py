@@ -93,6 +93,13 @@ class FundingSettlementAdmin(admin.ModelAdmin):
     def has_settle_funding_permission(self, request):
         return request.user.has_perm("settlement.settle_funding")
 
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # Adding a run settles it, in the settlement's own durable transaction (`funding_settle`),
+        # which cannot run inside the one Django's change form wraps around the save.
+        if object_id is None:
+            return self._changeform_view(request, object_id, form_url, extra_context)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
     def save_model(self, request, obj, form, change):
         """Adding a run = "settle now" for that funding time (idempotent)."""
         run = self._settle(request, obj.contract, obj.funding_time)

@@ -247,10 +247,10 @@ def test_adding_a_funding_run_needs_settlement_settle_funding(client, staff, fun
     grant(user, "settlement.settle_funding")
     assert client.get(FUNDING_ADD).status_code == 200
     response = client.post(FUNDING_ADD, form, follow=True)
-    # Let through to the settlement (a run for T8 is recorded). Its outcome is not this test's
-    # subject: the add view's own atomic block currently makes funding_settle's durable block fail.
-    assert response.status_code == 200
-    assert FundingSettlement.objects.filter(contract=fundable, funding_time=T8).exists()
+    # Settled, in its own durable transaction (not inside the change form's).
+    assert response.status_code == 200 and b"settled: rate" in response.content
+    assert FundingSettlement.objects.get(contract=fundable, funding_time=T8).status == SettlementStatus.DONE
+    assert FundingRate.objects.get().funding_time == T8
 
 
 # -- ops: alert acknowledge / resolve, backup verify_now ----------------------------------------------
