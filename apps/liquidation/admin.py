@@ -42,8 +42,8 @@ class LiquidationRecordAdmin(ReadOnlyAdmin):
 
 @admin.register(MarginCall)
 class MarginCallAdmin(ReadOnlyAdmin):
-    list_display = ("id", "user", "scope", "contract", "level", "ratio", "equity", "maintenance", "deposit_required",
-                    "created_at")
-    list_filter = ("level", "scope", "contract")
+    list_display = ("id", "user", "scope", "contract", "asset", "level", "ratio", "equity", "maintenance",
+                    "deposit_required", "created_at")
+    list_filter = ("level", "scope", "contract", "asset")
     search_fields = ("user__username",)
-    list_select_related = ("user", "contract")
+    list_select_related = ("user", "contract", "asset")

@@ -1,12 +1,13 @@
 """Liquidations (each also the account's freeze), their step records, and margin calls.
 
 A `Liquidation` row in status ACTIVE is the freeze: order entry refuses the user's
-orders (-2023) while one exists. One ACTIVE liquidation per scope (user + contract for
-an isolated position, user alone for the cross account) is a unique constraint, so
-a scope is never liquidated twice at once. Every step of it is a `LiquidationRecord`;
-each liquidation order and each auto-deleveraging step has a step number unique within
-its liquidation, and each ADL execution is unique per (step, counterparty), so a step
-replayed after a crash cannot be booked twice.
+orders (-2023) while one exists. One ACTIVE liquidation per scope (user + asset + contract
+for an isolated position, user + settle asset for the cross account: a USDT-settled and a
+BTC-settled cross account are separate scopes) is a unique constraint, so a scope is never
+liquidated twice at once, and one scope's liquidation never holds up another's. Every step
+of it is a `LiquidationRecord`; each liquidation order and each auto-deleveraging step has
+a step number unique within its liquidation, and each ADL execution is unique per (step,
+counterparty), so a step replayed after a crash cannot be booked twice.
 """
 from django.conf import settings
 from django.db import models
@@ -44,8 +45,8 @@ class Liquidation(models.Model):
     class Meta:
         ordering = ["-id"]
         constraints = [
-            models.UniqueConstraint(fields=["user", "contract"], condition=Q(status="ACTIVE"), nulls_distinct=False,
-                                    name="liquidation_one_active_per_scope"),
+            models.UniqueConstraint(fields=["user", "asset", "contract"], condition=Q(status="ACTIVE"),
+                                    nulls_distinct=False, name="liquidation_one_active_per_scope"),
             models.CheckConstraint(condition=Q(scope="CROSS", contract__isnull=True)
                                    | Q(scope="ISOLATED", contract__isnull=False), name="liquidation_scope_contract"),
         ]
@@ -124,6 +125,9 @@ class MarginCall(models.Model):
     """A MARGIN_CALL pushed to a user (recorded whether or not anybody was listening)."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="margin_calls")
+    # The scope's settle asset: with the contract (null for the cross account) it names the scope,
+    # a USDT-settled and a BTC-settled cross account being separate ones.
+    asset = models.ForeignKey("ledger.Asset", on_delete=models.PROTECT, related_name="+")
     scope = models.CharField(max_length=8, choices=Scope.choices)
     contract = models.ForeignKey("contracts.Contract", null=True, blank=True, on_delete=models.PROTECT,
                                  related_name="+")
@@ -137,7 +141,7 @@ class MarginCall(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["user", "contract", "-id"], name="margin_call_by_scope")]
+        indexes = [models.Index(fields=["user", "asset", "contract", "-id"], name="margin_call_by_asset_scope")]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.user} {self.level}"

@@ -41,7 +41,7 @@ def margin_status(*, user, asset_code: str = "USDT", contract=None) -> MarginSta
 
 
 def margin_calls_recent(*, user, limit: int = 50):
-    return list(MarginCall.objects.filter(user=user).select_related("contract")[:limit])
+    return list(MarginCall.objects.filter(user=user).select_related("contract", "asset")[:limit])
 
 
 # ADL ranking ------------------------------------------------------------------------------

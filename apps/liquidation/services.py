@@ -153,13 +153,16 @@ def _margin_calls_record(user, statuses: list[MarginStatus]) -> list[MarginCall]
         if level == MarginLevel.NORMAL:
             continue
         contract_id = status.contract.pk if status.contract is not None else None
-        last = (MarginCall.objects.filter(user=user, contract_id=contract_id, scope=status.scope)
+        # The scope is (asset, contract): each settle asset's cross account is called on its own.
+        asset_id = status.positions[0].contract.settle_asset_id
+        last = (MarginCall.objects.filter(user=user, asset_id=asset_id, contract_id=contract_id, scope=status.scope)
                 .order_by("-id").values_list("level", "created_at").first())
         if last is not None and LEVEL_RANK[last[0]] >= LEVEL_RANK[level] and now - last[1] < repeat:
             continue
         deposits = status.deposits
         calls.append(MarginCall(
-            user=user, scope=status.scope, contract_id=contract_id, level=level, ratio=_ratio_field(status.ratio),
+            user=user, asset_id=asset_id, scope=status.scope, contract_id=contract_id, level=level,
+            ratio=_ratio_field(status.ratio),
             equity=status.equity, maintenance=status.maintenance,
             deposit_required=deposits[MarginLevel.WARNING],
             payload=margin_call_payload(status, at_ms=int(now.timestamp() * 1000)),
@@ -192,7 +195,9 @@ def liquidation_start(*, user, asset: Asset, contract: Contract | None = None) -
     """Freeze and start liquidating the scope if it is at or below 100% now; None when it is not."""
     with transaction.atomic():
         user_balances_lock(user_id=user.pk, asset=asset)
-        if Liquidation.objects.filter(user=user, contract=contract, status=LiquidationStatus.ACTIVE).exists():
+        # One active liquidation per scope: the cross account of this asset, or the isolated position.
+        if Liquidation.objects.filter(user=user, asset=asset, contract=contract,
+                                      status=LiquidationStatus.ACTIVE).exists():
             return None
         status = _scope_status(user, asset_code=asset.code, contract_id=contract.pk if contract else None)
         if status is None or status.level != MarginLevel.LIQUIDATION:
