@@ -9,6 +9,7 @@ from decimal import Decimal, InvalidOperation
 
 from apps.contracts.models import Contract
 from apps.contracts.selectors import contract_get
+from apps.trading.public_selectors import MAX_TIME_MS
 from exchange.errors import ErrorCode, ExchangeError
 
 CONTRACT_CACHE_SECONDS = 1.0
@@ -103,8 +104,10 @@ def contract(params: dict, name: str = "symbol", *, required_: bool = True) -> C
 
 
 def time_range(params: dict) -> tuple[int | None, int | None]:
-    start = integer(params, "startTime", low=0)
-    end = integer(params, "endTime", low=0)
+    """startTime / endTime in epoch ms, 0 up to the last millisecond of year 9999 (the last a
+    datetime holds; later is -1130, not an overflow in the query)."""
+    start = integer(params, "startTime", low=0, high=MAX_TIME_MS)
+    end = integer(params, "endTime", low=0, high=MAX_TIME_MS)
     if start is not None and end is not None and start > end:
         raise ExchangeError("startTime must not be after endTime.", code=ErrorCode.INVALID_PARAMETER)
     return start, end

@@ -10,8 +10,8 @@ from rest_framework.views import APIView
 
 from apps.accounts.api import PublicApi, request_params
 from apps.contracts.models import Contract, ContractStatus
+from apps.contracts.selectors import contract_get
 from apps.settlement.selectors import funding_predicted_many
-from exchange.errors import ErrorCode, ExchangeError
 
 from .engine.quotes import to_ms
 from .selectors import funding_time_next, price_latest_many
@@ -69,10 +69,9 @@ class PremiumIndexApi(PublicApi):
         symbol = request_params(request).get("symbol") or None
         contracts = Contract.objects.exclude(status__in=(ContractStatus.SETTLED, ContractStatus.PENDING))
         if symbol is not None:
-            contract = Contract.objects.filter(symbol=symbol).first()
-            if contract is None:
-                raise ExchangeError("Invalid symbol.", code=ErrorCode.BAD_SYMBOL)
-            contracts = [contract]
+            # -1121 for an unknown symbol, and for one that cannot be a symbol (never queried:
+            # PostgreSQL refuses text with NUL bytes).
+            contracts = [contract_get(symbol=symbol)]
         else:
             contracts = list(contracts.order_by("symbol"))
         prices = price_latest_many(contracts=contracts)

@@ -18,7 +18,8 @@ from exchange.errors import ErrorCode, ExchangeError
 
 from .models import Order, OrderStatus, OrderType, Side, StpMode, TimeInForce, WorkingType
 from .selectors import order_wait_result, orders_all, orders_open, trades_of_user
-from .services import order_amend, order_cancel, order_get, order_place, orders_cancel_all
+from .errors import NoSuchOrder
+from .services import CLIENT_ORDER_ID, order_amend, order_cancel, order_get, order_place, orders_cancel_all
 
 MAX_BATCH_ORDERS = 5
 RESP_TYPES = ("ACK", "RESULT")
@@ -103,8 +104,21 @@ def _place(user, params: dict) -> dict:
     return order_payload(order)
 
 
+def _client_order_id(value: str) -> str:
+    """An origClientOrderId to look up: one order entry would never have accepted (the
+    newClientOrderId pattern) names no order, -2013 without a query (PostgreSQL refuses
+    text with NUL bytes)."""
+    if not CLIENT_ORDER_ID.fullmatch(value):
+        raise NoSuchOrder("Order does not exist.")
+    return value
+
+
 def _lookup(params: dict) -> dict:
-    return dict(order_id=p.integer(params, "orderId"), client_order_id=p.optional(params, "origClientOrderId"))
+    order_id = p.integer(params, "orderId")
+    client_order_id = p.optional(params, "origClientOrderId")
+    if order_id is None and client_order_id is not None:  # orderId, when sent, is the one looked up
+        client_order_id = _client_order_id(client_order_id)
+    return dict(order_id=order_id, client_order_id=client_order_id)
 
 
 class OrderOut(serializers.Serializer):
@@ -288,6 +302,8 @@ class BatchOrdersApi(SignedApi):
             try:
                 if "order_id" in lookup and not isinstance(lookup["order_id"], int):
                     raise p.invalid("orderIdList", lookup["order_id"])
+                if isinstance(lookup.get("client_order_id"), str) and lookup["client_order_id"]:
+                    _client_order_id(lookup["client_order_id"])
                 results.append(order_payload(order_cancel(user=request.user, contract=contract, **lookup)))
             except ExchangeError as exc:
                 results.append(exc.as_body())
