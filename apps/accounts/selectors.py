@@ -105,9 +105,22 @@ def listen_key_of_user_redis_key(user_id: int) -> str:
     return f"{settings.API_REDIS_PREFIX}lku:{user_id}"
 
 
+def user_may_stream(user_id: int) -> bool:
+    """Whether the user is active and still holds an active (not revoked) API key (one query)."""
+    return ApiKey.objects.filter(user_id=user_id, user__is_active=True, revoked_at__isnull=True).exists()
+
+
 def listen_key_user_id(listen_key: str) -> int | None:
-    """The user id a valid (not expired, not closed) listen key belongs to, else None."""
+    """The user id a valid (not expired, not closed) listen key belongs to, else None.
+
+    Valid also means its user may still use the API: active, with an active API key. A
+    deactivated user (or one whose keys are all revoked) loses the stream at the next
+    check even though the key is still in Redis; the stream consumer re-checks its keys
+    every `LISTEN_KEY_CHECK_SECONDS`."""
     if not listen_key or len(listen_key) > 128:
         return None
     raw = get_redis().get(listen_key_redis_key(listen_key))
-    return int(raw) if raw is not None else None
+    if raw is None:
+        return None
+    user_id = int(raw)
+    return user_id if user_may_stream(user_id) else None

@@ -94,8 +94,16 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
         ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=api_key.revoked_at)
     api_key_cache_evict(api_key.key)
     transaction.on_commit(lambda: (api_key_cache_evict(api_key.key), key_user_forget(api_key=api_key.key),
-                                   key_generation_bump(api_key=api_key.key)))
+                                   key_generation_bump(api_key=api_key.key), _listen_key_close_if_keyless(api_key)))
     return api_key
+
+
+def _listen_key_close_if_keyless(api_key: ApiKey) -> None:
+    """After a revocation commits: the user's last active key gone, their listen key (the
+    user data stream) is closed too. Judged at commit, so a key rotated in one transaction
+    (revoke the old, create the new) keeps the stream."""
+    if not ApiKey.objects.filter(user_id=api_key.user_id, revoked_at__isnull=True).exists():
+        listen_key_close(user=api_key.user)
 
 
 def api_key_touch(*, api_key: ApiKey) -> None:

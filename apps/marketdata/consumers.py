@@ -39,6 +39,7 @@ from urllib.parse import parse_qs
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.db import close_old_connections
 
 from apps.accounts.selectors import listen_key_user_id
 from apps.accounts.user_stream import UserStream, is_listen_key_name, listen_key_expired
@@ -391,8 +392,19 @@ except ImportError:  # not served by daphne
     _TCP_CONNECTION = ()
 
 
+def _listen_key_owner_sync(key: str) -> int | None:
+    # Redis and one query (is the user still active with an active API key?) in a pool
+    # thread: its database connection is closed (returned to the pool) here, in the call's
+    # own context, where Django's connection lives (database_sync_to_async's close, run outside
+    # that context, leaves it open under asgiref 3.13).
+    try:
+        return listen_key_user_id(key)
+    finally:
+        close_old_connections()
+
+
 async def _listen_key_owner(key: str) -> int | None:
-    return await sync_to_async(listen_key_user_id, thread_sensitive=False)(key)
+    return await sync_to_async(_listen_key_owner_sync, thread_sensitive=False)(key)
 
 
 def _valid_id(value) -> bool:

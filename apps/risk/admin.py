@@ -7,6 +7,7 @@ Everything here is computed by the jobs, so it is read-only.
 import json
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -120,6 +121,11 @@ class RiskSnapshotAdmin(ReadOnlyAdmin):
     def inputs_pretty(self, obj):
         return format_html("<pre>{}</pre>", json.dumps(obj.inputs, indent=2, sort_keys=True))
 
+    def _check_view_permission(self, request) -> None:
+        # admin_view only checks is_staff: the overview names accounts with their equity and VaR.
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+
     def get_urls(self):
         return [
             path("overview/", self.admin_site.admin_view(self.overview_view), name="risk_overview"),
@@ -127,11 +133,13 @@ class RiskSnapshotAdmin(ReadOnlyAdmin):
         ] + super().get_urls()
 
     def overview_view(self, request):
+        self._check_view_permission(request)
         context = {**self.admin_site.each_context(request), "title": "Risk overview",
                    "overview": risk_overview(limit=20), "levels": RiskLevelChoice, "opts": self.model._meta}
         return TemplateResponse(request, "risk/overview.html", context)
 
     def overview_json(self, request):
+        self._check_view_permission(request)
         return JsonResponse(overview_payload())
 
 

@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-from apps.accounts.services import listen_key_start
+from apps.accounts.services import api_key_create, listen_key_start
 from apps.marketdata import consumers
 from apps.ledger.services import wallet_deposit
 from exchange.redis import get_redis
@@ -35,11 +35,13 @@ def clean_redis():
 
 @pytest.fixture
 def funded(make_user, usdt, btcusdt):
-    """Users with 100,000 USDT each."""
+    """Users with 100,000 USDT each and an API key (a listen key is only valid while its user
+    is active and holds an active API key, as a client that made it through the API does)."""
 
     def make(name: str, amount: Decimal = Decimal("100000")):
         user = make_user(name)
         wallet_deposit(user=user, asset=usdt, amount=amount)
+        api_key_create(user=user, label="streams")
         return user
 
     return make
