@@ -22,6 +22,10 @@ DEFAULTS = {
     # The screen's float arithmetic flags at ratio <= 1 + this margin; each flagged scope is
     # then judged exactly in Decimal before anything happens to it.
     "LIQUIDATION_SCREEN_TOLERANCE": 1e-6,
+    # A cross liquidation waits for the cancels of its orders on other symbols (their holds
+    # back in the wallet) at most this long after it started: a matcher that is down must not
+    # hold the positions' liquidation up (the fund may then cover holds not yet returned).
+    "LIQUIDATION_CANCEL_WAIT_SECONDS": 10,
 }
 
 

@@ -427,7 +427,11 @@ def _cancels_pending(liquidation: Liquidation, contract_id: int) -> bool:
     holds are not back in the wallet, though the cross scope's backing (its bankruptcy price)
     counts them: a liquidation order or ADL step booked first would leave a wallet deficit the
     insurance fund covers, and the returning holds would then go to the user. (On the order's
-    own contract the journal processes the cancels first.)"""
+    own contract the journal processes the cancels first.) At most LIQUIDATION_CANCEL_WAIT_SECONDS
+    after the start: a matcher that is down must not hold the liquidation up."""
+    waited = timezone.now() - liquidation.started_at
+    if waited.total_seconds() > liquidation_setting("LIQUIDATION_CANCEL_WAIT_SECONDS"):
+        return False
     orders = (Order.objects.filter(user_id=liquidation.user_id, status__in=OPEN_STATUSES)
               .exclude(order_type=OrderType.LIQUIDATION).exclude(contract_id=contract_id))
     if liquidation.contract_id is not None:

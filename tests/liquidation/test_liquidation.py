@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
 from apps.ledger.models import AccountKind, Income, IncomeType
@@ -311,3 +312,32 @@ def test_a_cross_liquidation_waits_for_the_cancels_on_other_symbols(funded, trad
     assert (execution.fund_cover, execution.bad_debt) == (0, 0)
     assert fund() == D("1000") and wallet_of(alice) == 0
     assert run_all_invariants() == []
+
+
+def test_a_liquidation_waits_for_other_symbols_cancels_only_so_long(funded, trade, mark, btcusdt, engine, usdt, btc,
+                                                                    settings):
+    """A matcher that is down must not hold the liquidation up: after
+    LIQUIDATION_CANCEL_WAIT_SECONDS it orders although the other symbol's cancel is pending."""
+    from datetime import timedelta
+
+    from apps.contracts.models import ContractStatus, ContractType
+    from apps.contracts.services import contract_create, tiers_from_brackets
+    from apps.ops.demo import ETH_BRACKETS
+    from apps.trading.engine import SymbolEngine
+
+    settings.LIQUIDATION_CANCEL_WAIT_SECONDS = 10
+    ethusdt = contract_create(tiers=tiers_from_brackets(ETH_BRACKETS), symbol="ETHUSDT",
+                              contract_type=ContractType.PERPETUAL, status=ContractStatus.TRADING, base_asset=btc,
+                              quote_asset=usdt, settle_asset=usdt)
+    alice, bob = funded("alice", "4000"), funded("bob")
+    mark("50000")
+    mark("2000", ethusdt)
+    trade(alice, bob, "BUY", "1", "50000")
+    order_place(user=alice, contract=ethusdt, side="BUY", quantity=D("1"), price=D("1900"))
+    batch_process(SymbolEngine(ethusdt))
+    mark("46100")
+    assert liquidation_sweep()["started"] == 1
+    liquidation = Liquidation.objects.get(user=alice)
+    assert liquidation_advance(liquidation=liquidation) == "waiting"  # the ETH matcher never runs
+    Liquidation.objects.filter(pk=liquidation.pk).update(started_at=F("started_at") - timedelta(seconds=11))
+    assert liquidation_advance(liquidation=liquidation) == "ordered"
