@@ -20,15 +20,9 @@ from apps.marketdata.consumers import CLOSE_POLICY
 from exchange.asgi import application
 from exchange.redis import get_redis
 from tests.marketdata.test_streams import run
+from tests.streams.conftest import _fresh_symbol_cache  # noqa: F401 (autouse there, used here)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_symbol_cache():
-    consumers._symbols_cache = (0.0, frozenset())
-    yield
-    consumers._symbols_cache = (0.0, frozenset())
 
 
 @pytest.fixture
