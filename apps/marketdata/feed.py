@@ -543,7 +543,7 @@ class PriceFeed:
                 price, at = Decimal(body["p"]), int(body["t"])
             except (ValueError, KeyError, TypeError, ArithmeticError):
                 continue
-            if price > 0 and now_ms - at <= max_age_ms:
+            if price.is_finite() and price > 0 and now_ms - at <= max_age_ms:
                 out[symbol] = price
         return out
 

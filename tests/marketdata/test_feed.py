@@ -224,3 +224,54 @@ def test_a_contract_listed_later_is_priced_without_a_restart(btcusdt, clean_redi
     assert set(feed.feeds) == {"BTCUSDT", "BTCUSDT_270326"}
     feed.tick(now=t0 + timedelta(seconds=12))
     assert price_latest(contract=listed) is not None
+
+
+def test_the_index_follows_a_real_move_beyond_the_deviation_limit(feed, t0, btcusdt):
+    """Venues silent, then back together 11% away: one bad venue is dropped, but when all of
+    them agree the market moved. The index must not hold at the old price for good."""
+    ticks(feed, t0, 0, 1)
+    feed.source.down = True
+    ticks(feed, t0, 1, 10)
+    feed.source.down = False
+    feed.source.price = D("100000")
+    ticks(feed, t0, 11, 1)
+    assert price_latest(contract=btcusdt).index_price == D("100000")
+
+
+def test_one_venue_far_from_the_others_is_still_dropped(feed, t0, btcusdt):
+    ticks(feed, t0, 0, 1)
+
+    class OneOff(StubSource):
+        def quotes_at(self, now, *, symbols=None):
+            prices = {"binance": D("90010"), "okx": D("89990"), "bybit": D("120000")}
+            return [VenueQuote(v, "BTCUSDT", prices[v], self.volume, None, None, now) for v in VENUES]
+
+    feed.source = OneOff()
+    ticks(feed, t0, 1, 1)
+    assert abs(price_latest(contract=btcusdt).index_price - D("90000")) < 10  # from the two near ones
+
+
+def test_a_failing_live_venue_only_drops_its_quote(btcusdt, clean_redis, t0):
+    from apps.marketdata.engine.sources import LiveVenues
+
+    def fetch(venue, symbol):
+        if venue == "okx":
+            raise ConnectionError("okx timeout")
+        return VenueQuote(venue, symbol, D("90000"), D("400"), None, None, to_ms(timezone.now()))
+
+    feed = PriceFeed(source="simulated", symbols=["BTCUSDT"], seed=1)
+    feed.setup(now_ms=to_ms(t0))
+    feed.source = LiveVenues(list(VENUES), ["BTCUSDT"], fetcher=fetch)
+    feed.tick(now=timezone.now())
+    assert price_latest(contract=btcusdt).index_price == D("90000")
+
+
+def test_a_last_trade_price_that_is_not_a_number_is_ignored(feed, t0, btcusdt):
+    import json
+
+    from apps.marketdata.feed import LAST_TRADE_KEY
+    from exchange.redis import get_redis
+
+    get_redis().set(LAST_TRADE_KEY.format(symbol="BTCUSDT"), json.dumps({"p": "NaN", "t": to_ms(timezone.now())}))
+    ticks(feed, t0, 0, 1)
+    assert price_latest(contract=btcusdt).index_price == D("90000")

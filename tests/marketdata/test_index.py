@@ -169,10 +169,24 @@ def test_min_sources_holds_when_too_few_venues_are_valid():
 def test_reset_reference_lets_a_real_gap_through():
     calculator = calc(cache_ms=0)
     calculator.compute("BTCUSDT", [q("A", 100)], now=NOW)
-    gapped = [q("A", 80, ts=NOW + 1000), q("B", 80, ts=NOW + 1000)]
+    gapped = [q("A", 80, ts=NOW + 1000)]  # one venue alone cannot show a real move
     assert calculator.compute("BTCUSDT", gapped, now=NOW + 1000).status is IndexStatus.HELD
     calculator.reset_reference("BTCUSDT")
     assert calculator.compute("BTCUSDT", gapped, now=NOW + 1000).price == Decimal("80.00000000")
+
+
+def test_a_gap_every_valid_venue_agrees_on_moves_the_index():
+    """All valid quotes 20% away, two venues within the limit of their median: a real move."""
+    calculator = calc(cache_ms=0)
+    calculator.compute("BTCUSDT", [q("A", 100)], now=NOW)
+    gapped = [q("A", 80, ts=NOW + 1000), q("B", 81, ts=NOW + 1000)]
+    result = calculator.compute("BTCUSDT", gapped, now=NOW + 1000)
+    # Weighted by venue (A 1, B 2; same volumes): (80 + 2 × 81) / 3.
+    assert (result.status, result.price, result.dropped) == (IndexStatus.FRESH, Decimal("80.66666667"), ())
+    # Venues that disagree among themselves beyond the limit: no move, the index holds.
+    split = [q("A", 70, ts=NOW + 2000), q("B", 90, ts=NOW + 2000)]
+    calculator.compute("BTCUSDT", [q("A", 100, ts=NOW + 1500)], now=NOW + 1500)
+    assert calculator.compute("BTCUSDT", split, now=NOW + 2000).status is IndexStatus.HELD
 
 
 def test_audit_record_is_json_ready():

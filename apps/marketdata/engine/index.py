@@ -341,7 +341,26 @@ class IndexCalculator:
                 )
             else:
                 used.append(UsedQuote(q, self.weight_for(q)))
+        if not used:
+            moved = self._market_moved([d.quote for d in dropped if d.reason == DropReason.DEVIATION])
+            if moved:
+                dropped = [d for d in dropped if d.quote not in moved]
+                used = [UsedQuote(q, self.weight_for(q)) for q in moved]
         return used, dropped
+
+    def _market_moved(self, deviating: list[VenueQuote]) -> list[VenueQuote]:
+        """The deviating quotes, when they show a real move rather than bad venues: every valid
+        quote deviates, at least two venues (and `min_sources`) quote, and they agree with each
+        other within the deviation limit of their median. Without this the index would hold at
+        the old price for good after a gap of more than the limit (the reference is the last
+        index, which only a used quote moves); the anomaly detector still sees the jump."""
+        if len(deviating) < max(2, self.min_sources):
+            return []
+        prices = sorted(q.price for q in deviating)
+        middle = len(prices) // 2
+        median = prices[middle] if len(prices) % 2 else (prices[middle - 1] + prices[middle]) / 2
+        limit = CALC_CONTEXT.multiply(median, self.max_deviation)
+        return deviating if prices[-1] - median <= limit and median - prices[0] <= limit else []
 
 
 def _hold_reason(dropped: list[DroppedQuote], min_sources: int) -> str:

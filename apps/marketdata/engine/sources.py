@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -35,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from .quotes import VenueQuote, to_decimal, to_ms
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CSV_COLUMNS",
@@ -894,7 +897,13 @@ class LiveVenues(PriceSource):
         out = []
         for venue in self._venues:
             for symbol in wanted:
-                quote = self._fetcher(venue, symbol)
+                # One venue's failure (a timeout, a malformed ticker) only drops its quote: the
+                # index treats the venue as missing, as it does a silent one.
+                try:
+                    quote = self._fetcher(venue, symbol)
+                except Exception:
+                    logger.warning("quote of %s on %s failed", symbol, venue, exc_info=True)
+                    continue
                 if quote is not None:
                     out.append(quote)
         return out
