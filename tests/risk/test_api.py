@@ -115,3 +115,10 @@ def test_schema_documents_the_endpoints(client, db):
     assert "get" in schema["paths"]["/fapi/v1/risk/account"]
     assert "get" in schema["paths"]["/fapi/v1/risk/options"]
     assert "400" in schema["paths"]["/fapi/v1/risk/options"]["get"]["responses"]
+
+
+def test_a_flat_account_reports_zero_not_minus_zero(api_user, btcusdt):  # noqa: F811
+    _, client = api_user("flat")
+    body = client.call("GET", RISK).json()
+    for name in ("var95", "var99", "expectedShortfall95", "expectedShortfall99"):
+        assert body[name] == "0", (name, body[name])

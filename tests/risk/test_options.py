@@ -203,3 +203,13 @@ def test_search_interval_is_the_seeds():
     with pytest.raises(NoImpliedVolatility) as info:
         implied_volatility(bs_price(100, 100, 1, 0.0, 5.5), 100, 100, 1, 0.0)
     assert info.value.status is IVStatus.OUTSIDE_SEARCH_INTERVAL
+
+
+@pytest.mark.parametrize("args", [(100, 100, math.inf, 0.05, 0.2), (100, 100, 1, 0.05, math.inf),
+                                  (math.inf, 100, 1, 0.05, 0.2), (100, math.nan, 1, 0.05, 0.2)])
+def test_non_finite_inputs_are_refused_not_nan(args):
+    with pytest.raises(ValueError, match="finite"):
+        bs_price(*args)
+    with pytest.raises(ValueError, match="finite"):
+        bs_greeks(*args)
+

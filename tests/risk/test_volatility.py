@@ -145,3 +145,8 @@ def test_garch_rejects_degenerate_input():
         fit_garch([0.01] * 5)
     with pytest.raises(ValueError):
         simulate_garch(10, omega=0.1, alpha=0.5, beta=0.6)
+
+
+def test_garch_falls_back_to_the_sample_volatility_on_flat_returns():
+    estimate = garch_volatility(np.zeros(300))
+    assert (estimate.method, estimate.volatility) == ("sample", 0.0)

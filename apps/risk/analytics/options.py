@@ -61,10 +61,12 @@ def _prepare(S, K, T, r, sigma, option_type):
     S, K, T, r, sigma = (np.asarray(x, dtype=np.float64) for x in (S, K, T, r, sigma))
     is_call = _is_call(option_type)
     S, K, T, r, sigma, is_call = np.broadcast_arrays(S, K, T, r, sigma, is_call)
+    if not all(np.all(np.isfinite(x)) for x in (S, K, T, r, sigma)):
+        raise ValueError("S, K, T, r and sigma must be finite")
     if np.any(~(S > 0)) or np.any(~(K > 0)):
         raise ValueError("spot S and strike K must be positive")
-    if np.any(~(T >= 0)) or np.any(~(sigma >= 0)) or np.any(~np.isfinite(r)):
-        raise ValueError("T and sigma must be non-negative and r finite")
+    if np.any(~(T >= 0)) or np.any(~(sigma >= 0)):
+        raise ValueError("T and sigma must be non-negative")
     return S, K, T, r, sigma, is_call
 
 
@@ -173,7 +175,8 @@ class IVStatus(IntEnum):
     EXPIRED = 4
     """T = 0: the price carries no volatility information."""
     INVALID_INPUT = 5
-    """Non-finite or non-positive price/spot/strike, negative T."""
+    """Non-finite price/spot/strike, non-positive spot/strike, negative T (a price ≤ 0 is at or
+    below the floor: BELOW_LOWER_BOUND)."""
     NOT_CONVERGED = 6
 
 

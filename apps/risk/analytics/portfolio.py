@@ -225,8 +225,9 @@ def var_from_pnl(pnl: np.ndarray, confidences: Sequence[float] = CONFIDENCES, *,
         q[k] = view[:, k].astype(np.float64)
         es[k] = view[:, : k + 1].mean(axis=1, dtype=np.float64)
         view = view[:, : k + 1]
-    var = np.maximum(0.0, -np.stack([q[k] for k in ks], axis=1))
-    shortfall = np.maximum(0.0, -np.stack([es[k] for k in ks], axis=1))
+    # + 0.0: a flat book's -0.0 losses become 0.0 (else the API prints "-0").
+    var = np.maximum(0.0, -np.stack([q[k] for k in ks], axis=1)) + 0.0
+    shortfall = np.maximum(0.0, -np.stack([es[k] for k in ks], axis=1)) + 0.0
     if one_d:
         return var[0], shortfall[0]
     return var, shortfall

@@ -312,7 +312,7 @@ def garch_volatility(
     there are fewer than ``min_observations`` returns (default 252) or the fit does
     not converge to a stationary model."""
     r = _as_1d(returns, "returns")
-    if r.size < max(min_observations, 10):
+    if r.size < max(min_observations, 10) or not np.var(r) > 0:  # too few, or nothing to fit
         return VolatilityEstimate(sample_volatility(r, periods_per_year), "sample", r.size)
     fit = fit_garch(r, mean=mean)
     if not fit.converged or not fit.persistence < 1.0:
