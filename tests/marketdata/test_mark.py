@@ -92,6 +92,15 @@ def test_rounding_never_leaves_the_band():
     assert result.price == Decimal(951)
 
 
+def test_a_tick_too_coarse_for_the_band_takes_the_nearer_tick_around_it():
+    # index 0.44, band [0.418, 0.462] holds no tick of 0.1: 0.4 (0.04 away), not 0.5 (0.06).
+    assert MarkCalculator(tick=Decimal("0.1")).compute("X", index=Decimal("0.44"), now=T).price == Decimal("0.4")
+    # index 0.46, band [0.437, 0.483]: still none; 0.5 is the nearer.
+    assert MarkCalculator(tick=Decimal("0.1")).compute("X", index=Decimal("0.46"), now=T).price == Decimal("0.5")
+    # index 0.04, band [0.038, 0.042]: 0 is never a mark.
+    assert MarkCalculator(tick=Decimal("0.1")).compute("X", index=Decimal("0.04"), now=T).price == Decimal("0.1")
+
+
 def test_tick_rounding_rule_is_half_even():
     assert quantize_to_tick(Decimal("100.25"), TICK) == Decimal("100.2")
     assert quantize_to_tick(Decimal("100.35"), TICK) == Decimal("100.4")

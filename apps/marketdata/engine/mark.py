@@ -5,7 +5,8 @@ and computes mark = index + the average basis of the last 5 minutes, each
 observation weighted e^(-age / 300 s), clamped to +/-5% of the index, then rounded
 to the contract tick with the engine's one rule (half to even, see
 `quotes.quantize_to_tick`); a rounded value that would leave the band is moved to
-the nearest tick inside it, so a fresh mark is always within +/-5% of its index.
+the nearest tick inside it, so a fresh mark is always within +/-5% of its index (when
+the tick is too coarse for any tick to lie in the band, the nearer of the two around it).
 When no index can be made (unavailable or held) the last mark is repeated
 (`FALLBACK`). Smoothing: the anomaly detector's "double smoothing" is an integer
 `smoothing` factor k that stretches both the decay constant and the window (k=2:
@@ -386,10 +387,12 @@ class MarkCalculator:
         clamped = raw < lower or raw > upper
         bounded = min(max(raw, lower), upper)
         mark = quantize_to_tick(bounded, tick)
-        if mark > upper:
-            mark = floor_to_tick(upper, tick)
-        elif mark < lower:
-            mark = ceil_to_tick(lower, tick)
+        if not lower <= mark <= upper:
+            below, above = floor_to_tick(upper, tick), ceil_to_tick(lower, tick)
+            if below >= lower:  # a tick inside the band: the one nearest the rounded value
+                mark = below if mark > upper else above
+            else:  # a tick too coarse for the band: the nearer of the two around it, never zero
+                mark = min((p for p in (below, above) if p > 0), key=lambda p: abs(p - index_price))
         return MarkResult(
             symbol=symbol,
             price=mark,
