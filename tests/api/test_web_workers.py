@@ -12,6 +12,9 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# A hang guard, not a speed check: the first requests a worker serves (its imports, the
+# multiprocess metrics files) can take seconds on a slow, loaded machine.
+HTTP_TIMEOUT = 30
 
 
 def _free_port() -> int:
@@ -22,7 +25,7 @@ def _free_port() -> int:
 
 def _ping(port: int) -> int | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/fapi/v1/ping", timeout=2) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/fapi/v1/ping", timeout=HTTP_TIMEOUT) as response:
             return response.status
     except OSError:
         return None
@@ -83,7 +86,7 @@ def test_one_worker_runs_under_the_same_supervision(launcher):
 
 
 def _responses_200(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=HTTP_TIMEOUT) as response:
         text = response.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("django_http_responses_total_by_status_total{") and 'status="200"' in line)
