@@ -8,7 +8,6 @@ from decimal import Decimal
 from django.db import connection, transaction
 
 from apps.contracts.models import Contract
-from apps.contracts.tiers import TierError, max_leverage_for_notional
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import fits_precision
@@ -17,7 +16,7 @@ from exchange.errors import ErrorCode, ExchangeError
 
 from .models import MarginType, Position
 from .selectors import account_overview
-from .tiers import contract_tiers
+from .tiers import contract_tiers, tier_leverage
 
 ZERO = Decimal(0)
 ADD, REDUCE = 1, 2
@@ -132,10 +131,7 @@ def leverage_change(*, user, contract: Contract, leverage: int) -> Position:
             position_notional = abs(view.risk.notional)
             notional = max(notional, position_notional)
         if notional:
-            try:
-                allowed = max_leverage_for_notional(contract_tiers(contract), notional)
-            except TierError:
-                allowed = 0
+            allowed = tier_leverage(contract, notional)
             if leverage > allowed:
                 raise ExchangeError(f"Leverage {leverage}x exceeds the {allowed}x allowed for a position and open "
                                     f"orders of notional {notional.normalize():f}.",

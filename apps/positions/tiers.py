@@ -6,7 +6,7 @@ edit them, so a few seconds of staleness is the price of not querying each time.
 import time
 
 from apps.contracts.models import MarginTier
-from apps.contracts.tiers import TierSpec, tier_specs_from_rows
+from apps.contracts.tiers import TierError, TierSpec, max_leverage_for_notional, tier_specs_from_rows
 
 CACHE_SECONDS = 5.0
 _cache: dict[int, tuple[float, list[TierSpec]]] = {}
@@ -25,3 +25,11 @@ def contract_tiers(contract) -> list[TierSpec]:
 def tiers_forget() -> None:
     """Drop the cache (tests, and after ops edit tiers in this process)."""
     _cache.clear()
+
+
+def tier_leverage(contract, notional) -> int:
+    """The highest leverage the contract's tiers allow for a notional; 0 beyond the last tier."""
+    try:
+        return max_leverage_for_notional(contract_tiers(contract), notional)
+    except TierError:
+        return 0

@@ -21,7 +21,6 @@ from django.db import IntegrityError, connection, models, transaction
 from apps.contracts.grid import Grid, OffGrid
 from apps.contracts.lifecycle import ACCEPTING_STATUSES
 from apps.contracts.models import Contract, ContractStatus
-from apps.contracts.tiers import TierError, max_leverage_for_notional
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import to_decimal
@@ -32,7 +31,7 @@ from apps.positions.models import Position
 from apps.positions.services import entry_lock
 from apps.risk.conf import risk_setting
 from apps.risk.services import exposure_params, exposure_sql, risk_pretrade_check
-from apps.positions.tiers import contract_tiers
+from apps.positions.tiers import tier_leverage
 from exchange.errors import ErrorCode
 
 from . import doorbell
@@ -317,14 +316,6 @@ def _side_notional(side: str, contract: Contract, position: Position, exposure: 
     return (held * position.entry_price + pending + quantity * price) * contract.contract_size
 
 
-def _tier_leverage(contract: Contract, notional: Decimal) -> int:
-    """The highest leverage the contract's tiers allow for a notional; 0 beyond the last tier."""
-    try:
-        return max_leverage_for_notional(contract_tiers(contract), notional)
-    except TierError:
-        return 0  # beyond the last tier: no leverage allows it
-
-
 def leverage_exposure(*, user, contract: Contract, position: Position) -> Decimal:
     """The notional a leverage change is judged on: the larger side of (position + open orders
     on that side), as order entry judges each order's side (`_check_leverage_tier`), so the
@@ -338,7 +329,7 @@ def _check_leverage_tier(spec: OrderSpec, contract: Contract, position: Position
                          quantity: Decimal, price: Decimal) -> None:
     """The side this order adds to (position plus open orders plus it) must fit the tier its leverage allows."""
     notional = _side_notional(spec.side, contract, position, exposure, quantity, price)
-    allowed = _tier_leverage(contract, notional)
+    allowed = tier_leverage(contract, notional)
     if position.leverage > allowed:
         raise _error(
             f"Exceeded the maximum allowable position at current leverage: a notional of "
