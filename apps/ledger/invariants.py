@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from django.db import connection
 
-from .models import USER_KINDS
+from .models import USER_ASSET_KINDS
 
 LIMIT = 20
 
@@ -71,7 +71,7 @@ def check_balances_match_entries() -> list[Violation]:
 
 
 def check_user_balances_not_negative() -> list[Violation]:
-    kinds = [str(kind) for kind in USER_KINDS]
+    kinds = [str(kind) for kind in USER_ASSET_KINDS]
     rows = _rows(
         """
         SELECT b.account_id, ac.kind, a.code, b.amount, b.may_go_negative
@@ -91,9 +91,29 @@ def check_user_balances_not_negative() -> list[Violation]:
     ]
 
 
+def check_receivables_backed() -> list[Violation]:
+    """What a user owes is never positive and never more than the order margin they hold:
+    every return of order margin to the wallet repays it first."""
+    rows = _rows(
+        """
+        SELECT ac.user_id, a.code, -b.amount, COALESCE(om.amount, 0)
+        FROM ledger_balance b JOIN ledger_account ac ON ac.id = b.account_id
+        JOIN ledger_asset a ON a.id = b.asset_id
+        LEFT JOIN ledger_account oa ON oa.user_id = ac.user_id AND oa.kind = 'ORDER_MARGIN'
+        LEFT JOIN ledger_balance om ON om.account_id = oa.id AND om.asset_id = b.asset_id
+        WHERE ac.kind = 'RECEIVABLE' AND (b.amount > 0 OR -b.amount > COALESCE(om.amount, 0))
+        ORDER BY 1 LIMIT %s
+        """,
+        [LIMIT],
+    )
+    return [Violation("receivables_backed", f"user {user} {code}: owes {owed}, holds {held} of order margin")
+            for user, code, owed, held in rows]
+
+
 LEDGER_CHECKS = (
     check_transactions_balanced,
     check_balances_sum_to_zero,
     check_balances_match_entries,
     check_user_balances_not_negative,
+    check_receivables_backed,
 )

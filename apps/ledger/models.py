@@ -36,6 +36,9 @@ class AccountKind(models.TextChoices):
     WALLET = "WALLET", "User wallet (cross margin lives here)"
     ORDER_MARGIN = "ORDER_MARGIN", "Margin held by open orders"
     ISOLATED_MARGIN = "ISOLATED_MARGIN", "Isolated position margin (per contract)"
+    # What the user owes (<= 0): a loss beyond the free wallet, borrowed against the order
+    # margin the user still holds, and repaid first from what returns to the wallet.
+    RECEIVABLE = "RECEIVABLE", "Owed by the user, backed by order margin held"
     # System accounts, one of each.
     FEE_INCOME = "FEE_INCOME", "Fee income"
     INSURANCE_FUND = "INSURANCE_FUND", "Insurance fund"
@@ -45,7 +48,11 @@ class AccountKind(models.TextChoices):
     EXTERNAL = "EXTERNAL", "External world (deposits and withdrawals)"
 
 
-USER_KINDS = (AccountKind.WALLET, AccountKind.ORDER_MARGIN, AccountKind.ISOLATED_MARGIN)
+USER_KINDS = (AccountKind.WALLET, AccountKind.ORDER_MARGIN, AccountKind.ISOLATED_MARGIN, AccountKind.RECEIVABLE)
+# What a user owns (>= 0 always, except by recorded bad debt); a RECEIVABLE is what they owe.
+USER_ASSET_KINDS = (AccountKind.WALLET, AccountKind.ORDER_MARGIN, AccountKind.ISOLATED_MARGIN)
+# A user's cross-margin cash: free wallet, order margin held, less what they owe.
+CROSS_KINDS = (AccountKind.WALLET, AccountKind.ORDER_MARGIN, AccountKind.RECEIVABLE)
 SYSTEM_KINDS = tuple(kind for kind in AccountKind if kind not in USER_KINDS)
 # Accounts whose balance may be negative by construction (the counterpart of money
 # that entered or left, or a clearing account in between). Every other balance has a
@@ -55,6 +62,7 @@ MAY_GO_NEGATIVE_KINDS = (
     AccountKind.PNL_CLEARING,
     AccountKind.FUNDING_CLEARING,
     AccountKind.BAD_DEBT,
+    AccountKind.RECEIVABLE,
 )
 
 

@@ -58,7 +58,7 @@ class ScreenBook:
     group: np.ndarray  # per position: cross group index (meaningless for isolated rows)
     group_user: np.ndarray
     group_asset: np.ndarray
-    group_wallet: np.ndarray  # cross wallet (WALLET + ORDER_MARGIN) per group
+    group_wallet: np.ndarray  # cross wallet (WALLET + ORDER_MARGIN + RECEIVABLE) per group
     contract_size: np.ndarray  # per contract
     caps: np.ndarray  # contracts × tiers, +inf padded
     rates: np.ndarray
@@ -117,7 +117,7 @@ class ScreenBook:
                 UNION ALL
                 SELECT NULL, a.user_id, NULL, NULL, NULL, SUM(b.amount)::float8, b.asset_id
                 FROM ledger_balance b JOIN ledger_account a ON a.id = b.account_id
-                WHERE a.kind IN ('WALLET', 'ORDER_MARGIN')
+                WHERE a.kind IN ('WALLET', 'ORDER_MARGIN', 'RECEIVABLE')
                   AND a.user_id IN (SELECT user_id FROM positions_position WHERE size <> 0 AND margin_type = 'CROSS')
                 GROUP BY a.user_id, b.asset_id
                 """

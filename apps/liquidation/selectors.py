@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from apps.ledger.models import Account, AccountKind, Balance
+from apps.ledger.models import CROSS_KINDS, Account, AccountKind, Balance
 from apps.marketdata.selectors import price_latest_many
 from apps.positions.models import MarginType, Position
 from apps.positions.selectors import account_overview
@@ -68,7 +68,7 @@ def adl_scores(*, contract) -> dict[int, tuple[int, float]]:
     # statistics say (a join on the user ids could scan every balance per holder).
     isolated_accounts = dict(Account.objects.filter(kind=AccountKind.ISOLATED_MARGIN, contract=contract,
                                                     user_id__in=users).values_list("id", "user_id"))
-    cross_accounts = dict(Account.objects.filter(kind__in=(AccountKind.WALLET, AccountKind.ORDER_MARGIN),
+    cross_accounts = dict(Account.objects.filter(kind__in=CROSS_KINDS,
                                                  contract__isnull=True, user_id__in=users).values_list("id", "user_id"))
     isolated = {isolated_accounts[account]: amount for account, amount in
                 Balance.objects.filter(account_id__in=list(isolated_accounts), asset=contract.settle_asset_id)

@@ -16,7 +16,7 @@ from django.utils import timezone
 from apps.contracts.calendar import delivery_symbol, quarterly_expiries_after
 from apps.contracts.models import Contract, ContractStatus, ContractType
 from apps.contracts.services import Bracket, contract_create, tiers_from_brackets
-from apps.ledger.models import Account, AccountKind, Asset, TransactionKind
+from apps.ledger.models import USER_KINDS, Account, AccountKind, Asset, TransactionKind
 from apps.ledger.services import Leg, ledger_post, system_account, wallet_deposit
 from apps.ops.alert_defaults import rules_seed
 from apps.ops.models import AlertRule
@@ -121,7 +121,7 @@ def seed_demo(*, credentials_file: Path | None = None) -> SeedResult:
         btc = _asset("BTC", "Bitcoin")
         eth = _asset("ETH", "Ether")
         for kind in AccountKind:
-            if kind not in (AccountKind.WALLET, AccountKind.ORDER_MARGIN, AccountKind.ISOLATED_MARGIN):
+            if kind not in USER_KINDS:
                 system_account(kind)
         created = [
             c.symbol

@@ -25,7 +25,7 @@ from decimal import Decimal
 
 from django.db import connection
 
-from apps.ledger.models import AccountKind, Income, IncomeType, LedgerTransaction, TransactionKind
+from apps.ledger.models import Account, AccountKind, Income, IncomeType, LedgerTransaction, TransactionKind
 from apps.ledger.money import quantize_amount
 from apps.ledger.services import (
     Leg,
@@ -34,6 +34,7 @@ from apps.ledger.services import (
     balances_lock,
     ledger_post_many,
     system_account,
+    user_balances_lock,
 )
 
 from exchange.pgbulk import array_literal, rows_copy
@@ -111,46 +112,50 @@ def _ensure_positions(contract, user_ids: set[int]) -> dict[int, Position]:
 # unique (kind, user, contract) index serves each join). `_accounts_and_positions` falls back to
 # the creating lookups when anything is missing (a first fill, a new isolated position).
 ACCOUNTS_POSITIONS_SQL = f"""
-SELECT u.id, p.id, p.margin_type, w.id, m.id, i.id
+SELECT u.id, p.id, p.margin_type, w.id, m.id, i.id, r.id
 FROM unnest(%s::int[]) AS u(id)
 LEFT JOIN positions_position p ON p.user_id = u.id AND p.contract_id = %s
 LEFT JOIN ledger_account w ON w.user_id = u.id AND w.kind = '{AccountKind.WALLET}' AND w.contract_id IS NULL
 LEFT JOIN ledger_account m ON m.user_id = u.id AND m.kind = '{AccountKind.ORDER_MARGIN}' AND m.contract_id IS NULL
 LEFT JOIN ledger_account i ON i.user_id = u.id AND i.kind = '{AccountKind.ISOLATED_MARGIN}' AND i.contract_id = %s
+LEFT JOIN ledger_account r ON r.user_id = u.id AND r.kind = '{AccountKind.RECEIVABLE}' AND r.contract_id IS NULL
 """
 POSITIONS_LOCK_SQL = ("SELECT id, user_id, size, entry_price, leverage FROM positions_position"
                       " WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE")
 
 
 def _accounts_and_positions(contract, user_ids: set[int], order_margin_users: set[int]):
-    """(position ids, wallets, isolated-margin accounts, order-margin accounts), each by user id.
+    """(position ids, wallets, isolated-margin accounts, order-margin accounts, receivables), each by user id.
 
     Wallets for every user, isolated-margin accounts for the users whose position is isolated,
-    order-margin accounts for `order_margin_users`; missing positions and accounts are created.
+    order-margin accounts for `order_margin_users` and every other user who has one, the
+    receivables that exist; missing positions, wallets and accounts to post to are created.
     """
     with connection.cursor() as cursor:
         cursor.execute(ACCOUNTS_POSITIONS_SQL, [array_literal(sorted(user_ids)), contract.pk, contract.pk])
         rows = cursor.fetchall()
-    positions, wallets, isolated, order_margin = {}, {}, {}, {}
-    for user_id, position_id, margin_type, wallet, margin, iso in rows:
+    positions, wallets, isolated, order_margin, receivables = {}, {}, {}, {}, {}
+    for user_id, position_id, margin_type, wallet, margin, iso, receivable in rows:
+        if margin is not None:
+            order_margin[user_id] = margin
+        if receivable is not None:
+            receivables[user_id] = receivable
         isolated_position = margin_type == MarginType.ISOLATED
         if position_id is None or wallet is None or (margin is None and user_id in order_margin_users) \
                 or (iso is None and isolated_position):
             break
         positions[user_id], wallets[user_id] = position_id, wallet
-        if user_id in order_margin_users:
-            order_margin[user_id] = margin
         if isolated_position:
             isolated[user_id] = iso
     else:
-        return positions, wallets, isolated, order_margin
+        return positions, wallets, isolated, order_margin, receivables
     # Something to create: the lookups that create it, in the order accounts were always created in.
-    order_margin = accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=order_margin_users)
+    order_margin.update(accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=order_margin_users))
     rows = _ensure_positions(contract, user_ids)
     wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=user_ids)
     isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, contract=contract,
                                   user_ids={u for u, p in rows.items() if p.margin_type == MarginType.ISOLATED})
-    return {u: p.pk for u, p in rows.items()}, wallets, isolated, order_margin
+    return {u: p.pk for u, p in rows.items()}, wallets, isolated, order_margin, receivables
 
 
 class _Book:
@@ -161,7 +166,7 @@ class _Book:
         self.contract = contract
         self.precision = contract.settle_asset.precision
         self.cs = contract.contract_size
-        positions, self.wallets, self.isolated, self.order_margin = _accounts_and_positions(
+        positions, self.wallets, self.isolated, self.order_margin, self.receivables = _accounts_and_positions(
             contract, user_ids, set(order_margin_users))
         self.fund = system_account(AccountKind.INSURANCE_FUND).pk
         self.bad_debt = system_account(AccountKind.BAD_DEBT).pk
@@ -175,7 +180,8 @@ class _Book:
         # only (`lock_positions=False`) neither reads nor writes a position: it locks none.
         self.current = balances_lock(account_ids=[*self.wallets.values(), *self.isolated.values(), self.fund,
                                                   self.bad_debt, self.fee_income, self.pnl_clearing,
-                                                  *self.order_margin.values()], asset=contract.settle_asset)
+                                                  *self.order_margin.values(), *self.receivables.values()],
+                                     asset=contract.settle_asset)
         locked = []
         if lock_positions:
             with connection.cursor() as cursor:
@@ -251,8 +257,20 @@ class _Book:
                 self.delta[iso] -= back
                 self.delta[wallet] += back
                 self.states[user_id].isolated_balance -= back
+        backing = {wallet: Backing(held=self.current[self.order_margin[u]] + self.delta[self.order_margin[u]]
+                                   if u in self.order_margin else Decimal(0), receivable=self.receivables.get(u))
+                   for u, wallet in self.wallets.items()}
+        users = {wallet: u for u, wallet in self.wallets.items()}
+
+        def receivable_for(wallet: int) -> int:
+            user_id = users[wallet]
+            account = self.receivables[user_id] = accounts_for_users(kind=AccountKind.RECEIVABLE,
+                                                                     user_ids=[user_id])[user_id]
+            self.current[account] = Decimal(0)  # created now: its balance row comes with the posting
+            return account
+
         covers = deficits_cover(wallets=self.wallets, delta=self.delta, current=self.current, fund=self.fund,
-                                bad_debt=self.bad_debt)
+                                bad_debt=self.bad_debt, backing=backing, receivable_for=receivable_for)
         return {u: covers[a] for u, a in self.wallets.items() if a in covers}
 
     def post(self, *, kind: str, reference: dict, idempotency_key: str | None = None,
@@ -462,14 +480,61 @@ def adl_book(*, contract, user_id: int, quantity: Decimal, price: Decimal, count
     return booking
 
 
+def order_margin_release(*, user_id: int, asset, amount: Decimal, reference: dict) -> None:
+    """Return order margin to the user's wallet outside a matcher batch (a waiting conditional order
+    cancelled, a quarantined command), repaying first what the user owes: one posting, the rule of
+    `deficits_cover`, so a debt never stays larger than the order margin left to back it."""
+    if amount <= 0:
+        return
+    wallet = accounts_for_users(kind=AccountKind.WALLET, user_ids=[user_id])[user_id]
+    kinds = dict(Account.objects.filter(user_id=user_id, contract=None, kind__in=(
+        AccountKind.ORDER_MARGIN, AccountKind.RECEIVABLE)).values_list("kind", "pk"))
+    order_margin, receivable = kinds[AccountKind.ORDER_MARGIN], kinds.get(AccountKind.RECEIVABLE)
+    current = defaultdict(Decimal, user_balances_lock(user_id=user_id, asset=asset))
+    delta: dict[int, Decimal] = defaultdict(Decimal, {order_margin: -amount, wallet: amount})
+    deficits_cover(wallets={user_id: wallet}, delta=delta, current=current,
+                   fund=system_account(AccountKind.INSURANCE_FUND).pk, bad_debt=system_account(AccountKind.BAD_DEBT).pk,
+                   backing={wallet: Backing(held=current[order_margin] - amount, receivable=receivable)})
+    ledger_post_many(postings=[Posting(kind=TransactionKind.ORDER_MARGIN, reference=reference, legs=[
+        Leg(account, asset, value) for account, value in sorted(delta.items()) if value])])
+
+
+@dataclass(frozen=True)
+class Backing:
+    """What backs a wallet besides itself: the order margin its user holds after the booking, and
+    the user's RECEIVABLE account (None: none yet)."""
+
+    held: Decimal
+    receivable: int | None
+
+
 def deficits_cover(*, wallets: dict[int, int], delta: dict[int, Decimal], current: dict[int, Decimal],
-                    fund: int, bad_debt: int) -> dict[int, tuple[Decimal, Decimal]]:
-    """Top up wallets that would end below zero: from the insurance fund first, then bad debt.
+                   fund: int, bad_debt: int, backing: dict[int, Backing] | None = None,
+                   receivable_for=None) -> dict[int, tuple[Decimal, Decimal]]:
+    """Bring every wallet to >= 0 with the user's own money first, then the insurance fund, then bad debt.
+
+    With `backing` (wallet account -> `Backing`): what the user owes is repaid from the wallet
+    as far as it goes, and a wallet still short borrows against the order margin the user
+    holds (its RECEIVABLE goes down to minus that much; `receivable_for(wallet)` creates the
+    account when needed). The fund pays only what the user's free wallet and holds cannot:
+    a loss taken while margin is held on open orders is the user's, not the fund's.
 
     Returns account id -> (covered by the fund, recorded as bad debt) for the wallets topped up.
     """
+    backing = backing or {}
     covers: dict[int, tuple[Decimal, Decimal]] = {}
     for account in sorted(wallets.values()):
+        back = backing.get(account)
+        if back is not None:
+            receivable = back.receivable
+            owed = -(current[receivable] + delta[receivable]) if receivable is not None else Decimal(0)
+            free = current[account] + delta[account] - owed
+            borrowed = min(max(-free, Decimal(0)), back.held)
+            if borrowed != owed:
+                if receivable is None:
+                    receivable = receivable_for(account)
+                delta[receivable] += owed - borrowed
+                delta[account] -= owed - borrowed
         missing = -(current[account] + delta[account])
         if missing <= 0:
             continue

@@ -7,7 +7,8 @@ everything from them with `risk.py`, in a constant number of queries.
 Conventions (the reference exchange's): the cross wallet balance includes margin held
 by open orders; the wallet balance adds isolated margins; available balance =
 cross wallet + cross unrealized PnL − cross positions' initial margin − open-order
-margin, i.e. the WALLET account plus cross uPnL minus cross initial margin.
+margin, i.e. the WALLET account plus cross uPnL minus cross initial margin. A RECEIVABLE
+(what the user owes: a loss borrowed against their order margin) comes off both.
 """
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class AssetView:
     asset: Asset
     wallet: Decimal = ZERO  # the WALLET account: free cross collateral
     order_margin: Decimal = ZERO
+    owed: Decimal = ZERO  # the RECEIVABLE account, negated: a loss borrowed against order margin
     isolated: Decimal = ZERO
     cross_unrealized: Decimal = ZERO
     isolated_unrealized: Decimal = ZERO
@@ -58,7 +60,7 @@ class AssetView:
 
     @property
     def cross_wallet(self) -> Decimal:
-        return self.wallet + self.order_margin
+        return self.wallet + self.order_margin - self.owed
 
     @property
     def wallet_balance(self) -> Decimal:
@@ -74,7 +76,7 @@ class AssetView:
 
     @property
     def available(self) -> Decimal:
-        return self.wallet + self.cross_unrealized - self.cross_initial
+        return self.wallet - self.owed + self.cross_unrealized - self.cross_initial
 
     @property
     def max_withdraw(self) -> Decimal:
@@ -109,6 +111,8 @@ def account_overview(*, user) -> AccountOverview:
             view.wallet += amount
         elif kind == AccountKind.ORDER_MARGIN:
             view.order_margin += amount
+        elif kind == AccountKind.RECEIVABLE:
+            view.owed -= amount
         elif kind == AccountKind.ISOLATED_MARGIN:
             view.isolated += amount
             isolated_by_contract[contract_id] += amount

@@ -33,7 +33,7 @@ from django.db import connection
 
 from apps.contracts.models import Contract, ContractStatus, ContractType
 from apps.contracts.services import contract_create, tiers_from_brackets
-from apps.ledger.models import AccountKind, Asset, TransactionKind
+from apps.ledger.models import USER_KINDS, AccountKind, Asset, TransactionKind
 from apps.ledger.services import Leg, ledger_post, system_account, wallet_deposit
 from apps.liquidation.models import Liquidation, LiquidationStatus
 from apps.liquidation.services import liquidation_sweep, liquidations_advance
@@ -75,7 +75,7 @@ def market_create(*, start: datetime, insurance_fund: Decimal) -> Contract:
     usdt, _ = Asset.objects.get_or_create(code="USDT", defaults={"name": "Tether USD", "precision": 8})
     btc, _ = Asset.objects.get_or_create(code="BTC", defaults={"name": "Bitcoin", "precision": 8})
     for kind in AccountKind:
-        if kind not in (AccountKind.WALLET, AccountKind.ORDER_MARGIN, AccountKind.ISOLATED_MARGIN):
+        if kind not in USER_KINDS:
             system_account(kind)
     contract = contract_create(
         tiers=tiers_from_brackets(BTC_BRACKETS), symbol=SYMBOL, contract_type=ContractType.PERPETUAL,

@@ -12,8 +12,7 @@ import logging
 from django.db import transaction
 from django.db.models.functions import Now
 
-from apps.ledger.models import AccountKind, TransactionKind
-from apps.ledger.services import account_get_or_create, ledger_transfer
+from apps.positions.booking import order_margin_release
 
 from .models import OPEN_STATUSES, CommandKind, CommandStatus, Order, OrderCommand, OrderStatus
 
@@ -37,12 +36,8 @@ def command_quarantine(*, seq: int, error: str) -> OrderCommand | None:
         elif command.kind == CommandKind.AMEND:
             release = command.margin_added
         if release:
-            ledger_transfer(
-                source=account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=order.user),
-                destination=account_get_or_create(kind=AccountKind.WALLET, user=order.user),
-                asset=command.contract.settle_asset, amount=release, kind=TransactionKind.ORDER_MARGIN,
-                reference={"order_id": order.pk, "quarantined_seq": seq},
-            )
+            order_margin_release(user_id=order.user_id, asset=command.contract.settle_asset, amount=release,
+                                 reference={"order_id": order.pk, "quarantined_seq": seq})
         OrderCommand.objects.filter(seq=seq).update(status=CommandStatus.QUARANTINED, processed_at=Now())
         transaction.on_commit(lambda: _alert(command, error))
     logger.error("command #%s (%s order %s) quarantined: %s", seq, command.kind, command.order_id, error)

@@ -27,6 +27,7 @@ from apps.ledger.money import to_decimal
 from apps.ledger.services import account_get_or_create, ledger_transfer, bound_cursor
 from apps.liquidation.models import Liquidation, LiquidationStatus
 from apps.ops.metrics import RISK_CHECK, measure_latency
+from apps.positions.booking import order_margin_release
 from apps.positions.models import Position
 from apps.positions.services import entry_lock
 from apps.risk.conf import risk_setting
@@ -512,13 +513,8 @@ def _hold(*, user, contract: Contract, order: Order, amount: Decimal, accounts: 
 
 
 def _release(*, order: Order, amount: Decimal) -> None:
-    if amount > 0:
-        ledger_transfer(
-            source=account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=order.user),
-            destination=account_get_or_create(kind=AccountKind.WALLET, user=order.user),
-            asset=order.contract.settle_asset, amount=amount, kind=TransactionKind.ORDER_MARGIN,
-            reference={"order_id": order.pk, "release": True},
-        )
+    order_margin_release(user_id=order.user_id, asset=order.contract.settle_asset, amount=amount,
+                         reference={"order_id": order.pk, "release": True})
 
 
 def order_get(*, user, contract: Contract | None = None, order_id: int | None = None, client_order_id: str | None = None,

@@ -26,12 +26,13 @@ def test_the_one_lookup_finds_what_the_creating_lookups_created(make_user, usdt,
     with CaptureQueriesContext(connection) as queries:
         found = booking._accounts_and_positions(btcusdt, users, releasing)
     assert found == created and len(queries) == 1
-    positions, wallets, isolated, order_margin = found
+    positions, wallets, isolated, order_margin, receivables = found
     assert positions == dict(Position.objects.filter(contract=btcusdt).values_list("user_id", "pk"))
     assert wallets == accounts_for_users(kind=AccountKind.WALLET, user_ids=users)
     assert isolated == accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids={alice.pk}, contract=btcusdt)
     assert order_margin == accounts_for_users(kind=AccountKind.ORDER_MARGIN, user_ids=releasing)
     assert not Account.objects.filter(kind=AccountKind.ORDER_MARGIN, user__in=(alice, carol)).exists()
+    assert receivables == {}  # only a loss borrowed against order margin creates one
 
 
 def test_first_fills_create_positions_and_isolated_margin_then_close(make_user, usdt, btcusdt):
