@@ -265,6 +265,23 @@ static inline uint32_t ht_find(const Core *b, int64_t oid)
     }
 }
 
+/* Like ht_find; *at receives the index of the entry found or, if absent, of the
+   empty entry that ended the probe (where order_rest_at inserts it, as long as
+   the table has not changed in between). */
+static inline uint32_t ht_lookup(const Core *b, int64_t oid, uint64_t *at)
+{
+    const HEntry *ht = b->ht;
+    uint64_t mask = b->ht_mask, i = hslot(oid, b->ht_shift);
+    for (;;) {
+        uint32_t v = ht[i].val;
+        if (v == 0 || ht[i].key == oid) {
+            *at = i;
+            return v - 1;   /* NIL when v == 0 */
+        }
+        i = (i + 1) & mask;
+    }
+}
+
 static inline void ht_put(HEntry *ht, uint64_t mask, int shift, int64_t oid, uint32_t slot)
 {
     uint64_t i = hslot(oid, shift);
@@ -273,26 +290,34 @@ static inline void ht_put(HEntry *ht, uint64_t mask, int shift, int64_t oid, uin
     ht[i].val = slot + 1;
 }
 
-static void ht_remove(Core *b, int64_t oid)
+/* Remove the entry at index i: backward-shift deletion, no tombstones. */
+static inline void ht_remove_at(Core *b, uint64_t i)
 {
-    uint64_t mask = b->ht_mask, i = hslot(oid, b->ht_shift);
-    while (b->ht[i].key != oid || b->ht[i].val == 0) {
-        assert(b->ht[i].val != 0);
-        i = (i + 1) & mask;
-    }
-    /* backward-shift deletion: no tombstones */
-    uint64_t j = i;
+    HEntry *ht = b->ht;
+    uint64_t mask = b->ht_mask, j = i;
+    int shift = b->ht_shift;
     for (;;) {
         j = (j + 1) & mask;
-        if (b->ht[j].val == 0) break;
-        uint64_t k = hslot(b->ht[j].key, b->ht_shift);
+        if (ht[j].val == 0) break;
+        uint64_t k = hslot(ht[j].key, shift);
         if (((j - k) & mask) >= ((j - i) & mask)) {
-            b->ht[i] = b->ht[j];
+            ht[i] = ht[j];
             i = j;
         }
     }
-    b->ht[i].val = 0;
-    b->ht[i].key = 0;
+    ht[i].val = 0;
+    ht[i].key = 0;
+}
+
+static inline void ht_remove(Core *b, int64_t oid)
+{
+    const HEntry *ht = b->ht;
+    uint64_t mask = b->ht_mask, i = hslot(oid, b->ht_shift);
+    while (ht[i].key != oid || ht[i].val == 0) {
+        assert(ht[i].val != 0);
+        i = (i + 1) & mask;
+    }
+    ht_remove_at(b, i);
 }
 
 static int ht_alloc(uint64_t want, HEntry **out, uint64_t *mask, int *shift)
@@ -498,42 +523,47 @@ static int ev_reserve(Core *b, size_t extra)
     return 0;
 }
 
-static inline Event *ev_push(Core *b, uint8_t kind, uint8_t reason, uint8_t op)
+/* The buffer is full: grow it (or, out of memory, hand out the scratch record
+   and report MemoryError after the call). */
+__attribute__((noinline, cold)) static Event *ev_next_slow(Core *b)
 {
-    Event *e;
-    if (b->ev_n == b->ev_cap && ev_reserve(b, 1) < 0) {
+    if (ev_reserve(b, 1) < 0) {
         b->ev_oom = 1;
-        e = &b->ev_scratch;
-    } else {
-        e = &b->ev[b->ev_n++];
+        return &b->ev_scratch;
     }
-    memset(e, 0, sizeof(*e));
-    e->kind = kind;
-    e->reason = reason;
-    e->op = op;
+    return &b->ev[b->ev_n++];
+}
+
+static inline Event *ev_next(Core *b)
+{
+    size_t n = b->ev_n;
+    if (__builtin_expect(n == b->ev_cap, 0)) return ev_next_slow(b);
+    b->ev_n = n + 1;
+    return &b->ev[n];
+}
+
+/* Append one whole event record (every field written once, padding zero). */
+static inline Event *ev_put(Core *b, uint8_t kind, uint8_t reason, uint8_t side, uint8_t flags,
+                            uint8_t op, int64_t oid, int64_t owner, int64_t maker_oid,
+                            int64_t maker_owner, int64_t price, int64_t qty, int64_t leaves,
+                            int64_t maker_leaves)
+{
+    Event *e = ev_next(b);
+    *e = (Event){.kind = kind, .reason = reason, .side = side, .flags = flags, .op = op,
+                 .oid = oid, .owner = owner, .maker_oid = maker_oid, .maker_owner = maker_owner,
+                 .price = price, .qty = qty, .leaves = leaves, .maker_leaves = maker_leaves};
     return e;
 }
 
-static void ev_reject(Core *b, const Cmd *c, uint8_t reason)
+__attribute__((noinline)) static void ev_reject(Core *b, const Cmd *c, uint8_t reason)
 {
-    Event *e = ev_push(b, EV_REJECTED, reason, c->op);
-    e->side = c->side;
-    e->oid = c->oid;
-    e->owner = c->owner;
-    e->price = c->price;
-    e->qty = c->qty;
+    ev_put(b, EV_REJECTED, reason, c->side, 0, c->op, c->oid, c->owner, 0, 0, c->price, c->qty, 0, 0);
 }
 
-static Event *ev_cancelled(Core *b, uint8_t op, uint8_t reason, uint8_t side, int64_t oid,
-                           int64_t owner, int64_t price, int64_t qty)
+static inline Event *ev_cancelled(Core *b, uint8_t op, uint8_t reason, uint8_t side, int64_t oid,
+                                  int64_t owner, int64_t price, int64_t qty)
 {
-    Event *e = ev_push(b, EV_CANCELLED, reason, op);
-    e->side = side;
-    e->oid = oid;
-    e->owner = owner;
-    e->price = price;
-    e->qty = qty;
-    return e;
+    return ev_put(b, EV_CANCELLED, reason, side, 0, op, oid, owner, 0, 0, price, qty, 0, 0);
 }
 
 /* ------------------------------------------------------------------- core */
@@ -594,7 +624,15 @@ static int core_init(Core *b, int64_t min_tick, int64_t max_tick, uint32_t cap)
     if (ht_alloc(want, &b->ht, &b->ht_mask, &b->ht_shift) < 0) return -1;
     if (pos_alloc(POS_INITIAL, &b->pos, &b->pos_mask, &b->pos_shift) < 0) return -1;
     core_reset_orders(b);
-    return ev_reserve(b, 1024);
+    /* Event buffer: 1024 records, more for a book presized for many orders (up to
+       16384, 1.1 MiB), so that typical batches never grow it; written once now
+       so that its pages never fault inside a call. */
+    size_t ev0 = cap / 64;
+    if (ev0 < 1024) ev0 = 1024;
+    if (ev0 > 16384) ev0 = 16384;
+    if (ev_reserve(b, ev0) < 0) return -1;
+    memset(b->ev, 0, b->ev_cap * sizeof(Event));
+    return 0;
 }
 
 /* remove every resting order, keep the allocations */
@@ -614,52 +652,68 @@ static void core_clear_positions(Core *b)
     b->pos_count = 0;
 }
 
-/* Append slot s (fields oid/owner/qty/side/lvl set) to the tail of its level.
+/* Append slot s (fields oid/owner/qty/side/lvl/flags set) to the tail of its level.
    The level's chunk must exist. */
 static inline void level_append(Core *b, uint32_t s)
 {
-    Order *o = &b->orders[s];
-    Level *L = lv(b, o->lvl);
+    Order *orders = b->orders;
+    Order *o = &orders[s];
+    uint32_t i = o->lvl;
+    Level *L = lv(b, i);
     o->next = NIL;
     if (L->count == 0) {
         o->prev = NIL;
-        L->head = L->tail = s;
-        bm_set(b, o->lvl);
+        L->head = s;
+        bm_set(b, i);
         if (o->side == SIDE_BUY) {
-            if ((int64_t)o->lvl > b->best_bid) b->best_bid = o->lvl;
+            if ((int64_t)i > b->best_bid) b->best_bid = i;
         } else {
-            if (b->best_ask < 0 || (int64_t)o->lvl < b->best_ask) b->best_ask = o->lvl;
+            if ((uint64_t)i < (uint64_t)b->best_ask) b->best_ask = i;   /* -1 (none) compares above */
         }
     } else {
-        o->prev = L->tail;
-        b->orders[L->tail].next = s;
-        L->tail = s;
+        uint32_t t = L->tail;
+        o->prev = t;
+        orders[t].next = s;
     }
+    L->tail = s;
     L->count++;
     L->total += o->qty;
-    if (o->flags) L->ro++;
+    L->ro += o->flags;   /* flags is 0 or CF_REDUCE_ONLY (1) */
+}
+
+/* Level i (of `side`) just became empty: clear its bit and move the best price. */
+static inline void level_emptied(Core *b, uint32_t i, uint8_t side)
+{
+    bm_clear(b, i);
+    if (side == SIDE_BUY) {
+        if ((int64_t)i == b->best_bid) b->best_bid = bm_prev(b, (int64_t)i - 1);
+    } else {
+        if ((int64_t)i == b->best_ask) b->best_ask = bm_next(b, (int64_t)i + 1);
+    }
 }
 
 /* Unlink slot s from its level (slot and hash entry stay). */
 static inline void level_unlink(Core *b, uint32_t s)
 {
-    Order *o = &b->orders[s];
-    Level *L = lv(b, o->lvl);
-    if (o->prev != NIL) b->orders[o->prev].next = o->next;
-    else L->head = o->next;
-    if (o->next != NIL) b->orders[o->next].prev = o->prev;
-    else L->tail = o->prev;
-    L->count--;
+    Order *orders = b->orders;
+    Order *o = &orders[s];
+    uint32_t i = o->lvl, prev = o->prev, next = o->next;
+    Level *L = lv(b, i);
+    if (prev != NIL) orders[prev].next = next;
+    else L->head = next;
+    if (next != NIL) orders[next].prev = prev;
+    else L->tail = prev;
     L->total -= o->qty;
-    if (o->flags) L->ro--;
-    if (L->count == 0) {
-        bm_clear(b, o->lvl);
-        if (o->side == SIDE_BUY) {
-            if ((int64_t)o->lvl == b->best_bid) b->best_bid = bm_prev(b, (int64_t)o->lvl - 1);
-        } else {
-            if ((int64_t)o->lvl == b->best_ask) b->best_ask = bm_next(b, (int64_t)o->lvl + 1);
-        }
-    }
+    L->ro -= o->flags;
+    if (--L->count == 0) level_emptied(b, i, o->side);
+}
+
+/* Return slot s to the free list. */
+static inline void slot_free(Core *b, uint32_t s)
+{
+    b->orders[s].next = b->free_head;
+    b->free_head = s;
+    b->count--;
 }
 
 /* Remove order s from the book entirely. */
@@ -667,14 +721,14 @@ static inline void order_remove(Core *b, uint32_t s)
 {
     level_unlink(b, s);
     ht_remove(b, b->orders[s].oid);
-    b->orders[s].next = b->free_head;
-    b->free_head = s;
-    b->count--;
+    slot_free(b, s);
 }
 
-/* Rest a new order (pool_ensure and ensure_chunk already succeeded). */
-static void order_rest(Core *b, uint8_t side, int64_t oid, int64_t owner, uint32_t lvl, int64_t qty,
-                       uint8_t flags)
+/* Rest a new order (slot_ensure and ensure_chunk already succeeded); its hash
+   entry goes to index hi, the empty entry that ended ht_lookup(oid) on the
+   current table. */
+static inline void order_rest_at(Core *b, uint8_t side, int64_t oid, int64_t owner, uint32_t lvl,
+                                 int64_t qty, uint8_t flags, uint64_t hi)
 {
     uint32_t s = b->free_head;
     Order *o = &b->orders[s];
@@ -686,14 +740,30 @@ static void order_rest(Core *b, uint8_t side, int64_t oid, int64_t owner, uint32
     o->side = side;
     o->flags = flags & CF_REDUCE_ONLY;
     level_append(b, s);
-    ht_put(b->ht, b->ht_mask, b->ht_shift, oid, s);
+    b->ht[hi].key = oid;
+    b->ht[hi].val = s + 1;
     b->count++;
 }
 
+/* Rest a new order (slot_ensure and ensure_chunk already succeeded). */
+static void order_rest(Core *b, uint8_t side, int64_t oid, int64_t owner, uint32_t lvl, int64_t qty,
+                       uint8_t flags)
+{
+    uint64_t hi;
+    (void)ht_lookup(b, oid, &hi);
+    order_rest_at(b, side, oid, owner, lvl, qty, flags, hi);
+}
+
+/* Would an order of `side` at level lvl (>= 0) reach the opposite best?
+   Branch-free: the side of a command is unpredictable. A BUY reaches an ask at or
+   below it (no ask: -1 as unsigned is above any level); a SELL a bid at or above
+   it (no bid: -1 is below any level). */
 static inline int crosses(const Core *b, uint8_t side, int64_t lvl)
 {
-    if (side == SIDE_BUY) return b->best_ask >= 0 && lvl >= b->best_ask;
-    return b->best_bid >= 0 && lvl <= b->best_bid;
+    int buy_x = (uint64_t)b->best_ask <= (uint64_t)lvl;
+    int sell_x = lvl <= b->best_bid;
+    int buy = side == SIDE_BUY;
+    return (buy & buy_x) | ((buy ^ 1) & sell_x);
 }
 
 /* Could a taker of `qty` be filled completely within limit level `lim`?
@@ -733,137 +803,180 @@ static int fok_fillable(const Core *b, const Cmd *c, int64_t lim)
    when that is 0. The taker's own position change is summed in `tdelta` and
    stored once at the end (one map access per fill instead of two); the only
    reader of it during the sweep, a reduce-only maker of the taker's own owner,
-   adds it in. */
-static int64_t match(Core *b, const Cmd *c, int64_t qty, int64_t lim, int *expired)
+   adds it in.
+   The outer loop finds the best opposite level, the inner one takes its makers
+   head first while it has any (the best price only moves when a level empties;
+   the pool and the ladder are never reallocated during a sweep). */
+__attribute__((noinline)) static int64_t match(Core *b, const Cmd *c, int64_t qty, int64_t lim, int *expired)
 {
+    const int buy = c->side == SIDE_BUY;
+    const uint8_t op = c->op, cside = c->side, stp = c->stp;
+    const int64_t coid = c->oid, cowner = c->owner, min_tick = b->min_tick;
     int64_t rem = qty, tdelta = 0;
-    int buy = c->side == SIDE_BUY;
     while (rem > 0) {
         int64_t best = buy ? b->best_ask : b->best_bid;
-        if (best < 0 || (buy ? best > lim : best < lim)) break;
+        /* lim >= 0: a BUY stops at no ask (-1 as unsigned is above any lim) or an
+           ask above lim; a SELL at no bid (-1 < lim) or a bid below lim */
+        if (buy ? (uint64_t)best > (uint64_t)lim : best < lim) break;
         Level *L = lv(b, (uint32_t)best);
-        uint32_t s = L->head;
-        Order *o = &b->orders[s];
-        if (c->stp != STP_NONE && o->owner == c->owner) {
-            if (c->stp != STP_EXPIRE_TAKER) {
-                ev_cancelled(b, c->op, R_STP_MAKER, o->side, o->oid, o->owner,
-                             b->min_tick + (int64_t)o->lvl, o->qty);
-                order_remove(b, s);
-            }
-            if (c->stp != STP_EXPIRE_MAKER) {
-                ev_cancelled(b, c->op, R_STP_TAKER, c->side, c->oid, c->owner, c->price, rem);
-                *expired = 1;
-                break;
-            }
-            continue;
-        }
-        int64_t q = rem < o->qty ? rem : o->qty;
-        if (o->flags & CF_REDUCE_ONLY) {
-            int64_t allowed = reducible_of(pos_plus(b, o->owner, o->owner == c->owner ? tdelta : 0),
-                                           o->side);
-            if (allowed == 0) {
-                ev_cancelled(b, c->op, R_REDUCE_ONLY, o->side, o->oid, o->owner,
-                             b->min_tick + (int64_t)o->lvl, o->qty);
-                order_remove(b, s);
+        const int64_t px = min_tick + best;
+        do {
+            uint32_t s = L->head;
+            Order *o = &b->orders[s];
+            const int64_t mowner = o->owner;
+            if (__builtin_expect(stp != STP_NONE, 0) && mowner == cowner) {
+                if (stp != STP_EXPIRE_TAKER) {
+                    ev_cancelled(b, op, R_STP_MAKER, o->side, o->oid, mowner, px, o->qty);
+                    order_remove(b, s);
+                }
+                if (stp != STP_EXPIRE_MAKER) {
+                    ev_cancelled(b, op, R_STP_TAKER, cside, coid, cowner, c->price, rem);
+                    *expired = 1;
+                    goto done;
+                }
                 continue;
             }
-            if (allowed < q) q = allowed;
-        }
-        rem -= q;
-        o->qty -= q;
-        L->total -= q;
-        if (o->owner != c->owner) {
-            int64_t d = buy ? q : -q;
-            tdelta += d;
-            pos_add(b, o->owner, -d);
-        }
-        Event *e = ev_push(b, EV_FILL, R_NONE, c->op);
-        e->side = c->side;
-        e->oid = c->oid;
-        e->owner = c->owner;
-        e->maker_oid = o->oid;
-        e->maker_owner = o->owner;
-        e->price = b->min_tick + best;
-        e->qty = q;
-        e->leaves = rem;
-        e->maker_leaves = o->qty;
-        e->flags = (uint8_t)((o->qty == 0 ? F_MAKER_DONE : 0) | (rem == 0 ? F_TAKER_DONE : 0));
-        if (o->qty == 0) {
-            order_remove(b, s);
-        } else if ((o->flags & CF_REDUCE_ONLY) &&
-                   reducible_of(pos_plus(b, o->owner, o->owner == c->owner ? tdelta : 0),
-                                o->side) == 0) {
-            ev_cancelled(b, c->op, R_REDUCE_ONLY, o->side, o->oid, o->owner,
-                         b->min_tick + (int64_t)o->lvl, o->qty);
-            order_remove(b, s);
-        }
+            int64_t oq = o->qty;
+            int64_t q = rem < oq ? rem : oq;
+            if (__builtin_expect(o->flags != 0, 0)) {   /* reduce-only maker */
+                int64_t allowed = reducible_of(pos_plus(b, mowner, mowner == cowner ? tdelta : 0), o->side);
+                if (allowed == 0) {
+                    ev_cancelled(b, op, R_REDUCE_ONLY, o->side, o->oid, mowner, px, oq);
+                    order_remove(b, s);
+                    continue;
+                }
+                if (allowed < q) q = allowed;
+            }
+            rem -= q;
+            oq -= q;
+            o->qty = oq;
+            L->total -= q;
+            if (mowner != cowner) {
+                int64_t d = buy ? q : -q;
+                tdelta += d;
+                pos_add(b, mowner, -d);
+            }
+            const int64_t moid = o->oid;
+            ev_put(b, EV_FILL, R_NONE, cside,
+                   (uint8_t)((oq == 0 ? F_MAKER_DONE : 0) | (rem == 0 ? F_TAKER_DONE : 0)), op,
+                   coid, cowner, moid, mowner, px, q, rem, oq);
+            if (oq == 0) {
+                /* the maker is the level's head: pop it */
+                uint32_t next = o->next;
+                L->head = next;
+                L->ro -= o->flags;
+                if (next != NIL) b->orders[next].prev = NIL;
+                else L->tail = NIL;
+                if (--L->count == 0) level_emptied(b, (uint32_t)best, o->side);
+                ht_remove(b, moid);
+                slot_free(b, s);
+            } else if (__builtin_expect(o->flags != 0, 0) &&
+                       reducible_of(pos_plus(b, mowner, mowner == cowner ? tdelta : 0), o->side) == 0) {
+                ev_cancelled(b, op, R_REDUCE_ONLY, o->side, moid, mowner, px, oq);
+                order_remove(b, s);
+            }
+        } while (rem > 0 && L->count != 0);
     }
-    if (tdelta) pos_add(b, c->owner, tdelta);
+done:
+    if (tdelta) pos_add(b, cowner, tdelta);
     return rem;
+}
+
+/* The first failing check of a new order that failed one of side, stp, qty,
+   price band (in that order). */
+__attribute__((noinline, cold)) static void new_reject(Core *b, const Cmd *c)
+{
+    uint8_t reason;
+    if (c->side != SIDE_BUY && c->side != SIDE_SELL) reason = R_BAD_SIDE;
+    else if (c->stp > STP_EXPIRE_BOTH) reason = R_BAD_STP;
+    else if (c->qty <= 0 || c->qty > MAX_QTY) reason = R_BAD_QTY;
+    else reason = R_PRICE_OUT_OF_BAND;
+    ev_reject(b, c, reason);
+}
+
+/* A reduce-only taker keeps at most what its owner may reduce. Returns the qty
+   it goes on with, 0 if it is finished (events written). */
+__attribute__((noinline)) static int64_t reduce_only_taker(Core *b, const Cmd *c, int64_t qty)
+{
+    int64_t allowed = reducible(b, c->owner, c->side);
+    if (qty <= allowed) return qty;
+    if (c->op == OP_FOK) {
+        ev_cancelled(b, c->op, R_FOK_NOT_FILLABLE, c->side, c->oid, c->owner, c->price, qty);
+        return 0;
+    }
+    Event *e = ev_cancelled(b, c->op, R_REDUCE_ONLY, c->side, c->oid, c->owner, c->price, qty - allowed);
+    e->leaves = allowed;
+    return allowed;
 }
 
 static void cmd_new(Core *b, const Cmd *c)
 {
-    if (c->side != SIDE_BUY && c->side != SIDE_SELL) { ev_reject(b, c, R_BAD_SIDE); return; }
-    if (c->stp > STP_EXPIRE_BOTH) { ev_reject(b, c, R_BAD_STP); return; }
-    if (c->qty <= 0 || c->qty > MAX_QTY) { ev_reject(b, c, R_BAD_QTY); return; }
-    if (c->price < b->min_tick || c->price > b->max_tick) { ev_reject(b, c, R_PRICE_OUT_OF_BAND); return; }
-    if (ht_find(b, c->oid) != NIL) { ev_reject(b, c, R_DUPLICATE_ORDER_ID); return; }
-    uint32_t lvl = (uint32_t)(c->price - b->min_tick);
-    int rests = c->op == OP_LIMIT || c->op == OP_POST_ONLY;
-    if (rests && (slot_ensure(b) < 0 || ensure_chunk(b, lvl) < 0)) {
-        ev_reject(b, c, R_BOOK_FULL);
+    const int64_t price = c->price;
+    const uint8_t side = c->side, op = c->op;
+    if (__builtin_expect((uint8_t)(side - 1) > 1 || c->stp > STP_EXPIRE_BOTH ||
+                         (uint64_t)c->qty - 1 >= (uint64_t)MAX_QTY ||
+                         (price < b->min_tick) | (price > b->max_tick), 0)) {
+        new_reject(b, c);
         return;
+    }
+    uint64_t hi;
+    if (__builtin_expect(ht_lookup(b, c->oid, &hi) != NIL, 0)) {
+        ev_reject(b, c, R_DUPLICATE_ORDER_ID);
+        return;
+    }
+    const uint32_t lvl = (uint32_t)(price - b->min_tick);
+    const int rests = op == OP_LIMIT || op == OP_POST_ONLY;
+    int hi_valid = 1;   /* hi is still the insertion point of c->oid */
+    int short_of_room = (b->free_head == NIL) | (((uint64_t)b->count + 1) * 2 > b->ht_mask + 1) |
+                        (b->chunks[lvl >> CHUNK_BITS] == NULL);
+    if (__builtin_expect(rests & short_of_room, 0)) {
+        if (slot_ensure(b) < 0 || ensure_chunk(b, lvl) < 0) {
+            ev_reject(b, c, R_BOOK_FULL);
+            return;
+        }
+        hi_valid = 0;   /* the hash may have been rebuilt */
     }
     int64_t qty = c->qty;
-    if (c->flags & CF_REDUCE_ONLY) {
-        /* a reduce-only taker keeps at most what its owner may reduce */
-        int64_t allowed = reducible(b, c->owner, c->side);
-        if (qty > allowed) {
-            if (c->op == OP_FOK) {
-                ev_cancelled(b, c->op, R_FOK_NOT_FILLABLE, c->side, c->oid, c->owner, c->price, qty);
-                return;
-            }
-            Event *e = ev_cancelled(b, c->op, R_REDUCE_ONLY, c->side, c->oid, c->owner, c->price,
-                                    qty - allowed);
-            e->leaves = allowed;
-            if (allowed == 0) return;
-            qty = allowed;
-        }
-    }
-    if (c->op == OP_POST_ONLY && crosses(b, c->side, lvl)) {
-        ev_cancelled(b, c->op, R_POST_ONLY_WOULD_TAKE, c->side, c->oid, c->owner, c->price, qty);
+    if (__builtin_expect(c->flags & CF_REDUCE_ONLY, 0) && (qty = reduce_only_taker(b, c, qty)) == 0)
+        return;
+    const int cross = crosses(b, side, lvl);
+    if (op == OP_POST_ONLY && cross) {
+        ev_cancelled(b, op, R_POST_ONLY_WOULD_TAKE, side, c->oid, c->owner, price, qty);
         return;
     }
-    if (c->op == OP_FOK && !fok_fillable(b, c, lvl)) {
-        ev_cancelled(b, c->op, R_FOK_NOT_FILLABLE, c->side, c->oid, c->owner, c->price, qty);
+    if (op == OP_FOK && !fok_fillable(b, c, lvl)) {
+        ev_cancelled(b, op, R_FOK_NOT_FILLABLE, side, c->oid, c->owner, price, qty);
         return;
     }
-    int expired = 0;
-    int64_t rem = match(b, c, qty, lvl, &expired);
-    if (rem == 0 || expired) return;
+    int64_t rem = qty;
+    if (cross) {
+        int expired = 0;
+        rem = match(b, c, qty, lvl, &expired);
+        if (rem == 0 || expired) return;
+        hi_valid = 0;   /* makers left the hash */
+    }
     if (rests) {
-        order_rest(b, c->side, c->oid, c->owner, lvl, rem, c->flags);
-        Event *e = ev_push(b, EV_RESTED, R_NONE, c->op);
-        e->side = c->side;
-        e->oid = c->oid;
-        e->owner = c->owner;
-        e->price = c->price;
-        e->qty = rem;
-        e->leaves = rem;
+        if (!hi_valid) (void)ht_lookup(b, c->oid, &hi);
+        order_rest_at(b, side, c->oid, c->owner, lvl, rem, c->flags, hi);
+        ev_put(b, EV_RESTED, R_NONE, side, 0, op, c->oid, c->owner, 0, 0, price, rem, rem, 0);
     } else {
-        ev_cancelled(b, c->op, R_REMAINDER_EXPIRED, c->side, c->oid, c->owner, c->price, rem);
+        ev_cancelled(b, op, R_REMAINDER_EXPIRED, side, c->oid, c->owner, price, rem);
     }
 }
 
 static void cmd_cancel(Core *b, const Cmd *c)
 {
-    uint32_t s = ht_find(b, c->oid);
-    if (s == NIL) { ev_reject(b, c, R_UNKNOWN_ORDER); return; }
+    uint64_t hi;
+    uint32_t s = ht_lookup(b, c->oid, &hi);
+    if (__builtin_expect(s == NIL, 0)) {
+        ev_reject(b, c, R_UNKNOWN_ORDER);
+        return;
+    }
     Order *o = &b->orders[s];
-    ev_cancelled(b, c->op, R_USER_CANCEL, o->side, o->oid, o->owner,
-                 b->min_tick + (int64_t)o->lvl, o->qty);
-    order_remove(b, s);
+    ev_cancelled(b, c->op, R_USER_CANCEL, o->side, o->oid, o->owner, b->min_tick + (int64_t)o->lvl, o->qty);
+    level_unlink(b, s);
+    ht_remove_at(b, hi);
+    slot_free(b, s);
 }
 
 static void cmd_amend(Core *b, const Cmd *c)
@@ -890,21 +1003,27 @@ static void cmd_amend(Core *b, const Cmd *c)
         o->qty = c->qty;
         level_append(b, s);
     }
-    Event *e = ev_push(b, EV_AMENDED, R_NONE, c->op);
-    e->side = o->side;
-    e->flags = flags;
-    e->oid = o->oid;
-    e->owner = o->owner;
-    e->price = b->min_tick + (int64_t)nl;
-    e->qty = o->qty;
-    e->leaves = o->qty;
+    ev_put(b, EV_AMENDED, R_NONE, o->side, flags, c->op, o->oid, o->owner, 0, 0,
+           b->min_tick + (int64_t)nl, o->qty, o->qty, 0);
 }
 
-/* Batch prefetching: the hash line of command i+PF_HASH and, for cancels and
-   amends, the order slot of command i+PF_SLOT are requested ahead of use so the
-   cache misses of consecutive commands overlap. Pure hints: no effect on results. */
+/* Batch prefetching: the command record i+PF_CMD, the hash line of command
+   i+PF_HASH and, for cancels and amends when the book holds at least
+   PF_SLOT_MIN_ORDERS orders, the order slot of command i+PF_SLOT are requested
+   ahead of use so the cache misses of consecutive commands overlap. Pure hints:
+   no effect on results. */
+#ifndef PF_HASH
 #define PF_HASH 8
+#endif
+#ifndef PF_SLOT
 #define PF_SLOT 4
+#endif
+#ifndef PF_SLOT_MIN_ORDERS   /* resting orders from which cancel/amend slots are prefetched */
+#define PF_SLOT_MIN_ORDERS 32768
+#endif
+#ifndef PF_CMD
+#define PF_CMD 32
+#endif
 
 /* Both read only the fields they need from the raw record `rec` (a Cmd). */
 static inline void prefetch_hash(const Core *b, const char *rec)
@@ -919,11 +1038,18 @@ static inline void prefetch_hash(const Core *b, const char *rec)
 #endif
 }
 
+/* For a cancel or amend, the order slot (found through the hash line that was
+   prefetched PF_HASH - PF_SLOT commands ago). Only worth it when the live
+   orders do not fit in the caches: the branch on the op is unpredictable in a
+   mixed stream and costs more than the hint saves on a small book (see
+   Book_execute). */
 static inline void prefetch_slot(const Core *b, const char *rec)
 {
 #ifdef MATCHING_NO_PREFETCH
+    (void)b;
+    (void)rec;
     return;
-#endif
+#else
     uint8_t op = (uint8_t)rec[offsetof(Cmd, op)];
     if (op == OP_CANCEL || op == OP_AMEND) {
         int64_t oid;
@@ -935,6 +1061,7 @@ static inline void prefetch_slot(const Core *b, const char *rec)
             __builtin_prefetch((const char *)o + sizeof(Order) - 1);
         }
     }
+#endif
 }
 
 static inline void core_process(Core *b, const Cmd *c)
@@ -1124,8 +1251,11 @@ typedef struct {
     PyObject *invariant_error;
 } module_state;
 
+#define SMALL_RESULTS 32   /* cached int objects for the event counts 0..31 of one call */
+
 typedef struct {
     PyObject_HEAD
+    PyObject *small[SMALL_RESULTS];  /* owned references: ints 0..SMALL_RESULTS-1 */
     Core core;
 } BookObject;
 
@@ -1145,9 +1275,9 @@ static inline int small_int(PyObject *o, int64_t *out)
 #else
     if (PyLong_CheckExact(o)) {
         Py_ssize_t size = Py_SIZE(o);
-        if (size == 0 || size == 1 || size == -1) {
-            int64_t d = (int64_t)((PyLongObject *)o)->ob_digit[0];
-            *out = size < 0 ? -d : d;
+        if ((size_t)(size + 1) <= 2) {   /* size -1, 0 or 1: one digit (or none) */
+            /* size * digit: the sign, and 0 for size 0 whatever the digit holds */
+            *out = (int64_t)size * (int64_t)((PyLongObject *)o)->ob_digit[0];
             return 1;
         }
     }
@@ -1196,11 +1326,13 @@ static int as_u8(PyObject *o, uint8_t *out, const char *name)
 
 static PyObject *finish_events(BookObject *self, size_t before)
 {
-    if (self->core.ev_oom) {
+    if (__builtin_expect(self->core.ev_oom, 0)) {
         self->core.ev_oom = 0;
         return PyErr_NoMemory();
     }
-    return PyLong_FromSize_t(self->core.ev_n - before);
+    size_t n = self->core.ev_n - before;
+    if (__builtin_expect(n < SMALL_RESULTS, 1)) return Py_NewRef(self->small[n]);
+    return PyLong_FromSize_t(n);
 }
 
 static PyObject *run_one(BookObject *self, const Cmd *c)
@@ -1234,6 +1366,8 @@ static PyObject *Book_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     self = (BookObject *)type->tp_alloc(type, 0);
     if (!self) goto error;
+    for (int k = 0; k < SMALL_RESULTS; k++)
+        if (!(self->small[k] = PyLong_FromLong(k))) goto error;
     if (core_init(&self->core, min_tick, max_tick, (uint32_t)capacity) < 0) {
         PyErr_NoMemory();
         goto error;
@@ -1248,6 +1382,7 @@ static void Book_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     core_free(&((BookObject *)self)->core);
+    for (int k = 0; k < SMALL_RESULTS; k++) Py_CLEAR(((BookObject *)self)->small[k]);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -1284,8 +1419,38 @@ PyDoc_STRVAR(Book_submit_doc,
 "commands produce a REJECTED event, never an exception; only values that do not\n"
 "fit the record (op/side/stp outside 0..255, ints outside int64) raise.");
 
+static PyObject *submit_slow(PyObject *self, PyObject *const *args, Py_ssize_t nargsf,
+                             PyObject *kwnames);
+
+/* The common call (6 or 7 positional small ints, no keyword) is decoded inline;
+   anything else (keywords, big or non-int values, errors) takes submit_slow. */
 static PyObject *Book_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargsf,
                              PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (__builtin_expect(kwnames == NULL && (nargs == 7 || nargs == 6), 1)) {
+        int64_t op = 0, side = 0, oid = 0, owner = 0, price = 0, qty = 0, stp = 0;
+        int ok = small_int(args[0], &op) & small_int(args[1], &side) & small_int(args[2], &oid) &
+                 small_int(args[3], &owner) & small_int(args[4], &price) & small_int(args[5], &qty);
+        if (nargs == 7) ok &= small_int(args[6], &stp);
+        if (__builtin_expect(ok && ((uint64_t)op | (uint64_t)side | (uint64_t)stp) <= 255, 1)) {
+            Cmd c;
+            memset(&c, 0, sizeof(c));
+            c.op = (uint8_t)op;
+            c.side = (uint8_t)side;
+            c.stp = (uint8_t)stp;
+            c.oid = oid;
+            c.owner = owner;
+            c.price = price;
+            c.qty = qty;
+            return run_one((BookObject *)self, &c);
+        }
+    }
+    return submit_slow(self, args, nargsf, kwnames);
+}
+
+__attribute__((noinline)) static PyObject *submit_slow(PyObject *self, PyObject *const *args,
+                                                       Py_ssize_t nargsf, PyObject *kwnames)
 {
     Cmd c;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
@@ -1427,11 +1592,15 @@ static PyObject *Book_execute(PyObject *self, PyObject *const *args, Py_ssize_t 
     Core *b = &bo->core;
     size_t before = b->ev_n;
     const char *p = (const char *)cv.buf;
+    const Py_ssize_t rec = (Py_ssize_t)sizeof(Cmd);
+    /* decided once per batch (a loop-invariant, always predicted branch) */
+    const int pf_slots = b->count >= PF_SLOT_MIN_ORDERS;
     for (Py_ssize_t i = 0; i < n; i++) {
         Cmd c;
-        if (i + PF_HASH < n) prefetch_hash(b, p + (i + PF_HASH) * (Py_ssize_t)sizeof(Cmd));
-        if (i + PF_SLOT < n) prefetch_slot(b, p + (i + PF_SLOT) * (Py_ssize_t)sizeof(Cmd));
-        memcpy(&c, p + i * (Py_ssize_t)sizeof(Cmd), sizeof(Cmd));
+        if (i + PF_CMD < n) __builtin_prefetch(p + (i + PF_CMD) * rec);
+        if (i + PF_HASH < n) prefetch_hash(b, p + (i + PF_HASH) * rec);
+        if (pf_slots && i + PF_SLOT < n) prefetch_slot(b, p + (i + PF_SLOT) * rec);
+        memcpy(&c, p + i * rec, sizeof(Cmd));
         if (offs) offs[i] = (int64_t)b->ev_n;
         core_process(b, &c);
     }
