@@ -8,7 +8,8 @@ the matcher's `batch_process` until the journal is drained, and prints accepted
 orders/s, matched-and-booked orders/s and batch latency percentiles — with batch size 1
 in the same run as the baseline (one command per transaction), so the ratio shows what
 batching buys. Ends with `check_ledger`. `--profile` runs the main drain under cProfile
-and prints where its time went (the figures of a profiled run are not comparable).
+and prints where its time went, `--profile-accept` the main accept phase (the figures of a
+profiled run are not comparable).
 """
 import argparse
 import os
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-accept", action="store_true",
+                        help="run the main accept phase under cProfile and print where its time went")
     parser.add_argument("--trace", help="write each statement of the main drain with its time (and the EXPLAIN "
                                         "ANALYZE of those over 20 ms) to this file")
     args = parser.parse_args()
@@ -128,7 +131,15 @@ def run(args) -> None:
     base_accept = accept(args.baseline_orders)
     base_rate = report(f"baseline: batch size 1, {args.baseline_orders} orders", base_accept, drain(1),
                        args.baseline_orders)
-    main_accept = accept(args.orders)
+    if args.profile_accept:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        main_accept = profiler.runcall(accept, args.orders)
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+    else:
+        main_accept = accept(args.orders)
     if args.trace:
         with open(args.trace, "w") as out, statements_traced(connection, out, min_ms=20):
             drained = drain(args.batch)
