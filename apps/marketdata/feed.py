@@ -169,7 +169,8 @@ class PriceFeed:
         self.stopping = threading.Event()
         self.feeds: dict[str, _Symbol] = {}
         self.source: PriceSource | None = None
-        self._replay_offset = 0  # replay: recorded time = wall time + offset
+        self._replay_offset = 0  # replay: source time = wall time + offset
+        self._replay_lap = 0  # --replay-loop: the file's time = source time - this
         self._lift_checked_at: datetime | None = None
         self._lifts_seen: set[int] = set()
         self._last_heartbeat = 0.0
@@ -338,17 +339,21 @@ class PriceFeed:
         now = now or timezone.now()
         now_ms = to_ms(now)
         source_ms = now_ms + self._replay_offset
-        if isinstance(self.source, CsvReplay) and source_ms > self.source.end + 10_000:
+        if isinstance(self.source, CsvReplay) and source_ms - self._replay_lap > self.source.end + 10_000:
             if not self.replay_loop:
                 logger.info("replay finished")
                 return False
-            self._replay_offset = self.source.start - now_ms
-            source_ms = self.source.start
+            # The next lap replays the file shifted forward in time, not rewound: the mark's basis
+            # series and the anomaly windows only accept time that moves forward.
+            self._replay_lap = source_ms - self.source.start
             for feed in self.feeds.values():
                 feed.pipeline.index.reset_reference(feed.contract.symbol)
         self._apply_lifts(source_ms)
         self._maybe_reload()
-        quotes = self.source.quotes_at(source_ms, symbols=sorted({f.source_symbol for f in self.feeds.values()}))
+        quotes = self.source.quotes_at(source_ms - self._replay_lap,
+                                       symbols=sorted({f.source_symbol for f in self.feeds.values()}))
+        if self._replay_lap:
+            quotes = [replace(q, timestamp=q.timestamp + self._replay_lap) for q in quotes]
         by_source: dict[str, list[VenueQuote]] = defaultdict(list)
         for q in quotes:
             by_source[q.symbol].append(q)
