@@ -10,7 +10,11 @@ at their delivery time (SETTLING) with an hour of per-minute venue prices, then
 `delivery_settle` (price with audit, ONE ledger posting, income lines, positions
 closed, contract SETTLED) is timed for the baseline and for the N positions in the same
 run, followed by the idempotent second call. Prints where the time went, the ratio to
-the baseline, the ledger invariants and the open interest left.
+the baseline, the ledger invariants and the open interest left. The setup ends with
+VACUUM ANALYZE, as autovacuum would have run long before a contract delivers (as in
+bench/funding.py). --statements N prints the N slowest statements of the N-position
+settlement with the PostgreSQL backend's CPU seconds of each (a figure other load on a
+shared machine does not stretch); --trace adds their plans (auto_explain) to a file.
 """
 import argparse
 import os
@@ -43,6 +47,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the throw-away database (to look into it)")
     parser.add_argument("--trace", help="write each statement's time and the EXPLAIN ANALYZE of the slow ones "
                                         "of the N-position settlement to this file (slows that run down)")
+    parser.add_argument("--statements", type=int, default=0, metavar="N",
+                        help="print the N slowest statements of the N-position settlement (wall and backend CPU)")
     args = parser.parse_args()
     if args.positions < 2 or args.baseline < 2 or args.baseline > args.positions:
         parser.error("need 2 <= baseline <= positions")
@@ -106,6 +112,8 @@ def run(args) -> None:
     open_positions(eth, user_ids[: args.baseline])
     for contract in (btc, eth):
         due_now(contract, now)
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")  # as autovacuum would have after the setup's bulk writes
     setup_s = time.perf_counter() - started
 
     spent = clock_steps(delivery, ("settlement_price_compute", "_rows_stage", "_order_owners", "balances_lock_for",
@@ -114,12 +122,15 @@ def run(args) -> None:
 
     cpus: list[tuple[float | None, float]] = []  # (PostgreSQL backend, this process) CPU seconds per call
 
-    def timed(contract, trace=None):
+    statements: list[tuple[float, float | None, str]] = []  # (wall s, backend CPU s, SQL) of the N-position run
+
+    def timed(contract, trace=None, per_statement=False):
         spent.clear()
         contract = Contract.objects.select_related("settle_asset").get(pk=contract.pk)
+        clock = connection.execute_wrapper(statement_clock(connection, statements)) if per_statement else nullcontext()
         cpu0 = cpu_seconds(connection)
         t0 = time.perf_counter()
-        with statements_traced(connection, trace) if trace else nullcontext():
+        with statements_traced(connection, trace) if trace else nullcontext(), clock:
             result = delivery.delivery_settle(contract=contract, now=timezone.now())
         seconds = time.perf_counter() - t0
         cpu1 = cpu_seconds(connection)
@@ -127,7 +138,7 @@ def run(args) -> None:
         return result, seconds, dict(spent)
 
     base, base_s, _ = timed(eth)
-    main_run, main_s, parts = timed(btc, open(args.trace, "w") if args.trace else None)
+    main_run, main_s, parts = timed(btc, open(args.trace, "w") if args.trace else None, bool(args.statements))
     _, again_s, _ = timed(btc)
     violations = [str(v) for check in LEDGER_CHECKS for v in check()]
     with connection.cursor() as cursor:
@@ -150,7 +161,40 @@ def run(args) -> None:
     print(f"  second call (no-op): {again_s * 1000:.1f} ms")
     print(f"  open positions left: {still_open}; ledger invariants: {'ok' if not violations else violations}")
     print(f"  peak RSS {peak_rss_mb():.0f} MiB")
+    if args.statements:
+        print(f"  BTC slowest statements (of {len(statements)}):")
+        for wall, cpu, sql in sorted(statements, key=lambda s: -s[0])[:args.statements]:
+            cpu_text = f"{cpu:6.2f}" if cpu is not None else "   n/a"
+            print(f"    {wall:6.2f} s wall {cpu_text} s cpu  {sql[:110]}")
     print(machine_line())
+
+
+def statement_clock(connection, into: list):
+    """An execute wrapper adding (wall seconds, backend CPU seconds or None, SQL) of each statement to `into`.
+
+    The backend's CPU is read from /proc (a server on this machine, as `cpu_seconds`; None otherwise)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def backend_cpu() -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def wrapper(execute, sql, params, many, context):
+        cpu0, t0 = backend_cpu(), time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            cpu1 = backend_cpu()
+            cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+            into.append((time.perf_counter() - t0, cpu, " ".join(sql.split())))
+    return wrapper
 
 
 if __name__ == "__main__":

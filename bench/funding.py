@@ -228,6 +228,7 @@ def run(args, sizes: list[int]) -> None:
         largest = size == sizes[-1]
         trace = open(args.trace, "w") if args.trace and largest else None
         cpu0 = cpu_seconds(connection)
+        checkpoints0 = checkpoints(connection)
         t0 = time.perf_counter()
         if profiler:
             profiler.enable()
@@ -237,7 +238,7 @@ def run(args, sizes: list[int]) -> None:
             profiler.disable()
         seconds = time.perf_counter() - t0
         cpu1 = cpu_seconds(connection)
-        cpu = (None if cpu0[0] is None else cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
+        cpu = (None if cpu0[0] is None else cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], checkpoints(connection) - checkpoints0)
         results.append((contract, result, seconds, dict(spent), os.getloadavg()[0], cpu))
         if profiler:
             profiler.dump_stats(args.profile)
@@ -253,7 +254,7 @@ def run(args, sizes: list[int]) -> None:
     print(f"  ledger, small postings ({args.small} calls each): 2 legs {two_s * 1000:.2f} ms/call, "
           f"20 legs {twenty_s * 1000:.2f} ms/call")
     base_rate = results[0][1].positions / results[0][2]
-    for contract, result, seconds, parts, load, (server_cpu, client_cpu) in results:
+    for contract, result, seconds, parts, load, (server_cpu, client_cpu, checkpoints_run) in results:
         rate = result.positions / seconds
         print(f"  {contract.symbol:8s} {result.positions:>9,d} positions in {seconds:7.2f} s = "
               f"{rate:10,.0f} positions/s"
@@ -262,15 +263,36 @@ def run(args, sizes: list[int]) -> None:
         breakdown = ", ".join(f"{name} {s:.2f}" for name, s in parts.items())
         print(f"           steps (s): {breakdown}; rest {seconds - sum(parts.values()):.2f}")
         server = f"{server_cpu:.2f} s" if server_cpu is not None else "n/a (remote server)"
-        print(f"           CPU: PostgreSQL backend {server}, this process {client_cpu:.2f} s")
+        print(f"           CPU: PostgreSQL backend {server} (parallel workers not counted), this process "
+              f"{client_cpu:.2f} s; server checkpoints meanwhile: {checkpoints_run}")
     print(f"  second run of the same funding time (no-op): {again_s * 1000:.1f} ms")
     print(f"  invariants: {'ok' if not violations else violations}")
     print(f"  peak RSS {peak_rss_mb():.0f} MiB")
     print(machine_line())
+    print(server_line(connection))
     if args.profile:
         out = io.StringIO()
         pstats.Stats(args.profile, stream=out).sort_stats("cumulative").print_stats(18)
         print(out.getvalue())
+
+
+def checkpoints(connection) -> int:
+    """Checkpoints the server has started (a page's first change after one writes its whole image to the WAL)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
+        return cursor.fetchone()[0]
+
+
+SERVER_SETTINGS = ("shared_buffers", "wal_buffers", "max_wal_size", "checkpoint_timeout", "synchronous_commit",
+                   "full_page_writes", "wal_compression", "autovacuum", "max_parallel_workers_per_gather")
+
+
+def server_line(connection) -> str:
+    """The server settings the figures depend on (the buffer cache, the WAL and its checkpoints, parallelism)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
+                       [list(SERVER_SETTINGS)])
+        return "server: " + " ".join(f"{name}={value}" for name, value in cursor.fetchall())
 
 
 if __name__ == "__main__":

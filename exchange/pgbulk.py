@@ -8,6 +8,7 @@ input instead: COPY's text format for new rows (`rows_copy`), array literals for
 array parameters (`array_literal`, 3-5x cheaper than a list for thousands of values).
 """
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 
@@ -72,3 +73,15 @@ def _element(value) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return str(value)
+
+
+@contextmanager
+def settings_local(cursor, **settings: str):
+    """These settings (the planner's, mostly) for the statements run inside, then back to what they
+    were; this transaction only (an error rolls them back with the rest)."""
+    pairs = ", ".join("current_setting(%s), set_config(%s, %s, true)" for _ in settings)
+    cursor.execute(f"SELECT {pairs}", [v for name, value in settings.items() for v in (name, name, value)])
+    before = cursor.fetchone()[::2]
+    yield
+    pairs = ", ".join("set_config(%s, %s, true)" for _ in settings)
+    cursor.execute(f"SELECT {pairs}", [v for name, value in zip(settings, before) for v in (name, value)])

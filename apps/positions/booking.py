@@ -508,6 +508,56 @@ class Backing:
     receivable: int | None
 
 
+BACKING_SQL = f"""
+SELECT a.user_id, a.kind, a.id, COALESCE(b.amount, 0)
+FROM ledger_account a
+LEFT JOIN ledger_balance b ON b.account_id = a.id AND b.asset_id = %s
+WHERE a.user_id = ANY(%s::int[]) AND a.kind IN ('{AccountKind.ORDER_MARGIN}', '{AccountKind.RECEIVABLE}')
+  AND a.contract_id IS NULL
+"""
+
+
+@dataclass
+class WalletsBacking:
+    """What `deficits_cover` needs to know of a set-based settlement's wallets (`wallets_backing`)."""
+
+    backing: dict[int, Backing]  # wallet account -> Backing
+    receivables: list[int]  # every RECEIVABLE account the cover may post to (`receivable_for` adds to it)
+    users: dict[int, int]  # wallet account -> user id
+    current: dict[int, Decimal]
+
+    def receivable_for(self, wallet: int) -> int:
+        user_id = self.users[wallet]
+        account = accounts_for_users(kind=AccountKind.RECEIVABLE, user_ids=[user_id])[user_id]
+        self.current[account] = Decimal(0)  # created now: its balance row comes with the posting
+        self.receivables.append(account)
+        return account
+
+
+def wallets_backing(*, wallets: dict[int, int], asset, current: dict[int, Decimal],
+                    held_change: dict[int, Decimal] | None = None) -> WalletsBacking:
+    """The order margin held and what is owed by the users of these wallets (user id -> wallet
+    account), for `deficits_cover` in a settlement that has locked the wallets: their order-margin
+    and RECEIVABLE balances are locked too (every writer of those moves the wallet as well, so
+    they cannot have changed) and the RECEIVABLE balances go into `current`. `held_change`:
+    order-margin account -> what the settlement's own posting moves (a release, negative)."""
+    held_change = held_change or {}
+    with connection.cursor() as cursor:
+        cursor.execute(BACKING_SQL, [asset.pk, sorted(wallets)])
+        rows = cursor.fetchall()
+    balances_lock(account_ids=[account for _, _, account, _ in rows], asset=asset)
+    accounts = {(user_id, kind): (account, amount) for user_id, kind, account, amount in rows}
+    result = WalletsBacking(backing={}, receivables=[], users={w: u for u, w in wallets.items()}, current=current)
+    for user_id, wallet in wallets.items():
+        held, held_balance = accounts.get((user_id, AccountKind.ORDER_MARGIN), (None, Decimal(0)))
+        receivable, owed = accounts.get((user_id, AccountKind.RECEIVABLE), (None, Decimal(0)))
+        if receivable is not None:
+            current[receivable] = owed
+            result.receivables.append(receivable)
+        result.backing[wallet] = Backing(held=held_balance + held_change.get(held, Decimal(0)), receivable=receivable)
+    return result
+
+
 def deficits_cover(*, wallets: dict[int, int], delta: dict[int, Decimal], current: dict[int, Decimal],
                    fund: int, bad_debt: int, backing: dict[int, Backing] | None = None,
                    receivable_for=None) -> dict[int, tuple[Decimal, Decimal]]:

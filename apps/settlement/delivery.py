@@ -24,7 +24,8 @@ Settlement (`delivery_settle`) is idempotent per contract (one `DeliverySettleme
    `delivery:<SYMBOL>`; losses a wallet cannot pay are covered by the insurance fund, then
    bad debt (`deficits_cover`, as for fills; an isolated position's loss stops at its
    isolated margin). Set-based: every position's PnL and fee are computed in SQL into the
-   temporary table `delivery_rows`, from which the posting's legs (`ledger_post_staged`),
+   temporary table `delivery_rows` (in user order: what is written from it follows the
+   indexes of the lines and entries), from which the posting's legs (`ledger_post_staged`),
    the income rows (DELIVERED_SETTELMENT, COMMISSION) and the closed positions are written
    with one statement each; the contract becomes SETTLED in the same transaction. A crash
    anywhere rolls all of it back; the next run starts it again.
@@ -62,9 +63,10 @@ from apps.marketdata.engine.settlement_price import SettlementPriceCalculator, S
 from apps.marketdata.models import IndexConstituent
 from apps.marketdata.selectors import constituents_of, price_settlement_quotes
 from apps.marketdata.services import constituents_ensure_default
-from apps.positions.booking import deficits_cover
+from apps.positions.booking import deficits_cover, wallets_backing
 from apps.trading.models import OPEN_STATUSES
 from exchange.errors import ErrorCode, ExchangeError
+from exchange.pgbulk import settings_local
 
 from . import formulas
 from .models import DeliveryNotice, DeliverySettlement, DeliveryStatus
@@ -344,25 +346,53 @@ SELECT user_id, count(*), sum(margin_held) FROM open GROUP BY user_id
 # rounded half-even (`formulas.half_even_sql`, the ledger's rule), its realized PnL at the
 # settlement price and its delivery fee. What the posting adds to a row comes later: the
 # order margin released to its owner, its isolated margin, and the cover of a loss its
-# owner cannot pay (from the insurance fund, `covered`, then bad debt, `lost`).
-ROWS_SQL = f"""
-CREATE TEMP TABLE delivery_rows ON COMMIT DROP AS
-SELECT p.id AS position_id, p.user_id, p.size, p.entry_price, p.margin_type = 'ISOLATED' AS isolated,
-       w.id AS wallet, iso.id AS isolated_account,
-       {formulas.half_even_sql('x.pnl')} AS pnl, {formulas.half_even_sql('x.fee')} AS fee,
-       0::numeric AS released, 0::numeric AS margin, 0::numeric AS covered, 0::numeric AS lost
-FROM positions_position p
-CROSS JOIN LATERAL (SELECT p.size * (%(price)s::numeric - p.entry_price) * %(cs)s::numeric AS pnl,
-                           abs(p.size) * %(fee_factor)s::numeric AS fee) x
-LEFT JOIN ledger_account w ON w.kind = 'WALLET' AND w.user_id = p.user_id AND w.contract_id IS NULL
-LEFT JOIN ledger_account iso ON p.margin_type = 'ISOLATED' AND iso.kind = 'ISOLATED_MARGIN'
-                             AND iso.user_id = p.user_id AND iso.contract_id = p.contract_id
-WHERE p.contract_id = %(c)s AND p.size <> 0
+# owner cannot pay (from the insurance fund, `covered`, then bad debt, `lost`). `amount` is
+# the row's wallet leg, pnl - fee + margin + covered + lost + released + borrowed (against
+# the owner's order margin, or repaid when negative): every statement that sets one of
+# those adds its change to it.
+# Rows in user order: the income lines, and the ledger entries and balances of wallets
+# (created with their users), are then written in the order of their indexes, each leaf
+# page filled once rather than revisited at random.
+ROWS_TABLE_SQL = """
+CREATE TEMP TABLE delivery_rows (
+    position_id bigint NOT NULL, user_id integer NOT NULL, size numeric NOT NULL,
+    entry_price numeric NOT NULL, isolated boolean NOT NULL, wallet bigint, isolated_account bigint,
+    pnl numeric NOT NULL, fee numeric NOT NULL, amount numeric NOT NULL, released numeric NOT NULL DEFAULT 0,
+    margin numeric NOT NULL DEFAULT 0, covered numeric NOT NULL DEFAULT 0, lost numeric NOT NULL DEFAULT 0,
+    borrowed numeric NOT NULL DEFAULT 0
+) ON COMMIT DROP
 """
 
+# Each value is computed once per position: the OFFSET 0 subqueries stay whole (inlined,
+# an expression is computed again by each use the next level makes of it). An isolated
+# position's margin account is looked up by itself (one index probe per isolated position,
+# none for the others).
+ROWS_SQL = f"""
+INSERT INTO delivery_rows (position_id, user_id, size, entry_price, isolated, wallet, isolated_account,
+                           pnl, fee, amount)
+SELECT r.*, r.pnl - r.fee
+FROM (SELECT x.position_id, x.user_id, x.size, x.entry_price, x.isolated, w.id,
+             CASE WHEN x.isolated THEN (SELECT iso.id FROM ledger_account iso
+                                        WHERE iso.kind = 'ISOLATED_MARGIN' AND iso.user_id = x.user_id
+                                          AND iso.contract_id = x.contract_id) END,
+             {formulas.half_even_sql('x.pnl')} AS pnl, {formulas.half_even_sql('x.fee')} AS fee
+      FROM (SELECT p.id AS position_id, p.user_id, p.contract_id, p.size, p.entry_price,
+                   p.margin_type = 'ISOLATED' AS isolated,
+                   p.size * (%(price)s::numeric - p.entry_price) * %(cs)s::numeric AS pnl,
+                   abs(p.size) * %(fee_factor)s::numeric AS fee
+            FROM positions_position p
+            WHERE p.contract_id = %(c)s AND p.size <> 0
+            OFFSET 0) x
+      LEFT JOIN ledger_account w ON w.kind = 'WALLET' AND w.user_id = x.user_id AND w.contract_id IS NULL
+      ORDER BY x.user_id
+      OFFSET 0) r
+"""
+
+# The totals, and how many rows miss an account (created then).
 ROWS_TOTALS_SQL = """
 SELECT count(*), count(*) FILTER (WHERE isolated), COALESCE(sum(size) FILTER (WHERE size > 0), 0),
-       COALESCE(-sum(size) FILTER (WHERE size < 0), 0), COALESCE(sum(pnl), 0), COALESCE(sum(fee), 0)
+       COALESCE(-sum(size) FILTER (WHERE size < 0), 0), COALESCE(sum(pnl), 0), COALESCE(sum(fee), 0),
+       count(*) FILTER (WHERE wallet IS NULL OR (isolated AND isolated_account IS NULL))
 FROM delivery_rows
 """
 
@@ -396,44 +426,60 @@ WITH need AS (
            least(need, greatest(0, %(fund)s::numeric - (sum(need) OVER (ORDER BY position_id) - need))) AS covered
     FROM need
 )
-UPDATE delivery_rows d SET covered = a.covered, lost = a.need - a.covered
+UPDATE delivery_rows d SET covered = a.covered, lost = a.need - a.covered,
+                           amount = d.amount - d.covered - d.lost + a.need
 FROM alloc a WHERE d.position_id = a.position_id
 """
 
 # The posting's legs: a wallet leg per position (its result, margin back, covers, released
 # order margin), an isolated-margin leg per isolated position, and the few others (order
 # margin, owners of orders without a position, system accounts) as array parameters.
+# (The isolated legs are left out when no position is isolated: one pass over the rows less.)
 LEGS_SQL = """
-SELECT d.wallet AS account_id, %s::bigint AS asset_id, d.pnl - d.fee + d.margin + d.covered + d.lost + d.released AS amount
-FROM pg_temp.delivery_rows d WHERE d.pnl - d.fee + d.margin + d.covered + d.lost + d.released <> 0
-UNION ALL
-SELECT d.isolated_account, %s::bigint, -d.margin FROM pg_temp.delivery_rows d WHERE d.isolated AND d.margin <> 0
-UNION ALL
+SELECT d.wallet AS account_id, %s::bigint AS asset_id, d.amount FROM pg_temp.delivery_rows d WHERE d.amount <> 0
+{isolated}UNION ALL
 SELECT s.account_id, %s::bigint, s.amount
 FROM unnest(%s::bigint[], %s::numeric[]) AS s(account_id, amount) WHERE s.amount <> 0
 """
+ISOLATED_LEGS_SQL = """UNION ALL
+SELECT d.isolated_account, %s::bigint, -d.margin FROM pg_temp.delivery_rows d WHERE d.isolated AND d.margin <> 0
+"""
 
-# The cross wallets the posting would take below zero (their balance, and their result).
+# The wallets the posting would take below zero (their balance, and their leg), and those of the
+# given users (who owe and get order margin back: what they owe is repaid first).
 SHORT_SQL = """
-SELECT d.user_id, d.wallet, COALESCE(b.amount, 0), d.pnl - d.fee + d.released
+SELECT d.user_id, d.wallet, COALESCE(b.amount, 0), d.amount
 FROM pg_temp.delivery_rows d
 LEFT JOIN ledger_balance b ON b.account_id = d.wallet AND b.asset_id = %s
-WHERE NOT d.isolated AND d.pnl - d.fee + d.released < 0 AND COALESCE(b.amount, 0) + d.pnl - d.fee + d.released < 0
+WHERE (d.amount < 0 AND COALESCE(b.amount, 0) + d.amount < 0) OR d.user_id = ANY(%s::int[])
 ORDER BY d.wallet
 """
 
+# Those of the given users who owe (their RECEIVABLE below zero).
+OWING_SQL = f"""
+SELECT a.user_id FROM ledger_account a JOIN ledger_balance b ON b.account_id = a.id AND b.asset_id = %s
+WHERE a.user_id = ANY(%s::int[]) AND a.kind = '{AccountKind.RECEIVABLE}' AND b.amount < 0
+ORDER BY 1
+"""
+
+# One pass over the rows (in user order): a position's PnL line, then its fee line. (The two
+# kinds are a constant list the join reads from memory for each row: a VALUES list that
+# referred to the row would be compiled again for each.)
 INCOME_SQL = f"""
 INSERT INTO {Income._meta.db_table} (user_id, symbol, income_type, amount, asset_id, info, trade_id,
                                       transaction_id, created_at)
-SELECT user_id, %(symbol)s, %(settled)s, pnl, %(asset)s, %(settled)s, NULL::bigint, %(txn)s, now()
-FROM pg_temp.delivery_rows WHERE pnl <> 0
-UNION ALL
-SELECT user_id, %(symbol)s, %(commission)s, -fee, %(asset)s, %(commission)s, NULL::bigint, %(txn)s, now()
-FROM pg_temp.delivery_rows WHERE fee <> 0
+SELECT d.user_id, %(symbol)s, k.income_type, CASE WHEN k.settled THEN d.pnl ELSE -d.fee END, %(asset)s,
+       k.income_type, NULL::bigint, %(txn)s, now()
+FROM pg_temp.delivery_rows d
+CROSS JOIN (VALUES (true, %(settled)s), (false, %(commission)s)) AS k(settled, income_type)
+WHERE CASE WHEN k.settled THEN d.pnl ELSE d.fee END <> 0
 """
 
 # The hash joins over every position and account stay in memory, and no JIT (this transaction only).
 SETTLE_WORK_MEM = STAGED_WORK_MEM
+# The income lines' statement trigger reads every new line back (a transition table, two
+# lines a position): kept in memory (a million positions' lines fit) rather than spilled to disk.
+INCOME_WORK_MEM = "512MB"
 
 
 def _rows_stage(*, contract: Contract, price: Decimal) -> tuple:
@@ -443,11 +489,14 @@ def _rows_stage(*, contract: Contract, price: Decimal) -> tuple:
               "fee_factor": formulas.exact_product(price, contract.contract_size, contract.delivery_fee_rate),
               **formulas.half_even_sql_params(precision=contract.settle_asset.precision)}
     with connection.cursor() as cursor:
+        cursor.execute(ROWS_TABLE_SQL)
         cursor.execute(ROWS_SQL, params)
-        cursor.execute("SELECT DISTINCT user_id, wallet IS NULL, isolated AND isolated_account IS NULL"
-                       " FROM delivery_rows WHERE wallet IS NULL OR (isolated AND isolated_account IS NULL)")
-        missing = cursor.fetchall()
+        cursor.execute(ROWS_TOTALS_SQL)
+        *totals, missing = cursor.fetchone()
         if missing:
+            cursor.execute("SELECT DISTINCT user_id, wallet IS NULL, isolated AND isolated_account IS NULL"
+                           " FROM delivery_rows WHERE wallet IS NULL OR (isolated AND isolated_account IS NULL)")
+            missing = cursor.fetchall()
             wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=[u for u, w, _ in missing if w])
             isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=[u for u, _, i in missing if i],
                                           contract=contract)
@@ -463,9 +512,11 @@ def _rows_stage(*, contract: Contract, price: Decimal) -> tuple:
                 [sorted({u for u, _, _ in missing}), list(wallets), list(wallets.values()), list(isolated),
                  list(isolated.values())],
             )
-        cursor.execute("ANALYZE delivery_rows")  # a temporary table has no statistics otherwise
-        cursor.execute(ROWS_TOTALS_SQL)
-        return cursor.fetchone()
+        # A temporary table has no statistics otherwise; a small sample is plenty for the plans
+        # that read it (the row count is exact whatever the sample).
+        with settings_local(cursor, default_statistics_target="10"):
+            cursor.execute("ANALYZE delivery_rows")
+        return tuple(totals)
 
 
 def _order_owners(contract: Contract) -> tuple[dict[int, int], dict[int, int]]:
@@ -499,12 +550,10 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
         cursor.execute(STAGED_SETTINGS_SQL, [SETTLE_WORK_MEM])
         # Hash joins whatever the statistics say: right after a burst of new accounts and
         # positions the planner may think both tables tiny and nest a scan per holder.
-        cursor.execute("SELECT current_setting('enable_nestloop'), set_config('enable_nestloop', 'off', true)")
-        nestloop = cursor.fetchone()[0]
-        (totals.positions, isolated_count, totals.long_quantity, totals.short_quantity, totals.realized_pnl,
-         totals.fees) = _rows_stage(contract=contract, price=price)
-        owner_wallets, order_margin = _order_owners(contract)
-        cursor.execute("SELECT set_config('enable_nestloop', %s, true)", [nestloop])
+        with settings_local(cursor, enable_nestloop="off"):
+            (totals.positions, isolated_count, totals.long_quantity, totals.short_quantity, totals.realized_pnl,
+             totals.fees) = _rows_stage(contract=contract, price=price)
+            owner_wallets, order_margin = _order_owners(contract)
 
     # The lock order of every writer: balances, then positions, then orders. Every balance the
     # posting can touch is locked before any is read: the whole table for a large posting (as
@@ -533,7 +582,8 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
         others: dict[int, Decimal] = defaultdict(Decimal)  # the legs outside delivery_rows
         if releases:
             cursor.execute(
-                "UPDATE delivery_rows d SET released = t.amount FROM unnest(%s::bigint[], %s::numeric[])"
+                "UPDATE delivery_rows d SET released = t.amount, amount = d.amount - d.released + t.amount"
+                " FROM unnest(%s::bigint[], %s::numeric[])"
                 " AS t(user_id, amount) WHERE d.user_id = t.user_id RETURNING d.user_id",
                 [list(releases), list(releases.values())],
             )
@@ -543,7 +593,8 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
                 if user_id not in holders:
                     others[owner_wallets[user_id]] += amount
         if isolated_count:
-            cursor.execute("UPDATE delivery_rows d SET margin = b.amount FROM ledger_balance b"
+            cursor.execute("UPDATE delivery_rows d SET margin = b.amount, amount = d.amount - d.margin + b.amount"
+                           " FROM ledger_balance b"
                            " WHERE d.isolated AND b.account_id = d.isolated_account AND b.asset_id = %s",
                            [asset.pk])
             cursor.execute(ISOLATED_COVERS_SQL, {"fund": current[fund]})
@@ -564,15 +615,21 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
                            "orders_expired": totals.orders_expired},
                 created_by_id=requested_by.pk if requested_by is not None else None,
             ),
-            legs_sql=LEGS_SQL, params=[asset.pk, asset.pk, asset.pk, list(others), list(others.values())],
+            legs_sql=LEGS_SQL.format(isolated=ISOLATED_LEGS_SQL if isolated_count else ""),
+            params=[asset.pk, *([asset.pk] if isolated_count else []), asset.pk, list(others), list(others.values())],
         )
 
+    # Optimistic: every cross wallet can pay its loss (the ledger checks it in the statement that
+    # books; the posting is refused, and rolled back, otherwise), and nobody who gets order margin
+    # back owes anything (`_owing`, a few rows).
+    owing = _owing(user_ids=list(releases), asset=asset)
     try:
-        # Optimistic: every cross wallet can pay its loss (the ledger checks it in the statement
-        # that books); the posting is refused, and rolled back, otherwise.
+        if owing:
+            raise InsufficientBalance("order margin returns to users who owe")
         txn = post()
     except InsufficientBalance:
-        _cover_short(others=others, current=current, totals=totals, asset=asset, fund=fund, bad_debt=bad_debt)
+        _cover_short(others=others, current=current, totals=totals, asset=asset, fund=fund, bad_debt=bad_debt,
+                     owing=owing, owner_wallets=owner_wallets)
         txn = post()
     if txn is not None:
         totals.ledger_transaction_id = txn.pk
@@ -580,34 +637,62 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
     return totals
 
 
-def _cover_short(*, others: dict[int, Decimal], current: dict[int, Decimal], totals: _Totals, asset, fund: int,
-                 bad_debt: int) -> None:
-    """Top up the cross wallets the posting would take below zero: the fund (after the isolated
-    covers) first, then bad debt, wallets in account order (`deficits_cover`, as for fills)."""
+def _owing(*, user_ids: list[int], asset) -> list[int]:
+    """Those of these users who owe (RECEIVABLE < 0)."""
+    if not user_ids:
+        return []
     with connection.cursor() as cursor:
-        cursor.execute(SHORT_SQL, [asset.pk])
-        short = cursor.fetchall()
-    wallets = {user_id: wallet for user_id, wallet, _, _ in short}
-    delta = {wallet: result for _, wallet, _, result in short}
+        cursor.execute(OWING_SQL, [asset.pk, user_ids])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _cover_short(*, others: dict[int, Decimal], current: dict[int, Decimal], totals: _Totals, asset, fund: int,
+                 bad_debt: int, owing: list[int], owner_wallets: dict[int, int]) -> None:
+    """Bring the wallets the posting would take below zero, and those of `owing` (users who owe and
+    get order margin back), to the rule of `deficits_cover`, as for fills: what is owed is repaid
+    first, a loss beyond the wallet is borrowed against the order margin still held elsewhere,
+    then covered by the fund (after the isolated covers), then bad debt, wallets in account order."""
+    with connection.cursor() as cursor:
+        cursor.execute(SHORT_SQL, [asset.pk, owing])
+        rows = cursor.fetchall()
+    wallets = {user_id: wallet for user_id, wallet, _, _ in rows}
+    legs = {wallet: leg for _, wallet, _, leg in rows}
+    current = {**current, **{wallet: balance for _, wallet, balance, _ in rows}}
+    for user_id in owing:  # owners of orders without a position: their wallet leg is among `others`
+        if user_id not in wallets:
+            wallets[user_id] = owner_wallets[user_id]
+            legs[wallets[user_id]] = others[wallets[user_id]]
+    backed = wallets_backing(wallets=wallets, asset=asset, current=current, held_change=others)
+    delta: dict[int, Decimal] = defaultdict(Decimal, legs)
     delta[fund], delta[bad_debt] = others[fund], others[bad_debt]
-    current = {**current, **{wallet: balance for _, wallet, balance, _ in short}}
-    covers = deficits_cover(wallets=wallets, delta=delta, current=current, fund=fund, bad_debt=bad_debt)
+    covers = deficits_cover(wallets=wallets, delta=delta, current=current, fund=fund, bad_debt=bad_debt,
+                            backing=backed.backing, receivable_for=backed.receivable_for)
     others[fund], others[bad_debt] = delta[fund], delta[bad_debt]
-    for covered, lost in covers.values():
+    for receivable in backed.receivables:
+        others[receivable] += delta[receivable]
+    changes = []
+    for _, wallet, _, leg in rows:
+        covered, lost = covers.get(wallet, (ZERO, ZERO))
         totals.covered += covered
         totals.bad_debt += lost
+        changes.append((wallet, covered, lost, delta[wallet] - leg - covered - lost))
+    in_rows = {user_id for user_id, _, _, _ in rows}
+    for user_id in owing:
+        if user_id not in in_rows:  # a release, less what it repays (nothing to cover)
+            others[wallets[user_id]] = delta[wallets[user_id]]
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE delivery_rows d SET covered = t.covered, lost = t.lost"
-            " FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[]) AS t(wallet, covered, lost)"
-            " WHERE d.wallet = t.wallet AND NOT d.isolated",
-            [list(covers), [c for c, _ in covers.values()], [lost for _, lost in covers.values()]],
+            "UPDATE delivery_rows d SET covered = d.covered + t.covered, lost = d.lost + t.lost,"
+            " borrowed = t.borrowed, amount = d.amount + t.covered + t.lost + t.borrowed"
+            " FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[])"
+            " AS t(wallet, covered, lost, borrowed) WHERE d.wallet = t.wallet",
+            [[c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes], [c[3] for c in changes]],
         )
 
 
 def _incomes_insert(*, contract: Contract, transaction_id: int) -> None:
     """Per position: its realized PnL (DELIVERED_SETTELMENT) and its delivery fee (COMMISSION)."""
-    with connection.cursor() as cursor:
+    with connection.cursor() as cursor, settings_local(cursor, work_mem=INCOME_WORK_MEM):
         cursor.execute(INCOME_SQL, {"symbol": contract.symbol, "asset": contract.settle_asset_id,
                                     "txn": transaction_id, "settled": IncomeType.DELIVERED_SETTELMENT.value,
                                     "commission": IncomeType.COMMISSION.value})

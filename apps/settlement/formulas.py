@@ -112,21 +112,21 @@ PRODUCT_DIGITS = 200
 # `payment` in PostgreSQL over the column p.size, for a settlement of every position in
 # one statement: NUMERIC products are exact, and PostgreSQL's round() rounds ties away
 # from zero, so a tie whose truncation is even is truncated instead (half-even, the
-# ledger's one rounding rule). The factor contract size × mark × rate is the same for
-# every position: multiplied out once, exactly, in Python (one product per row instead
-# of three, of far fewer digits). Parameters: `payment_sql_params`. Proven equal to
-# `payment` on random data by tests/settlement/test_formulas.py.
+# ledger's one rounding rule). The factor −contract size × mark × rate × 10^places is the
+# same for every position: multiplied out once, exactly, in Python, so a row costs one
+# product, the payment in units of the last place kept (`pay.units`); it is rounded to a
+# whole unit and scaled back by 10^−places, which is exact and gives the value the scale
+# `places`, as round(x, places) does (a tie is a fractional part of exactly ±0.5).
+# Parameters: `payment_sql_params`. Proven equal to `payment` on random data by
+# tests/settlement/test_formulas.py.
 PAYMENT_SQL = """
-CASE WHEN abs(pay.scaled - trunc(pay.scaled)) = 0.5 AND mod(trunc(pay.scaled), 2) = 0
-     THEN trunc(pay.exact, %(pay_places)s) ELSE round(pay.exact, %(pay_places)s) END
+(CASE WHEN abs(mod(pay.units, 1)) = 0.5 AND mod(trunc(pay.units), 2) = 0
+      THEN trunc(pay.units) ELSE round(pay.units) END * %(pay_unit)s::numeric)
 """
 # A LATERAL subquery after positions_position p, naming the exact product for PAYMENT_SQL.
 # (Flattened into the CASE: a subquery kept per row, OFFSET 0, costs twice as much.)
 PAYMENT_SQL_FROM = """
-CROSS JOIN LATERAL (
-    SELECT x.exact, x.exact * %(pay_scale)s::numeric AS scaled
-    FROM (SELECT -p.size * %(pay_factor)s::numeric AS exact) x
-) pay
+CROSS JOIN LATERAL (SELECT p.size * %(pay_units)s::numeric AS units) pay
 """
 
 
@@ -140,8 +140,8 @@ def exact_product(*factors: Decimal) -> Decimal:
 
 
 def payment_sql_params(*, mark_price: Decimal, rate: Decimal, contract_size: Decimal, precision: int) -> dict:
-    return {"pay_places": precision, "pay_scale": Decimal(10) ** precision,
-            "pay_factor": exact_product(contract_size, mark_price, rate)}
+    return {"pay_units": exact_product(Decimal(-1), contract_size, mark_price, rate, Decimal(10) ** precision),
+            "pay_unit": Decimal((0, (1,), -precision))}
 
 
 def half_even_sql(expr: str) -> str:

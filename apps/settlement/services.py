@@ -39,6 +39,7 @@ missed interval (the system keeps no position history to do better).
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -62,8 +63,9 @@ from apps.ledger.services import (
 from apps.marketdata.engine.quotes import to_ms
 from apps.marketdata.models import PriceSample
 from apps.marketdata.selectors import price_latest
-from apps.positions.booking import deficits_cover as cover_deficits
+from apps.positions.booking import deficits_cover as cover_deficits, wallets_backing
 from exchange.errors import ErrorCode, ExchangeError
+from exchange.pgbulk import settings_local
 from exchange.redis import get_redis
 
 from . import formulas
@@ -246,6 +248,9 @@ def _mark_at(*, contract: Contract, funding_time: datetime) -> Decimal:
 # exact and half-even) with its margin account: the WALLET for cross, the position's
 # ISOLATED_MARGIN account for isolated (NULL when the account does not exist yet), and
 # what covers it when its owner cannot pay in full (`cover`, set for those few only).
+# Rows in user order: the income lines are then written in the order of their index
+# (user, time), and the ledger's entries and balances (wallets are created with their
+# users) nearly so, each leaf page filled once rather than revisited at random.
 PAYMENTS_SQL = f"""
 CREATE TEMP TABLE funding_payments ON COMMIT DROP AS
 SELECT p.user_id, p.margin_type = 'ISOLATED' AS isolated, a.id AS account_id,
@@ -257,28 +262,42 @@ LEFT JOIN ledger_account a
  AND a.kind = CASE WHEN p.margin_type = 'ISOLATED' THEN 'ISOLATED_MARGIN' ELSE 'WALLET' END
  AND a.contract_id IS NOT DISTINCT FROM CASE WHEN p.margin_type = 'ISOLATED' THEN p.contract_id END
 WHERE p.contract_id = %(contract)s AND p.size <> 0
+ORDER BY p.user_id
 """
+# The statement above only reads shared tables until its rows are written, so PostgreSQL may
+# read and join them with parallel workers (the other core: its hash join and the payment of
+# a million positions are most of its time), the leader writing the rows in order (Gather
+# Merge). The planner's default costs of handing rows over (parallel_tuple_cost) would keep
+# a query returning every row serial: made free for this statement only.
+PAYMENTS_PARALLEL = {"parallel_setup_cost": "0", "parallel_tuple_cost": "0"}
 
 TOTALS_SQL = """
 SELECT count(*), COALESCE(-sum(amount) FILTER (WHERE amount < 0), 0), COALESCE(sum(amount) FILTER (WHERE amount > 0), 0),
-       count(*) FILTER (WHERE amount <> 0)
+       count(*) FILTER (WHERE amount <> 0), count(*) FILTER (WHERE account_id IS NULL)
 FROM funding_payments
 """
 
 # The posting's legs: one per paying or receiving position (one position per user and
 # contract: one per margin account), and the system accounts' (FUNDING_CLEARING: −Σ; the
-# covers' insurance fund and bad debt) as array parameters.
-LEGS_SQL = """
-SELECT f.account_id, %s::bigint AS asset_id, f.amount + f.cover AS amount
-FROM pg_temp.funding_payments f WHERE f.amount + f.cover <> 0
+# covers' insurance fund and bad debt) as array parameters. Until a payer is covered every
+# cover is 0: the first try reads the payments alone (LEGS_SQL), the second adds the covers.
+LEGS_SYSTEM = """
 UNION ALL
 SELECT s.account_id, %s::bigint, s.amount
 FROM unnest(%s::bigint[], %s::numeric[]) AS s(account_id, amount) WHERE s.amount <> 0
 """
+LEGS_SQL = """
+SELECT f.account_id, %s::bigint AS asset_id, f.amount
+FROM pg_temp.funding_payments f WHERE f.amount <> 0
+""" + LEGS_SYSTEM
+LEGS_COVERED_SQL = """
+SELECT f.account_id, %s::bigint AS asset_id, f.amount + f.cover AS amount
+FROM pg_temp.funding_payments f WHERE f.amount + f.cover <> 0
+""" + LEGS_SYSTEM
 
 # The payers that cannot pay in full (their balance, and what they owe), once the balances are locked.
 SHORT_SQL = """
-SELECT f.user_id, f.account_id, COALESCE(b.amount, 0), f.amount
+SELECT f.user_id, f.account_id, COALESCE(b.amount, 0), f.amount, f.isolated
 FROM pg_temp.funding_payments f
 LEFT JOIN ledger_balance b ON b.account_id = f.account_id AND b.asset_id = %s
 WHERE f.amount < 0 AND COALESCE(b.amount, 0) + f.amount < 0 AND NOT COALESCE(b.may_go_negative, false)
@@ -295,10 +314,14 @@ def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int,
                                          precision=contract.settle_asset.precision)
     with connection.cursor() as cursor:
         cursor.execute(STAGED_SETTINGS_SQL, [SETTLE_WORK_MEM])
-        cursor.execute(PAYMENTS_SQL, {**params, "contract": contract.pk})
-        cursor.execute("SELECT DISTINCT user_id, isolated FROM funding_payments WHERE account_id IS NULL")
-        missing = cursor.fetchall()
+        with settings_local(cursor, **PAYMENTS_PARALLEL):
+            cursor.execute(PAYMENTS_SQL, {**params, "contract": contract.pk})
+        cursor.execute("ANALYZE funding_payments")
+        cursor.execute(TOTALS_SQL)
+        positions, paid, received, legs, missing = cursor.fetchone()
         if missing:  # first funding of a user without that account: created, as the old per-row path did
+            cursor.execute("SELECT DISTINCT user_id, isolated FROM funding_payments WHERE account_id IS NULL")
+            missing = cursor.fetchall()
             cross = accounts_for_users(kind=AccountKind.WALLET, user_ids=[u for u, iso in missing if not iso])
             iso = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=[u for u, iso in missing if iso],
                                      contract=contract)
@@ -311,18 +334,18 @@ def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int,
                 """,
                 [[u for u, _, _ in found], [i for _, i, _ in found], [a for _, _, a in found]],
             )
-        cursor.execute("ANALYZE funding_payments")
-        cursor.execute(TOTALS_SQL)
-        return cursor.fetchone()
+        return positions, paid, received, legs
 
 
 def _cover_short(*, system: dict[int, Decimal], asset, large: bool) -> Decimal:
-    """Cover the payers that cannot pay in full: from the insurance fund, then bad debt; returns the total.
+    """Cover the payers that cannot pay in full; returns what the insurance fund and bad debt paid.
 
     Every balance of the posting is locked first (the whole table for a large posting,
     taken before the first try; otherwise each row, in the ledger's order); the short
-    payers come back from SQL and are covered by the one rule of apps.positions.booking.
-    Their covers go into `funding_payments.cover`, the fund's and bad debt's legs into `system`.
+    payers come back from SQL and are covered by the one rule of apps.positions.booking
+    (`deficits_cover`): a cross payer borrows against the order margin it holds, then the
+    insurance fund pays, then bad debt; an isolated position's margin has only the fund behind it.
+    Their top-ups go into `funding_payments.cover`; the fund's, bad debt's and receivables' legs into `system`.
     """
     fund = system_account(AccountKind.INSURANCE_FUND).pk
     bad_debt = system_account(AccountKind.BAD_DEBT).pk
@@ -334,18 +357,23 @@ def _cover_short(*, system: dict[int, Decimal], asset, large: bool) -> Decimal:
         current = balances_lock(account_ids=accounts, asset=asset)
         cursor.execute(SHORT_SQL, [asset.pk])
         short = cursor.fetchall()
-    wallets = {user_id: account for user_id, account, _, _ in short}
-    delta = {account: amount for _, account, _, amount in short}
-    current.update((account, balance) for _, account, balance, _ in short)
+    wallets = {user_id: account for user_id, account, _, _, _ in short}
+    delta: dict[int, Decimal] = defaultdict(Decimal, {account: amount for _, account, _, amount, _ in short})
+    current.update((account, balance) for _, account, balance, _, _ in short)
     delta[fund] = system.get(fund, Decimal(0))
     delta[bad_debt] = system.get(bad_debt, Decimal(0))
-    covers = cover_deficits(wallets=wallets, delta=delta, current=current, fund=fund, bad_debt=bad_debt)
+    backed = wallets_backing(wallets={u: a for u, a, _, _, isolated in short if not isolated}, asset=asset,
+                             current=current)
+    covers = cover_deficits(wallets=wallets, delta=delta, current=current, fund=fund, bad_debt=bad_debt,
+                            backing=backed.backing, receivable_for=backed.receivable_for)
     system[fund], system[bad_debt] = delta[fund], delta[bad_debt]
+    for receivable in backed.receivables:
+        system[receivable] = system.get(receivable, Decimal(0)) + delta[receivable]
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE funding_payments f SET cover = t.cover FROM unnest(%s::bigint[], %s::numeric[]) AS t(account_id, cover)"
             " WHERE f.account_id = t.account_id",
-            [list(covers), [fund_part + debt for fund_part, debt in covers.values()]],
+            [[account for _, account, _, _, _ in short], [delta[account] - amount for _, account, _, amount, _ in short]],
         )
     return sum((fund_part + debt for fund_part, debt in covers.values()), Decimal(0))
 
@@ -365,7 +393,7 @@ def _settle(*, run: FundingSettlement, contract: Contract, funding_time: datetim
     system = {system_account(AccountKind.FUNDING_CLEARING).pk: paid - received}
     covered = Decimal(0)
 
-    def post() -> int | None:
+    def post(legs_sql: str) -> int | None:
         if not legs:
             return None
         return ledger_post_staged(
@@ -378,16 +406,16 @@ def _settle(*, run: FundingSettlement, contract: Contract, funding_time: datetim
                            "mark_price": str(mark), "positions": positions},
                 created_by_id=requested_by.pk if requested_by is not None else None,
             ),
-            legs_sql=LEGS_SQL, params=[asset.pk, asset.pk, list(system), list(system.values())],
+            legs_sql=legs_sql, params=[asset.pk, asset.pk, list(system), list(system.values())],
         ).pk
 
     try:
         # Optimistic: every payer can pay (the ledger checks it in the statement that books);
         # the posting is refused, and rolled back, otherwise.
-        txn_id = post()
+        txn_id = post(LEGS_SQL)
     except InsufficientBalance:
         covered = _cover_short(system=system, asset=asset, large=large)
-        txn_id = post()
+        txn_id = post(LEGS_COVERED_SQL)
     if txn_id is not None:
         _incomes_insert(symbol=contract.symbol, asset_id=asset.pk, transaction_id=txn_id, at=funding_time)
 
