@@ -132,24 +132,14 @@ def run(args) -> None:
     base_rate = report(f"baseline: batch size 1, {args.baseline_orders} orders", base_accept, drain(1),
                        args.baseline_orders)
     if args.profile_accept:
-        import cProfile
-        import pstats
-
-        profiler = cProfile.Profile()
-        main_accept = profiler.runcall(accept, args.orders)
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+        main_accept = profiled(accept, args.orders, sort="cumulative", lines=45)
     else:
         main_accept = accept(args.orders)
     if args.trace:
         with open(args.trace, "w") as out, statements_traced(connection, out, min_ms=20):
             drained = drain(args.batch)
     elif args.profile:
-        import cProfile
-        import pstats
-
-        profiler = cProfile.Profile()
-        drained = profiler.runcall(drain, args.batch)
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        drained = profiled(drain, args.batch, sort="tottime", lines=30)
     else:
         drained = drain(args.batch)
     main_rate = report(f"batch size {args.batch}, {args.orders} orders", main_accept, drained, args.orders)
@@ -157,6 +147,17 @@ def run(args) -> None:
     call_command("check_ledger")
     print(f"  peak RSS {peak_rss_mb():.0f} MiB")
     print(machine_line())
+
+
+def profiled(function, *args, sort: str, lines: int):
+    """function(*args) under cProfile; prints the top `lines` by `sort` and returns its result."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    result = profiler.runcall(function, *args)
+    pstats.Stats(profiler).sort_stats(sort).print_stats(lines)
+    return result
 
 
 if __name__ == "__main__":
