@@ -81,6 +81,13 @@ def run(args) -> None:
     # Hundreds of resting orders per account: lift the open-order limit (200) for the bench.
     contract.max_open_orders = 1_000_000
     contract.save(update_fields=["max_open_orders"])
+    # A mark price, as the running pricefeed keeps one in Redis (as bench/api_orders.py): the
+    # price band and the risk gate judge orders by it; without one every order looks it up in vain.
+    from django.utils import timezone
+
+    from apps.marketdata.services import price_publish
+
+    price_publish(contract=contract, index_price=D(50000), mark_price=D(50000), at=timezone.now())
     users = [get_user_model().objects.create_user(f"bench{i}") for i in range(args.users)]
     for user in users:
         wallet_deposit(user=user, asset="USDT", amount=D("100000000"))
