@@ -77,9 +77,10 @@ def _element(value) -> str:
 
 @contextmanager
 def settings_local(cursor, **settings: str):
-    """These settings (the planner's, mostly) for the statements run inside, then back to what they
-    were; this transaction only (an error rolls them back with the rest)."""
-    pairs = ", ".join("current_setting(%s), set_config(%s, %s, true)" for _ in settings)
+    """These settings (the planner's, mostly, or a custom `ledger.*` flag a trigger reads) for the
+    statements run inside, then back to what they were (a custom one never set: ''); this
+    transaction only (an error rolls them back with the rest)."""
+    pairs = ", ".join("COALESCE(current_setting(%s, true), ''), set_config(%s, %s, true)" for _ in settings)
     cursor.execute(f"SELECT {pairs}", [v for name, value in settings.items() for v in (name, name, value)])
     before = cursor.fetchone()[::2]
     yield

@@ -36,6 +36,8 @@ from .models import (
 from .money import exponent_for, quantize_amount, to_decimal
 from .staging import ARRAYS, COPY_FROM_LEGS, LegRows, Stage, legs_stage
 
+from exchange.pgbulk import settings_local
+
 _KINDS = frozenset(TransactionKind.values)
 _ZERO = Decimal(0)
 
@@ -487,6 +489,10 @@ ORDER BY g.asset_id
 # buffer cache) and update it in a second pass: ~20% of the statement's time at a million
 # legs (bench/funding.py).
 STAGED_MERGE_SQL = "SELECT current_setting('enable_hashjoin'), set_config('enable_hashjoin', %s, true)"
+ENTRIES_FROM_BALANCES = "ledger.entries_from_balances"  # read by the entries' trigger (migration 0011)
+# Read by the income lines' trigger (migration 0011): the statement's users come from positions
+# (whose foreign key guarantees them), so it need not probe auth_user once per line.
+INCOME_USERS_FROM_POSITIONS = "ledger.income_users_from_positions"
 STAGED_MOVE_SQL = """
 {legs},
 moved AS (
@@ -610,8 +616,11 @@ def _staged_move(cursor, stage: Stage, txn_id: int, count: int) -> None:
             if count >= TABLE_LOCK_FROM:
                 cursor.execute(STAGED_MERGE_SQL, ["off"])
                 hashjoin = cursor.fetchone()[0]
-            cursor.execute(STAGED_MOVE_SQL.format(legs=stage.cte), [*stage.params, txn_id])
-            moved = cursor.rowcount
+            # Its entries come from the balances it updates: their trigger need not probe for
+            # each one's balance row (ledger migration 0011), for this statement only.
+            with settings_local(cursor, **{ENTRIES_FROM_BALANCES: "on"}):
+                cursor.execute(STAGED_MOVE_SQL.format(legs=stage.cte), [*stage.params, txn_id])
+                moved = cursor.rowcount
             if count >= TABLE_LOCK_FROM:
                 cursor.execute(STAGED_MERGE_SQL, [hashjoin])
             if moved != count:

@@ -49,6 +49,7 @@ from apps.contracts.models import Contract, ContractStatus, ContractType, Margin
 from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.services import (
+    INCOME_USERS_FROM_POSITIONS,
     STAGED_SETTINGS_SQL,
     STAGED_WORK_MEM,
     Posting,
@@ -691,8 +692,10 @@ def _cover_short(*, others: dict[int, Decimal], current: dict[int, Decimal], tot
 
 
 def _incomes_insert(*, contract: Contract, transaction_id: int) -> None:
-    """Per position: its realized PnL (DELIVERED_SETTELMENT) and its delivery fee (COMMISSION)."""
-    with connection.cursor() as cursor, settings_local(cursor, work_mem=INCOME_WORK_MEM):
+    """Per position: its realized PnL (DELIVERED_SETTELMENT) and its delivery fee (COMMISSION). Its
+    users come from positions: the income trigger need not look each one up."""
+    with connection.cursor() as cursor, settings_local(cursor, work_mem=INCOME_WORK_MEM,
+                                                       **{INCOME_USERS_FROM_POSITIONS: "on"}):
         cursor.execute(INCOME_SQL, {"symbol": contract.symbol, "asset": contract.settle_asset_id,
                                     "txn": transaction_id, "settled": IncomeType.DELIVERED_SETTELMENT.value,
                                     "commission": IncomeType.COMMISSION.value})

@@ -273,6 +273,27 @@ def test_a_staged_posting_books_each_leg_with_its_balance_after(lock_path, walle
     assert clean() == []
 
 
+def test_the_trigger_trusts_only_the_staged_move_itself(lock_path, wallets, usdt, external):
+    """A staged move's entries come from the balances it updates, so the entries' trigger skips
+    the balance-row probe for that one statement (ledger migration 0011). The next direct
+    insert in the same transaction is checked again."""
+    a, b = wallets(2)
+    ledger_post_many(postings=[Posting(kind=TransactionKind.DEPOSIT, legs=[
+        Leg(a, usdt, D("5")), Leg(external, usdt, D("-5"))])])
+    txn = post_staged([(a, usdt.pk, D("-1")), (b, usdt.pk, D("1"))])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('ledger.entries_from_balances', true)")
+        assert cursor.fetchone()[0] in ("", None)
+    no_row = system_account(AccountKind.FEE_INCOME)  # no balance row in USDT
+    with pytest.raises(IntegrityError, match="has no balance row"):
+        with transaction.atomic():
+            LedgerEntry.objects.bulk_create([
+                LedgerEntry(transaction=txn, account=no_row, asset=usdt, amount=D("1"), balance_after=D("1")),
+                LedgerEntry(transaction=txn, account=external, asset=usdt, amount=D("-1"), balance_after=D("-6")),
+            ])
+    assert clean() == []
+
+
 @pytest.mark.parametrize("legs, error, match", [
     ([(0, 0, "1"), (1, 0, "-1")], UnknownAsset, "Unknown asset id"),
     ([(0, 1, "0"), (1, 1, "0")], InvalidAmount, "must not be zero"),

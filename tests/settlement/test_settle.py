@@ -269,3 +269,24 @@ def test_a_custom_interval_funds_on_its_own_grid(btcusdt, mark):
     mark(btcusdt, "50000", t4 - timedelta(seconds=1))
     assert funding_settle(contract=btcusdt, funding_time=t4, now=t4).status == SettlementStatus.DONE
     assert funding_times_due(contract=btcusdt, now=T8 + timedelta(minutes=1)) == [T8]  # 04:00 is settled
+
+
+def test_the_income_trigger_trusts_only_the_settlement_statement(btcusdt, three, mark, samples):
+    """The funding's income lines take their users from positions, so their trigger skips the
+    per-line user probe for that statement only (ledger migration 0011): a line of an unknown
+    user written after it in the same transaction is still refused."""
+    from django.db import IntegrityError, connection, transaction
+
+    samples(btcusdt, T8, ["0.0001"])
+    mark(btcusdt, "50000", T8 - timedelta(seconds=1))
+    run = funding_settle(contract=btcusdt, funding_time=T8, now=T8)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('ledger.income_users_from_positions', true)")
+        assert cursor.fetchone()[0] in ("", None)
+    line = Income.objects.filter(income_type=IncomeType.FUNDING_FEE).first()
+    with pytest.raises(IntegrityError, match="unknown user"):
+        with transaction.atomic():
+            Income.objects.create(user_id=line.user_id + 10_000, symbol="BTCUSDT", income_type=IncomeType.FUNDING_FEE,
+                                  amount=D("1"), asset_id=line.asset_id, transaction_id=run.ledger_transaction_id,
+                                  created_at=T8, info="")
+    assert clean_invariants() == []
