@@ -85,3 +85,32 @@ def test_a_delivery_loss_beyond_the_wallet_borrows_against_order_margin_on_anoth
     batch_process(SymbolEngine(btcusdt))
     assert amount(AccountKind.RECEIVABLE, alice) == 0 and amount(AccountKind.WALLET, alice) == held - owed
     assert run_all_invariants() == []
+
+
+def test_a_delivery_expiring_the_order_that_backs_a_debt_repays_it(quarterly, btcusdt, funded, settings):
+    """A user with no position on the delivered contract owes against a resting order there: the
+    delivery expires the order and the released margin repays the debt first."""
+    settings.RISK_PRETRADE_ENABLED = False
+    insurance_fund("5000")
+    alice, bob = funded("alice"), funded("bob", "3000")
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    engine = SymbolEngine(btcusdt)
+    order_place(user=alice, contract=btcusdt, side="SELL", quantity=D("1"), price=D("50000"))
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("1"), price=D("50000"))
+    batch_process(engine)  # bob long 1 BTCUSDT, taker fee 20
+    order_place(user=bob, contract=quarterly, side="BUY", quantity=D("1.5"), price=D("30000"))
+    held = amount(AccountKind.ORDER_MARGIN, bob)
+    free = amount(AccountKind.WALLET, bob)
+    order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("1"), price=D("48000"))
+    order_place(user=bob, contract=btcusdt, side="SELL", quantity=D("1"), price=D("48000"), reduce_only=True)
+    batch_process(engine)  # loss 2,000 + fee 19.2 beyond the free wallet: borrowed against the quarterly bid
+    owed = D("2019.2") - free
+    assert 0 < owed < held and amount(AccountKind.RECEIVABLE, bob) == -owed
+    flat_hour(quarterly, "50000")
+    delivery_advance(now=DT)
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    assert run.orders_expired == 1 and run.order_margin_released == held and (run.covered, run.bad_debt) == (0, 0)
+    assert amount(AccountKind.RECEIVABLE, bob) == 0 and amount(AccountKind.WALLET, bob) == held - owed
+    assert amount(AccountKind.INSURANCE_FUND) == D("5000")
+    assert run_all_invariants() == []
