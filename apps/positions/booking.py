@@ -257,20 +257,14 @@ class _Book:
                 self.delta[iso] -= back
                 self.delta[wallet] += back
                 self.states[user_id].isolated_balance -= back
-        backing = {wallet: Backing(held=self.current[self.order_margin[u]] + self.delta[self.order_margin[u]]
-                                   if u in self.order_margin else Decimal(0), receivable=self.receivables.get(u))
-                   for u, wallet in self.wallets.items()}
-        users = {wallet: u for u, wallet in self.wallets.items()}
-
-        def receivable_for(wallet: int) -> int:
-            user_id = users[wallet]
-            account = self.receivables[user_id] = accounts_for_users(kind=AccountKind.RECEIVABLE,
-                                                                     user_ids=[user_id])[user_id]
-            self.current[account] = Decimal(0)  # created now: its balance row comes with the posting
-            return account
-
+        backed = WalletsBacking(
+            backing={wallet: Backing(held=self.current[self.order_margin[u]] + self.delta[self.order_margin[u]]
+                                     if u in self.order_margin else Decimal(0), receivable=self.receivables.get(u))
+                     for u, wallet in self.wallets.items()},
+            receivables=list(self.receivables.values()), users={w: u for u, w in self.wallets.items()},
+            current=self.current)
         covers = deficits_cover(wallets=self.wallets, delta=self.delta, current=self.current, fund=self.fund,
-                                bad_debt=self.bad_debt, backing=backing, receivable_for=receivable_for)
+                                bad_debt=self.bad_debt, backing=backed.backing, receivable_for=backed.receivable_for)
         return {u: covers[a] for u, a in self.wallets.items() if a in covers}
 
     def post(self, *, kind: str, reference: dict, idempotency_key: str | None = None,
