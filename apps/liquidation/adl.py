@@ -125,6 +125,10 @@ def adl_step(*, liquidation: Liquidation, contract, position: Position, counterp
     ])
     _incomes(contract, liquidation.user_id, booking)
     expired = _reduce_only_trim(contract, [fill.user_id for fill in booking.fills])
+    # The positions moved outside the matcher, whose book follows each owner's position (to cut
+    # reduce-only orders at it): its next batch rebuilds the book, positions included, from the
+    # database (the caller holds `book_exclusive_lock`).
+    book_changed(contract.pk)
     reports = [_report(order_id=order.pk, user_id=liquidation.user_id, client_order_id=order.client_order_id,
                        side=side, order_type=OrderType.LIQUIDATION, quantity=booking.quantity, price=bankruptcy,
                        pnl=booking.realized_pnl, contract=contract)]
@@ -142,8 +146,8 @@ def _reduce_only_trim(contract, user_ids: list[int]) -> list[dict]:
     user and side the oldest are kept up to that size (the matcher's rule,
     `apps.trading.rules.reduce_only_excess`), the rest EXPIRED here, in the step's transaction.
     A journalled cancel would come after the commands accepted before this step, which could
-    still fill them; instead the matcher's next batch rebuilds its book first (`book_changed`;
-    the caller holds `book_exclusive_lock`) and drops a pending NEW whose order is no longer
+    still fill them; instead the matcher's next batch rebuilds its book first (`book_changed`,
+    which `adl_step` calls after every step) and drops a pending NEW whose order is no longer
     open. Reducing orders hold no margin (`order_hold`): nothing to release. Returns the
     EXPIRED execution reports."""
     sizes = dict(Position.objects.filter(contract=contract, user_id__in=user_ids).values_list("user_id", "size"))
@@ -156,7 +160,6 @@ def _reduce_only_trim(contract, user_ids: list[int]) -> list[dict]:
     if not excess:
         return []
     Order.objects.filter(pk__in=[o.pk for o in excess]).update(status=OrderStatus.EXPIRED, updated_at=timezone.now())
-    book_changed(contract.pk)
     return [expired_report(contract, order) for order in excess]
 
 

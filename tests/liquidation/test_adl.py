@@ -140,6 +140,33 @@ def test_cross_long_is_deleveraged_to_a_zero_wallet(funded, trade, mark, btcusdt
     assert run_all_invariants() == []
 
 
+def test_after_an_adl_step_the_matcher_book_follows_the_positions(funded, trade, mark, btcusdt, engine):
+    """The C book keeps each owner's position (it cuts reduce-only orders at it). An ADL step moves
+    positions outside the matcher, even when it expires no order: the contract's book version goes
+    up, and the next batch rebuilds the book, positions included, to what a restart would load."""
+    from apps.trading.engine import SymbolEngine
+
+    alice, bob = funded("alice", "3000"), funded("bob")
+    mark("50000")
+    trade(bob, alice, "SELL", "1", "50000")
+    mark("46000")
+    liquidation_sweep()
+    liquidation = Liquidation.objects.get(user=alice)
+    batch_process(engine)
+    version = engine.book_version
+    assert liquidation_advance(liquidation=liquidation) == "deleveraged"
+    # Neither side had a reduce-only order to expire: only the positions moved.
+    btcusdt.refresh_from_db()
+    assert btcusdt.book_version == version + 1
+    order_place(user=bob, contract=btcusdt, side="BUY", quantity=D("0.01"), price=D("40000"))
+    batch_process(engine)  # sees the new version: rebuilds first
+    assert engine.book_version == btcusdt.book_version
+    restarted = SymbolEngine(btcusdt)
+    restarted.rebuild()
+    assert engine.book.state_hash() == restarted.book.state_hash()
+    assert run_all_invariants() == []
+
+
 def test_a_crash_inside_the_adl_step_books_it_once(gapped_long, btcusdt, engine, monkeypatch):
     alice, sam, tom, uma, bob = gapped_long
     liquidation_sweep()
