@@ -45,6 +45,7 @@ from apps.ledger.models import AccountKind
 from apps.ledger.selectors import balance_amount
 from apps.ledger.services import account_get_or_create, wallet_deposit
 from apps.ops.invariants import ALL_CHECKS, run_all_invariants
+from apps.positions.models import Position
 from apps.positions.services import leverage_change
 from apps.settlement.delivery import delivery_list
 from apps.trading.models import OPEN_STATUSES, Order, OrderType
@@ -58,7 +59,7 @@ SOAK_START = datetime(2026, 3, 2, 0, 0, 30, tzinfo=UTC)
 USERS = 12
 # Event kinds and their weights (per 1000 events).
 WEIGHTS = {
-    "limit": 320, "market": 65, "lever_up": 15, "stop": 25, "cancel": 140, "cancel_all": 8, "amend": 100, "leverage": 10,
+    "limit": 320, "market": 65, "lever_up": 15, "hold_and_close": 10, "stop": 25, "cancel": 140, "cancel_all": 8, "amend": 100, "leverage": 10,
     "deposit": 7, "match": 150, "tick": 110, "sweep": 35, "fund": 10, "restart": 5,
 }
 TIME_IN_FORCE = ("GTC", "GTC", "GTC", "IOC", "FOK", "GTX")
@@ -222,6 +223,30 @@ class Soak:
         self._remember(counterparty, resting)
         self._call(order_place, user=user, contract=self.contract, side=side, order_type=OrderType.MARKET,
                    quantity=quantity)
+
+    def do_hold_and_close(self) -> None:
+        """A user with an open position parks most of its free wallet on an order far from the
+        mark, then closes the position at the market: a loss beyond what is left free is
+        borrowed against that order margin (RECEIVABLE) and repaid when the margin comes back
+        (a cancel, a fill, a liquidation's cancels)."""
+        user = self.rng.choice(self.users)
+        position = Position.objects.filter(user=user, contract=self.contract).exclude(size=0).first()
+        if position is None:
+            return
+        mark = self._mark()
+        wallet = balance_amount(account=account_get_or_create(kind=AccountKind.WALLET, user=user),
+                                asset_code=self.contract.settle_asset.code)
+        side = "BUY" if position.size > 0 else "SELL"  # the same side as the position: it rests
+        price = self._price(mark * (D("0.9") if side == "BUY" else D("1.1")), 0)
+        per_lot = price * self.contract.lot_size * (D(1) / position.leverage + self.contract.taker_fee_rate)
+        lots = (wallet * D("0.9") / per_lot).to_integral_value(ROUND_FLOOR)
+        if lots * self.contract.lot_size >= self.contract.min_qty:
+            order = self._call(order_place, user=user, contract=self.contract, side=side,
+                               quantity=lots * self.contract.lot_size, price=price)
+            self._remember(user, order)
+        self._call(order_place, user=user, contract=self.contract, side="SELL" if side == "BUY" else "BUY",
+                   order_type=OrderType.MARKET, quantity=min(abs(position.size), self.contract.market_max_qty),
+                   reduce_only=True)
 
     def do_stop(self) -> None:
         user, mark = self.rng.choice(self.users), self._mark()
