@@ -482,13 +482,13 @@ ORDER BY g.asset_id
 
 # Every balance appears once in a staged posting: the update yields each entry's balance_after.
 # A large one (`TABLE_LOCK_FROM` legs and more) meets the balances in a merge join, hash joins
-# off for this statement (STAGED_MERGE_SQL): the legs sorted in memory, the balances read
+# off for this statement (STAGED_MERGE): the legs sorted in memory, the balances read
 # through their (account, asset) index, so each balance page is read once and updated at
 # once, in index order, and the entries come out in the order of their own index. A hash
 # join would first read and hash the whole balance table (which then no longer fits the
 # buffer cache) and update it in a second pass: ~20% of the statement's time at a million
 # legs (bench/funding.py).
-STAGED_MERGE_SQL = "SELECT current_setting('enable_hashjoin'), set_config('enable_hashjoin', %s, true)"
+STAGED_MERGE = {"enable_hashjoin": "off"}
 ENTRIES_FROM_BALANCES = "ledger.entries_from_balances"  # read by the entries' trigger (migration 0011)
 # Read by the income lines' trigger (migration 0011): the statement's users come from positions
 # (whose foreign key guarantees them), so it need not probe auth_user once per line.
@@ -612,17 +612,13 @@ def _staged_check(rows) -> int:
 def _staged_move(cursor, stage: Stage, txn_id: int, count: int) -> None:
     """Balances and entries in one statement; _Short when a balance row is missing or a balance repeats."""
     try:
-        with transaction.atomic():  # its rollback also restores the planner setting
-            if count >= TABLE_LOCK_FROM:
-                cursor.execute(STAGED_MERGE_SQL, ["off"])
-                hashjoin = cursor.fetchone()[0]
+        with transaction.atomic():  # its rollback also restores the settings
             # Its entries come from the balances it updates: their trigger need not probe for
             # each one's balance row (ledger migration 0011), for this statement only.
-            with settings_local(cursor, **{ENTRIES_FROM_BALANCES: "on"}):
+            settings = {ENTRIES_FROM_BALANCES: "on", **(STAGED_MERGE if count >= TABLE_LOCK_FROM else {})}
+            with settings_local(cursor, **settings):
                 cursor.execute(STAGED_MOVE_SQL.format(legs=stage.cte), [*stage.params, txn_id])
                 moved = cursor.rowcount
-            if count >= TABLE_LOCK_FROM:
-                cursor.execute(STAGED_MERGE_SQL, [hashjoin])
             if moved != count:
                 raise _Short
     except (IntegrityError, _Short) as exc:
