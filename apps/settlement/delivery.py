@@ -349,8 +349,8 @@ SELECT user_id, count(*), sum(margin_held) FROM open GROUP BY user_id
 # order margin released to its owner, its isolated margin, and the cover of a loss its
 # owner cannot pay (from the insurance fund, `covered`, then bad debt, `lost`). `amount` is
 # the row's wallet leg, pnl - fee + margin + covered + lost + released + borrowed (against
-# the owner's order margin, or repaid when negative): every statement that sets one of
-# those adds its change to it.
+# the owner's order margin, or repaid when negative): a stored generated column, so every
+# statement that sets one of those keeps it right.
 # Rows in user order: the income lines, and the ledger entries and balances of wallets
 # (created with their users), are then written in the order of their indexes, each leaf
 # page filled once rather than revisited at random.
@@ -358,9 +358,10 @@ ROWS_TABLE_SQL = """
 CREATE TEMP TABLE delivery_rows (
     position_id bigint NOT NULL, user_id integer NOT NULL, size numeric NOT NULL,
     entry_price numeric NOT NULL, isolated boolean NOT NULL, wallet bigint, isolated_account bigint,
-    pnl numeric NOT NULL, fee numeric NOT NULL, amount numeric NOT NULL, released numeric NOT NULL DEFAULT 0,
+    pnl numeric NOT NULL, fee numeric NOT NULL, released numeric NOT NULL DEFAULT 0,
     margin numeric NOT NULL DEFAULT 0, covered numeric NOT NULL DEFAULT 0, lost numeric NOT NULL DEFAULT 0,
-    borrowed numeric NOT NULL DEFAULT 0
+    borrowed numeric NOT NULL DEFAULT 0,
+    amount numeric GENERATED ALWAYS AS (pnl - fee + margin + covered + lost + released + borrowed) STORED
 ) ON COMMIT DROP
 """
 
@@ -370,8 +371,8 @@ CREATE TEMP TABLE delivery_rows (
 # none for the others).
 ROWS_SQL = f"""
 INSERT INTO delivery_rows (position_id, user_id, size, entry_price, isolated, wallet, isolated_account,
-                           pnl, fee, amount)
-SELECT r.*, r.pnl - r.fee
+                           pnl, fee)
+SELECT r.*
 FROM (SELECT x.position_id, x.user_id, x.size, x.entry_price, x.isolated, w.id,
              CASE WHEN x.isolated THEN (SELECT iso.id FROM ledger_account iso
                                         WHERE iso.kind = 'ISOLATED_MARGIN' AND iso.user_id = x.user_id
@@ -427,8 +428,7 @@ WITH need AS (
            least(need, greatest(0, %(fund)s::numeric - (sum(need) OVER (ORDER BY position_id) - need))) AS covered
     FROM need
 )
-UPDATE delivery_rows d SET covered = a.covered, lost = a.need - a.covered,
-                           amount = d.amount - d.covered - d.lost + a.need
+UPDATE delivery_rows d SET covered = a.covered, lost = a.need - a.covered
 FROM alloc a WHERE d.position_id = a.position_id
 """
 
@@ -583,7 +583,7 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
         others: dict[int, Decimal] = defaultdict(Decimal)  # the legs outside delivery_rows
         if releases:
             cursor.execute(
-                "UPDATE delivery_rows d SET released = t.amount, amount = d.amount - d.released + t.amount"
+                "UPDATE delivery_rows d SET released = t.amount"
                 " FROM unnest(%s::bigint[], %s::numeric[])"
                 " AS t(user_id, amount) WHERE d.user_id = t.user_id RETURNING d.user_id",
                 [list(releases), list(releases.values())],
@@ -594,7 +594,7 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
                 if user_id not in holders:
                     others[owner_wallets[user_id]] += amount
         if isolated_count:
-            cursor.execute("UPDATE delivery_rows d SET margin = b.amount, amount = d.amount - d.margin + b.amount"
+            cursor.execute("UPDATE delivery_rows d SET margin = b.amount"
                            " FROM ledger_balance b"
                            " WHERE d.isolated AND b.account_id = d.isolated_account AND b.asset_id = %s",
                            [asset.pk])
@@ -684,7 +684,7 @@ def _cover_short(*, others: dict[int, Decimal], current: dict[int, Decimal], tot
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE delivery_rows d SET covered = d.covered + t.covered, lost = d.lost + t.lost,"
-            " borrowed = t.borrowed, amount = d.amount + t.covered + t.lost + t.borrowed"
+            " borrowed = t.borrowed"
             " FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[])"
             " AS t(wallet, covered, lost, borrowed) WHERE d.wallet = t.wallet",
             [[c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes], [c[3] for c in changes]],
