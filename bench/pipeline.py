@@ -1,13 +1,15 @@
 """End-to-end pipeline benchmark: order entry into PostgreSQL, then the matcher's batches.
 
-    .venv/bin/python bench/pipeline.py [--orders 20000] [--batch 2000] [--users 50] [--profile]
+    .venv/bin/python bench/pipeline.py [--orders 20000] [--batch 2000] [--accept-batch 100] [--users 50] [--profile]
 
 Creates a throw-away database (`bench_pipeline`), accepts orders through the real
 order-entry service (`order_place`: validation, ledger hold, journal row), then runs
 the matcher's `batch_process` until the journal is drained, and prints accepted
 orders/s, matched-and-booked orders/s and batch latency percentiles — with batch size 1
-in the same run as the baseline (one command per transaction), so the ratio shows what
-batching buys. Ends with `check_ledger`. `--profile` runs the main drain under cProfile
+in the same run as the baseline (one order accepted per transaction, one command matched
+per transaction), so the ratios show what batching buys on each side. The main phase
+accepts `--accept-batch` orders per `orders_place_many` call (what the web process's
+group commit does with concurrent requests). Ends with `check_ledger`. `--profile` runs the main drain under cProfile
 and prints where its time went, `--profile-accept` the main accept phase (the figures of a
 profiled run are not comparable).
 """
@@ -38,6 +40,8 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=20000)
     parser.add_argument("--baseline-orders", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--accept-batch", type=int, default=100,
+                        help="orders per orders_place_many call in the main phase (1: order_place, one each)")
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
@@ -74,7 +78,7 @@ def run(args) -> None:
     from apps.contracts.models import Contract
     from apps.trading.engine import SymbolEngine
     from apps.trading.matching import batch_process
-    from apps.trading.services import order_place
+    from apps.trading.services import OrderRequest, order_place, orders_place_many
 
     seed_demo()
     contract = Contract.objects.select_related("settle_asset").get(symbol="BTCUSDT")
@@ -93,14 +97,24 @@ def run(args) -> None:
         wallet_deposit(user=user, asset="USDT", amount=D("100000000"))
     rng = random.Random(args.seed)
 
-    def accept(count: int) -> float:
+    def request() -> OrderRequest:
+        side = rng.choice(("BUY", "SELL"))
+        offset = rng.randint(-30, 30)
+        price = D(50000) + (offset if side == "BUY" else -offset) * D("0.5")
+        return OrderRequest(user=rng.choice(users), contract=contract,
+                            params={"side": side, "quantity": D(rng.randint(1, 50)) / 1000, "price": price})
+
+    def accept(count: int, group: int = 1) -> float:
+        """`count` orders: one `order_place` each (group 1), else `orders_place_many` of `group` at a time."""
+        requests = [request() for _ in range(count)]
         started = time.perf_counter()
-        for _ in range(count):
-            side = rng.choice(("BUY", "SELL"))
-            offset = rng.randint(-30, 30)
-            price = D(50000) + (offset if side == "BUY" else -offset) * D("0.5")
-            order_place(user=rng.choice(users), contract=contract, side=side,
-                        quantity=D(rng.randint(1, 50)) / 1000, price=price)
+        for start in range(0, count, group):
+            if group == 1:
+                order_place(user=requests[start].user, contract=contract, **requests[start].params)
+                continue
+            refused = [r for r in orders_place_many(requests[start:start + group]) if isinstance(r, Exception)]
+            if refused:
+                raise refused[0]
         return time.perf_counter() - started
 
     def drain(batch: int) -> tuple[float, list[float], int, int]:
@@ -118,12 +132,12 @@ def run(args) -> None:
         cpu = [None if a is None or b is None else a - b for a, b in zip(cpu_after, cpu_before)]
         return elapsed, latencies, commands, trades, cpu
 
-    def report(label: str, accepted_s: float, drained: tuple, count: int) -> float:
+    def report(label: str, how: str, accepted_s: float, drained: tuple, count: int) -> float:
         seconds, latencies, commands, trades, (backend_cpu, own_cpu) = drained
         lat = np.array(latencies) * 1000
         rate = commands / seconds
         print(f"  {label}")
-        print(f"    accept (order_place, 1 process): {count / accepted_s:10.0f} orders/s  ({accepted_s:.2f} s)")
+        print(f"    accept ({how:<30}): {count / accepted_s:10.0f} orders/s  ({accepted_s:.2f} s)")
         print(f"    match + book:                    {rate:10.0f} orders/s  ({commands} commands, {trades} trades, "
               f"{len(latencies)} batches, {seconds:.2f} s)")
         print(f"    batch latency ms: p50 {np.percentile(lat, 50):.2f}  p95 {np.percentile(lat, 95):.2f}  "
@@ -136,12 +150,12 @@ def run(args) -> None:
 
     print(f"pipeline bench: BTCUSDT, {args.users} users, seed {args.seed}")
     base_accept = accept(args.baseline_orders)
-    base_rate = report(f"baseline: batch size 1, {args.baseline_orders} orders", base_accept, drain(1),
-                       args.baseline_orders)
+    base_rate = report(f"baseline: batch size 1, {args.baseline_orders} orders", "order_place, 1 per transaction",
+                       base_accept, drain(1), args.baseline_orders)
     if args.profile_accept:
-        main_accept = profiled(accept, args.orders, sort="cumulative", lines=45)
+        main_accept = profiled(accept, args.orders, args.accept_batch, sort="cumulative", lines=45)
     else:
-        main_accept = accept(args.orders)
+        main_accept = accept(args.orders, args.accept_batch)
     if args.trace:
         with open(args.trace, "w") as out, statements_traced(connection, out, min_ms=20):
             drained = drain(args.batch)
@@ -149,8 +163,11 @@ def run(args) -> None:
         drained = profiled(drain, args.batch, sort="tottime", lines=30)
     else:
         drained = drain(args.batch)
-    main_rate = report(f"batch size {args.batch}, {args.orders} orders", main_accept, drained, args.orders)
+    how = f"orders_place_many of {args.accept_batch}" if args.accept_batch > 1 else "order_place, 1 per transaction"
+    main_rate = report(f"batch size {args.batch}, {args.orders} orders", how, main_accept, drained, args.orders)
     print(f"  ratio match+book batch {args.batch} / batch 1: {main_rate / base_rate:.1f}x")
+    print(f"  ratio accept {how} / one per transaction: "
+          f"{(args.orders / main_accept) / (args.baseline_orders / base_accept):.1f}x")
     call_command("check_ledger")
     print(f"  peak RSS {peak_rss_mb():.0f} MiB")
     print(machine_line())

@@ -9,7 +9,7 @@ from apps.contracts.services import contract_create, tiers_from_brackets
 from apps.ledger.models import AccountKind, Asset
 from apps.ledger.services import account_get_or_create, accounts_forget, system_account
 from apps.marketdata.services import price_cache_clear
-from apps.ops.demo import BTC_BRACKETS
+from apps.ops.demo import BTC_BRACKETS, ETH_BRACKETS
 from apps.positions.tiers import tiers_forget
 from exchange.params import contracts_forget
 
@@ -81,6 +81,18 @@ def btcusdt(usdt, btc):
         quote_asset=usdt,
         settle_asset=usdt,
     )
+
+
+@pytest.fixture
+def eth(db):
+    return Asset.objects.create(code="ETH", name="Ether", precision=8)
+
+
+@pytest.fixture
+def ethusdt(usdt, eth):
+    return contract_create(tiers=tiers_from_brackets(ETH_BRACKETS), symbol="ETHUSDT",
+                           contract_type=ContractType.PERPETUAL, status=ContractStatus.TRADING,
+                           base_asset=eth, quote_asset=usdt, settle_asset=usdt)
 
 
 @pytest.fixture

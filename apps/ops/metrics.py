@@ -74,6 +74,10 @@ LATENCY_PUBLISH_SECONDS = 5.0
 LATENCY_KEY = "ops:latency:{operation}"
 LATENCY_MAX_AGE_SECONDS = 120.0
 
+# The orders one group commit of order entry placed in one go (apps.trading.group_commit).
+ORDER_ENTRY_GROUP = Histogram("exchange_order_entry_group_orders", "Orders placed together by one group commit",
+                              buckets=(1, 2, 4, 8, 16, 32, 64, 100))
+
 # -- risk and funding: set or counted by the code that does the work -----------------
 
 LIQUIDATIONS = Counter("exchange_liquidations_total", "Liquidations started (accounts × symbol)", ["symbol"])

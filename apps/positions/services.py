@@ -41,29 +41,46 @@ def position_and_balances_lock(*, user, contract: Contract) -> tuple[Position, d
 def entry_lock(*, user, contract: Contract, status: bool = True
                ) -> tuple[str | None, Position, dict[int, Decimal], dict[str, int]]:
     """(the contract's status read FOR SHARE, the position, the balances, the user's wallet and
-    order-margin account ids by kind) for order entry: one statement.
+    order-margin account ids by kind) for order entry: `entry_lock_many` for one user."""
+    current, locked = entry_lock_many(users=[user], contract=contract, status=status)
+    return (current, *locked[user.pk])
+
+
+def entry_lock_many(*, users, contract: Contract, status: bool = True
+                    ) -> tuple[str | None, dict[int, tuple[Position, dict[int, Decimal], dict[str, int]]]]:
+    """(the contract's status read FOR SHARE, {user id: (position, balances, account ids by kind)})
+    for order entry of several users at once: one statement (two when a position row is missing).
 
     Takes the locks in the project's order: the contract row FOR SHARE (a lifecycle change
     waits for this transaction; `status=False` leaves it out and returns None), then the
-    user's balances in the settle asset by account id (`user_balances_lock`), then the
-    position row. Each step is gated on the previous one having run to the end (a one-time
-    filter on its row count), so the statement locks in that order as the separate
-    statements did; locked rows are read at their latest committed version. A missing
-    position row is created and locked after it. The account ids spare the margin hold its
-    account lookups (a kind not there yet is absent: the caller creates it).
+    users' balances in the settle asset by account id (as `user_balances_lock` takes one
+    user's), then the position rows. Each step is gated on the previous one having run to
+    the end (a one-time filter on its row count), so the statement locks in that order as
+    separate statements would; locked rows are read at their latest committed version.
+    Missing position rows are created and locked after it. The account ids (wallet and
+    order margin) spare the margin hold its account lookups (a kind not there yet is
+    absent: the caller creates it).
     """
+    user_ids = sorted({user.pk for user in users})
     with bound_cursor() as cursor:
-        cursor.execute(_ENTRY_LOCK_SQL[status], {"user": user.pk, "contract": contract.pk,
+        cursor.execute(_ENTRY_LOCK_SQL[status], {"users": user_ids, "contract": contract.pk,
                                                  "asset": contract.settle_asset_id, "kinds": _ENTRY_KINDS})
-        row = cursor.fetchone()
-    current, accounts, amounts, kinds, ids = row[:5]
-    balances = dict(zip(accounts, amounts)) if accounts else {}
-    if row[5] is not None:
-        position = Position.from_db(connection.alias, _POSITION_FIELDS, row[5:])
-    else:
-        Position.objects.bulk_create([Position(user=user, contract=contract)], ignore_conflicts=True)
-        position = Position.objects.select_for_update().get(user=user, contract=contract)
-    return current, position, balances, dict(zip(kinds, ids)) if kinds else {}
+        rows = cursor.fetchall()
+    current = rows[0][1] if rows else None
+    locked, missing = {}, []
+    for row in rows:
+        user_id, _, accounts, amounts, kinds, ids = row[:6]
+        position = Position.from_db(connection.alias, _POSITION_FIELDS, row[6:]) if row[6] is not None else None
+        if position is None:
+            missing.append(user_id)
+        locked[user_id] = (position, dict(zip(accounts, amounts)) if accounts else {},
+                           dict(zip(kinds, ids)) if kinds else {})
+    if missing:
+        Position.objects.bulk_create([Position(user_id=u, contract=contract) for u in missing], ignore_conflicts=True)
+        for position in Position.objects.select_for_update().filter(user_id__in=missing, contract=contract
+                                                                    ).order_by("user_id"):
+            locked[position.user_id] = (position, *locked[position.user_id][1:])
+    return current, locked
 
 
 _POSITION_FIELDS = [f.attname for f in Position._meta.concrete_fields]
@@ -76,25 +93,30 @@ def _entry_lock_sql(status: bool) -> str:
     return f"""
     WITH {_STATUS_CTE if status else ""}
     bal AS MATERIALIZED (
-        SELECT b.account_id, b.amount FROM ledger_balance b
-        WHERE b.account_id = ANY(ARRAY(SELECT a.id FROM ledger_account a WHERE a.user_id = %(user)s::bigint))
+        SELECT b.account_id, b.amount, a.user_id FROM ledger_balance b JOIN ledger_account a ON a.id = b.account_id
+        WHERE b.account_id = ANY(ARRAY(SELECT a.id FROM ledger_account a WHERE a.user_id = ANY(%(users)s::bigint[])))
           AND b.asset_id = %(asset)s::bigint {"AND (SELECT count(*) FROM st) >= 0" if status else ""}
         ORDER BY b.account_id
         FOR UPDATE OF b
     ),
     pos AS MATERIALIZED (
         SELECT {columns} FROM {Position._meta.db_table} p
-        WHERE p.user_id = %(user)s::bigint AND p.contract_id = %(contract)s::bigint AND (SELECT count(*) FROM bal) >= 0
+        WHERE p.user_id = ANY(%(users)s::bigint[]) AND p.contract_id = %(contract)s::bigint
+          AND (SELECT count(*) FROM bal) >= 0
+        ORDER BY p.user_id
         FOR UPDATE OF p
     )
-    SELECT {"(SELECT status FROM st)" if status else "NULL::text"},
-           (SELECT array_agg(account_id ORDER BY account_id) FROM bal),
-           (SELECT array_agg(amount ORDER BY account_id) FROM bal),
-           acc.kinds, acc.ids,
+    SELECT u.id, {"(SELECT status FROM st)" if status else "NULL::text"},
+           (SELECT array_agg(account_id ORDER BY account_id) FROM bal WHERE bal.user_id = u.id),
+           (SELECT array_agg(amount ORDER BY account_id) FROM bal WHERE bal.user_id = u.id),
+           (SELECT array_agg(a.kind::text ORDER BY a.id) FROM ledger_account a
+             WHERE a.user_id = u.id AND a.contract_id IS NULL AND a.kind = ANY(%(kinds)s::text[])),
+           (SELECT array_agg(a.id ORDER BY a.id) FROM ledger_account a
+             WHERE a.user_id = u.id AND a.contract_id IS NULL AND a.kind = ANY(%(kinds)s::text[])),
            pos.*
-    FROM (SELECT array_agg(a.kind::text) AS kinds, array_agg(a.id) AS ids FROM ledger_account a
-          WHERE a.user_id = %(user)s::bigint AND a.contract_id IS NULL AND a.kind = ANY(%(kinds)s::text[])) acc
-    LEFT JOIN pos ON true
+    FROM unnest(%(users)s::bigint[]) AS u(id)
+    LEFT JOIN pos ON pos.user_id = u.id
+    ORDER BY u.id
     """
 
 

@@ -19,7 +19,9 @@ from exchange.errors import ErrorCode, ExchangeError
 from .models import Order, OrderStatus, OrderType, Side, StpMode, TimeInForce, WorkingType
 from .selectors import order_wait_result, orders_all, orders_open, trades_of_user
 from .errors import NoSuchOrder
-from .services import CLIENT_ORDER_ID, order_amend, order_cancel, order_get, order_place, orders_cancel_all
+from .group_commit import ORDER_ENTRY
+from .services import (CLIENT_ORDER_ID, OrderRequest, order_amend, order_cancel, order_get, orders_cancel_all,
+                       orders_place_many)
 
 MAX_BATCH_ORDERS = 5
 RESP_TYPES = ("ACK", "RESULT")
@@ -95,10 +97,19 @@ def _order_params(params: dict) -> dict:
 
 
 def _place(user, params: dict) -> dict:
+    request, resp_type = _request(user, params)
+    # Through the process's group commit: concurrent requests share a transaction and a commit.
+    return _answer(ORDER_ENTRY.place(request), resp_type)
+
+
+def _request(user, params: dict) -> tuple[OrderRequest, str]:
+    """A new-order request's parameters → (the order to place, its newOrderRespType)."""
     contract = p.contract(params)
     resp_type = p.choice(params, "newOrderRespType", RESP_TYPES, default="ACK")
-    order = order_place(user=user, contract=contract, **_order_params(params))
-    order.contract = contract
+    return OrderRequest(user=user, contract=contract, params=_order_params(params)), resp_type
+
+
+def _answer(order, resp_type: str) -> dict:
     if resp_type == "RESULT":
         order = order_wait_result(order=order, timeout=settings.ORDER_RESULT_WAIT_SECONDS)
     return order_payload(order)
@@ -270,21 +281,31 @@ class BatchOrdersApi(SignedApi):
     @extend_schema(parameters=SIGNED + [OpenApiParameter("batchOrders", str, required=True)], request=None,
                    responses=ORDERS_OR_ERRORS)
     def post(self, request):
-        results = []
+        # Each item is parsed, then placed or refused on its own; the items that parse are
+        # placed together (`orders_place_many`: one transaction per symbol), as Binance answers
+        # item by item.
+        results: list = []
+        requests: list[tuple[int, OrderRequest, str]] = []
         for item in _batch(request_params(request).get("batchOrders"), "batchOrders"):
             try:
                 if not isinstance(item, dict):
                     raise p.missing("batchOrders")
-                results.append(_place(request.user, _item_params(item)))
+                order_request, resp_type = _request(request.user, _item_params(item))
             except ExchangeError as exc:
                 results.append(exc.as_body())
-            except Exception:  # noqa: BLE001 - one item's failure is that item's answer, never the batch's 500
-                # Each item commits on its own (order_place's transaction): the earlier items stand,
-                # so the batch answers, item by item, as Binance does.
-                logger.exception("batchOrders: unexpected error placing an item")
-                results.append({"code": int(ErrorCode.UNKNOWN),
-                                "msg": "An unknown error occurred while processing this order; "
-                                       "query its status before retrying."})
+                continue
+            requests.append((len(results), order_request, resp_type))
+            results.append(None)
+        placed = orders_place_many([r for _, r, _ in requests])
+        for (index, _, resp_type), outcome in zip(requests, placed):
+            if isinstance(outcome, ExchangeError):
+                results[index] = outcome.as_body()
+            elif isinstance(outcome, Exception):  # logged by order entry; one item's failure is that item's answer
+                results[index] = {"code": int(ErrorCode.UNKNOWN),
+                                  "msg": "An unknown error occurred while processing this order; "
+                                         "query its status before retrying."}
+            else:
+                results[index] = _answer(outcome, resp_type)
         return Response(results)
 
     @extend_schema(parameters=SIGNED + [SYMBOL, OpenApiParameter("orderIdList", str),

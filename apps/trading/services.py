@@ -11,9 +11,11 @@ then (under the position's row lock, so two concurrent orders of one account are
 judged one after the other) reduce-only, open-order limits, the leverage tier and
 finally the margin hold.
 """
+import logging
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Sequence
 from decimal import Decimal
 
 from django.db import IntegrityError, connection, models, transaction
@@ -24,16 +26,16 @@ from apps.contracts.models import Contract, ContractStatus
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import to_decimal
-from apps.ledger.services import account_get_or_create, ledger_transfer, bound_cursor
+from apps.ledger.services import Leg, Posting, account_get_or_create, bound_cursor, ledger_post_many, ledger_transfer
 from apps.liquidation.models import Liquidation, LiquidationStatus
 from apps.ops.metrics import RISK_CHECK, measure_latency
 from apps.positions.booking import order_margin_release
 from apps.positions.models import Position
-from apps.positions.services import entry_lock
+from apps.positions.services import entry_lock, entry_lock_many
 from apps.risk.conf import risk_setting
 from apps.risk.services import exposure_params, exposure_sql, risk_pretrade_check
 from apps.positions.tiers import tier_leverage
-from exchange.errors import ErrorCode
+from exchange.errors import ErrorCode, ExchangeError
 
 from . import doorbell
 from .errors import BadPrecision, BadSymbol, CancelRejected, MarginInsufficient, NoSuchOrder, OrderRejected
@@ -56,6 +58,7 @@ from .models import (
 from .prices import mark_price, working_price
 from .rules import band_limits, is_triggered, protection_price
 
+logger = logging.getLogger(__name__)
 CLIENT_ORDER_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")
 CALLBACK_RATE_RANGE = (Decimal("0.1"), Decimal("10"))
 ZERO = Decimal(0)
@@ -227,8 +230,13 @@ def _check_status(contract: Contract, status: str, *, reducing: bool) -> None:
 
 
 def _entry_state(*, user, contract: Contract, exposure: bool) -> dict:
-    """The liquidation freeze, the account's open orders on the contract and (`exposure`) the
-    pre-trade risk check's reads, in one statement under the entry locks.
+    """`_entry_states` of one user."""
+    return _entry_states(users=[user], contract=contract, exposure_users=[user] if exposure else [])[user.pk]
+
+
+def _entry_states(*, users, contract: Contract, exposure_users) -> dict[int, dict]:
+    """Per user: the liquidation freeze, the account's open orders on the contract and (for
+    `exposure_users`) the pre-trade risk check's reads, in one statement under the entry locks.
 
     Count, open notional per side and reduce-only quantity per side of the open orders
     (one aggregate over the (user, contract) index), and whether a liquidation of the
@@ -238,15 +246,25 @@ def _entry_state(*, user, contract: Contract, exposure: bool) -> dict:
     Raw SQL because the ORM spends longer building these queries than PostgreSQL spends
     running them.
     """
+    exposed = {user.pk for user in exposure_users}
     with bound_cursor() as cursor:
-        cursor.execute(_entry_state_sql(), {**exposure_params(user=user), "contract": contract.pk,
-                                            "liquidating": _LIQUIDATING, "exposure": exposure})
+        cursor.execute(_entry_state_sql(), {**exposure_params(users=users), "contract": contract.pk,
+                                            "liquidating": _LIQUIDATING, "exposed": sorted(exposed)})
         rows = cursor.fetchall()
-    entry = next(row for row in rows if row[0] == "E")
-    _, count, _, buys, sells, reducing_buys, _, reducing_sells, frozen = entry
-    return {"count": count, "buy_notional": buys, "sell_notional": sells,
-            "reducing_buys": reducing_buys, "reducing_sells": reducing_sells, "frozen": frozen,
-            "exposure": [row[:7] for row in rows if row is not entry] if exposure else None}
+    states = {user.pk: {"count": 0, "buy_notional": ZERO, "sell_notional": ZERO, "reducing_buys": ZERO,
+                        "reducing_sells": ZERO, "frozen": False,
+                        "exposure": [] if user.pk in exposed else None} for user in users}
+    for row in rows:
+        state = states[row[7]]
+        if row[0] == "E":
+            _, count, _, buys, sells, reducing_buys, _, _, reducing_sells = row
+            state.update(count=count, buy_notional=buys, sell_notional=sells, reducing_buys=reducing_buys,
+                         reducing_sells=reducing_sells)
+        elif row[0] == "F":
+            state["frozen"] = True
+        else:
+            state["exposure"].append(row[:7])
+    return states
 
 
 _LIQUIDATING = str(LiquidationStatus.ACTIVE)
@@ -254,24 +272,30 @@ _ENTRY_STATE_SQL: list[str] = []
 
 
 def _entry_state_sql() -> str:
-    # The entry row first (kind 'E'; its columns padded to the exposure rows' seven, plus
-    # two), then the exposure rows (kinds B, P, O) when asked for.
+    # Rows of nine columns, the exposure query's eight (the user id eighth) and one more:
+    # 'E' (the open orders' aggregate, for users with open orders; its numbers where the
+    # exposure rows have numeric columns, and the ninth), 'F' (frozen: a liquidation is
+    # active), then the exposure rows (kinds B, P, O) of the users in %(exposed)s.
     if not _ENTRY_STATE_SQL:
         _ENTRY_STATE_SQL.append(f"""
     (SELECT 'E', count(*), NULL,
            COALESCE(sum(open * px) FILTER (WHERE NOT reducing AND side = 'BUY'), 0),
            COALESCE(sum(open * px) FILTER (WHERE NOT reducing AND side = 'SELL'), 0),
-           COALESCE(sum(open) FILTER (WHERE reducing AND side = 'BUY'), 0), NULL,
-           COALESCE(sum(open) FILTER (WHERE reducing AND side = 'SELL'), 0),
-           EXISTS (SELECT 1 FROM {Liquidation._meta.db_table}
-                   WHERE user_id = %(user)s::bigint AND status = %(liquidating)s::text)
-    FROM (SELECT side, quantity - executed_qty AS open, reduce_only OR close_position AS reducing,
+           COALESCE(sum(open) FILTER (WHERE reducing AND side = 'BUY'), 0), NULL, user_id,
+           COALESCE(sum(open) FILTER (WHERE reducing AND side = 'SELL'), 0)
+    FROM (SELECT user_id, side, quantity - executed_qty AS open, reduce_only OR close_position AS reducing,
                  COALESCE(price, protection_price, stop_price, activation_price, 0) AS px
           FROM {Order._meta.db_table}
-          WHERE user_id = %(user)s::bigint AND contract_id = %(contract)s::bigint
-            AND status = ANY(%(statuses)s::text[])) AS o)
+          WHERE user_id = ANY(%(users)s::bigint[]) AND contract_id = %(contract)s::bigint
+            AND status = ANY(%(statuses)s::text[])) AS o
+    GROUP BY user_id)
     UNION ALL
-    (SELECT x.*, NULL::numeric, NULL::boolean FROM ({exposure_sql()}) AS x WHERE %(exposure)s::boolean)
+    (SELECT DISTINCT 'F', NULL::bigint, NULL::text, NULL::numeric, NULL::numeric, NULL::numeric, NULL::text, user_id,
+            NULL::numeric
+     FROM {Liquidation._meta.db_table}
+     WHERE user_id = ANY(%(users)s::bigint[]) AND status = %(liquidating)s::text)
+    UNION ALL
+    (SELECT x.*, NULL::numeric FROM ({exposure_sql()}) AS x WHERE x.user_id = ANY(%(exposed)s::bigint[]))
     """)
     return _ENTRY_STATE_SQL[0]
 
@@ -340,15 +364,82 @@ def _check_leverage_tier(spec: OrderSpec, contract: Contract, position: Position
 
 
 def order_place(*, user, contract: Contract, side: str, order_type: str = OrderType.LIMIT, **params) -> Order:
-    """Accept an order (or refuse it with nothing persisted)."""
+    """Accept an order (or refuse it with nothing persisted): `orders_place_many` of one."""
+    [result] = orders_place_many([OrderRequest(user=user, contract=contract,
+                                                params={"side": side, "order_type": order_type, **params})])
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """One order to place: `params` are `order_place`'s keyword arguments (side, order_type, quantity, ...)."""
+
+    user: object
+    contract: Contract
+    params: dict
+
+
+def orders_place_many(requests: Sequence[OrderRequest]) -> list[Order | Exception]:
+    """Accept several orders, each accepted or refused on its own: per request, the stored
+    order or the `ExchangeError` that refused it (nothing of it persisted; any other
+    exception is an unexpected error of that order, logged).
+
+    The requests of one contract share one transaction: one statement locks every user's
+    balances and position (`entry_lock_many`), one reads their open orders and exposure
+    (`_entry_states`), then each order is judged in request order against what the orders
+    before it have already taken (margin, open-order count, notional per side, reduce-only
+    quantity, risk exposure: `_Account`), and the accepted ones are written together (rows,
+    journal commands, margin holds) and committed once. The rules are those of a single
+    order, judged in the same order. Should the writing fail (a client order id stored
+    concurrently, say), the group is placed again one order per transaction, so that only
+    the order at fault is refused.
+    """
+    results: list[Order | Exception | None] = [None] * len(requests)
+    marks: dict[int, Decimal | None] = {}
+    groups: dict[int, list[tuple[int, _Draft]]] = {}
+    for index, request in enumerate(requests):
+        contract = request.contract
+        if contract.pk not in marks:
+            marks[contract.pk] = mark_price(contract)
+        try:
+            draft = _draft(user=request.user, contract=contract, mark=marks[contract.pk], **request.params)
+        except ExchangeError as exc:
+            results[index] = exc
+            continue
+        groups.setdefault(contract.pk, []).append((index, draft))
+    for group in groups.values():
+        _place_group(group, results)
+    return results
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """An order request past every check that needs no lock."""
+
+    user: object
+    contract: Contract
+    spec: OrderSpec
+    mark: Decimal | None
+    protection: Decimal | None  # a market order's protection price
+
+    @property
+    def conditional(self) -> bool:
+        return self.spec.order_type in CONDITIONAL_TYPES
+
+    @property
+    def reducing(self) -> bool:
+        return self.spec.reduce_only or self.spec.close_position
+
+
+def _draft(*, user, contract: Contract, mark: Decimal | None, side: str, order_type: str = OrderType.LIMIT,
+           **params) -> _Draft:
     spec = order_spec(contract=contract, side=side, order_type=order_type, **params)
     conditional = spec.order_type in CONDITIONAL_TYPES
-    market = spec.order_type in MARKET_TYPES
-    reducing = spec.reduce_only or spec.close_position
-    mark = mark_price(contract)
     _check_band(spec, contract, mark)
     protection = None
-    if market and not conditional:
+    if spec.order_type in MARKET_TYPES and not conditional:
         if mark is None:
             raise _error(f"No mark price for {contract.symbol} yet: market orders are not accepted.",
                          ErrorCode.NEW_ORDER_REJECTED)
@@ -362,59 +453,141 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
             raise _error("Order would immediately trigger.", ErrorCode.ORDER_WOULD_IMMEDIATELY_TRIGGER)
     if not spec.reduce_only and not spec.close_position and spec.price is not None and spec.quantity is not None:
         _check_min_notional(contract, spec.quantity, spec.price)
+    return _Draft(user=user, contract=contract, spec=spec, mark=mark, protection=protection)
 
-    with transaction.atomic():
-        # The status read again FOR SHARE (a lifecycle change - close-only, settling, halt - waits
-        # for this order), then the balances and the position, locked in one statement.
-        status, position, balances, accounts = entry_lock(user=user, contract=contract)
-        _check_status(contract, status, reducing=reducing)
-        exposure = _entry_state(user=user, contract=contract,
-                                exposure=not reducing and risk_setting("RISK_PRETRADE_ENABLED"))
-        # Liquidation freeze: judged under the balance lock that starting a liquidation also takes.
-        if exposure["frozen"]:
-            raise _error("User in liquidation mode now.", ErrorCode.USER_IN_LIQUIDATION)
-        if exposure["count"] >= contract.max_open_orders:
-            raise _error("Reach max open order limit.", ErrorCode.MAX_OPEN_ORDER_EXCEEDED)
-        quantity = _check_reducing(spec, position, exposure) if reducing else spec.quantity
-        # The price margin is judged at: the limit, the protection price of a market buy,
-        # the mark for a market sell (it fills at or below the bid), the trigger for stops.
-        hold_price = spec.price or (protection if spec.side == Side.BUY else None) or mark \
-            or spec.stop_price or spec.activation_price or working_price(contract, spec.working_type)
-        if hold_price is None:
-            raise _error(f"No reference price for {contract.symbol} yet.", ErrorCode.NEW_ORDER_REJECTED)
-        if not reducing:
-            if spec.price is None:
-                _check_min_notional(contract, quantity, hold_price)
-            _check_leverage_tier(spec, contract, position, exposure, quantity, hold_price)
-        hold = order_hold(quantity=quantity, price=hold_price, contract=contract, leverage=position.leverage,
-                          reduce_only=reducing)
-        wallet = _account_id(accounts, AccountKind.WALLET, user)
-        if hold > balances.get(wallet, ZERO):  # the ledger would refuse it too; say so before the risk gate
-            raise MarginInsufficient("Margin is insufficient.")
-        if not reducing:  # before the order row exists: the check counts the open orders itself
-            with measure_latency(RISK_CHECK):
-                risk_pretrade_check(user=user, contract=contract, side=spec.side, quantity=quantity, price=hold_price,
-                                    mark=mark, rows=exposure["exposure"])
-        order = Order(
-            user=user, contract=contract, client_order_id=spec.client_order_id, side=spec.side,
-            order_type=spec.order_type, time_in_force=spec.time_in_force, price=spec.price,
-            protection_price=protection, stop_price=spec.stop_price, quantity=quantity,
-            reduce_only=spec.reduce_only, close_position=spec.close_position, leverage=position.leverage,
-            stp_mode=spec.stp_mode, working_type=spec.working_type, price_protect=spec.price_protect,
-            activation_price=spec.activation_price, callback_rate=spec.callback_rate, margin_held=hold,
-            status=OrderStatus.NEW if conditional else OrderStatus.PENDING_NEW,
-        )
+
+@dataclass
+class _Account:
+    """One user's reads under the entry locks, moved by each order admitted as storing it will move them."""
+
+    position: Position
+    balances: dict[int, Decimal]
+    accounts: dict[str, int]
+    entry: dict  # `_entry_states`' reads
+
+
+class _Retry(Exception):
+    """Writing a group of orders failed: place them one per transaction."""
+
+
+def _place_group(group: list[tuple[int, _Draft]], results: list) -> None:
+    """Place one contract's drafts in one transaction; on a failed write, one by one. Never
+    raises: an order's unexpected error is its own result (the other groups go on)."""
+    placed: list[tuple[int, Order]] = []
+    try:
+        with transaction.atomic():
+            placed = _accept(group, results)
+    except Exception as exc:
+        if len(group) > 1:
+            for item in group:
+                results[item[0]] = None
+                _place_group([item], results)
+            return
+        if not isinstance(exc, ExchangeError):  # a write refused the only order (ExchangeError), or a bug
+            logger.exception("order entry: unexpected error placing an order")
+        results[group[0][0]] = exc
+        return
+    for index, order in placed:
+        results[index] = order
+
+
+def _accept(group: list[tuple[int, _Draft]], results: list) -> list[tuple[int, Order]]:
+    contract = group[0][1].contract
+    users = list({draft.user.pk: draft.user for _, draft in group}.values())
+    # The status read again FOR SHARE (a lifecycle change - close-only, settling, halt - waits
+    # for these orders), then the balances and the positions, locked in one statement.
+    status, locked = entry_lock_many(users=users, contract=contract)
+    risk = risk_setting("RISK_PRETRADE_ENABLED")
+    entries = _entry_states(users=users, contract=contract,
+                            exposure_users=[d.user for _, d in group if risk and not d.reducing])
+    accounts = {pk: _Account(*locked[pk], entries[pk]) for pk in locked}
+    placed, client_ids = [], set()
+    for index, draft in group:
         try:
-            # The unique key decides a race between two equal ids; no savepoint is needed
-            # because a refusal ends (rolls back) the whole transaction anyway.
-            _order_insert(order, journal=not conditional)
-        except IntegrityError as exc:
-            raise _error("ClientOrderId is duplicated.", ErrorCode.CLIENT_ORDER_ID_DUPLICATED) from exc
-        if hold > 0:
-            _hold(user=user, contract=contract, order=order, amount=hold, accounts=accounts)
-        if not conditional:
-            transaction.on_commit(lambda: doorbell.ring(contract.pk))
+            key = (draft.user.pk, draft.spec.client_order_id)
+            if key in client_ids:
+                raise _error("ClientOrderId is duplicated.", ErrorCode.CLIENT_ORDER_ID_DUPLICATED)
+            order = _admit(draft, status, accounts[draft.user.pk])
+        except ExchangeError as exc:
+            results[index] = exc
+            continue
+        client_ids.add(key)
+        placed.append((index, order))
+    if not placed:
+        return placed
+    orders = [order for _, order in placed]
+    try:
+        # The unique key decides a race between two equal ids; no savepoint is needed
+        # because a refusal ends (rolls back) the whole transaction anyway.
+        _orders_insert(orders)
+    except IntegrityError as exc:
+        if len(orders) > 1:
+            raise _Retry from exc
+        raise _error("ClientOrderId is duplicated.", ErrorCode.CLIENT_ORDER_ID_DUPLICATED) from exc
+    _holds(orders, {pk: account.accounts for pk, account in accounts.items()})
+    if any(order.status == OrderStatus.PENDING_NEW for order in orders):
+        transaction.on_commit(lambda: doorbell.ring(contract.pk))
+    return placed
+
+
+def _admit(draft: _Draft, status: str, account: _Account) -> Order:
+    """Judge one draft under the entry locks (raises on refusal); the unsaved order, `account` moved by it."""
+    spec, contract, user, position, exposure = draft.spec, draft.contract, draft.user, account.position, account.entry
+    reducing = draft.reducing
+    _check_status(contract, status, reducing=reducing)
+    # Liquidation freeze: judged under the balance lock that starting a liquidation also takes.
+    if exposure["frozen"]:
+        raise _error("User in liquidation mode now.", ErrorCode.USER_IN_LIQUIDATION)
+    if exposure["count"] >= contract.max_open_orders:
+        raise _error("Reach max open order limit.", ErrorCode.MAX_OPEN_ORDER_EXCEEDED)
+    quantity = _check_reducing(spec, position, exposure) if reducing else spec.quantity
+    # The price margin is judged at: the limit, the protection price of a market buy,
+    # the mark for a market sell (it fills at or below the bid), the trigger for stops.
+    hold_price = spec.price or (draft.protection if spec.side == Side.BUY else None) or draft.mark \
+        or spec.stop_price or spec.activation_price or working_price(contract, spec.working_type)
+    if hold_price is None:
+        raise _error(f"No reference price for {contract.symbol} yet.", ErrorCode.NEW_ORDER_REJECTED)
+    if not reducing:
+        if spec.price is None:
+            _check_min_notional(contract, quantity, hold_price)
+        _check_leverage_tier(spec, contract, position, exposure, quantity, hold_price)
+    hold = order_hold(quantity=quantity, price=hold_price, contract=contract, leverage=position.leverage,
+                      reduce_only=reducing)
+    wallet = _account_id(account.accounts, AccountKind.WALLET, user)
+    if hold > account.balances.get(wallet, ZERO):  # the ledger would refuse it too; say so before the risk gate
+        raise MarginInsufficient("Margin is insufficient.")
+    if not reducing:  # before the order is counted: the check counts the open orders itself
+        with measure_latency(RISK_CHECK):
+            risk_pretrade_check(user=user, contract=contract, side=spec.side, quantity=quantity, price=hold_price,
+                                mark=draft.mark, rows=exposure["exposure"])
+    order = Order(
+        user=user, contract=contract, client_order_id=spec.client_order_id, side=spec.side,
+        order_type=spec.order_type, time_in_force=spec.time_in_force, price=spec.price,
+        protection_price=draft.protection, stop_price=spec.stop_price, quantity=quantity,
+        reduce_only=spec.reduce_only, close_position=spec.close_position, leverage=position.leverage,
+        stp_mode=spec.stp_mode, working_type=spec.working_type, price_protect=spec.price_protect,
+        activation_price=spec.activation_price, callback_rate=spec.callback_rate, margin_held=hold,
+        status=OrderStatus.NEW if draft.conditional else OrderStatus.PENDING_NEW,
+    )
+    _admitted(account, order, wallet)
     return order
+
+
+def _admitted(account: _Account, order: Order, wallet: int) -> None:
+    """What storing `order` changes in `_entry_states`' reads and the wallet (the orders after it see it)."""
+    entry, buy = account.entry, order.side == Side.BUY
+    entry["count"] += 1
+    if order.reduce_only or order.close_position:
+        entry["reducing_buys" if buy else "reducing_sells"] += order.quantity
+    else:
+        # The price the open-notional aggregate values an open order at (`_entry_state_sql`).
+        px = order.price or order.protection_price or order.stop_price or order.activation_price or ZERO
+        entry["buy_notional" if buy else "sell_notional"] += order.quantity * px
+        if entry["exposure"] is not None:  # an open non-reducing order row of `exposure_sql`
+            contract = order.contract
+            entry["exposure"].append(("O", contract.pk, contract.symbol, contract.contract_size, order.quantity,
+                                      None, order.side))
+    account.balances[wallet] = account.balances.get(wallet, ZERO) - order.margin_held
 
 
 # Fields whose database preparation is the identity on PostgreSQL for a value of the given
@@ -457,21 +630,38 @@ def _insert_parts(instance, *, skip: tuple[str, ...] = ()) -> tuple[list[str], l
     return columns, values
 
 
-def _order_insert(order: Order, *, journal: bool) -> None:
-    """INSERT the order and, for one that goes live now, its NEW journal command: one statement.
+def _orders_insert(orders: list[Order]) -> None:
+    """INSERT the orders and, for those that go live now, their NEW journal commands, in request
+    order (the journal's sequence is the acceptance order): one statement per order, pipelined
+    (one round trip for all). Sets each order's pk (and its stamps, through the fields' pre_save).
 
-    What `Order.objects.create` and `OrderCommand.objects.create` would write, without
-    the ORM's per-call query compilation and with one round trip instead of two. Sets
-    the order's pk (and its stamps, through the fields' pre_save).
+    What `Order.objects.create` and `OrderCommand.objects.create` would write, without the
+    ORM's per-call query compilation.
     """
-    columns, values = _insert_parts(order)
-    if journal:
-        command = OrderCommand(contract_id=order.contract_id, kind=CommandKind.NEW)
-        values += _insert_parts(command, skip=("order_id",))[1]
+    statements = []
+    for order in orders:
+        journal = order.status == OrderStatus.PENDING_NEW
+        columns, values = _insert_parts(order)
+        if journal:
+            command = OrderCommand(contract_id=order.contract_id, kind=CommandKind.NEW)
+            values += _insert_parts(command, skip=("order_id",))[1]
+        statements.append((_order_insert_sql(columns, journal), values))
+    ids = []
     with bound_cursor() as cursor:
-        cursor.execute(_order_insert_sql(columns, journal), values)
-        order.pk = cursor.fetchone()[0]
-    order._state.adding, order._state.db = False, connection.alias
+        if len(statements) > 1 and len({sql for sql, _ in statements}) == 1:
+            raw = cursor.cursor  # psycopg's own executemany: pipelined, with each statement's RETURNING
+            raw.executemany(statements[0][0], [values for _, values in statements], returning=True)
+            while True:
+                ids.append(raw.fetchone()[0])
+                if not raw.nextset():
+                    break
+        else:  # one order, or conditional orders (no journal row) among live ones: in request order
+            for sql, values in statements:
+                cursor.execute(sql, values)
+                ids.append(cursor.fetchone()[0])
+    for order, pk in zip(orders, ids):
+        order.pk = pk
+        order._state.adding, order._state.db = False, connection.alias
 
 
 _ORDER_INSERT_SQL: dict[bool, str] = {}
@@ -489,6 +679,25 @@ def _order_insert_sql(columns: list[str], journal: bool) -> str:
                     f"VALUES ({', '.join(['%s'] * len(command_columns))}, (SELECT id FROM o)))")
         sql = _ORDER_INSERT_SQL[journal] = sql + " SELECT id FROM o"
     return sql
+
+
+def _holds(orders: list[Order], accounts: dict[int, dict[str, int]]) -> None:
+    """Hold each order's margin (wallet -> order margin), one ledger transaction per order, one call for all."""
+    postings = []
+    for order in orders:
+        if order.margin_held > 0:
+            user, asset, amount = order.user, order.contract.settle_asset, order.margin_held
+            postings.append(Posting(
+                kind=TransactionKind.ORDER_MARGIN, reference={"order_id": order.pk},
+                legs=[Leg(_account_id(accounts[user.pk], AccountKind.WALLET, user), asset, -amount),
+                      Leg(_account_id(accounts[user.pk], AccountKind.ORDER_MARGIN, user), asset, amount)]))
+    try:
+        # savepoint=False: a refused hold refuses the group (its transaction rolls back)
+        ledger_post_many(postings=postings, savepoint=False)
+    except InsufficientBalance as exc:
+        if len(orders) > 1:
+            raise _Retry from exc
+        raise MarginInsufficient("Margin is insufficient.") from exc
 
 
 def _account_id(accounts: dict[str, int], kind: str, user) -> int:

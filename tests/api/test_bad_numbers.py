@@ -8,7 +8,6 @@ import pytest
 from apps.contracts.grid import Grid, OffGrid
 from apps.ledger.money import fits_precision
 from apps.ops.invariants import run_all_invariants
-from apps.trading import apis
 from apps.trading.engine import SymbolEngine
 from apps.trading.matching import batch_process
 from apps.trading.models import Order
@@ -118,16 +117,17 @@ def test_batch_bad_number_is_a_per_item_error(api_user, btcusdt):
 
 def test_batch_unexpected_error_in_one_item_is_that_items_error(api_user, btcusdt, monkeypatch):
     _, alice = api_user("alice")
-    real = apis.order_place
-    calls = []
+    from apps.trading import services
 
-    def flaky(**kwargs):
-        calls.append(kwargs)
-        if len(calls) == 2:
+    real = services._admit
+
+    def flaky(draft, status, account):  # a bug that only this item's order meets
+        if draft.spec.price == 49000:
             raise RuntimeError("boom")
-        return real(**kwargs)
+        return real(draft, status, account)
 
-    monkeypatch.setattr(apis, "order_place", flaky)
+    # The items are placed together: the failed group is placed again one order at a time.
+    monkeypatch.setattr(services, "_admit", flaky)
     good = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.01", "price": "50000"}
     items = [good, {**good, "price": "49000"}, {**good, "price": "48000"}, {**good, "quantity": {"a": 1}}]
     response = alice.form("POST", BATCH, batchOrders=json.dumps(items))

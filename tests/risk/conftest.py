@@ -5,12 +5,9 @@ from decimal import Decimal
 
 import pytest
 
-from apps.contracts.models import ContractStatus, ContractType
-from apps.contracts.services import contract_create, tiers_from_brackets
 from apps.ledger.services import wallet_deposit
 from apps.marketdata.models import PriceMinute
 from apps.marketdata.services import price_cache_clear, price_publish
-from apps.ops.demo import ETH_BRACKETS
 from apps.positions.models import Position
 from apps.risk.services import risk_caches_clear
 
@@ -24,20 +21,6 @@ def _risk_caches(settings):
     price_cache_clear(symbols=["BTCUSDT", "ETHUSDT"])
     yield
     risk_caches_clear()
-
-
-@pytest.fixture
-def eth(db):
-    from apps.ledger.models import Asset
-
-    return Asset.objects.create(code="ETH", name="Ether", precision=8)
-
-
-@pytest.fixture
-def ethusdt(usdt, eth):
-    return contract_create(tiers=tiers_from_brackets(ETH_BRACKETS), symbol="ETHUSDT",
-                           contract_type=ContractType.PERPETUAL, status=ContractStatus.TRADING,
-                           base_asset=eth, quote_asset=usdt, settle_asset=usdt)
 
 
 def set_mark(contract, price, at=None):

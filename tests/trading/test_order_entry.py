@@ -257,8 +257,8 @@ def test_a_limit_order_is_four_statements_and_the_risk_check_reads_the_same_expo
     assert len(counted) == 4, counted
     assert len(seen) == 1 and seen[0]
     with connection.cursor() as cursor:
-        cursor.execute(risk.exposure_sql(), risk.exposure_params(user=alice))
-        now = cursor.fetchall()
+        cursor.execute(risk.exposure_sql(), risk.exposure_params(users=[alice]))
+        now = [row[:7] for row in cursor.fetchall()]
     # What the check saw is what its own query reads (before this order: one open buy less).
     assert [r for r in seen[0] if r[0] != "O"] == [r for r in now if r[0] != "O"]
     assert {r[6]: r[4] for r in seen[0] if r[0] == "O"} == {"BUY": D("0.1")}

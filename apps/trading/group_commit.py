@@ -1,0 +1,90 @@
+"""Group commit of order entry: orders arriving together in one process share one transaction.
+
+The web process serves requests on a pool of threads. Each order request hands its
+`OrderRequest` to `place`, which queues it. A thread that finds no write in progress
+becomes the writer: it takes up to `GROUP_LIMIT` queued orders (its own first), places
+them with `orders_place_many` (one transaction and one commit per contract, the same
+rules as one order at a time), hands every waiting thread its result, and passes the
+writer's role to the oldest order still queued, so that no thread keeps writing for
+others after its own order is done. Alone, a request is a plain `order_place` in its own
+thread. Either way a thread returns only after the transaction holding its order has
+committed: the acknowledgement still follows durability.
+
+A caller already inside a transaction places its order alone, in that transaction
+(batching it with other threads' orders would delay their commit to the caller's).
+"""
+import threading
+
+from django.db import connection
+
+from apps.ops.metrics import ORDER_ENTRY_GROUP
+
+from .services import OrderRequest, orders_place_many
+
+GROUP_LIMIT = 100
+
+
+class _Waiting:
+    __slots__ = ("request", "done", "result", "lead")
+
+    def __init__(self, request: OrderRequest):
+        self.request = request
+        self.done = threading.Event()
+        self.result = None
+        self.lead = False  # woken to write the next group rather than with a result
+
+
+class GroupCommit:
+    def __init__(self, limit: int = GROUP_LIMIT):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._queue: list[_Waiting] = []
+        self._writing = False
+
+    def place(self, request: OrderRequest):
+        """The stored order, or the exception that refused it (raised)."""
+        if connection.in_atomic_block:
+            [result] = orders_place_many([request])
+            return _outcome(result)
+        waiting = _Waiting(request)
+        with self._lock:
+            self._queue.append(waiting)
+            lead = not self._writing
+            self._writing = True
+        if not lead:
+            waiting.done.wait()
+            if not waiting.lead:
+                return _outcome(waiting.result)
+        self._write_group()  # the writer's own order is the oldest queued: it is in this group
+        return _outcome(waiting.result)
+
+    def _write_group(self) -> None:
+        with self._lock:
+            group = self._queue[:self.limit]
+            del self._queue[:self.limit]
+        ORDER_ENTRY_GROUP.observe(len(group))
+        results: list = [RuntimeError("order entry stopped before this order was placed")] * len(group)
+        try:
+            results = orders_place_many([w.request for w in group])
+        except Exception as exc:  # orders_place_many records each order's error: this is a bug, fail the group
+            results = [exc] * len(group)
+        finally:  # whatever happened, every thread of the group gets an answer and the next writer its turn
+            for waiting, result in zip(group, results):
+                waiting.result = result
+                waiting.done.set()
+            with self._lock:
+                if self._queue:
+                    following = self._queue[0]
+                    following.lead = True
+                    following.done.set()
+                else:
+                    self._writing = False
+
+
+def _outcome(result):
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+ORDER_ENTRY = GroupCommit()

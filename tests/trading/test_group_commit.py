@@ -1,0 +1,90 @@
+"""Group commit of order entry: threads placing orders at once share transactions, each gets
+its own answer only after its order is committed, and a refusal touches only its own order."""
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connection, connections
+
+from apps.ops.invariants import run_all_invariants
+from apps.trading import group_commit
+from apps.trading.group_commit import GroupCommit
+from apps.trading.models import Order, OrderCommand
+from apps.trading.services import OrderRequest
+from exchange.errors import ExchangeError
+
+D = Decimal
+THREADS, EACH = 8, 6
+
+
+@pytest.fixture
+def groups(monkeypatch):
+    """The sizes of the groups written, and whether each writer saw its group committed."""
+    sizes = []
+    real = group_commit.orders_place_many
+
+    def spy(requests):
+        results = real(requests)
+        sizes.append(len(requests))
+        return results
+
+    monkeypatch.setattr(group_commit, "orders_place_many", spy)
+    return sizes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_orders_share_transactions_and_each_gets_its_own_answer(funded, btcusdt, groups):
+    entry = GroupCommit()
+    users = [funded(f"u{i}") for i in range(THREADS - 1)] + [funded("poor", D("10"))]
+    start = threading.Barrier(THREADS)
+    answers: dict[int, list] = {}
+
+    def client(n: int):
+        try:
+            start.wait()
+            answers[n] = []
+            for i in range(EACH):
+                request = OrderRequest(user=users[n], contract=btcusdt, params={
+                    "side": "BUY" if i % 2 else "SELL", "quantity": D("0.01"),
+                    "price": D(49000 if i % 2 else 51000), "client_order_id": f"c{n}-{i}"})
+                try:
+                    order = entry.place(request)
+                except ExchangeError as exc:
+                    answers[n].append(exc.code)
+                    continue
+                # Acknowledged only once committed: another connection sees it.
+                answers[n].append(order.pk)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+
+    assert answers[THREADS - 1] == [-2019] * EACH  # 10 USDT holds no order of 0.01 × 50,000
+    placed = [pk for n in range(THREADS - 1) for pk in answers[n]]
+    assert len(placed) == (THREADS - 1) * EACH and all(isinstance(pk, int) for pk in placed)
+    assert sorted(Order.objects.values_list("pk", flat=True)) == sorted(placed)
+    assert OrderCommand.objects.count() == len(placed)
+    for n in range(THREADS - 1):  # each client's orders reached the journal in the order it sent them
+        assert answers[n] == sorted(answers[n])
+        assert list(Order.objects.filter(user=users[n]).order_by("pk").values_list("client_order_id", flat=True)) \
+            == [f"c{n}-{i}" for i in range(EACH)]
+    assert sum(groups) == THREADS * EACH and max(groups) > 1  # some orders did share a transaction
+    assert not run_all_invariants()
+    connection.close()
+
+
+def test_inside_a_transaction_an_order_is_placed_alone_in_it(funded, btcusdt, groups):
+    alice, entry = funded("alice"), GroupCommit()
+    order = entry.place(OrderRequest(user=alice, contract=btcusdt, params={
+        "side": "BUY", "quantity": D("0.01"), "price": D("50000")}))
+    with pytest.raises(ExchangeError) as refused:
+        entry.place(OrderRequest(user=alice, contract=btcusdt, params={
+            "side": "BUY", "quantity": D("100"), "price": D("50000")}))
+    assert order.pk and refused.value.code == -2019
+    # Not through the queue (no writer's role taken): the test's transaction holds them.
+    assert groups == [1, 1] and not entry._writing and not entry._queue
