@@ -371,6 +371,35 @@ _ONE_SQL = {once: ONE_SQL.format(legs=ARRAYS, after=ONCE if once else RUNNING, w
 _TXN_FIELDS = [LedgerTransaction._meta.get_field(name) for name in ("memo", "reference", "created_by", "created_at")]
 
 
+_TXNS_INSERT_SQL = f"""
+INSERT INTO {LedgerTransaction._meta.db_table} (kind, idempotency_key, memo, reference, created_by_id, created_at)
+SELECT t.kind, t.idempotency_key, t.memo, t.reference, t.created_by_id, t.created_at
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::jsonb[], %s::int[], %s::timestamptz[]) WITH ORDINALITY
+     AS t(kind, idempotency_key, memo, reference, created_by_id, created_at, ord)
+ORDER BY t.ord
+RETURNING id
+"""
+
+
+def _transactions_insert(txns: list[LedgerTransaction]) -> None:
+    """INSERT new transactions in one statement, setting their pks (what `bulk_create` writes,
+    without its per-object query compilation: a posting call of a matcher batch or of a group
+    of orders makes a transaction per order)."""
+    columns: list[list] = [[], [], [], [], [], []]
+    for txn in txns:
+        memo, reference, created_by, created_at = (
+            f.get_db_prep_save(f.pre_save(txn, add=True), connection) for f in _TXN_FIELDS)
+        for column, value in zip(columns, (str(txn.kind), txn.idempotency_key, memo, reference, created_by,
+                                           created_at)):
+            column.append(value)
+    with bound_cursor() as cursor:
+        cursor.execute(_TXNS_INSERT_SQL, columns)
+        ids = [row[0] for row in cursor.fetchall()]
+    for txn, pk in zip(txns, ids):
+        txn.pk = pk
+        txn._state.adding, txn._state.db = False, connection.alias
+
+
 def _post_one(posting: Posting, rows: LegRows, assets: dict[str, Asset]) -> LedgerTransaction | None:
     """Book one keyless posting in one statement; None (nothing written) when a balance row is missing."""
     txn = LedgerTransaction(kind=posting.kind, memo=posting.memo[:255], reference=posting.reference,
@@ -435,7 +464,7 @@ def ledger_post_many(*, postings: Sequence[Posting], savepoint: bool = True) -> 
         if new_txns:
             try:
                 with transaction.atomic(savepoint=bool(keys)):  # only a keyed posting can collide
-                    LedgerTransaction.objects.bulk_create(new_txns)
+                    _transactions_insert(new_txns)
             except IntegrityError as exc:
                 raise LedgerError("Duplicate idempotency key (booked concurrently).") from exc
             fresh = iter(new_txns)

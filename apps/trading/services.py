@@ -2,7 +2,9 @@
 
 The order row, the margin hold and (for an order that goes live at once) the journal
 command are written in one transaction before the caller acknowledges; the matcher
-is woken after commit. Conditional orders wait outside the book until
+is woken after commit. Orders that arrive together share that transaction
+(`orders_place_many`; `order_place` is it for one order), each still judged and
+answered on its own. Conditional orders wait outside the book until
 `apps.trading.triggers` journals them. Anything refused raises an `ExchangeError`
 subclass and leaves nothing behind.
 

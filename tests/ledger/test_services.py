@@ -2,6 +2,7 @@
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from apps.ledger.errors import InsufficientBalance, InvalidAmount, PrecisionExceeded, Unbalanced, UnknownAsset
@@ -221,3 +222,29 @@ def test_one_keyless_posting_creates_missing_balance_rows(make_user, usdt, walle
     txn = ledger_transfer(source=external, destination=wallet(bob), asset=usdt, amount=D("3"))
     assert balance_amount(account=wallet(bob), asset_code="USDT") == D("3")
     assert sorted(txn.entries.values_list("amount", flat=True)) == [D("-3"), D("3")]
+
+
+def test_several_postings_write_their_transaction_rows_in_one_statement_as_given(alice, usdt, wallet, external):
+    """`ledger_post_many`'s transaction rows (one INSERT for all) hold each posting's fields, in call order."""
+    wallet_deposit(user=alice, asset=usdt, amount=D("10"))
+    held = system_account(AccountKind.FEE_INCOME)
+    staff = get_user_model().objects.create_user("ops", is_staff=True)
+    postings = [
+        Posting(kind=TransactionKind.TRADE, legs=[Leg(wallet(alice), usdt, D("-1")), Leg(held, usdt, D("1"))],
+                memo="first", reference={"order_id": 1, "nested": {"a": [1, 2]}}),
+        Posting(kind=TransactionKind.ADJUSTMENT, legs=[Leg(held, usdt, D("-0.5")), Leg(wallet(alice), usdt, D("0.5"))],
+                idempotency_key="fee:2", created_by_id=staff.pk),
+        Posting(kind=TransactionKind.TRADE, legs=[Leg(wallet(alice), usdt, D("-2")), Leg(held, usdt, D("2"))],
+                memo="x" * 300),
+    ]
+    txns = ledger_post_many(postings=postings)
+    assert [t.pk for t in txns] == sorted(t.pk for t in txns) and not any(t._state.adding for t in txns)
+    stored = {t.pk: t for t in LedgerTransaction.objects.filter(pk__in=[t.pk for t in txns])}
+    assert [(stored[t.pk].kind, stored[t.pk].memo, stored[t.pk].reference, stored[t.pk].idempotency_key,
+             stored[t.pk].created_by_id, stored[t.pk].created_at) for t in txns] == [
+        ("TRADE", "first", {"order_id": 1, "nested": {"a": [1, 2]}}, None, None, txns[0].created_at),
+        ("ADJUSTMENT", "", {}, "fee:2", staff.pk, txns[1].created_at),
+        ("TRADE", "x" * 255, {}, None, None, txns[2].created_at),
+    ]
+    assert [list(stored[t.pk].entries.values_list("amount", flat=True).order_by("id")) for t in txns] == [
+        [D("-1"), D("1")], [D("-0.5"), D("0.5")], [D("-2"), D("2")]]
