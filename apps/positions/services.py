@@ -46,7 +46,7 @@ def entry_lock(*, user, contract: Contract, status: bool = True
     return (current, *locked[user.pk])
 
 
-def entry_lock_many(*, users, contract: Contract, status: bool = True
+def entry_lock_many(*, users, contract: Contract, status: bool = True, create: bool = True
                     ) -> tuple[str | None, dict[int, tuple[Position, dict[int, Decimal], dict[str, int]]]]:
     """(the contract's status read FOR SHARE, {user id: (position, balances, account ids by kind)})
     for order entry of several users at once: one statement (two when a position row is missing).
@@ -57,7 +57,11 @@ def entry_lock_many(*, users, contract: Contract, status: bool = True
     user's), then the position rows. Each step is gated on the previous one having run to
     the end (a one-time filter on its row count), so the statement locks in that order as
     separate statements would; locked rows are read at their latest committed version.
-    Missing position rows are created and locked after it. The account ids (wallet and
+    Missing position rows are created and locked after it; with `create=False` they are
+    returned unsaved instead (the defaults a new row gets), for a caller that saves only
+    those it needs (`position_save_new`): under the users' balance locks, which every
+    writer of a position takes first, no other transaction can create them meanwhile.
+    The account ids (wallet and
     order margin) spare the margin hold its account lookups (a kind not there yet is
     absent: the caller creates it).
     """
@@ -75,12 +79,22 @@ def entry_lock_many(*, users, contract: Contract, status: bool = True
             missing.append(user_id)
         locked[user_id] = (position, dict(zip(accounts, amounts)) if accounts else {},
                            dict(zip(kinds, ids)) if kinds else {})
-    if missing:
+    if missing and not create:
+        for user_id in missing:
+            locked[user_id] = (Position(user_id=user_id, contract=contract), *locked[user_id][1:])
+    elif missing:
         Position.objects.bulk_create([Position(user_id=u, contract=contract) for u in missing], ignore_conflicts=True)
         for position in Position.objects.select_for_update().filter(user_id__in=missing, contract=contract
                                                                     ).order_by("user_id"):
             locked[position.user_id] = (position, *locked[position.user_id][1:])
     return current, locked
+
+
+def position_save_new(positions: list[Position]) -> None:
+    """Store the unsaved positions `entry_lock_many(create=False)` returned (their rows and locks)."""
+    new = list({id(position): position for position in positions if position._state.adding}.values())
+    if new:
+        Position.objects.bulk_create(new)
 
 
 _POSITION_FIELDS = [f.attname for f in Position._meta.concrete_fields]

@@ -33,7 +33,7 @@ from apps.liquidation.models import Liquidation, LiquidationStatus
 from apps.ops.metrics import RISK_CHECK, measure_latency
 from apps.positions.booking import order_margin_release
 from apps.positions.models import Position
-from apps.positions.services import entry_lock, entry_lock_many
+from apps.positions.services import entry_lock, entry_lock_many, position_save_new
 from apps.risk.conf import risk_setting
 from apps.risk.services import exposure_params, exposure_sql, risk_pretrade_check
 from apps.positions.tiers import tier_leverage
@@ -498,7 +498,7 @@ def _accept(group: list[tuple[int, _Draft]], results: list) -> list[tuple[int, O
     users = list({draft.user.pk: draft.user for _, draft in group}.values())
     # The status read again FOR SHARE (a lifecycle change - close-only, settling, halt - waits
     # for these orders), then the balances and the positions, locked in one statement.
-    status, locked = entry_lock_many(users=users, contract=contract)
+    status, locked = entry_lock_many(users=users, contract=contract, create=False)
     risk = risk_setting("RISK_PRETRADE_ENABLED")
     entries = _entry_states(users=users, contract=contract,
                             exposure_users=[d.user for _, d in group if risk and not d.reducing])
@@ -526,6 +526,7 @@ def _accept(group: list[tuple[int, _Draft]], results: list) -> list[tuple[int, O
         if len(orders) > 1:
             raise _Retry from exc
         raise _error("ClientOrderId is duplicated.", ErrorCode.CLIENT_ORDER_ID_DUPLICATED) from exc
+    position_save_new([accounts[order.user_id].position for order in orders])
     _holds(orders, {pk: account.accounts for pk, account in accounts.items()})
     if any(order.status == OrderStatus.PENDING_NEW for order in orders):
         transaction.on_commit(lambda: doorbell.ring(contract.pk))
@@ -555,7 +556,8 @@ def _admit(draft: _Draft, status: str, account: _Account) -> Order:
         _check_leverage_tier(spec, contract, position, exposure, quantity, hold_price)
     hold = order_hold(quantity=quantity, price=hold_price, contract=contract, leverage=position.leverage,
                       reduce_only=reducing)
-    wallet = _account_id(account.accounts, AccountKind.WALLET, user)
+    # Looked up, not created: a refused order of a group that commits must leave nothing behind.
+    wallet = account.accounts.get(AccountKind.WALLET)
     if hold > account.balances.get(wallet, ZERO):  # the ledger would refuse it too; say so before the risk gate
         raise MarginInsufficient("Margin is insufficient.")
     if not reducing:  # before the order is counted: the check counts the open orders itself
@@ -575,7 +577,7 @@ def _admit(draft: _Draft, status: str, account: _Account) -> Order:
     return order
 
 
-def _admitted(account: _Account, order: Order, wallet: int) -> None:
+def _admitted(account: _Account, order: Order, wallet: int | None) -> None:
     """What storing `order` changes in `_entry_states`' reads and the wallet (the orders after it see it)."""
     entry, buy = account.entry, order.side == Side.BUY
     entry["count"] += 1
@@ -589,7 +591,8 @@ def _admitted(account: _Account, order: Order, wallet: int) -> None:
             contract = order.contract
             entry["exposure"].append(("O", contract.pk, contract.symbol, contract.contract_size, order.quantity,
                                       None, order.side))
-    account.balances[wallet] = account.balances.get(wallet, ZERO) - order.margin_held
+    if order.margin_held:  # then the wallet exists: it held at least that much
+        account.balances[wallet] = account.balances[wallet] - order.margin_held
 
 
 # Fields whose database preparation is the identity on PostgreSQL for a value of the given

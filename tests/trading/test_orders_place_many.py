@@ -3,6 +3,7 @@ time, each order judged after what the orders before it took, refusals leaving n
 import random
 from decimal import Decimal
 
+import pytest
 from django.db import transaction
 
 from apps.ops.invariants import run_all_invariants
@@ -26,7 +27,23 @@ def codes(results):
     return [r.code if isinstance(r, ExchangeError) else "ok" for r in results]
 
 
-def test_several_users_in_one_call_hold_margin_and_journal_in_request_order(funded, btcusdt):
+@pytest.fixture
+def groups(monkeypatch):
+    """The number of orders each transaction of `orders_place_many` judged (a write that failed
+    and was placed again one order at a time shows as the group, then ones)."""
+    from apps.trading import services
+
+    sizes, real = [], services._accept
+
+    def spy(group, results):
+        sizes.append(len(group))
+        return real(group, results)
+
+    monkeypatch.setattr(services, "_accept", spy)
+    return sizes
+
+
+def test_several_users_in_one_call_hold_margin_and_journal_in_request_order(funded, btcusdt, groups):
     alice, bob = funded("alice"), funded("bob")
     results = orders_place_many([req(alice, btcusdt), req(bob, btcusdt, "SELL", "0.2", "51000"),
                                  req(alice, btcusdt, "SELL", "0.3", "52000")])
@@ -38,6 +55,8 @@ def test_several_users_in_one_call_hold_margin_and_journal_in_request_order(fund
     assert [o.margin_held for o in results] == [D("252"), D("0.2") * D("51000") * D("0.0504"), D("786.24")]
     assert held_of(alice) == D("1038.24") and wallet_of(alice) == D("100000") - D("1038.24")
     assert all(o.status == OrderStatus.PENDING_NEW for o in Order.objects.all())
+    assert groups == [3]  # one transaction: written as a group, not placed again one by one
+    assert Position.objects.filter(contract=btcusdt).count() == 2  # created with the orders, one per user
     assert not run_all_invariants()
 
 
@@ -65,7 +84,7 @@ def test_open_order_limit_and_reduce_only_count_the_earlier_orders_of_the_call(f
     assert Order.objects.filter(user=alice, reduce_only=True).count() == 2
 
 
-def test_a_client_order_id_twice_in_a_call_or_already_stored(funded, btcusdt):
+def test_a_client_order_id_twice_in_a_call_or_already_stored(funded, btcusdt, groups):
     alice, bob = funded("alice"), funded("bob")
     order_place(user=alice, contract=btcusdt, side="BUY", quantity=D("0.1"), price=D("50000"),
                 client_order_id="taken")
@@ -76,6 +95,7 @@ def test_a_client_order_id_twice_in_a_call_or_already_stored(funded, btcusdt):
         req(alice, btcusdt, client_order_id="free"),
     ])
     assert codes(results) == ["ok", -4116, -4116, "ok"]
+    assert groups == [1, 4, 1, 1, 1, 1]  # (the first stored "taken") the group's write fails: placed again one by one
     assert sorted(Order.objects.values_list("client_order_id", flat=True)) == ["free", "mine", "taken"]
     assert not run_all_invariants()
 
@@ -97,7 +117,7 @@ def test_orders_of_several_contracts_and_refusals_before_the_locks(funded, btcus
     assert Position.objects.filter(user=alice).count() == 2  # created under the locks, one per contract
 
 
-def test_a_call_decides_as_the_same_orders_placed_one_at_a_time(funded, btcusdt):
+def test_a_call_decides_as_the_same_orders_placed_one_at_a_time(funded, btcusdt, groups):
     users = [funded(f"u{i}", D("1500")) for i in range(4)]
     rng = random.Random(7)
     btcusdt.max_open_orders = 6
@@ -121,7 +141,21 @@ def test_a_call_decides_as_the_same_orders_placed_one_at_a_time(funded, btcusdt)
         single = one_at_a_time()
         expected = [(c, None if c != "ok" else (o.quantity, o.margin_held)) for c, o in zip(codes(single), single)]
         transaction.set_rollback(True)
+    groups.clear()
     many = orders_place_many(requests)
+    assert groups == [40]
     assert [(c, None if c != "ok" else (o.quantity, o.margin_held)) for c, o in zip(codes(many), many)] == expected
     assert {"ok", -2019, -2025} <= set(codes(many))  # the run exercised margin and the open-order limit
     assert not run_all_invariants()
+
+
+def test_a_refused_order_of_a_committed_group_leaves_nothing_behind(funded, make_user, btcusdt):
+    from apps.ledger.models import Account
+
+    alice, newcomer = funded("alice"), make_user("newcomer")  # no wallet, no account at all
+    results = orders_place_many([req(newcomer, btcusdt), req(alice, btcusdt)])
+    assert codes(results) == [-2019, "ok"]
+    assert not Account.objects.filter(user=newcomer).exists()
+    assert not Order.objects.filter(user=newcomer).exists()
+    assert not Position.objects.filter(user=newcomer).exists()  # not even an empty position row
+    assert Position.objects.filter(user=alice, contract=btcusdt, size=0).exists()  # created with its order
