@@ -22,9 +22,30 @@ from exchange.routing import websocket_urlpatterns  # noqa: E402
 
 
 class _PooledInstance(WsgiToAsgiInstance):
-    # asgiref runs the WSGI app thread_sensitive (one thread per process); these requests
-    # share no thread-bound state, so any pool thread will do.
-    run_wsgi_app = sync_to_async(WsgiToAsgiInstance.run_wsgi_app.__wrapped__, thread_sensitive=False)
+    """One HTTP request: the WSGI app in any pool thread, its response sent from the event loop.
+
+    asgiref runs the WSGI app thread_sensitive (one thread per process); these requests
+    share no thread-bound state, so any pool thread will do. And asgiref hands each response
+    message (start, body, end) back to the event loop one at a time, each a round trip
+    between the threads that waits for the loop; here the thread collects them and the loop
+    sends them once the thread is done: one hop per request (responses are JSON documents
+    and pages, held in memory anyway).
+    """
+
+    _run = sync_to_async(WsgiToAsgiInstance.run_wsgi_app.__wrapped__, thread_sensitive=False)
+
+    async def __call__(self, scope, receive, send):
+        self._send = send
+        await super().__call__(scope, receive, send)
+
+    async def run_wsgi_app(self, body):
+        messages: list[dict] = []
+        self.sync_send = messages.append  # what the WSGI side sends, kept (the base class set a thread hop)
+        try:
+            await self._run(body)
+        finally:
+            for message in messages:
+                await self._send(message)
 
 
 class PooledWsgiToAsgi(WsgiToAsgi):
