@@ -28,7 +28,7 @@ from apps.contracts.models import Contract, ContractStatus
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import to_decimal
-from apps.ledger.services import Leg, Posting, account_get_or_create, bound_cursor, ledger_post_many, ledger_transfer
+from apps.ledger.services import Leg, Posting, account_get_or_create, bound_cursor, ledger_post_many
 from apps.liquidation.models import Liquidation, LiquidationStatus
 from apps.ops.metrics import RISK_CHECK, measure_latency
 from apps.positions.booking import order_margin_release
@@ -468,10 +468,6 @@ class _Account:
     entry: dict  # `_entry_states`' reads
 
 
-class _Retry(Exception):
-    """Writing a group of orders failed: place them one per transaction."""
-
-
 def _place_group(group: list[tuple[int, _Draft]], results: list) -> None:
     """Place one contract's drafts in one transaction; on a failed write, one by one. Never
     raises: an order's unexpected error is its own result (the other groups go on)."""
@@ -524,10 +520,10 @@ def _accept(group: list[tuple[int, _Draft]], results: list) -> list[tuple[int, O
         _orders_insert(orders)
     except IntegrityError as exc:
         if len(orders) > 1:
-            raise _Retry from exc
+            raise  # `_place_group` places the group again one order at a time
         raise _error("ClientOrderId is duplicated.", ErrorCode.CLIENT_ORDER_ID_DUPLICATED) from exc
     position_save_new([accounts[order.user_id].position for order in orders])
-    _holds(orders, {pk: account.accounts for pk, account in accounts.items()})
+    _holds([(order, order.user, order.margin_held) for order in orders], {pk: a.accounts for pk, a in accounts.items()})
     if any(order.status == OrderStatus.PENDING_NEW for order in orders):
         transaction.on_commit(lambda: doorbell.ring(contract.pk))
     return placed
@@ -686,22 +682,25 @@ def _order_insert_sql(columns: list[str], journal: bool) -> str:
     return sql
 
 
-def _holds(orders: list[Order], accounts: dict[int, dict[str, int]]) -> None:
-    """Hold each order's margin (wallet -> order margin), one ledger transaction per order, one call for all."""
+def _holds(holds: list[tuple[Order, object, Decimal]], accounts: dict[int, dict[str, int]]) -> None:
+    """Hold margin for orders (wallet -> order margin): one ledger transaction per (order, its user,
+    amount) with an amount, one call for all. `accounts`: user id -> the user's account ids by kind (from
+    the entry lock; a missing one is created). Refused: MarginInsufficient for one hold; for
+    several, the ledger's error (`_place_group` places the group again one order at a time)."""
     postings = []
-    for order in orders:
-        if order.margin_held > 0:
-            user, asset, amount = order.user, order.contract.settle_asset, order.margin_held
+    for order, user, amount in holds:
+        if amount > 0:
+            asset = order.contract.settle_asset
             postings.append(Posting(
                 kind=TransactionKind.ORDER_MARGIN, reference={"order_id": order.pk},
                 legs=[Leg(_account_id(accounts[user.pk], AccountKind.WALLET, user), asset, -amount),
                       Leg(_account_id(accounts[user.pk], AccountKind.ORDER_MARGIN, user), asset, amount)]))
     try:
-        # savepoint=False: a refused hold refuses the group (its transaction rolls back)
+        # savepoint=False: a refused hold refuses the order(s): the caller's transaction rolls back
         ledger_post_many(postings=postings, savepoint=False)
     except InsufficientBalance as exc:
-        if len(orders) > 1:
-            raise _Retry from exc
+        if len(postings) > 1:
+            raise
         raise MarginInsufficient("Margin is insufficient.") from exc
 
 
@@ -711,19 +710,6 @@ def _account_id(accounts: dict[str, int], kind: str, user) -> int:
     if found is None:
         found = accounts[kind] = account_get_or_create(kind=kind, user=user).pk
     return found
-
-
-def _hold(*, user, contract: Contract, order: Order, amount: Decimal, accounts: dict[str, int]) -> None:
-    try:
-        ledger_transfer(
-            source=_account_id(accounts, AccountKind.WALLET, user),
-            destination=_account_id(accounts, AccountKind.ORDER_MARGIN, user),
-            asset=contract.settle_asset, amount=amount, kind=TransactionKind.ORDER_MARGIN,
-            reference={"order_id": order.pk},
-            savepoint=False,  # a refused hold refuses the order: order_place's transaction rolls back
-        )
-    except InsufficientBalance as exc:
-        raise MarginInsufficient("Margin is insufficient.") from exc
 
 
 def _release(*, order: Order, amount: Decimal) -> None:
@@ -860,7 +846,7 @@ def order_amend(*, user, contract: Contract, quantity, price, side: str | None =
                     risk_pretrade_check(user=user, contract=contract, side=order.side, quantity=new_open,
                                         price=price, mark=mark, rows=exposure["exposure"])
         if added:
-            _hold(user=user, contract=contract, order=order, amount=added, accounts=accounts)
+            _holds([(order, user, added)], {user.pk: accounts})
         OrderCommand.objects.create(contract=contract, kind=CommandKind.AMEND, order=order, price=price,
                                     quantity=quantity, margin_added=added)
         transaction.on_commit(lambda: doorbell.ring(contract.pk))
