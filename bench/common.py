@@ -5,6 +5,7 @@ busy machine can be told apart from numbers taken on a quiet one.
 """
 import os
 import platform
+from pathlib import Path
 import resource
 
 
@@ -111,6 +112,27 @@ def statements_traced(connection, out, *, min_ms: int = 100):
             out.flush()
 
     return traced()
+
+
+def server_cpu_seconds() -> float | None:
+    """CPU seconds of every PostgreSQL process on this machine so far: the live ones (backends,
+    parallel workers, WAL writer, checkpointer) and the children the postmaster has reaped
+    (its cutime). For work spread over several connections; None when none is readable."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs = {}  # pid -> (parent pid, own seconds, reaped children's seconds)
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, rest = stat_path.read_text().split(" (", 1)[1].rsplit(")", 1)
+            fields = rest.split()
+            if name == "postgres":
+                procs[int(stat_path.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick,
+                                                     (int(fields[13]) + int(fields[14])) / tick)
+        except (OSError, IndexError, ValueError):
+            continue
+    if not procs:
+        return None
+    # The postmaster is the one whose parent is not PostgreSQL: its children's time counts once reaped.
+    return sum(own + (reaped if parent not in procs else 0.0) for parent, own, reaped in procs.values())
 
 
 def cpu_seconds(connection) -> tuple[float | None, float]:

@@ -18,7 +18,7 @@ several things commits them together.
 """
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
-from typing import Sequence
+from typing import Callable, Sequence
 
 from django.db import IntegrityError, connection, transaction
 
@@ -497,6 +497,11 @@ STAGED_WORK_MEM = "256MB"
 STAGED_SETTINGS_SQL = "SELECT set_config('work_mem', %s, true), set_config('jit', 'off', true)"
 
 STAGED_LEGS = "WITH legs AS NOT MATERIALIZED (SELECT 0 AS p, x.account_id, x.asset_id, x.amount, 0::bigint AS ord FROM ({sql}) x)"
+# A concurrent posting's legs, computed once: its move meets balances other transactions are
+# updating, and PostgreSQL rechecks such a row against the leg it joined (EvalPlanQual). A leg
+# from a UNION ALL inlined into the join fails that recheck, and the balance would be skipped
+# (seen: the shared clearing account's); a materialized leg passes it.
+STAGED_LEGS_MATERIALIZED = STAGED_LEGS.replace("NOT MATERIALIZED", "MATERIALIZED")
 
 # Per asset: legs, their sum, the zero ones, and whether one has more places than the asset allows.
 STAGED_CHECK_SQL = """
@@ -518,6 +523,11 @@ ORDER BY g.asset_id
 # buffer cache) and update it in a second pass: ~20% of the statement's time at a million
 # legs (bench/funding.py).
 STAGED_MERGE = {"enable_hashjoin": "off"}
+# A concurrent staged posting (one of several booked in parallel) updates its balances in the
+# order its legs come, one index probe each, so that it takes each row lock in the order its
+# caller chose: the per-user legs in (account, asset) order, as every other poster locks
+# them, and the shared system accounts last, so that they stay locked only until its commit.
+STAGED_IN_ORDER = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
 ENTRIES_FROM_BALANCES = "ledger.entries_from_balances"  # read by the entries' trigger (migration 0011)
 # Read by the income lines' trigger (migration 0011): the statement's users come from positions
 # (whose foreign key guarantees them), so it need not probe auth_user once per line.
@@ -573,7 +583,8 @@ def balances_lock_all() -> None:
         cursor.execute("LOCK TABLE ledger_balance IN EXCLUSIVE MODE")
 
 
-def ledger_post_staged(*, posting: Posting, legs_sql: str, params: Sequence = ()) -> LedgerTransaction | None:
+def ledger_post_staged(*, posting: Posting, legs_sql: str, params: Sequence = (), concurrent: bool = False,
+                       before_move: Callable[[int], None] | None = None) -> LedgerTransaction | None:
     """Book one posting whose legs are the rows (account_id, asset_id, amount) of a SELECT.
 
     For a posting of a leg per position that PostgreSQL computes itself (funding,
@@ -585,10 +596,17 @@ def ledger_post_staged(*, posting: Posting, legs_sql: str, params: Sequence = ()
     (InsufficientBalance, nothing written); a repeated idempotency key returns the earlier
     transaction; no legs at all book nothing (None). `posting.legs` is not read. From `TABLE_LOCK_FROM` legs the balance table
     is locked (`balances_lock_all`), below it the balance rows in the ledger's order.
+
+    `concurrent`: one of several large postings booked in parallel transactions (the chunks
+    of a settlement). No table lock: each balance row is locked as it is updated, in the
+    order of the SELECT's rows (`STAGED_IN_ORDER`), which must be the per-user legs in
+    (account, asset) order and then the system accounts the parallel postings share.
+    `before_move(transaction id)` runs once the transaction row exists and before any
+    balance moves (lines that name the transaction); it is rolled back with a refused posting.
     """
     if posting.kind not in _KINDS:
         raise LedgerError(f"Unknown transaction kind {posting.kind!r}.")
-    legs = STAGED_LEGS.format(sql=legs_sql)
+    legs = (STAGED_LEGS_MATERIALIZED if concurrent else STAGED_LEGS).format(sql=legs_sql)
     params = list(params)
     with transaction.atomic(), connection.cursor() as cursor:  # a refused posting rolls back to here
         cursor.execute(STAGED_SETTINGS_SQL, [STAGED_WORK_MEM])  # for the rest of the transaction
@@ -597,7 +615,7 @@ def ledger_post_staged(*, posting: Posting, legs_sql: str, params: Sequence = ()
         if not count:
             return None
         stage = Stage(legs, params, copied=True)
-        if not balances_lock_for(legs=count):
+        if not concurrent and not balances_lock_for(legs=count):
             _lock(stage)
         key = posting.idempotency_key
         booked = LedgerTransaction.objects.filter(idempotency_key=key).first() if key else None
@@ -611,12 +629,15 @@ def ledger_post_staged(*, posting: Posting, legs_sql: str, params: Sequence = ()
                 )
         except IntegrityError as exc:
             raise LedgerError("Duplicate idempotency key (booked concurrently).") from exc
+        if before_move is not None:
+            before_move(txn.pk)
+        plan = STAGED_IN_ORDER if concurrent else STAGED_MERGE if count >= TABLE_LOCK_FROM else {}
         try:
-            _staged_move(cursor, stage, txn.pk, count)
+            _staged_move(cursor, stage, txn.pk, count, plan)
         except _Short:
-            _ensure(stage)  # the table is ours: new rows need no lock of their own
+            _ensure(stage)  # the table or the rows are ours, or a concurrent insert of one is a no-op
             try:
-                _staged_move(cursor, stage, txn.pk, count)
+                _staged_move(cursor, stage, txn.pk, count, plan)
             except _Short:
                 raise LedgerError("A staged posting's legs changed between its statements.") from None
     return txn
@@ -638,13 +659,13 @@ def _staged_check(rows) -> int:
     return count  # one leg alone cannot sum to zero
 
 
-def _staged_move(cursor, stage: Stage, txn_id: int, count: int) -> None:
+def _staged_move(cursor, stage: Stage, txn_id: int, count: int, plan: dict[str, str]) -> None:
     """Balances and entries in one statement; _Short when a balance row is missing or a balance repeats."""
     try:
         with transaction.atomic():  # its rollback also restores the settings
             # Its entries come from the balances it updates: their trigger need not probe for
             # each one's balance row (ledger migration 0011), for this statement only.
-            settings = {ENTRIES_FROM_BALANCES: "on", **(STAGED_MERGE if count >= TABLE_LOCK_FROM else {})}
+            settings = {ENTRIES_FROM_BALANCES: "on", **plan}
             with settings_local(cursor, **settings):
                 cursor.execute(STAGED_MOVE_SQL.format(legs=stage.cte), [*stage.params, txn_id])
                 moved = cursor.rowcount

@@ -2,8 +2,8 @@
 
 Every funding settlement books its rounding dust (what payers paid minus what receivers
 got) into FUNDING_CLEARING and nothing else ever moves that account, so at any time,
-per asset, the FUNDING_CLEARING balance equals the dust recorded on the settled runs,
-and equals minus the sum of all FUNDING_FEE income lines plus what the insurance fund
+per asset, the FUNDING_CLEARING balance equals the dust recorded on the settled runs
+(and on the chunks booked so far of a run still settling in chunks), and equals minus the sum of all FUNDING_FEE income lines plus what the insurance fund
 and bad debt covered. Register `check_funding_clearing_is_dust` in `apps.ops.invariants`.
 """
 from django.db import connection
@@ -18,10 +18,16 @@ def check_funding_clearing_is_dust() -> list[Violation]:
             WITH clearing AS (
                 SELECT b.asset_id, b.amount FROM ledger_balance b
                 JOIN ledger_account a ON a.id = b.account_id WHERE a.kind = 'FUNDING_CLEARING'
+            ), booked AS (
+                SELECT r.contract_id, r.dust, r.covered FROM settlement_fundingsettlement r WHERE r.status = 'DONE'
+                UNION ALL  -- the chunks booked so far of a run still settling
+                SELECT r.contract_id, k.paid - k.received, k.covered
+                FROM settlement_fundingchunk k JOIN settlement_fundingsettlement r ON r.id = k.run_id
+                WHERE r.status <> 'DONE' AND k.booked_at IS NOT NULL
             ), runs AS (
-                SELECT c.settle_asset_id AS asset_id, SUM(r.dust) AS dust, SUM(r.covered) AS covered
-                FROM settlement_fundingsettlement r JOIN contracts_contract c ON c.id = r.contract_id
-                WHERE r.status = 'DONE' GROUP BY c.settle_asset_id
+                SELECT c.settle_asset_id AS asset_id, SUM(x.dust) AS dust, SUM(x.covered) AS covered
+                FROM booked x JOIN contracts_contract c ON c.id = x.contract_id
+                GROUP BY c.settle_asset_id
             ), incomes AS (
                 SELECT asset_id, SUM(amount) AS total FROM ledger_income
                 WHERE income_type = 'FUNDING_FEE' GROUP BY asset_id

@@ -15,7 +15,15 @@ firing at once store one row.
 serializes concurrent runners, its status says whether the money moved, and it keeps
 the totals (paid by payers, received by receivers, and the rounding dust left in the
 FUNDING_CLEARING account, which is the one account that holds funding dust).
+
+`FundingChunk` is one part of a large settlement (more positions than
+`FUNDING_CHUNK_POSITIONS`): the payments of its positions as fixed when the run was
+planned (parallel arrays, emptied once booked: the income lines and ledger entries
+then hold them), and the posting that booked them. Each chunk is booked in its own
+transaction, so chunks run in parallel and a run killed half-way keeps the chunks it
+booked; the next run books the others.
 """
+from django.contrib.postgres.fields import ArrayField
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -81,8 +89,9 @@ class FundingRate(models.Model):
 
 class SettlementStatus(models.TextChoices):
     PENDING = "PENDING", "Pending (not settled yet)"
+    SETTLING = "SETTLING", "Settling (booked in chunks; the next run books what is left)"
     DONE = "DONE", "Settled"
-    FAILED = "FAILED", "Failed (nothing booked; retried by the next run)"
+    FAILED = "FAILED", "Failed (retried by the next run; chunks already booked stay booked)"
 
 
 class SettlementRun(models.Model):
@@ -114,6 +123,8 @@ class FundingSettlement(SettlementRun):
     received = MoneyField(default=0, help_text="Sum received by the receiving side (positive).")
     dust = MoneyField(default=0, help_text="paid − received: left in the FUNDING_CLEARING account.")
     covered = MoneyField(default=0, help_text="Payments the insurance fund or bad debt covered.")
+    chunks = models.PositiveIntegerField(
+        default=0, help_text="Chunks the payments were booked in (0: one posting, the run's ledger transaction).")
 
     class Meta:
         ordering = ["-funding_time", "contract_id"]
@@ -129,6 +140,35 @@ class FundingSettlement(SettlementRun):
 
     def __str__(self) -> str:
         return f"{self.contract.symbol} {self.funding_time:%Y-%m-%d %H:%M} {self.status}"
+
+
+class FundingChunk(models.Model):
+    run = models.ForeignKey(FundingSettlement, on_delete=models.PROTECT, related_name="chunk_set")
+    number = models.PositiveIntegerField(help_text="0-based; positions in user order.")
+    positions = models.PositiveIntegerField()
+    paid = MoneyField(default=0)
+    received = MoneyField(default=0)
+    covered = MoneyField(default=0)
+    # The payments as planned, one element per position (emptied once booked).
+    user_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    isolated = ArrayField(models.BooleanField(), default=list, blank=True)
+    account_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    amounts = ArrayField(MoneyField(), default=list, blank=True)
+    ledger_transaction = models.ForeignKey(
+        "ledger.LedgerTransaction", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    booked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run_id", "number"]
+        constraints = [models.UniqueConstraint(fields=["run", "number"], name="funding_chunk_unique_number")]
+
+    @property
+    def dust(self):
+        return self.paid - self.received
+
+    def __str__(self) -> str:
+        return f"{self.run} chunk {self.number}"
 
 
 # -- delivery ------------------------------------------------------------------------------

@@ -3,34 +3,38 @@
 Sampling (`premium_samples_take`, every `FUNDING_SAMPLE_SECONDS` from beat) stores
 one `PremiumSample` per perpetual and slot and refreshes the cached predicted rate.
 
-Settlement (`funding_settle`) is one database transaction per (contract, funding time):
+Settlement (`funding_settle`) of one (contract, funding time):
 1. the `FundingSettlement` row is created (unique per contract and time) and locked
    FOR UPDATE, so a second runner (two beats, a manual "settle now") waits, then sees
    DONE and returns without touching anything;
-2. the rate of that interval is computed from its samples (`selectors.rate_quote`),
-   the mark is the last stored mark before the funding time;
-3. every open position's payment (`formulas.payment`, run as `formulas.PAYMENT_SQL`
-   over all positions in one statement, into the temporary table `funding_payments`)
-   goes to its margin account: the WALLET for cross positions, the position's
-   ISOLATED_MARGIN account for isolated ones (as the reference exchange does: isolated
-   funding moves the isolated margin);
-4. ONE ledger posting (idempotency key `funding:<SYMBOL>:<funding ms>`), its legs read by
-   the ledger from `funding_payments` (`ledger_post_staged`): a leg per account and one
-   FUNDING_CLEARING leg of −Σ payments; the rounding dust (what the payers paid minus
-   what the receivers got, a few 1e-8 per position at most) stays in FUNDING_CLEARING,
-   the one documented dust account, and is recorded on the run. A large posting locks
-   the balance table first (`balances_lock_for`), a small one its rows;
+2. the plan (`_plan`, in that transaction): the rate of the interval from its samples
+   (`selectors.rate_quote`, written to the `FundingRate` history), the mark (the last
+   stored before the funding time), and every open position's payment
+   (`formulas.payment`, run as `formulas.PAYMENT_SQL` over all positions in one
+   statement, into the temporary table `funding_payments`) to its margin account: the
+   WALLET for cross positions, the position's ISOLATED_MARGIN account for isolated ones
+   (as the reference exchange does: isolated funding moves the isolated margin);
+3. up to `FUNDING_CHUNK_POSITIONS` positions are booked in that same transaction (key
+   `funding:<SYMBOL>:<funding ms>`). More are stored as `FundingChunk`s of that many
+   payments, committed, then booked one transaction per chunk (key `...:<chunk>`),
+   `FUNDING_SETTLE_WORKERS` at a time (`chunks_book`); the run is DONE once all are;
+4. a booking (`_book`) is ONE ledger posting whose legs the ledger reads from
+   `funding_payments` (`ledger_post_staged`): a leg per account and one FUNDING_CLEARING
+   leg of −Σ payments; the rounding dust (what the payers paid minus what the receivers
+   got, a few 1e-8 per position at most) stays in FUNDING_CLEARING, the one documented
+   dust account, and is recorded on the run. Its income lines (`Income` FUNDING_FEE, one
+   INSERT ... SELECT) are written in the posting, before its balances move;
 5. the posting is tried as it is: the ledger refuses it (and rolls it back) when a payer's
-   account cannot pay in full; then the short payers (found in SQL, under the locks) are
-   covered by the insurance fund, then bad debt — the rule of `apps.positions.booking`
-   (`deficits_cover`), reused — and it is posted again;
-6. one `Income` FUNDING_FEE row per position (one INSERT ... SELECT), the `FundingRate`
-   history row and the run's totals, in the same transaction.
+   account cannot pay in full; then the balance table is locked, the short payers (found
+   in SQL) are covered by the insurance fund, then bad debt — the rule of
+   `apps.positions.booking` (`deficits_cover`), reused — and it is posted again.
 Nothing per position passes through Python: payments, legs, sums and income lines are
 SQL over all positions (bench/funding.py).
-A crash anywhere rolls all of it back: the next run (the beat every minute retries
-due times, oldest first) settles it from scratch, so each position is charged exactly
-once. Failures mark the run FAILED and raise `job_failure:funding:<SYMBOL>`.
+A crash rolls back the transaction under way only: a plan or a single booking is redone
+from scratch, booked chunks stay booked and the next run (the beat every minute retries
+due times, oldest first) books the rest from the stored plan, so each position is charged
+exactly once, at the planned rate. Failures mark the run FAILED and raise
+`job_failure:funding:<SYMBOL>`.
 
 Positions are those open when the settlement runs; for a funding time settled late
 (scheduler down) that is the positions at catch-up time, at the rate and mark of the
@@ -40,11 +44,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db import connection, transaction
-from django.db.models import F
+from django.conf import settings
+from django.db import OperationalError, connection, transaction
+from django.db.models import F, Sum
+from psycopg.errors import DeadlockDetected
 from django.utils import timezone
 
 from apps.contracts.models import Contract, FundingPolicy
@@ -57,7 +64,7 @@ from apps.ledger.services import (
     Posting,
     accounts_for_users,
     balances_lock,
-    balances_lock_for,
+    balances_lock_all,
     ledger_post_staged,
     system_account,
 )
@@ -70,7 +77,7 @@ from exchange.pgbulk import settings_local
 from exchange.redis import get_redis
 
 from . import formulas
-from .models import FundingRate, FundingSettlement, PremiumSample, SettlementStatus
+from .models import FundingChunk, FundingRate, FundingSettlement, PremiumSample, SettlementStatus
 from .selectors import (
     PREDICTED_KEY,
     PREDICTED_TTL_SECONDS,
@@ -184,7 +191,8 @@ def funding_settle(*, contract: Contract, funding_time: datetime, now: datetime 
                    requested_by=None) -> FundingSettlement:
     """Settle one funding time of one perpetual exactly once; returns its run (DONE).
 
-    Safe to call any number of times, concurrently: a DONE run is returned as it is.
+    Safe to call any number of times, concurrently: a DONE run is returned as it is, and the
+    chunks of a large run are shared out between the runners (each booked once).
     Raises (after recording FAILED and raising the job-failure alert) when it cannot settle.
     """
     now = now or timezone.now()
@@ -209,7 +217,15 @@ def funding_settle(*, contract: Contract, funding_time: datetime, now: datetime 
             run = FundingSettlement.objects.select_for_update().get(pk=run.pk)
             if run.status == SettlementStatus.DONE:  # another runner finished while we waited
                 return run
-            _settle(run=run, contract=contract, funding_time=funding_time, now=now, requested_by=requested_by)
+            if not run.chunks:  # not planned yet (a failed run rolled its plan back)
+                _plan(run=run, contract=contract, funding_time=funding_time, now=now, requested_by=requested_by)
+        if run.chunks:
+            run.refresh_from_db()
+            chunks_book(run=run, contract=contract, requested_by=requested_by)
+            with transaction.atomic(durable=True):
+                run = FundingSettlement.objects.select_for_update().get(pk=run.pk)
+                if run.status != SettlementStatus.DONE:
+                    _chunked_done(run=run, now=now, requested_by=requested_by)
     except Exception as exc:
         FundingSettlement.objects.filter(pk=run.pk).exclude(status=SettlementStatus.DONE).update(
             status=SettlementStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], attempts=F("attempts") + 1,
@@ -274,7 +290,7 @@ PAYMENTS_PARALLEL = {"parallel_setup_cost": "0", "parallel_tuple_cost": "0"}
 
 TOTALS_SQL = """
 SELECT count(*), COALESCE(-sum(amount) FILTER (WHERE amount < 0), 0), COALESCE(sum(amount) FILTER (WHERE amount > 0), 0),
-       count(*) FILTER (WHERE amount <> 0), count(*) FILTER (WHERE account_id IS NULL)
+       count(*) FILTER (WHERE account_id IS NULL)
 FROM funding_payments
 """
 
@@ -287,13 +303,14 @@ UNION ALL
 SELECT s.account_id, %s::bigint, s.amount
 FROM unnest(%s::bigint[], %s::numeric[]) AS s(account_id, amount) WHERE s.amount <> 0
 """
+# The positions' legs come in account order, the system legs last: the order a chunk locks them.
 LEGS_SQL = """
-SELECT f.account_id, %s::bigint AS asset_id, f.amount
-FROM pg_temp.funding_payments f WHERE f.amount <> 0
+(SELECT f.account_id, %s::bigint AS asset_id, f.amount
+ FROM pg_temp.funding_payments f WHERE f.amount <> 0 ORDER BY f.account_id)
 """ + LEGS_SYSTEM
 LEGS_COVERED_SQL = """
-SELECT f.account_id, %s::bigint AS asset_id, f.amount + f.cover AS amount
-FROM pg_temp.funding_payments f WHERE f.amount + f.cover <> 0
+(SELECT f.account_id, %s::bigint AS asset_id, f.amount + f.cover AS amount
+ FROM pg_temp.funding_payments f WHERE f.amount + f.cover <> 0 ORDER BY f.account_id)
 """ + LEGS_SYSTEM
 
 # The payers that cannot pay in full (their balance, and what they owe), once the balances are locked.
@@ -309,8 +326,8 @@ ORDER BY f.account_id
 SETTLE_WORK_MEM = STAGED_WORK_MEM
 
 
-def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int, Decimal, Decimal, int]:
-    """Fill `funding_payments` (one statement); returns (positions, paid, received, non-zero payments)."""
+def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int, Decimal, Decimal]:
+    """Fill `funding_payments` (one statement); returns (positions, paid, received)."""
     params = formulas.payment_sql_params(mark_price=mark, rate=rate, contract_size=contract.contract_size,
                                          precision=contract.settle_asset.precision)
     with connection.cursor() as cursor:
@@ -319,7 +336,7 @@ def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int,
             cursor.execute(PAYMENTS_SQL, {**params, "contract": contract.pk})
         cursor.execute("ANALYZE funding_payments")
         cursor.execute(TOTALS_SQL)
-        positions, paid, received, legs, missing = cursor.fetchone()
+        positions, paid, received, missing = cursor.fetchone()
         if missing:  # first funding of a user without that account: created, as the old per-row path did
             cursor.execute("SELECT DISTINCT user_id, isolated FROM funding_payments WHERE account_id IS NULL")
             missing = cursor.fetchall()
@@ -335,15 +352,13 @@ def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int,
                 """,
                 [[u for u, _, _ in found], [i for _, i, _ in found], [a for _, _, a in found]],
             )
-        return positions, paid, received, legs
+        return positions, paid, received
 
 
-def _cover_short(*, system: dict[int, Decimal], asset, large: bool) -> Decimal:
+def _cover_short(*, system: dict[int, Decimal], asset) -> Decimal:
     """Cover the payers that cannot pay in full; returns what the insurance fund and bad debt paid.
 
-    Every balance of the posting is locked first (the whole table for a large posting,
-    taken before the first try; otherwise each row, in the ledger's order); the short
-    payers come back from SQL and are covered by the one rule of apps.positions.booking
+    Called with the balance table locked (`balances_lock_all`); the short payers come back from SQL and are covered by the one rule of apps.positions.booking
     (`deficits_cover`): a cross payer borrows against the order margin it holds, then the
     insurance fund pays, then bad debt; an isolated position's margin has only the fund behind it.
     Their top-ups go into `funding_payments.cover`; the fund's, bad debt's and receivables' legs into `system`.
@@ -351,11 +366,7 @@ def _cover_short(*, system: dict[int, Decimal], asset, large: bool) -> Decimal:
     fund = system_account(AccountKind.INSURANCE_FUND).pk
     bad_debt = system_account(AccountKind.BAD_DEBT).pk
     with connection.cursor() as cursor:
-        accounts = [*system, fund, bad_debt]
-        if not large:
-            cursor.execute("SELECT account_id FROM funding_payments WHERE amount <> 0")
-            accounts += [row[0] for row in cursor.fetchall()]
-        current = balances_lock(account_ids=accounts, asset=asset)
+        current = balances_lock(account_ids=[*system, fund, bad_debt], asset=asset)  # reads them: ours already
         cursor.execute(SHORT_SQL, [asset.pk])
         short = cursor.fetchall()
     wallets = {user_id: account for user_id, account, _, _, _ in short}
@@ -379,60 +390,197 @@ def _cover_short(*, system: dict[int, Decimal], asset, large: bool) -> Decimal:
     return sum((fund_part + debt for fund_part, debt in covers.values()), Decimal(0))
 
 
-def _settle(*, run: FundingSettlement, contract: Contract, funding_time: datetime, now: datetime,
-            requested_by) -> None:
-    asset = contract.settle_asset
+def _plan(*, run: FundingSettlement, contract: Contract, funding_time: datetime, now: datetime,
+          requested_by) -> None:
+    """Fix the interval's rate and mark and every open position's payment (the rate goes into the
+    history now); book them here when they fit one chunk, otherwise store them as the run's chunks."""
     quote = rate_quote(contract=contract, funding_time=funding_time)
     mark = _mark_at(contract=contract, funding_time=funding_time)
     rate = quote.rate
-    positions, paid, received, legs = _payments(contract=contract, mark=mark, rate=rate)
-    # A large posting locks the balance table (as ledger_post_staged will) before anything here reads a
-    # balance; counted with the most system legs it can have (clearing, fund, bad debt), so the ledger
-    # never takes the table lock after this transaction has taken row locks.
-    large = balances_lock_for(legs=legs + 3)
-    # The posting balances: FUNDING_CLEARING takes −Σ payments, which leaves the rounding dust there.
-    system = {system_account(AccountKind.FUNDING_CLEARING).pk: paid - received}
-    covered = Decimal(0)
-
-    def post(legs_sql: str) -> int | None:
-        if not legs:
-            return None
-        return ledger_post_staged(
-            posting=Posting(
-                kind=TransactionKind.FUNDING,
-                legs=(),
-                idempotency_key=idempotency_key(contract=contract, funding_time=funding_time),
-                memo=f"Funding {contract.symbol} {funding_time:%Y-%m-%d %H:%M} UTC rate {rate} mark {mark}",
-                reference={"symbol": contract.symbol, "funding_time": to_ms(funding_time), "rate": str(rate),
-                           "mark_price": str(mark), "positions": positions},
-                created_by_id=requested_by.pk if requested_by is not None else None,
-            ),
-            legs_sql=legs_sql, params=[asset.pk, asset.pk, list(system), list(system.values())],
-        ).pk
-
-    try:
-        # Optimistic: every payer can pay (the ledger checks it in the statement that books);
-        # the posting is refused, and rolled back, otherwise.
-        txn_id = post(LEGS_SQL)
-    except InsufficientBalance:
-        covered = _cover_short(system=system, asset=asset, large=large)
-        txn_id = post(LEGS_COVERED_SQL)
-    if txn_id is not None:
-        _incomes_insert(symbol=contract.symbol, asset_id=asset.pk, transaction_id=txn_id, at=funding_time)
-
+    positions, paid, received = _payments(contract=contract, mark=mark, rate=rate)
     FundingRate.objects.create(
         contract=contract, funding_time=funding_time, funding_rate=rate, mark_price=mark,
         policy=quote.policy, premium_index=quote.premium_index if quote.premium_index is not None else 0,
         interest_rate=contract.interest_rate, samples=quote.samples,
     )
-    FundingSettlement.objects.filter(pk=run.pk).update(
-        status=SettlementStatus.DONE, funding_rate=rate, mark_price=mark, positions=positions,
-        paid=paid, received=received, dust=paid - received, covered=covered, ledger_transaction_id=txn_id,
-        attempts=F("attempts") + 1, error="", finished_at=now,
-        requested_by=requested_by if requested_by is not None else run.requested_by,
-    )
+    fixed = {"funding_rate": rate, "mark_price": mark, "positions": positions, "paid": paid, "received": received,
+             "dust": paid - received}
+    for name, value in fixed.items():
+        setattr(run, name, value)
+    size = chunk_positions()
+    if positions <= size:
+        txn_id, covered = _book(run=run, contract=contract, key=idempotency_key(contract=contract, funding_time=funding_time),
+                                paid=paid, received=received, requested_by=requested_by)
+        FundingSettlement.objects.filter(pk=run.pk).update(
+            **fixed, status=SettlementStatus.DONE, covered=covered, ledger_transaction_id=txn_id,
+            attempts=F("attempts") + 1, error="", finished_at=now,
+            requested_by=requested_by if requested_by is not None else run.requested_by,
+        )
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(CHUNKS_INSERT_SQL, {"run": run.pk, "size": size})
+            run.chunks = cursor.rowcount
+        FundingSettlement.objects.filter(pk=run.pk).update(**fixed, status=SettlementStatus.SETTLING, chunks=run.chunks)
     with connection.cursor() as cursor:  # ON COMMIT DROP, unless an outer transaction goes on (tests)
         cursor.execute("DROP TABLE funding_payments")
+
+
+def _book(*, run: FundingSettlement, contract: Contract, key: str, paid: Decimal, received: Decimal,
+          requested_by, chunk: int | None = None) -> tuple[int | None, Decimal]:
+    """Book `funding_payments` (one posting, key `key`) and its income lines; returns (transaction, covered).
+
+    The posting locks each balance as it moves it (`ledger_post_staged(concurrent=True)`): the
+    positions' margin accounts in account order, as every poster locks them, then
+    FUNDING_CLEARING, which only funding moves, from the end of the move to the commit. So
+    several chunks (and contracts) settle side by side, and order entry and the matcher wait
+    at most for one chunk, never for a whole settlement.
+    """
+    asset = contract.settle_asset
+    # The posting balances: FUNDING_CLEARING takes −Σ payments, which leaves the rounding dust there.
+    system = {system_account(AccountKind.FUNDING_CLEARING).pk: paid - received}
+    covered = Decimal(0)
+    funding_time, rate, mark = run.funding_time, run.funding_rate, run.mark_price
+    reference = {"symbol": contract.symbol, "funding_time": to_ms(funding_time), "rate": str(rate),
+                 "mark_price": str(mark), "positions": run.positions}
+    if chunk is not None:
+        reference["chunk"] = chunk
+
+    def post(legs_sql: str, concurrent: bool) -> int | None:
+        txn = ledger_post_staged(
+            posting=Posting(
+                kind=TransactionKind.FUNDING,
+                legs=(),
+                idempotency_key=key,
+                memo=f"Funding {contract.symbol} {funding_time:%Y-%m-%d %H:%M} UTC rate {rate} mark {mark}"
+                     + (f" chunk {chunk}" if chunk is not None else ""),
+                reference=reference,
+                created_by_id=requested_by.pk if requested_by is not None else None,
+            ),
+            legs_sql=legs_sql, params=[asset.pk, asset.pk, list(system), list(system.values())],
+            concurrent=concurrent,
+            # The income lines first: in a chunk, the shared clearing balance is then locked only
+            # from the end of the move to the commit.
+            before_move=lambda txn_id: _incomes_insert(symbol=contract.symbol, asset_id=asset.pk,
+                                                       transaction_id=txn_id, at=funding_time),
+        )
+        return txn.pk if txn is not None else None
+
+    try:
+        # Optimistic: every payer can pay (the ledger checks it in the statement that books);
+        # the posting is refused, and rolled back, otherwise.
+        txn_id = post(LEGS_SQL, True)
+    except InsufficientBalance:
+        # Rare: the cover reads balances first, so the balance table is locked (the refused
+        # posting's row locks went with it; this waits for the postings under way).
+        balances_lock_all()
+        covered = _cover_short(system=system, asset=asset)
+        txn_id = post(LEGS_COVERED_SQL, False)
+    return txn_id, covered
+
+
+# -- chunks: a settlement larger than FUNDING_CHUNK_POSITIONS ---------------------------------------
+
+def chunk_positions() -> int:
+    return settings.FUNDING_CHUNK_POSITIONS
+
+
+# The payments as planned, cut into chunks of `size` positions in the order the table holds them
+# (any partition will do: a chunk is put in account order when it is booked; no sort here).
+CHUNKS_INSERT_SQL = f"""
+INSERT INTO {FundingChunk._meta.db_table} (run_id, number, positions, paid, received, covered,
+                                           user_ids, isolated, account_ids, amounts)
+SELECT %(run)s, n, count(*), COALESCE(-sum(amount) FILTER (WHERE amount < 0), 0),
+       COALESCE(sum(amount) FILTER (WHERE amount > 0), 0), 0,
+       array_agg(user_id), array_agg(isolated), array_agg(account_id), array_agg(amount)
+FROM (SELECT f.*, (row_number() OVER () - 1) / %(size)s AS n FROM funding_payments f) t
+GROUP BY n
+"""
+# One chunk's payments back in `funding_payments`, in account order (the order its posting locks them).
+CHUNK_PAYMENTS_SQL = f"""
+CREATE TEMP TABLE funding_payments ON COMMIT DROP AS
+SELECT t.user_id, t.isolated, t.account_id, t.amount, 0::numeric AS cover
+FROM {FundingChunk._meta.db_table} c,
+     unnest(c.user_ids, c.isolated, c.account_ids, c.amounts) AS t(user_id, isolated, account_id, amount)
+WHERE c.id = %s
+ORDER BY t.account_id
+"""
+# A chunk stuck in a deadlock (PostgreSQL cancels one side) is tried again this many times per call.
+CHUNK_DEADLOCK_RETRIES = 5
+
+
+def chunks_book(*, run: FundingSettlement, contract: Contract, requested_by=None) -> int:
+    """Book the run's chunks not booked yet, each in its own transaction; returns how many this call booked.
+
+    `FUNDING_SETTLE_WORKERS` threads (each with its own connection) take free chunks in
+    parallel; chunks another runner holds are skipped, then waited for once the free ones are
+    done, and booked here if that runner died. Inside a transaction (tests) one at a time.
+    """
+    workers = settings.FUNDING_SETTLE_WORKERS
+    if workers > 1 and not connection.in_atomic_block:
+        with ThreadPoolExecutor(workers, thread_name_prefix="funding-chunks") as pool:
+            jobs = [pool.submit(_in_own_connection, _chunks_take, run, contract, requested_by, True)
+                    for _ in range(workers)]
+            booked = sum(job.result() for job in jobs)
+    else:
+        booked = _chunks_take(run, contract, requested_by, True)
+    return booked + _chunks_take(run, contract, requested_by, False)
+
+
+def _in_own_connection(function, *args):
+    try:
+        return function(*args)
+    finally:
+        connection.close()  # this thread's
+
+
+def _chunks_take(run: FundingSettlement, contract: Contract, requested_by, skip_locked: bool) -> int:
+    booked = deadlocks = 0
+    while True:
+        try:
+            with transaction.atomic(durable=True):
+                chunk = (FundingChunk.objects.select_for_update(skip_locked=skip_locked)
+                         .filter(run_id=run.pk, booked_at__isnull=True).order_by("number")
+                         .only("id", "number", "paid", "received").first())
+                if chunk is None:
+                    return booked
+                _chunk_book(run=run, contract=contract, chunk=chunk, requested_by=requested_by)
+            booked += 1
+        except OperationalError as exc:
+            if not isinstance(exc.__cause__, DeadlockDetected) or deadlocks >= CHUNK_DEADLOCK_RETRIES:
+                raise
+            deadlocks += 1
+            logger.warning("funding chunk of %s deadlocked; trying it again", run)
+
+
+def _chunk_book(*, run: FundingSettlement, contract: Contract, chunk: FundingChunk, requested_by) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(STAGED_SETTINGS_SQL, [SETTLE_WORK_MEM])
+        # The commit does not wait for its WAL to reach the disk (the WAL writer flushes it within
+        # a few hundred ms). Nobody is answered on a chunk's commit, a server crash that loses one
+        # loses all of it (the chunk is then booked again), and any later commit that could depend
+        # on it (a trade against the new balance) flushes the WAL up to and past it first.
+        cursor.execute("SET LOCAL synchronous_commit = off")
+        cursor.execute(CHUNK_PAYMENTS_SQL, [chunk.pk])
+    key = f"{idempotency_key(contract=contract, funding_time=run.funding_time)}:{chunk.number}"
+    txn_id, covered = _book(run=run, contract=contract, key=key, paid=chunk.paid, received=chunk.received,
+                            requested_by=requested_by, chunk=chunk.number)
+    FundingChunk.objects.filter(pk=chunk.pk).update(
+        ledger_transaction_id=txn_id, covered=covered, booked_at=timezone.now(),
+        user_ids=[], isolated=[], account_ids=[], amounts=[],  # the income lines and entries hold them now
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE funding_payments")
+
+
+def _chunked_done(*, run: FundingSettlement, now: datetime, requested_by) -> None:
+    left = run.chunk_set.filter(booked_at__isnull=True).count()
+    if left:
+        raise FundingError(f"{left} of {run.chunks} chunks of {run} are not booked yet.")
+    covered = run.chunk_set.aggregate(total=Sum("covered"))["total"]
+    FundingSettlement.objects.filter(pk=run.pk).update(
+        status=SettlementStatus.DONE, covered=covered, attempts=F("attempts") + 1, error="", finished_at=now,
+        requested_by=requested_by if requested_by is not None else run.requested_by,
+    )
 
 
 INCOME_SQL = f"""

@@ -7,6 +7,10 @@ from .ops import OPS_BACKUP_SCHEDULE as _OPS_BACKUP_SCHEDULE
 
 # Premium sampling cadence of the funding engine (apps.settlement), seconds.
 FUNDING_SAMPLE_SECONDS = env_int("FUNDING_SAMPLE_SECONDS", 5)
+# A funding settlement of more positions than this is booked in chunks of this many, each in its
+# own transaction, FUNDING_SETTLE_WORKERS of them at a time (connections of the settling process).
+FUNDING_CHUNK_POSITIONS = env_int("FUNDING_CHUNK_POSITIONS", 50_000)
+FUNDING_SETTLE_WORKERS = env_int("FUNDING_SETTLE_WORKERS", 2)
 
 _redis = env_str("REDIS_URL", "")
 
