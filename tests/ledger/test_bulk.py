@@ -243,13 +243,18 @@ def test_database_keeps_what_entries_reference(alice, usdt, wallet):
 
 # -- postings whose legs PostgreSQL computes (ledger_post_staged) ------------------------------------
 
-@pytest.fixture(params=["row locks", "table lock"])
+@pytest.fixture(params=["row locks", "table lock", "concurrent"])
 def lock_path(request, monkeypatch):
+    """The three ways a staged posting locks balances: each row first (a small posting), the whole
+    table (a large one: `TABLE_LOCK_FROM` lowered to 0), or each row as it moves (`concurrent`)."""
     if request.param == "table lock":
         monkeypatch.setattr(ledger_services, "TABLE_LOCK_FROM", 0)
-    return request.param
+    CONCURRENT[0] = request.param == "concurrent"
+    yield request.param
+    CONCURRENT[0] = False
 
 
+CONCURRENT = [False]
 LEGS_SQL = "SELECT account_id, asset_id, amount FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[]) AS l(account_id, asset_id, amount)"
 
 
@@ -258,6 +263,7 @@ def post_staged(legs, key=None):
     return ledger_post_staged(
         posting=Posting(kind=TransactionKind.FUNDING, legs=(), idempotency_key=key, memo="staged"),
         legs_sql=LEGS_SQL, params=[[a for a, _, _ in legs], [s for _, s, _ in legs], [x for _, _, x in legs]],
+        concurrent=CONCURRENT[0],
     )
 
 

@@ -4,7 +4,8 @@
 MODE "settle" just settles; "die-half-way" books the ledger posting and the income lines
 inside the settlement's transaction, then kills itself with SIGKILL before the run is
 recorded and committed (a worker lost mid-job: PostgreSQL rolls the open transaction back
-when the connection drops).
+when the connection drops); "die-in-second-chunk" (a run booked in chunks, one worker)
+books the second chunk and kills itself before that chunk commits.
 """
 import os
 import signal
@@ -40,6 +41,18 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
         services._incomes_insert = book_then_die
+    elif mode == "die-in-second-chunk":
+        original_chunk = services._chunk_book
+
+        def die_in_the_second(*, chunk, **kwargs):
+            if chunk.number == 1:
+                original_chunk(chunk=chunk, **kwargs)  # booked, not committed
+                sys.stdout.write("chunk 1 booked\n")
+                sys.stdout.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            original_chunk(chunk=chunk, **kwargs)
+
+        services._chunk_book = die_in_the_second
     contract = Contract.objects.select_related("settle_asset").get(symbol=symbol)
     run = services.funding_settle(contract=contract, funding_time=ms_to_datetime(funding_ms))
     print(run.pk, run.status, run.ledger_transaction_id, run.attempts)
