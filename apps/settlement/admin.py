@@ -21,7 +21,15 @@ from apps.contracts.admin import LifecycleActions, StatusChangeInline, action_fa
 from apps.contracts.models import ContractType
 
 from .delivery import delivery_advance_one
-from .models import DeliveryContract, DeliverySettlement, FundingRate, FundingSettlement, PremiumSample, SettlementStatus
+from .models import (
+    DeliveryContract,
+    DeliverySettlement,
+    FundingChunk,
+    FundingRate,
+    FundingSettlement,
+    PremiumSample,
+    SettlementStatus,
+)
 from .services import funding_settle
 
 
@@ -60,9 +68,30 @@ class SettleNowForm(forms.ModelForm):
         help_texts = {"funding_time": "A past funding time (UTC, on the contract's interval grid)."}
 
 
+class FundingChunkInline(admin.TabularInline):
+    """A large run's chunks: what each booked, its posting, and which are still to book."""
+
+    model = FundingChunk
+    fields = ("number", "positions", "paid", "received", "dust", "covered", "ledger_transaction", "booked_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ("number",)
+
+    def get_queryset(self, request):  # not the payment arrays of chunks still to book
+        return super().get_queryset(request).defer("user_ids", "isolated", "account_ids", "amounts")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="dust")
+    def dust(self, chunk):
+        return chunk.dust
+
+
 @admin.register(FundingSettlement)
 class FundingSettlementAdmin(admin.ModelAdmin):
-    list_display = ("contract", "funding_time", "status", "funding_rate", "mark_price", "positions", "paid",
+    list_display = ("contract", "funding_time", "status", "funding_rate", "mark_price", "positions", "chunks", "paid",
                     "received", "dust", "covered", "attempts", "finished_at", "requested_by")
     list_filter = ("status", "contract")
     date_hierarchy = "funding_time"
@@ -73,6 +102,9 @@ class FundingSettlementAdmin(admin.ModelAdmin):
         if obj is None:
             kwargs["form"] = SettleNowForm
         return super().get_form(request, obj, **kwargs)
+
+    def get_inlines(self, request, obj):
+        return [FundingChunkInline] if obj is not None and obj.chunks else []
 
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields if obj is not None else ()

@@ -5,6 +5,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.urls import reverse
 
 from apps.ledger.invariants import LEDGER_CHECKS
 from apps.ledger.models import AccountKind, Income, IncomeType, LedgerTransaction, TransactionKind
@@ -163,3 +164,17 @@ def test_parallel_threads_book_every_chunk_once(btcusdt, book, balance, wallet_o
         assert balance(wallet_of(user)) == D("1000") + fee
     assert LedgerTransaction.objects.filter(kind=TransactionKind.FUNDING).count() == 7
     assert violations() == []
+
+
+@pytest.mark.django_db
+def test_the_admin_shows_a_chunked_run_with_its_chunks(btcusdt, book, settings, admin_client):
+    settings.FUNDING_CHUNK_POSITIONS = 3
+    run = funding_settle(contract=btcusdt, funding_time=T8, now=T8)
+    listing = admin_client.get(reverse("admin:settlement_fundingsettlement_changelist"))
+    assert listing.status_code == 200 and b"Settled" in listing.content
+    page = admin_client.get(reverse("admin:settlement_fundingsettlement_change", args=[run.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Funding chunks" in html
+    for chunk in run.chunk_set.all():
+        assert str(chunk.ledger_transaction) in html
