@@ -263,8 +263,10 @@ def run(args, sizes: list[int]) -> None:
               f"{rate:10,.0f} positions/s"
               f"  ratio {rate / base_rate:6.2f}x the baseline  load {load:.2f}  (rate "
               f"{result.funding_rate.normalize():f}, dust {result.dust.normalize():f}, covered {result.covered})")
-        breakdown = ", ".join(f"{name} {s:.2f}" for name, s in parts.items())
-        print(f"           steps (s): {breakdown}; rest {seconds - sum(parts.values()):.2f}")
+        breakdown = ", ".join(f"{name} {s:.2f}" + (" (in _plan)" if name == "_payments" else "")
+                              for name, s in parts.items())
+        outside = seconds - sum(s for name, s in parts.items() if name != "_payments")
+        print(f"           steps (s): {breakdown}; rest {outside:.2f}")
         server = f"{server_cpu:.2f} s" if server_cpu is not None else "n/a (remote server)"
         print(f"           CPU: PostgreSQL {server} (all its processes: every connection, parallel and "
               f"background workers), this process "

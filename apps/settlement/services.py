@@ -288,10 +288,13 @@ ORDER BY p.user_id
 # a query returning every row serial: made free for this statement only.
 PAYMENTS_PARALLEL = {"parallel_setup_cost": "0", "parallel_tuple_cost": "0"}
 
+# What the payers pay and the receivers get (positive sums), of all the payments or of the chunks.
 TOTALS_SQL = """
-SELECT count(*), COALESCE(-sum(amount) FILTER (WHERE amount < 0), 0), COALESCE(sum(amount) FILTER (WHERE amount > 0), 0),
-       count(*) FILTER (WHERE account_id IS NULL)
+SELECT COALESCE(-sum(amount) FILTER (WHERE amount < 0), 0), COALESCE(sum(amount) FILTER (WHERE amount > 0), 0)
 FROM funding_payments
+"""
+CHUNKS_TOTALS_SQL = f"""
+SELECT COALESCE(sum(paid), 0), COALESCE(sum(received), 0) FROM {FundingChunk._meta.db_table} WHERE run_id = %s
 """
 
 # The posting's legs: one per paying or receiving position (one position per user and
@@ -326,18 +329,17 @@ ORDER BY f.account_id
 SETTLE_WORK_MEM = STAGED_WORK_MEM
 
 
-def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int, Decimal, Decimal]:
-    """Fill `funding_payments` (one statement); returns (positions, paid, received)."""
+def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> int:
+    """Fill `funding_payments` (one statement); returns the number of positions."""
     params = formulas.payment_sql_params(mark_price=mark, rate=rate, contract_size=contract.contract_size,
                                          precision=contract.settle_asset.precision)
     with connection.cursor() as cursor:
         cursor.execute(STAGED_SETTINGS_SQL, [SETTLE_WORK_MEM])
         with settings_local(cursor, **PAYMENTS_PARALLEL):
             cursor.execute(PAYMENTS_SQL, {**params, "contract": contract.pk})
-        cursor.execute("ANALYZE funding_payments")
-        cursor.execute(TOTALS_SQL)
-        positions, paid, received, missing = cursor.fetchone()
-        if missing:  # first funding of a user without that account: created, as the old per-row path did
+            positions = cursor.rowcount
+        cursor.execute("SELECT EXISTS (SELECT FROM funding_payments WHERE account_id IS NULL)")
+        if cursor.fetchone()[0]:  # first funding of a user without that account: created, as the old per-row path did
             cursor.execute("SELECT DISTINCT user_id, isolated FROM funding_payments WHERE account_id IS NULL")
             missing = cursor.fetchall()
             cross = accounts_for_users(kind=AccountKind.WALLET, user_ids=[u for u, iso in missing if not iso])
@@ -352,21 +354,22 @@ def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> tuple[int,
                 """,
                 [[u for u, _, _ in found], [i for _, i, _ in found], [a for _, _, a in found]],
             )
-        return positions, paid, received
+        return positions
 
 
 def _cover_short(*, system: dict[int, Decimal], asset) -> Decimal:
     """Cover the payers that cannot pay in full; returns what the insurance fund and bad debt paid.
 
-    Called with the balance table locked (`balances_lock_all`); the short payers come back from SQL and are covered by the one rule of apps.positions.booking
-    (`deficits_cover`): a cross payer borrows against the order margin it holds, then the
-    insurance fund pays, then bad debt; an isolated position's margin has only the fund behind it.
-    Their top-ups go into `funding_payments.cover`; the fund's, bad debt's and receivables' legs into `system`.
+    Called with the balance table locked (`balances_lock_all`); the short payers come back from
+    SQL and are covered by the one rule of apps.positions.booking (`deficits_cover`): a cross
+    payer borrows against the order margin it holds, then the insurance fund pays, then bad
+    debt; an isolated position's margin has only the fund behind it. Their top-ups go into
+    `funding_payments.cover`; the fund's, bad debt's and receivables' legs into `system`.
     """
     fund = system_account(AccountKind.INSURANCE_FUND).pk
     bad_debt = system_account(AccountKind.BAD_DEBT).pk
     with connection.cursor() as cursor:
-        current = balances_lock(account_ids=[*system, fund, bad_debt], asset=asset)  # reads them: ours already
+        current = balances_lock(account_ids=[*system, fund, bad_debt], asset=asset)  # (the table is ours: reads them)
         cursor.execute(SHORT_SQL, [asset.pk])
         short = cursor.fetchall()
     wallets = {user_id: account for user_id, account, _, _, _ in short}
@@ -397,17 +400,26 @@ def _plan(*, run: FundingSettlement, contract: Contract, funding_time: datetime,
     quote = rate_quote(contract=contract, funding_time=funding_time)
     mark = _mark_at(contract=contract, funding_time=funding_time)
     rate = quote.rate
-    positions, paid, received = _payments(contract=contract, mark=mark, rate=rate)
+    positions = _payments(contract=contract, mark=mark, rate=rate)
     FundingRate.objects.create(
         contract=contract, funding_time=funding_time, funding_rate=rate, mark_price=mark,
         policy=quote.policy, premium_index=quote.premium_index if quote.premium_index is not None else 0,
         interest_rate=contract.interest_rate, samples=quote.samples,
     )
+    size = settings.FUNDING_CHUNK_POSITIONS
+    with connection.cursor() as cursor:
+        if positions <= size:
+            cursor.execute("ANALYZE funding_payments")  # for the plans of the posting and a cover
+            cursor.execute(TOTALS_SQL)
+        else:
+            cursor.execute(CHUNKS_INSERT_SQL, {"run": run.pk, "size": size})
+            run.chunks = cursor.rowcount
+            cursor.execute(CHUNKS_TOTALS_SQL, [run.pk])
+        paid, received = cursor.fetchone()
     fixed = {"funding_rate": rate, "mark_price": mark, "positions": positions, "paid": paid, "received": received,
              "dust": paid - received}
     for name, value in fixed.items():
         setattr(run, name, value)
-    size = chunk_positions()
     if positions <= size:
         txn_id, covered = _book(run=run, contract=contract, key=idempotency_key(contract=contract, funding_time=funding_time),
                                 paid=paid, received=received, requested_by=requested_by)
@@ -417,9 +429,6 @@ def _plan(*, run: FundingSettlement, contract: Contract, funding_time: datetime,
             requested_by=requested_by if requested_by is not None else run.requested_by,
         )
     else:
-        with connection.cursor() as cursor:
-            cursor.execute(CHUNKS_INSERT_SQL, {"run": run.pk, "size": size})
-            run.chunks = cursor.rowcount
         FundingSettlement.objects.filter(pk=run.pk).update(**fixed, status=SettlementStatus.SETTLING, chunks=run.chunks)
     with connection.cursor() as cursor:  # ON COMMIT DROP, unless an outer transaction goes on (tests)
         cursor.execute("DROP TABLE funding_payments")
@@ -479,10 +488,6 @@ def _book(*, run: FundingSettlement, contract: Contract, key: str, paid: Decimal
 
 
 # -- chunks: a settlement larger than FUNDING_CHUNK_POSITIONS ---------------------------------------
-
-def chunk_positions() -> int:
-    return settings.FUNDING_CHUNK_POSITIONS
-
 
 # The payments as planned, cut into chunks of `size` positions in the order the table holds them
 # (any partition will do: a chunk is put in account order when it is booked; no sort here).

@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 
 from apps.ledger.invariants import LEDGER_CHECKS
-from apps.ledger.models import AccountKind, Income, IncomeType, LedgerTransaction, TransactionKind
+from apps.ledger.models import Account, AccountKind, Income, IncomeType, LedgerTransaction, TransactionKind
 from apps.ledger.services import Leg, ledger_post, system_account
 from apps.marketdata.engine.quotes import to_ms
 from apps.settlement import formulas, services
@@ -178,3 +178,19 @@ def test_the_admin_shows_a_chunked_run_with_its_chunks(btcusdt, book, settings, 
     assert "Funding chunks" in html
     for chunk in run.chunk_set.all():
         assert str(chunk.ledger_transaction) in html
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("chunk", [1, 50_000])
+def test_a_margin_account_missing_at_planning_is_created_and_paid(btcusdt, funded, position, mark, balance,
+                                                                  wallet_of, settings, chunk):
+    settings.FUNDING_CHUNK_POSITIONS = chunk
+    alice, bob = funded("alice", "1000"), funded("bob", "1000")
+    position(alice, btcusdt, "1")
+    position(bob, btcusdt, "-1", isolated=True)  # its ISOLATED_MARGIN account was never opened
+    assert not Account.objects.filter(user=bob, kind=AccountKind.ISOLATED_MARGIN).exists()
+    mark(btcusdt, "50000", T8 - timedelta(seconds=1))
+    run = funding_settle(contract=btcusdt, funding_time=T8, now=T8)  # interest only: 0.0001 -> 5 USDT
+    iso = Account.objects.get(user=bob, kind=AccountKind.ISOLATED_MARGIN, contract=btcusdt)
+    assert (run.status, balance(iso), balance(wallet_of(alice))) == (SettlementStatus.DONE, D("5"), D("995"))
+    assert violations() == []
