@@ -1,6 +1,7 @@
 """Funding settlements larger than FUNDING_CHUNK_POSITIONS, booked chunk by chunk: the same
-money as one posting, each chunk once, a failure half-way resumed from the stored plan, the
-covers inside a chunk, and chunks booked by parallel threads on their own connections."""
+money as one posting, each chunk once, a failure half-way resumed from the stored plan, and
+chunks booked by parallel threads on their own connections. (The covers inside a chunk:
+tests/settlement/test_settle.py.)"""
 from datetime import timedelta
 from decimal import Decimal
 
@@ -9,7 +10,7 @@ from django.urls import reverse
 
 from apps.ledger.invariants import LEDGER_CHECKS
 from apps.ledger.models import Account, AccountKind, Income, IncomeType, LedgerTransaction, TransactionKind
-from apps.ledger.services import Leg, ledger_post, system_account
+from apps.ledger.services import system_account
 from apps.marketdata.engine.quotes import to_ms
 from apps.settlement import formulas, services
 from apps.settlement.invariants import check_funding_clearing_is_dust
@@ -116,26 +117,6 @@ def test_a_failure_after_a_chunk_keeps_it_and_the_rerun_books_the_rest_once(btcu
         assert balance(wallet_of(user)) == D("1000") + fee
     assert LedgerTransaction.objects.filter(kind=TransactionKind.FUNDING).count() == 3
     FundingRate.objects.filter(contract=btcusdt).update(funding_rate=run.funding_rate)
-    assert violations() == []
-
-
-@pytest.mark.django_db
-def test_a_short_payer_in_a_chunk_is_covered_by_the_fund_then_bad_debt(btcusdt, funded, position, mark, samples,
-                                                                      balance, wallet_of, settings):
-    settings.FUNDING_CHUNK_POSITIONS = 1
-    alice, carol = funded("alice", "1000"), funded("carol", "0.2")
-    position(alice, btcusdt, "0.010")
-    position(carol, btcusdt, "-0.010")
-    fund = system_account(AccountKind.INSURANCE_FUND)
-    ledger_post(kind=TransactionKind.INSURANCE, legs=[Leg(system_account(AccountKind.EXTERNAL), "USDT", D("-0.1")),
-                                                        Leg(fund, "USDT", D("0.1"))])
-    samples(btcusdt, T8, ["-0.001"])  # −0.0009: carol owes 0.45 but holds 0.2
-    mark(btcusdt, "50000", T8 - timedelta(seconds=1))
-    run = funding_settle(contract=btcusdt, funding_time=T8, now=T8)
-    assert run.chunks == 2
-    assert (balance(wallet_of(carol)), balance(wallet_of(alice))) == (0, D("1000.45"))
-    assert (balance(fund), balance(system_account(AccountKind.BAD_DEBT))) == (0, D("-0.15"))
-    assert run.covered == D("0.25") == sum(c.covered for c in run.chunk_set.all())
     assert violations() == []
 
 

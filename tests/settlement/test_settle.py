@@ -115,8 +115,10 @@ def test_isolated_positions_pay_from_their_isolated_margin(btcusdt, funded, posi
     assert clean_invariants() == []
 
 
+@pytest.mark.parametrize("chunk", [50_000, 1], ids=["one posting", "in chunks"])
 def test_a_payer_short_of_money_is_covered_by_the_fund_then_bad_debt(btcusdt, funded, position, mark, samples,
-                                                                       balance, wallet_of):
+                                                                       balance, wallet_of, settings, chunk):
+    settings.FUNDING_CHUNK_POSITIONS = chunk
     alice, carol = funded("alice", "1000"), funded("carol", "0.2")
     position(alice, btcusdt, "0.010")
     position(carol, btcusdt, "-0.010")
@@ -131,6 +133,8 @@ def test_a_payer_short_of_money_is_covered_by_the_fund_then_bad_debt(btcusdt, fu
     assert balance(fund) == 0  # 0.1 covered by the fund …
     assert balance(system_account(AccountKind.BAD_DEBT)) == D("-0.15")  # … the rest is bad debt
     assert run.covered == D("0.25")
+    if chunk == 1:  # carol's chunk recorded its cover
+        assert run.chunks == 2 and sum(c.covered for c in run.chunk_set.all()) == D("0.25")
     assert Income.objects.get(user=carol, income_type=IncomeType.FUNDING_FEE).amount == D("-0.45")  # the fee as charged
     assert clean_invariants() == []
 
