@@ -12,7 +12,10 @@ income lines, history row) per contract, smallest first, and prints each one's
 positions/s and its ratio to the baseline of the same run. Also times small postings
 (a 2-leg transfer, and a 20-leg posting like a matcher batch), one call each, the second
 run of a settled funding time (the idempotent no-op) and checks the ledger and funding
-invariants. --profile writes cProfile stats of the largest settlement and prints the top.
+invariants. While the largest settlement runs, another connection keeps posting 2-leg
+transfers between the settled users' wallets (`WriterProbe`): their longest wait is how long
+order entry stalls behind the settlement (FUNDING_CHUNK_POSITIONS larger than the size: the
+whole settlement in one transaction, for comparison). --profile writes cProfile stats of the largest settlement and prints the top.
 """
 import argparse
 import cProfile
@@ -140,6 +143,53 @@ def small_postings(wallets: list[int], count: int) -> tuple[float, float]:
     return two, twenty
 
 
+class WriterProbe:
+    """While the largest settlement runs: 2-leg postings (an order's margin hold) between wallets
+    of users it settles, one after another on their own connection; how long each waited is
+    how long order entry would stall behind the settlement's balance locks."""
+
+    def __init__(self, wallets: list[int]):
+        import threading
+
+        self.wallets, self.latencies = wallets, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        from django.db import connection
+
+        from apps.ledger.models import TransactionKind
+        from apps.ledger.services import Leg, Posting, ledger_post_many
+
+        unit, i, n = D("0.01"), 0, len(self.wallets)
+        try:
+            while not self.stop.is_set():
+                a, b = self.wallets[(7919 * i) % n], self.wallets[(7919 * i + 1) % n]
+                t0 = time.perf_counter()
+                ledger_post_many(postings=[Posting(kind=TransactionKind.TRANSFER, legs=[Leg(a, "USDT", -unit),
+                                                                                       Leg(b, "USDT", unit)])])
+                self.latencies.append(time.perf_counter() - t0)
+                i += 1
+                time.sleep(0.005)
+        finally:
+            connection.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def summary(self) -> str:
+        if not self.latencies:
+            return "no posting finished"
+        ordered = sorted(self.latencies)
+        return (f"{len(ordered)} postings, p50 {ordered[len(ordered) // 2] * 1000:.1f} ms, "
+                f"p99 {ordered[int(len(ordered) * 0.99)] * 1000:.1f} ms, longest wait {ordered[-1] * 1000:.0f} ms")
+
+
 def extra_perpetual():
     from apps.contracts.models import Contract, ContractStatus, ContractType
     from apps.contracts.services import contract_create, tiers_from_brackets
@@ -234,7 +284,8 @@ def run(args, sizes: list[int]) -> None:
         t0 = time.perf_counter()
         if profiler:
             profiler.enable()
-        with statements_traced(connection, trace) if trace else nullcontext():
+        probe = WriterProbe(wallets[:size]) if largest else nullcontext()
+        with statements_traced(connection, trace) if trace else nullcontext(), probe:
             result = services.funding_settle(contract=contract, funding_time=funding_time)
         if profiler:
             profiler.disable()
@@ -243,6 +294,8 @@ def run(args, sizes: list[int]) -> None:
         server1 = server_cpu_seconds()
         cpu = (None if server0 is None else server1 - server0, cpu1[1] - cpu0[1], checkpoints(connection) - checkpoints0)
         results.append((contract, result, seconds, dict(spent), os.getloadavg()[0], cpu))
+        if largest:
+            writers = probe.summary()
         if profiler:
             profiler.dump_stats(args.profile)
     t0 = time.perf_counter()
@@ -271,6 +324,7 @@ def run(args, sizes: list[int]) -> None:
         print(f"           CPU: PostgreSQL {server} (all its processes: every connection, parallel and "
               f"background workers), this process "
               f"{client_cpu:.2f} s; server checkpoints meanwhile: {checkpoints_run}")
+    print(f"  a concurrent writer meanwhile (2-leg postings on the settled users' wallets): {writers}")
     print(f"  second run of the same funding time (no-op): {again_s * 1000:.1f} ms")
     print(f"  invariants: {'ok' if not violations else violations}")
     print(f"  peak RSS {peak_rss_mb():.0f} MiB")
