@@ -2,9 +2,9 @@
 
 Every funding settlement books its rounding dust (what payers paid minus what receivers
 got) into FUNDING_CLEARING and nothing else ever moves that account, so at any time,
-per asset, the FUNDING_CLEARING balance equals the dust recorded on the settled runs
-(and on the chunks booked so far of a run still settling in chunks), and equals minus the sum of all FUNDING_FEE income lines plus what the insurance fund
-and bad debt covered. Register `check_funding_clearing_is_dust` in `apps.ops.invariants`.
+per asset, the FUNDING_CLEARING balance equals the dust recorded on the settled runs (and
+on the chunks booked so far of a run still settling in chunks), and equals minus the sum of
+all FUNDING_FEE income lines plus what the insurance fund and bad debt covered. Register `check_funding_clearing_is_dust` in `apps.ops.invariants`.
 """
 from django.db import connection
 
