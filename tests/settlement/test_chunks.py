@@ -5,7 +5,9 @@ tests/settlement/test_settle.py.)"""
 from datetime import timedelta
 from decimal import Decimal
 
+import psycopg
 import pytest
+from django.db import OperationalError
 from django.urls import reverse
 
 from apps.ledger.invariants import LEDGER_CHECKS
@@ -175,3 +177,43 @@ def test_a_margin_account_missing_at_planning_is_created_and_paid(btcusdt, funde
     iso = Account.objects.get(user=bob, kind=AccountKind.ISOLATED_MARGIN, contract=btcusdt)
     assert (run.status, balance(iso), balance(wallet_of(alice))) == (SettlementStatus.DONE, D("5"), D("995"))
     assert violations() == []
+
+
+@pytest.mark.django_db
+def test_a_chunk_that_deadlocks_is_tried_again_and_booked_once(btcusdt, book, settings, monkeypatch):
+    """PostgreSQL cancels one side of a deadlock (a chunk against a writer that locks out of
+    order): the chunk's transaction rolls back and the same call books it again."""
+    settings.FUNDING_CHUNK_POSITIONS = 3
+    original, failures = services._chunk_book, []
+
+    def deadlock_once(*, chunk, **kwargs):
+        original(chunk=chunk, **kwargs)  # booked, then cancelled before its commit
+        if chunk.number == 1 and not failures:
+            failures.append(chunk.number)
+            try:
+                raise psycopg.errors.DeadlockDetected("deadlock detected")
+            except psycopg.errors.DeadlockDetected as exc:
+                raise OperationalError("deadlock detected") from exc
+
+    monkeypatch.setattr(services, "_chunk_book", deadlock_once)
+    run = funding_settle(contract=btcusdt, funding_time=T8, now=T8)
+    assert failures == [1]
+    assert (run.status, run.chunks, run.attempts) == (SettlementStatus.DONE, 3, 1)
+    assert LedgerTransaction.objects.filter(kind=TransactionKind.FUNDING).count() == 3
+    assert len(fees(book)) == len(SIZES) and None not in fees(book)
+    assert violations() == []
+
+
+@pytest.mark.django_db
+def test_any_other_database_error_in_a_chunk_fails_the_run(btcusdt, book, settings, monkeypatch):
+    settings.FUNDING_CHUNK_POSITIONS = 3
+
+    def fail(**kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "_chunk_book", fail)
+    with pytest.raises(OperationalError):
+        funding_settle(contract=btcusdt, funding_time=T8, now=T8)
+    run = FundingSettlement.objects.get()
+    assert (run.status, run.chunks) == (SettlementStatus.FAILED, 3)
+    assert not run.chunk_set.filter(booked_at__isnull=False).exists()
