@@ -75,6 +75,12 @@ def _element(value) -> str:
     return str(value)
 
 
+# For a CREATE TABLE AS that reads a million rows and writes them all (a settlement's rows):
+# the planner's default costs of handing rows from parallel workers to the leader
+# (parallel_tuple_cost) would keep a query returning every row serial; made free.
+PARALLEL_CTAS = {"parallel_setup_cost": "0", "parallel_tuple_cost": "0"}
+
+
 @contextmanager
 def settings_local(cursor, **settings: str):
     """These settings (the planner's, mostly, or a custom `ledger.*` flag a trigger reads) for the

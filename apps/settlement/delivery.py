@@ -67,7 +67,7 @@ from apps.marketdata.services import constituents_ensure_default
 from apps.positions.booking import deficits_cover, wallets_backing
 from apps.trading.models import OPEN_STATUSES
 from exchange.errors import ErrorCode, ExchangeError
-from exchange.pgbulk import settings_local
+from exchange.pgbulk import PARALLEL_CTAS, settings_local
 
 from . import formulas
 from .models import DeliveryNotice, DeliverySettlement, DeliveryStatus
@@ -368,15 +368,17 @@ CREATE TEMP TABLE delivery_rows (
 # Each value is computed once per position: the OFFSET 0 subqueries stay whole (inlined,
 # an expression is computed again by each use the next level makes of it). An isolated
 # position's margin account is looked up by itself (one index probe per isolated position,
-# none for the others).
-ROWS_SQL = f"""
-INSERT INTO delivery_rows (position_id, user_id, size, entry_price, isolated, wallet, isolated_account,
-                           pnl, fee)
+# none for the others). Computed by a CREATE TABLE AS, which PostgreSQL may run with parallel
+# workers (`PARALLEL_CTAS`; an INSERT ... SELECT is always serial), then copied in order into
+# `delivery_rows` (whose generated column a CREATE TABLE AS cannot declare): 3.3 s instead
+# of 3.9 s at a million positions, the copy included (bench/delivery.py).
+ROWS_COMPUTED_SQL = f"""
+CREATE TEMP TABLE delivery_rows_computed ON COMMIT DROP AS
 SELECT r.*
-FROM (SELECT x.position_id, x.user_id, x.size, x.entry_price, x.isolated, w.id,
+FROM (SELECT x.position_id, x.user_id, x.size, x.entry_price, x.isolated, w.id AS wallet,
              CASE WHEN x.isolated THEN (SELECT iso.id FROM ledger_account iso
                                         WHERE iso.kind = 'ISOLATED_MARGIN' AND iso.user_id = x.user_id
-                                          AND iso.contract_id = x.contract_id) END,
+                                          AND iso.contract_id = x.contract_id) END AS isolated_account,
              {formulas.half_even_sql('x.pnl')} AS pnl, {formulas.half_even_sql('x.fee')} AS fee
       FROM (SELECT p.id AS position_id, p.user_id, p.contract_id, p.size, p.entry_price,
                    p.margin_type = 'ISOLATED' AS isolated,
@@ -389,6 +391,8 @@ FROM (SELECT x.position_id, x.user_id, x.size, x.entry_price, x.isolated, w.id,
       ORDER BY x.user_id
       OFFSET 0) r
 """
+ROWS_COLUMNS = "position_id, user_id, size, entry_price, isolated, wallet, isolated_account, pnl, fee"
+ROWS_SQL = f"INSERT INTO delivery_rows ({ROWS_COLUMNS}) SELECT {ROWS_COLUMNS} FROM delivery_rows_computed"
 
 # The totals, and how many rows miss an account (created then).
 ROWS_TOTALS_SQL = """
@@ -490,8 +494,11 @@ def _rows_stage(*, contract: Contract, price: Decimal) -> tuple:
               "fee_factor": formulas.exact_product(price, contract.contract_size, contract.delivery_fee_rate),
               **formulas.half_even_sql_params(precision=contract.settle_asset.precision)}
     with connection.cursor() as cursor:
+        with settings_local(cursor, **PARALLEL_CTAS):
+            cursor.execute(ROWS_COMPUTED_SQL, params)
         cursor.execute(ROWS_TABLE_SQL)
-        cursor.execute(ROWS_SQL, params)
+        cursor.execute(ROWS_SQL)
+        cursor.execute("DROP TABLE delivery_rows_computed")
         cursor.execute(ROWS_TOTALS_SQL)
         *totals, missing = cursor.fetchone()
         if missing:

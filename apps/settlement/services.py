@@ -73,7 +73,7 @@ from apps.marketdata.models import PriceSample
 from apps.marketdata.selectors import price_latest
 from apps.positions.booking import deficits_cover as cover_deficits, wallets_backing
 from exchange.errors import ErrorCode, ExchangeError
-from exchange.pgbulk import settings_local
+from exchange.pgbulk import PARALLEL_CTAS, settings_local
 from exchange.redis import get_redis
 
 from . import formulas
@@ -284,9 +284,7 @@ ORDER BY p.user_id
 # The statement above only reads shared tables until its rows are written, so PostgreSQL may
 # read and join them with parallel workers (the other core: its hash join and the payment of
 # a million positions are most of its time), the leader writing the rows in order (Gather
-# Merge). The planner's default costs of handing rows over (parallel_tuple_cost) would keep
-# a query returning every row serial: made free for this statement only.
-PAYMENTS_PARALLEL = {"parallel_setup_cost": "0", "parallel_tuple_cost": "0"}
+# Merge; `PARALLEL_CTAS`).
 
 # What the payers pay and the receivers get (positive sums), of all the payments or of the chunks.
 TOTALS_SQL = """
@@ -335,7 +333,7 @@ def _payments(*, contract: Contract, mark: Decimal, rate: Decimal) -> int:
                                          precision=contract.settle_asset.precision)
     with connection.cursor() as cursor:
         cursor.execute(STAGED_SETTINGS_SQL, [SETTLE_WORK_MEM])
-        with settings_local(cursor, **PAYMENTS_PARALLEL):
+        with settings_local(cursor, **PARALLEL_CTAS):
             cursor.execute(PAYMENTS_SQL, {**params, "contract": contract.pk})
             positions = cursor.rowcount
         cursor.execute("SELECT EXISTS (SELECT FROM funding_payments WHERE account_id IS NULL)")
