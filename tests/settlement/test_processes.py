@@ -107,22 +107,28 @@ def _charged_once(users, balance, wallet_of, postings: int = 1) -> None:
     assert [str(v) for check in (*LEDGER_CHECKS, check_funding_clearing_is_dust) for v in check()] == []
 
 
-def test_two_settlers_at_once_charge_each_position_once(btcusdt, book, tmp_path, balance, wallet_of):
-    run = FundingSettlement.objects.create(contract=btcusdt, funding_time=T8)
+def _two_settlers_at_once(run, tmp_path, **env) -> list[list[str]]:
+    """Two children settling the run, released together once both wait for its row lock;
+    returns each one's printed run (id, status, transaction, attempts)."""
     blocker = psycopg.connect(_dsn())
     procs = []
     try:
         # Hold the run's row lock so both children reach it and queue behind it.
         blocker.execute("SELECT id FROM settlement_fundingsettlement WHERE id = %s FOR UPDATE", [run.pk])
-        procs = [_spawn(tmp_path, f"settler{i}", "settle", "BTCUSDT", to_ms(T8)) for i in (1, 2)]
+        procs = [_spawn(tmp_path, f"settler{i}", "settle", "BTCUSDT", to_ms(T8), **env) for i in (1, 2)]
         assert _blocked_on_the_run(procs) >= 2, [p.poll() for p, _ in procs]
-        blocker.rollback()  # both go: one settles, the other waits for it, then sees DONE
+        blocker.rollback()
         codes = [p.wait(timeout=120) for p, _ in procs]
         assert codes == [0, 0], [(tmp_path / f"settler{i}.err").read_text() for i in (1, 2)]
     finally:
         blocker.close()
         _stop(*(p for p, _ in procs))
-    outputs = [out.read_text().split() for _, out in procs]
+    return [out.read_text().split() for _, out in procs]
+
+
+def test_two_settlers_at_once_charge_each_position_once(btcusdt, book, tmp_path, balance, wallet_of):
+    run = FundingSettlement.objects.create(contract=btcusdt, funding_time=T8)
+    outputs = _two_settlers_at_once(run, tmp_path)  # one settles, the other waits for it, then sees DONE
     assert {o[1] for o in outputs} == {"DONE"} and len({o[2] for o in outputs}) == 1  # the same transaction
     run.refresh_from_db()
     assert (run.status, run.attempts, run.positions) == (SettlementStatus.DONE, 1, 6)
@@ -153,20 +159,9 @@ def test_a_settler_killed_half_way_leaves_nothing_and_the_rerun_charges_once(btc
 
 def test_two_settlers_share_the_chunks_and_charge_each_position_once(btcusdt, book, tmp_path, balance, wallet_of):
     run = FundingSettlement.objects.create(contract=btcusdt, funding_time=T8)
-    blocker = psycopg.connect(_dsn())
-    procs = []
-    try:
-        blocker.execute("SELECT id FROM settlement_fundingsettlement WHERE id = %s FOR UPDATE", [run.pk])
-        procs = [_spawn(tmp_path, f"settler{i}", "settle", "BTCUSDT", to_ms(T8), FUNDING_CHUNK_POSITIONS="2")
-                 for i in (1, 2)]
-        assert _blocked_on_the_run(procs) >= 2, [p.poll() for p, _ in procs]
-        blocker.rollback()  # one plans; both then book chunks (each takes the free ones) and finish
-        codes = [p.wait(timeout=120) for p, _ in procs]
-        assert codes == [0, 0], [(tmp_path / f"settler{i}.err").read_text() for i in (1, 2)]
-    finally:
-        blocker.close()
-        _stop(*(p for p, _ in procs))
-    assert {out.read_text().split()[1] for _, out in procs} == {"DONE"}
+    # One plans; both then book chunks (each takes the free ones) and finish.
+    outputs = _two_settlers_at_once(run, tmp_path, FUNDING_CHUNK_POSITIONS="2")
+    assert {o[1] for o in outputs} == {"DONE"}
     run.refresh_from_db()
     assert (run.status, run.chunks, run.attempts, run.positions) == (SettlementStatus.DONE, 3, 1, 6)
     assert not run.chunk_set.filter(booked_at__isnull=True).exists()
