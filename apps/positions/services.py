@@ -61,9 +61,8 @@ def entry_lock_many(*, users, contract: Contract, status: bool = True, create: b
     returned unsaved instead (the defaults a new row gets), for a caller that saves only
     those it needs (`position_save_new`): under the users' balance locks, which every
     writer of a position takes first, no other transaction can create them meanwhile.
-    The account ids (wallet and
-    order margin) spare the margin hold its account lookups (a kind not there yet is
-    absent: the caller creates it).
+    The account ids (wallet and order margin) spare the margin hold its account lookups (a
+    kind not there yet is absent: the caller creates it).
     """
     user_ids = sorted({user.pk for user in users})
     with bound_cursor() as cursor:

@@ -487,8 +487,10 @@ def _book(*, run: FundingSettlement, contract: Contract, key: str, paid: Decimal
 
 # -- chunks: a settlement larger than FUNDING_CHUNK_POSITIONS ---------------------------------------
 
-# The payments as planned, cut into chunks of `size` positions in the order the table holds them
-# (any partition will do: a chunk is put in account order when it is booked; no sort here).
+# The payments as planned, cut into chunks of `size` positions in the order the table holds them:
+# user order, so a chunk's users are neighbours in the indexes its lines and entries go to
+# (booking an arbitrary partition took ~1 s longer at 1M). A chunk is put in account order
+# when it is booked.
 CHUNKS_INSERT_SQL = f"""
 INSERT INTO {FundingChunk._meta.db_table} (run_id, number, positions, paid, received, covered,
                                            user_ids, isolated, account_ids, amounts)

@@ -271,6 +271,14 @@ def _item_params(item: dict) -> dict:
     return params
 
 
+def _item_error(exc: Exception) -> dict:
+    """A batch item's error answer: its code, or -1000 for an unexpected error."""
+    if isinstance(exc, ExchangeError):
+        return exc.as_body()
+    return {"code": int(ErrorCode.UNKNOWN),
+            "msg": "An unknown error occurred while processing this order; query its status before retrying."}
+
+
 class BatchOrdersApi(SignedApi):
     """POST /fapi/v1/batchOrders (up to 5 orders, each accepted or refused on its own), DELETE (cancel a list)."""
 
@@ -291,21 +299,17 @@ class BatchOrdersApi(SignedApi):
                 if not isinstance(item, dict):
                     raise p.missing("batchOrders")
                 order_request, resp_type = _request(request.user, _item_params(item))
-            except ExchangeError as exc:
-                results.append(exc.as_body())
+            except Exception as exc:  # noqa: BLE001 - one item's failure is that item's answer, never a 500
+                if not isinstance(exc, ExchangeError):
+                    logger.exception("batchOrders: unexpected error reading an item")
+                results.append(_item_error(exc))
                 continue
             requests.append((len(results), order_request, resp_type))
             results.append(None)
         placed = orders_place_many([r for _, r, _ in requests])
         for (index, _, resp_type), outcome in zip(requests, placed):
-            if isinstance(outcome, ExchangeError):
-                results[index] = outcome.as_body()
-            elif isinstance(outcome, Exception):  # logged by order entry; one item's failure is that item's answer
-                results[index] = {"code": int(ErrorCode.UNKNOWN),
-                                  "msg": "An unknown error occurred while processing this order; "
-                                         "query its status before retrying."}
-            else:
-                results[index] = _answer(outcome, resp_type)
+            # An unexpected error was logged by order entry.
+            results[index] = _item_error(outcome) if isinstance(outcome, Exception) else _answer(outcome, resp_type)
         return Response(results)
 
     @extend_schema(parameters=SIGNED + [SYMBOL, OpenApiParameter("orderIdList", str),

@@ -19,7 +19,7 @@ from django.db import connection
 
 from apps.ops.metrics import ORDER_ENTRY_GROUP
 
-from .services import OrderRequest, orders_place_many
+from .services import OrderRequest, order_outcome, orders_place_many
 
 GROUP_LIMIT = 100
 
@@ -45,7 +45,7 @@ class GroupCommit:
         """The stored order, or the exception that refused it (raised)."""
         if connection.in_atomic_block:
             [result] = orders_place_many([request])
-            return _outcome(result)
+            return order_outcome(result)
         waiting = _Waiting(request)
         with self._lock:
             self._queue.append(waiting)
@@ -54,9 +54,9 @@ class GroupCommit:
         if not lead:
             waiting.done.wait()
             if not waiting.lead:
-                return _outcome(waiting.result)
+                return order_outcome(waiting.result)
         self._write_group()  # the writer's own order is the oldest queued: it is in this group
-        return _outcome(waiting.result)
+        return order_outcome(waiting.result)
 
     def _write_group(self) -> None:
         with self._lock:
@@ -79,12 +79,6 @@ class GroupCommit:
                     following.done.set()
                 else:
                     self._writing = False
-
-
-def _outcome(result):
-    if isinstance(result, Exception):
-        raise result
-    return result
 
 
 ORDER_ENTRY = GroupCommit()

@@ -369,6 +369,11 @@ def order_place(*, user, contract: Contract, side: str, order_type: str = OrderT
     """Accept an order (or refuse it with nothing persisted): `orders_place_many` of one."""
     [result] = orders_place_many([OrderRequest(user=user, contract=contract,
                                                 params={"side": side, "order_type": order_type, **params})])
+    return order_outcome(result)
+
+
+def order_outcome(result: "Order | Exception") -> Order:
+    """One result of `orders_place_many`: the stored order, or the exception that refused it, raised."""
     if isinstance(result, Exception):
         raise result
     return result

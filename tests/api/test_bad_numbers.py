@@ -138,3 +138,23 @@ def test_batch_unexpected_error_in_one_item_is_that_items_error(api_user, btcusd
     assert results[3]["code"] in (-1102, -1130) and results[3]["msg"]
     assert Order.objects.count() == 2
     assert run_all_invariants() == []
+
+
+def test_batch_unexpected_error_reading_one_item_is_that_items_error(api_user, btcusdt, monkeypatch):
+    _, alice = api_user("alice")
+    from apps.trading import apis
+
+    real = apis._item_params
+
+    def flaky(item):  # a bug in reading this item's parameters
+        if item.get("price") == "49000":
+            raise RuntimeError("boom")
+        return real(item)
+
+    monkeypatch.setattr(apis, "_item_params", flaky)
+    good = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.01", "price": "50000"}
+    response = alice.form("POST", BATCH, batchOrders=json.dumps([good, {**good, "price": "49000"}]))
+    assert response.status_code == 200, response.content
+    results = response.json()
+    assert "code" not in results[0] and results[1]["code"] == -1000, results
+    assert Order.objects.count() == 1
