@@ -124,7 +124,7 @@ def test_a_failure_after_a_chunk_keeps_it_and_the_rerun_books_the_rest_once(btcu
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_parallel_threads_book_every_chunk_once(btcusdt, book, balance, wallet_of, settings):
+def test_parallel_threads_book_every_chunk_once(btcusdt, book, balance, wallet_of, settings, monkeypatch):
     """Outside a transaction, FUNDING_SETTLE_WORKERS threads book the chunks on their own connections."""
     settings.FUNDING_CHUNK_POSITIONS = 1
     settings.FUNDING_SETTLE_WORKERS = 3
@@ -135,11 +135,8 @@ def test_parallel_threads_book_every_chunk_once(btcusdt, book, balance, wallet_o
         threads.add(services.connection.connection.info.backend_pid)
         original(**kwargs)
 
-    services._chunk_book, saved = note_thread, services._chunk_book
-    try:
-        run = funding_settle(contract=btcusdt, funding_time=T8, now=T8)
-    finally:
-        services._chunk_book = saved
+    monkeypatch.setattr(services, "_chunk_book", note_thread)
+    run = funding_settle(contract=btcusdt, funding_time=T8, now=T8)
     assert (run.status, run.chunks) == (SettlementStatus.DONE, 7)
     assert len(threads) > 1  # more than one connection booked chunks
     assert FundingChunk.objects.filter(run=run, booked_at__isnull=True).count() == 0
