@@ -7,10 +7,13 @@ funded wallets and one open position each in the demo's quarterly BTC contract (
 long, half short, equal open interest, cross margin), and a baseline quarterly ETH
 contract with `--baseline` positions held by the first users. Both contracts are put
 at their delivery time (SETTLING) with an hour of per-minute venue prices, then
-`delivery_settle` (price with audit, ONE ledger posting, income lines, positions
-closed, contract SETTLED) is timed for the baseline and for the N positions in the same
-run, followed by the idempotent second call. Prints where the time went, the ratio to
-the baseline, the ledger invariants and the open interest left. The setup ends with
+`delivery_settle` (price with audit; the plan; the positions closed with their postings and
+income lines, in chunks of DELIVERY_CHUNK_POSITIONS booked DELIVERY_SETTLE_WORKERS at a time,
+or in the plan's one transaction when they fit one chunk: run with
+DELIVERY_CHUNK_POSITIONS=2000000 to compare; contract SETTLED) is timed for the baseline and
+for the N positions in the same run, followed by the idempotent second call. Prints where
+the time went, the ratio to the baseline, how long a concurrent 2-leg posting on settled
+users' wallets waited, the invariants and the open interest left. The setup ends with
 VACUUM ANALYZE, as autovacuum would have run long before a contract delivers (as in
 bench/funding.py). --statements N prints the N slowest statements of the N-position
 settlement with the PostgreSQL backend's CPU seconds of each (a figure other load on a
@@ -34,6 +37,7 @@ from bench.common import (  # noqa: E402
     ensure_services,
     machine_line,
     peak_rss_mb,
+    server_cpu_seconds,
     statements_traced,
 )
 
@@ -96,9 +100,12 @@ def run(args) -> None:
 
     from apps.contracts.models import Contract, ContractType
     from apps.ledger.invariants import LEDGER_CHECKS
+    from apps.settlement.invariants import SETTLEMENT_CHECKS
     from apps.ops.demo import seed_demo
     from apps.settlement import delivery
-    from bench.funding import create_users, fund_wallets, open_positions, wallets_of
+    from django.conf import settings
+
+    from bench.funding import WriterProbe, create_users, fund_wallets, open_positions, wallets_of
 
     seed_demo()
     now = timezone.now()
@@ -107,7 +114,8 @@ def run(args) -> None:
 
     started = time.perf_counter()
     user_ids = create_users(args.positions)
-    fund_wallets(wallets_of(user_ids))
+    wallets = wallets_of(user_ids)
+    fund_wallets(wallets)
     open_positions(btc, user_ids)
     open_positions(eth, user_ids[: args.baseline])
     for contract in (btc, eth):
@@ -116,31 +124,36 @@ def run(args) -> None:
         cursor.execute("VACUUM ANALYZE")  # as autovacuum would have after the setup's bulk writes
     setup_s = time.perf_counter() - started
 
-    spent = clock_steps(delivery, ("settlement_price_compute", "_rows_stage", "_order_owners", "balances_lock_for",
-                                   "balances_lock", "_positions_close", "ledger_post_staged", "_cover_short",
-                                   "_incomes_insert"))
+    # Where the time goes: the steps `delivery_settle` calls (module attributes, looked up per call):
+    # the plan (`_settle`: its rows, then booked at once or stored as chunks) and booking the chunks.
+    spent = clock_steps(delivery, ("settlement_price_compute", "_rows_stage", "_settle", "delivery_chunks_book",
+                                   "_chunked_done"))
 
     cpus: list[tuple[float | None, float]] = []  # (PostgreSQL backend, this process) CPU seconds per call
 
     statements: list[tuple[float, float | None, str]] = []  # (wall s, backend CPU s, SQL) of the N-position run
 
-    def timed(contract, trace=None, per_statement=False):
+    def timed(contract, trace=None, per_statement=False, probe=None):
         spent.clear()
         contract = Contract.objects.select_related("settle_asset").get(pk=contract.pk)
         clock = connection.execute_wrapper(statement_clock(connection, statements)) if per_statement else nullcontext()
-        cpu0 = cpu_seconds(connection)
+        cpu0, server0 = cpu_seconds(connection), server_cpu_seconds()
         t0 = time.perf_counter()
-        with statements_traced(connection, trace) if trace else nullcontext(), clock:
+        with statements_traced(connection, trace) if trace else nullcontext(), clock, probe or nullcontext():
             result = delivery.delivery_settle(contract=contract, now=timezone.now())
         seconds = time.perf_counter() - t0
-        cpu1 = cpu_seconds(connection)
-        cpus.append((None if cpu0[0] is None else cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]))
+        cpu1, server1 = cpu_seconds(connection), server_cpu_seconds()
+        cpus.append((None if server0 is None else server1 - server0, cpu1[1] - cpu0[1]))
         return result, seconds, dict(spent)
 
     base, base_s, _ = timed(eth)
-    main_run, main_s, parts = timed(btc, open(args.trace, "w") if args.trace else None, bool(args.statements))
+    # Transfers between wallets of users the delivery settles (BTC holders only): what an order's
+    # margin hold would do meanwhile, and how long it waits for the delivery's balance locks.
+    probe = WriterProbe(wallets[args.baseline:])
+    main_run, main_s, parts = timed(btc, open(args.trace, "w") if args.trace else None, bool(args.statements),
+                                    probe)
     _, again_s, _ = timed(btc)
-    violations = [str(v) for check in LEDGER_CHECKS for v in check()]
+    violations = [str(v) for check in (*LEDGER_CHECKS, *SETTLEMENT_CHECKS) for v in check()]
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM positions_position WHERE contract_id IN (%s, %s) AND size <> 0",
                        [btc.pk, eth.pk])
@@ -151,12 +164,16 @@ def run(args) -> None:
         print(f"  {label:14s} {result.positions:>9,d} positions in {seconds:7.2f} s = "
               f"{result.positions / seconds:10,.0f} positions/s  (price {result.settlement_price.normalize():f}, "
               f"status {result.status}, fees {result.fees.normalize():f})")
-    breakdown = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in parts.items())
-    print(f"  BTC breakdown: {breakdown}; rest (orders, margins, run row, commit) "
-          f"{main_s - sum(parts.values()):.2f} s")
+    mode = (f"{main_run.chunks} chunks, {settings.DELIVERY_SETTLE_WORKERS} at a time" if main_run.chunks
+            else "one transaction")
+    breakdown = ", ".join(f"{name} {seconds:.2f} s" + (" (in _settle)" if name == "_rows_stage" else "")
+                          for name, seconds in parts.items())
+    outside = main_s - sum(seconds for name, seconds in parts.items() if name != "_rows_stage")
+    print(f"  BTC ({mode}) steps: {breakdown}; rest (run rows, commits) {outside:.2f} s")
     server_cpu, client_cpu = cpus[1]
     server = f"{server_cpu:.2f} s" if server_cpu is not None else "n/a (remote server)"
-    print(f"  BTC CPU: PostgreSQL backend {server}, this process {client_cpu:.2f} s")
+    print(f"  BTC CPU: PostgreSQL {server} (all its processes), this process {client_cpu:.2f} s")
+    print(f"  a concurrent writer meanwhile (2-leg postings between settled users' wallets): {probe.summary()}")
     print(f"  ratio: {main_run.positions / main_s / (base.positions / base_s):.2f}x the baseline's positions/s")
     print(f"  second call (no-op): {again_s * 1000:.1f} ms")
     print(f"  open positions left: {still_open}; ledger invariants: {'ok' if not violations else violations}")

@@ -270,7 +270,7 @@ def run(args, sizes: list[int]) -> None:
 
     # Where the time goes: wrap the steps `funding_settle` calls (module attributes, looked up per
     # call): planning (the payments, then stored as chunks or booked at once) and booking the chunks.
-    spent = clock_steps(services, ("_payments", "_plan", "chunks_book", "_chunked_done"))
+    spent = clock_steps(services, ("_payments", "_plan", "funding_chunks_book", "_chunked_done"))
 
     results = []
     for contract, size in zip(contracts, sizes):

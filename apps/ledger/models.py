@@ -44,6 +44,8 @@ class AccountKind(models.TextChoices):
     INSURANCE_FUND = "INSURANCE_FUND", "Insurance fund"
     FUNDING_CLEARING = "FUNDING_CLEARING", "Funding clearing (holds funding rounding dust)"
     PNL_CLEARING = "PNL_CLEARING", "Realized PnL clearing"
+    # Holds a delivery booked in chunks between its plan and its last chunk (zero otherwise).
+    DELIVERY_CLEARING = "DELIVERY_CLEARING", "Delivery clearing (a delivery booking in chunks)"
     BAD_DEBT = "BAD_DEBT", "Bad debt"
     EXTERNAL = "EXTERNAL", "External world (deposits and withdrawals)"
 
@@ -61,6 +63,7 @@ MAY_GO_NEGATIVE_KINDS = (
     AccountKind.EXTERNAL,
     AccountKind.PNL_CLEARING,
     AccountKind.FUNDING_CLEARING,
+    AccountKind.DELIVERY_CLEARING,
     AccountKind.BAD_DEBT,
     AccountKind.RECEIVABLE,
 )

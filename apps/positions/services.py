@@ -7,7 +7,8 @@ from decimal import Decimal
 
 from django.db import connection, transaction
 
-from apps.contracts.models import Contract
+from apps.contracts.lifecycle import status_share_lock
+from apps.contracts.models import Contract, ContractStatus
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.models import AccountKind, TransactionKind
 from apps.ledger.money import fits_precision
@@ -215,6 +216,11 @@ def position_margin_adjust(*, user, contract: Contract, amount: Decimal, directi
     if direction not in (ADD, REDUCE):
         raise ExchangeError("type must be 1 (add) or 2 (reduce).", code=ErrorCode.INVALID_PARAMETER)
     with transaction.atomic():
+        # The status first, FOR SHARE, as order entry reads it: a delivery waits for this change,
+        # and once it has begun the margin is fixed (its plan books every isolated margin there is).
+        if status_share_lock(contract.pk) in (ContractStatus.SETTLING, ContractStatus.SETTLED):
+            raise ExchangeError(f"{contract.symbol} is being delivered: its isolated margin can no longer change.",
+                                code=ErrorCode.INVALID_SYMBOL_STATUS)
         position = position_lock(user=user, contract=contract)
         if position.margin_type != MarginType.ISOLATED or not position.size:
             raise ExchangeError("Margin can only be adjusted on an open isolated position.",

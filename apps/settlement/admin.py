@@ -24,6 +24,7 @@ from .delivery import delivery_advance_one
 from .models import (
     DeliveryContract,
     DeliverySettlement,
+    DeliveryChunk,
     FundingChunk,
     FundingRate,
     FundingSettlement,
@@ -233,17 +234,39 @@ class DeliveryCalendarAdmin(LifecycleActions, admin.ModelAdmin):
                 self.message_user(request, f"{contract.symbol}: {', '.join(steps)}.")
 
 
+class DeliveryChunkInline(admin.TabularInline):
+    """A large delivery's chunks: what each took from DELIVERY_CLEARING, its covers, its posting,
+    and which are still to book."""
+
+    model = DeliveryChunk
+    fields = ("number", "positions", "clearing", "covered", "bad_debt", "ledger_transaction", "booked_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ("number",)
+
+    def get_queryset(self, request):  # not the row arrays of chunks still to book
+        return super().get_queryset(request).defer(*DeliveryChunk.ARRAYS)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(DeliverySettlement)
 class DeliverySettlementAdmin(ReadOnlyAdmin):
     list_display = ("contract", "delivery_time", "status", "settlement_price", "valid_minutes", "positions",
-                    "long_quantity", "short_quantity", "fees", "covered", "bad_debt", "attempts", "finished_at")
+                    "chunks", "long_quantity", "short_quantity", "fees", "covered", "bad_debt", "attempts",
+                    "finished_at")
     list_filter = ("status",)
     date_hierarchy = "delivery_time"
     readonly_fields = ("contract", "delivery_time", "status", "settlement_price", "window_start", "window_end",
-                       "valid_minutes", "samples", "positions", "long_quantity", "short_quantity", "realized_pnl",
-                       "fees", "orders_expired", "order_margin_released", "covered", "bad_debt",
+                       "valid_minutes", "samples", "positions", "chunks", "long_quantity", "short_quantity",
+                       "realized_pnl", "fees", "orders_expired", "order_margin_released", "covered", "bad_debt",
                        "ledger_transaction", "attempts", "error", "requested_by", "priced_at", "finished_at")
     fields = readonly_fields
+
+    def get_inlines(self, request, obj):
+        return [DeliveryChunkInline] if obj is not None and obj.chunks else []
 
     @admin.display(description="the samples behind the price")
     def samples(self, obj):

@@ -28,7 +28,17 @@ Settlement (`delivery_settle`) is idempotent per contract (one `DeliverySettleme
    indexes of the lines and entries), from which the posting's legs (`ledger_post_staged`),
    the income rows (DELIVERED_SETTELMENT, COMMISSION) and the closed positions are written
    with one statement each; the contract becomes SETTLED in the same transaction. A crash
-   anywhere rolls all of it back; the next run starts it again.
+   anywhere rolls all of it back; the next run starts it again;
+3. more than `DELIVERY_CHUNK_POSITIONS` positions: that transaction is the plan. It does all
+   of the above but book the rows: they are stored as `DeliveryChunk`s, and its posting
+   moves what they will book (Σ PnL − fees + isolated covers) into DELIVERY_CLEARING; the
+   run is SETTLING. Each chunk is then one transaction (`delivery_chunks_book`,
+   `DELIVERY_SETTLE_WORKERS` at a time, shared with any other runner): its posting (key
+   `delivery:<SYMBOL>:<chunk>`) takes its share out of DELIVERY_CLEARING to its positions'
+   accounts, locking each balance as it moves it (system accounts last, as funding's
+   chunks), a cross wallet that cannot pay is covered then (`_cover_short`), its income
+   lines are written and its positions closed. Once all are booked the run is DONE and the
+   contract SETTLED. A crash keeps the plan and the chunks booked; the next run books the rest.
 """
 from __future__ import annotations
 
@@ -40,7 +50,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from apps.contracts.calendar import DELIVERY_TIME_OF_DAY, delivery_symbol, quarterly_expiries_after
@@ -55,6 +65,7 @@ from apps.ledger.services import (
     Posting,
     accounts_for_users,
     balances_lock,
+    balances_lock_all,
     balances_lock_for,
     ledger_post_staged,
     system_account,
@@ -70,7 +81,8 @@ from exchange.errors import ErrorCode, ExchangeError
 from exchange.pgbulk import PARALLEL_CTAS, settings_local
 
 from . import formulas
-from .models import DeliveryNotice, DeliverySettlement, DeliveryStatus
+from .chunks import chunks_book
+from .models import DeliveryChunk, DeliveryNotice, DeliverySettlement, DeliveryStatus
 
 logger = logging.getLogger(__name__)
 S = ContractStatus
@@ -278,20 +290,28 @@ def delivery_settle(*, contract: Contract, now: datetime | None = None, requeste
             run = DeliverySettlement.objects.select_for_update().get(pk=run.pk)
             if run.status == DeliveryStatus.DONE:  # another runner finished while we waited
                 return run
-            # The contract's row lock waits for a matcher batch in flight and keeps the next out (their
-            # status reads are FOR SHARE). NO KEY: rows that reference the contract (an order, a journal
-            # command written by a liquidation holding balances this settlement waits for) can still
-            # be inserted, else the two would deadlock.
-            locked = Contract.objects.select_for_update(of=("self",), no_key=True).select_related("settle_asset") \
-                .get(pk=contract.pk)
-            if locked.status != S.SETTLING:
-                raise DeliveryError(f"{contract.symbol} is {locked.status}, not SETTLING.")
-            totals = _settle(contract=locked, price=run.settlement_price, requested_by=requested_by)
-            DeliverySettlement.objects.filter(pk=run.pk).update(
-                status=DeliveryStatus.DONE, attempts=F("attempts") + 1, error="", finished_at=now,
-                requested_by=requested_by if requested_by is not None else run.requested_by, **totals.fields())
-            contract_status_set(contract=locked, to_status=S.SETTLED, at=now, actor=requested_by,
-                                reason=f"settled at {run.settlement_price.normalize():f}")
+            if not run.chunks:  # not planned yet (a failed run rolled its plan back)
+                # The contract's row lock waits for a matcher batch in flight and keeps the next out
+                # (their status reads are FOR SHARE). NO KEY: rows that reference the contract (an
+                # order, a journal command written by a liquidation holding balances this settlement
+                # waits for) can still be inserted, else the two would deadlock.
+                locked = Contract.objects.select_for_update(of=("self",), no_key=True) \
+                    .select_related("settle_asset").get(pk=contract.pk)
+                if locked.status != S.SETTLING:
+                    raise DeliveryError(f"{contract.symbol} is {locked.status}, not SETTLING.")
+                totals = _settle(contract=locked, price=run.settlement_price, run=run, requested_by=requested_by)
+                if totals.chunks:
+                    DeliverySettlement.objects.filter(pk=run.pk).update(status=DeliveryStatus.SETTLING,
+                                                                        **totals.fields())
+                else:
+                    _done(run=run, contract=locked, now=now, requested_by=requested_by, **totals.fields())
+        run.refresh_from_db()
+        if run.status != DeliveryStatus.DONE:  # planned in chunks: book them, then close the run
+            delivery_chunks_book(run=run, contract=contract, requested_by=requested_by)
+            with transaction.atomic(durable=True):
+                run = DeliverySettlement.objects.select_for_update().get(pk=run.pk)
+                if run.status != DeliveryStatus.DONE:
+                    _chunked_done(run=run, contract=contract, now=now, requested_by=requested_by)
     except Exception as exc:
         DeliverySettlement.objects.filter(pk=run.pk).exclude(status=DeliveryStatus.DONE).update(
             status=DeliveryStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], attempts=F("attempts") + 1)
@@ -301,6 +321,15 @@ def delivery_settle(*, contract: Contract, now: datetime | None = None, requeste
     contract.status = S.SETTLED
     run.refresh_from_db()
     return run
+
+
+def _done(*, run: DeliverySettlement, contract: Contract, now: datetime, requested_by, **fields) -> None:
+    """The run DONE and the contract SETTLED (under the contract's row lock, in the caller's transaction)."""
+    DeliverySettlement.objects.filter(pk=run.pk).update(
+        status=DeliveryStatus.DONE, attempts=F("attempts") + 1, error="", finished_at=now,
+        requested_by=requested_by if requested_by is not None else run.requested_by, **fields)
+    contract_status_set(contract=contract, to_status=S.SETTLED, at=now, actor=requested_by,
+                        reason=f"settled at {run.settlement_price.normalize():f}")
 
 
 @dataclass
@@ -315,6 +344,7 @@ class _Totals:
     covered: Decimal = ZERO
     bad_debt: Decimal = ZERO
     ledger_transaction_id: int | None = None
+    chunks: int = 0
 
     def fields(self) -> dict:
         return dict(self.__dict__)
@@ -543,17 +573,23 @@ def _order_owners(contract: Contract) -> tuple[dict[int, int], dict[int, int]]:
     return wallets, order_margin
 
 
-def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
+def _settle(*, contract: Contract, price: Decimal, run: DeliverySettlement, requested_by) -> _Totals:
     """The money of a delivery, set-based: every position's row is computed in one statement
     (`delivery_rows`) and the posting's legs, the income lines and the closed positions are
     read from it by one statement each; only the few order owners and the covers of the
-    rare losses a wallet cannot pay pass through Python."""
+    rare losses a wallet cannot pay pass through Python.
+
+    More than `DELIVERY_CHUNK_POSITIONS` positions: the rows are stored as the run's chunks
+    instead (`DeliveryChunk`, booked by `delivery_chunks_book`) and this posting moves what
+    they will book, their PnL, fees and isolated covers, into DELIVERY_CLEARING; the order
+    margin released and the covers are decided here as for a small delivery."""
     asset = contract.settle_asset
     totals = _Totals()
     fund = system_account(AccountKind.INSURANCE_FUND).pk
     bad_debt = system_account(AccountKind.BAD_DEBT).pk
     pnl_clearing = system_account(AccountKind.PNL_CLEARING).pk
     fee_income = system_account(AccountKind.FEE_INCOME).pk
+    clearing = system_account(AccountKind.DELIVERY_CLEARING).pk
     with connection.cursor() as cursor:
         cursor.execute(STAGED_SETTINGS_SQL, [SETTLE_WORK_MEM])
         # Hash joins whatever the statistics say: right after a burst of new accounts and
@@ -566,15 +602,19 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
     # The lock order of every writer: balances, then positions, then orders. Every balance the
     # posting can touch is locked before any is read: the whole table for a large posting (as
     # ledger_post_staged will; counted with every leg it can have), else each row in ledger order.
-    large = balances_lock_for(legs=totals.positions + isolated_count + 2 * len(order_margin) + 4)
-    accounts = [fund, bad_debt, pnl_clearing, fee_income, *owner_wallets.values(), *order_margin.values()]
-    if not large:
+    chunked = totals.positions > settings.DELIVERY_CHUNK_POSITIONS
+    # (A chunked plan moves none of the positions' balances: its chunks lock them as they book.)
+    large = not chunked and balances_lock_for(legs=totals.positions + isolated_count + 2 * len(order_margin) + 4)
+    accounts = [fund, bad_debt, pnl_clearing, fee_income, clearing, *owner_wallets.values(),
+                *order_margin.values()]
+    if not large and not chunked:
         with connection.cursor() as cursor:
             cursor.execute("SELECT wallet FROM delivery_rows UNION ALL"
                            " SELECT isolated_account FROM delivery_rows WHERE isolated")
             accounts += [row[0] for row in cursor.fetchall()]
     current = balances_lock(account_ids=accounts, asset=asset)
-    _positions_close(positions=totals.positions)
+    if not chunked:
+        _positions_close(positions=totals.positions)
 
     releases: dict[int, Decimal] = defaultdict(Decimal)  # user id -> order margin back to the wallet
     with connection.cursor() as cursor:
@@ -588,7 +628,11 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
         releases = {user_id: amount for user_id, amount in releases.items() if amount}
         totals.order_margin_released = sum(releases.values(), ZERO)
         others: dict[int, Decimal] = defaultdict(Decimal)  # the legs outside delivery_rows
-        if releases:
+        if releases and chunked:  # every release straight to its owner's wallet
+            for user_id, amount in releases.items():
+                others[order_margin[user_id]] -= amount
+                others[owner_wallets[user_id]] += amount
+        elif releases:
             cursor.execute(
                 "UPDATE delivery_rows d SET released = t.amount"
                 " FROM unnest(%s::bigint[], %s::numeric[])"
@@ -613,6 +657,8 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
     others[fee_income] += totals.fees
     others[fund] -= totals.covered
     others[bad_debt] -= totals.bad_debt
+    if chunked:  # the rows go into chunks; what they will book waits in DELIVERY_CLEARING
+        totals.chunks, others[clearing] = _chunks_store(run=run)
 
     def post():
         return ledger_post_staged(
@@ -641,7 +687,10 @@ def _settle(*, contract: Contract, price: Decimal, requested_by) -> _Totals:
         txn = post()
     if txn is not None:
         totals.ledger_transaction_id = txn.pk
-        _incomes_insert(contract=contract, transaction_id=txn.pk)
+        if not chunked:
+            _incomes_insert(contract=contract, transaction_id=txn.pk)
+    with connection.cursor() as cursor:  # ON COMMIT DROP, unless an outer transaction goes on (tests)
+        cursor.execute("DROP TABLE delivery_rows")
     return totals
 
 
@@ -713,6 +762,133 @@ def _positions_close(*, positions: int) -> None:
         cursor.execute(POSITIONS_CLOSE_SQL)
         if cursor.rowcount != positions:
             raise DeliveryError(f"{positions - cursor.rowcount} position(s) changed while the delivery read them.")
+
+
+# -- chunks: a delivery of more than DELIVERY_CHUNK_POSITIONS positions -----------------------
+
+# The rows as planned, cut into chunks of `size` positions in user order (as funding's chunks).
+CHUNKS_INSERT_SQL = f"""
+INSERT INTO {DeliveryChunk._meta.db_table} (run_id, number, positions, clearing, covered, bad_debt, {", ".join(DeliveryChunk.ARRAYS)})
+SELECT %(run)s, n, count(*), sum(pnl - fee + covered + lost), 0, 0, array_agg(position_id), array_agg(user_id),
+       array_agg(size), array_agg(entry_price), array_agg(isolated), array_agg(wallet), array_agg(isolated_account),
+       array_agg(pnl), array_agg(fee), array_agg(margin), array_agg(covered), array_agg(lost)
+FROM (SELECT d.*, (row_number() OVER () - 1) / %(size)s AS n FROM delivery_rows d) t
+GROUP BY n
+"""
+CHUNK_COLUMNS = "position_id, user_id, size, entry_price, isolated, wallet, isolated_account, pnl, fee, margin, covered, lost"
+# One chunk's rows back in `delivery_rows`, in wallet order (as its posting locks them).
+CHUNK_ROWS_SQL = f"""
+INSERT INTO delivery_rows ({CHUNK_COLUMNS})
+SELECT t.* FROM {DeliveryChunk._meta.db_table} c,
+     unnest({", ".join(f"c.{name}" for name in DeliveryChunk.ARRAYS)}) AS t({CHUNK_COLUMNS})
+WHERE c.id = %s
+ORDER BY t.wallet
+"""
+# A chunk's legs: its positions' accounts in account order, then the system accounts (its
+# DELIVERY_CLEARING share; the covers' fund and bad debt): the order a concurrent posting locks them.
+CHUNK_LEGS_SQL = """
+(SELECT u.account_id, %s::bigint AS asset_id, u.amount
+ FROM (SELECT d.wallet AS account_id, d.amount FROM pg_temp.delivery_rows d WHERE d.amount <> 0
+       UNION ALL
+       SELECT d.isolated_account, -d.margin FROM pg_temp.delivery_rows d WHERE d.isolated AND d.margin <> 0) u
+ ORDER BY u.account_id)
+UNION ALL
+SELECT s.account_id, %s::bigint, s.amount
+FROM unnest(%s::bigint[], %s::numeric[]) AS s(account_id, amount) WHERE s.amount <> 0
+"""
+
+
+def _chunks_store(*, run: DeliverySettlement) -> tuple[int, Decimal]:
+    """Store `delivery_rows` as the run's chunks, and empty it; returns (chunks, Σ what they book)."""
+    with connection.cursor() as cursor:
+        cursor.execute(CHUNKS_INSERT_SQL, {"run": run.pk, "size": settings.DELIVERY_CHUNK_POSITIONS})
+        chunks = cursor.rowcount
+        cursor.execute(f"SELECT COALESCE(sum(clearing), 0) FROM {DeliveryChunk._meta.db_table} WHERE run_id = %s",
+                       [run.pk])
+        total = cursor.fetchone()[0]
+        cursor.execute("TRUNCATE delivery_rows")
+    return chunks, total
+
+
+def delivery_chunks_book(*, run: DeliverySettlement, contract: Contract, requested_by=None) -> int:
+    """Book the run's chunks not booked yet (`chunks.chunks_book`, `DELIVERY_SETTLE_WORKERS` at a
+    time); returns how many this call booked."""
+    contract.settle_asset  # loaded once, before the threads
+
+    def book_one(skip_locked: bool) -> bool:
+        chunk = (DeliveryChunk.objects.select_for_update(skip_locked=skip_locked)
+                 .filter(run_id=run.pk, booked_at__isnull=True).order_by("number")
+                 .only("id", "number", "positions", "clearing").first())
+        if chunk is None:
+            return False
+        _chunk_book(run=run, contract=contract, chunk=chunk, requested_by=requested_by)
+        return True
+
+    return chunks_book(book_one=book_one, workers=settings.DELIVERY_SETTLE_WORKERS, name="delivery")
+
+
+def _chunk_book(*, run: DeliverySettlement, contract: Contract, chunk: DeliveryChunk, requested_by) -> None:
+    """One chunk: its share of DELIVERY_CLEARING out to its positions' accounts (one posting, key
+    `delivery:<SYMBOL>:<chunk>`, locking each balance as it moves it), their income lines, the
+    positions closed. A cross wallet that cannot pay its loss is covered as in `_settle`."""
+    asset = contract.settle_asset
+    fund = system_account(AccountKind.INSURANCE_FUND).pk
+    bad_debt = system_account(AccountKind.BAD_DEBT).pk
+    clearing = system_account(AccountKind.DELIVERY_CLEARING).pk
+    with connection.cursor() as cursor:
+        cursor.execute(STAGED_SETTINGS_SQL, [SETTLE_WORK_MEM])
+        # As funding's chunks: nobody is answered on this commit, and whatever later depends on it
+        # flushes the WAL past it first (a server crash that loses it loses all of it).
+        cursor.execute("SET LOCAL synchronous_commit = off")
+        cursor.execute(ROWS_TABLE_SQL)
+        cursor.execute(CHUNK_ROWS_SQL, [chunk.pk])
+        with settings_local(cursor, default_statistics_target="10"):
+            cursor.execute("ANALYZE delivery_rows")
+    totals = _Totals()
+    others: dict[int, Decimal] = defaultdict(Decimal, {clearing: -chunk.clearing})
+    price = run.settlement_price
+
+    def post(concurrent: bool):
+        return ledger_post_staged(
+            posting=Posting(
+                kind=TransactionKind.DELIVERY, legs=(), idempotency_key=f"{idempotency_key(contract)}:{chunk.number}",
+                memo=f"Delivery {contract.symbol} at {price.normalize():f} chunk {chunk.number}",
+                reference={"symbol": contract.symbol, "settlement_price": str(price), "chunk": chunk.number,
+                           "positions": chunk.positions},
+                created_by_id=requested_by.pk if requested_by is not None else None,
+            ),
+            legs_sql=CHUNK_LEGS_SQL, params=[asset.pk, asset.pk, list(others), list(others.values())],
+            concurrent=concurrent,
+            before_move=lambda txn_id: _incomes_insert(contract=contract, transaction_id=txn_id),
+        )
+
+    try:
+        txn = post(True)  # optimistic, as `_settle`
+    except InsufficientBalance:
+        # Rare: the cover reads balances first, so the balance table is locked (the refused
+        # posting's row locks went with it; this waits for the postings under way).
+        balances_lock_all()
+        current = balances_lock(account_ids=[fund, bad_debt, clearing], asset=asset)
+        _cover_short(others=others, current=current, totals=totals, asset=asset, fund=fund, bad_debt=bad_debt,
+                     owing=[], owner_wallets={})
+        txn = post(False)
+    _positions_close(positions=chunk.positions)
+    DeliveryChunk.objects.filter(pk=chunk.pk).update(
+        ledger_transaction_id=txn.pk if txn is not None else None, covered=totals.covered,
+        bad_debt=totals.bad_debt, booked_at=timezone.now(),
+        **{name: [] for name in DeliveryChunk.ARRAYS},  # the income lines, entries and positions hold them now
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE delivery_rows")
+
+
+def _chunked_done(*, run: DeliverySettlement, contract: Contract, now: datetime, requested_by) -> None:
+    left = run.chunk_set.filter(booked_at__isnull=True).count()
+    if left:
+        raise DeliveryError(f"{left} of {run.chunks} chunks of {run} are not booked yet.")
+    chunks = run.chunk_set.aggregate(covered=Sum("covered"), bad_debt=Sum("bad_debt"))
+    _done(run=run, contract=contract, now=now, requested_by=requested_by,
+          covered=run.covered + chunks["covered"], bad_debt=run.bad_debt + chunks["bad_debt"])
 
 
 # -- listing and the roll ------------------------------------------------------------------

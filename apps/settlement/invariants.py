@@ -1,10 +1,12 @@
-"""Funding invariant: funding paid equals funding received up to the documented dust account.
+"""Settlement invariants: funding paid equals funding received up to the documented dust account.
 
 Every funding settlement books its rounding dust (what payers paid minus what receivers
 got) into FUNDING_CLEARING and nothing else ever moves that account, so at any time,
 per asset, the FUNDING_CLEARING balance equals the dust recorded on the settled runs (and
 on the chunks booked so far of a run still settling in chunks), and equals minus the sum of
-all FUNDING_FEE income lines plus what the insurance fund and bad debt covered. Register `check_funding_clearing_is_dust` in `apps.ops.invariants`.
+all FUNDING_FEE income lines plus what the insurance fund and bad debt covered. And the
+delivery clearing account holds only what the chunks of a delivery under way have still to
+book. Both are registered in `apps.ops.invariants` (`SETTLEMENT_CHECKS`).
 """
 from django.db import connection
 
@@ -52,4 +54,37 @@ def check_funding_clearing_is_dust() -> list[Violation]:
     ]
 
 
-FUNDING_CHECKS = (check_funding_clearing_is_dust,)
+def check_delivery_clearing_is_unbooked_chunks() -> list[Violation]:
+    """DELIVERY_CLEARING holds, per asset, exactly what the chunks not booked yet of deliveries
+    booking in chunks will take out of it (a plan puts it there in one posting, each chunk's
+    posting takes its `clearing` share out): zero whenever no delivery is under way."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH clearing AS (
+                SELECT b.asset_id, b.amount FROM ledger_balance b
+                JOIN ledger_account a ON a.id = b.account_id WHERE a.kind = 'DELIVERY_CLEARING'
+            ), pending AS (
+                SELECT c.settle_asset_id AS asset_id, SUM(k.clearing) AS amount
+                FROM settlement_deliverychunk k
+                JOIN settlement_deliverysettlement r ON r.id = k.run_id
+                JOIN contracts_contract c ON c.id = r.contract_id
+                WHERE k.booked_at IS NULL GROUP BY c.settle_asset_id
+            )
+            SELECT x.code, COALESCE(clearing.amount, 0), COALESCE(pending.amount, 0)
+            FROM ledger_asset x
+            LEFT JOIN clearing ON clearing.asset_id = x.id
+            LEFT JOIN pending ON pending.asset_id = x.id
+            WHERE COALESCE(clearing.amount, 0) <> COALESCE(pending.amount, 0)
+            ORDER BY x.code
+            """
+        )
+        rows = cursor.fetchall()
+    return [
+        Violation("delivery_clearing_is_unbooked_chunks",
+                  f"{code}: DELIVERY_CLEARING holds {balance}, the delivery chunks still to book take {pending}")
+        for code, balance, pending in rows
+    ]
+
+
+SETTLEMENT_CHECKS = (check_funding_clearing_is_dust, check_delivery_clearing_is_unbooked_chunks)

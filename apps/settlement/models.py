@@ -178,6 +178,7 @@ class DeliveryStatus(models.TextChoices):
     PENDING = "PENDING", "Pending (delivery time not reached or not yet priced)"
     NO_PRICE = "NO_PRICE", "No valid price samples: not settled, ops alerted"
     PRICED = "PRICED", "Settlement price fixed; positions not settled yet"
+    SETTLING = "SETTLING", "Settling (booked in chunks; the next run books what is left)"
     DONE = "DONE", "Settled"
     FAILED = "FAILED", "Failed (nothing booked; retried by the next run)"
 
@@ -210,6 +211,8 @@ class DeliverySettlement(SettlementRun):
     covered = MoneyField(default=0, help_text="Losses the insurance fund covered.")
     bad_debt = MoneyField(default=0, help_text="Losses beyond the fund, recorded as bad debt.")
     priced_at = models.DateTimeField(null=True, blank=True)
+    chunks = models.PositiveIntegerField(
+        default=0, help_text="Chunks the positions were closed in (0: one posting, the run's ledger transaction).")
 
     class Meta:
         ordering = ["-delivery_time", "contract_id"]
@@ -222,6 +225,51 @@ class DeliverySettlement(SettlementRun):
 
     def __str__(self) -> str:
         return f"{self.contract.symbol} delivery {self.status}"
+
+
+class DeliveryChunk(models.Model):
+    """Up to `DELIVERY_CHUNK_POSITIONS` positions of a large delivery, as its plan fixed them.
+
+    The plan's posting moved the whole delivery's PnL, fees and isolated covers into
+    DELIVERY_CLEARING; booking a chunk moves its `clearing` share out to its positions'
+    accounts, writes their income lines and closes them. Its own covers (`covered`,
+    `bad_debt`) are those of cross wallets that could not pay their loss when it was booked.
+    """
+
+    run = models.ForeignKey(DeliverySettlement, on_delete=models.PROTECT, related_name="chunk_set")
+    number = models.PositiveIntegerField(help_text="0-based; positions in user order.")
+    positions = models.PositiveIntegerField()
+    clearing = MoneyField(help_text="Σ (PnL − fee + isolated covers) of its positions: what it takes from "
+                                    "DELIVERY_CLEARING.")
+    covered = MoneyField(default=0)
+    bad_debt = MoneyField(default=0)
+    # The rows as planned, one element per position (emptied once booked).
+    position_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    user_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    sizes = ArrayField(MoneyField(), default=list, blank=True)
+    entry_prices = ArrayField(MoneyField(), default=list, blank=True)
+    isolated = ArrayField(models.BooleanField(), default=list, blank=True)
+    wallets = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    isolated_accounts = ArrayField(models.BigIntegerField(null=True), default=list, blank=True)
+    pnls = ArrayField(MoneyField(), default=list, blank=True)
+    fees = ArrayField(MoneyField(), default=list, blank=True)
+    margins = ArrayField(MoneyField(), default=list, blank=True)
+    isolated_covered = ArrayField(MoneyField(), default=list, blank=True)
+    isolated_lost = ArrayField(MoneyField(), default=list, blank=True)
+    ledger_transaction = models.ForeignKey(
+        "ledger.LedgerTransaction", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    booked_at = models.DateTimeField(null=True, blank=True)
+
+    ARRAYS = ("position_ids", "user_ids", "sizes", "entry_prices", "isolated", "wallets", "isolated_accounts",
+              "pnls", "fees", "margins", "isolated_covered", "isolated_lost")
+
+    class Meta:
+        ordering = ["run_id", "number"]
+        constraints = [models.UniqueConstraint(fields=["run", "number"], name="delivery_chunk_unique_number")]
+
+    def __str__(self) -> str:
+        return f"{self.run} chunk {self.number}"
 
 
 class DeliveryNotice(models.Model):

@@ -17,7 +17,7 @@ Settlement (`funding_settle`) of one (contract, funding time):
 3. up to `FUNDING_CHUNK_POSITIONS` positions are booked in that same transaction (key
    `funding:<SYMBOL>:<funding ms>`). More are stored as `FundingChunk`s of that many
    payments, committed, then booked one transaction per chunk (key `...:<chunk>`),
-   `FUNDING_SETTLE_WORKERS` at a time (`chunks_book`); the run is DONE once all are;
+   `FUNDING_SETTLE_WORKERS` at a time (`funding_chunks_book`); the run is DONE once all are;
 4. a booking (`_book`) is ONE ledger posting whose legs the ledger reads from
    `funding_payments` (`ledger_post_staged`): a leg per account and one FUNDING_CLEARING
    leg of −Σ payments; the rounding dust (what the payers paid minus what the receivers
@@ -44,14 +44,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F, Sum
-from psycopg.errors import DeadlockDetected
 from django.utils import timezone
 
 from apps.contracts.models import Contract, FundingPolicy
@@ -77,6 +75,7 @@ from exchange.pgbulk import PARALLEL_CTAS, settings_local
 from exchange.redis import get_redis
 
 from . import formulas
+from .chunks import chunks_book
 from .models import FundingChunk, FundingRate, FundingSettlement, PremiumSample, SettlementStatus
 from .selectors import (
     PREDICTED_KEY,
@@ -221,7 +220,7 @@ def funding_settle(*, contract: Contract, funding_time: datetime, now: datetime 
                 _plan(run=run, contract=contract, funding_time=funding_time, now=now, requested_by=requested_by)
         if run.chunks:
             run.refresh_from_db()
-            chunks_book(run=run, contract=contract, requested_by=requested_by)
+            funding_chunks_book(run=run, contract=contract, requested_by=requested_by)
             with transaction.atomic(durable=True):
                 run = FundingSettlement.objects.select_for_update().get(pk=run.pk)
                 if run.status != SettlementStatus.DONE:
@@ -509,52 +508,19 @@ FROM {FundingChunk._meta.db_table} c,
 WHERE c.id = %s
 ORDER BY t.account_id
 """
-# A chunk stuck in a deadlock (PostgreSQL cancels one side) is tried again this many times per call.
-CHUNK_DEADLOCK_RETRIES = 5
+def funding_chunks_book(*, run: FundingSettlement, contract: Contract, requested_by=None) -> int:
+    """Book the run's chunks not booked yet (`chunks.chunks_book`, `FUNDING_SETTLE_WORKERS` at a
+    time); returns how many this call booked."""
+    def book_one(skip_locked: bool) -> bool:
+        chunk = (FundingChunk.objects.select_for_update(skip_locked=skip_locked)
+                 .filter(run_id=run.pk, booked_at__isnull=True).order_by("number")
+                 .only("id", "number", "paid", "received").first())
+        if chunk is None:
+            return False
+        _chunk_book(run=run, contract=contract, chunk=chunk, requested_by=requested_by)
+        return True
 
-
-def chunks_book(*, run: FundingSettlement, contract: Contract, requested_by=None) -> int:
-    """Book the run's chunks not booked yet, each in its own transaction; returns how many this call booked.
-
-    `FUNDING_SETTLE_WORKERS` threads (each with its own connection) take free chunks in
-    parallel; chunks another runner holds are skipped, then waited for once the free ones are
-    done, and booked here if that runner died. Inside a transaction (tests) one at a time.
-    """
-    workers = settings.FUNDING_SETTLE_WORKERS
-    if workers > 1 and not connection.in_atomic_block:
-        with ThreadPoolExecutor(workers, thread_name_prefix="funding-chunks") as pool:
-            jobs = [pool.submit(_in_own_connection, _chunks_take, run, contract, requested_by, True)
-                    for _ in range(workers)]
-            booked = sum(job.result() for job in jobs)
-    else:
-        booked = _chunks_take(run, contract, requested_by, True)
-    return booked + _chunks_take(run, contract, requested_by, False)
-
-
-def _in_own_connection(function, *args):
-    try:
-        return function(*args)
-    finally:
-        connection.close()  # this thread's
-
-
-def _chunks_take(run: FundingSettlement, contract: Contract, requested_by, skip_locked: bool) -> int:
-    booked = deadlocks = 0
-    while True:
-        try:
-            with transaction.atomic(durable=True):
-                chunk = (FundingChunk.objects.select_for_update(skip_locked=skip_locked)
-                         .filter(run_id=run.pk, booked_at__isnull=True).order_by("number")
-                         .only("id", "number", "paid", "received").first())
-                if chunk is None:
-                    return booked
-                _chunk_book(run=run, contract=contract, chunk=chunk, requested_by=requested_by)
-            booked += 1
-        except OperationalError as exc:
-            if not isinstance(exc.__cause__, DeadlockDetected) or deadlocks >= CHUNK_DEADLOCK_RETRIES:
-                raise
-            deadlocks += 1
-            logger.warning("funding chunk of %s deadlocked; trying it again", run)
+    return chunks_book(book_one=book_one, workers=settings.FUNDING_SETTLE_WORKERS, name="funding")
 
 
 def _chunk_book(*, run: FundingSettlement, contract: Contract, chunk: FundingChunk, requested_by) -> None:

@@ -53,6 +53,10 @@ CELERY_BEAT_SCHEDULE = {
 # and email holders their 24-hour delivery notice (with Django's mail settings).
 DELIVERY_ROLL_ENABLED = env_bool("DELIVERY_ROLL_ENABLED", True)
 DELIVERY_NOTICE_EMAIL = env_bool("DELIVERY_NOTICE_EMAIL", False)
+# A delivery of more positions than this is closed in chunks of this many, each in its own
+# transaction, DELIVERY_SETTLE_WORKERS of them at a time (as funding's, above).
+DELIVERY_CHUNK_POSITIONS = env_int("DELIVERY_CHUNK_POSITIONS", 50_000)
+DELIVERY_SETTLE_WORKERS = env_int("DELIVERY_SETTLE_WORKERS", 2)
 # Screen for liquidations in the pricefeed process after each published mark (apps.liquidation).
 LIQUIDATION_SCREEN_ON_MARK = env_bool("LIQUIDATION_SCREEN_ON_MARK", False)
 

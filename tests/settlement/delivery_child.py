@@ -4,7 +4,8 @@
 MODE "settle" advances the contract (as the beat does at delivery time); "die-half-way"
 closes the positions and books the ledger posting and the income lines inside the
 settlement's transaction, then kills itself with SIGKILL before the run is recorded and
-committed (PostgreSQL rolls the open transaction back).
+committed (PostgreSQL rolls the open transaction back). "die-in-second-chunk" (a run booked
+in chunks, one at a time) books the second chunk's income lines, then kills itself the same way.
 """
 import os
 import signal
@@ -40,6 +41,18 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
         delivery._incomes_insert = book_then_die
+    elif mode == "die-in-second-chunk":
+        original, calls = delivery._incomes_insert, []
+
+        def second_then_die(**kwargs):
+            original(**kwargs)
+            calls.append(1)
+            if len(calls) == 2:
+                sys.stdout.write("first chunk booked\n")
+                sys.stdout.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        delivery._incomes_insert = second_then_die
     contract = Contract.objects.select_related("settle_asset").get(symbol=symbol)
     steps = delivery.delivery_advance_one(contract=contract, now=contract.delivery_time + timedelta(minutes=1))
     print(symbol, " ".join(steps))

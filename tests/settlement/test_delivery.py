@@ -44,8 +44,20 @@ S = ContractStatus
 DT = datetime(2026, 12, 25, 8, 0, tzinfo=timezone.utc)  # last Friday of December 2026
 ONBOARD = datetime(2026, 11, 1, tzinfo=timezone.utc)
 WEIGHTS = {"binance": D("2"), "okx": D("1"), "bybit": D("1")}
-# Every test runs on both ways a settlement locks balances (conftest.lock_path).
-pytestmark = pytest.mark.usefixtures("lock_path")
+
+
+@pytest.fixture(params=["one transaction", "chunks"])
+def delivery_path(request, settings):
+    """Both ways a delivery books: in its one transaction, and in chunks of one position each
+    (`DELIVERY_CHUNK_POSITIONS` = 1: a plan, then a transaction per position)."""
+    if request.param == "chunks":
+        settings.DELIVERY_CHUNK_POSITIONS = 1
+    return request.param
+
+
+# Every test runs on both ways a settlement locks balances (conftest.lock_path) and both ways
+# a delivery books.
+pytestmark = pytest.mark.usefixtures("lock_path", "delivery_path")
 
 
 @pytest.fixture(autouse=True)
@@ -334,7 +346,8 @@ def test_settling_twice_books_once(quarterly, funded):
     again = delivery_settle(contract=quarterly, now=DT + timedelta(minutes=5))
     delivery_advance(now=DT + timedelta(minutes=6))
     assert again.status == DeliveryStatus.DONE and again.attempts == 1
-    assert LedgerTransaction.objects.filter(kind=TransactionKind.DELIVERY).count() == 1
+    # One posting, or the plan's and one per chunk: each under its own key, once.
+    assert LedgerTransaction.objects.filter(kind=TransactionKind.DELIVERY).count() == 1 + again.chunks
     assert (wallet_of(alice), wallet_of(bob)) == balances
     assert Income.objects.filter(income_type=IncomeType.DELIVERED_SETTELMENT).count() == 2
 
@@ -355,7 +368,7 @@ def test_a_runner_that_priced_late_leaves_a_settled_run_settled(quarterly, funde
     assert run_all_invariants() == []
 
 
-def test_a_failure_half_way_books_nothing_and_the_next_run_settles(quarterly, funded, monkeypatch):
+def test_a_failure_half_way_books_nothing_and_the_next_run_settles(quarterly, funded, monkeypatch, delivery_path):
     alice, bob = trading_pair(quarterly, funded)
     order_place(user=alice, contract=quarterly, side="BUY", quantity=D("0.5"), price=D("45000"))
     batch_process(SymbolEngine(quarterly))
@@ -370,8 +383,13 @@ def test_a_failure_half_way_books_nothing_and_the_next_run_settles(quarterly, fu
     quarterly.refresh_from_db()
     run = DeliverySettlement.objects.get(contract=quarterly)
     assert quarterly.status == S.SETTLING and run.status == DeliveryStatus.FAILED and "disk on fire" in run.error
-    assert (wallet_of(alice), wallet_of(bob), held_of(alice), LedgerTransaction.objects.count()) == before
-    assert Order.objects.filter(user=alice, status=OrderStatus.NEW).count() == 1
+    if delivery_path == "chunks":  # the plan stays (orders expired, its posting), no chunk is booked
+        assert run.chunks == 2 and not run.chunk_set.filter(booked_at__isnull=False).exists()
+        assert held_of(alice) == 0 and LedgerTransaction.objects.count() == before[3] + 1
+        assert run_all_invariants() == []  # DELIVERY_CLEARING holds what the two chunks will book
+    else:
+        assert (wallet_of(alice), wallet_of(bob), held_of(alice), LedgerTransaction.objects.count()) == before
+        assert Order.objects.filter(user=alice, status=OrderStatus.NEW).count() == 1
     assert open_interest(quarterly) == (1, 1)
     assert Alert.objects.filter(key=f"job_failure:delivery:{quarterly.symbol}").exists()
 
@@ -467,7 +485,7 @@ def test_a_cross_loss_beyond_the_wallet_is_covered_by_the_fund_then_bad_debt(qua
     assert wallet_of(alice) == 0
     assert (run.covered, run.bad_debt) == (D("500"), shortfall - D("500"))
     assert system(AccountKind.INSURANCE_FUND) == 0 and system(AccountKind.BAD_DEBT) == -(shortfall - D("500"))
-    incomes = Income.objects.filter(user=alice, transaction_id=run.ledger_transaction_id)
+    incomes = Income.objects.filter(user=alice, symbol=quarterly.symbol, trade_id__isnull=True)  # not the trade's
     assert sorted(incomes.values_list("income_type", "amount")) == [
         (IncomeType.COMMISSION, D("-9")), (IncomeType.DELIVERED_SETTELMENT, D("-5000"))]
     assert open_interest(quarterly) == (0, 0)
@@ -590,6 +608,9 @@ def test_admin_calendar_history_samples_and_actions(quarterly, funded, admin_cli
     run = DeliverySettlement.objects.get(contract=quarterly)
     page = admin_client.get(reverse("admin:settlement_deliverysettlement_change", args=[run.pk]))
     assert page.status_code == 200 and b"binance 51000" in page.content
+    if run.chunks:  # the chunks inline: each one's posting
+        assert b"Delivery chunks" in page.content
+        assert all(f"#{k.ledger_transaction_id}".encode() in page.content for k in run.chunk_set.all())
     assert admin_client.get(reverse("admin:settlement_deliverysettlement_changelist")).status_code == 200
     assert DeliveryContract.objects.filter(pk=quarterly.pk).exists()
 

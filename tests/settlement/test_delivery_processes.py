@@ -12,6 +12,7 @@ import pytest
 
 from apps.ledger.invariants import LEDGER_CHECKS
 from apps.ledger.models import Income, IncomeType, LedgerTransaction, TransactionKind
+from apps.settlement.invariants import SETTLEMENT_CHECKS
 from apps.settlement.models import DeliverySettlement, DeliveryStatus
 
 from .test_delivery import _no_roll, flat_hour, funded, open_interest, quarterly, trade, wallet_of  # noqa: F401 (fixtures)
@@ -23,9 +24,9 @@ D = Decimal
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def _spawn(tmp_path, name: str, mode: str, symbol: str) -> subprocess.Popen:
+def _spawn(tmp_path, name: str, mode: str, symbol: str, **env) -> subprocess.Popen:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test", "DATABASE_URL": _dsn(),
-           "DELIVERY_ROLL_ENABLED": "0"}
+           "DELIVERY_ROLL_ENABLED": "0", **env}
     with open(tmp_path / f"{name}.out", "wb") as stdout, open(tmp_path / f"{name}.err", "wb") as stderr:
         return subprocess.Popen([sys.executable, str(CHILD), mode, symbol], cwd=ROOT, env=env, stdout=stdout,
                                 stderr=stderr, preexec_fn=_die_with_parent)
@@ -50,12 +51,13 @@ def due(quarterly, funded):
     return users
 
 
-def _settled_once(users) -> None:
-    assert LedgerTransaction.objects.filter(kind=TransactionKind.DELIVERY).count() == 1
+def _settled_once(users, chunks: int = 0) -> None:
+    """One posting, or the plan's and one per chunk; each position's lines once; the ledger clean."""
+    assert LedgerTransaction.objects.filter(kind=TransactionKind.DELIVERY).count() == 1 + chunks
     assert Income.objects.filter(income_type=IncomeType.DELIVERED_SETTELMENT).count() == 4
     run = DeliverySettlement.objects.get()
-    assert run.status == DeliveryStatus.DONE
-    assert [str(v) for check in LEDGER_CHECKS for v in check()] == []
+    assert run.status == DeliveryStatus.DONE and run.chunks == chunks
+    assert [str(v) for check in (*LEDGER_CHECKS, *SETTLEMENT_CHECKS) for v in check()] == []
 
 
 def test_a_settler_killed_half_way_leaves_nothing_and_the_next_settles_once(quarterly, due, tmp_path):
@@ -92,3 +94,43 @@ def test_two_settlers_at_once_settle_once(quarterly, due, tmp_path):
     _settled_once(due)
     outputs = (tmp_path / "first.out").read_text() + (tmp_path / "second.out").read_text()
     assert "settlement DONE" in outputs
+
+
+# -- a delivery booked in chunks (DELIVERY_CHUNK_POSITIONS=1: four chunks of the four positions) --------
+
+
+def test_a_settler_killed_in_the_second_chunk_keeps_the_first_and_the_next_books_the_rest(quarterly, due,
+                                                                                          tmp_path):
+    dying = _spawn(tmp_path, "dying", "die-in-second-chunk", quarterly.symbol, DELIVERY_CHUNK_POSITIONS="1",
+                   DELIVERY_SETTLE_WORKERS="1")
+    try:
+        assert dying.wait(timeout=120) == -9, (tmp_path / "dying.err").read_text()
+    finally:
+        _stop(dying)
+    assert (tmp_path / "dying.out").read_text() == "first chunk booked\n"
+    run = DeliverySettlement.objects.get()
+    assert run.chunks == 4 and run.chunk_set.filter(booked_at__isnull=False).count() == 1
+    assert Income.objects.filter(income_type=IncomeType.DELIVERED_SETTELMENT).count() == 1
+    assert open_interest(quarterly) != (0, 0)
+    # DELIVERY_CLEARING holds exactly what the three chunks left will book.
+    assert [str(v) for check in (*LEDGER_CHECKS, *SETTLEMENT_CHECKS) for v in check()] == []
+
+    settler = _spawn(tmp_path, "settler", "settle", quarterly.symbol, DELIVERY_CHUNK_POSITIONS="1")
+    try:
+        assert settler.wait(timeout=120) == 0, (tmp_path / "settler.err").read_text()
+    finally:
+        _stop(settler)
+    _settled_once(due, chunks=4)
+    assert open_interest(quarterly) == (0, 0)
+
+
+def test_two_settlers_at_once_book_each_chunk_once(quarterly, due, tmp_path):
+    first = _spawn(tmp_path, "first", "settle", quarterly.symbol, DELIVERY_CHUNK_POSITIONS="1")
+    second = _spawn(tmp_path, "second", "settle", quarterly.symbol, DELIVERY_CHUNK_POSITIONS="1")
+    try:
+        for name, proc in (("first", first), ("second", second)):
+            assert proc.wait(timeout=120) == 0, (tmp_path / f"{name}.err").read_text()
+    finally:
+        _stop(first, second)
+    _settled_once(due, chunks=4)
+    assert open_interest(quarterly) == (0, 0)

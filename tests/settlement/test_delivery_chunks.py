@@ -1,0 +1,118 @@
+"""Deliveries larger than DELIVERY_CHUNK_POSITIONS, booked chunk by chunk.
+
+(Every test of test_delivery.py also runs with chunks of one position: the same money as one
+posting.) Here: the plan and its chunks as stored, threads on their own connections sharing
+the chunks out, and an isolated margin that cannot change once the delivery has begun.
+"""
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from apps.ledger.models import AccountKind, Income, IncomeType, LedgerTransaction, TransactionKind
+from apps.ops.invariants import run_all_invariants
+from apps.positions.models import Position
+from apps.positions.services import margin_type_change, position_margin_adjust
+from apps.settlement import delivery
+from apps.settlement.delivery import delivery_advance
+from apps.settlement.models import DeliveryChunk, DeliverySettlement, DeliveryStatus
+from exchange.errors import ErrorCode, ExchangeError
+
+from .test_delivery import DT, ONBOARD, _no_roll, flat_hour, funded, open_interest, quarterly, system, trade  # noqa: F401
+
+D = Decimal
+
+
+def _three_pairs(contract, funded):
+    users = [funded(name) for name in ("ann", "ben", "cat", "dan", "eve", "fay")]
+    delivery_advance(now=ONBOARD)
+    contract.refresh_from_db()
+    margin_type_change(user=users[4], contract=contract, margin_type="ISOLATED")
+    trade(contract, users[0], users[1], "1", "50000")
+    trade(contract, users[2], users[3], "0.5", "50500")
+    trade(contract, users[4], users[5], "0.2", "49000")  # eve long, isolated
+    flat_hour(contract, "51000")
+    return users
+
+
+def _results(contract) -> dict[int, tuple[Decimal, Decimal]]:
+    """user id -> (delivery PnL line, delivery fee line)."""
+    lines = Income.objects.filter(symbol=contract.symbol, trade_id__isnull=True)
+    pnl = dict(lines.filter(income_type=IncomeType.DELIVERED_SETTELMENT).values_list("user_id", "amount"))
+    fee = dict(lines.filter(income_type=IncomeType.COMMISSION).values_list("user_id", "amount"))
+    return {user: (pnl[user], fee[user]) for user in pnl}
+
+
+@pytest.mark.django_db
+def test_the_plan_stores_the_chunks_and_clearing_holds_what_they_book(quarterly, funded, settings, monkeypatch):
+    settings.DELIVERY_CHUNK_POSITIONS = 4
+    users = _three_pairs(quarterly, funded)
+    monkeypatch.setattr(delivery, "delivery_chunks_book", lambda **kwargs: 0)  # the plan alone
+    delivery_advance(now=DT)
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    assert run.status == DeliveryStatus.FAILED and "2 of 2 chunks" in run.error  # and ops are alerted
+    assert run.chunks == 2 and run.positions == 6
+    chunks = list(DeliveryChunk.objects.filter(run=run).order_by("number"))
+    assert [c.positions for c in chunks] == [4, 2] and not any(c.booked_at for c in chunks)
+    assert sorted(u for c in chunks for u in c.user_ids) == sorted(u.pk for u in users)  # each position once
+    # PnL at 51,000 (contract size 1), fee 0.0002 × notional (the contract's delivery fee rate), per position.
+    rows = {u: (size, pnl, fee) for c in chunks for u, size, pnl, fee in zip(c.user_ids, c.sizes, c.pnls, c.fees)}
+    assert rows[users[0].pk][:2] == (D(1), D(1000)) and rows[users[1].pk][:2] == (D(-1), D(-1000))
+    assert rows[users[4].pk][:2] == (D("0.2"), D(400))
+    assert all(fee == abs(size) * D(51000) * quarterly.delivery_fee_rate for size, _, fee in rows.values())
+    assert system(AccountKind.DELIVERY_CLEARING) == sum(c.clearing for c in chunks) != 0
+    assert open_interest(quarterly) == (D("1.7"), D("1.7"))  # the chunks close the positions
+    assert run_all_invariants() == []
+
+    monkeypatch.undo()
+    delivery_advance(now=DT + timedelta(minutes=1))
+    run.refresh_from_db()
+    assert run.status == DeliveryStatus.DONE and quarterly.__class__.objects.get(pk=quarterly.pk).status == "SETTLED"
+    assert system(AccountKind.DELIVERY_CLEARING) == 0 and open_interest(quarterly) == (0, 0)
+    assert all(c.booked_at and c.user_ids == [] for c in DeliveryChunk.objects.filter(run=run))
+    results = _results(quarterly)
+    assert results[users[0].pk][0] == D(1000) and results[users[1].pk][0] == D(-1000)
+    assert run_all_invariants() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_threads_book_every_chunk_once(quarterly, funded, settings, monkeypatch):
+    """Outside a transaction, DELIVERY_SETTLE_WORKERS threads book the chunks on their own connections."""
+    settings.DELIVERY_CHUNK_POSITIONS = 1
+    settings.DELIVERY_SETTLE_WORKERS = 3
+    users = _three_pairs(quarterly, funded)
+    threads, original = set(), delivery._chunk_book
+
+    def note_thread(**kwargs):
+        threads.add(threading.current_thread().name)
+        return original(**kwargs)
+
+    monkeypatch.setattr(delivery, "_chunk_book", note_thread)
+    delivery_advance(now=DT)
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    assert run.status == DeliveryStatus.DONE and run.chunks == 6
+    assert all(name.startswith("delivery") for name in threads) and len(threads) > 1
+    keys = set(LedgerTransaction.objects.filter(kind=TransactionKind.DELIVERY).values_list("idempotency_key", flat=True))
+    assert keys == {f"delivery:{quarterly.symbol}"} | {f"delivery:{quarterly.symbol}:{n}" for n in range(6)}
+    results = _results(quarterly)
+    assert len(results) == 6 and results[users[4].pk][0] == D(400)
+    assert open_interest(quarterly) == (0, 0)
+    assert Position.objects.filter(contract=quarterly, user=users[4]).get().realized_pnl > 0
+    assert run_all_invariants() == []
+
+
+@pytest.mark.django_db
+def test_an_isolated_margin_cannot_change_once_the_delivery_has_begun(quarterly, funded):
+    users = _three_pairs(quarterly, funded)
+    eve = users[4]
+    assert position_margin_adjust(user=eve, contract=quarterly, amount=D("10"), direction=1) == D("10")
+    delivery_advance(now=DT - timedelta(minutes=1))  # close-only: still allowed
+    assert position_margin_adjust(user=eve, contract=quarterly, amount=D("5"), direction=2) == D("5")
+    delivery._price(DeliverySettlement.objects.create(contract=quarterly, delivery_time=DT), quarterly, DT)
+    quarterly.__class__.objects.filter(pk=quarterly.pk).update(status="SETTLING")  # its plan is under way
+    before = Income.objects.count(), LedgerTransaction.objects.count()
+    with pytest.raises(ExchangeError, match="being delivered") as refused:
+        position_margin_adjust(user=eve, contract=quarterly, amount=D("5"), direction=1)
+    assert refused.value.code == ErrorCode.INVALID_SYMBOL_STATUS
+    assert (Income.objects.count(), LedgerTransaction.objects.count()) == before
