@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Sum
+from django.db.models import Count, Sum
 from django.utils import timezone
 
 from apps.contracts.models import Contract

@@ -239,14 +239,12 @@ class DeliveryChunkInline(admin.TabularInline):
     and which are still to book."""
 
     model = DeliveryChunk
-    fields = ("number", "positions", "clearing", "covered", "bad_debt", "ledger_transaction", "booked_at")
+    fields = ("number", "positions", "user_from", "user_to", "clearing", "covered", "bad_debt", "ledger_transaction",
+              "booked_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
     ordering = ("number",)
-
-    def get_queryset(self, request):  # not the row arrays of chunks still to book
-        return super().get_queryset(request).defer(*DeliveryChunk.ARRAYS)
 
     def has_add_permission(self, request, obj=None):
         return False

@@ -60,6 +60,7 @@ from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.services import (
     INCOME_USERS_FROM_POSITIONS,
+    STAGED_IN_ORDER,
     STAGED_SETTINGS_SQL,
     STAGED_WORK_MEM,
     Posting,
@@ -402,8 +403,7 @@ CREATE TEMP TABLE delivery_rows (
 # workers (`PARALLEL_CTAS`; an INSERT ... SELECT is always serial), then copied in order into
 # `delivery_rows` (whose generated column a CREATE TABLE AS cannot declare): 3.3 s instead
 # of 3.9 s at a million positions, the copy included (bench/delivery.py).
-ROWS_COMPUTED_SQL = f"""
-CREATE TEMP TABLE delivery_rows_computed ON COMMIT DROP AS
+ROWS_SELECT_SQL = f"""
 SELECT r.*
 FROM (SELECT x.position_id, x.user_id, x.size, x.entry_price, x.isolated, w.id AS wallet,
              CASE WHEN x.isolated THEN (SELECT iso.id FROM ledger_account iso
@@ -415,14 +415,19 @@ FROM (SELECT x.position_id, x.user_id, x.size, x.entry_price, x.isolated, w.id A
                    p.size * (%(price)s::numeric - p.entry_price) * %(cs)s::numeric AS pnl,
                    abs(p.size) * %(fee_factor)s::numeric AS fee
             FROM positions_position p
-            WHERE p.contract_id = %(c)s AND p.size <> 0
+            WHERE p.contract_id = %(c)s AND p.size <> 0{{users}}
             OFFSET 0) x
       LEFT JOIN ledger_account w ON w.kind = 'WALLET' AND w.user_id = x.user_id AND w.contract_id IS NULL
       ORDER BY x.user_id
       OFFSET 0) r
 """
+# A chunk's positions: its users' (by the index of one position per user and contract).
+CHUNK_USERS = " AND p.user_id BETWEEN %(user_from)s AND %(user_to)s"
 ROWS_COLUMNS = "position_id, user_id, size, entry_price, isolated, wallet, isolated_account, pnl, fee"
+ROWS_COMPUTED_SQL = "CREATE TEMP TABLE delivery_rows_computed ON COMMIT DROP AS " + ROWS_SELECT_SQL.format(users="")
 ROWS_SQL = f"INSERT INTO delivery_rows ({ROWS_COLUMNS}) SELECT {ROWS_COLUMNS} FROM delivery_rows_computed"
+# A chunk's rows go straight into `delivery_rows` (few: no parallel workers to gain).
+CHUNK_ROWS_SQL = f"INSERT INTO delivery_rows ({ROWS_COLUMNS}) " + ROWS_SELECT_SQL.format(users=CHUNK_USERS)
 
 # The totals, and how many rows miss an account (created then).
 ROWS_TOTALS_SQL = """
@@ -517,18 +522,32 @@ SETTLE_WORK_MEM = STAGED_WORK_MEM
 INCOME_WORK_MEM = "512MB"
 
 
-def _rows_stage(*, contract: Contract, price: Decimal) -> tuple:
-    """`delivery_rows` (one statement; the rare missing accounts created); returns
-    (positions, isolated positions, long quantity, short quantity, realized PnL, fees)."""
+def _rows_compute(*, contract: Contract, price: Decimal, users: tuple[int, int] | None = None) -> None:
+    """`delivery_rows` of every open position of the contract, or of those of the users
+    `users` (first, last: a chunk's), in user order."""
     params = {"c": contract.pk, "price": price, "cs": contract.contract_size,
               "fee_factor": formulas.exact_product(price, contract.contract_size, contract.delivery_fee_rate),
               **formulas.half_even_sql_params(precision=contract.settle_asset.precision)}
+    if users is not None:
+        params["user_from"], params["user_to"] = users
     with connection.cursor() as cursor:
-        with settings_local(cursor, **PARALLEL_CTAS):
-            cursor.execute(ROWS_COMPUTED_SQL, params)
-        cursor.execute(ROWS_TABLE_SQL)
-        cursor.execute(ROWS_SQL)
-        cursor.execute("DROP TABLE delivery_rows_computed")
+        if users is None:  # all the positions: hash joins, with parallel workers
+            with settings_local(cursor, **PARALLEL_CTAS):
+                cursor.execute(ROWS_COMPUTED_SQL, params)
+            cursor.execute(ROWS_TABLE_SQL)
+            cursor.execute(ROWS_SQL)
+            cursor.execute("DROP TABLE delivery_rows_computed")
+        else:  # a chunk's: an index probe for each wallet, not a scan of every account
+            cursor.execute(ROWS_TABLE_SQL)
+            with settings_local(cursor, **STAGED_IN_ORDER):
+                cursor.execute(CHUNK_ROWS_SQL, params)
+
+
+def _rows_stage(*, contract: Contract, price: Decimal) -> tuple:
+    """`delivery_rows` (one statement; the rare missing accounts created); returns
+    (positions, isolated positions, long quantity, short quantity, realized PnL, fees)."""
+    _rows_compute(contract=contract, price=price)
+    with connection.cursor() as cursor:
         cursor.execute(ROWS_TOTALS_SQL)
         *totals, missing = cursor.fetchone()
         if missing:
@@ -766,23 +785,31 @@ def _positions_close(*, positions: int) -> None:
 
 # -- chunks: a delivery of more than DELIVERY_CHUNK_POSITIONS positions -----------------------
 
-# The rows as planned, cut into chunks of `size` positions in user order (as funding's chunks).
+# The rows as planned, cut into chunks of `size` positions in user order (as funding's chunks),
+# each stored as its range of users, with the isolated covers the plan decided.
 CHUNKS_INSERT_SQL = f"""
-INSERT INTO {DeliveryChunk._meta.db_table} (run_id, number, positions, clearing, covered, bad_debt, {", ".join(DeliveryChunk.ARRAYS)})
-SELECT %(run)s, n, count(*), sum(pnl - fee + covered + lost), 0, 0, array_agg(position_id), array_agg(user_id),
-       array_agg(size), array_agg(entry_price), array_agg(isolated), array_agg(wallet), array_agg(isolated_account),
-       array_agg(pnl), array_agg(fee), array_agg(margin), array_agg(covered), array_agg(lost)
-FROM (SELECT d.*, (row_number() OVER () - 1) / %(size)s AS n FROM delivery_rows d) t
+INSERT INTO {DeliveryChunk._meta.db_table} (run_id, number, positions, user_from, user_to, clearing, covered, bad_debt,
+                                            cover_positions, cover_fund, cover_lost)
+SELECT %(run)s, n, count(*), min(user_id), max(user_id), sum(pnl - fee + covered + lost), 0, 0,
+       COALESCE(array_agg(position_id) FILTER (WHERE covered <> 0 OR lost <> 0), '{{}}'),
+       COALESCE(array_agg(covered) FILTER (WHERE covered <> 0 OR lost <> 0), '{{}}'),
+       COALESCE(array_agg(lost) FILTER (WHERE covered <> 0 OR lost <> 0), '{{}}')
+FROM (SELECT d.*, (row_number() OVER (ORDER BY d.user_id) - 1) / %(size)s AS n FROM delivery_rows d) t
 GROUP BY n
 """
-CHUNK_COLUMNS = "position_id, user_id, size, entry_price, isolated, wallet, isolated_account, pnl, fee, margin, covered, lost"
-# One chunk's rows back in `delivery_rows`, in wallet order (as its posting locks them).
-CHUNK_ROWS_SQL = f"""
-INSERT INTO delivery_rows ({CHUNK_COLUMNS})
-SELECT t.* FROM {DeliveryChunk._meta.db_table} c,
-     unnest({", ".join(f"c.{name}" for name in DeliveryChunk.ARRAYS)}) AS t({CHUNK_COLUMNS})
-WHERE c.id = %s
-ORDER BY t.wallet
+# A chunk's rows as the plan saw them: the isolated margins (fixed while the contract is
+# SETTLING), then the plan's covers; and what they add up to, to check against the plan.
+CHUNK_MARGINS_SQL = """
+UPDATE delivery_rows d SET margin = b.amount FROM ledger_balance b
+WHERE d.isolated AND b.account_id = d.isolated_account AND b.asset_id = %s
+"""
+CHUNK_COVERS_SQL = f"""
+UPDATE delivery_rows d SET covered = c.covered, lost = c.lost
+FROM {DeliveryChunk._meta.db_table} k, unnest(k.cover_positions, k.cover_fund, k.cover_lost) AS c(position_id, covered, lost)
+WHERE k.id = %s AND d.position_id = c.position_id
+"""
+CHUNK_CHECK_SQL = """
+SELECT count(*), COALESCE(sum(pnl - fee + covered + lost), 0), count(*) FILTER (WHERE wallet IS NULL) FROM delivery_rows
 """
 # A chunk's legs: its positions' accounts in account order, then the system accounts (its
 # DELIVERY_CLEARING share; the covers' fund and bad debt): the order a concurrent posting locks them.
@@ -818,7 +845,7 @@ def delivery_chunks_book(*, run: DeliverySettlement, contract: Contract, request
     def book_one(skip_locked: bool) -> bool:
         chunk = (DeliveryChunk.objects.select_for_update(skip_locked=skip_locked)
                  .filter(run_id=run.pk, booked_at__isnull=True).order_by("number")
-                 .only("id", "number", "positions", "clearing").first())
+                 .only("id", "number", "positions", "user_from", "user_to", "clearing").first())
         if chunk is None:
             return False
         _chunk_book(run=run, contract=contract, chunk=chunk, requested_by=requested_by)
@@ -835,18 +862,25 @@ def _chunk_book(*, run: DeliverySettlement, contract: Contract, chunk: DeliveryC
     fund = system_account(AccountKind.INSURANCE_FUND).pk
     bad_debt = system_account(AccountKind.BAD_DEBT).pk
     clearing = system_account(AccountKind.DELIVERY_CLEARING).pk
+    price = run.settlement_price
     with connection.cursor() as cursor:
         cursor.execute(STAGED_SETTINGS_SQL, [SETTLE_WORK_MEM])
         # As funding's chunks: nobody is answered on this commit, and whatever later depends on it
         # flushes the WAL past it first (a server crash that loses it loses all of it).
         cursor.execute("SET LOCAL synchronous_commit = off")
-        cursor.execute(ROWS_TABLE_SQL)
-        cursor.execute(CHUNK_ROWS_SQL, [chunk.pk])
+        _rows_compute(contract=contract, price=price, users=(chunk.user_from, chunk.user_to))
+        cursor.execute(CHUNK_MARGINS_SQL, [asset.pk])
+        cursor.execute(CHUNK_COVERS_SQL, [chunk.pk])
+        cursor.execute(CHUNK_CHECK_SQL)
+        positions, clearing_share, no_wallet = cursor.fetchone()
+        if (positions, clearing_share, no_wallet) != (chunk.positions, chunk.clearing, 0):
+            raise DeliveryError(f"Chunk {chunk.number} of {run} changed since its plan: {positions} position(s) "
+                                f"adding up to {clearing_share} instead of {chunk.positions} adding up to "
+                                f"{chunk.clearing}.")
         with settings_local(cursor, default_statistics_target="10"):
             cursor.execute("ANALYZE delivery_rows")
     totals = _Totals()
     others: dict[int, Decimal] = defaultdict(Decimal, {clearing: -chunk.clearing})
-    price = run.settlement_price
 
     def post(concurrent: bool):
         return ledger_post_staged(
@@ -872,12 +906,11 @@ def _chunk_book(*, run: DeliverySettlement, contract: Contract, chunk: DeliveryC
         _cover_short(others=others, current=current, totals=totals, asset=asset, fund=fund, bad_debt=bad_debt,
                      owing=[], owner_wallets={})
         txn = post(False)
-    _positions_close(positions=chunk.positions)
+    with connection.cursor() as cursor, settings_local(cursor, **STAGED_IN_ORDER):
+        _positions_close(positions=chunk.positions)
     DeliveryChunk.objects.filter(pk=chunk.pk).update(
         ledger_transaction_id=txn.pk if txn is not None else None, covered=totals.covered,
-        bad_debt=totals.bad_debt, booked_at=timezone.now(),
-        **{name: [] for name in DeliveryChunk.ARRAYS},  # the income lines, entries and positions hold them now
-    )
+        bad_debt=totals.bad_debt, booked_at=timezone.now())
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE delivery_rows")
 

@@ -228,41 +228,35 @@ class DeliverySettlement(SettlementRun):
 
 
 class DeliveryChunk(models.Model):
-    """Up to `DELIVERY_CHUNK_POSITIONS` positions of a large delivery, as its plan fixed them.
+    """The positions of the users `user_from`..`user_to` of a large delivery (up to
+    `DELIVERY_CHUNK_POSITIONS`, in user order; one position per user and contract).
 
     The plan's posting moved the whole delivery's PnL, fees and isolated covers into
-    DELIVERY_CLEARING; booking a chunk moves its `clearing` share out to its positions'
-    accounts, writes their income lines and closes them. Its own covers (`covered`,
-    `bad_debt`) are those of cross wallets that could not pay their loss when it was booked.
+    DELIVERY_CLEARING; booking a chunk computes its positions' rows again (nothing can
+    change a position of a SETTLING contract: the results must add up to `clearing`, or the
+    chunk fails), moves its `clearing` share out to their accounts, writes their income
+    lines and closes them. The plan's isolated covers are stored (the few positions whose
+    loss went beyond their margin); `covered` and `bad_debt` are the chunk's own, of cross
+    wallets that could not pay their loss when it was booked.
     """
 
     run = models.ForeignKey(DeliverySettlement, on_delete=models.PROTECT, related_name="chunk_set")
     number = models.PositiveIntegerField(help_text="0-based; positions in user order.")
     positions = models.PositiveIntegerField()
+    user_from = models.IntegerField(help_text="Its first user (id).")
+    user_to = models.IntegerField(help_text="Its last user (id).")
     clearing = MoneyField(help_text="Σ (PnL − fee + isolated covers) of its positions: what it takes from "
                                     "DELIVERY_CLEARING.")
     covered = MoneyField(default=0)
     bad_debt = MoneyField(default=0)
-    # The rows as planned, one element per position (emptied once booked).
-    position_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
-    user_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
-    sizes = ArrayField(MoneyField(), default=list, blank=True)
-    entry_prices = ArrayField(MoneyField(), default=list, blank=True)
-    isolated = ArrayField(models.BooleanField(), default=list, blank=True)
-    wallets = ArrayField(models.BigIntegerField(), default=list, blank=True)
-    isolated_accounts = ArrayField(models.BigIntegerField(null=True), default=list, blank=True)
-    pnls = ArrayField(MoneyField(), default=list, blank=True)
-    fees = ArrayField(MoneyField(), default=list, blank=True)
-    margins = ArrayField(MoneyField(), default=list, blank=True)
-    isolated_covered = ArrayField(MoneyField(), default=list, blank=True)
-    isolated_lost = ArrayField(MoneyField(), default=list, blank=True)
+    # The plan's isolated covers: position id, covered by the fund, recorded as bad debt.
+    cover_positions = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    cover_fund = ArrayField(MoneyField(), default=list, blank=True)
+    cover_lost = ArrayField(MoneyField(), default=list, blank=True)
     ledger_transaction = models.ForeignKey(
         "ledger.LedgerTransaction", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     booked_at = models.DateTimeField(null=True, blank=True)
-
-    ARRAYS = ("position_ids", "user_ids", "sizes", "entry_prices", "isolated", "wallets", "isolated_accounts",
-              "pnls", "fees", "margins", "isolated_covered", "isolated_lost")
 
     class Meta:
         ordering = ["run_id", "number"]

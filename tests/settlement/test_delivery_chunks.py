@@ -55,12 +55,9 @@ def test_the_plan_stores_the_chunks_and_clearing_holds_what_they_book(quarterly,
     assert run.chunks == 2 and run.positions == 6
     chunks = list(DeliveryChunk.objects.filter(run=run).order_by("number"))
     assert [c.positions for c in chunks] == [4, 2] and not any(c.booked_at for c in chunks)
-    assert sorted(u for c in chunks for u in c.user_ids) == sorted(u.pk for u in users)  # each position once
-    # PnL at 51,000 (contract size 1), fee 0.0002 × notional (the contract's delivery fee rate), per position.
-    rows = {u: (size, pnl, fee) for c in chunks for u, size, pnl, fee in zip(c.user_ids, c.sizes, c.pnls, c.fees)}
-    assert rows[users[0].pk][:2] == (D(1), D(1000)) and rows[users[1].pk][:2] == (D(-1), D(-1000))
-    assert rows[users[4].pk][:2] == (D("0.2"), D(400))
-    assert all(fee == abs(size) * D(51000) * quarterly.delivery_fee_rate for size, _, fee in rows.values())
+    ids = sorted(u.pk for u in users)  # the users in order, cut in two ranges
+    assert [(c.user_from, c.user_to) for c in chunks] == [(ids[0], ids[3]), (ids[4], ids[5])]
+    assert all(c.cover_positions == [] for c in chunks)  # no isolated loss beyond its margin
     assert system(AccountKind.DELIVERY_CLEARING) == sum(c.clearing for c in chunks) != 0
     assert open_interest(quarterly) == (D("1.7"), D("1.7"))  # the chunks close the positions
     assert run_all_invariants() == []
@@ -70,9 +67,12 @@ def test_the_plan_stores_the_chunks_and_clearing_holds_what_they_book(quarterly,
     run.refresh_from_db()
     assert run.status == DeliveryStatus.DONE and quarterly.__class__.objects.get(pk=quarterly.pk).status == "SETTLED"
     assert system(AccountKind.DELIVERY_CLEARING) == 0 and open_interest(quarterly) == (0, 0)
-    assert all(c.booked_at and c.user_ids == [] for c in DeliveryChunk.objects.filter(run=run))
+    assert all(c.booked_at and c.ledger_transaction_id for c in DeliveryChunk.objects.filter(run=run))
+    # PnL at 51,000 (contract size 1); fee: the contract's delivery fee rate × notional.
     results = _results(quarterly)
     assert results[users[0].pk][0] == D(1000) and results[users[1].pk][0] == D(-1000)
+    assert results[users[4].pk][0] == D(400) and results[users[5].pk][0] == D(-400)
+    assert results[users[2].pk][1] == -D("0.5") * D(51000) * quarterly.delivery_fee_rate
     assert run_all_invariants() == []
 
 
@@ -116,3 +116,22 @@ def test_an_isolated_margin_cannot_change_once_the_delivery_has_begun(quarterly,
         position_margin_adjust(user=eve, contract=quarterly, amount=D("5"), direction=1)
     assert refused.value.code == ErrorCode.INVALID_SYMBOL_STATUS
     assert (Income.objects.count(), LedgerTransaction.objects.count()) == before
+
+
+@pytest.mark.django_db
+def test_a_chunk_whose_positions_changed_since_the_plan_books_nothing(quarterly, funded, settings, monkeypatch):
+    settings.DELIVERY_CHUNK_POSITIONS = 4
+    users = _three_pairs(quarterly, funded)
+    monkeypatch.setattr(delivery, "delivery_chunks_book", lambda **kwargs: 0)  # the plan alone
+    delivery_advance(now=DT)
+    monkeypatch.undo()
+    clearing = system(AccountKind.DELIVERY_CLEARING)
+    # Nothing writes a position of a SETTLING contract; were one to change, its chunk must not book.
+    Position.objects.filter(contract=quarterly, user=users[0]).update(size=D("0.9"))
+    delivery_advance(now=DT + timedelta(minutes=1))
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    assert run.status == DeliveryStatus.FAILED and "changed since its plan" in run.error
+    assert not run.chunk_set.filter(number=0, booked_at__isnull=False).exists()
+    assert system(AccountKind.DELIVERY_CLEARING) + sum(
+        c.clearing for c in run.chunk_set.filter(booked_at__isnull=False)) == clearing
+    assert Position.objects.get(contract=quarterly, user=users[1]).size == -1  # chunk 0's: untouched
