@@ -30,10 +30,12 @@ Settlement (`delivery_settle`) is idempotent per contract (one `DeliverySettleme
    with one statement each; the contract becomes SETTLED in the same transaction. A crash
    anywhere rolls all of it back; the next run starts it again;
 3. more than `DELIVERY_CHUNK_POSITIONS` positions: that transaction is the plan. It does all
-   of the above but book the rows: they are stored as `DeliveryChunk`s, and its posting
-   moves what they will book (Σ PnL − fees + isolated covers) into DELIVERY_CLEARING; the
-   run is SETTLING. Each chunk is then one transaction (`delivery_chunks_book`,
-   `DELIVERY_SETTLE_WORKERS` at a time, shared with any other runner): its posting (key
+   of the above but book the rows: it cuts them into `DeliveryChunk`s (ranges of users, with
+   what each will book and the isolated covers decided), and its posting moves what they will
+   book (Σ PnL − fees + isolated covers) into DELIVERY_CLEARING; the run is SETTLING. Each
+   chunk is then one transaction (`delivery_chunks_book`, `DELIVERY_SETTLE_WORKERS` at a
+   time, shared with any other runner): its rows are computed again and checked against
+   the plan (nothing changes a position of a SETTLING contract), its posting (key
    `delivery:<SYMBOL>:<chunk>`) takes its share out of DELIVERY_CLEARING to its positions'
    accounts, locking each balance as it moves it (system accounts last, as funding's
    chunks), a cross wallet that cannot pay is covered then (`_cover_short`), its income
