@@ -1,9 +1,9 @@
 """Booking a large settlement's stored chunks, each in its own transaction, several at a time.
 
 A funding or delivery settlement of many positions fixes every position's amounts in one
-planning transaction and stores them as chunks; this books the chunks not booked yet.
-`book_one(skip_locked)` takes one free chunk (`SELECT ... FOR UPDATE [SKIP LOCKED]`),
-books it inside the transaction it is given, and returns False when none is left.
+planning transaction and stores them as chunks (rows with a `number` and a `booked_at`);
+this books the chunks not booked yet, each taken `SELECT ... FOR UPDATE [SKIP LOCKED]` and
+booked by `book(chunk)` inside that transaction.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from django.db import OperationalError, connection, transaction
+from django.db.models import Model, QuerySet
 from psycopg.errors import DeadlockDetected
 
 logger = logging.getLogger(__name__)
@@ -19,13 +20,23 @@ logger = logging.getLogger(__name__)
 CHUNK_DEADLOCK_RETRIES = 5
 
 
-def chunks_book(*, book_one: Callable[[bool], bool], workers: int, name: str) -> int:
-    """Book every chunk left; returns how many this call booked.
+def chunks_book(*, chunks: QuerySet, fields: tuple[str, ...], book: Callable[[Model], None], workers: int,
+                name: str) -> int:
+    """Book every chunk of `chunks` (one run's) not booked yet, reading only `fields`; returns
+    how many this call booked.
 
     `workers` threads (each with its own connection) take free chunks in parallel; chunks
     another runner holds are skipped, then waited for once the free ones are done, and
     booked here if that runner died. Inside a transaction (tests) one at a time.
     """
+    def book_one(skip_locked: bool) -> bool:
+        chunk = (chunks.select_for_update(skip_locked=skip_locked).filter(booked_at__isnull=True)
+                 .order_by("number").only(*fields).first())
+        if chunk is None:
+            return False
+        book(chunk)
+        return True
+
     if workers > 1 and not connection.in_atomic_block:
         with ThreadPoolExecutor(workers, thread_name_prefix=name) as pool:
             jobs = [pool.submit(_in_own_connection, _take_all, book_one, True, name) for _ in range(workers)]

@@ -807,7 +807,8 @@ WHERE d.isolated AND b.account_id = d.isolated_account AND b.asset_id = %s
 """
 CHUNK_COVERS_SQL = f"""
 UPDATE delivery_rows d SET covered = c.covered, lost = c.lost
-FROM {DeliveryChunk._meta.db_table} k, unnest(k.cover_positions, k.cover_fund, k.cover_lost) AS c(position_id, covered, lost)
+FROM {DeliveryChunk._meta.db_table} k,
+     unnest(k.cover_positions, k.cover_fund, k.cover_lost) AS c(position_id, covered, lost)
 WHERE k.id = %s AND d.position_id = c.position_id
 """
 CHUNK_CHECK_SQL = """
@@ -843,17 +844,11 @@ def delivery_chunks_book(*, run: DeliverySettlement, contract: Contract, request
     """Book the run's chunks not booked yet (`chunks.chunks_book`, `DELIVERY_SETTLE_WORKERS` at a
     time); returns how many this call booked."""
     contract.settle_asset  # loaded once, before the threads
-
-    def book_one(skip_locked: bool) -> bool:
-        chunk = (DeliveryChunk.objects.select_for_update(skip_locked=skip_locked)
-                 .filter(run_id=run.pk, booked_at__isnull=True).order_by("number")
-                 .only("id", "number", "positions", "user_from", "user_to", "clearing").first())
-        if chunk is None:
-            return False
-        _chunk_book(run=run, contract=contract, chunk=chunk, requested_by=requested_by)
-        return True
-
-    return chunks_book(book_one=book_one, workers=settings.DELIVERY_SETTLE_WORKERS, name="delivery")
+    return chunks_book(chunks=DeliveryChunk.objects.filter(run_id=run.pk),
+                       fields=("id", "number", "positions", "user_from", "user_to", "clearing"),
+                       book=lambda chunk: _chunk_book(run=run, contract=contract, chunk=chunk,
+                                                      requested_by=requested_by),
+                       workers=settings.DELIVERY_SETTLE_WORKERS, name="delivery")
 
 
 def _chunk_book(*, run: DeliverySettlement, contract: Contract, chunk: DeliveryChunk, requested_by) -> None:

@@ -511,16 +511,10 @@ ORDER BY t.account_id
 def funding_chunks_book(*, run: FundingSettlement, contract: Contract, requested_by=None) -> int:
     """Book the run's chunks not booked yet (`chunks.chunks_book`, `FUNDING_SETTLE_WORKERS` at a
     time); returns how many this call booked."""
-    def book_one(skip_locked: bool) -> bool:
-        chunk = (FundingChunk.objects.select_for_update(skip_locked=skip_locked)
-                 .filter(run_id=run.pk, booked_at__isnull=True).order_by("number")
-                 .only("id", "number", "paid", "received").first())
-        if chunk is None:
-            return False
-        _chunk_book(run=run, contract=contract, chunk=chunk, requested_by=requested_by)
-        return True
-
-    return chunks_book(book_one=book_one, workers=settings.FUNDING_SETTLE_WORKERS, name="funding")
+    return chunks_book(chunks=FundingChunk.objects.filter(run_id=run.pk), fields=("id", "number", "paid", "received"),
+                       book=lambda chunk: _chunk_book(run=run, contract=contract, chunk=chunk,
+                                                      requested_by=requested_by),
+                       workers=settings.FUNDING_SETTLE_WORKERS, name="funding")
 
 
 def _chunk_book(*, run: FundingSettlement, contract: Contract, chunk: FundingChunk, requested_by) -> None:
