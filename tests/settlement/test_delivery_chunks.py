@@ -44,12 +44,19 @@ def _results(contract) -> dict[int, tuple[Decimal, Decimal]]:
     return {user: (pnl[user], fee[user]) for user in pnl}
 
 
+def _planned_in_two_chunks(contract, funded, settings, monkeypatch) -> list:
+    """Three pairs delivered in chunks of four positions: the plan alone (no chunk booked)."""
+    settings.DELIVERY_CHUNK_POSITIONS = 4
+    users = _three_pairs(contract, funded)
+    with monkeypatch.context() as patched:
+        patched.setattr(delivery, "delivery_chunks_book", lambda **kwargs: 0)
+        delivery_advance(now=DT)
+    return users
+
+
 @pytest.mark.django_db
 def test_the_plan_stores_the_chunks_and_clearing_holds_what_they_book(quarterly, funded, settings, monkeypatch):
-    settings.DELIVERY_CHUNK_POSITIONS = 4
-    users = _three_pairs(quarterly, funded)
-    monkeypatch.setattr(delivery, "delivery_chunks_book", lambda **kwargs: 0)  # the plan alone
-    delivery_advance(now=DT)
+    users = _planned_in_two_chunks(quarterly, funded, settings, monkeypatch)
     run = DeliverySettlement.objects.get(contract=quarterly)
     assert run.status == DeliveryStatus.FAILED and "2 of 2 chunks" in run.error  # and ops are alerted
     assert run.chunks == 2 and run.positions == 6
@@ -62,7 +69,6 @@ def test_the_plan_stores_the_chunks_and_clearing_holds_what_they_book(quarterly,
     assert open_interest(quarterly) == (D("1.7"), D("1.7"))  # the chunks close the positions
     assert run_all_invariants() == []
 
-    monkeypatch.undo()
     delivery_advance(now=DT + timedelta(minutes=1))
     run.refresh_from_db()
     assert run.status == DeliveryStatus.DONE and quarterly.__class__.objects.get(pk=quarterly.pk).status == "SETTLED"
@@ -120,11 +126,7 @@ def test_an_isolated_margin_cannot_change_once_the_delivery_has_begun(quarterly,
 
 @pytest.mark.django_db
 def test_a_chunk_whose_positions_changed_since_the_plan_books_nothing(quarterly, funded, settings, monkeypatch):
-    settings.DELIVERY_CHUNK_POSITIONS = 4
-    users = _three_pairs(quarterly, funded)
-    monkeypatch.setattr(delivery, "delivery_chunks_book", lambda **kwargs: 0)  # the plan alone
-    delivery_advance(now=DT)
-    monkeypatch.undo()
+    users = _planned_in_two_chunks(quarterly, funded, settings, monkeypatch)
     clearing = system(AccountKind.DELIVERY_CLEARING)
     # Nothing writes a position of a SETTLING contract; were one to change, its chunk must not book.
     Position.objects.filter(contract=quarterly, user=users[0]).update(size=D("0.9"))
