@@ -903,6 +903,7 @@ def _chunk_book(*, run: DeliverySettlement, contract: Contract, chunk: DeliveryC
         _cover_short(others=others, current=current, totals=totals, asset=asset, fund=fund, bad_debt=bad_debt,
                      owing=[], owner_wallets={})
         txn = post(False)
+    # An index probe per position, not a hash join that scans every position of the contract.
     with connection.cursor() as cursor, settings_local(cursor, **STAGED_IN_ORDER):
         _positions_close(positions=chunk.positions)
     DeliveryChunk.objects.filter(pk=chunk.pk).update(
