@@ -458,6 +458,12 @@ FROM pg_temp.delivery_rows AS d
 WHERE p.id = d.position_id AND p.size = d.size AND p.entry_price = d.entry_price
 """
 
+# Each isolated position's margin: its isolated account's balance.
+ISOLATED_MARGINS_SQL = """
+UPDATE delivery_rows d SET margin = b.amount FROM ledger_balance b
+WHERE d.isolated AND b.account_id = d.isolated_account AND b.asset_id = %s
+"""
+
 # An isolated position's loss beyond its margin never reaches the wallet: the fund covers
 # it while it has money, positions in id order, then bad debt takes the rest (the sum of
 # the covers before a position is min(fund, the needs before it): a running sum).
@@ -666,10 +672,7 @@ def _settle(*, contract: Contract, price: Decimal, run: DeliverySettlement, requ
                 if user_id not in holders:
                     others[owner_wallets[user_id]] += amount
         if isolated_count:
-            cursor.execute("UPDATE delivery_rows d SET margin = b.amount"
-                           " FROM ledger_balance b"
-                           " WHERE d.isolated AND b.account_id = d.isolated_account AND b.asset_id = %s",
-                           [asset.pk])
+            cursor.execute(ISOLATED_MARGINS_SQL, [asset.pk])
             cursor.execute(ISOLATED_COVERS_SQL, {"fund": current[fund]})
             cursor.execute("SELECT COALESCE(sum(covered), 0), COALESCE(sum(lost), 0) FROM delivery_rows"
                            " WHERE isolated")
@@ -798,13 +801,11 @@ SELECT %(run)s, n, count(*), min(user_id), max(user_id), sum(pnl - fee + covered
        COALESCE(array_agg(lost) FILTER (WHERE covered <> 0 OR lost <> 0), '{{}}')
 FROM (SELECT d.*, (row_number() OVER (ORDER BY d.user_id) - 1) / %(size)s AS n FROM delivery_rows d) t
 GROUP BY n
+RETURNING clearing
 """
-# A chunk's rows as the plan saw them: the isolated margins (fixed while the contract is
-# SETTLING), then the plan's covers; and what they add up to, to check against the plan.
-CHUNK_MARGINS_SQL = """
-UPDATE delivery_rows d SET margin = b.amount FROM ledger_balance b
-WHERE d.isolated AND b.account_id = d.isolated_account AND b.asset_id = %s
-"""
+# A chunk's rows as the plan saw them: the isolated margins (`ISOLATED_MARGINS_SQL`, fixed
+# while the contract is SETTLING), then the plan's covers; and what they add up to, to check
+# against the plan.
 CHUNK_COVERS_SQL = f"""
 UPDATE delivery_rows d SET covered = c.covered, lost = c.lost
 FROM {DeliveryChunk._meta.db_table} k,
@@ -832,12 +833,9 @@ def _chunks_store(*, run: DeliverySettlement) -> tuple[int, Decimal]:
     """Store `delivery_rows` as the run's chunks, and empty it; returns (chunks, Σ what they book)."""
     with connection.cursor() as cursor:
         cursor.execute(CHUNKS_INSERT_SQL, {"run": run.pk, "size": settings.DELIVERY_CHUNK_POSITIONS})
-        chunks = cursor.rowcount
-        cursor.execute(f"SELECT COALESCE(sum(clearing), 0) FROM {DeliveryChunk._meta.db_table} WHERE run_id = %s",
-                       [run.pk])
-        total = cursor.fetchone()[0]
+        shares = [row[0] for row in cursor.fetchall()]
         cursor.execute("TRUNCATE delivery_rows")
-    return chunks, total
+    return len(shares), sum(shares, ZERO)
 
 
 def delivery_chunks_book(*, run: DeliverySettlement, contract: Contract, requested_by=None) -> int:
@@ -866,7 +864,7 @@ def _chunk_book(*, run: DeliverySettlement, contract: Contract, chunk: DeliveryC
         # flushes the WAL past it first (a server crash that loses it loses all of it).
         cursor.execute("SET LOCAL synchronous_commit = off")
         _rows_compute(contract=contract, price=price, users=(chunk.user_from, chunk.user_to))
-        cursor.execute(CHUNK_MARGINS_SQL, [asset.pk])
+        cursor.execute(ISOLATED_MARGINS_SQL, [asset.pk])
         cursor.execute(CHUNK_COVERS_SQL, [chunk.pk])
         cursor.execute(CHUNK_CHECK_SQL)
         positions, clearing_share, no_wallet = cursor.fetchone()

@@ -16,6 +16,7 @@ from apps.positions.models import Position
 from apps.positions.services import margin_type_change, position_margin_adjust
 from apps.settlement import delivery
 from apps.settlement.delivery import delivery_advance
+from apps.settlement.invariants import check_delivery_clearing_is_unbooked_chunks
 from apps.settlement.models import DeliveryChunk, DeliverySettlement, DeliveryStatus
 from exchange.errors import ErrorCode, ExchangeError
 
@@ -68,6 +69,10 @@ def test_the_plan_stores_the_chunks_and_clearing_holds_what_they_book(quarterly,
     assert system(AccountKind.DELIVERY_CLEARING) == sum(c.clearing for c in chunks) != 0
     assert open_interest(quarterly) == (D("1.7"), D("1.7"))  # the chunks close the positions
     assert run_all_invariants() == []
+    # A chunk marked booked without its posting leaves its share in DELIVERY_CLEARING: caught.
+    DeliveryChunk.objects.filter(pk=chunks[0].pk).update(booked_at=DT)
+    assert [v.check for v in check_delivery_clearing_is_unbooked_chunks()] == ["delivery_clearing_is_unbooked_chunks"]
+    DeliveryChunk.objects.filter(pk=chunks[0].pk).update(booked_at=None)
 
     delivery_advance(now=DT + timedelta(minutes=1))
     run.refresh_from_db()
