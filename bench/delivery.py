@@ -126,8 +126,8 @@ def run(args) -> None:
 
     # Where the time goes: the steps `delivery_settle` calls (module attributes, looked up per call):
     # the plan (`_settle`: its rows, then booked at once or stored as chunks) and booking the chunks.
-    spent = clock_steps(delivery, ("settlement_price_compute", "_rows_stage", "_settle", "delivery_chunks_book",
-                                   "_chunked_done"))
+    spent = clock_steps(delivery, ("settlement_price_compute", "_rows_stage", "_plan_stage", "_settle",
+                                   "delivery_chunks_book", "_chunked_done"))
 
     cpus: list[tuple[float | None, float]] = []  # (PostgreSQL backend, this process) CPU seconds per call
 
@@ -166,9 +166,10 @@ def run(args) -> None:
               f"status {result.status}, fees {result.fees.normalize():f})")
     mode = (f"{main_run.chunks} chunks, {settings.DELIVERY_SETTLE_WORKERS} at a time" if main_run.chunks
             else "one transaction")
-    breakdown = ", ".join(f"{name} {seconds:.2f} s" + (" (in _settle)" if name == "_rows_stage" else "")
-                          for name, seconds in parts.items())
-    outside = main_s - sum(seconds for name, seconds in parts.items() if name != "_rows_stage")
+    inner = {"_rows_stage": " (in _settle; in a chunked plan, of its isolated positions)",
+             "_plan_stage": " (in _settle)"}
+    breakdown = ", ".join(f"{name} {seconds:.2f} s{inner.get(name, '')}" for name, seconds in parts.items())
+    outside = main_s - sum(seconds for name, seconds in parts.items() if name not in inner)
     print(f"  BTC ({mode}) steps: {breakdown}; rest (run rows, commits) {outside:.2f} s")
     server_cpu, client_cpu = cpus[1]
     server = f"{server_cpu:.2f} s" if server_cpu is not None else "n/a (remote server)"

@@ -142,3 +142,50 @@ def test_a_chunk_whose_positions_changed_since_the_plan_books_nothing(quarterly,
     assert system(AccountKind.DELIVERY_CLEARING) + sum(
         c.clearing for c in run.chunk_set.filter(booked_at__isnull=False)) == clearing
     assert Position.objects.get(contract=quarterly, user=users[1]).size == -1  # chunk 0's: untouched
+
+
+@pytest.mark.django_db
+def test_chunks_are_runs_of_buckets_within_the_size(quarterly, funded, settings, monkeypatch):
+    """The plan sums the positions per bucket of user ids (here two ids, one chunk of four being
+    cut from buckets of two): a chunk is a run of whole buckets of at most four positions, the
+    chunks cover every holder once, in user order, and book what the positions add up to."""
+    monkeypatch.setattr(delivery, "BUCKETS_PER_CHUNK", 2)
+    users = _planned_in_two_chunks(quarterly, funded, settings, monkeypatch)
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    chunks = list(DeliveryChunk.objects.filter(run=run).order_by("number"))
+    ids = sorted(u.pk for u in users)
+    assert all(0 < c.positions <= 4 for c in chunks) and sum(c.positions for c in chunks) == 6
+    for chunk in chunks:  # whole buckets: a chunk never splits the ids id // 2
+        assert chunk.positions == len([i for i in ids if chunk.user_from <= i <= chunk.user_to])
+    assert all(a.user_to < b.user_from for a, b in zip(chunks, chunks[1:]))
+    assert (chunks[0].user_from, chunks[-1].user_to) == (ids[0], ids[-1])
+    assert {c.user_from // 2 for c in chunks[1:]}.isdisjoint({c.user_to // 2 for c in chunks[:-1]})
+    assert system(AccountKind.DELIVERY_CLEARING) == sum(c.clearing for c in chunks)
+
+    delivery_advance(now=DT + timedelta(minutes=1))
+    run.refresh_from_db()
+    assert run.status == DeliveryStatus.DONE and open_interest(quarterly) == (0, 0)
+    assert _results(quarterly)[users[0].pk][0] == D(1000)
+    assert run_all_invariants() == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("chunk", [1, 50_000])
+def test_a_holder_without_a_wallet_gets_one_and_is_paid(quarterly, funded, make_user, position, settings, chunk):
+    """Wallets come with deposits: a position held without one (never in practice) still
+    settles, the wallet opened by the plan, in chunks as in one transaction."""
+    settings.DELIVERY_CHUNK_POSITIONS = chunk
+    delivery_advance(now=ONBOARD)
+    quarterly.refresh_from_db()
+    walletless, payer = make_user("gil"), funded("hal")
+    position(walletless, quarterly, "1", entry="50000")
+    position(payer, quarterly, "-1", entry="50000")
+    assert not walletless.ledger_accounts.filter(kind=AccountKind.WALLET).exists()
+    flat_hour(quarterly, "51000")
+    delivery_advance(now=DT)
+    run = DeliverySettlement.objects.get(contract=quarterly)
+    assert (run.status, run.chunks) == (DeliveryStatus.DONE, 2 if chunk == 1 else 0)
+    fee = D(51000) * quarterly.delivery_fee_rate
+    assert _results(quarterly)[walletless.pk] == (D(1000), -fee)
+    wallet = walletless.ledger_accounts.get(kind=AccountKind.WALLET)
+    assert wallet.balances.get().amount == D(1000) - fee
