@@ -87,7 +87,7 @@ from exchange.errors import ErrorCode, ExchangeError
 from exchange.pgbulk import PARALLEL_CTAS, settings_local
 
 from . import formulas
-from .chunks import chunks_book
+from .chunks import INCOME_TURN, chunks_book
 from .models import DeliveryChunk, DeliveryNotice, DeliverySettlement, DeliveryStatus
 
 logger = logging.getLogger(__name__)
@@ -842,8 +842,8 @@ def _cover_short(*, others: dict[int, Decimal], current: dict[int, Decimal], tot
 def _incomes_insert(*, contract: Contract, transaction_id: int) -> None:
     """Per position: its realized PnL (DELIVERED_SETTELMENT) and its delivery fee (COMMISSION). Its
     users come from positions: the income trigger need not look each one up."""
-    with connection.cursor() as cursor, settings_local(cursor, work_mem=INCOME_WORK_MEM,
-                                                       **{INCOME_USERS_FROM_POSITIONS: "on"}):
+    with INCOME_TURN, connection.cursor() as cursor, settings_local(cursor, work_mem=INCOME_WORK_MEM,
+                                                                    **{INCOME_USERS_FROM_POSITIONS: "on"}):
         cursor.execute(INCOME_SQL, {"symbol": contract.symbol, "asset": contract.settle_asset_id,
                                     "txn": transaction_id, "settled": IncomeType.DELIVERED_SETTELMENT.value,
                                     "commission": IncomeType.COMMISSION.value})

@@ -75,7 +75,7 @@ from exchange.pgbulk import PARALLEL_CTAS, settings_local
 from exchange.redis import get_redis
 
 from . import formulas
-from .chunks import chunks_book
+from .chunks import INCOME_TURN, chunks_book
 from .models import FundingChunk, FundingRate, FundingSettlement, PremiumSample, SettlementStatus
 from .selectors import (
     PREDICTED_KEY,
@@ -560,7 +560,7 @@ WHERE f.amount <> 0
 def _incomes_insert(*, symbol: str, asset_id: int, transaction_id: int, at: datetime) -> None:
     """One FUNDING_FEE income line per position with a non-zero payment, one statement (its users
     come from positions: the income trigger need not look each one up)."""
-    with connection.cursor() as cursor, settings_local(cursor, **{INCOME_USERS_FROM_POSITIONS: "on"}):
+    with INCOME_TURN, connection.cursor() as cursor, settings_local(cursor, **{INCOME_USERS_FROM_POSITIONS: "on"}):
         cursor.execute(INCOME_SQL, {
             "symbol": symbol, "kind": IncomeType.FUNDING_FEE, "asset": asset_id, "info": "FUNDING_FEE",
             "txn": transaction_id, "at": at,
