@@ -451,23 +451,14 @@ FROM (SELECT 1 FROM positions_position p WHERE p.contract_id = %(c)s AND p.size 
 BUCKETS_SQL = f"""
 SELECT count(*), min(p.user_id), max(p.user_id), count(*) FILTER (WHERE p.margin_type = 'ISOLATED'),
        COALESCE(sum(p.size) FILTER (WHERE p.size > 0), 0), COALESCE(-sum(p.size) FILTER (WHERE p.size < 0), 0),
-       sum({formulas.half_even_sql(PNL_EXACT_SQL)}), sum({formulas.half_even_sql(FEE_EXACT_SQL)}),
-       count(*) FILTER (WHERE w.id IS NULL)
+       sum({formulas.half_even_sql(PNL_EXACT_SQL)}), sum({formulas.half_even_sql(FEE_EXACT_SQL)})
 FROM positions_position p
-LEFT JOIN ledger_account w ON w.kind = 'WALLET' AND w.user_id = p.user_id AND w.contract_id IS NULL
 WHERE p.contract_id = %(c)s AND p.size <> 0
 GROUP BY p.user_id / %(width)s ORDER BY p.user_id / %(width)s
 """
 # A bucket spans this fraction of a chunk's positions at most (its user ids): chunks come out at
 # DELIVERY_CHUNK_POSITIONS positions, less at most one bucket's.
 BUCKETS_PER_CHUNK = 64
-# The holders without a wallet (rare: wallets come with their users).
-WALLETLESS_SQL = """
-SELECT p.user_id FROM positions_position p
-WHERE p.contract_id = %(c)s AND p.size <> 0
-  AND NOT EXISTS (SELECT 1 FROM ledger_account w WHERE w.kind = 'WALLET' AND w.user_id = p.user_id
-                                                   AND w.contract_id IS NULL)
-"""
 
 # The totals, and how many rows miss an account (created then).
 ROWS_TOTALS_SQL = """
@@ -604,24 +595,7 @@ def _rows_stage(*, contract: Contract, price: Decimal, isolated_only: bool = Fal
         cursor.execute(ROWS_TOTALS_SQL)
         *totals, missing = cursor.fetchone()
         if missing:
-            cursor.execute("SELECT DISTINCT user_id, wallet IS NULL, isolated AND isolated_account IS NULL"
-                           " FROM delivery_rows WHERE wallet IS NULL OR (isolated AND isolated_account IS NULL)")
-            missing = cursor.fetchall()
-            wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=[u for u, w, _ in missing if w])
-            isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=[u for u, _, i in missing if i],
-                                          contract=contract)
-            cursor.execute(
-                """
-                UPDATE delivery_rows d SET wallet = COALESCE(d.wallet, w.account_id),
-                                           isolated_account = COALESCE(d.isolated_account, i.account_id)
-                FROM unnest(%s::bigint[]) AS u(user_id)
-                LEFT JOIN unnest(%s::bigint[], %s::bigint[]) AS w(user_id, account_id) ON w.user_id = u.user_id
-                LEFT JOIN unnest(%s::bigint[], %s::bigint[]) AS i(user_id, account_id) ON i.user_id = u.user_id
-                WHERE d.user_id = u.user_id
-                """,
-                [sorted({u for u, _, _ in missing}), list(wallets), list(wallets.values()), list(isolated),
-                 list(isolated.values())],
-            )
+            _accounts_fill(contract)
         # A temporary table has no statistics otherwise; a small sample is plenty for the plans
         # that read it (the row count is exact whatever the sample).
         with settings_local(cursor, default_statistics_target="10"):
@@ -629,22 +603,43 @@ def _rows_stage(*, contract: Contract, price: Decimal, isolated_only: bool = Fal
         return tuple(totals)
 
 
+def _accounts_fill(contract: Contract) -> None:
+    """Open the accounts `delivery_rows` misses (rare: wallets come with deposits, an isolated
+    margin account with the first isolated margin) and fill them in."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT user_id, wallet IS NULL, isolated AND isolated_account IS NULL"
+                       " FROM delivery_rows WHERE wallet IS NULL OR (isolated AND isolated_account IS NULL)")
+        missing = cursor.fetchall()
+        wallets = accounts_for_users(kind=AccountKind.WALLET, user_ids=[u for u, w, _ in missing if w])
+        isolated = accounts_for_users(kind=AccountKind.ISOLATED_MARGIN, user_ids=[u for u, _, i in missing if i],
+                                      contract=contract)
+        cursor.execute(
+            """
+            UPDATE delivery_rows d SET wallet = COALESCE(d.wallet, w.account_id),
+                                       isolated_account = COALESCE(d.isolated_account, i.account_id)
+            FROM unnest(%s::bigint[]) AS u(user_id)
+            LEFT JOIN unnest(%s::bigint[], %s::bigint[]) AS w(user_id, account_id) ON w.user_id = u.user_id
+            LEFT JOIN unnest(%s::bigint[], %s::bigint[]) AS i(user_id, account_id) ON i.user_id = u.user_id
+            WHERE d.user_id = u.user_id
+            """,
+            [sorted({u for u, _, _ in missing}), list(wallets), list(wallets.values()), list(isolated),
+             list(isolated.values())],
+        )
+
+
 def _plan_stage(*, contract: Contract, price: Decimal) -> tuple[tuple, list[tuple]]:
     """A chunked plan's totals (those of `_rows_stage`) and buckets (positions, first user, last
     user, Σ PnL − fees; in user order), from one aggregate over the positions; `delivery_rows`
-    holds the isolated positions only (the rare missing accounts created)."""
+    holds the isolated positions only (the rare missing accounts created; a chunk creates those
+    of the other positions)."""
     params = {**_rows_params(contract, price),
               "width": max(1, settings.DELIVERY_CHUNK_POSITIONS // BUCKETS_PER_CHUNK)}
-    with connection.cursor() as cursor:
-        with settings_local(cursor, **PARALLEL_CTAS):
-            cursor.execute(BUCKETS_SQL, params)
-            rows = cursor.fetchall()
-        if any(row[8] for row in rows):
-            cursor.execute(WALLETLESS_SQL, params)
-            accounts_for_users(kind=AccountKind.WALLET, user_ids=[row[0] for row in cursor.fetchall()])
+    with connection.cursor() as cursor, settings_local(cursor, **PARALLEL_CTAS):
+        cursor.execute(BUCKETS_SQL, params)
+        rows = cursor.fetchall()
     _rows_stage(contract=contract, price=price, isolated_only=True)
     totals = tuple(sum(row[i] for row in rows) for i in (0, 3, 4, 5, 6, 7))
-    return totals, [(count, first, last, pnl - fee) for count, first, last, _, _, _, pnl, fee, _ in rows]
+    return totals, [(count, first, last, pnl - fee) for count, first, last, _, _, _, pnl, fee in rows]
 
 
 def _order_owners(contract: Contract) -> tuple[dict[int, int], dict[int, int]]:
@@ -943,10 +938,12 @@ def _chunk_book(*, run: DeliverySettlement, contract: Contract, chunk: DeliveryC
         cursor.execute(CHUNK_COVERS_SQL, [chunk.pk])
         cursor.execute(CHUNK_CHECK_SQL)
         positions, clearing_share, no_wallet = cursor.fetchone()
-        if (positions, clearing_share, no_wallet) != (chunk.positions, chunk.clearing, 0):
+        if (positions, clearing_share) != (chunk.positions, chunk.clearing):
             raise DeliveryError(f"Chunk {chunk.number} of {run} changed since its plan: {positions} position(s) "
                                 f"adding up to {clearing_share} instead of {chunk.positions} adding up to "
                                 f"{chunk.clearing}.")
+        if no_wallet:  # the plan opened the isolated positions' accounts only
+            _accounts_fill(contract)
         with settings_local(cursor, default_statistics_target="10"):
             cursor.execute("ANALYZE delivery_rows")
     totals = _Totals()
