@@ -65,7 +65,9 @@ def main() -> int:
     fd = listener.fileno()
 
     command = [sys.executable, "-m", "daphne", "--fd", str(fd), *daphne_args, args.application]
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": _metrics_dir(args.port)}
+    # PYTHONFAULTHANDLER: `kill -ABRT <worker>` prints every thread's stack on its stderr before
+    # it dies (how to see where a stuck worker is stuck).
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": _metrics_dir(args.port), "PYTHONFAULTHANDLER": "1"}
     workers = [subprocess.Popen(command, pass_fds=(fd,), env=env) for _ in range(args.workers)]
     listener.close()  # the workers hold it now
 
