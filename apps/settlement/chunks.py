@@ -18,8 +18,8 @@ from psycopg.errors import DeadlockDetected
 
 logger = logging.getLogger(__name__)
 # The chunks booked at once take turns at writing their income lines (`with INCOME_TURN:`). Two
-# statements appending to the same large table at the same moment contend for its last pages
-# (the heap's and the primary key's) and each runs ~70% longer (bench/delivery.py, 2 workers:
+# statements appending to the same large table at the same moment contend (for its last heap
+# and primary-key pages, and the WAL) and each runs ~70% longer (bench/delivery.py, 2 workers:
 # 7.3 s of income statements for 21 chunks against 4.2 s booked one at a time). Taking turns, the
 # other chunk runs its other statements meanwhile and the workers stay out of step.
 INCOME_TURN = threading.Lock()

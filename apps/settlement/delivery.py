@@ -409,10 +409,11 @@ FEE_EXACT_SQL = "abs(p.size) * %(fee_factor)s::numeric"
 # Each value is computed once per position: the OFFSET 0 subqueries stay whole (inlined,
 # an expression is computed again by each use the next level makes of it). An isolated
 # position's margin account is looked up by itself (one index probe per isolated position,
-# none for the others). Computed by a CREATE TABLE AS, which PostgreSQL may run with parallel
-# workers (`PARALLEL_CTAS`; an INSERT ... SELECT is always serial), then copied in order into
-# `delivery_rows` (whose generated column a CREATE TABLE AS cannot declare): 3.3 s instead
-# of 3.9 s at a million positions, the copy included (bench/delivery.py).
+# none for the others). For a delivery in one transaction: computed by a CREATE TABLE AS,
+# which PostgreSQL may run with parallel workers (`PARALLEL_CTAS`; an INSERT ... SELECT is
+# always serial), then copied in order into `delivery_rows` (whose generated column a CREATE
+# TABLE AS cannot declare): 3.3 s instead of 3.9 s at a million positions, the copy included
+# (bench/delivery.py with DELIVERY_CHUNK_POSITIONS above that).
 ROWS_SELECT_SQL = f"""
 SELECT r.*
 FROM (SELECT x.position_id, x.user_id, x.size, x.entry_price, x.isolated, w.id AS wallet,
@@ -881,8 +882,8 @@ FROM unnest(%s::bigint[], %s::numeric[]) AS s(account_id, amount) WHERE s.amount
 
 def _chunks_store(*, run: DeliverySettlement, buckets: list[tuple]) -> tuple[int, Decimal]:
     """Store the run's chunks: runs of consecutive buckets of up to `DELIVERY_CHUNK_POSITIONS`
-    positions (a bucket holds at most `BUCKETS_PER_CHUNK`th of that), with the isolated covers the plan decided
-    in `delivery_rows` (then emptied); returns (chunks, Σ what they book)."""
+    positions (a bucket holds at most 1/`BUCKETS_PER_CHUNK` of that), with the isolated covers
+    the plan decided in `delivery_rows` (then emptied); returns (chunks, Σ what they book)."""
     chunks: list[DeliveryChunk] = []
     for positions, first, last, result in buckets:
         if chunks and chunks[-1].positions + positions <= settings.DELIVERY_CHUNK_POSITIONS:
