@@ -334,10 +334,28 @@ def _setting(name: str, default):
 # -- collectors ---------------------------------------------------------------------
 
 _gc_started: dict[int, float] = {}
-GC_PAUSE = Histogram(
+
+
+class _GcPauseHistogram(Histogram):
+    """Records the pauses the GC callback queued (`gc_pauses_observe`) each time it is collected."""
+
+    def collect(self):
+        gc_pauses_observe()
+        return super().collect()
+
+
+GC_PAUSE = _GcPauseHistogram(
     "exchange_gc_pause_seconds", "Time spent in one garbage collection", ["generation"],
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
 )
+
+
+# A GC callback must not touch a metric. In multiprocess mode (the web workers) every metric
+# value shares one non-reentrant lock, and a collection that starts while this thread holds it
+# (creating a metric's labelled child allocates) would wait for that lock forever, and the
+# worker with it (prometheus/client_python#322; seen as a web worker whose /metrics never
+# answered). The callback queues each pause; `gc_pauses_observe` records them at every scrape.
+_gc_pauses: deque[tuple[int, float]] = deque(maxlen=10_000)
 
 
 def _gc_callback(phase: str, info: dict) -> None:
@@ -347,7 +365,17 @@ def _gc_callback(phase: str, info: dict) -> None:
     else:
         started = _gc_started.pop(generation, None)
         if started is not None:
-            GC_PAUSE.labels(str(generation)).observe(time.perf_counter() - started)
+            _gc_pauses.append((generation, time.perf_counter() - started))
+
+
+def gc_pauses_observe() -> None:
+    """Record the GC pauses queued since the last call in GC_PAUSE (never from a GC callback)."""
+    while True:
+        try:
+            generation, seconds = _gc_pauses.popleft()
+        except IndexError:
+            return
+        GC_PAUSE.labels(str(generation)).observe(seconds)
 
 
 class SystemCollector:
@@ -467,6 +495,7 @@ def process_metrics_registry(*, multiprocess_dir: str | None):
     plus the collectors computed at scrape time (host, database)."""
     if not multiprocess_dir:
         return REGISTRY
+    gc_pauses_observe()  # into this worker's file (read below: GC_PAUSE itself is not collected)
     from prometheus_client import CollectorRegistry, multiprocess
 
     registry = CollectorRegistry()

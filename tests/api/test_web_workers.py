@@ -111,7 +111,7 @@ def test_metrics_count_every_worker_whichever_answers_the_scrape(launcher, tmp_p
         assert _ping(port) == 200
     try:
         totals = [_responses_200(port) for _ in range(6)]
-    except TimeoutError:  # seen once in a full run (not reproduced): where were the workers?
+    except TimeoutError:  # seen once: a GC callback deadlocked on the metrics lock (now test_metrics)
         pytest.fail(f"a /metrics scrape got no answer in {HTTP_TIMEOUT} s; the workers' stacks:\n"
                     + _stacks_of_stuck(process, tmp_path / f"web-{port}.log"))
     assert totals[0] >= 30

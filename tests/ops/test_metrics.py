@@ -1,7 +1,11 @@
 """Metrics: latency histograms and their p95 (Prometheus-style), the SLA rule, the web
 process's database collector, /metrics, the matcher's samples and the dashboard feed."""
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -296,3 +300,47 @@ def test_dashboard_page_loads_the_vendored_chart_library(staff_client, db):
     body = staff_client.get(reverse("ops:dashboard")).content.decode()
     assert "ops/uplot/uPlot.iife.min.js" in body and "ops/dashboard.js" in body and 'id="chart-rates"' in body
     assert "cdn" not in body.lower()
+
+
+# -- GC pauses --------------------------------------------------------------------------
+
+def test_a_gc_pause_is_queued_by_the_callback_and_recorded_at_the_scrape(monkeypatch, db):
+    """The GC callback touches no metric (see test_gc_inside_a_metric_update_does_not_hang);
+    the scrape records what it queued. (Generation 9: no real collection reports it.)"""
+    assert sample("exchange_gc_pause_seconds_count", {"generation": "9"}) is None
+
+    class Untouchable:
+        def labels(self, *args, **kwargs):
+            raise AssertionError("a GC callback touched a metric")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(metrics, "GC_PAUSE", Untouchable())
+        metrics._gc_callback("start", {"generation": 9})
+        metrics._gc_callback("stop", {"generation": 9})
+    assert (9, ) == tuple(generation for generation, _ in metrics._gc_pauses if generation == 9)
+    assert sample("exchange_gc_pause_seconds_count", {"generation": "9"}) == 1  # the scrape recorded it
+    assert all(generation != 9 for generation, _ in metrics._gc_pauses)
+
+
+GC_IN_A_METRIC_UPDATE = """
+import gc, django
+django.setup()
+import prometheus_client.values as values
+from apps.ops import metrics
+assert metrics._gc_callback in gc.callbacks
+init = values.ValueClass.__init__  # multiprocess mode: every value shares this one lock
+lock = dict(zip(init.__code__.co_freevars, init.__closure__))["lock"].cell_contents
+with lock:  # as while a labelled child is created, which allocates
+    gc.collect()
+print("collected")
+"""
+
+
+def test_gc_inside_a_metric_update_does_not_hang(tmp_path):
+    """A web worker (multiprocess metrics) once stopped answering /metrics: a collection started
+    while its thread held the metrics lock, and the GC callback waited for that lock. A real
+    process, as the web workers run (PROMETHEUS_MULTIPROC_DIR set before the import)."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "exchange.settings.test"}
+    done = subprocess.run([sys.executable, "-c", GC_IN_A_METRIC_UPDATE], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and "collected" in done.stdout, done.stderr[-2000:]
