@@ -16,8 +16,10 @@ the time went, the ratio to the baseline, how long a concurrent 2-leg posting on
 users' wallets waited, the invariants and the open interest left. The setup ends with
 VACUUM ANALYZE, as autovacuum would have run long before a contract delivers (as in
 bench/funding.py). --statements N prints the N slowest statements of the N-position
-settlement with the PostgreSQL backend's CPU seconds of each (a figure other load on a
-shared machine does not stretch); --trace adds their plans (auto_explain) to a file.
+settlement, summed per statement over every connection that ran it (the chunks' threads
+included), with the PostgreSQL backends' CPU seconds (a figure other load on a shared
+machine does not stretch); --trace adds the plans of the settling connection's statements
+(auto_explain) to a file.
 """
 import argparse
 import os
@@ -132,16 +134,24 @@ def run(args) -> None:
     cpus: list[tuple[float | None, float]] = []  # (PostgreSQL backend, this process) CPU seconds per call
 
     statements: list[tuple[float, float | None, str]] = []  # (wall s, backend CPU s, SQL) of the N-position run
+    chunk_book = delivery._chunk_book
+
+    def chunk_book_clocked(**kwargs):
+        with connection.execute_wrapper(statement_clock(connection, statements)):
+            return chunk_book(**kwargs)
 
     def timed(contract, trace=None, per_statement=False, probe=None):
         spent.clear()
         contract = Contract.objects.select_related("settle_asset").get(pk=contract.pk)
         clock = connection.execute_wrapper(statement_clock(connection, statements)) if per_statement else nullcontext()
+        if per_statement:  # and each chunk's, on the connection of the thread that books it
+            delivery._chunk_book = chunk_book_clocked
         cpu0, server0 = cpu_seconds(connection), server_cpu_seconds()
         t0 = time.perf_counter()
         with statements_traced(connection, trace) if trace else nullcontext(), clock, probe or nullcontext():
             result = delivery.delivery_settle(contract=contract, now=timezone.now())
         seconds = time.perf_counter() - t0
+        delivery._chunk_book = chunk_book
         cpu1, server1 = cpu_seconds(connection), server_cpu_seconds()
         cpus.append((None if server0 is None else server1 - server0, cpu1[1] - cpu0[1]))
         return result, seconds, dict(spent)
@@ -180,10 +190,17 @@ def run(args) -> None:
     print(f"  open positions left: {still_open}; ledger invariants: {'ok' if not violations else violations}")
     print(f"  peak RSS {peak_rss_mb():.0f} MiB")
     if args.statements:
-        print(f"  BTC slowest statements (of {len(statements)}):")
-        for wall, cpu, sql in sorted(statements, key=lambda s: -s[0])[:args.statements]:
+        # Summed per statement text (each chunk runs the same ones; wall times of parallel chunks add up).
+        totals: dict[str, list] = {}
+        for wall, cpu, sql in statements:
+            total = totals.setdefault(sql[:110], [0.0, 0.0, 0])
+            total[0] += wall
+            total[1] = None if cpu is None or total[1] is None else total[1] + cpu
+            total[2] += 1
+        print(f"  BTC slowest statements (of {len(statements)}, summed over the connections that ran them):")
+        for sql, (wall, cpu, count) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:args.statements]:
             cpu_text = f"{cpu:6.2f}" if cpu is not None else "   n/a"
-            print(f"    {wall:6.2f} s wall {cpu_text} s cpu  {sql[:110]}")
+            print(f"    {wall:6.2f} s wall {cpu_text} s cpu {count:4d}x  {sql}")
     print(machine_line())
 
 
