@@ -148,10 +148,12 @@ def run(args) -> None:
             delivery._chunk_book = chunk_book_clocked
         cpu0, server0 = cpu_seconds(connection), server_cpu_seconds()
         t0 = time.perf_counter()
-        with statements_traced(connection, trace) if trace else nullcontext(), clock, probe or nullcontext():
-            result = delivery.delivery_settle(contract=contract, now=timezone.now())
+        try:
+            with statements_traced(connection, trace) if trace else nullcontext(), clock, probe or nullcontext():
+                result = delivery.delivery_settle(contract=contract, now=timezone.now())
+        finally:
+            delivery._chunk_book = chunk_book
         seconds = time.perf_counter() - t0
-        delivery._chunk_book = chunk_book
         cpu1, server1 = cpu_seconds(connection), server_cpu_seconds()
         cpus.append((None if server0 is None else server1 - server0, cpu1[1] - cpu0[1]))
         return result, seconds, dict(spent)

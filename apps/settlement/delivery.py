@@ -583,7 +583,7 @@ def _rows_compute(*, contract: Contract, price: Decimal, users: tuple[int, int] 
             cursor.execute(ROWS_TABLE_SQL)
             with settings_local(cursor, **STAGED_IN_ORDER):
                 cursor.execute(SOME_ROWS_SQL.format(where=CHUNK_USERS), params)
-        else:
+        else:  # a chunked plan's isolated positions: few, the planner's choice of joins
             cursor.execute(ROWS_TABLE_SQL)
             cursor.execute(SOME_ROWS_SQL.format(where=ISOLATED_ONLY), params)
 

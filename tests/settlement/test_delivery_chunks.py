@@ -145,21 +145,20 @@ def test_a_chunk_whose_positions_changed_since_the_plan_books_nothing(quarterly,
 
 
 @pytest.mark.django_db
-def test_chunks_are_runs_of_buckets_within_the_size(quarterly, funded, settings, monkeypatch):
-    """The plan sums the positions per bucket of user ids (here two ids, one chunk of four being
-    cut from buckets of two): a chunk is a run of whole buckets of at most four positions, the
-    chunks cover every holder once, in user order, and book what the positions add up to."""
+def test_chunks_are_runs_of_buckets_within_the_size(quarterly, funded, make_user, settings, monkeypatch):
+    """The plan sums the positions per bucket of user ids (here id // 2, chunks of at most four):
+    a chunk is a run of whole buckets, cut where the next bucket would not fit. The holders' ids
+    start odd, so the buckets hold 1, 2, 2 and 1 positions and the chunks 3 and 3, where cutting
+    the positions by count would give 4 and 2."""
     monkeypatch.setattr(delivery, "BUCKETS_PER_CHUNK", 2)
+    if make_user("probe").pk % 2 == 1:  # the next user, the first holder, gets an odd id
+        make_user("probe2")
     users = _planned_in_two_chunks(quarterly, funded, settings, monkeypatch)
     run = DeliverySettlement.objects.get(contract=quarterly)
     chunks = list(DeliveryChunk.objects.filter(run=run).order_by("number"))
     ids = sorted(u.pk for u in users)
-    assert all(0 < c.positions <= 4 for c in chunks) and sum(c.positions for c in chunks) == 6
-    for chunk in chunks:  # whole buckets: a chunk never splits the ids id // 2
-        assert chunk.positions == len([i for i in ids if chunk.user_from <= i <= chunk.user_to])
-    assert all(a.user_to < b.user_from for a, b in zip(chunks, chunks[1:]))
-    assert (chunks[0].user_from, chunks[-1].user_to) == (ids[0], ids[-1])
-    assert {c.user_from // 2 for c in chunks[1:]}.isdisjoint({c.user_to // 2 for c in chunks[:-1]})
+    assert ids == list(range(ids[0], ids[0] + 6)) and ids[0] % 2 == 1
+    assert [(c.user_from, c.user_to, c.positions) for c in chunks] == [(ids[0], ids[2], 3), (ids[3], ids[5], 3)]
     assert system(AccountKind.DELIVERY_CLEARING) == sum(c.clearing for c in chunks)
 
     delivery_advance(now=DT + timedelta(minutes=1))
