@@ -65,7 +65,6 @@ from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.services import (
     INCOME_USERS_FROM_POSITIONS,
-    STAGED_IN_ORDER,
     STAGED_SETTINGS_SQL,
     STAGED_WORK_MEM,
     Posting,
@@ -426,16 +425,22 @@ FROM (SELECT x.position_id, x.user_id, x.size, x.entry_price, x.isolated, w.id A
             FROM positions_position p
             WHERE p.contract_id = %(c)s AND p.size <> 0{{where}}
             OFFSET 0) x
-      LEFT JOIN ledger_account w ON w.kind = 'WALLET' AND w.user_id = x.user_id AND w.contract_id IS NULL
+      LEFT JOIN ledger_account w ON w.kind = 'WALLET' AND w.user_id = x.user_id AND w.contract_id IS NULL{{wallets}}
       ORDER BY x.user_id
       OFFSET 0) r
 """
 # A chunk's positions: its users' (by the index of one position per user and contract).
 CHUNK_USERS = " AND p.user_id BETWEEN %(user_from)s AND %(user_to)s"
+# ... and their wallets: the accounts of the same range of users, read in user order and merged
+# with the positions sorted by user (`CHUNK_ROWS_JOIN`): 35 ms against 75 ms for an index probe
+# per position (a chunk of 50,000).
+CHUNK_WALLETS = " AND w.user_id BETWEEN %(user_from)s AND %(user_to)s"
+CHUNK_ROWS_JOIN = {"enable_hashjoin": "off", "enable_nestloop": "off"}
 # A chunked plan's rows: the isolated positions' (their margins and covers are decided by the plan).
 ISOLATED_ONLY = " AND p.margin_type = 'ISOLATED'"
 ROWS_COLUMNS = "position_id, user_id, size, entry_price, isolated, wallet, isolated_account, pnl, fee"
-ROWS_COMPUTED_SQL = "CREATE TEMP TABLE delivery_rows_computed ON COMMIT DROP AS " + ROWS_SELECT_SQL.format(where="")
+ROWS_COMPUTED_SQL = ("CREATE TEMP TABLE delivery_rows_computed ON COMMIT DROP AS "
+                     + ROWS_SELECT_SQL.format(where="", wallets=""))
 ROWS_SQL = f"INSERT INTO delivery_rows ({ROWS_COLUMNS}) SELECT {ROWS_COLUMNS} FROM delivery_rows_computed"
 # Some of the positions' rows go straight into `delivery_rows` (no parallel workers to gain).
 SOME_ROWS_SQL = f"INSERT INTO delivery_rows ({ROWS_COLUMNS}) " + ROWS_SELECT_SQL
@@ -485,8 +490,12 @@ POSITIONS_CLOSE_SQL = """
 UPDATE positions_position AS p
 SET size = 0, entry_price = 0, realized_pnl = p.realized_pnl + d.pnl, updated_at = now()
 FROM pg_temp.delivery_rows AS d
-WHERE p.id = d.position_id AND p.size = d.size AND p.entry_price = d.entry_price
+WHERE p.id = d.position_id AND p.size = d.size AND p.entry_price = d.entry_price{users}
 """
+# A chunk's: its users' positions (read through the index of one position per user and contract)
+# hashed against its rows, 40 ms against 57 ms for a probe of the primary key per row (50,000).
+CHUNK_CLOSE_USERS = " AND p.contract_id = %(c)s AND p.user_id BETWEEN %(user_from)s AND %(user_to)s"
+CHUNK_CLOSE_JOIN = {"enable_nestloop": "off", "enable_mergejoin": "off"}
 
 # Each isolated position's margin: its isolated account's balance.
 ISOLATED_MARGINS_SQL = """
@@ -578,14 +587,14 @@ def _rows_compute(*, contract: Contract, price: Decimal, users: tuple[int, int] 
             cursor.execute(ROWS_TABLE_SQL)
             cursor.execute(ROWS_SQL)
             cursor.execute("DROP TABLE delivery_rows_computed")
-        elif users is not None:  # a chunk's: an index probe for each wallet, not a scan of every account
+        elif users is not None:  # a chunk's: its users' positions and wallets, merged
             params["user_from"], params["user_to"] = users
             cursor.execute(ROWS_TABLE_SQL)
-            with settings_local(cursor, **STAGED_IN_ORDER):
-                cursor.execute(SOME_ROWS_SQL.format(where=CHUNK_USERS), params)
+            with settings_local(cursor, **CHUNK_ROWS_JOIN):
+                cursor.execute(SOME_ROWS_SQL.format(where=CHUNK_USERS, wallets=CHUNK_WALLETS), params)
         else:  # a chunked plan's isolated positions: few, the planner's choice of joins
             cursor.execute(ROWS_TABLE_SQL)
-            cursor.execute(SOME_ROWS_SQL.format(where=ISOLATED_ONLY), params)
+            cursor.execute(SOME_ROWS_SQL.format(where=ISOLATED_ONLY, wallets=""), params)
 
 
 def _rows_stage(*, contract: Contract, price: Decimal, isolated_only: bool = False) -> tuple:
@@ -705,7 +714,7 @@ def _settle(*, contract: Contract, price: Decimal, run: DeliverySettlement, requ
             accounts += [row[0] for row in cursor.fetchall()]
     current = balances_lock(account_ids=accounts, asset=asset)
     if not chunked:
-        _positions_close(positions=totals.positions)
+        _positions_close(positions=totals.positions, contract=contract)
 
     releases: dict[int, Decimal] = defaultdict(Decimal)  # user id -> order margin back to the wallet
     with connection.cursor() as cursor:
@@ -845,11 +854,18 @@ def _incomes_insert(*, contract: Contract, transaction_id: int) -> None:
                                     "commission": IncomeType.COMMISSION.value})
 
 
-def _positions_close(*, positions: int) -> None:
+def _positions_close(*, positions: int, contract: Contract, chunk: DeliveryChunk | None = None) -> None:
     with connection.cursor() as cursor:
-        cursor.execute(POSITIONS_CLOSE_SQL)
-        if cursor.rowcount != positions:
-            raise DeliveryError(f"{positions - cursor.rowcount} position(s) changed while the delivery read them.")
+        if chunk is None:
+            cursor.execute(POSITIONS_CLOSE_SQL.format(users=""))
+            closed = cursor.rowcount
+        else:
+            with settings_local(cursor, **CHUNK_CLOSE_JOIN):
+                cursor.execute(POSITIONS_CLOSE_SQL.format(users=CHUNK_CLOSE_USERS),
+                               {"c": contract.pk, "user_from": chunk.user_from, "user_to": chunk.user_to})
+                closed = cursor.rowcount
+    if closed != positions:
+        raise DeliveryError(f"{positions - closed} position(s) changed while the delivery read them.")
 
 
 # -- chunks: a delivery of more than DELIVERY_CHUNK_POSITIONS positions -----------------------
@@ -974,9 +990,7 @@ def _chunk_book(*, run: DeliverySettlement, contract: Contract, chunk: DeliveryC
         _cover_short(others=others, current=current, totals=totals, asset=asset, fund=fund, bad_debt=bad_debt,
                      owing=[], owner_wallets={})
         txn = post(False)
-    # An index probe per position, not a hash join that scans every position of the contract.
-    with connection.cursor() as cursor, settings_local(cursor, **STAGED_IN_ORDER):
-        _positions_close(positions=chunk.positions)
+    _positions_close(positions=chunk.positions, contract=contract, chunk=chunk)
     DeliveryChunk.objects.filter(pk=chunk.pk).update(
         ledger_transaction_id=txn.pk if txn is not None else None, covered=totals.covered,
         bad_debt=totals.bad_debt, booked_at=timezone.now())
