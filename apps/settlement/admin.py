@@ -235,12 +235,13 @@ class DeliveryCalendarAdmin(LifecycleActions, admin.ModelAdmin):
 
 
 class DeliveryChunkInline(admin.TabularInline):
-    """A large delivery's chunks: what each took from DELIVERY_CLEARING, its covers, its posting,
-    and which are still to book."""
+    """A large delivery's chunks: their positions, the isolated covers the plan put in
+    DELIVERY_CLEARING for each, the PnL and fees each booked, its own covers, its posting, and
+    which are still to book."""
 
     model = DeliveryChunk
-    fields = ("number", "positions", "user_from", "user_to", "clearing", "covered", "bad_debt", "ledger_transaction",
-              "booked_at")
+    fields = ("number", "positions", "quantity", "user_from", "user_to", "clearing", "realized_pnl", "fees", "covered",
+              "bad_debt", "ledger_transaction", "booked_at")
     readonly_fields = fields
     extra = 0
     can_delete = False

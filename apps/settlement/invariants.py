@@ -55,9 +55,11 @@ def check_funding_clearing_is_dust() -> list[Violation]:
 
 
 def check_delivery_clearing_is_unbooked_chunks() -> list[Violation]:
-    """DELIVERY_CLEARING holds, per asset, exactly what the chunks not booked yet of deliveries
-    booking in chunks will take out of it (a plan puts it there in one posting, each chunk's
-    posting takes its `clearing` share out): zero whenever no delivery is under way."""
+    """DELIVERY_CLEARING holds, per asset, exactly the isolated covers of the chunks not booked
+    yet of deliveries booking in chunks (a plan puts them there, each chunk's posting takes its
+    `clearing` share out), less the results (PnL − fees) the booked chunks of those deliveries
+    paid out (returned from PNL_CLEARING and FEE_INCOME when the delivery is done): zero
+    whenever no delivery is under way."""
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -65,11 +67,12 @@ def check_delivery_clearing_is_unbooked_chunks() -> list[Violation]:
                 SELECT b.asset_id, b.amount FROM ledger_balance b
                 JOIN ledger_account a ON a.id = b.account_id WHERE a.kind = 'DELIVERY_CLEARING'
             ), pending AS (
-                SELECT c.settle_asset_id AS asset_id, SUM(k.clearing) AS amount
+                SELECT c.settle_asset_id AS asset_id,
+                       SUM(CASE WHEN k.booked_at IS NULL THEN k.clearing ELSE k.fees - k.realized_pnl END) AS amount
                 FROM settlement_deliverychunk k
                 JOIN settlement_deliverysettlement r ON r.id = k.run_id
                 JOIN contracts_contract c ON c.id = r.contract_id
-                WHERE k.booked_at IS NULL GROUP BY c.settle_asset_id
+                WHERE r.status <> 'DONE' GROUP BY c.settle_asset_id
             )
             SELECT x.code, COALESCE(clearing.amount, 0), COALESCE(pending.amount, 0)
             FROM ledger_asset x
@@ -82,7 +85,7 @@ def check_delivery_clearing_is_unbooked_chunks() -> list[Violation]:
         rows = cursor.fetchall()
     return [
         Violation("delivery_clearing_is_unbooked_chunks",
-                  f"{code}: DELIVERY_CLEARING holds {balance}, the delivery chunks still to book take {pending}")
+                  f"{code}: DELIVERY_CLEARING holds {balance}, the deliveries under way account for {pending}")
         for code, balance, pending in rows
     ]
 

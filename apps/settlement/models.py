@@ -231,13 +231,15 @@ class DeliveryChunk(models.Model):
     """The positions of the users `user_from`..`user_to` of a large delivery (up to
     `DELIVERY_CHUNK_POSITIONS`, in user order; one position per user and contract).
 
-    The plan's posting moved the whole delivery's PnL, fees and isolated covers into
-    DELIVERY_CLEARING; booking a chunk computes its positions' rows again (nothing can
-    change a position of a SETTLING contract: the results must add up to `clearing`, or the
-    chunk fails), moves its `clearing` share out to their accounts, writes their income
-    lines and closes them. The plan's isolated covers are stored (the few positions whose
-    loss went beyond their margin); `covered` and `bad_debt` are the chunk's own, of cross
-    wallets that could not pay their loss when it was booked.
+    The plan counted them (`positions`, `quantity`) and decided their isolated covers, which
+    its posting moved into DELIVERY_CLEARING (`clearing`). Booking a chunk computes its
+    positions' rows (nothing can change a position of a SETTLING contract: count, quantity
+    and covers must be the plan's, or the chunk fails) and pays each position's result
+    (PnL − fee, the covers) out of DELIVERY_CLEARING, records its `realized_pnl` and `fees`
+    (returned to DELIVERY_CLEARING from PNL_CLEARING and FEE_INCOME by the run's last posting),
+    writes their income lines and closes them. The plan's isolated covers are stored (the few
+    positions whose loss went beyond their margin); `covered` and `bad_debt` are the chunk's
+    own, of cross wallets that could not pay their loss when it was booked.
     """
 
     run = models.ForeignKey(DeliverySettlement, on_delete=models.PROTECT, related_name="chunk_set")
@@ -245,8 +247,11 @@ class DeliveryChunk(models.Model):
     positions = models.PositiveIntegerField()
     user_from = models.IntegerField(help_text="Its first user (id).")
     user_to = models.IntegerField(help_text="Its last user (id).")
-    clearing = MoneyField(help_text="Σ (PnL − fee + isolated covers) of its positions: what it takes from "
-                                    "DELIVERY_CLEARING.")
+    quantity = MoneyField(default=0, help_text="Σ |size| of its positions, as the plan counted them.")
+    clearing = MoneyField(help_text="Σ isolated covers of its positions (fund and bad debt): what the plan put "
+                                    "into DELIVERY_CLEARING for it.")
+    realized_pnl = MoneyField(default=0, help_text="Σ realized PnL of its positions (once booked).")
+    fees = MoneyField(default=0, help_text="Σ delivery fees of its positions (once booked).")
     covered = MoneyField(default=0)
     bad_debt = MoneyField(default=0)
     # The plan's isolated covers: position id, covered by the fund, recorded as bad debt.

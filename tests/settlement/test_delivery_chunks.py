@@ -56,7 +56,7 @@ def _planned_in_two_chunks(contract, funded, settings, monkeypatch) -> list:
 
 
 @pytest.mark.django_db
-def test_the_plan_stores_the_chunks_and_clearing_holds_what_they_book(quarterly, funded, settings, monkeypatch):
+def test_the_plan_stores_the_chunks_and_each_books_its_own_results(quarterly, funded, settings, monkeypatch):
     users = _planned_in_two_chunks(quarterly, funded, settings, monkeypatch)
     run = DeliverySettlement.objects.get(contract=quarterly)
     assert run.status == DeliveryStatus.FAILED and "2 of 2 chunks" in run.error  # and ops are alerted
@@ -66,19 +66,30 @@ def test_the_plan_stores_the_chunks_and_clearing_holds_what_they_book(quarterly,
     ids = sorted(u.pk for u in users)  # the users in order, cut in two ranges
     assert [(c.user_from, c.user_to) for c in chunks] == [(ids[0], ids[3]), (ids[4], ids[5])]
     assert all(c.cover_positions == [] for c in chunks)  # no isolated loss beyond its margin
-    assert system(AccountKind.DELIVERY_CLEARING) == sum(c.clearing for c in chunks) != 0
+    assert [c.quantity for c in chunks] == [D("3"), D("0.4")]  # what each chunk's positions must add up to
+    # The plan moves no PnL or fee (each chunk books its own): only isolated covers, none here.
+    assert system(AccountKind.DELIVERY_CLEARING) == sum(c.clearing for c in chunks) == 0
     assert open_interest(quarterly) == (D("1.7"), D("1.7"))  # the chunks close the positions
     assert run_all_invariants() == []
-    # A chunk marked booked without its posting leaves its share in DELIVERY_CLEARING: caught.
-    DeliveryChunk.objects.filter(pk=chunks[0].pk).update(booked_at=DT)
+    # A chunk recorded as booked (with its results) without its posting: caught.
+    DeliveryChunk.objects.filter(pk=chunks[0].pk).update(booked_at=DT, realized_pnl=D("1000"))
     assert [v.check for v in check_delivery_clearing_is_unbooked_chunks()] == ["delivery_clearing_is_unbooked_chunks"]
-    DeliveryChunk.objects.filter(pk=chunks[0].pk).update(booked_at=None)
+    DeliveryChunk.objects.filter(pk=chunks[0].pk).update(booked_at=None, realized_pnl=0)
 
+    fee_income, pnl_clearing = system(AccountKind.FEE_INCOME), system(AccountKind.PNL_CLEARING)
     delivery_advance(now=DT + timedelta(minutes=1))
     run.refresh_from_db()
     assert run.status == DeliveryStatus.DONE and quarterly.__class__.objects.get(pk=quarterly.pk).status == "SETTLED"
     assert system(AccountKind.DELIVERY_CLEARING) == 0 and open_interest(quarterly) == (0, 0)
-    assert all(c.booked_at and c.ledger_transaction_id for c in DeliveryChunk.objects.filter(run=run))
+    booked = list(DeliveryChunk.objects.filter(run=run).order_by("number"))
+    assert all(c.booked_at and c.ledger_transaction_id for c in booked)
+    # Chunk 0: ann +1000, ben -1000, cat +250, dan -250; chunk 1: eve +400, fay -400.
+    assert [c.realized_pnl for c in booked] == [0, 0] and run.realized_pnl == 0
+    fees = D("1.7") * 2 * D(51000) * quarterly.delivery_fee_rate
+    assert sum(c.fees for c in booked) == run.fees == fees
+    # The run's last posting returns the chunks' PnL and fees from PNL_CLEARING and to FEE_INCOME.
+    assert system(AccountKind.FEE_INCOME) - fee_income == fees and system(AccountKind.PNL_CLEARING) == pnl_clearing
+    assert LedgerTransaction.objects.filter(idempotency_key=f"delivery:{quarterly.symbol}:results").exists()
     # PnL at 51,000 (contract size 1); fee: the contract's delivery fee rate × notional.
     results = _results(quarterly)
     assert results[users[0].pk][0] == D(1000) and results[users[1].pk][0] == D(-1000)
@@ -105,7 +116,8 @@ def test_parallel_threads_book_every_chunk_once(quarterly, funded, settings, mon
     assert run.status == DeliveryStatus.DONE and run.chunks == 6
     assert all(name.startswith("delivery") for name in threads) and len(threads) > 1
     keys = set(LedgerTransaction.objects.filter(kind=TransactionKind.DELIVERY).values_list("idempotency_key", flat=True))
-    assert keys == {f"delivery:{quarterly.symbol}"} | {f"delivery:{quarterly.symbol}:{n}" for n in range(6)}
+    # The plan moved nothing (no isolated covers, no order margin): the chunks and the results.
+    assert keys == {f"delivery:{quarterly.symbol}:results"} | {f"delivery:{quarterly.symbol}:{n}" for n in range(6)}
     results = _results(quarterly)
     assert len(results) == 6 and results[users[4].pk][0] == D(400)
     assert open_interest(quarterly) == (0, 0)
@@ -132,15 +144,13 @@ def test_an_isolated_margin_cannot_change_once_the_delivery_has_begun(quarterly,
 @pytest.mark.django_db
 def test_a_chunk_whose_positions_changed_since_the_plan_books_nothing(quarterly, funded, settings, monkeypatch):
     users = _planned_in_two_chunks(quarterly, funded, settings, monkeypatch)
-    clearing = system(AccountKind.DELIVERY_CLEARING)
     # Nothing writes a position of a SETTLING contract; were one to change, its chunk must not book.
     Position.objects.filter(contract=quarterly, user=users[0]).update(size=D("0.9"))
     delivery_advance(now=DT + timedelta(minutes=1))
     run = DeliverySettlement.objects.get(contract=quarterly)
     assert run.status == DeliveryStatus.FAILED and "changed since its plan" in run.error
     assert not run.chunk_set.filter(number=0, booked_at__isnull=False).exists()
-    assert system(AccountKind.DELIVERY_CLEARING) + sum(
-        c.clearing for c in run.chunk_set.filter(booked_at__isnull=False)) == clearing
+    assert check_delivery_clearing_is_unbooked_chunks() == []
     assert Position.objects.get(contract=quarterly, user=users[1]).size == -1  # chunk 0's: untouched
 
 
