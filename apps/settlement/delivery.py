@@ -987,7 +987,7 @@ def _chunk_book(*, run: DeliverySettlement, contract: Contract, chunk: DeliveryC
                 created_by_id=requested_by.pk if requested_by is not None else None,
             ),
             legs_sql=CHUNK_LEGS_SQL, params=[asset.pk, asset.pk, list(others), list(others.values())],
-            concurrent=concurrent,
+            concurrent=concurrent, shared=list(others),
             before_move=lambda txn_id: _incomes_insert(contract=contract, transaction_id=txn_id),
         )
 

@@ -463,7 +463,7 @@ def _book(*, run: FundingSettlement, contract: Contract, key: str, paid: Decimal
                 created_by_id=requested_by.pk if requested_by is not None else None,
             ),
             legs_sql=legs_sql, params=[asset.pk, asset.pk, list(system), list(system.values())],
-            concurrent=concurrent,
+            concurrent=concurrent, shared=list(system),
             # The income lines first: in a chunk, the shared clearing balance is then locked only
             # from the end of the move to the commit.
             before_move=lambda txn_id: _incomes_insert(symbol=contract.symbol, asset_id=asset.pk,

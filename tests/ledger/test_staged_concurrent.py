@@ -40,7 +40,10 @@ def _dsn() -> str:
     return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
-def test_it_waits_at_the_shared_account_last_and_then_books_every_leg(make_user, usdt, monkeypatch):
+@pytest.mark.parametrize("named", [False, True], ids=["in-order", "shared-named"])
+def test_it_waits_at_the_shared_account_last_and_then_books_every_leg(make_user, usdt, monkeypatch, named):
+    """Either way the users' legs are moved first: one probe per leg in the legs' order, or (the
+    shared account named) one merge over their range of accounts, the shared leg after it."""
     users = [make_user(f"c{i}") for i in range(3)]
     for user in users:
         wallet_deposit(user=user, asset="USDT", amount=D("10"))
@@ -60,6 +63,7 @@ def test_it_waits_at_the_shared_account_last_and_then_books_every_leg(make_user,
             with transaction.atomic():
                 result["txn"] = ledger_post_staged(
                     posting=Posting(kind=TransactionKind.FUNDING, legs=(), memo="chunk"), concurrent=True,
+                    shared=[clearing] if named else (),
                     legs_sql=LEGS_SQL, params=[usdt.pk, wallets, [D("-2"), D("3"), D("1")], clearing, usdt.pk, D("-2")])
         except Exception as exc:  # handed to the test's thread
             result["error"] = exc
