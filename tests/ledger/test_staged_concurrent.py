@@ -40,10 +40,14 @@ def _dsn() -> str:
     return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
-@pytest.mark.parametrize("named", [False, True], ids=["in-order", "shared-named"])
-def test_it_waits_at_the_shared_account_last_and_then_books_every_leg(make_user, usdt, monkeypatch, named):
-    """Either way the users' legs are moved first: one probe per leg in the legs' order, or (the
-    shared account named) one merge over their range of accounts, the shared leg after it."""
+@pytest.mark.parametrize("named, span", [(False, None), (True, None), (True, 0)],
+                         ids=["in-order", "shared-named-merge", "shared-named-probes"])
+def test_it_waits_at_the_shared_account_last_and_then_books_every_leg(make_user, usdt, monkeypatch, named, span):
+    """Every way the users' legs are moved first: one probe per leg in the legs' order, or (the
+    shared account named) one merge over their dense range of accounts, or one probe each when
+    that range is sparse (here: forced), the shared leg after them."""
+    if span is not None:
+        monkeypatch.setattr(ledger_services, "STAGED_MERGE_SPAN", span)
     users = [make_user(f"c{i}") for i in range(3)]
     for user in users:
         wallet_deposit(user=user, asset="USDT", amount=D("10"))
