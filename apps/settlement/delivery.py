@@ -68,6 +68,7 @@ from apps.ledger.models import AccountKind, Income, IncomeType, TransactionKind
 from apps.ledger.errors import InsufficientBalance
 from apps.ledger.services import (
     INCOME_USERS_FROM_POSITIONS,
+    STAGED_IN_ORDER,
     STAGED_SETTINGS_SQL,
     STAGED_WORK_MEM,
     Leg,
@@ -436,11 +437,15 @@ FROM (SELECT x.position_id, x.user_id, x.size, x.entry_price, x.isolated, w.id A
 """
 # A chunk's positions: its users' (by the index of one position per user and contract).
 CHUNK_USERS = " AND p.user_id BETWEEN %(user_from)s AND %(user_to)s"
-# ... and their wallets: the accounts of the same range of users, read in user order and merged
-# with the positions sorted by user (`CHUNK_ROWS_JOIN`): 35 ms against 75 ms for an index probe
-# per position (a chunk of 50,000).
+# ... and their wallets: in a dense chunk (`_chunk_dense`), the accounts of the same range of
+# users, read in user order and merged with the positions sorted by user (`CHUNK_ROWS_JOIN`):
+# 35 ms against 75 ms for an index probe per position (a chunk of 50,000); in a sparse one (few
+# holders among many users) a probe per position (`STAGED_IN_ORDER`), rather than every account
+# of every user in between.
 CHUNK_WALLETS = " AND w.user_id BETWEEN %(user_from)s AND %(user_to)s"
 CHUNK_ROWS_JOIN = {"enable_hashjoin": "off", "enable_nestloop": "off"}
+# A chunk is dense when its range of user ids is at most this many times its positions.
+CHUNK_DENSE_SPAN = 4
 # A chunked plan's rows: the isolated positions' (their margins and covers are decided by the plan).
 ISOLATED_ONLY = " AND p.margin_type = 'ISOLATED'"
 ROWS_COLUMNS = "position_id, user_id, size, entry_price, isolated, wallet, isolated_account, pnl, fee"
@@ -497,8 +502,9 @@ SET size = 0, entry_price = 0, realized_pnl = p.realized_pnl + d.pnl, updated_at
 FROM pg_temp.delivery_rows AS d
 WHERE p.id = d.position_id AND p.size = d.size AND p.entry_price = d.entry_price{users}
 """
-# A chunk's: its users' positions (read through the index of one position per user and contract)
-# hashed against its rows, 40 ms against 57 ms for a probe of the primary key per row (50,000).
+# A dense chunk's: its users' positions (read through the index of one position per user and
+# contract) hashed against its rows, 40 ms against 57 ms for a probe of the primary key per row
+# (50,000); a sparse chunk's: that probe per row.
 CHUNK_CLOSE_USERS = " AND p.contract_id = %(c)s AND p.user_id BETWEEN %(user_from)s AND %(user_to)s"
 CHUNK_CLOSE_JOIN = {"enable_nestloop": "off", "enable_mergejoin": "off"}
 
@@ -581,9 +587,10 @@ def _rows_params(contract: Contract, price: Decimal) -> dict:
 
 
 def _rows_compute(*, contract: Contract, price: Decimal, users: tuple[int, int] | None = None,
-                  isolated_only: bool = False) -> None:
+                  dense: bool = True, isolated_only: bool = False) -> None:
     """`delivery_rows` of every open position of the contract, in user order; or of those of the
-    users `users` (first, last: a chunk's), or of the isolated positions only (a chunked plan's)."""
+    users `users` (first, last: a chunk's; `dense`: see `_chunk_dense`), or of the isolated
+    positions only (a chunked plan's)."""
     params = _rows_params(contract, price)
     with connection.cursor() as cursor:
         if users is None and not isolated_only:  # all the positions: hash joins, with parallel workers
@@ -595,8 +602,8 @@ def _rows_compute(*, contract: Contract, price: Decimal, users: tuple[int, int] 
         elif users is not None:  # a chunk's: its users' positions and wallets, merged
             params["user_from"], params["user_to"] = users
             cursor.execute(ROWS_TABLE_SQL)
-            with settings_local(cursor, **CHUNK_ROWS_JOIN):
-                cursor.execute(SOME_ROWS_SQL.format(where=CHUNK_USERS, wallets=CHUNK_WALLETS), params)
+            with settings_local(cursor, **(CHUNK_ROWS_JOIN if dense else STAGED_IN_ORDER)):
+                cursor.execute(SOME_ROWS_SQL.format(where=CHUNK_USERS, wallets=CHUNK_WALLETS if dense else ""), params)
         else:  # a chunked plan's isolated positions: few, the planner's choice of joins
             cursor.execute(ROWS_TABLE_SQL)
             cursor.execute(SOME_ROWS_SQL.format(where=ISOLATED_ONLY, wallets=""), params)
@@ -867,10 +874,14 @@ def _positions_close(*, positions: int, contract: Contract, chunk: DeliveryChunk
         if chunk is None:
             cursor.execute(POSITIONS_CLOSE_SQL.format(users=""))
             closed = cursor.rowcount
-        else:
+        elif _chunk_dense(chunk):
             with settings_local(cursor, **CHUNK_CLOSE_JOIN):
                 cursor.execute(POSITIONS_CLOSE_SQL.format(users=CHUNK_CLOSE_USERS),
                                {"c": contract.pk, "user_from": chunk.user_from, "user_to": chunk.user_to})
+                closed = cursor.rowcount
+        else:
+            with settings_local(cursor, **STAGED_IN_ORDER):
+                cursor.execute(POSITIONS_CLOSE_SQL.format(users=""))
                 closed = cursor.rowcount
     if closed != positions:
         raise DeliveryError(f"{positions - closed} position(s) changed while the delivery read them.")
@@ -904,6 +915,13 @@ UNION ALL
 SELECT s.account_id, %s::bigint, s.amount
 FROM unnest(%s::bigint[], %s::numeric[]) AS s(account_id, amount) WHERE s.amount <> 0
 """
+
+
+def _chunk_dense(chunk: DeliveryChunk) -> bool:
+    """Whether the chunk's users are mostly holders: its positions and wallets are then read by
+    their range of users (cheaper than a probe each; for sparse holders the range would hold
+    many more rows than the chunk has positions)."""
+    return chunk.user_to - chunk.user_from < CHUNK_DENSE_SPAN * chunk.positions
 
 
 def _chunks_store(*, run: DeliverySettlement, buckets: list[tuple]) -> tuple[int, Decimal]:
@@ -940,7 +958,7 @@ def delivery_chunks_book(*, run: DeliverySettlement, contract: Contract, request
     time); returns how many this call booked."""
     contract.settle_asset  # loaded once, before the threads
     return chunks_book(chunks=DeliveryChunk.objects.filter(run_id=run.pk),
-                       fields=("id", "number", "positions", "user_from", "user_to", "clearing"),
+                       fields=("id", "number", "positions", "quantity", "user_from", "user_to", "clearing"),
                        book=lambda chunk: _chunk_book(run=run, contract=contract, chunk=chunk,
                                                       requested_by=requested_by),
                        workers=settings.DELIVERY_SETTLE_WORKERS, name="delivery")
@@ -961,7 +979,8 @@ def _chunk_book(*, run: DeliverySettlement, contract: Contract, chunk: DeliveryC
         # As funding's chunks: nobody is answered on this commit, and whatever later depends on it
         # flushes the WAL past it first (a server crash that loses it loses all of it).
         cursor.execute("SET LOCAL synchronous_commit = off")
-        _rows_compute(contract=contract, price=price, users=(chunk.user_from, chunk.user_to))
+        _rows_compute(contract=contract, price=price, users=(chunk.user_from, chunk.user_to),
+                      dense=_chunk_dense(chunk))
         cursor.execute(ISOLATED_MARGINS_SQL, [asset.pk])
         cursor.execute(CHUNK_COVERS_SQL, [chunk.pk])
         cursor.execute(CHUNK_CHECK_SQL)

@@ -56,7 +56,12 @@ def _planned_in_two_chunks(contract, funded, settings, monkeypatch) -> list:
 
 
 @pytest.mark.django_db
-def test_the_plan_stores_the_chunks_and_each_books_its_own_results(quarterly, funded, settings, monkeypatch):
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "sparse"])
+def test_the_plan_stores_the_chunks_and_each_books_its_own_results(quarterly, funded, settings, monkeypatch, dense):
+    """Dense chunks read their users' wallets and positions by range, sparse ones (few holders
+    among many users: forced here) probe them one by one; the same money either way."""
+    if not dense:
+        monkeypatch.setattr(delivery, "CHUNK_DENSE_SPAN", 0)
     users = _planned_in_two_chunks(quarterly, funded, settings, monkeypatch)
     run = DeliverySettlement.objects.get(contract=quarterly)
     assert run.status == DeliveryStatus.FAILED and "2 of 2 chunks" in run.error  # and ops are alerted
