@@ -85,7 +85,10 @@ PARALLEL_CTAS = {"parallel_setup_cost": "0", "parallel_tuple_cost": "0"}
 def settings_local(cursor, **settings: str):
     """These settings (the planner's, mostly, or a custom `ledger.*` flag a trigger reads) for the
     statements run inside, then back to what they were (a custom one never set: ''); this
-    transaction only (an error rolls them back with the rest)."""
+    transaction only (an error rolls them back with the rest). No settings: the planner's own."""
+    if not settings:
+        yield
+        return
     pairs = ", ".join("COALESCE(current_setting(%s, true), ''), set_config(%s, %s, true)" for _ in settings)
     cursor.execute(f"SELECT {pairs}", [v for name, value in settings.items() for v in (name, name, value)])
     before = cursor.fetchone()[::2]

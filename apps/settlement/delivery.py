@@ -870,19 +870,17 @@ def _incomes_insert(*, contract: Contract, transaction_id: int) -> None:
 
 
 def _positions_close(*, positions: int, contract: Contract, chunk: DeliveryChunk | None = None) -> None:
-    with connection.cursor() as cursor:
-        if chunk is None:
-            cursor.execute(POSITIONS_CLOSE_SQL.format(users=""))
-            closed = cursor.rowcount
-        elif _chunk_dense(chunk):
-            with settings_local(cursor, **CHUNK_CLOSE_JOIN):
-                cursor.execute(POSITIONS_CLOSE_SQL.format(users=CHUNK_CLOSE_USERS),
-                               {"c": contract.pk, "user_from": chunk.user_from, "user_to": chunk.user_to})
-                closed = cursor.rowcount
-        else:
-            with settings_local(cursor, **STAGED_IN_ORDER):
-                cursor.execute(POSITIONS_CLOSE_SQL.format(users=""))
-                closed = cursor.rowcount
+    """The rows' positions closed: all of them (the planner's joins), or a chunk's (by its users'
+    range when it is dense, else a probe per row)."""
+    users, params, plan = "", None, {}
+    if chunk is not None and _chunk_dense(chunk):
+        users, plan = CHUNK_CLOSE_USERS, CHUNK_CLOSE_JOIN
+        params = {"c": contract.pk, "user_from": chunk.user_from, "user_to": chunk.user_to}
+    elif chunk is not None:
+        plan = STAGED_IN_ORDER
+    with connection.cursor() as cursor, settings_local(cursor, **plan):
+        cursor.execute(POSITIONS_CLOSE_SQL.format(users=users), params)
+        closed = cursor.rowcount
     if closed != positions:
         raise DeliveryError(f"{positions - closed} position(s) changed while the delivery read them.")
 

@@ -346,7 +346,8 @@ def test_settling_twice_books_once(quarterly, funded):
     again = delivery_settle(contract=quarterly, now=DT + timedelta(minutes=5))
     delivery_advance(now=DT + timedelta(minutes=6))
     assert again.status == DeliveryStatus.DONE and again.attempts == 1
-    # One posting, or the plan's and one per chunk: each under its own key, once.
+    # One posting, or one per chunk and the chunks' results (the plan moved nothing here): each
+    # under its own key, once.
     assert LedgerTransaction.objects.filter(kind=TransactionKind.DELIVERY).count() == 1 + again.chunks
     assert (wallet_of(alice), wallet_of(bob)) == balances
     assert Income.objects.filter(income_type=IncomeType.DELIVERED_SETTELMENT).count() == 2
@@ -386,7 +387,7 @@ def test_a_failure_half_way_books_nothing_and_the_next_run_settles(quarterly, fu
     if delivery_path == "chunks":  # the plan stays (orders expired, its posting), no chunk is booked
         assert run.chunks == 2 and not run.chunk_set.filter(booked_at__isnull=False).exists()
         assert held_of(alice) == 0 and LedgerTransaction.objects.count() == before[3] + 1
-        assert run_all_invariants() == []  # DELIVERY_CLEARING holds what the two chunks will book
+        assert run_all_invariants() == []  # DELIVERY_CLEARING holds the chunks' isolated covers (none)
     else:
         assert (wallet_of(alice), wallet_of(bob), held_of(alice), LedgerTransaction.objects.count()) == before
         assert Order.objects.filter(user=alice, status=OrderStatus.NEW).count() == 1
