@@ -10,7 +10,8 @@ mark price published as the pricefeed would. For each
 client count given (comma-separated) it runs the ping phase then the order phase. Each client thread keeps one
 HTTP connection and sends `POST /fapi/v1/order` signed the way Binance client
 libraries sign (query string, HMAC-SHA256), limit orders around a mid price so about
-half of them trade. Prints accepted orders/s and latency p50/p99, with unsigned
+half of them trade. Prints accepted orders/s, latency p50/p99 and the CPU each order cost
+the web workers, the matcher and PostgreSQL (from /proc, over the order phase), with unsigned
 `GET /fapi/v1/ping` at the same concurrency as the baseline (the ratio is what order
 entry costs over the bare stack), then checks that every acknowledged order is in the
 database and that the ledger invariants hold. Rate limits are raised for the run (one
@@ -189,6 +190,43 @@ def load(port: int, keys: list, seconds: float, procs: int, kind: str) -> dict:
             "p99": float(np.percentile(latencies, 99)), "statuses": statuses, "ok": statuses.get(200, 0)}
 
 
+def cpu_snapshot(processes: list[subprocess.Popen]) -> dict[str, float]:
+    """CPU seconds so far of the web workers, the matcher, PostgreSQL's processes and the whole machine."""
+    import psutil
+
+    def tree(pid: int) -> float:
+        root = psutil.Process(pid)
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    postgres = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] and proc.info["name"].startswith("postgres"):
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            postgres += times.user + times.system
+    machine = psutil.cpu_times()
+    return {"web": tree(processes[0].pid), "matcher": tree(processes[1].pid), "postgres": postgres,
+            "machine": machine.user + machine.system + machine.nice + machine.irq + machine.softirq}
+
+
+def cpu_line(before: dict[str, float], after: dict[str, float], orders: int) -> str:
+    """CPU milliseconds per order by process over a phase (the rest: clients, Redis, the kernel's idle work)."""
+    spent = {k: after[k] - before[k] for k in before}
+    spent["rest"] = spent["machine"] - spent["web"] - spent["matcher"] - spent["postgres"]
+    per = {k: 1000 * v / max(orders, 1) for k, v in spent.items()}
+    return ("CPU ms per order: " + "  ".join(f"{k} {per[k]:.2f}" for k in ("web", "matcher", "postgres", "rest"))
+            + f"  (machine {per['machine']:.2f})")
+
+
 def profile(pid: int, seconds: int) -> None:
     spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
     if not Path(spy).exists():
@@ -245,12 +283,15 @@ def main() -> None:
             if args.profile and count == counts[-1]:
                 spy = threading.Thread(target=profile, args=(processes[0].pid, int(args.seconds) - 2))
                 spy.start()
+            cpu_before = cpu_snapshot(processes)
             orders = load(port, keys[:count], args.seconds, procs, "order")
+            cpu_after = cpu_snapshot(processes)
             if args.profile and count == counts[-1]:
                 spy.join()
             acknowledged += orders["ok"]
             print(f"  {count:3d} clients  POST /fapi/v1/order (signed): {orders['rate']:8.0f} orders/s  "
                   f"p50 {orders['p50']:6.2f} ms  p99 {orders['p99']:6.2f} ms  statuses {orders['statuses']}")
+            print(f"  {count:3d} clients  {cpu_line(cpu_before, cpu_after, orders['ok'])}")
             print(f"  {count:3d} clients  ratio orders / ping: {orders['rate'] / base['rate']:.2f}   {machine_line()}")
         time.sleep(2)  # let the matcher drain
     finally:

@@ -31,18 +31,19 @@ import numpy as np
 from .analytics import (
     DEFAULT_STRESS_SCENARIOS,
     SCORE_WEIGHTS,
-    STRESS_CONFIDENCE,
     StressKind,
     StressResult,
     RiskLevel,
     ScoreCalibration,
     batch_var,
     concentration_score,
+    herfindahl,
     risk_level,
     risk_recommendations,
     run_stress_tests,
     score_components,
     simulate_scenarios,
+    stress_pnl,
     var_from_pnl,
 )
 
@@ -73,6 +74,16 @@ class MarketModel:
     def covariance(self) -> np.ndarray:
         d = np.asarray(self.daily_vols, dtype=np.float64)
         return self.correlation * np.outer(d, d)
+
+    @cached_property
+    def covariance_rows(self) -> list[list[float]]:
+        """`covariance` as Python floats (`parametric_score`)."""
+        return self.covariance.tolist()
+
+    @cached_property
+    def sigmas(self) -> list[float]:
+        """Each symbol's volatility, sqrt of the covariance's diagonal, as Python floats."""
+        return np.sqrt(np.clip(np.diag(self.covariance), 0.0, None)).tolist()
 
     def scenarios(self, *, paths: int, seed: int) -> np.ndarray:
         """The seeded one-day scenario matrix (paths × symbols), built once per model."""
@@ -233,23 +244,14 @@ def _ratio(amount: float, equity: float) -> float:
 
 def stress_matrix(w: np.ndarray, cov: np.ndarray, scenarios=DEFAULT_STRESS_SCENARIOS) -> np.ndarray:
     """`run_stress_tests` for many accounts at once (accounts × scenarios P&L, one-day
-    horizon), the library's formulas per `StressKind` as array operations."""
-    z = NormalDist().inv_cdf(STRESS_CONFIDENCE)
+    horizon): `stress_pnl` on arrays of one value per account."""
     sigma = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    net = w.sum(axis=1)
-    sd = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", w, cov, w), 0.0, None))
     exposure = w * sigma
+    inputs = dict(net=w.sum(axis=1), sd=np.sqrt(np.clip(np.einsum("ij,jk,ik->i", w, cov, w), 0.0, None)),
+                  exposure_sum=exposure.sum(axis=1), exposure_norm=np.sqrt((exposure * exposure).sum(axis=1)))
     out = np.empty((w.shape[0], len(scenarios)))
     for k, sc in enumerate(scenarios):
-        kind = StressKind(sc.kind)
-        if kind is StressKind.PRICE_MOVE:
-            out[:, k] = sc.shock * net
-        elif kind is StressKind.VOLATILITY_SPIKE:
-            out[:, k] = -z * sc.shock * sd
-        elif kind is StressKind.CORRELATION_ONE:
-            out[:, k] = -z * sc.shock * np.abs(exposure.sum(axis=1))
-        else:
-            out[:, k] = -z * sc.shock * np.sqrt((exposure * exposure).sum(axis=1))
+        out[:, k] = stress_pnl(sc, **inputs)
     return out + 0.0
 
 
@@ -352,20 +354,26 @@ def assess_matrix(
 def parametric_score(
     model: MarketModel, w: np.ndarray, equity: float, *, calibration: ScoreCalibration, thresholds
 ) -> tuple[float, RiskLevel]:
-    """Score and level with the closed-form normal VaR (no simulation): z·sqrt(wᵀΣw)."""
-    sd = math.sqrt(max(0.0, float(w @ model.covariance @ w)))
-    var95, var99 = _Z95 * sd, _Z99 * sd
-    gross = float(np.abs(w).sum())
-    stress = run_stress_tests(w, model.covariance, DEFAULT_STRESS_SCENARIOS)
-    stress_loss = max(0.0, -min((s.pnl for s in stress), default=0.0))
+    """Score and level with the closed-form normal VaR (no simulation): z·sqrt(wᵀΣw).
+
+    The pre-trade gate scores every order with this, for a portfolio of a few symbols: it
+    works on the non-zero weights as Python floats (small NumPy calls cost more than the
+    arithmetic), with the stress scenarios from the same four sums as `run_stress_tests`."""
+    held = [(i, x) for i, x in enumerate(w.tolist()) if x]
+    cov, sigma = model.covariance_rows, model.sigmas
+    sd = math.sqrt(max(0.0, sum(x * y * cov[i][j] for i, x in held for j, y in held)))
+    exposure = [x * sigma[i] for i, x in held]
+    inputs = dict(net=sum(x for _, x in held), sd=sd, exposure_sum=sum(exposure),
+                  exposure_norm=math.sqrt(sum(e * e for e in exposure)))
+    worst = min((stress_pnl(sc, **inputs) for sc in DEFAULT_STRESS_SCENARIOS), default=0.0)
     components = score_components(
-        var_95_ratio=_ratio(var95, equity),
-        var_99_ratio=_ratio(var99, equity),
-        stress_loss_ratio=_ratio(stress_loss, equity),
-        concentration=concentration_score(w),
+        var_95_ratio=_ratio(_Z95 * sd, equity),
+        var_99_ratio=_ratio(_Z99 * sd, equity),
+        stress_loss_ratio=_ratio(max(0.0, -worst), equity),
+        concentration=herfindahl([x for _, x in held]),
         calibration=calibration,
     )
     score = float(sum(SCORE_WEIGHTS[k] * v for k, v in components.items()))
-    if gross > 0 and equity <= 0:
+    if held and equity <= 0:
         score = 100.0
     return score, risk_level(score, thresholds)

@@ -109,3 +109,30 @@ def test_bad_arguments(trader, btcusdt):
         risk_pretrade_evaluate(user=trader, contract=btcusdt, side="HOLD", quantity=D("1"), price=D("1"))
     with pytest.raises(ValueError):
         risk_pretrade_evaluate(user=trader, contract=btcusdt, side="BUY", quantity=D("0"), price=D("1"))
+
+
+def test_parametric_score_is_the_library_formulas():
+    """The gate's float arithmetic on the non-zero weights gives the score the library's
+    array functions give (closed-form VaR, `run_stress_tests`, `concentration_score`)."""
+    from apps.risk.analytics import SCORE_WEIGHTS, concentration_score, risk_level, run_stress_tests, score_components
+    from apps.risk.market import _Z95, _Z99, _ratio
+
+    rng = np.random.default_rng(7)
+    vols = rng.uniform(0.02, 0.09, 6)
+    corr = np.full((6, 6), 0.5) + 0.5 * np.eye(6)
+    model = MarketModel(symbols=tuple(f"S{i}" for i in range(6)), daily_vols=vols, correlation=corr,
+                        vol_sources=("garch",) * 6)
+    for _ in range(300):
+        w = rng.normal(0, 20_000, 6) * (rng.random(6) < 0.5)
+        equity = float(rng.choice([-500.0, 0.0, rng.uniform(100, 50_000)]))
+        sd = float(np.sqrt(max(0.0, w @ model.covariance @ w)))
+        stress_loss = max(0.0, -min(s.pnl for s in run_stress_tests(w, model.covariance)))
+        parts = score_components(var_95_ratio=_ratio(_Z95 * sd, equity), var_99_ratio=_ratio(_Z99 * sd, equity),
+                                 stress_loss_ratio=_ratio(stress_loss, equity), concentration=concentration_score(w),
+                                 calibration=CALIBRATED)
+        expected = sum(SCORE_WEIGHTS[k] * v for k, v in parts.items())
+        if np.any(w) and equity <= 0:
+            expected = 100.0
+        score, level = parametric_score(model, w, equity, calibration=CALIBRATED, thresholds=RISK_LEVEL_THRESHOLDS)
+        assert score == pytest.approx(expected, rel=1e-12, abs=1e-12)
+        assert level is risk_level(score, RISK_LEVEL_THRESHOLDS)
