@@ -16,6 +16,7 @@ with the same rules checked in SQL, so the legs never travel through Python; fro
 Both run inside the caller's transaction when there is one, so a service that books
 several things commits them together.
 """
+import json
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Callable, Sequence
@@ -36,7 +37,7 @@ from .models import (
 from .money import exponent_for, quantize_amount, to_decimal
 from .staging import ARRAYS, COPY_FROM_LEGS, LegRows, Stage, legs_stage
 
-from exchange.pgbulk import settings_local
+from exchange.pgbulk import array_literal, settings_local
 
 _KINDS = frozenset(TransactionKind.values)
 _ZERO = Decimal(0)
@@ -386,12 +387,17 @@ def _transactions_insert(txns: list[LedgerTransaction]) -> None:
     without its per-object query compilation: a posting call of a matcher batch or of a group
     of orders makes a transaction per order)."""
     columns: list[list] = [[], [], [], [], [], []]
+    memo_field, reference_field, created_by_field, created_at_field = _TXN_FIELDS
     for txn in txns:
-        memo, reference, created_by, created_at = (
-            f.get_db_prep_save(f.pre_save(txn, add=True), connection) for f in _TXN_FIELDS)
+        memo, created_by, created_at = (
+            f.get_db_prep_save(f.pre_save(txn, add=True), connection)
+            for f in (memo_field, created_by_field, created_at_field))
+        # The reference as the JSON text psycopg's Jsonb adapter would send (`array_literal` below).
+        reference = json.dumps(reference_field.get_prep_value(txn.reference), cls=reference_field.encoder)
         for column, value in zip(columns, (str(txn.kind), txn.idempotency_key, memo, reference, created_by,
                                            created_at)):
             column.append(value)
+    columns = [array_literal(column) for column in columns]
     with bound_cursor() as cursor:
         cursor.execute(_TXNS_INSERT_SQL, columns)
         ids = [row[0] for row in cursor.fetchall()]
@@ -408,8 +414,7 @@ def _post_one(posting: Posting, rows: LegRows, assets: dict[str, Asset]) -> Ledg
         f.get_db_prep_save(f.pre_save(txn, add=True), connection) for f in _TXN_FIELDS)
     once = len(set(zip(rows.account_id, rows.asset_id))) == len(rows.account_id)
     with bound_cursor() as cursor:
-        cursor.execute(_ONE_SQL[once], [rows.posting, rows.account_id, rows.asset_id, rows.amount,
-                                        str(posting.kind), memo, reference, created_by, created_at])
+        cursor.execute(_ONE_SQL[once], [*rows.literals(), str(posting.kind), memo, reference, created_by, created_at])
         complete, txn_id, account_id, asset_id, after = cursor.fetchone()
     if not complete:
         return None

@@ -37,6 +37,7 @@ from apps.positions.services import entry_lock, entry_lock_many, position_save_n
 from apps.risk.conf import risk_setting
 from apps.risk.services import exposure_params, exposure_sql, risk_pretrade_check
 from apps.positions.tiers import tier_leverage
+from exchange.pgbulk import array_literal
 from exchange.errors import ErrorCode, ExchangeError
 
 from . import doorbell
@@ -69,7 +70,9 @@ ZERO = Decimal(0)
 NEEDS_PRICE = (OrderType.LIMIT, OrderType.STOP, OrderType.TAKE_PROFIT)
 NEEDS_STOP_PRICE = (OrderType.STOP, OrderType.STOP_MARKET, OrderType.TAKE_PROFIT, OrderType.TAKE_PROFIT_MARKET)
 CLOSE_POSITION_TYPES = (OrderType.STOP_MARKET, OrderType.TAKE_PROFIT_MARKET)
-CLIENT_TYPES = [t for t in OrderType.values if t != OrderType.LIQUIDATION]
+CLIENT_TYPES = frozenset(t for t in OrderType.values if t != OrderType.LIQUIDATION)
+# The choices' values, built once (each `.values` of a Django choices class builds a new list).
+SIDES, STP_MODES, WORKING_TYPES, TIFS = (frozenset(c.values) for c in (Side, StpMode, WorkingType, TimeInForce))
 
 
 @dataclass(frozen=True)
@@ -125,13 +128,13 @@ def order_spec(*, contract: Contract, side: str, order_type: str, quantity=None,
     """Check everything that does not depend on the account or the market; raise on the first problem."""
     if contract.status not in ACCEPTING_STATUSES:
         raise BadSymbol(f"Symbol {contract.symbol} is not trading (status {contract.status}).")
-    if side not in Side.values:
+    if side not in SIDES:
         raise _error(f"Invalid side {side!r}.", ErrorCode.INVALID_SIDE)
     if order_type not in CLIENT_TYPES:
         raise _error(f"Invalid orderType {order_type!r}.", ErrorCode.INVALID_ORDER_TYPE)
-    if stp_mode not in StpMode.values:
+    if stp_mode not in STP_MODES:
         raise _error(f"Invalid selfTradePreventionMode {stp_mode!r}.", ErrorCode.INVALID_PARAMETER)
-    if working_type not in WorkingType.values:
+    if working_type not in WORKING_TYPES:
         raise _error(f"Invalid workingType {working_type!r}.", ErrorCode.INVALID_PARAMETER)
     if client_order_id is not None and not CLIENT_ORDER_ID.fullmatch(client_order_id):
         raise _error("newClientOrderId must be 1-36 characters of [.A-Z:/a-z0-9_-].", ErrorCode.ILLEGAL_CHARS)
@@ -146,7 +149,7 @@ def order_spec(*, contract: Contract, side: str, order_type: str, quantity=None,
         if price is None:
             raise _missing("price")
         time_in_force = time_in_force or TimeInForce.GTC
-        if time_in_force not in TimeInForce.values:
+        if time_in_force not in TIFS:
             raise _error(f"Invalid timeInForce {time_in_force!r}.", ErrorCode.INVALID_TIF)
     else:
         if price is not None:
@@ -638,53 +641,55 @@ def _insert_parts(instance, *, skip: tuple[str, ...] = ()) -> tuple[list[str], l
 
 def _orders_insert(orders: list[Order]) -> None:
     """INSERT the orders and, for those that go live now, their NEW journal commands, in request
-    order (the journal's sequence is the acceptance order): one statement per order, pipelined
-    (one round trip for all). Sets each order's pk (and its stamps, through the fields' pre_save).
+    order (the journal's sequence is the acceptance order), in one statement. Sets each order's
+    pk (and its stamps, through the fields' pre_save).
 
     What `Order.objects.create` and `OrderCommand.objects.create` would write, without the
-    ORM's per-call query compilation.
+    ORM's per-call query compilation; every column goes as one array literal
+    (`exchange.pgbulk.array_literal`), which psycopg passes as a string.
     """
-    statements = []
+    sql = _orders_insert_sql()
+    rows = [_insert_parts(order)[1] for order in orders]
+    commands: dict[int, list] = {}  # contract id -> the values of its NEW command (all alike)
     for order in orders:
-        journal = order.status == OrderStatus.PENDING_NEW
-        columns, values = _insert_parts(order)
-        if journal:
+        if order.contract_id not in commands:
             command = OrderCommand(contract_id=order.contract_id, kind=CommandKind.NEW)
-            values += _insert_parts(command, skip=("order_id",))[1]
-        statements.append((_order_insert_sql(columns, journal), values))
-    ids = []
+            commands[order.contract_id] = _insert_parts(command, skip=("order_id",))[1]
+    command_rows = [commands[order.contract_id] for order in orders]
+    params = [array_literal(column) for column in zip(*rows)]
+    params += [array_literal(column) for column in zip(*command_rows)]
+    params.append(array_literal([order.status == OrderStatus.PENDING_NEW for order in orders]))
     with bound_cursor() as cursor:
-        if len(statements) > 1 and len({sql for sql, _ in statements}) == 1:
-            raw = cursor.cursor  # psycopg's own executemany: pipelined, with each statement's RETURNING
-            raw.executemany(statements[0][0], [values for _, values in statements], returning=True)
-            while True:
-                ids.append(raw.fetchone()[0])
-                if not raw.nextset():
-                    break
-        else:  # one order, or conditional orders (no journal row) among live ones: in request order
-            for sql, values in statements:
-                cursor.execute(sql, values)
-                ids.append(cursor.fetchone()[0])
+        cursor.execute(sql, params)
+        ids = [row[0] for row in cursor.fetchall()]
     for order, pk in zip(orders, ids):
         order.pk = pk
         order._state.adding, order._state.db = False, connection.alias
 
 
-_ORDER_INSERT_SQL: dict[bool, str] = {}
+_ORDERS_INSERT_SQL: list[str] = []
 
 
-def _order_insert_sql(columns: list[str], journal: bool) -> str:
-    # VALUES straight into each table: PostgreSQL types the parameters by their columns.
-    sql = _ORDER_INSERT_SQL.get(journal)
-    if sql is None:
-        sql = (f"WITH o AS (INSERT INTO {Order._meta.db_table} ({', '.join(columns)}) "
-               f"VALUES ({', '.join(['%s'] * len(columns))}) RETURNING id)")
-        if journal:
-            command_columns = _insert_plan(OrderCommand, ("order_id",))[0]
-            sql += (f", c AS (INSERT INTO {OrderCommand._meta.db_table} ({', '.join(command_columns)}, order_id) "
-                    f"VALUES ({', '.join(['%s'] * len(command_columns))}, (SELECT id FROM o)))")
-        sql = _ORDER_INSERT_SQL[journal] = sql + " SELECT id FROM o"
-    return sql
+def _orders_insert_sql() -> str:
+    # The ids are drawn in request order (nextval over the rows sorted by their position) and
+    # the commands inserted in that order, so both sequences follow the requests.
+    order_columns, order_steps = _insert_plan(Order, ())
+    command_columns, command_steps = _insert_plan(OrderCommand, ("order_id",))
+    if not _ORDERS_INSERT_SQL:
+        fields = [f for f, _, _ in order_steps] + [f for f, _, _ in command_steps]
+        arrays = ", ".join(f"%s::{f.cast_db_type(connection)}[]" for f in fields) + ", %s::boolean[]"
+        o = [f"o{i}" for i in range(len(order_columns))]
+        c = [f"c{i}" for i in range(len(command_columns))]
+        _ORDERS_INSERT_SQL.append(f"""
+WITH t AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('{Order._meta.db_table}', 'id')) AS id, u.*
+    FROM (SELECT * FROM unnest({arrays}) WITH ORDINALITY AS u({', '.join(o + c)}, journal, n) ORDER BY n) AS u
+),
+o AS (INSERT INTO {Order._meta.db_table} (id, {', '.join(order_columns)}) SELECT id, {', '.join(o)} FROM t),
+c AS (INSERT INTO {OrderCommand._meta.db_table} ({', '.join(command_columns)}, order_id)
+      SELECT {', '.join(c)}, id FROM t WHERE journal ORDER BY n)
+SELECT id FROM t ORDER BY n""")
+    return _ORDERS_INSERT_SQL[0]
 
 
 def _holds(holds: list[tuple[Order, object, Decimal]], accounts: dict[int, dict[str, int]]) -> None:
