@@ -23,7 +23,7 @@ from apps.contracts.lifecycle import ACCEPTING_STATUSES
 from apps.contracts.models import ContractStatus
 from apps.ops.metrics import POSITION_UPDATE, measure_latency
 from apps.positions.booking import Fill, fills_book, incomes_record
-from matching_native import COMMAND_DTYPE, EventKind, Flag, Op, Reason
+from matching_native import COMMAND_DTYPE, EVENT_DTYPE, EventKind, Flag, Op, Reason
 from matching_native import Side as BookSide
 
 from exchange.pgbulk import array_literal, ids_reserve, rows_copy
@@ -43,6 +43,14 @@ LEFT_THE_BOOK = (Reason.USER_CANCEL, Reason.STP_MAKER, Reason.REDUCE_ONLY)
 # reduce-only ones with nothing left to reduce (the book follows the positions).
 MAKER_EXPIRIES = (Reason.STP_MAKER, Reason.REDUCE_ONLY)
 DEPTH_LEVELS = 1000  # depth changes are reported for the top this many levels per side
+# A batch's events as Python tuples of ints, compared with the codes as ints: a field of a NumPy
+# record, or a member looked up on an IntEnum class, costs several times the comparison itself
+# (and NumPy probes an IntEnum for the array protocol on every comparison with a record field).
+_Event = namedtuple("_Event", EVENT_DTYPE.names)
+_FILL, _RESTED, _CANCELLED, _AMENDED, _REJECTED = (int(k) for k in (
+    EventKind.FILL, EventKind.RESTED, EventKind.CANCELLED, EventKind.AMENDED, EventKind.REJECTED))
+_REDUCE_ONLY, _USER_CANCEL = int(Reason.REDUCE_ONLY), int(Reason.USER_CANCEL)
+_BUY, _SELL = int(BookSide.BUY), int(BookSide.SELL)
 
 # The batch's reads are plain SQL into tuples: compiling the ORM's queries cost more CPU than
 # running them. An order is a plain row of what the batch reads of it: building a model per
@@ -268,12 +276,12 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
                 releases[command.order.user_id] += command.margin_added
         for index, command in enumerate(live):
             amended = False
-            for event in events[run.offsets[index]:run.offsets[index + 1]]:
-                kind = event["kind"]
-                state = orders.get(int(event["oid"]))
-                if kind == EventKind.FILL:
-                    maker = orders[int(event["maker_oid"])]
-                    qty, price = grid.quantity(int(event["qty"])), grid.price(int(event["price"]))
+            for event in map(_Event._make, events[run.offsets[index]:run.offsets[index + 1]].tolist()):
+                kind = event.kind
+                state = orders.get(event.oid)
+                if kind == _FILL:
+                    maker = orders[event.maker_oid]
+                    qty, price = grid.quantity(event.qty), grid.price(event.price)
                     fill_side(state, qty, price)
                     fill_side(maker, qty, price)
                     # Liquidation hook: a LIQUIDATION taker carries its bankruptcy price (the order's
@@ -288,36 +296,35 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
                                                command_seq=command.seq))
                     report("TRADE", state, len(fills) - 1)
                     report("TRADE", maker, len(fills) - 1, maker=True)
-                    maker_side = BookSide.SELL if event["side"] == BookSide.BUY else BookSide.BUY
-                    touched.add((int(maker_side), int(event["price"])))
-                elif kind == EventKind.RESTED:
+                    touched.add((_SELL if event.side == _BUY else _BUY, event.price))
+                elif kind == _RESTED:
                     state.priority = engine.take_priority()
                     if state.status == OrderStatus.PENDING_NEW:
                         state.status = OrderStatus.NEW
                     state.changed = True
                     report("NEW", state)
-                    touched.add((int(event["side"]), int(event["price"])))
-                elif kind == EventKind.CANCELLED and event["reason"] == Reason.REDUCE_ONLY and event["leaves"]:
+                    touched.add((event.side, event.price))
+                elif kind == _CANCELLED and event.reason == _REDUCE_ONLY and event.leaves:
                     # A reduce-only taker cut to what its position lets it reduce (it holds no margin).
-                    state.open_qty = grid.quantity(int(event["leaves"]))
+                    state.open_qty = grid.quantity(event.leaves)
                     state.quantity = state.executed + state.open_qty
                     state.changed = True
-                elif kind == EventKind.CANCELLED:
-                    user_cancel = event["reason"] == Reason.USER_CANCEL
+                elif kind == _CANCELLED:
+                    user_cancel = event.reason == _USER_CANCEL
                     close(state, OrderStatus.CANCELED if user_cancel else OrderStatus.EXPIRED)
                     report("CANCELED" if user_cancel else "EXPIRED", state)
-                    if event["reason"] in LEFT_THE_BOOK:
-                        touched.add((int(event["side"]), int(event["price"])))
-                elif kind == EventKind.AMENDED:
+                    if event.reason in LEFT_THE_BOOK:
+                        touched.add((event.side, event.price))
+                elif kind == _AMENDED:
                     amended = True
                     if state.price is not None:
-                        touched.add((int(event["side"]), grid.ticks(state.price)))
-                    touched.add((int(event["side"]), int(event["price"])))
+                        touched.add((event.side, grid.ticks(state.price)))
+                    touched.add((event.side, event.price))
                     state.held += command.margin_added
-                    state.open_qty = grid.quantity(int(event["qty"]))
-                    state.price = grid.price(int(event["price"]))
+                    state.open_qty = grid.quantity(event.qty)
+                    state.price = grid.price(event.price)
                     state.quantity = state.executed + state.open_qty
-                    if not event["flags"] & Flag.PRIORITY_KEPT:
+                    if not event.flags & Flag.PRIORITY_KEPT:
                         state.priority = engine.take_priority()
                     required = order_hold(quantity=state.open_qty, price=state.price, contract=contract,
                                           leverage=state.order.leverage, reduce_only=state.order.reduce_only)
@@ -326,7 +333,7 @@ def batch_process(engine: SymbolEngine, *, limit: int = BATCH_LIMIT) -> BatchRes
                         state.held = required
                     state.changed = True
                     report("AMENDMENT", state)
-                elif kind == EventKind.REJECTED and command.kind == CommandKind.NEW and state is not None:
+                elif kind == _REJECTED and command.kind == CommandKind.NEW and state is not None:
                     close(state, OrderStatus.REJECTED)
                     report("REJECTED", state)
             if command.kind == CommandKind.AMEND and not amended and command.margin_added:
@@ -559,10 +566,11 @@ def _levels(engine: SymbolEngine, touched: set[tuple[int, int]]) -> dict[str, li
     return out
 
 
-def _execution(contract, trades: list[TradeRow], entry: tuple) -> dict:
+def _execution(contract, asset: str, trades: list[TradeRow], entry: tuple) -> dict:
     """An execution report for the relay, which turns those of users with a live listen key into
     ORDER_TRADE_UPDATE events (`apps.accounts.user_stream`, where decimals are normalized: here
-    they go as `str()` prints them, most of them for nobody)."""
+    they go as `str()` prints them, most of them for nobody). `asset`: the contract's settle
+    asset code (read once per batch: the related-object lookup costs more than the report)."""
     exec_type, state, status, executed, cum_quote, fill, maker = entry
     order = state.order
     trade = trades[fill] if fill is not None else None
@@ -575,7 +583,7 @@ def _execution(contract, trades: list[TradeRow], entry: tuple) -> dict:
         "reduce_only": order.reduce_only or order.close_position, "working_type": order.working_type,
         "close_position": order.close_position, "price_protect": order.price_protect, "stp_mode": order.stp_mode,
         "last_qty": "0", "last_price": "0", "commission": "0", "realized_pnl": "0", "trade_id": 0, "is_maker": maker,
-        "commission_asset": contract.settle_asset.code,
+        "commission_asset": asset,
     }
     if trade is not None:
         out.update(last_qty=str(trade.quantity), last_price=str(trade.price), trade_id=trade.pk,
@@ -587,14 +595,15 @@ def _execution(contract, trades: list[TradeRow], entry: tuple) -> dict:
 def expired_report(contract, order: Order) -> dict:
     """The EXPIRED execution report of an order expired outside a batch (an ADL step's trim)."""
     state = _OrderState.of(order)
-    return _execution(contract, [], ("EXPIRED", state, OrderStatus.EXPIRED, state.executed, state.cum_quote, None,
-                                     False))
+    return _execution(contract, contract.settle_asset.code, [],
+                      ("EXPIRED", state, OrderStatus.EXPIRED, state.executed, state.cum_quote, None, False))
 
 
 def _publish(contract, trades: list[TradeRow], executions: list[tuple], levels: dict, last_seq: int) -> None:
     """Fan out to websocket groups and user streams; a lost publish loses no data (clients re-read over REST)."""
     try:
         now_ms = int(time.time() * 1000)
+        asset = contract.settle_asset.code
         payload = {
             "symbol": contract.symbol, "time": now_ms, "last_seq": last_seq,
             "trades": [
@@ -603,7 +612,7 @@ def _publish(contract, trades: list[TradeRow], executions: list[tuple], levels: 
                  "time": int(t.created_at.timestamp() * 1000)}
                 for t in trades
             ],
-            "orders": [_execution(contract, trades, entry) for entry in executions],
+            "orders": [_execution(contract, asset, trades, entry) for entry in executions],
             "depth": levels,
         }
         get_redis().publish(EVENTS_CHANNEL.format(symbol=contract.symbol), json.dumps(payload))
