@@ -673,9 +673,9 @@ _ORDERS_INSERT_SQL: list[str] = []
 def _orders_insert_sql() -> str:
     # The ids are drawn in request order (nextval over the rows sorted by their position) and
     # the commands inserted in that order, so both sequences follow the requests.
-    order_columns, order_steps = _insert_plan(Order, ())
-    command_columns, command_steps = _insert_plan(OrderCommand, ("order_id",))
     if not _ORDERS_INSERT_SQL:
+        order_columns, order_steps = _insert_plan(Order, ())
+        command_columns, command_steps = _insert_plan(OrderCommand, ("order_id",))
         fields = [f for f, _, _ in order_steps] + [f for f, _, _ in command_steps]
         arrays = ", ".join(f"%s::{f.cast_db_type(connection)}[]" for f in fields) + ", %s::boolean[]"
         o = [f"o{i}" for i in range(len(order_columns))]
