@@ -153,7 +153,7 @@ def run(args) -> None:
     base_rate = report(f"baseline: batch size 1, {args.baseline_orders} orders", "order_place, 1 per transaction",
                        base_accept, drain(1), args.baseline_orders)
     if args.profile_accept:
-        main_accept = profiled(accept, args.orders, args.accept_batch, sort="cumulative", lines=45)
+        main_accept = profiled(accept, args.orders, args.accept_batch, sort=os.environ.get("PROFILE_SORT", "cumulative"), lines=45)
     else:
         main_accept = accept(args.orders, args.accept_batch)
     if args.trace:

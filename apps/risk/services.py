@@ -542,6 +542,8 @@ def exposure_sql() -> str:
         from apps.positions.models import Position
 
         t = {m: m._meta.db_table for m in (Balance, Account, Asset, Position, Order, Contract)}
+        # The open orders ('O') are summed per (user, contract, side) before their contract is
+        # joined: one contract lookup per group, not per open order (an account may have hundreds).
         _EXPOSURE_SQL = f"""
             SELECT 'B', NULL, NULL, NULL, SUM(b.amount), NULL, NULL, a.user_id
               FROM {t[Balance]} b JOIN {t[Account]} a ON a.id = b.account_id JOIN {t[Asset]} s ON s.id = b.asset_id
@@ -552,12 +554,13 @@ def exposure_sql() -> str:
               FROM {t[Position]} p JOIN {t[Contract]} c ON c.id = p.contract_id
              WHERE p.user_id = ANY(%(users)s::bigint[]) AND p.size <> 0
             UNION ALL
-            SELECT 'O', o.contract_id, c.symbol, c.contract_size, SUM(o.quantity - o.executed_qty), NULL, o.side,
-                   o.user_id
-              FROM {t[Order]} o JOIN {t[Contract]} c ON c.id = o.contract_id
-             WHERE o.user_id = ANY(%(users)s::bigint[]) AND o.status = ANY(%(statuses)s::text[]) AND NOT o.reduce_only
-               AND NOT o.close_position
-             GROUP BY o.user_id, o.contract_id, c.symbol, c.contract_size, o.side
+            SELECT 'O', g.contract_id, c.symbol, c.contract_size, g.open, NULL, g.side, g.user_id
+              FROM (SELECT o.user_id, o.contract_id, o.side, SUM(o.quantity - o.executed_qty) AS open
+                      FROM {t[Order]} o
+                     WHERE o.user_id = ANY(%(users)s::bigint[]) AND o.status = ANY(%(statuses)s::text[])
+                       AND NOT o.reduce_only AND NOT o.close_position
+                     GROUP BY o.user_id, o.contract_id, o.side) AS g
+              JOIN {t[Contract]} c ON c.id = g.contract_id
         """
     return _EXPOSURE_SQL
 
