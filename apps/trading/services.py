@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
 
 from apps.contracts.grid import Grid, OffGrid
@@ -600,11 +601,12 @@ def _admitted(account: _Account, order: Order, wallet: int | None) -> None:
 
 
 # Fields whose database preparation is the identity on PostgreSQL for a value of the given
-# type (what order entry sets): such a value is passed as it is; anything else goes through
-# the field, as `Model.save()` would.
-# (Not integer fields: Django hands psycopg their values as sized Int2/Int4/Int8.)
+# type (what order entry sets): such a value (or None) goes into the row as it is; anything
+# else goes through the field, as `Model.save()` would. (The rows travel as array literals,
+# `_orders_insert`, so psycopg never sees the values' Python types.)
 _AS_IS = ((models.CharField, str), (models.BooleanField, bool), (models.DecimalField, Decimal),
-          (models.ForeignKey, int))
+          (models.ForeignKey, int), (models.IntegerField, int))
+_STAMP = object()  # an auto_now(_add) DateTimeField: its pre_save value as it is
 _insert_plans: dict[tuple[type, tuple[str, ...]], tuple[list[str], list[tuple]]] = {}
 
 
@@ -617,7 +619,10 @@ def _insert_plan(model, skip: tuple[str, ...]) -> tuple[list[str], list[tuple]]:
                 continue
             columns.append(field.column)
             plain = None
-            if not getattr(field, "auto_now", False) and not getattr(field, "auto_now_add", False):
+            if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+                # pre_save stamps the instance with timezone.now(): aware (USE_TZ), taken as it is.
+                plain = _STAMP if isinstance(field, models.DateTimeField) and settings.USE_TZ else None
+            else:
                 plain = next((kind for cls, kind in _AS_IS if isinstance(field, cls)), None)
             steps.append((field, field.attname, plain))
         plan = _insert_plans[model, skip] = (columns, steps)
@@ -630,6 +635,9 @@ def _insert_parts(instance, *, skip: tuple[str, ...] = ()) -> tuple[list[str], l
     columns, steps = _insert_plan(type(instance), skip)
     values = []
     for field, attname, plain in steps:
+        if plain is _STAMP:
+            values.append(field.pre_save(instance, add=True))
+            continue
         if plain is not None:
             value = getattr(instance, attname)
             if value is None or type(value) is plain or (plain is str and isinstance(value, str)):
