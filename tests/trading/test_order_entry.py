@@ -275,6 +275,7 @@ def test_order_rows_are_written_as_the_fields_prepare_them(funded, btcusdt):
 
     from apps.trading.models import OrderCommand
     from apps.trading.services import _insert_parts
+    from exchange.pgbulk import array_literal
 
     alice = funded("alice")
     order = order_place(user=alice, contract=btcusdt, side="BUY", order_type="STOP", quantity=D("0.1"),
@@ -287,4 +288,5 @@ def test_order_rows_are_written_as_the_fields_prepare_them(funded, btcusdt):
         columns, values = _insert_parts(instance)
         by_field = [f.get_db_prep_save(getattr(instance, f.attname), connection)
                     for f in instance._meta.concrete_fields if not f.primary_key]
-        assert values == by_field and [type(v) for v in values] == [type(v) for v in by_field]
+        # What the insert sends: each value as an element of its column's array literal.
+        assert values == by_field and [array_literal([v]) for v in values] == [array_literal([v]) for v in by_field]
