@@ -9,7 +9,9 @@ orders/s, matched-and-booked orders/s and batch latency percentiles — with bat
 in the same run as the baseline (one order accepted per transaction, one command matched
 per transaction), so the ratios show what batching buys on each side. The main phase
 accepts `--accept-batch` orders per `orders_place_many` call (what the web process's
-group commit does with concurrent requests). Ends with `check_ledger`. `--profile` runs the main drain under cProfile
+group commit does with concurrent requests). `--concurrent N` then accepts N more orders while
+the matcher runs as its own process, as in production, and prints end to end from the first
+acceptance to the last command booked. Ends with `check_ledger`. `--profile` runs the main drain under cProfile
 and prints where its time went, `--profile-accept` the main accept phase (the figures of a
 profiled run are not comparable).
 """
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-accept", action="store_true",
                         help="run the main accept phase under cProfile and print where its time went")
+    parser.add_argument("--concurrent", type=int, default=0, metavar="N",
+                        help="then N more orders accepted while the matcher runs as its own process (0: skip)")
     parser.add_argument("--trace", help="write each statement of the main drain with its time (and the EXPLAIN "
                                         "ANALYZE of those over 20 ms) to this file")
     args = parser.parse_args()
@@ -168,9 +172,70 @@ def run(args) -> None:
     print(f"  ratio match+book batch {args.batch} / batch 1: {main_rate / base_rate:.1f}x")
     print(f"  ratio accept {how} / one per transaction: "
           f"{(args.orders / main_accept) / (args.baseline_orders / base_accept):.1f}x")
+    if args.concurrent:
+        concurrent(args, contract, [request() for _ in range(args.concurrent)], args.accept_batch)
     call_command("check_ledger")
     print(f"  peak RSS {peak_rss_mb():.0f} MiB")
     print(machine_line())
+
+
+def concurrent(args, contract, requests: list, group: int) -> None:
+    """The pipeline as it runs: the matcher worker as its own process (the Procfile's
+    `run_matcher`) matching and booking while this process accepts `requests` in groups of
+    `group`; end to end is the time from the first acceptance to the last command booked."""
+    import subprocess
+
+    import psutil
+    from django.db import connection
+
+    from apps.trading.matcher import LEASE_NAMESPACE
+    from apps.trading.models import CommandStatus, OrderCommand
+    from apps.trading.services import orders_place_many
+
+    settings = connection.settings_dict
+    url = f"postgres://{settings['USER']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+    env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "exchange.settings.base", "DEBUG": "0"}
+    matcher = subprocess.Popen([sys.executable, "manage.py", "run_matcher", "--symbols", contract.symbol,
+                                "--metrics-port", "0"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with connection.cursor() as cursor:  # the worker holds its lease once its book is rebuilt
+            for _ in range(600):
+                cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                               " AND classid = %s AND objid = %s", [LEASE_NAMESPACE, contract.pk])
+                if cursor.fetchone()[0]:
+                    break
+                time.sleep(0.1)
+            else:
+                raise SystemExit("the matcher process did not take its lease")
+        worker = psutil.Process(matcher.pid)
+        cpu_before, own_before = worker.cpu_times(), time.process_time()
+        started = time.perf_counter()
+        for start in range(0, len(requests), group):
+            refused = [r for r in orders_place_many(requests[start:start + group]) if isinstance(r, Exception)]
+            if refused:
+                raise refused[0]
+        accepted = time.perf_counter()
+        pending = OrderCommand.objects.filter(contract=contract, status=CommandStatus.PENDING)
+        while pending.exists():
+            if matcher.poll() is not None:
+                raise SystemExit(f"the matcher process exited ({matcher.returncode})")
+            time.sleep(0.005)
+        ended = time.perf_counter()
+        cpu_after, own_after = worker.cpu_times(), time.process_time()
+    finally:
+        matcher.terminate()
+        matcher.wait(timeout=30)
+    count = len(requests)
+    matcher_cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    print(f"  concurrent: {count} orders accepted in groups of {group} while the matcher process runs")
+    print(f"    accept:                          {count / (accepted - started):10.0f} orders/s  "
+          f"({accepted - started:.2f} s)")
+    print(f"    end to end (first accepted to last booked): {count / (ended - started):6.0f} orders/s  "
+          f"({ended - started:.2f} s; the matcher finished {1000 * (ended - accepted):.0f} ms after the last "
+          f"acceptance)")
+    print(f"    CPU per order: acceptor {1000 * (own_after - own_before) / count:.2f} ms, "
+          f"matcher {1000 * matcher_cpu / count:.2f} ms")
 
 
 def profiled(function, *args, sort: str, lines: int):
