@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import (  # noqa: E402
     bench_database_name,
+    clock_steps,
     cpu_seconds,
     ensure_services,
     machine_line,
@@ -156,6 +157,12 @@ def run(args) -> None:
     base_accept = accept(args.baseline_orders)
     base_rate = report(f"baseline: batch size 1, {args.baseline_orders} orders", "order_place, 1 per transaction",
                        base_accept, drain(1), args.baseline_orders)
+    from apps.trading import services as entry_services
+
+    # Where a group's time goes (its balance locks are held from the entry lock to the commit).
+    spent = clock_steps(entry_services, ("entry_lock_many", "_entry_states", "_admit", "_orders_insert", "_holds",
+                                         "_place_group"))
+    spent.clear()
     if args.profile_accept:
         main_accept = profiled(accept, args.orders, args.accept_batch, sort=os.environ.get("PROFILE_SORT", "cumulative"), lines=45)
     else:
@@ -169,6 +176,11 @@ def run(args) -> None:
         drained = drain(args.batch)
     how = f"orders_place_many of {args.accept_batch}" if args.accept_batch > 1 else "order_place, 1 per transaction"
     main_rate = report(f"batch size {args.batch}, {args.orders} orders", how, main_accept, drained, args.orders)
+    if args.accept_batch > 1:
+        groups = -(-args.orders // args.accept_batch)
+        print("    accept, ms per group: " + "  ".join(
+            f"{name.lstrip('_')} {1000 * spent.get(name, 0.0) / groups:.1f}"
+            for name in ("_place_group", "entry_lock_many", "_entry_states", "_admit", "_orders_insert", "_holds")))
     print(f"  ratio match+book batch {args.batch} / batch 1: {main_rate / base_rate:.1f}x")
     print(f"  ratio accept {how} / one per transaction: "
           f"{(args.orders / main_accept) / (args.baseline_orders / base_accept):.1f}x")

@@ -369,7 +369,18 @@ FROM complete c LEFT JOIN short s ON true
 _ONE_SQL = {once: ONE_SQL.format(legs=ARRAYS, after=ONCE if once else RUNNING, window="" if once else WINDOW,
                                  short=SHORT)
             for once in (True, False)}
-_TXN_FIELDS = [LedgerTransaction._meta.get_field(name) for name in ("memo", "reference", "created_by", "created_at")]
+_REFERENCE = LedgerTransaction._meta.get_field("reference")
+_CREATED_AT = LedgerTransaction._meta.get_field("created_at")
+
+
+def _txn_values(txn: LedgerTransaction) -> tuple:
+    """A new transaction's column values (kind, idempotency key, memo, reference, creator, created_at)
+    as the fields would prepare them: memo and creator are already a str and an id or None; the
+    reference as the JSON text psycopg's Jsonb adapter would send; created_at stamped on the
+    instance by its auto_now_add (an aware timezone.now())."""
+    reference = json.dumps(_REFERENCE.get_prep_value(txn.reference), cls=_REFERENCE.encoder)
+    return (str(txn.kind), txn.idempotency_key, txn.memo, reference, txn.created_by_id,
+            _CREATED_AT.pre_save(txn, add=True))
 
 
 _TXNS_INSERT_SQL = f"""
@@ -387,15 +398,8 @@ def _transactions_insert(txns: list[LedgerTransaction]) -> None:
     without its per-object query compilation: a posting call of a matcher batch or of a group
     of orders makes a transaction per order)."""
     columns: list[list] = [[], [], [], [], [], []]
-    memo_field, reference_field, created_by_field, created_at_field = _TXN_FIELDS
     for txn in txns:
-        memo, created_by, created_at = (
-            f.get_db_prep_save(f.pre_save(txn, add=True), connection)
-            for f in (memo_field, created_by_field, created_at_field))
-        # The reference as the JSON text psycopg's Jsonb adapter would send (`array_literal` below).
-        reference = json.dumps(reference_field.get_prep_value(txn.reference), cls=reference_field.encoder)
-        for column, value in zip(columns, (str(txn.kind), txn.idempotency_key, memo, reference, created_by,
-                                           created_at)):
+        for column, value in zip(columns, _txn_values(txn)):
             column.append(value)
     columns = [array_literal(column) for column in columns]
     with bound_cursor() as cursor:
@@ -410,11 +414,10 @@ def _post_one(posting: Posting, rows: LegRows, assets: dict[str, Asset]) -> Ledg
     """Book one keyless posting in one statement; None (nothing written) when a balance row is missing."""
     txn = LedgerTransaction(kind=posting.kind, memo=posting.memo[:255], reference=posting.reference,
                             created_by_id=posting.created_by_id)
-    memo, reference, created_by, created_at = (
-        f.get_db_prep_save(f.pre_save(txn, add=True), connection) for f in _TXN_FIELDS)
+    kind, _, memo, reference, created_by, created_at = _txn_values(txn)
     once = len(set(zip(rows.account_id, rows.asset_id))) == len(rows.account_id)
     with bound_cursor() as cursor:
-        cursor.execute(_ONE_SQL[once], [*rows.literals(), str(posting.kind), memo, reference, created_by, created_at])
+        cursor.execute(_ONE_SQL[once], [*rows.literals(), kind, memo, reference, created_by, created_at])
         complete, txn_id, account_id, asset_id, after = cursor.fetchone()
     if not complete:
         return None
