@@ -527,24 +527,23 @@ def risk_snapshots_prune(*, now: datetime | None = None) -> int:
 # ------------------------------------------------------------- pre-trade
 
 
-_EXPOSURE_SQL: str | None = None
+_EXPOSURE_SQL: dict[str, str] = {}
 
 
-def exposure_sql() -> str:
-    """One round trip for the pre-trade reads of one or more users: settle-asset balance, open
-    positions and open non-reducing orders per contract and side, each row with its
-    contract's symbol and size, and the user's id last (a user with no balance has no 'B'
-    row: equity 0). Raw SQL because the ORM's query compilation cost more than the queries;
-    typed parameters (`exposure_params`) so order entry can read it with its own (server-side binding)."""
-    global _EXPOSURE_SQL
-    if _EXPOSURE_SQL is None:
+def exposure_sql(part: str = "all") -> str:
+    """One round trip for the pre-trade reads of one or more users: settle-asset balance ('B'),
+    open positions ('P') and open non-reducing orders per contract and side ('O'), each row with
+    its contract's symbol and size, and the user's id last (a user with no balance has no 'B'
+    row: equity 0). `part="accounts"`: the 'B' and 'P' rows only (order entry reads the open
+    orders with its own aggregate, `apps.trading.services`). Raw SQL because the ORM's query
+    compilation cost more than the queries; typed parameters (`exposure_params`) so order entry
+    can read it with its own (server-side binding)."""
+    if not _EXPOSURE_SQL:
         from apps.ledger.models import Account, Asset, Balance
         from apps.positions.models import Position
 
         t = {m: m._meta.db_table for m in (Balance, Account, Asset, Position, Order, Contract)}
-        # The open orders ('O') are summed per (user, contract, side) before their contract is
-        # joined: one contract lookup per group, not per open order (an account may have hundreds).
-        _EXPOSURE_SQL = f"""
+        accounts = f"""
             SELECT 'B', NULL, NULL, NULL, SUM(b.amount), NULL, NULL, a.user_id
               FROM {t[Balance]} b JOIN {t[Account]} a ON a.id = b.account_id JOIN {t[Asset]} s ON s.id = b.asset_id
              WHERE a.user_id = ANY(%(users)s::bigint[]) AND a.kind = ANY(%(kinds)s::text[]) AND s.code = %(asset)s::text
@@ -552,17 +551,19 @@ def exposure_sql() -> str:
             UNION ALL
             SELECT 'P', p.contract_id, c.symbol, c.contract_size, p.size, p.entry_price, NULL, p.user_id
               FROM {t[Position]} p JOIN {t[Contract]} c ON c.id = p.contract_id
-             WHERE p.user_id = ANY(%(users)s::bigint[]) AND p.size <> 0
-            UNION ALL
+             WHERE p.user_id = ANY(%(users)s::bigint[]) AND p.size <> 0"""
+        # The open orders are summed per (user, contract, side) before their contract is joined:
+        # one contract lookup per group, not per open order (an account may have hundreds).
+        orders = f"""
             SELECT 'O', g.contract_id, c.symbol, c.contract_size, g.open, NULL, g.side, g.user_id
               FROM (SELECT o.user_id, o.contract_id, o.side, SUM(o.quantity - o.executed_qty) AS open
                       FROM {t[Order]} o
                      WHERE o.user_id = ANY(%(users)s::bigint[]) AND o.status = ANY(%(statuses)s::text[])
                        AND NOT o.reduce_only AND NOT o.close_position
                      GROUP BY o.user_id, o.contract_id, o.side) AS g
-              JOIN {t[Contract]} c ON c.id = g.contract_id
-        """
-    return _EXPOSURE_SQL
+              JOIN {t[Contract]} c ON c.id = g.contract_id"""
+        _EXPOSURE_SQL.update(accounts=accounts, all=accounts + "\n            UNION ALL" + orders)
+    return _EXPOSURE_SQL[part]
 
 
 def exposure_params(*, users) -> dict:

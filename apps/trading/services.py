@@ -244,13 +244,15 @@ def _entry_states(*, users, contract: Contract, exposure_users) -> dict[int, dic
     """Per user: the liquidation freeze, the account's open orders on the contract and (for
     `exposure_users`) the pre-trade risk check's reads, in one statement under the entry locks.
 
-    Count, open notional per side and reduce-only quantity per side of the open orders
-    (one aggregate over the (user, contract) index), and whether a liquidation of the
-    account is active (`apps.liquidation.selectors.account_frozen`, folded in here to save
-    a round trip under the balance lock); then the rows of the risk check's exposure query
-    (`risk_pretrade_check(rows=...)`), read here rather than in a statement of their own.
-    Raw SQL because the ORM spends longer building these queries than PostgreSQL spends
-    running them.
+    Count, open notional per side and reduce-only quantity per side of the open orders on the
+    contract, and whether a liquidation of the account is active
+    (`apps.liquidation.selectors.account_frozen`, folded in here to save a round trip under
+    the balance lock); then the rows of the risk check's exposure query
+    (`risk_pretrade_check(rows=...)`), read here rather than in a statement of their own. The
+    open orders are read once, summed per (user, contract, side, reducing): the contract's
+    groups give the counts and sums, the non-reducing groups of an exposed user its exposure's
+    'O' rows (as `exposure_sql` would read them). Raw SQL because the ORM spends longer
+    building these queries than PostgreSQL spends running them.
     """
     exposed = {user.pk for user in exposure_users}
     with bound_cursor() as cursor:
@@ -261,12 +263,19 @@ def _entry_states(*, users, contract: Contract, exposure_users) -> dict[int, dic
                         "reducing_sells": ZERO, "frozen": False,
                         "exposure": [] if user.pk in exposed else None} for user in users}
     for row in rows:
-        state = states[row[7]]
-        if row[0] == "E":
-            _, count, _, buys, sells, reducing_buys, _, _, reducing_sells = row
-            state.update(count=count, buy_notional=buys, sell_notional=sells, reducing_buys=reducing_buys,
-                         reducing_sells=reducing_sells)
-        elif row[0] == "F":
+        kind, state = row[0], states[row[7]]
+        if kind in _OPEN_GROUPS:
+            _, contract_id, symbol, contract_size, open_qty, notional, side, _, count = row
+            buy = side == Side.BUY
+            if contract_id == contract.pk:
+                state["count"] += int(count)
+                if kind == _REDUCING_GROUP:
+                    state["reducing_buys" if buy else "reducing_sells"] += open_qty
+                else:
+                    state["buy_notional" if buy else "sell_notional"] += notional
+            if kind != _REDUCING_GROUP and state["exposure"] is not None:
+                state["exposure"].append(("O", contract_id, symbol, contract_size, open_qty, None, side))
+        elif kind == "F":
             state["frozen"] = True
         else:
             state["exposure"].append(row[:7])
@@ -274,34 +283,38 @@ def _entry_states(*, users, contract: Contract, exposure_users) -> dict[int, dic
 
 
 _LIQUIDATING = str(LiquidationStatus.ACTIVE)
+_OPEN_GROUP, _REDUCING_GROUP = "G", "R"
+_OPEN_GROUPS = (_OPEN_GROUP, _REDUCING_GROUP)
 _ENTRY_STATE_SQL: list[str] = []
 
 
 def _entry_state_sql() -> str:
     # Rows of nine columns, the exposure query's eight (the user id eighth) and one more:
-    # 'E' (the open orders' aggregate, for users with open orders; its numbers where the
-    # exposure rows have numeric columns, and the ninth), 'F' (frozen: a liquidation is
-    # active), then the exposure rows (kinds B, P, O) of the users in %(exposed)s.
+    # 'G' / 'R' (a user's open non-reducing / reducing orders on one contract and side: contract,
+    # symbol, contract size, open quantity, open notional, side, user, count; those on other
+    # contracts only for the users in %(exposed)s), 'F' (frozen: a liquidation is active), then
+    # the exposure's account rows (kinds B, P) of the users in %(exposed)s.
     if not _ENTRY_STATE_SQL:
         _ENTRY_STATE_SQL.append(f"""
-    (SELECT 'E', count(*), NULL,
-           COALESCE(sum(open * px) FILTER (WHERE NOT reducing AND side = 'BUY'), 0),
-           COALESCE(sum(open * px) FILTER (WHERE NOT reducing AND side = 'SELL'), 0),
-           COALESCE(sum(open) FILTER (WHERE reducing AND side = 'BUY'), 0), NULL, user_id,
-           COALESCE(sum(open) FILTER (WHERE reducing AND side = 'SELL'), 0)
-    FROM (SELECT user_id, side, quantity - executed_qty AS open, reduce_only OR close_position AS reducing,
-                 COALESCE(price, protection_price, stop_price, activation_price, 0) AS px
-          FROM {Order._meta.db_table}
-          WHERE user_id = ANY(%(users)s::bigint[]) AND contract_id = %(contract)s::bigint
-            AND status = ANY(%(statuses)s::text[])) AS o
-    GROUP BY user_id)
+    (SELECT CASE WHEN g.reducing THEN '{_REDUCING_GROUP}' ELSE '{_OPEN_GROUP}' END, g.contract_id, c.symbol,
+            c.contract_size, g.open, g.notional, g.side, g.user_id, g.n::numeric
+     FROM (SELECT user_id, contract_id, side, reduce_only OR close_position AS reducing, count(*) AS n,
+                  sum(quantity - executed_qty) AS open,
+                  -- the price an open order is valued at (`_admitted` values a new one the same way)
+                  sum((quantity - executed_qty) * COALESCE(price, protection_price, stop_price, activation_price, 0))
+                      AS notional
+           FROM {Order._meta.db_table}
+           WHERE user_id = ANY(%(users)s::bigint[]) AND status = ANY(%(statuses)s::text[])
+             AND (contract_id = %(contract)s::bigint OR user_id = ANY(%(exposed)s::bigint[]))
+           GROUP BY user_id, contract_id, side, reduce_only OR close_position) AS g
+     JOIN {Contract._meta.db_table} c ON c.id = g.contract_id)
     UNION ALL
     (SELECT DISTINCT 'F', NULL::bigint, NULL::text, NULL::numeric, NULL::numeric, NULL::numeric, NULL::text, user_id,
             NULL::numeric
      FROM {Liquidation._meta.db_table}
      WHERE user_id = ANY(%(users)s::bigint[]) AND status = %(liquidating)s::text)
     UNION ALL
-    (SELECT x.*, NULL::numeric FROM ({exposure_sql()}) AS x WHERE x.user_id = ANY(%(exposed)s::bigint[]))
+    (SELECT x.*, NULL::numeric FROM ({exposure_sql("accounts")}) AS x WHERE x.user_id = ANY(%(exposed)s::bigint[]))
     """)
     return _ENTRY_STATE_SQL[0]
 

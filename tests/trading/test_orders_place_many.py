@@ -8,7 +8,7 @@ from django.db import transaction
 
 from apps.ops.invariants import run_all_invariants
 from apps.positions.models import Position
-from apps.trading.models import CommandKind, Order, OrderCommand, OrderStatus
+from apps.trading.models import OPEN_STATUSES, CommandKind, Order, OrderCommand, OrderStatus
 from apps.trading.services import OrderRequest, order_place, orders_place_many
 from exchange.errors import ExchangeError
 
@@ -159,3 +159,43 @@ def test_a_refused_order_of_a_committed_group_leaves_nothing_behind(funded, make
     assert not Order.objects.filter(user=newcomer).exists()
     assert not Position.objects.filter(user=newcomer).exists()  # not even an empty position row
     assert Position.objects.filter(user=alice, contract=btcusdt, size=0).exists()  # created with its order
+
+
+def test_the_entry_state_reads_what_the_exposure_query_and_the_open_orders_say(funded, btcusdt, ethusdt):
+    """`_entry_states` reads the open orders once: its counts and sums on the contract are those
+    of the orders, and an exposed user's exposure rows are `exposure_sql`'s own."""
+    from django.db import connection
+
+    from apps.risk.services import exposure_params, exposure_sql
+    from apps.trading.services import _entry_states
+
+    alice, bob = funded("alice"), funded("bob")
+    mark(btcusdt, "50000")
+    open_long(btcusdt, alice, bob, qty="0.5")  # alice long 0.5: she may place reduce-only sells
+    for user, contract, side, qty, price, extra in [
+        (alice, btcusdt, "BUY", "0.1", "49000", {}), (alice, btcusdt, "BUY", "0.2", "48000", {}),
+        (alice, btcusdt, "SELL", "0.3", "52000", {}), (alice, btcusdt, "SELL", "0.2", "53000", {"reduce_only": True}),
+        (alice, btcusdt, "SELL", "0.1", None, {"order_type": "STOP_MARKET", "stop_price": D("45000")}),
+        (alice, ethusdt, "BUY", "1", "3000", {}), (bob, btcusdt, "SELL", "0.1", "51000", {}),
+    ]:
+        order_place(user=user, contract=contract, side=side, quantity=D(qty),
+                    **({"price": D(price)} if price else {}), **extra)
+    with transaction.atomic():
+        states = _entry_states(users=[alice, bob], contract=btcusdt, exposure_users=[alice])
+    with connection.cursor() as cursor:
+        cursor.execute(exposure_sql(), exposure_params(users=[alice]))
+        expected = sorted(row[:7] for row in cursor.fetchall())
+    assert sorted(states[alice.pk]["exposure"]) == expected and states[bob.pk]["exposure"] is None
+    for user in (alice, bob):
+        open_orders = Order.objects.filter(user=user, contract=btcusdt, status__in=OPEN_STATUSES)
+        state = states[user.pk]
+        assert state["count"] == open_orders.count()
+        for side, notional, reducing in (("BUY", "buy_notional", "reducing_buys"),
+                                         ("SELL", "sell_notional", "reducing_sells")):
+            mine = [o for o in open_orders if o.side == side]
+            assert state[notional] == sum(
+                ((o.quantity - o.executed_qty) * (o.price or o.protection_price or o.stop_price or 0)
+                 for o in mine if not (o.reduce_only or o.close_position)), D(0))
+            assert state[reducing] == sum(
+                (o.quantity - o.executed_qty for o in mine if o.reduce_only or o.close_position), D(0))
+    assert states[alice.pk]["reducing_sells"] == D("0.2") and states[alice.pk]["count"] == 5
