@@ -367,6 +367,9 @@ class StressScenario:
     shock: float
 
 
+_PRICE_MOVE, _VOLATILITY_SPIKE, _CORRELATION_ONE, _CORRELATION_BREAKDOWN = (
+    StressKind.PRICE_MOVE, StressKind.VOLATILITY_SPIKE, StressKind.CORRELATION_ONE, StressKind.CORRELATION_BREAKDOWN)
+
 STRESS_CONFIDENCE = 0.99
 """Quantile used by the volatility scenarios (a 1-in-100 move under stressed parameters)."""
 _STRESS_Z = _Z.inv_cdf(STRESS_CONFIDENCE)
@@ -400,15 +403,17 @@ def stress_pnl(scenario: StressScenario, *, net, sd, exposure_sum, exposure_norm
     portfolio: ``net`` Σw, ``sd`` sqrt(wᵀΣw), ``exposure_sum`` Σ wᵢσᵢ and ``exposure_norm``
     sqrt(Σ (wᵢσᵢ)²), per period. Floats for one portfolio, or arrays of one value per
     portfolio (`apps.risk.market.stress_matrix`): the one place of the formulas."""
-    kind = scenario.kind
-    if kind is StressKind.PRICE_MOVE:
+    kind = scenario.kind  # a StressKind, or its value (a str enum: equal either way)
+    if kind == _PRICE_MOVE:
         return scenario.shock * net
-    if kind is StressKind.VOLATILITY_SPIKE:
+    if kind == _VOLATILITY_SPIKE:
         spread = sd
-    elif kind is StressKind.CORRELATION_ONE:
+    elif kind == _CORRELATION_ONE:
         spread = abs(exposure_sum)
-    else:
+    elif kind == _CORRELATION_BREAKDOWN:
         spread = exposure_norm
+    else:
+        raise ValueError(f"unknown stress kind {kind!r}")
     return -_STRESS_Z * scenario.shock * spread * math.sqrt(horizon)
 
 
