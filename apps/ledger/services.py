@@ -323,13 +323,14 @@ def _write(stage, *, txn_ids: list[int | None], once: bool, assets: dict[str, As
         raise InsufficientBalance(f"Insufficient balance: account {account_id} would hold {after:f} {asset.code}.")
 
 
-# One posting without an idempotency key (an order's margin hold or release, a matcher
-# batch, a deposit): the lock, the transaction row and the write in one statement instead of
-# three. The balance rows are locked in (account id, asset id) order as by LOCK_SQL, and the
-# amounts the posting adds to are read from that lock (a locked row is read at its latest
-# version); nothing is written when a balance row is missing (the caller then creates them
-# and takes the general path) or when a balance would end below zero (`short`, as WRITE_SQL).
-ONE_SQL = """
+# Postings without an idempotency key (order margin holds or releases, a matcher batch, a
+# deposit): the lock, the transaction rows and the write in one statement instead of three.
+# The balance rows are locked in (account id, asset id) order as by LOCK_SQL, and the amounts
+# the postings add to are read from that lock (a locked row is read at its latest version);
+# the transaction ids are drawn in posting order (nextval over the rows sorted by position);
+# nothing is written when a balance row is missing (the caller then creates them and takes
+# the general path) or when a balance would end a posting below zero (`short`, as WRITE_SQL).
+KEYLESS_SQL = """
 {legs},
 pairs AS MATERIALIZED (SELECT DISTINCT account_id, asset_id FROM legs),
 locked AS MATERIALIZED (
@@ -347,15 +348,20 @@ run AS MATERIALIZED (
     {window}
 ),
 {short}
-txn AS (
-    INSERT INTO ledger_ledgertransaction (kind, idempotency_key, memo, reference, created_by_id, created_at)
-    SELECT %s::text, NULL, %s::text, %s::jsonb, %s::bigint, %s::timestamptz
+txn AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('ledger_ledgertransaction', 'id')) AS id, u.*
+    FROM (SELECT * FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::bigint[], %s::timestamptz[])
+              WITH ORDINALITY AS u(kind, memo, reference, created_by_id, created_at, p1)
+          ORDER BY p1) AS u
     WHERE (SELECT ok FROM complete) AND NOT EXISTS (SELECT FROM short)
-    RETURNING id
+),
+inserted AS (
+    INSERT INTO ledger_ledgertransaction (id, kind, idempotency_key, memo, reference, created_by_id, created_at)
+    SELECT id, kind, NULL, memo, reference, created_by_id, created_at FROM txn
 ),
 entries AS (
     INSERT INTO ledger_ledgerentry (transaction_id, account_id, asset_id, amount, balance_after)
-    SELECT t.id, r.account_id, r.asset_id, r.amount, r.after FROM run r CROSS JOIN txn t
+    SELECT t.id, r.account_id, r.asset_id, r.amount, r.after FROM run r JOIN txn t ON t.p1 = r.p + 1
     ORDER BY r.ord
 ),
 balances AS (
@@ -363,12 +369,12 @@ balances AS (
     FROM run r
     WHERE r.ends_call AND b.id = r.balance_id AND EXISTS (SELECT FROM txn)
 )
-SELECT c.ok, (SELECT id FROM txn), s.account_id, s.asset_id, s.after
+SELECT c.ok, ARRAY(SELECT id FROM txn ORDER BY p1), s.account_id, s.asset_id, s.after
 FROM complete c LEFT JOIN short s ON true
 """
-_ONE_SQL = {once: ONE_SQL.format(legs=ARRAYS, after=ONCE if once else RUNNING, window="" if once else WINDOW,
-                                 short=SHORT)
-            for once in (True, False)}
+_KEYLESS_SQL = {once: KEYLESS_SQL.format(legs=ARRAYS, after=ONCE if once else RUNNING, window="" if once else WINDOW,
+                                         short=SHORT)
+                for once in (True, False)}
 _REFERENCE = LedgerTransaction._meta.get_field("reference")
 _CREATED_AT = LedgerTransaction._meta.get_field("created_at")
 
@@ -410,24 +416,30 @@ def _transactions_insert(txns: list[LedgerTransaction]) -> None:
         txn._state.adding, txn._state.db = False, connection.alias
 
 
-def _post_one(posting: Posting, rows: LegRows, assets: dict[str, Asset]) -> LedgerTransaction | None:
-    """Book one keyless posting in one statement; None (nothing written) when a balance row is missing."""
-    txn = LedgerTransaction(kind=posting.kind, memo=posting.memo[:255], reference=posting.reference,
-                            created_by_id=posting.created_by_id)
-    kind, _, memo, reference, created_by, created_at = _txn_values(txn)
+def _post_keyless(postings: Sequence[Posting], rows: LegRows,
+                  assets: dict[str, Asset]) -> list[LedgerTransaction] | None:
+    """Book keyless postings in one statement (`KEYLESS_SQL`); None (nothing written) when a balance row is missing."""
+    txns = [LedgerTransaction(kind=posting.kind, memo=posting.memo[:255], reference=posting.reference,
+                              created_by_id=posting.created_by_id) for posting in postings]
+    columns: list[list] = [[], [], [], [], []]
+    for txn in txns:
+        kind, _, memo, reference, created_by, created_at = _txn_values(txn)
+        for column, value in zip(columns, (kind, memo, reference, created_by, created_at)):
+            column.append(value)
     once = len(set(zip(rows.account_id, rows.asset_id))) == len(rows.account_id)
     with bound_cursor() as cursor:
-        cursor.execute(_ONE_SQL[once], [*rows.literals(), kind, memo, reference, created_by, created_at])
-        complete, txn_id, account_id, asset_id, after = cursor.fetchone()
+        cursor.execute(_KEYLESS_SQL[once], [*rows.literals(), *(array_literal(column) for column in columns)])
+        complete, txn_ids, account_id, asset_id, after = cursor.fetchone()
     if not complete:
         return None
-    if txn_id is None:
+    if not txn_ids:
         asset = next(a for a in assets.values() if a.pk == asset_id)
         after = quantize_amount(after, asset.precision)
         raise InsufficientBalance(f"Insufficient balance: account {account_id} would hold {after:f} {asset.code}.")
-    txn.pk = txn_id
-    txn._state.adding, txn._state.db = False, connection.alias
-    return txn
+    for txn, pk in zip(txns, txn_ids):
+        txn.pk = pk
+        txn._state.adding, txn._state.db = False, connection.alias
+    return txns
 
 
 def ledger_post_many(*, postings: Sequence[Posting], savepoint: bool = True) -> list[LedgerTransaction]:
@@ -445,11 +457,11 @@ def ledger_post_many(*, postings: Sequence[Posting], savepoint: bool = True) -> 
     if len(keys) != len(set(keys)):
         raise LedgerError("The same idempotency key appears twice in one call.")
 
-    if len(postings) == 1 and not keys and len(rows.amount) < COPY_FROM_LEGS:
+    if not keys and len(rows.amount) < COPY_FROM_LEGS:
         with transaction.atomic(savepoint=savepoint):
-            txn = _post_one(postings[0], rows, assets)
-        if txn is not None:
-            return [txn]
+            txns = _post_keyless(postings, rows, assets)
+        if txns is not None:
+            return txns
     # Its own savepoint: a refused posting leaves the caller's transaction usable.
     with transaction.atomic(savepoint=savepoint), legs_stage(rows) as stage:
         pairs, legs = _lock(stage)
