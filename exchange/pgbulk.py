@@ -60,6 +60,26 @@ def ids_reserve(cursor, table: str, count: int) -> list[int]:
     return sorted(r[0] for r in cursor.fetchall())
 
 
+def numbered_unnest(table: str, casts: Sequence[str], names: Sequence[str], where: str = "") -> str:
+    """A SELECT of the rows that array parameters (`%s::<cast>[]` each, `array_literal`) hold, as
+    columns `names` plus their position `n` (from 1), with `id` a new id of `table` drawn in
+    that order (nextval over the rows sorted by position), so that rows inserted with them and
+    the ids returned follow the arrays. `where` filters the rows before any id is drawn."""
+    arrays = ", ".join(f"%s::{cast}[]" for cast in casts)
+    return (f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) AS id, u.* "
+            f"FROM (SELECT * FROM unnest({arrays}) WITH ORDINALITY AS u({', '.join(names)}, n) ORDER BY n) AS u"
+            + (f" WHERE {where}" if where else ""))
+
+
+def instances_saved(instances: Iterable, ids: Iterable[int]) -> None:
+    """Model instances inserted by raw SQL, given their new ids: as `save()` leaves them."""
+    from django.db import connection
+
+    for instance, pk in zip(instances, ids):
+        instance.pk = pk
+        instance._state.adding, instance._state.db = False, connection.alias
+
+
 def array_literal(values: Iterable) -> str:
     """An array parameter as PostgreSQL's array input text (cast it in SQL: `%s::numeric[]`).
 

@@ -37,7 +37,7 @@ from .models import (
 from .money import exponent_for, quantize_amount, to_decimal
 from .staging import ARRAYS, COPY_FROM_LEGS, LegRows, Stage, legs_stage
 
-from exchange.pgbulk import array_literal, settings_local
+from exchange.pgbulk import array_literal, instances_saved, numbered_unnest, settings_local
 
 _KINDS = frozenset(TransactionKind.values)
 _ZERO = Decimal(0)
@@ -348,20 +348,14 @@ run AS MATERIALIZED (
     {window}
 ),
 {short}
-txn AS MATERIALIZED (
-    SELECT nextval(pg_get_serial_sequence('ledger_ledgertransaction', 'id')) AS id, u.*
-    FROM (SELECT * FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::bigint[], %s::timestamptz[])
-              WITH ORDINALITY AS u(kind, memo, reference, created_by_id, created_at, p1)
-          ORDER BY p1) AS u
-    WHERE (SELECT ok FROM complete) AND NOT EXISTS (SELECT FROM short)
-),
+txn AS MATERIALIZED ({txns}),
 inserted AS (
     INSERT INTO ledger_ledgertransaction (id, kind, idempotency_key, memo, reference, created_by_id, created_at)
-    SELECT id, kind, NULL, memo, reference, created_by_id, created_at FROM txn
+    SELECT id, kind, idempotency_key, memo, reference, created_by_id, created_at FROM txn
 ),
 entries AS (
     INSERT INTO ledger_ledgerentry (transaction_id, account_id, asset_id, amount, balance_after)
-    SELECT t.id, r.account_id, r.asset_id, r.amount, r.after FROM run r JOIN txn t ON t.p1 = r.p + 1
+    SELECT t.id, r.account_id, r.asset_id, r.amount, r.after FROM run r JOIN txn t ON t.n = r.p + 1
     ORDER BY r.ord
 ),
 balances AS (
@@ -369,14 +363,31 @@ balances AS (
     FROM run r
     WHERE r.ends_call AND b.id = r.balance_id AND EXISTS (SELECT FROM txn)
 )
-SELECT c.ok, ARRAY(SELECT id FROM txn ORDER BY p1), s.account_id, s.asset_id, s.after
+SELECT c.ok, ARRAY(SELECT id FROM txn ORDER BY n), s.account_id, s.asset_id, s.after
 FROM complete c LEFT JOIN short s ON true
 """
-_KEYLESS_SQL = {once: KEYLESS_SQL.format(legs=ARRAYS, after=ONCE if once else RUNNING, window="" if once else WINDOW,
-                                         short=SHORT)
-                for once in (True, False)}
+# A new transaction's columns, as `_txn_values` gives them and the statements below cast them.
+_TXN_COLUMNS = ("kind", "idempotency_key", "memo", "reference", "created_by_id", "created_at")
+_TXN_CASTS = ("text", "text", "text", "jsonb", "bigint", "timestamptz")
+_KEYLESS_SQL = {once: KEYLESS_SQL.format(
+    legs=ARRAYS, after=ONCE if once else RUNNING, window="" if once else WINDOW, short=SHORT,
+    txns=numbered_unnest(LedgerTransaction._meta.db_table, _TXN_CASTS, _TXN_COLUMNS,
+                         where="(SELECT ok FROM complete) AND NOT EXISTS (SELECT FROM short)"))
+    for once in (True, False)}
 _REFERENCE = LedgerTransaction._meta.get_field("reference")
 _CREATED_AT = LedgerTransaction._meta.get_field("created_at")
+
+
+def _transactions_new(postings: Sequence[Posting]) -> list[LedgerTransaction]:
+    """The unsaved transactions of these postings."""
+    return [LedgerTransaction(kind=posting.kind, idempotency_key=posting.idempotency_key, memo=posting.memo[:255],
+                              reference=posting.reference, created_by_id=posting.created_by_id)
+            for posting in postings]
+
+
+def _txn_literals(txns: Sequence[LedgerTransaction]) -> list[str]:
+    """New transactions' columns (`_TXN_COLUMNS`) as array literals."""
+    return [array_literal(column) for column in zip(*(_txn_values(txn) for txn in txns))]
 
 
 def _txn_values(txn: LedgerTransaction) -> tuple:
@@ -390,12 +401,12 @@ def _txn_values(txn: LedgerTransaction) -> tuple:
 
 
 _TXNS_INSERT_SQL = f"""
-INSERT INTO {LedgerTransaction._meta.db_table} (kind, idempotency_key, memo, reference, created_by_id, created_at)
-SELECT t.kind, t.idempotency_key, t.memo, t.reference, t.created_by_id, t.created_at
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::jsonb[], %s::int[], %s::timestamptz[]) WITH ORDINALITY
-     AS t(kind, idempotency_key, memo, reference, created_by_id, created_at, ord)
-ORDER BY t.ord
-RETURNING id
+WITH t AS MATERIALIZED ({numbered_unnest(LedgerTransaction._meta.db_table, _TXN_CASTS, _TXN_COLUMNS)}),
+inserted AS (
+    INSERT INTO {LedgerTransaction._meta.db_table} (id, {', '.join(_TXN_COLUMNS)})
+    SELECT id, {', '.join(_TXN_COLUMNS)} FROM t
+)
+SELECT id FROM t ORDER BY n
 """
 
 
@@ -403,32 +414,18 @@ def _transactions_insert(txns: list[LedgerTransaction]) -> None:
     """INSERT new transactions in one statement, setting their pks (what `bulk_create` writes,
     without its per-object query compilation: a posting call of a matcher batch or of a group
     of orders makes a transaction per order)."""
-    columns: list[list] = [[], [], [], [], [], []]
-    for txn in txns:
-        for column, value in zip(columns, _txn_values(txn)):
-            column.append(value)
-    columns = [array_literal(column) for column in columns]
     with bound_cursor() as cursor:
-        cursor.execute(_TXNS_INSERT_SQL, columns)
-        ids = [row[0] for row in cursor.fetchall()]
-    for txn, pk in zip(txns, ids):
-        txn.pk = pk
-        txn._state.adding, txn._state.db = False, connection.alias
+        cursor.execute(_TXNS_INSERT_SQL, _txn_literals(txns))
+        instances_saved(txns, [row[0] for row in cursor.fetchall()])
 
 
 def _post_keyless(postings: Sequence[Posting], rows: LegRows,
                   assets: dict[str, Asset]) -> list[LedgerTransaction] | None:
     """Book keyless postings in one statement (`KEYLESS_SQL`); None (nothing written) when a balance row is missing."""
-    txns = [LedgerTransaction(kind=posting.kind, memo=posting.memo[:255], reference=posting.reference,
-                              created_by_id=posting.created_by_id) for posting in postings]
-    columns: list[list] = [[], [], [], [], []]
-    for txn in txns:
-        kind, _, memo, reference, created_by, created_at = _txn_values(txn)
-        for column, value in zip(columns, (kind, memo, reference, created_by, created_at)):
-            column.append(value)
+    txns = _transactions_new(postings)
     once = len(set(zip(rows.account_id, rows.asset_id))) == len(rows.account_id)
     with bound_cursor() as cursor:
-        cursor.execute(_KEYLESS_SQL[once], [*rows.literals(), *(array_literal(column) for column in columns)])
+        cursor.execute(_KEYLESS_SQL[once], [*rows.literals(), *_txn_literals(txns)])
         complete, txn_ids, account_id, asset_id, after = cursor.fetchone()
     if not complete:
         return None
@@ -436,9 +433,7 @@ def _post_keyless(postings: Sequence[Posting], rows: LegRows,
         asset = next(a for a in assets.values() if a.pk == asset_id)
         after = quantize_amount(after, asset.precision)
         raise InsufficientBalance(f"Insufficient balance: account {account_id} would hold {after:f} {asset.code}.")
-    for txn, pk in zip(txns, txn_ids):
-        txn.pk = pk
-        txn._state.adding, txn._state.db = False, connection.alias
+    instances_saved(txns, txn_ids)
     return txns
 
 
@@ -470,17 +465,8 @@ def ledger_post_many(*, postings: Sequence[Posting], savepoint: bool = True) -> 
         booked = dict(
             LedgerTransaction.objects.filter(idempotency_key__in=keys).values_list("idempotency_key", "pk")
         )
-        new_txns = [
-            LedgerTransaction(
-                kind=posting.kind,
-                idempotency_key=posting.idempotency_key,
-                memo=posting.memo[:255],
-                reference=posting.reference,
-                created_by_id=posting.created_by_id,
-            )
-            for posting in postings
-            if not (posting.idempotency_key and posting.idempotency_key in booked)
-        ]
+        new_txns = _transactions_new(
+            [posting for posting in postings if not (posting.idempotency_key and posting.idempotency_key in booked)])
         if new_txns:
             try:
                 with transaction.atomic(savepoint=bool(keys)):  # only a keyed posting can collide

@@ -38,7 +38,7 @@ from apps.positions.services import entry_lock, entry_lock_many, position_save_n
 from apps.risk.conf import risk_setting
 from apps.risk.services import exposure_params, exposure_sql, risk_pretrade_check
 from apps.positions.tiers import tier_leverage
-from exchange.pgbulk import array_literal
+from exchange.pgbulk import array_literal, instances_saved, numbered_unnest
 from exchange.errors import ErrorCode, ExchangeError
 
 from . import doorbell
@@ -682,10 +682,7 @@ def _orders_insert(orders: list[Order]) -> None:
     params.append(array_literal([order.status == OrderStatus.PENDING_NEW for order in orders]))
     with bound_cursor() as cursor:
         cursor.execute(sql, params)
-        ids = [row[0] for row in cursor.fetchall()]
-    for order, pk in zip(orders, ids):
-        order.pk = pk
-        order._state.adding, order._state.db = False, connection.alias
+        instances_saved(orders, [row[0] for row in cursor.fetchall()])
 
 
 _ORDERS_INSERT_SQL: list[str] = []
@@ -698,14 +695,12 @@ def _orders_insert_sql() -> str:
         order_columns, order_steps = _insert_plan(Order, ())
         command_columns, command_steps = _insert_plan(OrderCommand, ("order_id",))
         fields = [f for f, _, _ in order_steps] + [f for f, _, _ in command_steps]
-        arrays = ", ".join(f"%s::{f.cast_db_type(connection)}[]" for f in fields) + ", %s::boolean[]"
         o = [f"o{i}" for i in range(len(order_columns))]
         c = [f"c{i}" for i in range(len(command_columns))]
+        rows = numbered_unnest(Order._meta.db_table, [f.cast_db_type(connection) for f in fields] + ["boolean"],
+                               o + c + ["journal"])
         _ORDERS_INSERT_SQL.append(f"""
-WITH t AS MATERIALIZED (
-    SELECT nextval(pg_get_serial_sequence('{Order._meta.db_table}', 'id')) AS id, u.*
-    FROM (SELECT * FROM unnest({arrays}) WITH ORDINALITY AS u({', '.join(o + c)}, journal, n) ORDER BY n) AS u
-),
+WITH t AS MATERIALIZED ({rows}),
 o AS (INSERT INTO {Order._meta.db_table} (id, {', '.join(order_columns)}) SELECT id, {', '.join(o)} FROM t),
 c AS (INSERT INTO {OrderCommand._meta.db_table} ({', '.join(command_columns)}, order_id)
       SELECT {', '.join(c)}, id FROM t WHERE journal ORDER BY n)
