@@ -36,13 +36,9 @@ from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import ensure_services, machine_line  # noqa: E402
+from bench.common import database_url, ensure_services, machine_line  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
-
-
-def database_url(base: str, name: str) -> str:
-    return base.rsplit("/", 1)[0] + "/" + name
 
 
 def bench_db_name(base: str) -> str:

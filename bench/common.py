@@ -61,6 +61,11 @@ def clock_steps(module, names) -> dict[str, float]:
     return spent
 
 
+def database_url(base: str, name: str) -> str:
+    """`base` (a DATABASE_URL) naming the database `name` instead (same server, role and password)."""
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
 def bench_database_name(kind: str) -> str:
     """The throw-away database of a benchmark: named after DATABASE_URL's database, so that
     several environments sharing one PostgreSQL server never drop each other's bench database."""

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import (  # noqa: E402
     bench_database_name,
     clock_steps,
+    database_url,
     cpu_seconds,
     ensure_services,
     machine_line,
@@ -50,6 +51,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-accept", action="store_true",
                         help="run the main accept phase under cProfile and print where its time went")
+    parser.add_argument("--profile-sort", default="cumulative", choices=("cumulative", "tottime"),
+                        help="how --profile-accept sorts its listing")
     parser.add_argument("--concurrent", type=int, default=0, metavar="N",
                         help="then N more orders accepted while the matcher runs as its own process (0: skip)")
     parser.add_argument("--trace", help="write each statement of the main drain with its time (and the EXPLAIN "
@@ -164,7 +167,7 @@ def run(args) -> None:
                                          "_place_group"))
     spent.clear()
     if args.profile_accept:
-        main_accept = profiled(accept, args.orders, args.accept_batch, sort=os.environ.get("PROFILE_SORT", "cumulative"), lines=45)
+        main_accept = profiled(accept, args.orders, args.accept_batch, sort=args.profile_sort, lines=45)
     else:
         main_accept = accept(args.orders, args.accept_batch)
     if args.trace:
@@ -204,8 +207,7 @@ def concurrent(args, contract, requests: list, group: int) -> None:
     from apps.trading.models import CommandStatus, OrderCommand
     from apps.trading.services import orders_place_many
 
-    settings = connection.settings_dict
-    url = f"postgres://{settings['USER']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+    url = database_url(os.environ["DATABASE_URL"], connection.settings_dict["NAME"])
     env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "exchange.settings.base", "DEBUG": "0"}
     matcher = subprocess.Popen([sys.executable, "manage.py", "run_matcher", "--symbols", contract.symbol,
                                 "--metrics-port", "0"], cwd=ROOT, env=env,
