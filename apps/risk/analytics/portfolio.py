@@ -437,8 +437,7 @@ def run_stress_tests(
         exposure = w * np.sqrt(np.clip(np.diag(cov), 0.0, None))
         inputs.update(sd=math.sqrt(max(0.0, float(w @ cov @ w))), exposure_sum=float(exposure.sum()),
                       exposure_norm=math.sqrt(float(exposure @ exposure)))
-    elif any(sc.kind is not StressKind.PRICE_MOVE for sc in scenarios):
-        bad = next(sc for sc in scenarios if sc.kind is not StressKind.PRICE_MOVE)
+    elif (bad := next((sc for sc in scenarios if sc.kind is not StressKind.PRICE_MOVE), None)) is not None:
         raise ValueError(f"scenario {bad.name!r} needs a covariance matrix")
     return tuple(StressResult(sc.name, sc.kind, float(stress_pnl(sc, **inputs, horizon=horizon)) + 0.0)
                  for sc in scenarios)
