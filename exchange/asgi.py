@@ -9,10 +9,14 @@ and requests run concurrently (a `newOrderRespType=RESULT` wait does not stall o
 """
 import os
 
-from django.core.wsgi import get_wsgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "exchange.settings.base")
-django_wsgi_app = get_wsgi_application()
+django.setup(set_prefix=False)
+
+from exchange.handlers import ExchangeWSGIHandler  # noqa: E402
+
+django_wsgi_app = ExchangeWSGIHandler()
 
 from asgiref.sync import sync_to_async  # noqa: E402
 from asgiref.wsgi import WsgiToAsgi, WsgiToAsgiInstance  # noqa: E402

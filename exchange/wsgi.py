@@ -1,7 +1,11 @@
 """WSGI entry point (the exchange is served over ASGI; this exists for tooling)."""
 import os
 
-from django.core.wsgi import get_wsgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "exchange.settings.base")
-application = get_wsgi_application()
+django.setup(set_prefix=False)
+
+from exchange.handlers import ExchangeWSGIHandler  # noqa: E402
+
+application = ExchangeWSGIHandler()

@@ -70,6 +70,20 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+# The client API (paths under API_PATH_PREFIX) is served without the browser's middleware:
+# it authenticates each request by its API key and signature, and sets no cookie, session or
+# message, so sessions, CSRF, the logged-in user, messages, clickjacking headers and static
+# files would be work for nothing on every order (exchange.handlers).
+API_PATH_PREFIX = "/fapi/"
+_BROWSER_ONLY = {
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+}
+API_MIDDLEWARE = [m for m in MIDDLEWARE if m not in _BROWSER_ONLY]
 
 ROOT_URLCONF = "exchange.urls"
 WSGI_APPLICATION = "exchange.wsgi.application"

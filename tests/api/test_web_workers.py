@@ -78,10 +78,19 @@ def test_a_dead_worker_stops_the_rest_and_fails_the_launcher(launcher):
     second.wait(timeout=30)
 
 
+def _headers(port: int, path: str) -> dict[str, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=HTTP_TIMEOUT) as response:
+        return {name.lower(): value for name, value in response.getheaders()}
+
+
 def test_one_worker_runs_under_the_same_supervision(launcher):
     process, port = launcher(1)
     (worker,) = psutil.Process(process.pid).children()
     assert "daphne" in " ".join(worker.cmdline()) and _ping(port) == 200
+    # The client API is served without the browser's middleware (exchange.handlers), the pages with it.
+    api, page = _headers(port, "/fapi/v1/time"), _headers(port, "/admin/login/")
+    assert "x-frame-options" not in api and "set-cookie" not in api and "x-request-id" in api
+    assert page["x-frame-options"] == "DENY" and "csrftoken=" in page["set-cookie"] and "x-request-id" in page
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
 
