@@ -106,8 +106,9 @@ def start(env: dict, port: int) -> list[subprocess.Popen]:
     log = open(ROOT / "var" / "bench_api_web.log", "wb")  # a file: an unread pipe would block the server
     web = subprocess.Popen(["bash", "-c", procfile_line("web")], env={**env, "WEB_PORT": str(port)}, cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=log)
-    matcher = subprocess.Popen([PY, "manage.py", "run_matcher", "--symbols", "BTCUSDT", "--metrics-port", "0"],
-                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    matcher = subprocess.Popen(["bash", "-c", procfile_line("matcher")],
+                               env={**env, "MATCHER_SYMBOLS": "BTCUSDT", "MATCHER_METRICS_PORT": "0"}, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
