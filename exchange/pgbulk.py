@@ -87,6 +87,13 @@ def array_literal(values: Iterable) -> str:
     return "{" + ",".join([_element(v) for v in values]) + "}"
 
 
+def text_literals(values: Iterable) -> str:
+    """Constant strings (statuses, kinds: never user input) as a SQL list of literals, for
+    `status IN (...)`: a predicate the planner can match against a partial index's, which it
+    cannot with a parameter once a prepared statement runs on its generic plan."""
+    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+
+
 def _element(value) -> str:
     if value is None:
         return "NULL"

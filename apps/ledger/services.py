@@ -46,11 +46,15 @@ _ZERO = Decimal(0)
 def bound_cursor():
     """A cursor with server-side parameter binding, for the fixed raw statements of order entry
     and posting: typed parameters (explicit casts where PostgreSQL cannot infer a type), no
-    client-side quoting of each value into the SQL text. Its statements are prepared only
-    where the process opted in (DB_SERVER_SIDE_BINDING sets psycopg's prepare_threshold);
-    psycopg drops every prepared statement at each rollback, so forcing it here would cost
-    a DEALLOCATE round trip after each refused order and save little. Wrapped like Django's
-    own cursors (execute wrappers, query logging, the prometheus counters).
+    client-side quoting of each value into the SQL text. Where the process allows prepared
+    statements (DB_SERVER_SIDE_BINDING: the web), each statement is prepared at its first run
+    in a connection and runs on its generic plan (the connection's plan_cache_mode), so
+    PostgreSQL neither parses nor plans it again; the ORM's statements are not prepared there
+    (see the settings). These statements spell the statuses of partial indexes as literals
+    (`exchange.pgbulk.text_literals`): a generic plan cannot match a parameter against an
+    index's predicate. (psycopg forgets its prepared statements at a rollback: the next run
+    prepares again.) Wrapped like Django's own cursors (execute wrappers, query logging, the
+    prometheus counters).
     """
     connection.ensure_connection()
     return connection._prepare_cursor(_bound_cursor_class()(connection.connection))
@@ -63,12 +67,18 @@ def _bound_cursor_class():
     if not _BOUND:
         from django.db.backends.postgresql.base import ServerBindingCursor
 
-        cls = ServerBindingCursor
+        class PreparingCursor(ServerBindingCursor):
+            def execute(self, query, params=None, *, prepare=True, **kwargs):
+                # Prepared at the first run (psycopg ignores it where the connection disables
+                # prepared statements: without DB_SERVER_SIDE_BINDING).
+                return super().execute(query, params, prepare=prepare, **kwargs)
+
+        cls = PreparingCursor
         factory = getattr(connection.connection, "cursor_factory", None)
         if factory is not None and factory.__module__.startswith("django_prometheus"):
             from django_prometheus.db.common import ExportingCursorWrapper
 
-            cls = ExportingCursorWrapper(ServerBindingCursor, connection.alias, connection.vendor)
+            cls = ExportingCursorWrapper(PreparingCursor, connection.alias, connection.vendor)
         _BOUND.append(cls)
     return _BOUND[0]
 

@@ -39,6 +39,7 @@ from apps.contracts.models import Contract
 from apps.positions.selectors import account_overview
 from apps.trading.models import OPEN_STATUSES, Order, Side
 from exchange.errors import ErrorCode, ExchangeError
+from exchange.pgbulk import text_literals
 
 from .analytics import (
     GARCH_MIN_OBSERVATIONS,
@@ -558,7 +559,7 @@ def exposure_sql(part: str = "all") -> str:
             SELECT 'O', g.contract_id, c.symbol, c.contract_size, g.open, NULL, g.side, g.user_id
               FROM (SELECT o.user_id, o.contract_id, o.side, SUM(o.quantity - o.executed_qty) AS open
                       FROM {t[Order]} o
-                     WHERE o.user_id = ANY(%(users)s::bigint[]) AND o.status = ANY(%(statuses)s::text[])
+                     WHERE o.user_id = ANY(%(users)s::bigint[]) AND o.status IN ({text_literals(OPEN_STATUSES)})
                        AND NOT o.reduce_only AND NOT o.close_position
                      GROUP BY o.user_id, o.contract_id, o.side) AS g
               JOIN {t[Contract]} c ON c.id = g.contract_id"""
@@ -570,8 +571,7 @@ def exposure_params(*, users) -> dict:
     """The parameters of `exposure_sql` for these users."""
     from apps.ledger.models import USER_KINDS
 
-    return {"users": sorted({user.pk for user in users}), "kinds": [str(k) for k in USER_KINDS], "asset": SETTLE_ASSET,
-            "statuses": [str(s) for s in OPEN_STATUSES]}
+    return {"users": sorted({user.pk for user in users}), "kinds": [str(k) for k in USER_KINDS], "asset": SETTLE_ASSET}
 
 
 class _ContractRef(NamedTuple):

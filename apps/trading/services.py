@@ -38,7 +38,7 @@ from apps.positions.services import entry_lock, entry_lock_many, position_save_n
 from apps.risk.conf import risk_setting
 from apps.risk.services import exposure_params, exposure_sql, risk_pretrade_check
 from apps.positions.tiers import tier_leverage
-from exchange.pgbulk import array_literal, instances_saved, numbered_unnest
+from exchange.pgbulk import array_literal, instances_saved, numbered_unnest, text_literals
 from exchange.errors import ErrorCode, ExchangeError
 
 from . import doorbell
@@ -257,7 +257,7 @@ def _entry_states(*, users, contract: Contract, exposure_users) -> dict[int, dic
     exposed = {user.pk for user in exposure_users}
     with bound_cursor() as cursor:
         cursor.execute(_entry_state_sql(), {**exposure_params(users=users), "contract": contract.pk,
-                                            "liquidating": _LIQUIDATING, "exposed": sorted(exposed)})
+                                            "exposed": sorted(exposed)})
         rows = cursor.fetchall()
     states = {user.pk: {"count": 0, "buy_notional": ZERO, "sell_notional": ZERO, "reducing_buys": ZERO,
                         "reducing_sells": ZERO, "frozen": False,
@@ -282,7 +282,6 @@ def _entry_states(*, users, contract: Contract, exposure_users) -> dict[int, dic
     return states
 
 
-_LIQUIDATING = str(LiquidationStatus.ACTIVE)
 _OPEN_GROUP, _REDUCING_GROUP = "G", "R"
 _OPEN_GROUPS = (_OPEN_GROUP, _REDUCING_GROUP)
 _ENTRY_STATE_SQL: list[str] = []
@@ -304,7 +303,7 @@ def _entry_state_sql() -> str:
                   sum((quantity - executed_qty) * COALESCE(price, protection_price, stop_price, activation_price, 0))
                       AS notional
            FROM {Order._meta.db_table}
-           WHERE user_id = ANY(%(users)s::bigint[]) AND status = ANY(%(statuses)s::text[])
+           WHERE user_id = ANY(%(users)s::bigint[]) AND status IN ({text_literals(OPEN_STATUSES)})
              AND (contract_id = %(contract)s::bigint OR user_id = ANY(%(exposed)s::bigint[]))
            GROUP BY user_id, contract_id, side, reduce_only OR close_position) AS g
      JOIN {Contract._meta.db_table} c ON c.id = g.contract_id)
@@ -312,7 +311,7 @@ def _entry_state_sql() -> str:
     (SELECT DISTINCT 'F', NULL::bigint, NULL::text, NULL::numeric, NULL::numeric, NULL::numeric, NULL::text, user_id,
             NULL::numeric
      FROM {Liquidation._meta.db_table}
-     WHERE user_id = ANY(%(users)s::bigint[]) AND status = %(liquidating)s::text)
+     WHERE user_id = ANY(%(users)s::bigint[]) AND status = {text_literals([LiquidationStatus.ACTIVE])})
     UNION ALL
     (SELECT x.*, NULL::numeric FROM ({exposure_sql("accounts")}) AS x WHERE x.user_id = ANY(%(exposed)s::bigint[]))
     """)

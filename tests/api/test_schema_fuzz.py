@@ -61,6 +61,7 @@ def free_port() -> int:
 def live_server_process(btcusdt, tmp_path):
     s = connection.settings_dict
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test", "DB_POOL": "1",
+           "DB_SERVER_SIDE_BINDING": "1",  # as the Procfile runs `web`: order entry on prepared generic plans
            "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}",
            "API_IP_WEIGHT_LIMIT_1M": "100000000", "API_KEY_WEIGHT_LIMIT_1M": "100000000",
            "API_ACCOUNT_ORDER_LIMIT_1M": "100000000"}

@@ -114,7 +114,7 @@ def test_demo_traders_trade_through_the_api_and_survive_a_web_restart(tmp_path):
     web_args = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "exchange.asgi:application"]
     summary_path = tmp_path / "summary.json"
     try:
-        procs.start("web", web_args, DB_POOL="1")
+        procs.start("web", web_args, DB_POOL="1", DB_SERVER_SIDE_BINDING="1")  # the Procfile's web settings
         procs.start("matcher", ["manage.py", "run_matcher", "--poll", "0.05"])
         procs.start("pricefeed", ["manage.py", "run_pricefeed", "--seed", "5", "--interval", "0.5",
                                   "--metrics-port", "0"])
@@ -129,7 +129,7 @@ def test_demo_traders_trade_through_the_api_and_survive_a_web_restart(tmp_path):
         procs.wait_for(lambda: "web server unreachable" in (tmp_path / "traders.log").read_text(errors="replace"),
                        60, "the traders to notice the web server is gone")
         last_before = _demo_orders().order_by("-id").values_list("id", flat=True).first()
-        procs.start("web", web_args, DB_POOL="1")
+        procs.start("web", web_args, DB_POOL="1", DB_SERVER_SIDE_BINDING="1")  # the Procfile's web settings
         procs.wait_for(lambda: _demo_orders().filter(id__gt=last_before).count() >= 5, 120,
                        "orders after the web server restarted")
 
