@@ -37,6 +37,33 @@ def ensure_services() -> None:
             os.environ[key] = value
 
 
+def bench_market(*, users: int, prefix: str):
+    """(BTCUSDT, the users) on the demo exchange (`seed_demo`) set up for an order-entry bench: the
+    contract's open-order limit (200) lifted, so accounts may keep hundreds of resting orders; a
+    mark price of 50,000 published as the running pricefeed keeps one in Redis (the price band and
+    the risk gate judge orders by it); `users` accounts named prefix0, prefix1, ... funded with
+    100,000,000 USDT each."""
+    from decimal import Decimal
+
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    from apps.contracts.models import Contract
+    from apps.ledger.services import wallet_deposit
+    from apps.marketdata.services import price_publish
+    from apps.ops.demo import seed_demo
+
+    seed_demo()
+    contract = Contract.objects.select_related("settle_asset").get(symbol="BTCUSDT")
+    contract.max_open_orders = 1_000_000
+    contract.save(update_fields=["max_open_orders"])
+    price_publish(contract=contract, index_price=Decimal(50000), mark_price=Decimal(50000), at=timezone.now())
+    accounts = [get_user_model().objects.create_user(f"{prefix}{i}") for i in range(users)]
+    for user in accounts:
+        wallet_deposit(user=user, asset="USDT", amount=Decimal("100000000"))
+    return contract, accounts
+
+
 def clock_steps(module, names, clock=None) -> dict[str, float]:
     """Wrap the named functions of `module` (looked up per call) to add their seconds to the returned dict.
 

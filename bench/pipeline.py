@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import (  # noqa: E402
     bench_database_name,
+    bench_market,
     clock_steps,
     database_url,
     cpu_seconds,
@@ -77,32 +78,14 @@ def main() -> None:
 
 def run(args) -> None:
     import numpy as np
-    from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from django.db import connection
 
-    from apps.ledger.services import wallet_deposit
-    from apps.ops.demo import seed_demo
-    from apps.contracts.models import Contract
     from apps.trading.engine import SymbolEngine
     from apps.trading.matching import batch_process
     from apps.trading.services import OrderRequest, order_place, orders_place_many
 
-    seed_demo()
-    contract = Contract.objects.select_related("settle_asset").get(symbol="BTCUSDT")
-    # Hundreds of resting orders per account: lift the open-order limit (200) for the bench.
-    contract.max_open_orders = 1_000_000
-    contract.save(update_fields=["max_open_orders"])
-    # A mark price, as the running pricefeed keeps one in Redis (as bench/api_orders.py): the
-    # price band and the risk gate judge orders by it; without one every order looks it up in vain.
-    from django.utils import timezone
-
-    from apps.marketdata.services import price_publish
-
-    price_publish(contract=contract, index_price=D(50000), mark_price=D(50000), at=timezone.now())
-    users = [get_user_model().objects.create_user(f"bench{i}") for i in range(args.users)]
-    for user in users:
-        wallet_deposit(user=user, asset="USDT", amount=D("100000000"))
+    contract, users = bench_market(users=args.users, prefix="bench")  # hundreds of resting orders per account
     rng = random.Random(args.seed)
 
     def request() -> OrderRequest:
