@@ -150,3 +150,38 @@ def test_every_operation_answers_as_documented(live_server_process, make_user, u
     session.close()
     assert operations >= 30
     assert failures == [], "\n".join(failures[:20])
+
+
+def test_orders_after_a_refusal_that_rolls_back_the_prepared_statements(live_server_process, make_user, usdt,
+                                                                       btcusdt):
+    # The web runs order entry on prepared statements (DB_SERVER_SIDE_BINDING, as here). A
+    # client order id already stored is refused by the unique key: its transaction rolls back,
+    # and psycopg drops the connection's prepared statements with it; the orders after it
+    # prepare them again, on the same pooled connection.
+    base = live_server_process
+    trader = make_user("prepared")
+    wallet_deposit(user=trader, asset=usdt, amount=D("1000000"))
+    api_key, secret = api_key_create(user=trader, label="prepared", can_trade=True)
+    session = requests.Session()
+
+    def signed(method: str, path: str, **params):
+        query = urlencode({**params, "timestamp": int(time.time() * 1000)})
+        query += "&signature=" + hmac.new(secret.encode(), query.encode(), hashlib.sha256).hexdigest()
+        response = session.request(method, f"{base}{path}?{query}", headers={"X-MBX-APIKEY": api_key.key}, timeout=30)
+        return response.status_code, response.json()
+
+    def order(client_id: str):
+        return signed("POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC",
+                      quantity="0.001", price="40000", newClientOrderId=client_id)
+
+    for i in range(6):  # past any prepare threshold
+        assert order(f"before{i}")[0] == 200
+    status, body = order("before0")
+    assert status == 400 and body["code"] == -4116
+    for i in range(3):
+        assert order(f"after{i}")[0] == 200
+    status, body = signed("GET", "/fapi/v1/openOrders", symbol="BTCUSDT")
+    assert status == 200
+    assert sorted(o["clientOrderId"] for o in body) == sorted([f"before{i}" for i in range(6)]
+                                                             + [f"after{i}" for i in range(3)])
+    session.close()
