@@ -3,7 +3,7 @@
 django-prometheus before 2.5 wrapped a connection's cursor factory in one more metrics layer
 each time Django took the connection from the pool: every ORM query went through one more
 layer per earlier request, until the web process's ORM queries all failed with RecursionError
-(here after about a thousand requests per connection). A real process with the pool, as the
+(here after a few hundred requests per pooled connection). A real process with the pool, as the
 Procfile runs `web`.
 """
 import json
