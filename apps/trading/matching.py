@@ -26,7 +26,7 @@ from apps.positions.booking import Fill, fills_book, incomes_record
 from matching_native import COMMAND_DTYPE, EVENT_DTYPE, EventKind, Flag, Op, Reason
 from matching_native import Side as BookSide
 
-from exchange.pgbulk import array_literal, ids_reserve, rows_copy
+from exchange.pgbulk import array_literal, ids_reserve, rows_copy, text_literals
 from exchange.redis import channel, get_redis
 
 from .engine import RESTING_STATUSES, SymbolEngine
@@ -74,7 +74,7 @@ class _OrderRow(namedtuple("_OrderRow", _ORDER_FIELDS)):
 
 
 # An order the book holds (resting, with a time priority): one predicate for every read of them.
-_IN_BOOK = f"o.status IN ({', '.join(repr(str(s)) for s in RESTING_STATUSES)}) AND o.priority IS NOT NULL"
+_IN_BOOK = f"o.status IN ({text_literals(RESTING_STATUSES)}) AND o.priority IS NOT NULL"
 # The contract's status FOR SHARE (`status_share_lock`: a lifecycle change waits for this batch)
 # with whether any command is pending and its waiting conditional orders (`triggers_fire`), in one
 # round trip: a batch with nothing to do (the idle worker's poll) ends there.

@@ -19,6 +19,7 @@ from django.db import connection
 from django.utils import timezone
 
 from apps.positions.models import Position
+from exchange.pgbulk import text_literals
 
 from .models import CONDITIONAL_TYPES, MARKET_TYPES, CommandKind, Order, OrderCommand, OrderStatus, OrderType, \
     Side, WorkingType
@@ -48,7 +49,7 @@ WAITING_COLUMNS = ("id", "order_type", "side", "working_type", "stop_price", "tr
 
 def waiting_predicate(alias: str) -> str:
     return (f"{alias}.status = '{OrderStatus.NEW}' AND {alias}.triggered_at IS NULL"
-            f" AND {alias}.order_type IN ({', '.join(repr(str(t)) for t in CONDITIONAL_TYPES)})")
+            f" AND {alias}.order_type IN ({text_literals(CONDITIONAL_TYPES)})")
 
 
 WAITING_SQL = (f"SELECT {', '.join('o.' + c for c in WAITING_COLUMNS)} FROM trading_order o"
