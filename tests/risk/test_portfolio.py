@@ -177,6 +177,21 @@ def test_stress_custom_scenario_and_missing_covariance():
         run_stress_tests([1.0], None)
 
 
+def test_a_stress_kind_given_as_its_value_is_that_kind():
+    # A scenario's kind may be the StressKind or its string value (run_stress_tests converts it):
+    # the same formula and the same need for a covariance, and an unknown kind is refused.
+    w = np.array([50_000.0, -30_000.0])
+    for kind in StressKind:
+        as_enum, as_value = StressScenario("s", kind, 2.0), StressScenario("s", kind.value, 2.0)
+        assert run_stress_tests(w, HAND_COV, [as_value])[0].pnl == run_stress_tests(w, HAND_COV, [as_enum])[0].pnl
+    (r,) = run_stress_tests([10_000.0, 5_000.0], None, [StressScenario("crash_50", "price_move", -0.5)])
+    assert r.pnl == -7_500.0
+    with pytest.raises(ValueError, match="needs a covariance"):
+        run_stress_tests(w, None, [StressScenario("vol", "volatility_spike", 2.0)])
+    with pytest.raises(ValueError, match="sideways"):
+        run_stress_tests(w, HAND_COV, [StressScenario("odd", "sideways", 1.0)])
+
+
 @pytest.mark.parametrize(
     "notional, expected",
     [
