@@ -23,7 +23,6 @@ from urllib.parse import urlencode
 import pytest
 import requests
 import schemathesis
-from django.db import connection
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -37,6 +36,7 @@ from apps.ledger.services import wallet_deposit
 from apps.trading.engine import SymbolEngine
 from apps.trading.matching import batch_process
 from apps.trading.services import order_place
+from tests.database import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 D = Decimal
@@ -59,10 +59,9 @@ def free_port() -> int:
 
 @pytest.fixture
 def live_server_process(btcusdt, tmp_path):
-    s = connection.settings_dict
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test", "DB_POOL": "1",
            "DB_SERVER_SIDE_BINDING": "1",  # as the Procfile runs `web`: order entry on prepared generic plans
-           "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}",
+           "DATABASE_URL": database_url(),
            "API_IP_WEIGHT_LIMIT_1M": "100000000", "API_KEY_WEIGHT_LIMIT_1M": "100000000",
            "API_ACCOUNT_ORDER_LIMIT_1M": "100000000"}
     port = free_port()

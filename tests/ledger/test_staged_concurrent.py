@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 
 from apps.ledger import services as ledger_services
 from apps.ledger.invariants import LEDGER_CHECKS
@@ -23,6 +23,7 @@ from apps.ledger.services import (
     system_account,
     wallet_deposit,
 )
+from tests.database import database_url
 
 D = Decimal
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -33,11 +34,6 @@ LEGS_SQL = """
 UNION ALL
 SELECT %s::bigint, %s::bigint, %s::numeric
 """
-
-
-def _dsn() -> str:
-    s = connection.settings_dict
-    return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 @pytest.mark.parametrize("named, span", [(False, None), (True, None), (True, 0)],
@@ -57,7 +53,7 @@ def test_it_waits_at_the_shared_account_last_and_then_books_every_leg(make_user,
     ensured = []
     monkeypatch.setattr(ledger_services, "_ensure", lambda stage: ensured.append(stage))  # a retry would show here
 
-    holder = psycopg.connect(_dsn())  # another funding posting, holding the clearing balance
+    holder = psycopg.connect(database_url())  # another funding posting, holding the clearing balance
     # A new version of the row, under lock until it commits (the amount as it was: the books stay whole).
     holder.execute("UPDATE ledger_balance SET updated_at = now() WHERE account_id = %s", [clearing])
     result = {}
@@ -79,7 +75,7 @@ def test_it_waits_at_the_shared_account_last_and_then_books_every_leg(make_user,
     try:
         deadline = time.monotonic() + 30
         waiting = False
-        with psycopg.connect(_dsn(), autocommit=True) as probe:
+        with psycopg.connect(database_url(), autocommit=True) as probe:
             while time.monotonic() < deadline and not waiting:
                 waiting = probe.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "

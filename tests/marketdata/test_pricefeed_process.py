@@ -11,11 +11,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from apps.marketdata.models import PriceSample
 from apps.marketdata.snapshot import PRICE_KEY, PriceSnapshot
 from apps.ops.health import HEARTBEAT_PREFIX
+from tests.database import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -28,9 +28,8 @@ def free_port() -> int:
 
 
 def start_feed(port: int) -> subprocess.Popen:
-    s = connection.settings_dict
     env = dict(os.environ)
-    env["DATABASE_URL"] = f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+    env["DATABASE_URL"] = database_url()
     env["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
     return subprocess.Popen(
         [sys.executable, "manage.py", "run_pricefeed", "--symbols", "BTCUSDT,ETHUSDT", "--interval", "0.1",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
+from tests.database import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,9 +45,8 @@ def spawn(tmp_path):
     started: list[tuple[subprocess.Popen, object]] = []
 
     def start(name: str, args: list[str], **env) -> subprocess.Popen:
-        s = connection.settings_dict
         full_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test",
-                    "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}",
+                    "DATABASE_URL": database_url(),
                     **{k: str(v) for k, v in env.items()}}
         log = open(tmp_path / f"{name}.log", "wb")
         process = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,

@@ -11,12 +11,12 @@ import subprocess
 import sys
 
 import pytest
-from django.db import connection
 from django.http import HttpResponse
 from django.test import RequestFactory
 
 from apps.ops import metrics
 from exchange.logs import ContextFilter, JsonFormatter, RequestIdMiddleware, TextFormatter, log_context
+from tests.database import database_url
 
 from .processes import ROOT
 
@@ -140,10 +140,9 @@ def test_log_format_is_text_by_default_json_in_production_and_as_set():
 @pytest.mark.django_db(transaction=True)
 def test_a_real_process_writes_json_lines_with_its_role(btcusdt, tmp_path, settings):
     """The pricefeed under the base settings (INFO) with LOG_FORMAT=json: every line is JSON."""
-    s = connection.settings_dict
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.base", "LOG_FORMAT": "json",
            "LOG_LEVEL": "INFO", "REDIS_URL": settings.REDIS_URL,
-           "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"}
+           "DATABASE_URL": database_url()}
     log = tmp_path / "pricefeed.log"
     with open(log, "wb") as out:
         subprocess.run([sys.executable, "manage.py", "run_pricefeed", "--symbols", "BTCUSDT", "--max-ticks", "3",

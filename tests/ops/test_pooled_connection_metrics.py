@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from django.db import connection
+from tests.database import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUTS = 1500
@@ -33,9 +33,8 @@ print(json.dumps(depths))
 
 
 def test_a_pooled_connection_keeps_one_metrics_layer(db):
-    s = connection.settings_dict
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test", "DB_POOL": "1",
-           "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"}
+           "DATABASE_URL": database_url()}
     out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -15,9 +15,10 @@ from apps.ledger.models import Income, IncomeType, LedgerTransaction, Transactio
 from apps.ops.invariants import run_all_invariants
 from apps.settlement.invariants import SETTLEMENT_CHECKS
 from apps.settlement.models import DeliverySettlement, DeliveryStatus
+from tests.database import database_url
 
 from .test_delivery import _no_roll, flat_hour, funded, open_interest, quarterly, trade, wallet_of  # noqa: F401 (fixtures)
-from .test_processes import _die_with_parent, _dsn, _lock_path, _stop  # noqa: F401 (_lock_path: a fixture)
+from .test_processes import _die_with_parent, _lock_path, _stop  # noqa: F401 (_lock_path: a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("delivery_child.py")
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def _spawn(tmp_path, name: str, mode: str, symbol: str, **env) -> subprocess.Popen:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test", "DATABASE_URL": _dsn(),
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test", "DATABASE_URL": database_url(),
            "DELIVERY_ROLL_ENABLED": "0", **env}
     with open(tmp_path / f"{name}.out", "wb") as stdout, open(tmp_path / f"{name}.err", "wb") as stderr:
         return subprocess.Popen([sys.executable, str(CHILD), mode, symbol], cwd=ROOT, env=env, stdout=stdout,

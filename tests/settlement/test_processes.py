@@ -17,7 +17,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from django.db import connection
 
 from apps.ledger.invariants import LEDGER_CHECKS
 from apps.ledger.models import Income, IncomeType, LedgerTransaction, TransactionKind
@@ -25,6 +24,7 @@ from apps.marketdata.engine.quotes import to_ms
 from apps.settlement.invariants import check_funding_clearing_is_dust
 from apps.settlement.models import FundingSettlement, SettlementStatus
 from apps.settlement.services import funding_settle_due
+from tests.database import database_url
 
 from .conftest import T8
 
@@ -47,13 +47,8 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _dsn() -> str:
-    s = connection.settings_dict
-    return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-
-
 def _spawn(tmp_path, name: str, mode: str, symbol: str, funding_ms: int, **extra_env) -> tuple[subprocess.Popen, Path]:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test", "DATABASE_URL": _dsn(), "DB_POOL": "1",
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test", "DATABASE_URL": database_url(), "DB_POOL": "1",
            **extra_env}
     out = tmp_path / f"{name}.out"
     # Files, not pipes (nobody reads while the child runs); the child keeps its own descriptors.
@@ -75,7 +70,7 @@ def _blocked_on_the_run(procs) -> int:
     deadline = time.monotonic() + 60
     waiting = 0
     while time.monotonic() < deadline and all(p.poll() is None for p, _ in procs):
-        with psycopg.connect(_dsn(), autocommit=True) as probe:
+        with psycopg.connect(database_url(), autocommit=True) as probe:
             waiting = probe.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock' AND query LIKE '%%settlement_fundingsettlement%%'"
@@ -110,7 +105,7 @@ def _charged_once(users, balance, wallet_of, postings: int = 1) -> None:
 def _two_settlers_at_once(run, tmp_path, **env) -> list[list[str]]:
     """Two children settling the run, released together once both wait for its row lock;
     returns each one's printed run (id, status, transaction, attempts)."""
-    blocker = psycopg.connect(_dsn())
+    blocker = psycopg.connect(database_url())
     procs = []
     try:
         # Hold the run's row lock so both children reach it and queue behind it.

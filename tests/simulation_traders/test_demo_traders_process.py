@@ -25,13 +25,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from apps.accounts.models import ApiKey
 from apps.ops.demo import seed_demo
 from apps.ops.invariants import run_all_invariants
 from apps.simulation.traders.provision import KEY_LABEL
 from apps.trading.models import CommandStatus, Order, OrderCommand, OrderStatus, OrderType, Trade
+from tests.database import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -52,10 +52,9 @@ class Processes:
     """Children of this test: started with logs to files, stopped (killed if need be) at the end."""
 
     def __init__(self, log_dir: Path) -> None:
-        s = connection.settings_dict
         self.env = {
             **os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test", "PYTHONUNBUFFERED": "1",
-            "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}",
+            "DATABASE_URL": database_url(),
             # Rate-limit counters and replay markers of this run only (the limits stay the defaults).
             "API_REDIS_PREFIX": f"demotraders:{uuid.uuid4().hex}:",
         }

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
 from django.utils import timezone
 
 from apps.accounts.services import listen_key_start
@@ -41,15 +40,12 @@ from tests.marketdata.test_streams import run
 websockets_client = pytest.importorskip("websockets.asyncio.client", reason="needs websockets >= 13")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
+from tests.database import database_url  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 D = Decimal
 RELAY_HEARTBEAT = "ops:heartbeat:stream_relay"
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def _database_url() -> str:
-    s = connection.settings_dict
-    return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 def _free_port() -> int:
@@ -60,7 +56,7 @@ def _free_port() -> int:
 
 def _env() -> dict:
     env = dict(os.environ)
-    env["DATABASE_URL"] = _database_url()
+    env["DATABASE_URL"] = database_url()
     env["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
     env["PYTHONUNBUFFERED"] = "1"
     return env

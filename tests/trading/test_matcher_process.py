@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from django.db import connection
 
 from apps.ops.invariants import run_all_invariants
 from apps.trading.engine import OP_FOR_TIME_IN_FORCE, SIDE_CODES, STP_CODES
@@ -28,6 +27,7 @@ from apps.trading.models import CommandStatus, OrderCommand, OrderStatus, Trade
 from apps.trading.services import order_place
 from exchange.redis import get_redis
 from matching_native import COMMAND_DTYPE, EVENT_DTYPE, Book, EventKind
+from tests.database import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 D = Decimal
@@ -44,7 +44,7 @@ def _die_with_parent() -> None:
 
 def start_matcher(symbols: str = "BTCUSDT", batch_size: int = 100) -> subprocess.Popen:
     env = dict(os.environ)
-    env["DATABASE_URL"] = _database_url()
+    env["DATABASE_URL"] = database_url()
     env["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
     # Its log goes to a file (an unread pipe blocks the child once full) that a timeout prints.
     log_path = Path(tempfile.mkstemp(prefix="matcher-", suffix=".log")[1])
@@ -55,11 +55,6 @@ def start_matcher(symbols: str = "BTCUSDT", batch_size: int = 100) -> subprocess
              "--poll", "0.05"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=_die_with_parent,
         )
-
-
-def _database_url() -> str:
-    s = connection.settings_dict
-    return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 def wait_for(predicate, timeout: float, what: str):
