@@ -36,14 +36,15 @@ from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import database_url, ensure_services, machine_line  # noqa: E402
+from bench.common import (  # noqa: E402
+    bench_database_name,
+    database_url,
+    ensure_services,
+    machine_line,
+    procfile_line,
+)
 
 PY = str(ROOT / ".venv" / "bin" / "python")
-
-
-def bench_db_name(base: str) -> str:
-    # Per environment, so benches of several checkouts sharing one PostgreSQL do not collide.
-    return base.rsplit("/", 1)[1].split("?")[0] + "_bench_api"
 
 
 def free_port() -> int:
@@ -91,13 +92,6 @@ print(json.dumps(keys))
 """
     out = subprocess.run([PY, "manage.py", "shell", "-c", script], **run, text=True)
     return [tuple(k) for k in json.loads(out.stdout.strip().splitlines()[-1])]
-
-
-def procfile_line(name: str) -> str:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return line.split(":", 1)[1].strip()
-    raise SystemExit(f"no {name} process in the Procfile")
 
 
 def start(env: dict, port: int) -> list[subprocess.Popen]:
@@ -260,7 +254,7 @@ def main() -> None:
     counts = [int(c) for c in args.clients.split(",")]
     port = args.port or free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.base",
-           "DATABASE_URL": database_url(os.environ["DATABASE_URL"], bench_db_name(os.environ["DATABASE_URL"])),
+           "DATABASE_URL": database_url(os.environ["DATABASE_URL"], bench_database_name("api")),
            "DEBUG": "0",
            "API_IP_WEIGHT_LIMIT_1M": "1000000000", "API_KEY_WEIGHT_LIMIT_1M": "1000000000",
            "API_ACCOUNT_ORDER_LIMIT_1M": "1000000000"}

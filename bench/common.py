@@ -90,6 +90,15 @@ def clock_steps(module, names, clock=None) -> dict[str, float]:
     return spent
 
 
+def procfile_line(name: str) -> str:
+    """The command line of the Procfile's process `name`, as honcho runs it (through a shell, from the
+    project's root): benches start the web and the matcher the way `make run` does."""
+    for line in (Path(__file__).resolve().parent.parent / "Procfile").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise SystemExit(f"no {name} process in the Procfile")
+
+
 def database_url(base: str, name: str) -> str:
     """`base` (a DATABASE_URL) naming the database `name` instead (same server, role and password)."""
     return base.rsplit("/", 1)[0] + "/" + name

@@ -11,8 +11,9 @@ a group's CPU goes. The baseline, measured in the same run: one empty transactio
 `SELECT 1` (three round trips: BEGIN, the statement, COMMIT), through the same Django
 connection. A group's fixed cost is what the orders of a small group share: on a machine where
 a round trip costs the client tens of microseconds of CPU, the group size decides much of the
-cost of an order. The orders rest (priced away from each other, no matcher runs); each account
-keeps at most --orders / --users of them open.
+cost of an order. The orders rest (priced away from each other, no matcher runs) and stay open:
+an account collects about (--rounds x --orders x the number of group sizes) / --users of them,
+with the open-order limit lifted (`bench.common.bench_market`).
 """
 import argparse
 import gc

@@ -34,10 +34,13 @@ from bench.common import (  # noqa: E402
     ensure_services,
     machine_line,
     peak_rss_mb,
+    procfile_line,
     statements_traced,
 )
 
 D = Decimal
+# Where an accepted group's time goes (`--accept-batch` > 1): the group, then its steps.
+GROUP_STEPS = ("_place_group", "entry_lock_many", "_entry_states", "_admit", "_orders_insert", "_holds")
 
 
 def main() -> None:
@@ -146,8 +149,7 @@ def run(args) -> None:
     from apps.trading import services as entry_services
 
     # Where a group's time goes (its balance locks are held from the entry lock to the commit).
-    spent = clock_steps(entry_services, ("entry_lock_many", "_entry_states", "_admit", "_orders_insert", "_holds",
-                                         "_place_group"))
+    spent = clock_steps(entry_services, GROUP_STEPS)
     spent.clear()
     if args.profile_accept:
         main_accept = profiled(accept, args.orders, args.accept_batch, sort=args.profile_sort, lines=45)
@@ -166,7 +168,7 @@ def run(args) -> None:
         groups = -(-args.orders // args.accept_batch)
         print("    accept, ms per group: " + "  ".join(
             f"{name.lstrip('_')} {1000 * spent.get(name, 0.0) / groups:.1f}"
-            for name in ("_place_group", "entry_lock_many", "_entry_states", "_admit", "_orders_insert", "_holds")))
+            for name in GROUP_STEPS))
     print(f"  ratio match+book batch {args.batch} / batch 1: {main_rate / base_rate:.1f}x")
     print(f"  ratio accept {how} / one per transaction: "
           f"{(args.orders / main_accept) / (args.baseline_orders / base_accept):.1f}x")
@@ -192,8 +194,8 @@ def concurrent(args, contract, requests: list, group: int) -> None:
 
     url = database_url(os.environ["DATABASE_URL"], connection.settings_dict["NAME"])
     env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "exchange.settings.base", "DEBUG": "0"}
-    matcher = subprocess.Popen([sys.executable, "manage.py", "run_matcher", "--symbols", contract.symbol,
-                                "--metrics-port", "0"], cwd=ROOT, env=env,
+    matcher = subprocess.Popen(["bash", "-c", procfile_line("matcher")], cwd=ROOT,
+                               env={**env, "MATCHER_SYMBOLS": contract.symbol, "MATCHER_METRICS_PORT": "0"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with connection.cursor() as cursor:  # the worker holds its lease once its book is rebuilt
