@@ -4,7 +4,7 @@
 
 Creates a throw-away database (`<DATABASE_URL's name>_bench_api`, on the server of
 DATABASE_URL; REDIS_URL's database is used as it is), seeds the demo contracts, creates one
-funded user with an API key per client, then starts the `web` process (Daphne, the
+funded user with an API key per client, then starts the `web` process (uvicorn, the
 Procfile's command line) and the `matcher` on loopback, on a free port, with a
 mark price published as the pricefeed would. For each
 client count given (comma-separated) it runs the ping phase then the order phase. Each client thread keeps one

@@ -6,14 +6,14 @@
 Starts the real serving path as OS processes on a free loopback port, against a
 throw-away database (`<DATABASE_URL's name>_bench_ws_fanout`) and the test Redis
 database: the web process as the Procfile starts it (`scripts/web.py`, with
-`--web-workers` daphne workers, default 1: a lone daphne; each worker fans out to its
+`--web-workers` uvicorn workers, default 1; each worker fans out to its
 own connections) and the stream relay (`manage.py run_stream_relay`).
 N websocket clients (the `websockets` client) SUBSCRIBE to `fanoutusdt@aggTrade` (a
 copy of BTCUSDT that only this bench trades) on `/ws` and wait for the reply (so
 every subscription is in place); then M matcher events with one trade each are
 published on `events:FANOUTUSDT` at `--rate` per second (0: as fast as Redis takes
 them), as the matcher does after a batch. The relay turns each into an aggTrade (and
-the kline candles) published once on its `ws:` channel; daphne's fan-out hub writes
+the kline candles) published once on its `ws:` channel; the web worker's fan-out hub writes
 the frame to each client (apps.marketdata.fanout).
 
 The clients are spread over `--client-processes` processes (default 2, one per core
@@ -24,7 +24,7 @@ them all in one process (the bench before 2026-11-26). `--client raw` replaces t
 websockets library by a minimal client (`_RawWebsocket`: handshake, frames, pong,
 close) whose per-frame cost is a fraction of the library's, to tell the clients'
 share of the latency from the server's on a machine they share. Each round prints
-the CPU seconds daphne, the relay, the client processes and the publisher used.
+the CPU seconds the web process, the relay, the client processes and the publisher used.
 
 Each client count in `--clients` is one round, after a baseline round with
 `--baseline-clients` (default 1) in the same run; every round prints delivered /
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=2,
                         help="processes the clients are spread over (apart from the publisher)")
     parser.add_argument("--web-workers", type=int, default=1,
-                        help="daphne processes serving the websockets (scripts/web.py, as the Procfile's WEB_WORKERS)")
+                        help="uvicorn processes serving the websockets (scripts/web.py, as the Procfile's WEB_WORKERS)")
     parser.add_argument("--client", choices=("websockets", "raw"), default="websockets",
                         help="websockets: the library's client; raw: a minimal one (the clients' own share)")
     args = parser.parse_args()
@@ -129,17 +129,18 @@ def run(args, *, database: dict) -> None:
         port = probe.getsockname()[1]
     client.delete("ops:heartbeat:stream_relay")
     logs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
-    # The Procfile's web line (scripts/web.py: `--web-workers` daphne processes on one socket; 1 execs a lone daphne).
+    # The Procfile's web line (scripts/web.py: `--web-workers` uvicorn processes on one socket).
     processes = [
         subprocess.Popen([sys.executable, "scripts/web.py", "--workers", str(args.web_workers), "-b", "127.0.0.1",
-                          "-p", str(port), "-v", "0"], cwd=ROOT, env=env, stdout=logs[0], stderr=subprocess.STDOUT),
+                          "-p", str(port), "--log-level", "warning"], cwd=ROOT, env=env, stdout=logs[0],
+                         stderr=subprocess.STDOUT),
         subprocess.Popen([sys.executable, "manage.py", "run_stream_relay"], cwd=ROOT, env=env, stdout=logs[1],
                          stderr=subprocess.STDOUT),
     ]
     try:
-        _wait(lambda: _accepts(port), 60, "daphne", processes)
+        _wait(lambda: _accepts(port), 60, "the web process", processes)
         _wait(lambda: client.get("ops:heartbeat:stream_relay"), 60, "the relay", processes)
-        print(f"ws fan-out bench: {STREAM} on ws://127.0.0.1:{port}/ws ({args.web_workers} daphne worker(s) + "
+        print(f"ws fan-out bench: {STREAM} on ws://127.0.0.1:{port}/ws ({args.web_workers} web worker(s) + "
               f"stream relay process), "
               f"{args.updates} updates at {'unpaced' if not args.rate else f'{args.rate:g}/s'}, client: "
               f"{'websockets ' + websockets.__version__ if args.client == 'websockets' else 'raw'} "
@@ -148,8 +149,8 @@ def run(args, *, database: dict) -> None:
         def timed_round(clients: int) -> dict:
             before = _cpu_seconds(processes)
             result = asyncio.run(_round(port, client, clients, args, next_id))
-            daphne, relay, publisher = (b - a for a, b in zip(before, _cpu_seconds(processes), strict=True))
-            result["cpu"] = [daphne, relay, result.pop("client_cpu"), publisher]
+            web, relay, publisher = (b - a for a, b in zip(before, _cpu_seconds(processes), strict=True))
+            result["cpu"] = [web, relay, result.pop("client_cpu"), publisher]
             return result
 
         base = timed_round(args.baseline_clients)
@@ -164,7 +165,7 @@ def run(args, *, database: dict) -> None:
             if process.poll() is not None:
                 raise SystemExit(f"{process.args} exited early with {process.returncode}")
     except BaseException:
-        for name, log in zip(("daphne", "relay"), logs):
+        for name, log in zip(("web", "relay"), logs):
             log.seek(0)
             sys.stderr.write(f"--- {name} output ---\n{log.read().decode(errors='replace')[-3000:]}\n")
         raise
@@ -250,8 +251,8 @@ async def _round(port: int, redis_client, clients: int, args, next_id: list[int]
                 proc.kill()
 
     latencies = sorted(at - sent[trade_id] for trade_id, at in received if trade_id in sent)
-    # Per update: when its first client had it (the path up to daphne's dispatch) and how long
-    # until its last client had it (the burst: daphne's writes and the clients' reading).
+    # Per update: when its first client had it (the path up to the web worker's dispatch) and how long
+    # until its last client had it (the burst: the web worker's writes and the clients' reading).
     spans: dict[int, list[int]] = {}
     for trade_id, at in received:
         if trade_id in sent:
@@ -486,8 +487,8 @@ def _report(label: str, r: dict) -> None:
     print(f"    delivery latency ms: p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  max {r['max']:.2f}")
     print(f"    per update, ms: to its first client p50 {r['first'][0]:.2f} p99 {r['first'][1]:.2f}; "
           f"first to last client p50 {r['width'][0]:.2f} p99 {r['width'][1]:.2f}")
-    daphne, relay, clients, publisher = r["cpu"]
-    print(f"    CPU seconds in the round: daphne {daphne:.1f} (connect, warm-up, run), relay {relay:.1f}, "
+    web, relay, clients, publisher = r["cpu"]
+    print(f"    CPU seconds in the round: web {web:.1f} (connect, warm-up, run), relay {relay:.1f}, "
           f"clients {clients:.1f} (warm-up and run), publisher {publisher:.1f}")
     print(f"    load average at the end of the round: {r['load'][0]:.2f} {r['load'][1]:.2f} {r['load'][2]:.2f}")
 
@@ -506,7 +507,7 @@ def _cpu_seconds(processes) -> list[float]:
 
 
 def _tree_ticks(pid: int) -> int:
-    """CPU ticks of a process and of its live descendants (scripts/web.py's daphne workers)."""
+    """CPU ticks of a process and of its live descendants (scripts/web.py's uvicorn workers)."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])

@@ -30,7 +30,6 @@ subscribed on it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
@@ -51,9 +50,9 @@ from .streams import InvalidStream, Stream, parse_stream
 logger = logging.getLogger(__name__)
 MAX_STREAMS = 200
 LISTEN_KEY_CHECK_SECONDS = 30.0
-# "Policy violation" (1008) moved into the application range: daphne's websocket layer
-# (autobahn) lets an application close only with 1000 or 3000-4999 and raises on 1008,
-# which would end the connection with an abnormal close instead.
+# "Policy violation" (1008) in the application range, where servers let an application close
+# with any code (Daphne, which served until 2026-11-27, allowed only 1000 and 3000-4999);
+# clients already know 4008.
 CLOSE_POLICY = 4008
 # "Try again later" (1013) in the application range: the client did not keep up with its streams.
 CLOSE_SLOW = 4013
@@ -108,11 +107,6 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
         self._hub = get_hub()
         self._protocol = _frame_protocol(self.base_send)
         self._sink = Sink(self._write, self._too_slow, write_now=self._write_now if self._protocol else None)
-        transport = _server_transport(self.base_send)
-        if transport is not None:
-            if transport.producer is not None:  # the HTTP channel's, left from before the upgrade
-                transport.unregisterProducer()
-            transport.registerProducer(self._sink, True)
         kwargs = self.scope["url_route"]["kwargs"]
         self.combined = bool(kwargs.get("combined"))
         names: list[str] = []
@@ -289,17 +283,14 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=frame.text(self.combined))
 
     def _write_now(self, frame: Frame) -> bool:
-        """The frame's pre-encoded bytes straight to daphne's transport, when the protocol sends plain
-        frames and is open (else False: the ASGI send path, which knows what to do)."""
+        """The frame's pre-encoded bytes straight to uvicorn's transport, when the connection is open,
+        sends plain frames (no extension such as compression) and its transport is not backed up
+        (else False: the ASGI send path, which waits for the client to drain its buffer)."""
         protocol = self._protocol
-        if (protocol.state != protocol.STATE_OPEN or protocol.send_queue or protocol._perMessageCompress is not None
-                or protocol.send_state != protocol.SEND_STATE_GROUND):
+        if (not protocol.writable.is_set() or protocol.close_sent or protocol.conn.state is not _STATE.OPEN
+                or protocol.conn.extensions or protocol.transport.is_closing()):
             return False
-        wire = frame.wire(self.combined)
-        # Larger than autobahn would send in one frame, or than it may send at all: its own path.
-        if 0 < protocol.autoFragmentSize < len(wire) or 0 < protocol.maxMessagePayloadSize < len(wire):
-            return False
-        _transport_write(protocol.transport, wire)
+        protocol.transport.write(frame.wire(self.combined))
         return True
 
     async def _too_slow(self) -> None:
@@ -332,64 +323,24 @@ class MarketStreamConsumer(AsyncWebsocketConsumer):
         self._key_watch = None
 
 
-def _server_transport(send):
-    """The Twisted TCP transport behind daphne's ASGI `send` (`partial(server.handle_reply, protocol)`), or None.
-
-    daphne's `send` never waits, so its transport's push-producer interface is the only
-    way to learn that a client stopped reading before the frames pile up in the server
-    (other servers apply back-pressure through `send` itself). The transport still has
-    the HTTP channel that served the upgrade registered as its producer; that channel
-    no longer writes to it, so the sink takes its place.
-    """
-    if isinstance(send, functools.partial) and send.args:
-        transport = getattr(send.args[0], "transport", None)
-        if callable(getattr(transport, "registerProducer", None)) and hasattr(transport, "producer"):
-            return transport
-    return None
-
-
 def _frame_protocol(send):
-    """daphne's websocket protocol (autobahn) behind the ASGI `send`, whose transport a frame built
-    once for every connection can be written to (`_write_now` checks each frame). Else None:
-    every frame then takes the ASGI send path (another server, or a test's communicator).
+    """uvicorn's websocket protocol behind the ASGI `send` (its bound method), whose transport a
+    frame built once for every connection can be written to (`_write_now` checks each frame).
+    Else None: every frame then takes the ASGI send path (another server, or a test's communicator).
 
-    Why: under daphne a frame sent through `send` costs the channels and daphne layers, autobahn
-    building the frame, and Twisted buffering the bytes until the reactor's next round (an
-    epoll_ctl to watch the socket, then another to stop); with 500 subscribers that was most of
-    a burst's time (bench/ws_fanout.py).
+    Why: a frame sent through `send` costs the channels and uvicorn layers and the websockets
+    library building the frame again for each connection; with 500 subscribers that is most
+    of a burst's time (bench/ws_fanout.py).
     """
-    if not (isinstance(send, functools.partial) and send.args):
-        return None
-    protocol = send.args[0]
-    try:
-        from autobahn.websocket.protocol import WebSocketServerProtocol
-    except ImportError:
-        return None
-    return protocol if isinstance(protocol, WebSocketServerProtocol) else None
-
-
-def _transport_write(transport, data: bytes) -> None:
-    """`transport.write(data)`, but on a plain TCP transport with nothing waiting in Twisted's
-    buffer the bytes go to the socket at once (what asyncio's transports do): Twisted would
-    buffer them, watch the socket for writability, send on the reactor's next round and stop
-    watching, two epoll_ctl calls and a loop callback per frame. Whatever the socket does not
-    take now is left to Twisted, which sends it in order and pauses the sink (its producer)
-    when the client falls behind."""
-    if (isinstance(transport, _TCP_CONNECTION) and transport.connected and not transport.disconnecting
-            and not transport._writeDisconnected and not transport._tempDataBuffer
-            and transport.offset == len(transport.dataBuffer)):
-        sent = transport.writeSomeData(data)
-        if isinstance(sent, int) and sent > 0:
-            data = data[sent:]
-        if not data:
-            return
-    transport.write(data)
+    protocol = getattr(send, "__self__", None)
+    return protocol if isinstance(protocol, _SERVER_PROTOCOL) else None
 
 
 try:
-    from twisted.internet.tcp import Connection as _TCP_CONNECTION
-except ImportError:  # not served by daphne
-    _TCP_CONNECTION = ()
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol as _SERVER_PROTOCOL
+    from websockets.protocol import State as _STATE
+except ImportError:  # not served by uvicorn
+    _SERVER_PROTOCOL = ()
 
 
 def _listen_key_owner_sync(key: str) -> int | None:

@@ -11,8 +11,8 @@ and serialises each payload once (`Frame`, whose combined form `{"stream":…,
 that stream (`Sink`). Why: with one channel-layer message per client per update
 (and a dispatch per message) the cost grew with clients × updates; here the Redis
 and JSON work is per update and process, and what grows with the clients is one
-websocket write each: under daphne the frame's bytes are built once too
-(`Frame.wire`) and written straight to each connection's socket
+websocket write each: under uvicorn the frame's bytes are built once too
+(`Frame.wire`) and written straight to each connection's transport
 (`consumers._write_now`), queued only when the connection cannot take them now.
 
 Order: one pub/sub connection delivers in publish order, and each connection's
@@ -21,13 +21,11 @@ frames leave from one FIFO queue, so every stream keeps the relay's order.
 A slow connection cannot hold up the others or grow memory: its queue is bounded
 (`SINK_MAX_FRAMES`); when full, the connection leaves every stream at once, its
 queue is dropped and its consumer closes it (`on_overflow`, close code 4013; a
-client that does not read up to the close frame within daphne's close handshake
+client that does not read up to the close frame within the server's close handshake
 timeout sees the TCP connection end instead). A
-sink stops writing while the server says the client's socket is backed up: either
-its `send` awaits (servers with back-pressure) or, under daphne, whose `send` never
-waits, the Twisted transport pauses it as a push producer (`pauseProducing` once
-its buffer passes 64 KiB, `resumeProducing` when drained); the frames then wait in
-the bounded queue.
+sink stops writing while the client's socket is backed up: its `send` awaits until
+the server's transport has drained below its high-water mark (64 KiB), and
+`write_now` declines meanwhile; the frames then wait in the bounded queue.
 
 Redis reconnects: the registry, not the connection, is the truth. When the pub/sub
 connection fails the hub reconnects with backoff and subscribes again to every
@@ -38,7 +36,6 @@ publish).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -127,9 +124,9 @@ class Sink:
     consumer answers a request, so a reply is never overtaken by a push.
 
     `write_now(frame)`, if given, writes a frame synchronously and says whether it could
-    (False: use `write`). A frame offered while nothing is queued, held, paused or being
+    (False: use `write`). A frame offered while nothing is queued, held or being
     written goes out through it at once, from the hub's dispatch: no task wakes for it.
-    That is the common case, and under daphne it saves most of a frame's cost.
+    That is the common case, and under uvicorn it saves most of a frame's cost.
     """
 
     def __init__(self, write: Callable[[Frame], Awaitable[None]], on_overflow: Callable[[], Awaitable[None]],
@@ -142,7 +139,6 @@ class Sink:
         self._queue: deque[Frame] = deque()
         self._wake = asyncio.Event()
         self._holds = 0
-        self._paused = False  # the server's transport is backed up
         self.hub: Hub | None = None
         self.routes: set[tuple[str, str]] = set()  # (channel, stream name) this sink is registered on
         self.dropped = False
@@ -153,8 +149,7 @@ class Sink:
     def offer(self, frame: Frame) -> None:
         if self.dropped:
             return
-        if (self._write_now is not None and not self._queue and not self._holds and not self._paused
-                and not self._writing):
+        if self._write_now is not None and not self._queue and not self._holds and not self._writing:
             try:
                 sent = self._write_now(frame)
             except Exception:  # the connection is gone
@@ -183,7 +178,7 @@ class Sink:
         queue = self._queue
         try:
             while True:
-                if not queue or self._holds or self._paused:
+                if not queue or self._holds:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -193,7 +188,7 @@ class Sink:
                 finally:
                     self._writing = False
                 self.written += 1
-                if self.written % WRITER_YIELD_EVERY == 0:  # daphne's send never suspends: let others run
+                if self.written % WRITER_YIELD_EVERY == 0:  # a send to a client keeping up never suspends: let others run
                     await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
@@ -206,17 +201,6 @@ class Sink:
         self._queue.clear()
         if self.hub is not None:
             self.hub.detach(self)
-
-    # Twisted's IPushProducer, for a server transport that can tell when the client is behind.
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._wake.set()
-
-    def stopProducing(self) -> None:
-        """The connection is lost; the consumer's disconnect closes the sink."""
 
     def _overflow(self) -> None:
         self.dropped = True

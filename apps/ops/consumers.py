@@ -3,7 +3,7 @@
 The route (apps.ops.routing) checks the Origin against ALLOWED_HOSTS and reads the
 Django session, so the page's own login carries over. Anyone who is not an active staff
 user is accepted and then closed with CLOSE_FORBIDDEN (4003): a close code the page can
-read (a refused handshake tells it nothing), and daphne sends only 1000 or 3000–4999.
+read (a refused handshake tells it nothing), in the application range 3000–4999.
 Staff get `{"type": "snapshot", ...}` (apps.ops.dashboard.dashboard_feed) and then every
 PUSH_SECONDS an `{"type": "update", ...}` with what changed; the user's staff status is
 re-read every RECHECK_SECONDS so a revoked operator is closed too.

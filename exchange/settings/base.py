@@ -32,7 +32,6 @@ DATABASE_URL = env_str("DATABASE_URL", f"postgres://postgres@127.0.0.1:{LOCAL_PG
 REDIS_URL = env_str("REDIS_URL", f"redis://127.0.0.1:{LOCAL_REDIS_PORT}/0")
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

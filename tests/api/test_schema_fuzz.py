@@ -1,6 +1,6 @@
 """Schemathesis over the published OpenAPI schema, against a live web process.
 
-The web process (Daphne, as the Procfile starts it) serves the test database, which
+The web process (scripts/web.py, as the Procfile starts it) serves the test database, which
 holds a contract, a funded user with an API key, resting orders and trades. For every
 operation in `/api/schema/`, hypothesis generates requests from the schema; requests to
 signed endpoints are signed the way client libraries sign them (so they get past
@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -37,6 +36,7 @@ from apps.trading.engine import SymbolEngine
 from apps.trading.matching import batch_process
 from apps.trading.services import order_place
 from tests.database import database_url
+from tests.web_server import web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 D = Decimal
@@ -68,8 +68,7 @@ def live_server_process(btcusdt, tmp_path):
     # A file, not a pipe: nobody reads while the test runs, and a full pipe would block the
     # server on its next log line.
     log = open(tmp_path / "web.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                               "exchange.asgi:application"], cwd=ROOT, env=env, preexec_fn=_die_with_parent,
+    server = subprocess.Popen(web_command(port), cwd=ROOT, env=env, preexec_fn=_die_with_parent,
                               stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -125,7 +124,7 @@ def test_every_operation_answers_as_documented(live_server_process, make_user, u
             params = {k: v for k, v in (kwargs.pop("params", None) or {}).items()
                       if k not in ("timestamp", "signature", "recvWindow")}
             headers = kwargs.pop("headers", None) or {}
-            if keyed:  # a client sends its real key; fuzzed header bytes only test Daphne's HTTP parser
+            if keyed:  # a client sends its real key; fuzzed header bytes only test the server's HTTP parser
                 headers["X-MBX-APIKEY"] = api_key.key
             if signed:
                 params["timestamp"] = int(time.time() * 1000)

@@ -1,15 +1,16 @@
-"""The Procfile's `web` launcher (scripts/web.py): N Daphne workers on one socket, stopped together."""
+"""The Procfile's `web` launcher (scripts/web.py): N uvicorn workers on one socket, stopped together."""
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.web_server import web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 # A hang guard, not a speed check: the first requests a worker serves (its imports, the
@@ -39,7 +40,7 @@ def launcher(tmp_path):
         port = _free_port()
         with open(tmp_path / f"web-{port}.log", "w") as log:  # the launcher's and workers' stderr
             process = subprocess.Popen(
-                [sys.executable, "scripts/web.py", "--workers", str(workers), "-b", "127.0.0.1", "-p", str(port)],
+                web_command(port, workers=workers),
                 cwd=ROOT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.base"},
                 stdout=subprocess.DEVNULL, stderr=log,
             )
@@ -86,7 +87,7 @@ def _headers(port: int, path: str) -> dict[str, str]:
 def test_one_worker_runs_under_the_same_supervision(launcher):
     process, port = launcher(1)
     (worker,) = psutil.Process(process.pid).children()
-    assert "daphne" in " ".join(worker.cmdline()) and _ping(port) == 200
+    assert "uvicorn" in " ".join(worker.cmdline()) and _ping(port) == 200
     # The client API is served without the browser's middleware (exchange.handlers), the pages with it.
     api, page = _headers(port, "/fapi/v1/time"), _headers(port, "/admin/login/")
     assert "x-frame-options" not in api and "set-cookie" not in api and "x-request-id" in api

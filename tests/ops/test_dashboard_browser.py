@@ -2,7 +2,7 @@
 chromium-driver packages, driven by Selenium) logs in through the admin login form,
 opens /ops/dashboard/, and sees the charts drawn with data, a price chart that grows
 when a new price is stored, and the alert and liquidation panels; a screenshot is saved
-to var/test-artifacts/. Served by a real daphne process the page's data comes over the
+to var/test-artifacts/. Served by the real web process (scripts/web.py) the page's data comes over the
 websocket (no poll at all); served by Django's live server, which has no websocket, the
 page falls back to polling. A non-staff user is refused. Skipped when no Chromium is
 installed (apt-get install chromium chromium-driver)."""
@@ -10,7 +10,6 @@ import ctypes
 import shutil
 import signal
 import socket
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from apps.liquidation.models import Liquidation, Scope
 from apps.marketdata.models import PriceSample
 from apps.ops.alerts import alert_raise
 from apps.ops.metrics import series_append
+
+from tests.web_server import web_command
 
 from .processes import free_ports, spawn, wait_for as process_wait_for  # noqa: F401 (spawn: a fixture)
 
@@ -128,20 +129,19 @@ def _accepts(port: int) -> bool:
 
 
 @pytest.fixture
-def daphne(spawn):
-    """The web process as it runs in production (daphne, HTTP and websockets), on a free port."""
+def web(spawn):
+    """The web process as it runs in production (scripts/web.py: HTTP and websockets), on a free port."""
     port = free_ports()
-    web = spawn("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                           "exchange.asgi:application"])
-    process_wait_for(lambda: _accepts(port), "daphne to listen", web)
+    process = spawn("web", web_command(port))
+    process_wait_for(lambda: _accepts(port), "the web process to listen", process)
     return f"http://127.0.0.1:{port}"
 
 
-def test_staff_sees_live_charts_fed_over_the_websocket(browser, daphne, make_user, market):
+def test_staff_sees_live_charts_fed_over_the_websocket(browser, web, make_user, market):
     from selenium.webdriver.common.by import By
 
     make_user("operator", is_staff=True)
-    login(browser, daphne, "operator", "pw-operator")
+    login(browser, web, "operator", "pw-operator")
     wait_until(browser, lambda d: d.find_elements(By.ID, "chart-rates"), "the dashboard page")
     live = browser.find_element(By.ID, "live")
     wait_until(browser, lambda d: live.get_attribute("data-transport") == "websocket", "the websocket snapshot")
@@ -192,21 +192,21 @@ def test_without_a_websocket_the_page_polls(browser, live_server, make_user, mar
     wait_until(browser, lambda d: points(d, "chart-price-BTCUSDT") > before, "the new price on the chart")
 
 
-def test_non_staff_user_is_refused(browser, daphne, make_user, client, db):
+def test_non_staff_user_is_refused(browser, web, make_user, client, db):
     from django.conf import settings
     from selenium.webdriver.common.by import By
 
     trader = make_user("trader")
     # The admin login form refuses a non-staff account outright...
-    login(browser, daphne, "trader", "pw-trader")
+    login(browser, web, "trader", "pw-trader")
     wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".errornote"), "the login error")
     assert "staff account" in browser.find_element(By.CSS_SELECTOR, ".errornote").text
     # ...and a user signed in elsewhere (a session of their own) gets neither page, data nor socket.
     client.force_login(trader)
-    browser.get(f"{daphne}/healthz")
+    browser.get(f"{web}/healthz")
     browser.add_cookie({"name": settings.SESSION_COOKIE_NAME, "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
                         "path": "/"})
-    browser.get(f"{daphne}/ops/dashboard/")
+    browser.get(f"{web}/ops/dashboard/")
     assert "/admin/login/" in browser.current_url and not browser.find_elements(By.ID, "chart-rates")
     status = browser.execute_async_script(
         "var done = arguments[0]; fetch('/ops/dashboard/data.json').then(function (r) { done(r.status); });"

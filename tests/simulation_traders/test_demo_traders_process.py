@@ -1,6 +1,6 @@
 """The demo traders against a real exchange: every process a real OS process on the test database.
 
-The database is seeded as `make run` seeds it; the web server (Daphne, as the Procfile
+The database is seeded as `make run` seeds it; the web server (scripts/web.py, as the Procfile
 starts it), the matcher, the pricefeed (simulated venues, fixed seed) and the stream
 relay run as children whose logs go to files and who die with the test. Then
 `manage.py run_demo_traders --seed 7` trades; midway the web server is stopped and
@@ -32,6 +32,7 @@ from apps.ops.invariants import run_all_invariants
 from apps.simulation.traders.provision import KEY_LABEL
 from apps.trading.models import CommandStatus, Order, OrderCommand, OrderStatus, OrderType, Trade
 from tests.database import database_url
+from tests.web_server import web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -110,7 +111,7 @@ def test_demo_traders_trade_through_the_api_and_survive_a_web_restart(tmp_path):
     procs = Processes(tmp_path)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    web_args = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "exchange.asgi:application"]
+    web_args = web_command(port)[1:]  # Processes.start runs its arguments with this Python
     summary_path = tmp_path / "summary.json"
     try:
         procs.start("web", web_args, DB_POOL="1", DB_SERVER_SIDE_BINDING="1")  # the Procfile's web settings

@@ -1,7 +1,7 @@
 """The websocket streams end to end, with real processes and a real client (market, user, MARGIN_CALL).
 
-daphne (`exchange.asgi:application`) and the stream relay (`manage.py
-run_stream_relay`) are started as OS processes on a free loopback port, against this
+The web process (`scripts/web.py`, uvicorn serving `exchange.asgi:application`) and the
+stream relay (`manage.py run_stream_relay`) are started as OS processes on a free loopback port, against this
 test's database and Redis (as `tests/trading/test_matcher_process.py` starts the
 matcher); the `websockets` client subscribes over TCP (the test is skipped where that
 package is missing). Every wait is bounded, and the processes are stopped (killed if
@@ -41,6 +41,7 @@ websockets_client = pytest.importorskip("websockets.asyncio.client", reason="nee
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 from tests.database import database_url  # noqa: E402
+from tests.web_server import web_command  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 D = Decimal
@@ -62,8 +63,8 @@ def _env() -> dict:
     return env
 
 
-def _start(args: list[str], log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+def _start(command: list[str], log) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -98,19 +99,19 @@ def _accepts(port: int) -> bool:
 
 @contextlib.contextmanager
 def serving():
-    """daphne and the stream relay as processes on a free port; yields the port. Stopped on the way out."""
+    """The web process and the stream relay on a free port; yields the port. Stopped on the way out."""
     redis = get_redis()
     redis.delete(RELAY_HEARTBEAT)
     port = _free_port()
     with tempfile.TemporaryFile() as web_log, tempfile.TemporaryFile() as relay_log:
-        web = _start(["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "exchange.asgi:application"], web_log)
-        relay = _start(["manage.py", "run_stream_relay"], relay_log)
+        web = _start(web_command(port), web_log)
+        relay = _start([sys.executable, "manage.py", "run_stream_relay"], relay_log)
         try:
-            _wait_for(lambda: _accepts(port), 60, "daphne to listen", (web, relay))
+            _wait_for(lambda: _accepts(port), 60, "the web process to listen", (web, relay))
             _wait_for(lambda: redis.get(RELAY_HEARTBEAT), 60, "the relay's heartbeat", (web, relay))
             yield port
         except BaseException:
-            for name, log in (("daphne", web_log), ("relay", relay_log)):
+            for name, log in (("web", web_log), ("relay", relay_log)):
                 log.seek(0)
                 sys.stderr.write(f"--- {name} output ---\n{log.read().decode(errors='replace')[-4000:]}\n")
             raise
@@ -124,7 +125,7 @@ def connect(url):
     return websockets_client.connect(url, open_timeout=30, close_timeout=10)
 
 
-def test_daphne_and_relay_processes_serve_mark_price_and_user_stream(btcusdt, funded, clean_redis):
+def test_web_and_relay_processes_serve_mark_price_and_user_stream(btcusdt, funded, clean_redis):
     alice = funded("alice")
     key = listen_key_start(user=alice)
     redis = get_redis()
@@ -217,7 +218,7 @@ def test_margin_call_reaches_its_user_data_stream_only(btcusdt, funded, clean_re
         run(body)
 
 
-def test_daphne_closes_a_client_that_stops_reading_and_keeps_serving_the_others(btcusdt, clean_redis):
+def test_web_closes_a_client_that_stops_reading_and_keeps_serving_the_others(btcusdt, clean_redis):
     """The transport's back-pressure reaches the fan-out: the frames of a client that reads nothing
     wait in its bounded queue, and when that fills the client is dropped with 4013."""
     redis = get_redis()
@@ -249,7 +250,7 @@ def test_daphne_closes_a_client_that_stops_reading_and_keeps_serving_the_others(
                     published += 250
                 # Its last frames are what the server had written before it gave up, then the close:
                 # 4013 if the client reads up to it within the server's close handshake timeout
-                # (autobahn: 1 s), otherwise the server drops the TCP connection without it.
+                # (uvicorn: 1 s), otherwise the server drops the TCP connection without it.
                 received = 0
                 with pytest.raises(ConnectionClosed) as closed:
                     while True:
