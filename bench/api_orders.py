@@ -88,6 +88,8 @@ for i in range({clients}):
     wallet_deposit(user=user, asset="USDT", amount=Decimal("100000000"))
     key, secret = api_key_create(user=user, label="bench", can_trade=True)
     keys.append((key.key, secret))
+from bench.common import analyze
+analyze()
 print(json.dumps(keys))
 """
     out = subprocess.run([PY, "manage.py", "shell", "-c", script], **run, text=True)
