@@ -50,6 +50,9 @@ UVICORN_OPTIONS = [
     # Frames are serialised once for every subscriber of a stream (apps.marketdata.fanout):
     # compressing them per connection would multiply that work by the subscribers.
     "--ws-per-message-deflate", "false",
+    # A client's message larger than this closes its connection (1009): requests are small (a
+    # SUBSCRIBE of the 200 streams a connection may hold is ~6 KB), and the default is 16 MiB.
+    "--ws-max-size", "65536",
     # Keep-alive connections of API clients (connection pools) stay open between requests.
     "--timeout-keep-alive", "75",
     "--timeout-graceful-shutdown", "10",

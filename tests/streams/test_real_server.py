@@ -163,6 +163,14 @@ def test_web_and_relay_processes_serve_mark_price_and_user_stream(btcusdt, funde
                 with pytest.raises(ConnectionClosed) as closed:
                     await asyncio.wait_for(stranger.recv(), 30)
                 assert closed.value.rcvd.code == CLOSE_POLICY == 4008
+
+                # A message larger than the server takes (scripts/web.py: --ws-max-size) closes its
+                # connection with 1009 "message too big".
+                greedy = await connect(f"ws://127.0.0.1:{port}/ws")
+                await greedy.send(json.dumps({"method": "SUBSCRIBE", "params": ["x" * 100_000], "id": 1}))
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(greedy.recv(), 30)
+                assert closed.value.rcvd.code == 1009
             finally:
                 await market.close()
                 await user.close()
