@@ -183,9 +183,14 @@ def load(port: int, keys: list, seconds: float, procs: int, kind: str) -> dict:
             "p99": float(np.percentile(latencies, 99)), "statuses": statuses, "ok": statuses.get(200, 0)}
 
 
-def cpu_snapshot(processes: list[subprocess.Popen]) -> dict[str, float]:
-    """CPU seconds so far of the web workers, the matcher, PostgreSQL's processes and the whole machine."""
+def cpu_snapshot(processes: list[subprocess.Popen], dsn: str) -> dict[str, float]:
+    """CPU seconds so far of the web workers, the matcher, PostgreSQL's processes (in all, and the
+    backends serving the web and the matcher, by their application_name) and the whole machine."""
     import psutil
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        serving = dict(conn.execute("SELECT pid, application_name FROM pg_stat_activity").fetchall())
 
     def tree(pid: int) -> float:
         root = psutil.Process(pid)
@@ -198,7 +203,7 @@ def cpu_snapshot(processes: list[subprocess.Popen]) -> dict[str, float]:
             total += times.user + times.system
         return total
 
-    postgres = 0.0
+    postgres = pg_web = pg_matcher = 0.0
     for proc in psutil.process_iter(["name"]):
         if proc.info["name"] and proc.info["name"].startswith("postgres"):
             try:
@@ -206,8 +211,14 @@ def cpu_snapshot(processes: list[subprocess.Popen]) -> dict[str, float]:
             except psutil.NoSuchProcess:
                 continue
             postgres += times.user + times.system
+            client = serving.get(proc.pid)
+            if client == "exchange web":
+                pg_web += times.user + times.system
+            elif client == "exchange run_matcher":
+                pg_matcher += times.user + times.system
     machine = psutil.cpu_times()
     return {"web": tree(processes[0].pid), "matcher": tree(processes[1].pid), "postgres": postgres,
+            "pg_web": pg_web, "pg_matcher": pg_matcher,
             "machine": machine.user + machine.system + machine.nice + machine.irq + machine.softirq}
 
 
@@ -217,7 +228,8 @@ def cpu_line(before: dict[str, float], after: dict[str, float], orders: int) -> 
     spent["rest"] = spent["machine"] - spent["web"] - spent["matcher"] - spent["postgres"]
     per = {k: 1000 * v / max(orders, 1) for k, v in spent.items()}
     return ("CPU ms per order: " + "  ".join(f"{k} {per[k]:.2f}" for k in ("web", "matcher", "postgres", "rest"))
-            + f"  (machine {per['machine']:.2f})")
+            + f"  (machine {per['machine']:.2f}; postgres for the web {per['pg_web']:.2f}, "
+            f"for the matcher {per['pg_matcher']:.2f})")
 
 
 def profile(pid: int, seconds: int) -> None:
@@ -276,9 +288,9 @@ def main() -> None:
             if args.profile and count == counts[-1]:
                 spy = threading.Thread(target=profile, args=(processes[0].pid, int(args.seconds) - 2))
                 spy.start()
-            cpu_before = cpu_snapshot(processes)
+            cpu_before = cpu_snapshot(processes, env["DATABASE_URL"])
             orders = load(port, keys[:count], args.seconds, procs, "order")
-            cpu_after = cpu_snapshot(processes)
+            cpu_after = cpu_snapshot(processes, env["DATABASE_URL"])
             if args.profile and count == counts[-1]:
                 spy.join()
             acknowledged += orders["ok"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import dj_database_url
 
 from .env import env_bool, env_float, env_int, env_list, env_str
+from .process import process_name
 from .safety import refuse_insecure_production
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -112,6 +113,8 @@ if _db["ENGINE"] not in ("django.db.backends.postgresql",):
         "row locks and NUMERIC; got " + _db["ENGINE"]
     )
 _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
+# pg_stat_activity says which process each connection serves (exchange/settings/process.py).
+_db.setdefault("OPTIONS", {})["application_name"] = env_str("DB_APPLICATION_NAME", process_name())
 # A psycopg connection pool per process (Django 5.1+) for the web process (the Procfile
 # sets DB_POOL=1): otherwise every request opens a PostgreSQL connection (~5 ms). Off
 # elsewhere: the matcher's leases are session advisory locks that must die with its
