@@ -16,7 +16,8 @@ from apps.positions.models import Position
 from matching_native import (COMMAND_DTYPE, EVENT_DTYPE, ORDER_DTYPE, POSITION_DTYPE, Book, CommandFlag, EventKind,
                              Op, Side, Stp)
 
-from .models import MARKET_TYPES, CommandKind, Order, OrderStatus, Side as OrderSide, StpMode, TimeInForce
+from .models import (MARKET_TYPES, RESTING_STATUSES, CommandKind, Order, Side as OrderSide, StpMode,
+                     TimeInForce)
 
 OP_FOR_TIME_IN_FORCE = {
     TimeInForce.GTC: Op.LIMIT,
@@ -31,7 +32,6 @@ STP_CODES = {
     StpMode.EXPIRE_BOTH: Stp.EXPIRE_BOTH,
 }
 SIDE_CODES = {OrderSide.BUY: Side.BUY, OrderSide.SELL: Side.SELL}
-RESTING_STATUSES = (OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
 
 
 def _flags(reducing: bool) -> int:

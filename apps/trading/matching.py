@@ -29,9 +29,10 @@ from matching_native import Side as BookSide
 from exchange.pgbulk import array_literal, ids_reserve, rows_copy, text_literals
 from exchange.redis import channel, get_redis
 
-from .engine import RESTING_STATUSES, SymbolEngine
+from .engine import SymbolEngine
 from .margin import hold_release, order_hold
-from .models import OPEN_STATUSES, CommandKind, CommandStatus, Order, OrderStatus, OrderType, Side, Trade
+from .models import (OPEN_STATUSES, RESTING_STATUSES, CommandKind, CommandStatus, Order, OrderStatus, OrderType, Side,
+                     Trade)
 from .rules import reduce_only_excess
 from .triggers import WAITING_COLUMNS, triggers_fire, waiting_predicate
 

@@ -77,6 +77,8 @@ class StpMode(models.TextChoices):
 
 
 OPEN_STATUSES = (OrderStatus.PENDING_NEW, OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
+# In the book, once the matcher has given them a time priority.
+RESTING_STATUSES = (OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
 
 
 class Order(models.Model):
@@ -142,6 +144,15 @@ class Order(models.Model):
                 fields=["contract"], condition=Q(status="NEW", triggered_at__isnull=True,
                                                  order_type__in=CONDITIONAL_TYPES),
                 name="order_conditional_waiting",
+            ),
+            # Resting reduce-only and close-position orders: the matcher re-reads those of every
+            # account that filled (`matching.FILL_ORDERS_SQL`), on a plan that may be generic.
+            # Few rows, so that read stays small however deep the book.
+            models.Index(
+                fields=["contract", "user"],
+                condition=Q(status__in=RESTING_STATUSES, priority__isnull=False) & (
+                    Q(reduce_only=True) | Q(close_position=True)),
+                name="order_resting_reducing",
             ),
         ]
 

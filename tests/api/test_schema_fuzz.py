@@ -36,7 +36,7 @@ from apps.trading.engine import SymbolEngine
 from apps.trading.matching import batch_process
 from apps.trading.services import order_place
 from tests.database import database_url
-from tests.web_server import web_command
+from tests.procfile import procfile_env, web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 D = Decimal
@@ -59,8 +59,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def live_server_process(btcusdt, tmp_path):
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test", "DB_POOL": "1",
-           "DB_SERVER_SIDE_BINDING": "1",  # as the Procfile runs `web`: order entry on prepared generic plans
+    env = {**os.environ, **procfile_env("web"),  # as the Procfile runs `web`: order entry on prepared generic plans
+           "DJANGO_SETTINGS_MODULE": "exchange.settings.test",
            "DATABASE_URL": database_url(),
            "API_IP_WEIGHT_LIMIT_1M": "100000000", "API_KEY_WEIGHT_LIMIT_1M": "100000000",
            "API_ACCOUNT_ORDER_LIMIT_1M": "100000000"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.web_server import web_command
+from tests.procfile import web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 # A hang guard, not a speed check: the first requests a worker serves (its imports, the

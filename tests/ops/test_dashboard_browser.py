@@ -23,7 +23,7 @@ from apps.marketdata.models import PriceSample
 from apps.ops.alerts import alert_raise
 from apps.ops.metrics import series_append
 
-from tests.web_server import web_command
+from tests.procfile import web_command
 
 from .processes import free_ports, spawn, wait_for as process_wait_for  # noqa: F401 (spawn: a fixture)
 

@@ -14,6 +14,7 @@ from apps.ops.sources import metric_read
 from apps.trading.models import CommandStatus, OrderCommand
 from apps.trading.services import order_place
 from exchange.celery import app as celery_app
+from tests.procfile import procfile_env
 
 from .processes import ROOT, free_ports, role_of, scrape, spawn, value, wait_for  # noqa: F401 (spawn: a fixture)
 
@@ -27,7 +28,7 @@ def test_matcher_exports_order_latency_and_publishes_p95_for_the_alert_rule(spaw
         wallet_deposit(user=user, asset=usdt, amount=D("100000"))
     port = free_ports()
     matcher = spawn("matcher", [sys.executable, "manage.py", "run_matcher", "--symbols", "BTCUSDT", "--poll", "0.05",
-                                "--metrics-port", str(port)], OPS_LATENCY_PUBLISH_SECONDS=1)
+                                "--metrics-port", str(port)], OPS_LATENCY_PUBLISH_SECONDS=1, **procfile_env("matcher"))
     wait_for(lambda: role_of(scrape(port)) == "matcher", "the matcher's exporter", matcher)
     order_place(user=seller, contract=btcusdt, side="SELL", quantity=D("0.3"), price=D("50000"))
     order_place(user=buyer, contract=btcusdt, side="BUY", quantity=D("0.1"), price=D("50000"))

@@ -32,7 +32,7 @@ from apps.ops.invariants import run_all_invariants
 from apps.simulation.traders.provision import KEY_LABEL
 from apps.trading.models import CommandStatus, Order, OrderCommand, OrderStatus, OrderType, Trade
 from tests.database import database_url
-from tests.web_server import web_command
+from tests.procfile import procfile_env, web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -114,8 +114,8 @@ def test_demo_traders_trade_through_the_api_and_survive_a_web_restart(tmp_path):
     web_args = web_command(port)[1:]  # Processes.start runs its arguments with this Python
     summary_path = tmp_path / "summary.json"
     try:
-        procs.start("web", web_args, DB_POOL="1", DB_SERVER_SIDE_BINDING="1")  # the Procfile's web settings
-        procs.start("matcher", ["manage.py", "run_matcher", "--poll", "0.05"])
+        procs.start("web", web_args, **procfile_env("web"))
+        procs.start("matcher", ["manage.py", "run_matcher", "--poll", "0.05"], **procfile_env("matcher"))
         procs.start("pricefeed", ["manage.py", "run_pricefeed", "--seed", "5", "--interval", "0.5",
                                   "--metrics-port", "0"])
         procs.start("relay", ["manage.py", "run_stream_relay"])
@@ -129,7 +129,7 @@ def test_demo_traders_trade_through_the_api_and_survive_a_web_restart(tmp_path):
         procs.wait_for(lambda: "web server unreachable" in (tmp_path / "traders.log").read_text(errors="replace"),
                        60, "the traders to notice the web server is gone")
         last_before = _demo_orders().order_by("-id").values_list("id", flat=True).first()
-        procs.start("web", web_args, DB_POOL="1", DB_SERVER_SIDE_BINDING="1")  # the Procfile's web settings
+        procs.start("web", web_args, **procfile_env("web"))
         procs.wait_for(lambda: _demo_orders().filter(id__gt=last_before).count() >= 5, 120,
                        "orders after the web server restarted")
 

@@ -41,7 +41,7 @@ websockets_client = pytest.importorskip("websockets.asyncio.client", reason="nee
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 from tests.database import database_url  # noqa: E402
-from tests.web_server import web_command  # noqa: E402
+from tests.procfile import web_command  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 D = Decimal

@@ -23,21 +23,26 @@ from apps.trading.services import _entry_state_sql, order_place
 PARTIAL_INDEX = "order_user_contract_open"
 
 
-def generic_plan(sql: str, params: dict) -> str:
-    """EXPLAIN of `sql` (psycopg's %(name)s placeholders) prepared and run on its generic plan."""
-    names: list[str] = []
+def generic_plan(sql: str, params: dict | list) -> str:
+    """EXPLAIN of `sql` (psycopg's %(name)s placeholders with a dict, %s with a list) prepared and
+    run on its generic plan."""
+    if isinstance(params, dict):
+        names: list[str] = []
 
-    def number(match):
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
+        def number(match):
+            if match.group(1) not in names:
+                names.append(match.group(1))
+            return f"${names.index(match.group(1)) + 1}"
 
+        sql, params = re.sub(r"%\((\w+)\)s", number, sql), [params[name] for name in names]
+    else:
+        counter = iter(range(1, len(params) + 1))
+        sql = re.sub(r"%s", lambda _: f"${next(counter)}", sql)
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute("PREPARE entry_plan_probe AS " + re.sub(r"%\((\w+)\)s", number, sql))
-        cursor.execute(f"EXPLAIN EXECUTE entry_plan_probe({', '.join(['%s'] * len(names))})",
-                       [params[name] for name in names])
+        cursor.execute("PREPARE entry_plan_probe AS " + sql)
+        cursor.execute(f"EXPLAIN EXECUTE entry_plan_probe({', '.join(['%s'] * len(params))})", params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
         cursor.execute("DEALLOCATE entry_plan_probe")
     return plan

@@ -28,6 +28,7 @@ from apps.trading.services import order_place
 from exchange.redis import get_redis
 from matching_native import COMMAND_DTYPE, EVENT_DTYPE, Book, EventKind
 from tests.database import database_url
+from tests.procfile import procfile_env
 
 ROOT = Path(__file__).resolve().parents[2]
 D = Decimal
@@ -43,7 +44,7 @@ def _die_with_parent() -> None:
 
 
 def start_matcher(symbols: str = "BTCUSDT", batch_size: int = 100) -> subprocess.Popen:
-    env = dict(os.environ)
+    env = {**os.environ, **procfile_env("matcher")}  # its prepared statements, as in production
     env["DATABASE_URL"] = database_url()
     env["DJANGO_SETTINGS_MODULE"] = "exchange.settings.test"
     # Its log goes to a file (an unread pipe blocks the child once full) that a timeout prints.

@@ -1,0 +1,30 @@
+"""How tests start the exchange's processes: as the Procfile does, with its environment.
+
+`web_command` is the Procfile's launcher (scripts/web.py, uvicorn), one worker unless asked;
+`procfile_env(name)` the variables the Procfile's line for `name` sets before its command
+(`web`: the connection pool and prepared statements; `matcher`: its prepared statements).
+"""
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_ASSIGNMENT = re.compile(r"([A-Z][A-Z0-9_]*)=(\S*)$")
+
+
+def web_command(port: int, *, workers: int = 1) -> list[str]:
+    return [sys.executable, str(ROOT / "scripts" / "web.py"), "--workers", str(workers), "-b", "127.0.0.1",
+            "-p", str(port)]
+
+
+def procfile_env(name: str) -> dict[str, str]:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(name + ":"):
+            env = {}
+            for word in line.split(":", 1)[1].split():
+                match = _ASSIGNMENT.match(word)
+                if not match:
+                    return env
+                env[match[1]] = match[2]
+            return env
+    raise LookupError(f"no {name} process in the Procfile")
