@@ -15,11 +15,12 @@ through the limiter's Redis round trip, `apps.accounts.limits`).
 
 Each worker is uvicorn on uvloop with the httptools (C) HTTP parser and the websockets
 library's sans-I/O protocol (`UVICORN_OPTIONS`). Why uvicorn and not Daphne, which
-served until 2026-11-27: Daphne parses HTTP in Python (Twisted), ~1 ms of CPU per
-request more; `bench/api_orders.py` went from 1,383 to 1,993 pings/s and from 187 to
-243 signed orders/s at 8 clients. The listening socket has TCP_NODELAY, which accepted
-connections inherit: uvicorn writes a response's head and body separately, and with
-Nagle's algorithm the body would wait for the client's delayed ACK (40 ms per request).
+served until 2026-11-27: Daphne parses HTTP in Python (Twisted). `bench/api_orders.py`
+at 8 clients, interleaved runs: pings 1,543-1,779 -> 2,237-2,274 req/s, signed orders'
+p99 135-142 -> 58-80 ms (their rate within the machine's noise). The listening socket
+has TCP_NODELAY, which accepted connections inherit: uvicorn writes a response's head
+and body separately, and with Nagle's algorithm the body would wait for the client's
+delayed ACK (40 ms per request).
 
 SIGTERM/SIGINT are passed to every worker (uvicorn stops accepting, finishes requests
 in flight and closes websockets with 1012 within `--timeout-graceful-shutdown`); one
