@@ -52,7 +52,7 @@ def test_frames_reach_the_client_in_order_and_plain_ones_skip_the_send_path(btcu
             ws_per_message_deflate=deflate, log_level="warning"))
         serving = asyncio.create_task(server.serve())
         try:
-            await until(lambda: asyncio.sleep(0, server.started), "uvicorn to start")
+            await until(lambda: _holds(server.started), "uvicorn to start")
             async with websockets_client.connect(f"ws://127.0.0.1:{port}/ws/btcusdt@aggTrade",
                                                  open_timeout=10) as ws:
                 await until(lambda: _one(subscribers(TRADES)), "the stream's subscription")
@@ -72,3 +72,7 @@ def test_frames_reach_the_client_in_order_and_plain_ones_skip_the_send_path(btcu
 
 async def _one(count) -> bool:
     return await count == 1
+
+
+async def _holds(value: bool) -> bool:
+    return value
