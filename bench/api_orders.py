@@ -222,6 +222,20 @@ def cpu_snapshot(processes: list[subprocess.Popen], dsn: str) -> dict[str, float
             "machine": machine.user + machine.system + machine.nice + machine.irq + machine.softirq}
 
 
+def group_totals(port: int) -> tuple[float, float]:
+    """(orders, groups) the web's group commit has placed so far (its histogram on /metrics, summed
+    over the workers)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    totals = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for part in totals:
+            if line.startswith(f"exchange_order_entry_group_orders_{part} "):
+                totals[part] += float(line.split()[1])
+    return totals["sum"], totals["count"]
+
+
 def cpu_line(before: dict[str, float], after: dict[str, float], orders: int) -> str:
     """CPU milliseconds per order by process over a phase (the rest: clients, Redis, the kernel's idle work)."""
     spent = {k: after[k] - before[k] for k in before}
@@ -288,15 +302,17 @@ def main() -> None:
             if args.profile and count == counts[-1]:
                 spy = threading.Thread(target=profile, args=(processes[0].pid, int(args.seconds) - 2))
                 spy.start()
-            cpu_before = cpu_snapshot(processes, env["DATABASE_URL"])
+            cpu_before, groups_before = cpu_snapshot(processes, env["DATABASE_URL"]), group_totals(port)
             orders = load(port, keys[:count], args.seconds, procs, "order")
-            cpu_after = cpu_snapshot(processes, env["DATABASE_URL"])
+            cpu_after, groups_after = cpu_snapshot(processes, env["DATABASE_URL"]), group_totals(port)
             if args.profile and count == counts[-1]:
                 spy.join()
             acknowledged += orders["ok"]
             print(f"  {count:3d} clients  POST /fapi/v1/order (signed): {orders['rate']:8.0f} orders/s  "
                   f"p50 {orders['p50']:6.2f} ms  p99 {orders['p99']:6.2f} ms  statuses {orders['statuses']}")
             print(f"  {count:3d} clients  {cpu_line(cpu_before, cpu_after, orders['ok'])}")
+            placed, groups = (after - before for after, before in zip(groups_after, groups_before))
+            print(f"  {count:3d} clients  orders per group commit: {placed / max(groups, 1):.2f} ({groups:.0f} groups)")
             print(f"  {count:3d} clients  ratio orders / ping: {orders['rate'] / base['rate']:.2f}   {machine_line()}")
         time.sleep(2)  # let the matcher drain
     finally:
