@@ -215,6 +215,12 @@ class OrderApi(SignedApi):
     def counts_as_order(self) -> bool:
         return self.request.method == "POST"
 
+    def dispatch(self, request, *args, **kwargs):
+        if request.method != "POST":
+            return super().dispatch(request, *args, **kwargs)
+        with ORDER_ENTRY.arriving():  # the group being formed may wait for it
+            return super().dispatch(request, *args, **kwargs)
+
     @extend_schema(parameters=SIGNED + NEW_ORDER_PARAMS, request=None, responses=ORDER)
     def post(self, request):
         return Response(_place(request.user, request_params(request)))

@@ -10,10 +10,20 @@ others after its own order is done. Alone, a request is a plain `order_place` in
 thread. Either way a thread returns only after the transaction holding its order has
 committed: the acknowledgement still follows durability.
 
+A new-order request counts as arriving from the start of its view (`arriving`, around
+OrderApi's POST) until it queues or is refused. A writer about to take its group waits up
+to LINGER_SECONDS while orders are arriving, so that an order already being authenticated
+or parsed joins this group rather than waiting for the next; with none arriving it starts
+at once (a lone client's order never waits). bench/api_orders.py at 32 clients: 3.1 ->
+3.7-4.1 orders per group; at 8 clients (~2 per group) the other requests are never
+inside the process when a writer starts, and nothing changes.
+
 A caller already inside a transaction places its order alone, in that transaction
 (batching it with other threads' orders would delay their commit to the caller's).
 """
 import threading
+import time
+from contextlib import contextmanager
 
 from django.db import connection
 
@@ -22,6 +32,11 @@ from apps.ops.metrics import ORDER_ENTRY_GROUP
 from .services import OrderRequest, order_outcome, orders_place_many
 
 GROUP_LIMIT = 100
+# How long a writer may wait for orders already inside the process (`arriving`) before it
+# starts its group: a request being authenticated or parsed joins this group instead of
+# queueing behind it for the next. A writer with nothing arriving starts at once.
+LINGER_SECONDS = 0.002
+_thread = threading.local()
 
 
 class _Waiting:
@@ -35,11 +50,32 @@ class _Waiting:
 
 
 class GroupCommit:
-    def __init__(self, limit: int = GROUP_LIMIT):
+    def __init__(self, limit: int = GROUP_LIMIT, linger: float = LINGER_SECONDS):
         self.limit = limit
+        self.linger = linger
         self._lock = threading.Lock()
+        self._more = threading.Condition(self._lock)  # an arriving order was queued or went away
         self._queue: list[_Waiting] = []
         self._writing = False
+        self._arriving = 0
+
+    @contextmanager
+    def arriving(self):
+        """Around an order request on its way to `place` (authenticating, parsing) in this thread."""
+        with self._lock:
+            self._arriving += 1
+        _thread.arriving = True
+        try:
+            yield
+        finally:
+            if getattr(_thread, "arriving", False):  # refused before it reached `place`
+                with self._lock:
+                    self._arrived()
+
+    def _arrived(self) -> None:  # under the lock
+        _thread.arriving = False
+        self._arriving -= 1
+        self._more.notify_all()
 
     def place(self, request: OrderRequest):
         """The stored order, or the exception that refused it (raised)."""
@@ -49,6 +85,8 @@ class GroupCommit:
         waiting = _Waiting(request)
         with self._lock:
             self._queue.append(waiting)
+            if getattr(_thread, "arriving", False):
+                self._arrived()
             lead = not self._writing
             self._writing = True
         if not lead:
@@ -60,6 +98,12 @@ class GroupCommit:
 
     def _write_group(self) -> None:
         with self._lock:
+            deadline = time.monotonic() + self.linger
+            while self._arriving and len(self._queue) < self.limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._more.wait(remaining)
             group = self._queue[:self.limit]
             del self._queue[:self.limit]
         ORDER_ENTRY_GROUP.observe(len(group))

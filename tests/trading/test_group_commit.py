@@ -88,3 +88,88 @@ def test_inside_a_transaction_an_order_is_placed_alone_in_it(funded, btcusdt, gr
     assert order.pk and refused.value.code == -2019
     # Not through the queue (no writer's role taken): the test's transaction holds them.
     assert groups == [1, 1] and not entry._writing and not entry._queue
+
+
+class _Recorder:
+    """Stands in for orders_place_many: records each group's requests, answers each with itself."""
+
+    def __init__(self):
+        self.groups: list[list] = []
+
+    def __call__(self, requests):
+        self.groups.append(list(requests))
+        return list(requests)
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    recorder = _Recorder()
+    monkeypatch.setattr(group_commit, "orders_place_many", recorder)
+    monkeypatch.setattr(group_commit, "order_outcome", lambda result: result)
+    return recorder
+
+
+def _until(predicate, what: str) -> None:
+    event = threading.Event()
+    for _ in range(1000):
+        if predicate():
+            return
+        event.wait(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+def test_a_writer_waits_for_an_order_already_on_its_way_and_takes_it_into_its_group(recorder):
+    entry = GroupCommit(linger=60)  # far longer than the test: it must end by the arrival, not the clock
+    inside, go, answers = threading.Event(), threading.Event(), {}
+
+    def later_request():  # authenticating and parsing while the writer starts its group
+        with entry.arriving():
+            inside.set()
+            go.wait(10)
+            answers["later"] = entry.place("later")
+
+    def first_request():
+        with entry.arriving():
+            answers["first"] = entry.place("first")
+
+    later = threading.Thread(target=later_request)
+    later.start()
+    inside.wait(10)
+    first = threading.Thread(target=first_request)
+    first.start()
+    _until(lambda: entry._writing and len(entry._queue) == 1, "the first order's writer waiting")
+    go.set()
+    for thread in (first, later):
+        thread.join(10)
+    assert answers == {"first": "first", "later": "later"}
+    assert recorder.groups == [["first", "later"]]
+
+
+def test_a_request_refused_before_it_reaches_entry_stops_the_wait(recorder):
+    entry = GroupCommit(linger=60)
+    inside, refuse, answers = threading.Event(), threading.Event(), {}
+
+    def refused_request():
+        with pytest.raises(ValueError), entry.arriving():
+            inside.set()
+            refuse.wait(10)
+            raise ValueError("bad parameter")
+
+    refused = threading.Thread(target=refused_request)
+    refused.start()
+    inside.wait(10)
+    placing = threading.Thread(target=lambda: answers.setdefault("mine", entry.place("mine")))
+    placing.start()
+    _until(lambda: entry._writing and len(entry._queue) == 1, "the writer waiting")
+    refuse.set()
+    placing.join(10)
+    refused.join(10)
+    assert answers == {"mine": "mine"} and recorder.groups == [["mine"]]
+
+
+def test_with_nothing_on_its_way_a_writer_starts_at_once(recorder):
+    entry = GroupCommit(linger=60)
+    done = threading.Thread(target=lambda: entry.place("alone"))
+    done.start()
+    done.join(10)
+    assert not done.is_alive() and recorder.groups == [["alone"]]
