@@ -64,16 +64,16 @@ class GroupCommit:
         """Around an order request on its way to `place` (authenticating, parsing) in this thread."""
         with self._lock:
             self._arriving += 1
-        _thread.arriving = True
+        _thread.arriving = self
         try:
             yield
         finally:
-            if getattr(_thread, "arriving", False):  # refused before it reached `place`
+            if getattr(_thread, "arriving", None) is self:  # refused before it reached `place`
                 with self._lock:
                     self._arrived()
 
     def _arrived(self) -> None:  # under the lock
-        _thread.arriving = False
+        _thread.arriving = None
         self._arriving -= 1
         self._more.notify_all()
 
@@ -85,7 +85,7 @@ class GroupCommit:
         waiting = _Waiting(request)
         with self._lock:
             self._queue.append(waiting)
-            if getattr(_thread, "arriving", False):
+            if getattr(_thread, "arriving", None) is self:
                 self._arrived()
             lead = not self._writing
             self._writing = True
