@@ -66,31 +66,14 @@ def prepare(env: dict, clients: int) -> list[tuple[str, str]]:
         conn.execute(f"CREATE DATABASE {db_name}")
     run = dict(env=env, cwd=ROOT, check=True, capture_output=True)
     subprocess.run([PY, "manage.py", "migrate", "-v", "0"], **run)
-    subprocess.run([PY, "manage.py", "seed_demo", "--if-empty"], **run)
+    # The market every order-entry bench uses (bench.common.bench_market), and a trade key per account.
     script = f"""
 import json
-from decimal import Decimal
-from django.contrib.auth import get_user_model
 from apps.accounts.services import api_key_create
-from apps.ledger.services import wallet_deposit
-from django.utils import timezone
-from apps.contracts.models import Contract
-from apps.marketdata.services import price_publish
-# Each client keeps hundreds of orders resting: lift the per-account open-order limit (200).
-Contract.objects.filter(symbol="BTCUSDT").update(max_open_orders=1_000_000)
-# A mark price, as the running pricefeed keeps one in Redis: the price band and the risk
-# gate judge orders by it (without one both are skipped and every order looks it up in vain).
-price_publish(contract=Contract.objects.get(symbol="BTCUSDT"), index_price=Decimal(50000), mark_price=Decimal(50000),
-              at=timezone.now())
-keys = []
-for i in range({clients}):
-    user = get_user_model().objects.create_user(f"bench{{i}}")
-    wallet_deposit(user=user, asset="USDT", amount=Decimal("100000000"))
-    key, secret = api_key_create(user=user, label="bench", can_trade=True)
-    keys.append((key.key, secret))
-from bench.common import analyze
-analyze()
-print(json.dumps(keys))
+from bench.common import bench_market
+_, users = bench_market(users={clients}, prefix="bench")
+print(json.dumps([(key.key, secret) for key, secret in
+                  (api_key_create(user=user, label="bench", can_trade=True) for user in users)]))
 """
     out = subprocess.run([PY, "manage.py", "shell", "-c", script], **run, text=True)
     return [tuple(k) for k in json.loads(out.stdout.strip().splitlines()[-1])]

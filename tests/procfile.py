@@ -8,6 +8,8 @@ import re
 import sys
 from pathlib import Path
 
+from bench.common import procfile_line
+
 ROOT = Path(__file__).resolve().parents[1]
 _ASSIGNMENT = re.compile(r"([A-Z][A-Z0-9_]*)=(\S*)$")
 
@@ -18,13 +20,10 @@ def web_command(port: int, *, workers: int = 1) -> list[str]:
 
 
 def procfile_env(name: str) -> dict[str, str]:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith(name + ":"):
-            env = {}
-            for word in line.split(":", 1)[1].split():
-                match = _ASSIGNMENT.match(word)
-                if not match:
-                    return env
-                env[match[1]] = match[2]
-            return env
-    raise LookupError(f"no {name} process in the Procfile")
+    env = {}
+    for word in procfile_line(name).split():
+        match = _ASSIGNMENT.match(word)
+        if not match:
+            break
+        env[match[1]] = match[2]
+    return env

@@ -139,15 +139,16 @@ if env_bool("DB_POOL", False) and not _db.get("CONN_MAX_AGE"):
 # reads are planned for each run's arrays where that pays (its fill read's generic plan would
 # scan the contract's book) and no longer parsed and planned at every batch (~0.5 ms of
 # PostgreSQL CPU per order at 8 API clients).
-PREPARED_STATEMENTS = env_str("DB_PREPARED_STATEMENTS", "raw")
-if PREPARED_STATEMENTS not in ("raw", "all"):
+_prepared = env_str("DB_PREPARED_STATEMENTS", "raw")
+_binding = env_bool("DB_SERVER_SIDE_BINDING", False)
+if _prepared not in ("raw", "all") or (_prepared == "all" and not _binding):
     from django.core.exceptions import ImproperlyConfigured
 
-    raise ImproperlyConfigured(f"DB_PREPARED_STATEMENTS={PREPARED_STATEMENTS!r}: 'raw' or 'all'")
-if env_bool("DB_SERVER_SIDE_BINDING", False):
+    raise ImproperlyConfigured(f"DB_PREPARED_STATEMENTS={_prepared!r}: 'raw', or 'all' with DB_SERVER_SIDE_BINDING=1")
+if _binding:
     _options = _db.setdefault("OPTIONS", {})
-    _plans = "auto" if PREPARED_STATEMENTS == "all" else "force_generic_plan"
-    _options.update(server_side_binding=True, prepare_threshold=5 if PREPARED_STATEMENTS == "all" else 2**62,
+    _plans = "auto" if _prepared == "all" else "force_generic_plan"
+    _options.update(server_side_binding=True, prepare_threshold=5 if _prepared == "all" else 2**62,
                     options=f"{_options.get('options', '')} -c plan_cache_mode={_plans}".strip())
 _db.setdefault("TEST", {})["NAME"] = env_str("TEST_DATABASE_NAME", "test_exchange")
 DATABASES = {"default": _db}

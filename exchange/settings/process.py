@@ -18,8 +18,8 @@ def process_name(argv: list[str] | None = None) -> str:
     # `python -m package` runs package/__main__.py: the package names the program.
     program = os.path.basename(os.path.dirname(argv[0])) if names[:1] == ["__main__.py"] else (names or [""])[0]
     if "manage.py" in names:
-        command = argv[names.index("manage.py") + 1:names.index("manage.py") + 2]
-        name = "exchange " + (command[0] if command else "manage.py")
+        command = argv[names.index("manage.py") + 1:][:1] or ["manage.py"]
+        name = "exchange " + command[0]
     elif program == "uvicorn":  # scripts/web.py's workers
         name = "exchange web"
     elif program == "celery":

@@ -86,3 +86,18 @@ def test_production_settings_start_with_a_real_secret():
         cwd=ROOT, env=clean, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("env, refused", [
+    ({"DB_PREPARED_STATEMENTS": "some"}, True),
+    ({"DB_PREPARED_STATEMENTS": "all"}, True),  # without server-side binding it could not prepare anything
+    ({"DB_PREPARED_STATEMENTS": "all", "DB_SERVER_SIDE_BINDING": "1"}, False),
+    ({"DB_PREPARED_STATEMENTS": "raw"}, False),
+])
+def test_prepared_statements_setting_is_refused_where_it_cannot_apply(env, refused):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DB_")}
+    clean.update(env, DJANGO_SETTINGS_MODULE="exchange.settings.test")
+    result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=clean,
+                            capture_output=True, text=True)
+    assert (result.returncode != 0) == refused, result.stderr[-2000:]
+    assert ("DB_PREPARED_STATEMENTS" in result.stderr) == refused
