@@ -1,10 +1,12 @@
 """How tests start the exchange's processes: as the Procfile does, with its environment.
 
-`web_command` is the Procfile's launcher (scripts/web.py, uvicorn), one worker unless asked;
+`die_with_parent` makes a child die with the test; `web_command` is the Procfile's launcher (scripts/web.py, uvicorn), one worker unless asked;
 `procfile_env(name)` the variables the Procfile's line for `name` sets before its command
 (`web`: the connection pool and prepared statements; `matcher`: its prepared statements).
 """
+import ctypes
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +14,11 @@ from bench.common import procfile_line
 
 ROOT = Path(__file__).resolve().parents[1]
 _ASSIGNMENT = re.compile(r"([A-Z][A-Z0-9_]*)=(\S*)$")
+
+
+def die_with_parent() -> None:
+    """Child side of Popen (preexec_fn): SIGTERM when the test process dies, however it dies (Linux)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def web_command(port: int, *, workers: int = 1) -> list[str]:

@@ -7,11 +7,9 @@ signed endpoints are signed the way client libraries sign them (so they get past
 authentication and exercise the endpoint). Every response must not be a 5xx, must use
 a documented status code and content type, and must match its documented schema.
 """
-import ctypes
 import hashlib
 import hmac
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -36,19 +34,13 @@ from apps.trading.engine import SymbolEngine
 from apps.trading.matching import batch_process
 from apps.trading.services import order_place
 from tests.database import database_url
-from tests.procfile import procfile_env, web_command
+from tests.procfile import die_with_parent, procfile_env, web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 D = Decimal
 EXAMPLES = int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "12"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def _die_with_parent() -> None:
-    """Child side of Popen: get SIGTERM when the test process dies, however it dies (Linux)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -68,7 +60,7 @@ def live_server_process(btcusdt, tmp_path):
     # A file, not a pipe: nobody reads while the test runs, and a full pipe would block the
     # server on its next log line.
     log = open(tmp_path / "web.log", "wb")
-    server = subprocess.Popen(web_command(port), cwd=ROOT, env=env, preexec_fn=_die_with_parent,
+    server = subprocess.Popen(web_command(port), cwd=ROOT, env=env, preexec_fn=die_with_parent,
                               stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -2,9 +2,7 @@
 output to a file per process (never an unread pipe), killed by the kernel if the test
 process dies (PR_SET_PDEATHSIG) and stopped at the end of the test; their /metrics
 read back as samples."""
-import ctypes
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -14,12 +12,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from tests.database import database_url
+from tests.procfile import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_ports(count: int = 1) -> int:
@@ -50,7 +45,7 @@ def spawn(tmp_path):
                     **{k: str(v) for k, v in env.items()}}
         log = open(tmp_path / f"{name}.log", "wb")
         process = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=_die_with_parent)
+                                   preexec_fn=die_with_parent)
         process.log_path = tmp_path / f"{name}.log"
         started.append((process, log))
         return process

@@ -6,9 +6,7 @@ to var/test-artifacts/. Served by the real web process (scripts/web.py) the page
 websocket (no poll at all); served by Django's live server, which has no websocket, the
 page falls back to polling. A non-staff user is refused. Skipped when no Chromium is
 installed (apt-get install chromium chromium-driver)."""
-import ctypes
 import shutil
-import signal
 import socket
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +21,7 @@ from apps.marketdata.models import PriceSample
 from apps.ops.alerts import alert_raise
 from apps.ops.metrics import series_append
 
-from tests.procfile import web_command
+from tests.procfile import die_with_parent, web_command
 
 from .processes import free_ports, spawn, wait_for as process_wait_for  # noqa: F401 (spawn: a fixture)
 
@@ -41,11 +39,6 @@ pytestmark = [
 ]
 
 
-def _die_with_parent() -> None:
-    """Child side of Popen: get SIGTERM when the test process dies, however it dies (Linux)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @pytest.fixture
 def browser(tmp_path):
     from selenium.webdriver.chrome.service import Service
@@ -57,7 +50,7 @@ def browser(tmp_path):
         options.add_argument(arg)
     # Driver log to a file (never an unread pipe); the driver dies with the test.
     service = Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"),
-                      popen_kw={"preexec_fn": _die_with_parent})
+                      popen_kw={"preexec_fn": die_with_parent})
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(60)
     try:

@@ -16,9 +16,10 @@ from apps.ops.invariants import run_all_invariants
 from apps.settlement.invariants import SETTLEMENT_CHECKS
 from apps.settlement.models import DeliverySettlement, DeliveryStatus
 from tests.database import database_url
+from tests.procfile import die_with_parent
 
 from .test_delivery import _no_roll, flat_hour, funded, open_interest, quarterly, trade, wallet_of  # noqa: F401 (fixtures)
-from .test_processes import _die_with_parent, _lock_path, _stop  # noqa: F401 (_lock_path: a fixture)
+from .test_processes import _lock_path, _stop  # noqa: F401 (_lock_path: a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("delivery_child.py")
@@ -31,7 +32,7 @@ def _spawn(tmp_path, name: str, mode: str, symbol: str, **env) -> subprocess.Pop
            "DELIVERY_ROLL_ENABLED": "0", **env}
     with open(tmp_path / f"{name}.out", "wb") as stdout, open(tmp_path / f"{name}.err", "wb") as stderr:
         return subprocess.Popen([sys.executable, str(CHILD), mode, symbol], cwd=ROOT, env=env, stdout=stdout,
-                                stderr=stderr, preexec_fn=_die_with_parent)
+                                stderr=stderr, preexec_fn=die_with_parent)
 
 
 @pytest.fixture

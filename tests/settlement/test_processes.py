@@ -5,7 +5,6 @@ Children write stdout/stderr to files, die with the test (PR_SET_PDEATHSIG) and 
 stopped in `finally`. The only waits are for process exit and for PostgreSQL to show
 both children blocked on the run's row lock (bounded, no timed assertions).
 """
-import ctypes
 import os
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from apps.settlement.invariants import check_funding_clearing_is_dust
 from apps.settlement.models import FundingSettlement, SettlementStatus
 from apps.settlement.services import funding_settle_due
 from tests.database import database_url
+from tests.procfile import die_with_parent
 
 from .conftest import T8
 
@@ -43,10 +43,6 @@ def _lock_path(request, monkeypatch):
         monkeypatch.delenv("SETTLE_TABLE_LOCK_FROM", raising=False)
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _spawn(tmp_path, name: str, mode: str, symbol: str, funding_ms: int, **extra_env) -> tuple[subprocess.Popen, Path]:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings.test", "DATABASE_URL": database_url(), "DB_POOL": "1",
            **extra_env}
@@ -54,7 +50,7 @@ def _spawn(tmp_path, name: str, mode: str, symbol: str, funding_ms: int, **extra
     # Files, not pipes (nobody reads while the child runs); the child keeps its own descriptors.
     with open(out, "wb") as stdout, open(tmp_path / f"{name}.err", "wb") as stderr:
         proc = subprocess.Popen([sys.executable, str(CHILD), mode, symbol, str(funding_ms)], cwd=ROOT, env=env,
-                                stdout=stdout, stderr=stderr, preexec_fn=_die_with_parent)
+                                stdout=stdout, stderr=stderr, preexec_fn=die_with_parent)
     return proc, out
 
 

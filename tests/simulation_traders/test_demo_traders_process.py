@@ -13,7 +13,6 @@ the requests whose answer the web restart swallowed); both sides of the book res
 traders read the market and their user data streams over websockets; each trader's API
 key was used; every ledger invariant holds.
 """
-import ctypes
 import json
 import os
 import signal
@@ -32,15 +31,10 @@ from apps.ops.invariants import run_all_invariants
 from apps.simulation.traders.provision import KEY_LABEL
 from apps.trading.models import CommandStatus, Order, OrderCommand, OrderStatus, OrderType, Trade
 from tests.database import database_url
-from tests.procfile import procfile_env, web_command
+from tests.procfile import die_with_parent, procfile_env, web_command
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def _die_with_parent() -> None:
-    """Child side of Popen: SIGTERM when the test process dies, however it dies (Linux)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -65,7 +59,7 @@ class Processes:
     def start(self, name: str, args: list[str], **env) -> subprocess.Popen:
         with open(self.log_dir / f"{name}.log", "ab") as log:
             process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**self.env, **env},
-                                       stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                       stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         self.running[name] = process
         return process
 

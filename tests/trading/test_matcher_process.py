@@ -6,7 +6,6 @@ with SIGKILL while they work, and restarted (or replaced by a standby). The trad
 must equal an uninterrupted replay of the same commands through a fresh C book, every
 command must be processed exactly once, and every ledger invariant must hold.
 """
-import ctypes
 import os
 import random
 import signal
@@ -28,7 +27,7 @@ from apps.trading.services import order_place
 from exchange.redis import get_redis
 from matching_native import COMMAND_DTYPE, EVENT_DTYPE, Book, EventKind
 from tests.database import database_url
-from tests.procfile import procfile_env
+from tests.procfile import die_with_parent, procfile_env
 
 ROOT = Path(__file__).resolve().parents[2]
 D = Decimal
@@ -36,11 +35,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 _LOGS: list[Path] = []
-
-
-def _die_with_parent() -> None:
-    """Child side of Popen: SIGTERM when the test process dies, however it dies (Linux)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def start_matcher(symbols: str = "BTCUSDT", batch_size: int = 100) -> subprocess.Popen:
@@ -54,7 +48,7 @@ def start_matcher(symbols: str = "BTCUSDT", batch_size: int = 100) -> subprocess
         return subprocess.Popen(
             [sys.executable, "manage.py", "run_matcher", "--symbols", symbols, "--batch-size", str(batch_size),
              "--poll", "0.05"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=_die_with_parent,
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=die_with_parent,
         )
 
 
