@@ -82,6 +82,7 @@ print(json.dumps([(key.key, secret) for key, secret in
 def start(env: dict, port: int) -> list[subprocess.Popen]:
     # The Procfile's web command line as it is (bash expands its ${WEB_PORT:-...} and
     # ${WEB_WORKERS:-...}; one simple command, so bash execs it and signals reach it).
+    (ROOT / "var").mkdir(exist_ok=True)  # a fresh clone has none until the exchange first runs
     log = open(ROOT / "var" / "bench_api_web.log", "wb")  # a file: an unread pipe would block the server
     web = subprocess.Popen(["bash", "-c", procfile_line("web")], env={**env, "WEB_PORT": str(port)}, cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=log)
