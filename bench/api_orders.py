@@ -79,7 +79,7 @@ print(json.dumps([(key.key, secret) for key, secret in
     return [tuple(k) for k in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
-def start(env: dict, port: int) -> list[subprocess.Popen]:
+def start(env: dict, port: int, matcher_port: int) -> list[subprocess.Popen]:
     # The Procfile's web command line as it is (bash expands its ${WEB_PORT:-...} and
     # ${WEB_WORKERS:-...}; one simple command, so bash execs it and signals reach it).
     (ROOT / "var").mkdir(exist_ok=True)  # a fresh clone has none until the exchange first runs
@@ -87,7 +87,7 @@ def start(env: dict, port: int) -> list[subprocess.Popen]:
     web = subprocess.Popen(["bash", "-c", procfile_line("web")], env={**env, "WEB_PORT": str(port)}, cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=log)
     matcher = subprocess.Popen(["bash", "-c", procfile_line("matcher")],
-                               env={**env, "MATCHER_SYMBOLS": "BTCUSDT", "MATCHER_METRICS_PORT": "0"}, cwd=ROOT,
+                               env={**env, "MATCHER_SYMBOLS": "BTCUSDT", "MATCHER_METRICS_PORT": str(matcher_port)}, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -206,18 +206,37 @@ def cpu_snapshot(processes: list[subprocess.Popen], dsn: str) -> dict[str, float
             "machine": machine.user + machine.system + machine.nice + machine.irq + machine.softirq}
 
 
-def group_totals(port: int) -> tuple[float, float]:
-    """(orders, groups) the web's group commit has placed so far (its histogram on /metrics, summed
-    over the workers)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    totals = {"sum": 0.0, "count": 0.0}
-    for line in text.splitlines():
-        for part in totals:
-            if line.startswith(f"exchange_order_entry_group_orders_{part} "):
-                totals[part] += float(line.split()[1])
-    return totals["sum"], totals["count"]
+COUNTED = ("exchange_order_entry_group_orders_sum", "exchange_order_entry_group_orders_count",
+           "matcher_batch_seconds_sum", "matcher_batch_seconds_count", "matcher_commands_total")
+ROUTES = ("web", "matcher", "timeout")
+
+
+def metric_totals(ports: list[int]) -> dict[str, float]:
+    """Counters of the web (summed over its workers) and the matcher, from their /metrics: the
+    group commits' orders and groups (in the matcher when the web hands its orders over,
+    `apps.trading.handover`, else in the web), the matcher's batches, and where the web's new
+    orders were placed."""
+    totals = dict.fromkeys(COUNTED + ROUTES, 0.0)
+    for port in ports:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/metrics")
+        for line in conn.getresponse().read().decode().splitlines():
+            name, _, value = line.partition(" ")
+            base, _, labels = name.partition("{")
+            if base in COUNTED:
+                totals[base] += float(value)
+            elif base == "exchange_order_entry_route_total":
+                totals[labels.split('"')[1]] += float(value)
+    return totals
+
+
+def metric_lines(before: dict[str, float], after: dict[str, float]) -> list[str]:
+    d = {k: after[k] - before[k] for k in before}
+    groups, batches = max(d["exchange_order_entry_group_orders_count"], 1), max(d["matcher_batch_seconds_count"], 1)
+    return [f"orders per group commit: {d['exchange_order_entry_group_orders_sum'] / groups:.2f} ({groups:.0f} groups)"
+            f"; placed by the matcher {d['matcher']:.0f}, by the web {d['web']:.0f}, timed out {d['timeout']:.0f}",
+            f"matcher batches: {batches:.0f}, {d['matcher_commands_total'] / batches:.2f} commands and "
+            f"{1000 * d['matcher_batch_seconds_sum'] / batches:.2f} ms each"]
 
 
 def cpu_line(before: dict[str, float], after: dict[str, float], orders: int) -> str:
@@ -275,7 +294,8 @@ def main() -> None:
     print(f"web: {procfile_line('web')}  (WEB_WORKERS={env.get('WEB_WORKERS', 'default')})")
     print(f"api_orders bench: {args.clients} clients in {args.procs} processes, {args.seconds:.0f} s per phase")
     keys = prepare(env, max(counts))
-    processes = start(env, port)
+    metrics_ports = [port, free_port()]  # the web's, the matcher's
+    processes = start(env, port, metrics_ports[1])
     acknowledged = 0
     try:
         for count in counts:
@@ -286,17 +306,17 @@ def main() -> None:
             if args.profile and count == counts[-1]:
                 spy = threading.Thread(target=profile, args=(processes[0].pid, int(args.seconds) - 2))
                 spy.start()
-            cpu_before, groups_before = cpu_snapshot(processes, env["DATABASE_URL"]), group_totals(port)
+            cpu_before, counted_before = cpu_snapshot(processes, env["DATABASE_URL"]), metric_totals(metrics_ports)
             orders = load(port, keys[:count], args.seconds, procs, "order")
-            cpu_after, groups_after = cpu_snapshot(processes, env["DATABASE_URL"]), group_totals(port)
+            cpu_after, counted_after = cpu_snapshot(processes, env["DATABASE_URL"]), metric_totals(metrics_ports)
             if args.profile and count == counts[-1]:
                 spy.join()
             acknowledged += orders["ok"]
             print(f"  {count:3d} clients  POST /fapi/v1/order (signed): {orders['rate']:8.0f} orders/s  "
                   f"p50 {orders['p50']:6.2f} ms  p99 {orders['p99']:6.2f} ms  statuses {orders['statuses']}")
             print(f"  {count:3d} clients  {cpu_line(cpu_before, cpu_after, orders['ok'])}")
-            placed, groups = (after - before for after, before in zip(groups_after, groups_before))
-            print(f"  {count:3d} clients  orders per group commit: {placed / max(groups, 1):.2f} ({groups:.0f} groups)")
+            for line in metric_lines(counted_before, counted_after):
+                print(f"  {count:3d} clients  {line}")
             print(f"  {count:3d} clients  ratio orders / ping: {orders['rate'] / base['rate']:.2f}   {machine_line()}")
         time.sleep(2)  # let the matcher drain
     finally:

@@ -11,6 +11,7 @@ from apps.ledger.services import account_get_or_create, accounts_forget, system_
 from apps.marketdata.services import price_cache_clear
 from apps.ops.demo import BTC_BRACKETS, ETH_BRACKETS
 from apps.positions.tiers import tiers_forget
+from apps.trading.handover import handover_forget
 from exchange.params import contracts_forget
 
 
@@ -18,8 +19,11 @@ from exchange.params import contracts_forget
 def _process_caches():
     """Per-process caches (contracts by symbol, margin tiers) start empty in every test, and so do
     the prices cached in Redis: a mark left by an earlier test, session or benchmark on the test
-    Redis database would price a new contract that reuses the id's symbol."""
+    Redis database would price a new contract that reuses the id's symbol; and so do the order
+    handover's queues and live marks (a matcher killed by an earlier test leaves its mark for
+    a few seconds: orders for a contract with that id would wait for it)."""
     price_cache_clear()
+    handover_forget()
     contracts_forget()
     tiers_forget()
     accounts_forget()

@@ -77,6 +77,10 @@ LATENCY_MAX_AGE_SECONDS = 120.0
 # The orders one group commit of order entry placed in one go (apps.trading.group_commit).
 ORDER_ENTRY_GROUP = Histogram("exchange_order_entry_group_orders", "Orders placed together by one group commit",
                               buckets=(1, 2, 4, 8, 16, 32, 64, 100))
+# Where the API's new orders were placed (apps.trading.handover): by the contract's matcher,
+# in the web process (no matcher serving), or unknown (no answer in time: -1007).
+ORDER_ENTRY_ROUTE = Counter("exchange_order_entry_route_total", "New orders from the API by where they were placed",
+                            ["route"])
 
 # -- risk and funding: set or counted by the code that does the work -----------------
 

@@ -19,6 +19,7 @@ from exchange.errors import ErrorCode, ExchangeError
 from .models import Order, OrderStatus, OrderType, Side, StpMode, TimeInForce, WorkingType
 from .selectors import order_wait_result, orders_all, orders_open, trades_of_user
 from .errors import NoSuchOrder
+from . import handover
 from .group_commit import ORDER_ENTRY
 from .services import (CLIENT_ORDER_ID, OrderRequest, order_amend, order_cancel, order_get, orders_cancel_all,
                        orders_place_many)
@@ -98,8 +99,13 @@ def _order_params(params: dict) -> dict:
 
 def _place(user, params: dict) -> dict:
     request, resp_type = _request(user, params)
-    # Through the process's group commit: concurrent requests share a transaction and a commit.
-    return _answer(ORDER_ENTRY.place(request), resp_type)
+    # By the contract's matcher when one takes its orders, else through this process's group
+    # commit (concurrent requests share a transaction and a commit).
+    handed = handover.submit(request)
+    if handed is None:
+        return _answer(ORDER_ENTRY.place(request), resp_type)
+    ORDER_ENTRY.leave()  # no writer of this process waits for it
+    return _answer(handed.result(), resp_type)
 
 
 def _request(user, params: dict) -> tuple[OrderRequest, str]:

@@ -72,6 +72,12 @@ class GroupCommit:
                 with self._lock:
                     self._arrived()
 
+    def leave(self) -> None:
+        """This thread's order will not come to `place` (handed to the matcher): no writer waits for it."""
+        if getattr(_thread, "arriving", None) is self:
+            with self._lock:
+                self._arrived()
+
     def _arrived(self) -> None:  # under the lock
         _thread.arriving = None
         self._arriving -= 1

@@ -35,6 +35,7 @@ from apps.ops.metrics import (
 )
 from exchange.redis import get_redis
 
+from . import handover
 from .doorbell import CHANNEL as DOORBELL_CHANNEL
 from .engine import SymbolEngine
 from .matching import batch_process
@@ -104,12 +105,14 @@ class Matcher:
             resting = engine.rebuild()
             self.engines[contract.symbol] = engine
             self._announce_leader(contract.symbol)
+            self._serving([contract.pk])
             logger.info("lease on %s acquired; book rebuilt with %d resting orders", contract.symbol, resting)
         LEASES.set(len(self.engines))
 
     def step(self) -> int:
-        """Process one batch per held symbol; returns the number of commands processed."""
-        processed = 0
+        """Place the orders handed over by the web (`apps.trading.handover`), then process one
+        batch per held symbol; returns the number of requests and commands processed."""
+        processed = self._serve_handed()
         for symbol, engine in self.engines.items():
             # After a failed batch, one command per batch until one succeeds: a command that
             # keeps failing on its own is a poison command and is set aside.
@@ -138,6 +141,38 @@ class Matcher:
             counted[1] += len(result.trades)
         return processed
 
+    def _serve_handed(self) -> int:
+        """Every held contract's queued orders, placed (one transaction per contract) and answered
+        before its batch matches them. A failure here leaves them unanswered: their clients get
+        -1007 (status unknown), and what committed is matched as any journal command."""
+        by_id = {engine.contract.pk: engine.contract for engine in self.engines.values()}
+        if not by_id:
+            return 0
+        try:
+            taken = handover.take(by_id, self.batch_size)
+        except Exception:
+            logger.warning("handed-over orders not read", exc_info=True)
+            return 0
+        served = 0
+        for contract_id, messages in taken.items():
+            try:
+                served += handover.serve(by_id[contract_id], messages)
+            except Exception:
+                logger.exception("handed-over orders for %s not placed or not answered", by_id[contract_id].symbol)
+        return served
+
+    def _serving(self, contract_ids) -> None:
+        try:
+            handover.announce(contract_ids)
+        except Exception:
+            logger.warning("order handover not announced", exc_info=True)
+
+    def _not_serving(self, contract_ids) -> None:
+        try:
+            handover.retract(contract_ids)
+        except Exception:
+            logger.warning("order handover not retracted (it lapses by itself)", exc_info=True)
+
     def _failed(self, symbol: str, single: bool, exc: Exception) -> None:
         failures = self._failures.get(symbol, 0) + 1
         self._failures[symbol] = failures
@@ -160,6 +195,7 @@ class Matcher:
         except Exception:
             logger.exception("rebuild of %s failed", engine.contract.symbol)
         logger.error("database connection lost: dropping all leases and books")
+        self._not_serving([e.contract.pk for e in self.engines.values()])
         connection.close()
         self.engines.clear()
         LEASES.set(0)
@@ -177,6 +213,7 @@ class Matcher:
             settled = Contract.objects.filter(pk__in=ids, status=ContractStatus.SETTLED).values_list("pk", flat=True)
             for contract_id in settled:
                 symbol = ids[contract_id]
+                self._not_serving([contract_id])
                 del self.engines[symbol]
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LEASE_NAMESPACE, contract_id])
@@ -202,6 +239,7 @@ class Matcher:
                 heartbeat_record(f"matcher:{symbol}")
         except Exception:
             logger.warning("heartbeat not recorded", exc_info=True)
+        self._serving([engine.contract.pk for engine in self.engines.values()])
         if now - self._last_sample >= SAMPLE_EVERY:
             self.sample(elapsed=now - self._last_sample)
             self._last_sample = now
@@ -245,6 +283,10 @@ class Matcher:
             self.heartbeat()
             if processed == 0:
                 self._wait(pubsub)
+        # Orders stop coming; those already queued are placed and answered (the book and the
+        # journal keep them for the next leader), the rest time out at the web as unknown.
+        self._not_serving([engine.contract.pk for engine in self.engines.values()])
+        self._serve_handed()
         logger.info("matcher stopping")
 
     def _maybe_acquire(self) -> None:

@@ -211,3 +211,7 @@ MATCHER_CPU = env_int("MATCHER_CPU", -1)
 # Order entry: how long `newOrderRespType=RESULT` waits for the matcher before answering
 # with the accepted (NEW) state.
 ORDER_RESULT_WAIT_SECONDS = env_float("ORDER_RESULT_WAIT_SECONDS", 2.0)
+# Order entry handed to the contract's matcher (apps.trading.handover): how long a new-order
+# request waits for its answer before -1007 (status unknown). It must stay below the Redis
+# client's socket timeout (5 s); 0 places every order in the web process.
+ORDER_HANDOVER_WAIT_SECONDS = env_float("ORDER_HANDOVER_WAIT_SECONDS", 3.0)

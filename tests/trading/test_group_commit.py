@@ -167,6 +167,33 @@ def test_a_request_refused_before_it_reaches_entry_stops_the_wait(recorder):
     assert answers == {"mine": "mine"} and recorder.groups == [["mine"]]
 
 
+def test_an_order_handed_to_the_matcher_stops_the_wait(recorder):
+    """`leave`: the request's order goes elsewhere (apps.trading.handover); the writer stops
+    waiting for it at once, and its context's exit counts it out only once."""
+    entry = GroupCommit(linger=60)
+    inside, hand_over, handed, answers = threading.Event(), threading.Event(), threading.Event(), {}
+
+    def handed_request():
+        with entry.arriving():
+            inside.set()
+            hand_over.wait(10)
+            entry.leave()
+            handed.set()
+            hand_over.wait(10)  # waiting for the matcher's answer: still inside the context
+
+    elsewhere = threading.Thread(target=handed_request)
+    elsewhere.start()
+    inside.wait(10)
+    placing = threading.Thread(target=lambda: answers.setdefault("mine", entry.place("mine")))
+    placing.start()
+    _until(lambda: entry._writing and len(entry._queue) == 1, "the writer waiting")
+    hand_over.set()
+    placing.join(10)
+    elsewhere.join(10)
+    assert answers == {"mine": "mine"} and recorder.groups == [["mine"]]
+    assert handed.is_set() and entry._arriving == 0
+
+
 def test_with_nothing_on_its_way_a_writer_starts_at_once(recorder):
     entry = GroupCommit(linger=60)
     done = threading.Thread(target=lambda: entry.place("alone"))

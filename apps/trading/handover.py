@@ -1,0 +1,215 @@
+"""Order entry handed to the contract's matcher: a new order from the API is placed by the
+process that holds the contract's lease, when one is serving, instead of in the web process.
+
+Why: a web worker places the orders that reach it together in one transaction
+(`group_commit`), but with several workers and clients that wait for each answer those groups
+stay small (about 2 orders at 8 clients), and a group's fixed cost - a dozen round trips,
+each ~0.1 ms of client CPU on this machine - is most of what an order costs the web. The
+matcher takes every worker's orders for its contracts at once, places them with the same
+`orders_place_many` (same rules, same transaction per contract, same answers) and matches
+them straight after, with no wait for the doorbell and no lock contention between order entry
+and the booking of its fills.
+
+The protocol, in this environment's Redis database:
+- `matcher:entry:live:<contract id>`: the lease holder's pid, with a TTL of LIVE_SECONDS,
+  refreshed at every heartbeat (`announce`) and deleted when it stops serving (`retract`).
+- `matcher:entry:queue:<contract id>`: requests (JSON), pushed by one script that first checks
+  the live key and then rings the doorbell: nothing is queued for a matcher that is not there.
+  Without one (or without Redis) the web places the order itself, as before.
+- `matcher:entry:reply:<token>`: the answer, which the request waits for (BLPOP). The
+  matcher answers after the order's transaction has committed: an acknowledgement still
+  follows durability.
+
+A request carries a deadline (its wait). The matcher drops one it takes too late: the
+client has been told -1007 (status unknown) and its order is never placed afterwards. A
+request the matcher took and did not commit before dying (SIGKILL) gets the same -1007, and
+its order does not exist: exactly Binance's "execution status unknown".
+"""
+import json
+import logging
+import os
+import time
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from redis.exceptions import RedisError
+
+from apps.ops.metrics import ORDER_ENTRY_GROUP, ORDER_ENTRY_ROUTE
+from exchange.errors import ErrorCode, ExchangeError
+from exchange.redis import get_redis
+
+from .doorbell import CHANNEL as DOORBELL_CHANNEL
+from .models import Order
+from .services import OrderRequest, orders_place_many
+
+logger = logging.getLogger(__name__)
+LIVE_KEY = "matcher:entry:live:{contract}"
+QUEUE_KEY = "matcher:entry:queue:{contract}"
+REPLY_KEY = "matcher:entry:reply:{token}"
+LIVE_SECONDS = 5  # > the heartbeat (1 s): a busy batch does not make the web fall back
+REPLY_SECONDS = 60  # an answer nobody took (the request timed out) disappears
+
+# KEYS: live, queue. ARGV: request, doorbell channel, contract id. 1 if queued.
+_SUBMIT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+_scripts: dict = {}
+
+
+class HandoverTimeout(ExchangeError):
+    code = ErrorCode.TIMEOUT
+    http_status = 503  # Binance: the message was sent, no answer came; the status is unknown
+
+
+# -- the web's side --------------------------------------------------------------------------
+
+def submit(request: OrderRequest) -> "Handed | None":
+    """Queue the order for the contract's matcher; None when no matcher takes the contract's
+    orders (or Redis is unavailable): the caller places it itself."""
+    wait = settings.ORDER_HANDOVER_WAIT_SECONDS
+    if wait <= 0:
+        return None
+    contract_id = request.contract.pk
+    token = uuid.uuid4().hex
+    message = json.dumps({"user": request.user.pk, "params": request.params, "reply": token,
+                          "deadline": time.time() + wait}, default=str)
+    redis = get_redis()
+    try:
+        script = _scripts.get("submit") or _scripts.setdefault("submit", redis.register_script(_SUBMIT))
+        queued = script(keys=[LIVE_KEY.format(contract=contract_id), QUEUE_KEY.format(contract=contract_id)],
+                        args=[message, DOORBELL_CHANNEL, contract_id])
+    except RedisError:
+        logger.warning("order handover unavailable; placing the order here", exc_info=True)
+        queued = 0
+    if not queued:
+        ORDER_ENTRY_ROUTE.labels("web").inc()
+        return None
+    return Handed(request, token, wait)
+
+
+class Handed:
+    """An order queued for its contract's matcher."""
+
+    def __init__(self, request: OrderRequest, token: str, wait: float):
+        self.request, self.token, self.wait = request, token, wait
+
+    def result(self) -> Order:
+        """The order as the matcher accepted it; raises what refused it, or HandoverTimeout
+        when no answer came within the wait."""
+        try:
+            answer = get_redis().blpop([REPLY_KEY.format(token=self.token)], timeout=self.wait)
+        except RedisError:
+            logger.warning("order handover: no answer read", exc_info=True)
+            answer = None
+        if answer is None:
+            ORDER_ENTRY_ROUTE.labels("timeout").inc()
+            raise HandoverTimeout("Timeout waiting for response from backend server. Send status unknown; "
+                                  "execution status unknown.")
+        ORDER_ENTRY_ROUTE.labels("matcher").inc()
+        return _decode(json.loads(answer[1]), self.request)
+
+
+def _decode(answer: dict, request: OrderRequest) -> Order:
+    if "error" in answer:
+        code, msg, status = answer["error"]
+        raise ExchangeError(msg, code=ErrorCode(code), http_status=status)
+    order = Order(**{name: None if value is None else Order._meta.get_field(name).to_python(value)
+                     for name, value in answer["order"].items()})
+    order.user, order.contract = request.user, request.contract
+    order._state.adding, order._state.db = False, "default"
+    return order
+
+
+# -- the matcher's side ----------------------------------------------------------------------
+
+def announce(contract_ids) -> None:
+    """This process takes these contracts' orders (at every heartbeat, and on taking a lease)."""
+    pipe = get_redis().pipeline(transaction=False)
+    for contract_id in contract_ids:
+        pipe.set(LIVE_KEY.format(contract=contract_id), os.getpid(), ex=LIVE_SECONDS)
+    pipe.execute()
+
+
+def retract(contract_ids) -> None:
+    """This process no longer takes these contracts' orders (stopping, lease lost, settled)."""
+    keys = [LIVE_KEY.format(contract=contract_id) for contract_id in contract_ids]
+    if keys:
+        get_redis().delete(*keys)
+
+
+def take(contract_ids, limit: int) -> dict[int, list[dict]]:
+    """Up to `limit` queued requests per contract, oldest first, in one round trip."""
+    contract_ids = list(contract_ids)
+    pipe = get_redis().pipeline(transaction=False)
+    for contract_id in contract_ids:
+        pipe.lpop(QUEUE_KEY.format(contract=contract_id), limit)
+    taken = {}
+    for contract_id, raw in zip(contract_ids, pipe.execute()):
+        if raw:
+            taken[contract_id] = [json.loads(item) for item in raw]
+    return taken
+
+
+def serve(contract, messages: list[dict]) -> int:
+    """Place the requests taken for `contract` and answer each; returns how many were placed
+    or refused (late ones are dropped unanswered: their client has been answered -1007)."""
+    now = time.time()
+    live = [m for m in messages if m["deadline"] > now]
+    if len(live) < len(messages):
+        logger.warning("order handover: %d request(s) for contract %s dropped after their deadline",
+                       len(messages) - len(live), contract.pk)
+    if not live:
+        return 0
+    users = get_user_model().objects.in_bulk({m["user"] for m in live})
+    results: list = [None] * len(live)
+    requests, positions = [], []
+    for index, message in enumerate(live):
+        user = users.get(message["user"])
+        if user is None:  # deleted since the web authenticated the request
+            results[index] = ExchangeError("Invalid API-key, IP, or permissions for action.",
+                                           code=ErrorCode.REJECTED_MBX_KEY, http_status=401)
+            continue
+        requests.append(OrderRequest(user=user, contract=contract, params=message["params"]))
+        positions.append(index)
+    if requests:
+        ORDER_ENTRY_GROUP.observe(len(requests))
+        for index, result in zip(positions, orders_place_many(requests)):
+            results[index] = result
+    pipe = get_redis().pipeline(transaction=False)
+    for message, result in zip(live, results):
+        key = REPLY_KEY.format(token=message["reply"])
+        pipe.rpush(key, json.dumps(_encode(result)))
+        pipe.expire(key, REPLY_SECONDS)
+    pipe.execute()
+    return len(live)
+
+
+def handover_forget() -> None:
+    """Every queue, live mark and unread answer of this environment (tests)."""
+    redis = get_redis()
+    keys = list(redis.scan_iter(match="matcher:entry:*", count=1000))
+    if keys:
+        redis.delete(*keys)
+
+
+def _encode(result) -> dict:
+    if isinstance(result, ExchangeError):
+        return {"error": [int(result.code), result.msg, result.http_status]}
+    if isinstance(result, Exception):  # orders_place_many logged it
+        return {"error": [int(ErrorCode.UNKNOWN), "Internal error; please retry.", 500]}
+    return {"order": {field.attname: _plain(getattr(result, field.attname))
+                      for field in Order._meta.concrete_fields}}
+
+
+def _plain(value):
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

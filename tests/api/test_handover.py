@@ -1,0 +1,192 @@
+"""Order entry handed to the contract's matcher (apps.trading.handover).
+
+In process: this test plays the matcher (`announce`, `take`, `serve`) while a thread plays the
+web request (`submit`, `result`), so every answer - the order, each refusal, the timeout - is
+checked against what the web would have said placing the order itself. Then through the real
+stack: the signed API in this process, a real matcher process serving the contract, stopped
+gracefully and killed.
+"""
+import signal
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+
+from apps.ledger.models import AccountKind
+from apps.ledger.selectors import balance_amount
+from apps.ledger.services import account_get_or_create
+from apps.ops.metrics import ORDER_ENTRY_ROUTE
+from apps.trading import handover
+from apps.trading.models import Order, OrderStatus
+from apps.trading.services import OrderRequest, order_place
+from exchange.errors import ErrorCode, ExchangeError
+from exchange.redis import get_redis
+from tests.trading.test_matcher_process import start_matcher, stop, wait_for
+
+D = Decimal
+
+
+@pytest.fixture
+def funded(api_user):
+    """Users with a wallet (100,000 USDT unless given)."""
+    return lambda name, amount=D("100000"): api_user(name, amount)[0]
+
+
+def route_count(route: str) -> float:
+    return ORDER_ENTRY_ROUTE.labels(route)._value.get()
+
+
+def limit(user, contract, **params) -> OrderRequest:
+    params = {"side": "BUY", "order_type": "LIMIT", "quantity": "0.010", "price": "50000",
+              "time_in_force": "GTC", **params}
+    return OrderRequest(user=user, contract=contract, params=params)
+
+
+class WebRequest(threading.Thread):
+    """The web's half in a thread: submit, then wait for the answer (no database needed)."""
+
+    def __init__(self, request: OrderRequest):
+        super().__init__(daemon=True)
+        self.request, self.handed, self.result, self.error = request, None, None, None
+
+    def run(self):
+        try:
+            self.handed = handover.submit(self.request)
+            self.result = self.handed.result() if self.handed is not None else None
+        except ExchangeError as exc:
+            self.error = exc
+
+
+def served(contract, *requests: OrderRequest, limit_: int = 100) -> list[WebRequest]:
+    """Submit each request from its own thread, then serve the queue as the matcher would."""
+    handover.announce([contract.pk])
+    threads = [WebRequest(r) for r in requests]
+    for thread in threads:
+        thread.start()
+    queue = handover.QUEUE_KEY.format(contract=contract.pk)
+    wait_for(lambda: get_redis().llen(queue) == len(threads), 5, "the requests to be queued")
+    taken = handover.take([contract.pk], limit_)
+    assert handover.serve(contract, taken[contract.pk]) == len(threads)
+    for thread in threads:
+        thread.join(5)
+    return threads
+
+
+def test_without_a_serving_matcher_the_web_places_the_order(api_user, btcusdt):
+    user, api = api_user("alice")
+    before = route_count("web")
+    response = api.call("POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC",
+                        quantity="0.010", price="50000")
+    assert response.status_code == 200, response.content
+    assert Order.objects.get(pk=response.json()["orderId"]).status == OrderStatus.PENDING_NEW
+    assert route_count("web") == before + 1
+
+
+def test_a_served_order_is_the_stored_order(funded, btcusdt):
+    alice = funded("alice")
+    before = route_count("matcher")
+    [web] = served(btcusdt, limit(alice, btcusdt, client_order_id="handed-1"))
+    order, stored = web.result, Order.objects.get(client_order_id="handed-1")
+    assert web.error is None and order.pk == stored.pk
+    for field in Order._meta.concrete_fields:  # every column, as the web would have it from the row
+        assert getattr(order, field.attname) == getattr(stored, field.attname), field.name
+    assert order.user == alice and order.contract == btcusdt and not order._state.adding
+    assert stored.status == OrderStatus.PENDING_NEW and stored.margin_held > 0
+    held = account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=alice)
+    assert balance_amount(account=held, asset_code="USDT") == stored.margin_held
+    assert route_count("matcher") == before + 1
+
+
+def test_refusals_come_back_with_the_web_placements_code_message_and_status(funded, btcusdt):
+    alice, poor = funded("alice"), funded("poor", amount=D("1"))
+    requests = [limit(poor, btcusdt), limit(alice, btcusdt, price="50000.05"),
+                limit(alice, btcusdt, client_order_id="dup"), limit(alice, btcusdt, client_order_id="dup")]
+    expected = []
+    for request in requests[:2]:  # what placing them in the web says (in a transaction rolled back)
+        with pytest.raises(ExchangeError) as refused:
+            order_place(user=request.user, contract=btcusdt, **request.params)
+        expected.append((refused.value.code, refused.value.msg, refused.value.http_status))
+    threads = served(btcusdt, *requests)
+    got = [(t.error.code, t.error.msg, t.error.http_status) if t.error else t.result for t in threads]
+    assert got[0] == expected[0] and got[0][0] == ErrorCode.MARGIN_NOT_SUFFICIENT
+    assert got[1] == expected[1] and got[1][0] == ErrorCode.BAD_PRECISION
+    # Two orders of one group with one client order id: the first placed, the second refused.
+    placed = [g for g in got[2:] if isinstance(g, Order)]
+    refused = [g for g in got[2:] if not isinstance(g, Order)]
+    assert len(placed) == 1 and refused == [(ErrorCode.CLIENT_ORDER_ID_DUPLICATED, "ClientOrderId is duplicated.", 400)]
+    assert list(Order.objects.filter(user=alice).values_list("client_order_id", flat=True)) == ["dup"]
+    assert not Order.objects.filter(user=poor).exists()
+
+
+def test_no_answer_in_time_is_1007_and_a_late_request_is_never_placed(funded, btcusdt, settings):
+    settings.ORDER_HANDOVER_WAIT_SECONDS = 0.3
+    alice = funded("alice")
+    handover.announce([btcusdt.pk])  # live, but nobody serves the queue
+    web = WebRequest(limit(alice, btcusdt))
+    web.start()
+    web.join(5)
+    assert web.error is not None and web.result is None
+    assert (web.error.code, web.error.http_status) == (ErrorCode.TIMEOUT, 503)
+    assert "status unknown" in web.error.msg
+    taken = handover.take([btcusdt.pk], 100)  # the matcher comes back after the deadline
+    assert len(taken[btcusdt.pk]) == 1
+    assert handover.serve(btcusdt, taken[btcusdt.pk]) == 0
+    assert not Order.objects.filter(user=alice).exists()
+
+
+def test_zero_wait_never_hands_over(funded, btcusdt, settings):
+    settings.ORDER_HANDOVER_WAIT_SECONDS = 0
+    handover.announce([btcusdt.pk])
+    assert handover.submit(limit(funded("alice"), btcusdt)) is None
+    assert get_redis().llen(handover.QUEUE_KEY.format(contract=btcusdt.pk)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_real_matcher_places_and_matches_api_orders_then_hands_back(api_user, btcusdt):
+    """Signed API orders while a matcher process serves BTCUSDT: placed by it (and matched, the
+    RESULT answer says so); after SIGTERM it retracts and the web places them itself; after
+    SIGKILL its mark lapses, in-between orders are -1007 and none of them is placed."""
+    buyer, buyer_api = api_user("buyer")
+    seller, seller_api = api_user("seller")
+    live = handover.LIVE_KEY.format(contract=btcusdt.pk)
+    matcher = start_matcher()
+    try:
+        wait_for(lambda: get_redis().exists(live), 60, "the matcher to serve BTCUSDT")
+        before = route_count("matcher")
+        ask = seller_api.call("POST", "/fapi/v1/order", symbol="BTCUSDT", side="SELL", type="LIMIT",
+                              timeInForce="GTC", quantity="0.010", price="50000")
+        assert ask.status_code == 200, ask.content
+        bid = buyer_api.call("POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="LIMIT",
+                             timeInForce="GTC", quantity="0.010", price="50000", newOrderRespType="RESULT")
+        assert bid.status_code == 200, bid.content
+        assert bid.json()["status"] == "FILLED" and bid.json()["executedQty"] == "0.01"
+        assert route_count("matcher") == before + 2
+        assert wait_for(lambda: Order.objects.get(pk=ask.json()["orderId"]).status == OrderStatus.FILLED, 10,
+                        "the maker to be filled")
+    finally:
+        stop(matcher)  # SIGTERM: it retracts before exiting
+    assert not get_redis().exists(live)
+    before = route_count("web")
+    after = buyer_api.call("POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC",
+                           quantity="0.010", price="49000")
+    assert after.status_code == 200 and route_count("web") == before + 1
+
+    matcher = start_matcher()
+    try:
+        wait_for(lambda: get_redis().exists(live), 60, "the new matcher to serve BTCUSDT")
+        matcher.send_signal(signal.SIGKILL)
+        matcher.wait(10)
+        orders = Order.objects.count()
+        unknown = buyer_api.call("POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="LIMIT",
+                                 timeInForce="GTC", quantity="0.010", price="48000", newClientOrderId="unknown-1")
+        assert unknown.status_code == 503 and unknown.json()["code"] == ErrorCode.TIMEOUT
+        wait_for(lambda: not get_redis().exists(live), handover.LIVE_SECONDS + 2, "the dead matcher's mark to lapse")
+        time.sleep(0.1)
+        assert Order.objects.count() == orders and not Order.objects.filter(client_order_id="unknown-1").exists()
+        again = buyer_api.call("POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="LIMIT",
+                               timeInForce="GTC", quantity="0.010", price="48000", newClientOrderId="unknown-1")
+        assert again.status_code == 200, again.content  # the client's retry, placed by the web
+    finally:
+        stop(matcher)
