@@ -74,6 +74,7 @@ def submit(request: OrderRequest) -> "Handed | None":
     orders (or Redis is unavailable): the caller places it itself."""
     wait = settings.ORDER_HANDOVER_WAIT_SECONDS
     if wait <= 0:
+        ORDER_ENTRY_ROUTE.labels("web").inc()
         return None
     contract_id = request.contract.pk
     token = uuid.uuid4().hex
