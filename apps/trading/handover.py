@@ -35,6 +35,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connection
 from redis.exceptions import RedisError
 
 from apps.ops.metrics import ORDER_ENTRY_GROUP, ORDER_ENTRY_ROUTE
@@ -71,9 +72,10 @@ class HandoverTimeout(ExchangeError):
 
 def submit(request: OrderRequest) -> "Handed | None":
     """Queue the order for the contract's matcher; None when no matcher takes the contract's
-    orders (or Redis is unavailable): the caller places it itself."""
+    orders (or Redis is unavailable), or the caller is inside a transaction (the order must
+    be part of it, as `group_commit` places it): the caller places it itself."""
     wait = settings.ORDER_HANDOVER_WAIT_SECONDS
-    if wait <= 0:
+    if wait <= 0 or connection.in_atomic_block:
         ORDER_ENTRY_ROUTE.labels("web").inc()
         return None
     contract_id = request.contract.pk

@@ -22,6 +22,7 @@ from apps.trading.models import Order, OrderStatus
 from apps.trading.services import OrderRequest, order_place
 from exchange.errors import ErrorCode, ExchangeError
 from exchange.redis import get_redis
+from apps.trading.matcher import LEADER_KEY
 from tests.trading.test_matcher_process import start_matcher, stop, wait_for
 
 D = Decimal
@@ -140,6 +141,40 @@ def test_zero_wait_never_hands_over(funded, btcusdt, settings):
     handover.announce([btcusdt.pk])
     assert handover.submit(limit(funded("alice"), btcusdt)) is None
     assert get_redis().llen(handover.QUEUE_KEY.format(contract=btcusdt.pk)) == 0
+
+
+def test_inside_a_transaction_the_order_stays_in_it(funded, btcusdt):
+    """A caller in a transaction (this test's) places the order itself: a matcher's commit would
+    not roll back with the caller's."""
+    handover.announce([btcusdt.pk])
+    assert handover.submit(limit(funded("alice"), btcusdt)) is None
+    assert get_redis().llen(handover.QUEUE_KEY.format(contract=btcusdt.pk)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_when_the_leader_dies_the_standby_answers_the_waiting_orders(api_user, btcusdt):
+    """Orders queued while the leader is dead wait for the standby (the mark outlives the leader
+    by up to LIVE_SECONDS), which takes the lease and answers them within their wait."""
+    buyer, buyer_api = api_user("buyer")
+    live = handover.LIVE_KEY.format(contract=btcusdt.pk)
+    first, second = start_matcher(), start_matcher()
+    processes = {p.pid: p for p in (first, second)}
+    try:
+        leader = int(wait_for(lambda: get_redis().get(LEADER_KEY.format(symbol="BTCUSDT")), 60, "a leader"))
+        wait_for(lambda: get_redis().get(live) == str(leader).encode(), 10, "the leader to serve BTCUSDT")
+        processes[leader].send_signal(signal.SIGKILL)
+        processes[leader].wait(10)
+        response = buyer_api.call("POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="LIMIT",
+                                  timeInForce="GTC", quantity="0.010", price="49000", newClientOrderId="during")
+        assert response.status_code == 200, response.content
+        standby = next(pid for pid in processes if pid != leader)
+        assert get_redis().get(live) == str(standby).encode()
+        assert wait_for(lambda: Order.objects.get(client_order_id="during").status == OrderStatus.NEW, 10,
+                        "the standby to book the order")
+    finally:
+        for process in processes.values():
+            stop(process)
 
 
 @pytest.mark.slow
