@@ -84,7 +84,11 @@ def _leader_pid(service: str) -> int | None:
 
 
 def probe_matchers() -> dict:
-    """Heartbeat age of each symbol's matcher, and the pid of its lease holder."""
+    """Heartbeat age of each symbol's matcher, the pid of its lease holder, and whether it takes
+    the API's new orders (`takes_orders`: its live mark, apps.trading.handover; without it the
+    web places them). Only the heartbeat decides `ok`."""
+    from apps.trading.handover import LIVE_KEY  # not at import: apps.trading imports this module
+
     max_age = settings.OPS_MATCHER_MAX_AGE_SECONDS
     try:
         symbols = matcher_symbols()
@@ -94,6 +98,7 @@ def probe_matchers() -> dict:
             entry = _heartbeat(f"matcher:{symbol}", max_age)
             leader = redis.get(MATCHER_LEADER_KEY.format(symbol=symbol))
             entry["leader_pid"] = int(leader) if leader else None
+            entry["takes_orders"] = bool(redis.exists(LIVE_KEY.format(symbol=symbol)))
             result[symbol] = entry
     except Exception as exc:
         return {"ok": False, "error": str(exc)[:200]}

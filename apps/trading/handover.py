@@ -11,9 +11,9 @@ them straight after, with no wait for the doorbell and no lock contention betwee
 and the booking of its fills.
 
 The protocol, in this environment's Redis database:
-- `matcher:entry:live:<contract id>`: the lease holder's pid, with a TTL of LIVE_SECONDS,
+- `matcher:entry:live:<symbol>`: the lease holder's pid, with a TTL of LIVE_SECONDS,
   refreshed at every heartbeat (`announce`) and deleted when it stops serving (`retract`).
-- `matcher:entry:queue:<contract id>`: requests (JSON), pushed by one script that first checks
+- `matcher:entry:queue:<symbol>`: requests (JSON), pushed by one script that first checks
   the live key and then rings the doorbell: nothing is queued for a matcher that is not there.
   Without one (or without Redis) the web places the order itself, as before.
 - `matcher:entry:reply:<token>`: the answer, which the request waits for (BLPOP). The
@@ -47,13 +47,13 @@ from .models import Order
 from .services import OrderRequest, orders_place_many
 
 logger = logging.getLogger(__name__)
-LIVE_KEY = "matcher:entry:live:{contract}"
-QUEUE_KEY = "matcher:entry:queue:{contract}"
+LIVE_KEY = "matcher:entry:live:{symbol}"  # /readyz and the ops dashboard show it (apps.ops.health)
+QUEUE_KEY = "matcher:entry:queue:{symbol}"
 REPLY_KEY = "matcher:entry:reply:{token}"
 LIVE_SECONDS = 5  # > the heartbeat (1 s): a busy batch does not make the web fall back
 REPLY_SECONDS = 60  # an answer nobody took (the request timed out) disappears
 
-# KEYS: live, queue. ARGV: request, doorbell channel, contract id. 1 if queued.
+# KEYS: live, queue. ARGV: request, doorbell channel, the contract's id (the doorbell's message). 1 if queued.
 _SUBMIT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
@@ -78,15 +78,15 @@ def submit(request: OrderRequest) -> "Handed | None":
     if wait <= 0 or connection.in_atomic_block:
         ORDER_ENTRY_ROUTE.labels("web").inc()
         return None
-    contract_id = request.contract.pk
+    contract = request.contract
     token = uuid.uuid4().hex
     message = json.dumps({"user": request.user.pk, "params": request.params, "reply": token,
                           "deadline": time.time() + wait}, default=str)
     redis = get_redis()
     try:
         script = _scripts.get("submit") or _scripts.setdefault("submit", redis.register_script(_SUBMIT))
-        queued = script(keys=[LIVE_KEY.format(contract=contract_id), QUEUE_KEY.format(contract=contract_id)],
-                        args=[message, DOORBELL_CHANNEL, contract_id])
+        queued = script(keys=[LIVE_KEY.format(symbol=contract.symbol), QUEUE_KEY.format(symbol=contract.symbol)],
+                        args=[message, DOORBELL_CHANNEL, contract.pk])
     except RedisError:
         logger.warning("order handover unavailable; placing the order here", exc_info=True)
         queued = 0
@@ -131,31 +131,31 @@ def _decode(answer: dict, request: OrderRequest) -> Order:
 
 # -- the matcher's side ----------------------------------------------------------------------
 
-def announce(contract_ids) -> None:
+def announce(symbols) -> None:
     """This process takes these contracts' orders (at every heartbeat, and on taking a lease)."""
     pipe = get_redis().pipeline(transaction=False)
-    for contract_id in contract_ids:
-        pipe.set(LIVE_KEY.format(contract=contract_id), os.getpid(), ex=LIVE_SECONDS)
+    for symbol in symbols:
+        pipe.set(LIVE_KEY.format(symbol=symbol), os.getpid(), ex=LIVE_SECONDS)
     pipe.execute()
 
 
-def retract(contract_ids) -> None:
+def retract(symbols) -> None:
     """This process no longer takes these contracts' orders (stopping, lease lost, settled)."""
-    keys = [LIVE_KEY.format(contract=contract_id) for contract_id in contract_ids]
+    keys = [LIVE_KEY.format(symbol=symbol) for symbol in symbols]
     if keys:
         get_redis().delete(*keys)
 
 
-def take(contract_ids, limit: int) -> dict[int, list[dict]]:
+def take(symbols, limit: int) -> dict[str, list[dict]]:
     """Up to `limit` queued requests per contract, oldest first, in one round trip."""
-    contract_ids = list(contract_ids)
+    symbols = list(symbols)
     pipe = get_redis().pipeline(transaction=False)
-    for contract_id in contract_ids:
-        pipe.lpop(QUEUE_KEY.format(contract=contract_id), limit)
+    for symbol in symbols:
+        pipe.lpop(QUEUE_KEY.format(symbol=symbol), limit)
     taken = {}
-    for contract_id, raw in zip(contract_ids, pipe.execute()):
+    for symbol, raw in zip(symbols, pipe.execute()):
         if raw:
-            taken[contract_id] = [json.loads(item) for item in raw]
+            taken[symbol] = [json.loads(item) for item in raw]
     return taken
 
 
@@ -165,8 +165,8 @@ def serve(contract, messages: list[dict]) -> int:
     now = time.time()
     live = [m for m in messages if m["deadline"] > now]
     if len(live) < len(messages):
-        logger.warning("order handover: %d request(s) for contract %s dropped after their deadline",
-                       len(messages) - len(live), contract.pk)
+        logger.warning("order handover: %d request(s) for %s dropped after their deadline",
+                       len(messages) - len(live), contract.symbol)
     if not live:
         return 0
     users = get_user_model().objects.in_bulk({m["user"] for m in live})

@@ -105,7 +105,7 @@ class Matcher:
             resting = engine.rebuild()
             self.engines[contract.symbol] = engine
             self._announce_leader(contract.symbol)
-            self._serving([contract.pk])
+            self._serving([contract.symbol])
             logger.info("lease on %s acquired; book rebuilt with %d resting orders", contract.symbol, resting)
         LEASES.set(len(self.engines))
 
@@ -145,31 +145,30 @@ class Matcher:
         """Every held contract's queued orders, placed (one transaction per contract) and answered
         before its batch matches them. A failure here leaves them unanswered: their clients get
         -1007 (status unknown), and what committed is matched as any journal command."""
-        by_id = {engine.contract.pk: engine.contract for engine in self.engines.values()}
-        if not by_id:
+        if not self.engines:
             return 0
         try:
-            taken = handover.take(by_id, self.batch_size)
+            taken = handover.take(self.engines, self.batch_size)
         except Exception:
             logger.warning("handed-over orders not read", exc_info=True)
             return 0
         served = 0
-        for contract_id, messages in taken.items():
+        for symbol, messages in taken.items():
             try:
-                served += handover.serve(by_id[contract_id], messages)
+                served += handover.serve(self.engines[symbol].contract, messages)
             except Exception:
-                logger.exception("handed-over orders for %s not placed or not answered", by_id[contract_id].symbol)
+                logger.exception("handed-over orders for %s not placed or not answered", symbol)
         return served
 
-    def _serving(self, contract_ids) -> None:
+    def _serving(self, symbols) -> None:
         try:
-            handover.announce(contract_ids)
+            handover.announce(symbols)
         except Exception:
             logger.warning("order handover not announced", exc_info=True)
 
-    def _not_serving(self, contract_ids) -> None:
+    def _not_serving(self, symbols) -> None:
         try:
-            handover.retract(contract_ids)
+            handover.retract(symbols)
         except Exception:
             logger.warning("order handover not retracted (it lapses by itself)", exc_info=True)
 
@@ -195,7 +194,7 @@ class Matcher:
         except Exception:
             logger.exception("rebuild of %s failed", engine.contract.symbol)
         logger.error("database connection lost: dropping all leases and books")
-        self._not_serving([e.contract.pk for e in self.engines.values()])
+        self._not_serving(list(self.engines))
         connection.close()
         self.engines.clear()
         LEASES.set(0)
@@ -213,7 +212,7 @@ class Matcher:
             settled = Contract.objects.filter(pk__in=ids, status=ContractStatus.SETTLED).values_list("pk", flat=True)
             for contract_id in settled:
                 symbol = ids[contract_id]
-                self._not_serving([contract_id])
+                self._not_serving([symbol])
                 del self.engines[symbol]
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LEASE_NAMESPACE, contract_id])
@@ -239,7 +238,7 @@ class Matcher:
                 heartbeat_record(f"matcher:{symbol}")
         except Exception:
             logger.warning("heartbeat not recorded", exc_info=True)
-        self._serving([engine.contract.pk for engine in self.engines.values()])
+        self._serving(list(self.engines))
         if now - self._last_sample >= SAMPLE_EVERY:
             self.sample(elapsed=now - self._last_sample)
             self._last_sample = now
@@ -285,7 +284,7 @@ class Matcher:
                 self._wait(pubsub)
         # Orders stop coming; those already queued are placed and answered (the book and the
         # journal keep them for the next leader), the rest time out at the web as unknown.
-        self._not_serving([engine.contract.pk for engine in self.engines.values()])
+        self._not_serving(list(self.engines))
         self._serve_handed()
         logger.info("matcher stopping")
 

@@ -61,14 +61,14 @@ class WebRequest(threading.Thread):
 
 def served(contract, *requests: OrderRequest, limit_: int = 100) -> list[WebRequest]:
     """Submit each request from its own thread, then serve the queue as the matcher would."""
-    handover.announce([contract.pk])
+    handover.announce([contract.symbol])
     threads = [WebRequest(r) for r in requests]
     for thread in threads:
         thread.start()
-    queue = handover.QUEUE_KEY.format(contract=contract.pk)
+    queue = handover.QUEUE_KEY.format(symbol=contract.symbol)
     wait_for(lambda: get_redis().llen(queue) == len(threads), 5, "the requests to be queued")
-    taken = handover.take([contract.pk], limit_)
-    assert handover.serve(contract, taken[contract.pk]) == len(threads)
+    taken = handover.take([contract.symbol], limit_)
+    assert handover.serve(contract, taken[contract.symbol]) == len(threads)
     for thread in threads:
         thread.join(5)
     return threads
@@ -123,32 +123,32 @@ def test_refusals_come_back_with_the_web_placements_code_message_and_status(fund
 def test_no_answer_in_time_is_1007_and_a_late_request_is_never_placed(funded, btcusdt, settings):
     settings.ORDER_HANDOVER_WAIT_SECONDS = 0.3
     alice = funded("alice")
-    handover.announce([btcusdt.pk])  # live, but nobody serves the queue
+    handover.announce([btcusdt.symbol])  # live, but nobody serves the queue
     web = WebRequest(limit(alice, btcusdt))
     web.start()
     web.join(5)
     assert web.error is not None and web.result is None
     assert (web.error.code, web.error.http_status) == (ErrorCode.TIMEOUT, 503)
     assert "status unknown" in web.error.msg
-    taken = handover.take([btcusdt.pk], 100)  # the matcher comes back after the deadline
-    assert len(taken[btcusdt.pk]) == 1
-    assert handover.serve(btcusdt, taken[btcusdt.pk]) == 0
+    taken = handover.take([btcusdt.symbol], 100)  # the matcher comes back after the deadline
+    assert len(taken[btcusdt.symbol]) == 1
+    assert handover.serve(btcusdt, taken[btcusdt.symbol]) == 0
     assert not Order.objects.filter(user=alice).exists()
 
 
 def test_zero_wait_never_hands_over(funded, btcusdt, settings):
     settings.ORDER_HANDOVER_WAIT_SECONDS = 0
-    handover.announce([btcusdt.pk])
+    handover.announce([btcusdt.symbol])
     assert handover.submit(limit(funded("alice"), btcusdt)) is None
-    assert get_redis().llen(handover.QUEUE_KEY.format(contract=btcusdt.pk)) == 0
+    assert get_redis().llen(handover.QUEUE_KEY.format(symbol=btcusdt.symbol)) == 0
 
 
 def test_inside_a_transaction_the_order_stays_in_it(funded, btcusdt):
     """A caller in a transaction (this test's) places the order itself: a matcher's commit would
     not roll back with the caller's."""
-    handover.announce([btcusdt.pk])
+    handover.announce([btcusdt.symbol])
     assert handover.submit(limit(funded("alice"), btcusdt)) is None
-    assert get_redis().llen(handover.QUEUE_KEY.format(contract=btcusdt.pk)) == 0
+    assert get_redis().llen(handover.QUEUE_KEY.format(symbol=btcusdt.symbol)) == 0
 
 
 @pytest.mark.slow
@@ -157,12 +157,12 @@ def test_when_the_leader_dies_the_standby_answers_the_waiting_orders(api_user, b
     """Orders queued while the leader is dead wait for the standby (the mark outlives the leader
     by up to LIVE_SECONDS), which takes the lease and answers them within their wait."""
     buyer, buyer_api = api_user("buyer")
-    live = handover.LIVE_KEY.format(contract=btcusdt.pk)
+    live = handover.LIVE_KEY.format(symbol=btcusdt.symbol)
     first, second = start_matcher(), start_matcher()
     processes = {p.pid: p for p in (first, second)}
     try:
-        leader = int(wait_for(lambda: get_redis().get(LEADER_KEY.format(symbol="BTCUSDT")), 60, "a leader"))
-        wait_for(lambda: get_redis().get(live) == str(leader).encode(), 10, "the leader to serve BTCUSDT")
+        leader = int(wait_for(lambda: get_redis().get(live), 60, "a leader to serve BTCUSDT"))
+        assert leader in processes and get_redis().get(LEADER_KEY.format(symbol="BTCUSDT")) == str(leader).encode()
         processes[leader].send_signal(signal.SIGKILL)
         processes[leader].wait(10)
         response = buyer_api.call("POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="LIMIT",
@@ -185,7 +185,7 @@ def test_a_real_matcher_places_and_matches_api_orders_then_hands_back(api_user, 
     SIGKILL its mark lapses, in-between orders are -1007 and none of them is placed."""
     buyer, buyer_api = api_user("buyer")
     seller, seller_api = api_user("seller")
-    live = handover.LIVE_KEY.format(contract=btcusdt.pk)
+    live = handover.LIVE_KEY.format(symbol=btcusdt.symbol)
     matcher = start_matcher()
     try:
         wait_for(lambda: get_redis().exists(live), 60, "the matcher to serve BTCUSDT")

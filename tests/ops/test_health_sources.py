@@ -15,6 +15,7 @@ from apps.ops.demo import ETH_BRACKETS
 from apps.ops.health import heartbeat_record
 from apps.ops.models import Backup, BackupStatus
 from apps.ops.sources import MISSING, metric_publish, source_read
+from apps.trading import handover
 from apps.trading.matcher import LEADER_KEY
 from exchange.redis import get_redis
 
@@ -41,9 +42,14 @@ def test_readyz_reports_each_matcher_and_turns_ready_when_heartbeats_arrive(clie
     assert matchers["symbols"]["BTCUSDT"]["ok"] is True and matchers["symbols"]["BTCUSDT"]["leader_pid"] == 4242
     assert matchers["symbols"]["ETHUSDT"] == {
         "ok": False, "age_seconds": None, "max_age_seconds": 10, "error": "no heartbeat recorded", "leader_pid": None,
+        "takes_orders": False,
     }
     heartbeat_record("matcher:ETHUSDT")
     assert client.get("/readyz").status_code == 200
+    assert client.get("/readyz").json()["checks"]["matchers"]["symbols"]["BTCUSDT"]["takes_orders"] is False
+    handover.announce(["BTCUSDT"])  # the lease holder takes the API's orders (apps.trading.handover)
+    symbols = client.get("/readyz").json()["checks"]["matchers"]["symbols"]
+    assert symbols["BTCUSDT"]["takes_orders"] is True and symbols["ETHUSDT"]["takes_orders"] is False
 
 
 def test_readyz_turns_not_ready_when_a_matcher_heartbeat_goes_stale(client, btcusdt):
