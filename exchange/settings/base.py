@@ -212,6 +212,10 @@ MATCHER_CPU = env_int("MATCHER_CPU", -1)
 # with the accepted (NEW) state.
 ORDER_RESULT_WAIT_SECONDS = env_float("ORDER_RESULT_WAIT_SECONDS", 2.0)
 # Order entry handed to the contract's matcher (apps.trading.handover): how long a new-order
-# request waits for its answer before -1007 (status unknown). It must stay below the Redis
-# client's socket timeout (5 s); 0 places every order in the web process.
+# request waits for its answer before -1007 (status unknown): below the Redis client's
+# socket timeout (5 s); 0 places every order in the web process.
 ORDER_HANDOVER_WAIT_SECONDS = env_float("ORDER_HANDOVER_WAIT_SECONDS", 3.0)
+if not 0 <= ORDER_HANDOVER_WAIT_SECONDS < 5:  # the wait reads Redis: past its socket timeout it would fail, not wait
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"ORDER_HANDOVER_WAIT_SECONDS={ORDER_HANDOVER_WAIT_SECONDS}: from 0 to below 5 seconds")

@@ -101,3 +101,12 @@ def test_prepared_statements_setting_is_refused_where_it_cannot_apply(env, refus
                             capture_output=True, text=True)
     assert (result.returncode != 0) == refused, result.stderr[-2000:]
     assert ("DB_PREPARED_STATEMENTS" in result.stderr) == refused
+
+
+@pytest.mark.parametrize("wait, refused", [("3", False), ("0", False), ("5", True), ("-1", True)])
+def test_handover_wait_is_refused_outside_what_redis_can_wait(wait, refused):
+    clean = {**os.environ, "ORDER_HANDOVER_WAIT_SECONDS": wait, "DJANGO_SETTINGS_MODULE": "exchange.settings.test"}
+    result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=clean,
+                            capture_output=True, text=True)
+    assert (result.returncode != 0) == refused, result.stderr[-2000:]
+    assert ("ORDER_HANDOVER_WAIT_SECONDS" in result.stderr) == refused
