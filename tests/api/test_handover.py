@@ -6,24 +6,28 @@ checked against what the web would have said placing the order itself. Then thro
 stack: the signed API in this process, a real matcher process serving the contract, stopped
 gracefully and killed.
 """
+import random
 import signal
 import threading
 import time
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test import Client as DjangoClient
 
 from apps.ledger.models import AccountKind
 from apps.ledger.selectors import balance_amount
 from apps.ledger.services import account_get_or_create
 from apps.ops.metrics import ORDER_ENTRY_ROUTE
 from apps.trading import handover
-from apps.trading.models import Order, OrderStatus
+from apps.trading.models import CommandStatus, Order, OrderCommand, OrderStatus
 from apps.trading.services import OrderRequest, order_place
 from exchange.errors import ErrorCode, ExchangeError
 from exchange.redis import get_redis
 from apps.trading.matcher import LEADER_KEY
-from tests.trading.test_matcher_process import start_matcher, stop, wait_for
+from tests.api.conftest import Client
+from tests.trading.test_matcher_process import assert_everything_exactly_once, start_matcher, stop, wait_for
 
 D = Decimal
 
@@ -225,3 +229,78 @@ def test_a_real_matcher_places_and_matches_api_orders_then_hands_back(api_user, 
         assert again.status_code == 200, again.content  # the client's retry, placed by the web
     finally:
         stop(matcher)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_sigkill_under_load_loses_and_doubles_nothing(api_user, btcusdt, settings):
+    """Four signed clients send orders while the matcher that serves them is SIGKILLed, and then
+    restarted. Every order answered 200 exists exactly once, with the id it was answered with. An
+    order answered -1007 (status unknown) exists at most once. Nothing else is answered. After the
+    restart every journal command is processed once, the trades equal a replay of the journal
+    through a fresh book, and every invariant holds."""
+    settings.API_IP_WEIGHT_LIMIT_1M = settings.API_KEY_WEIGHT_LIMIT_1M = 1_000_000
+    settings.API_ACCOUNT_ORDER_LIMIT_1M = 1_000_000
+    btcusdt.max_open_orders = 1_000_000
+    btcusdt.save(update_fields=["max_open_orders"])
+    apis = [api_user(f"trader{i}")[1] for i in range(4)]
+    live = handover.LIVE_KEY.format(symbol=btcusdt.symbol)
+    answers: dict[str, tuple[int, dict]] = {}
+    stopping = threading.Event()
+
+    def trade(index: int, api) -> None:
+        own = Client(DjangoClient(), api.api_key, api.secret)  # a test client per thread
+        rng, n = random.Random(index), 0
+        try:
+            while not stopping.is_set():
+                n += 1
+                side = rng.choice(("BUY", "SELL"))
+                offset = rng.randint(-20, 20)  # around 50,000: about half of them cross
+                price = D(50000) + (offset if side == "BUY" else -offset) * D("0.5")
+                client_id = f"k{index}-{n}"
+                response = own.call("POST", "/fapi/v1/order", symbol="BTCUSDT", side=side, type="LIMIT",
+                                    timeInForce="GTC", quantity=f"{rng.randint(1, 20) / 1000:.3f}", price=str(price),
+                                    newClientOrderId=client_id)
+                answers[client_id] = (response.status_code, response.json())
+        finally:
+            connection.close()
+
+    matcher = start_matcher()
+    threads = [threading.Thread(target=trade, args=(i, api), daemon=True) for i, api in enumerate(apis)]
+    try:
+        wait_for(lambda: get_redis().exists(live), 60, "the matcher to serve BTCUSDT")
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(answers) >= 150, 120, "150 answers")
+        matcher.send_signal(signal.SIGKILL)
+        matcher.wait(10)
+        at_kill = len(answers)
+        wait_for(lambda: not get_redis().exists(live), handover.LIVE_SECONDS + 2, "the dead matcher's mark to lapse")
+        wait_for(lambda: len(answers) >= at_kill + 40, 120, "orders placed by the web while no matcher serves")
+        matcher = start_matcher()
+        wait_for(lambda: get_redis().exists(live), 60, "the restarted matcher to serve BTCUSDT")
+        served = len(answers)
+        wait_for(lambda: len(answers) >= served + 150, 120, "150 answers from the restarted matcher")
+    finally:
+        stopping.set()
+        for thread in threads:
+            thread.join(30)
+    try:
+        wait_for(lambda: not OrderCommand.objects.exclude(status=CommandStatus.DONE).exists(), 120,
+                 "every command processed")
+    finally:
+        stop(matcher)
+
+    statuses = {status for status, _ in answers.values()}
+    assert statuses <= {200, 503}, statuses
+    unknown = [cid for cid, (status, body) in answers.items() if status == 503]
+    assert unknown and all(answers[cid][1]["code"] == ErrorCode.TIMEOUT for cid in unknown)
+    stored = {}
+    for client_id, pk in Order.objects.values_list("client_order_id", "pk"):
+        assert client_id not in stored, f"{client_id} stored twice"
+        stored[client_id] = pk
+    for client_id, (status, body) in answers.items():
+        if status == 200:
+            assert stored.get(client_id) == body["orderId"], client_id
+    assert set(stored) <= set(answers)  # nothing placed that was never sent
+    assert_everything_exactly_once(btcusdt)
