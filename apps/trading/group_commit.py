@@ -68,12 +68,11 @@ class GroupCommit:
         try:
             yield
         finally:
-            if getattr(_thread, "arriving", None) is self:  # refused before it reached `place`
-                with self._lock:
-                    self._arrived()
+            self.leave()  # refused before it reached `place` (else `place` counted it in already)
 
     def leave(self) -> None:
-        """This thread's order will not come to `place` (handed to the matcher): no writer waits for it."""
+        """This thread's order will not come to `place` (refused, or handed to the matcher): no
+        writer waits for it."""
         if getattr(_thread, "arriving", None) is self:
             with self._lock:
                 self._arrived()

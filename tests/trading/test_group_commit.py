@@ -1,5 +1,6 @@
 """Group commit of order entry: threads placing orders at once share transactions, each gets
 its own answer only after its order is committed, and a refusal touches only its own order."""
+import contextlib
 import threading
 from decimal import Decimal
 
@@ -145,53 +146,56 @@ def test_a_writer_waits_for_an_order_already_on_its_way_and_takes_it_into_its_gr
     assert recorder.groups == [["first", "later"]]
 
 
+def _placed_beside(entry: GroupCommit, other) -> dict:
+    """`entry.place("mine")` while another thread is inside `entry.arriving()`; once the writer of
+    "mine" waits for that thread, it runs `other(placed)` (`placed`: set when "mine" is answered)
+    still inside the context. The answers, once both threads are done (a writer still waiting
+    after 10 s leaves them empty)."""
+    inside, go, placed, answers = threading.Event(), threading.Event(), threading.Event(), {}
+
+    def arriving_request():
+        with contextlib.suppress(ValueError), entry.arriving():
+            inside.set()
+            go.wait(10)
+            other(placed)
+
+    def placing():
+        answers["mine"] = entry.place("mine")
+        placed.set()
+
+    threads = [threading.Thread(target=arriving_request), threading.Thread(target=placing)]
+    threads[0].start()
+    inside.wait(10)
+    threads[1].start()
+    _until(lambda: entry._writing and len(entry._queue) == 1, "the writer waiting")
+    go.set()
+    for thread in threads:
+        thread.join(10)
+    return answers
+
+
 def test_a_request_refused_before_it_reaches_entry_stops_the_wait(recorder):
     entry = GroupCommit(linger=60)
-    inside, refuse, answers = threading.Event(), threading.Event(), {}
 
-    def refused_request():
-        with pytest.raises(ValueError), entry.arriving():
-            inside.set()
-            refuse.wait(10)
-            raise ValueError("bad parameter")
+    def refused(placed):
+        raise ValueError("bad parameter")
 
-    refused = threading.Thread(target=refused_request)
-    refused.start()
-    inside.wait(10)
-    placing = threading.Thread(target=lambda: answers.setdefault("mine", entry.place("mine")))
-    placing.start()
-    _until(lambda: entry._writing and len(entry._queue) == 1, "the writer waiting")
-    refuse.set()
-    placing.join(10)
-    refused.join(10)
-    assert answers == {"mine": "mine"} and recorder.groups == [["mine"]]
+    assert _placed_beside(entry, refused) == {"mine": "mine"} and recorder.groups == [["mine"]]
 
 
 def test_an_order_handed_to_the_matcher_stops_the_wait(recorder):
-    """`leave`: the request's order goes elsewhere (apps.trading.handover); the writer stops
-    waiting for it at once, and its context's exit counts it out only once."""
+    """`leave`: the request's order goes elsewhere (apps.trading.handover). The writer stops
+    waiting for it at once, while the request is still inside its context (waiting for the
+    matcher's answer), and the context's exit does not count it out a second time."""
     entry = GroupCommit(linger=60)
-    inside, hand_over, handed, answers = threading.Event(), threading.Event(), threading.Event(), {}
+    answered_while_inside = []
 
-    def handed_request():
-        with entry.arriving():
-            inside.set()
-            hand_over.wait(10)
-            entry.leave()
-            handed.set()
-            hand_over.wait(10)  # waiting for the matcher's answer: still inside the context
+    def handed(placed):
+        entry.leave()
+        answered_while_inside.append(placed.wait(10))
 
-    elsewhere = threading.Thread(target=handed_request)
-    elsewhere.start()
-    inside.wait(10)
-    placing = threading.Thread(target=lambda: answers.setdefault("mine", entry.place("mine")))
-    placing.start()
-    _until(lambda: entry._writing and len(entry._queue) == 1, "the writer waiting")
-    hand_over.set()
-    placing.join(10)
-    elsewhere.join(10)
-    assert answers == {"mine": "mine"} and recorder.groups == [["mine"]]
-    assert handed.is_set() and entry._arriving == 0
+    assert _placed_beside(entry, handed) == {"mine": "mine"} and recorder.groups == [["mine"]]
+    assert answered_while_inside == [True] and entry._arriving == 0
 
 
 def test_with_nothing_on_its_way_a_writer_starts_at_once(recorder):
