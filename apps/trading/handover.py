@@ -32,6 +32,7 @@ import time
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -60,7 +61,6 @@ redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
-_scripts: dict = {}
 
 
 class HandoverTimeout(ExchangeError):
@@ -75,25 +75,29 @@ def submit(request: OrderRequest) -> "Handed | None":
     orders (or Redis is unavailable), or the caller is inside a transaction (the order must
     be part of it, as `group_commit` places it): the caller places it itself."""
     wait = settings.ORDER_HANDOVER_WAIT_SECONDS
-    if wait <= 0 or connection.in_atomic_block:
-        ORDER_ENTRY_ROUTE.labels("web").inc()
-        return None
-    contract = request.contract
-    token = uuid.uuid4().hex
-    message = json.dumps({"user": request.user.pk, "params": request.params, "reply": token,
-                          "deadline": time.time() + wait}, default=str)
-    redis = get_redis()
+    if wait > 0 and not connection.in_atomic_block:
+        token = uuid.uuid4().hex
+        message = json.dumps({"user": request.user.pk, "params": request.params, "reply": token,
+                              "deadline": time.time() + wait}, default=str)
+        if _queued(request.contract, message):
+            return Handed(request, token, wait)
+    ORDER_ENTRY_ROUTE.labels("web").inc()
+    return None
+
+
+@lru_cache(maxsize=1)
+def _submit_script():
+    return get_redis().register_script(_SUBMIT)
+
+
+def _queued(contract, message: str) -> bool:
+    symbol = contract.symbol
     try:
-        script = _scripts.get("submit") or _scripts.setdefault("submit", redis.register_script(_SUBMIT))
-        queued = script(keys=[LIVE_KEY.format(symbol=contract.symbol), QUEUE_KEY.format(symbol=contract.symbol)],
-                        args=[message, DOORBELL_CHANNEL, contract.pk])
+        return bool(_submit_script()(keys=[LIVE_KEY.format(symbol=symbol), QUEUE_KEY.format(symbol=symbol)],
+                                     args=[message, DOORBELL_CHANNEL, contract.pk]))
     except RedisError:
         logger.warning("order handover unavailable; placing the order here", exc_info=True)
-        queued = 0
-    if not queued:
-        ORDER_ENTRY_ROUTE.labels("web").inc()
-        return None
-    return Handed(request, token, wait)
+        return False
 
 
 class Handed:
@@ -122,6 +126,8 @@ def _decode(answer: dict, request: OrderRequest) -> Order:
     if "error" in answer:
         code, msg, status = answer["error"]
         raise ExchangeError(msg, code=ErrorCode(code), http_status=status)
+    if "failed" in answer:  # the API's handler answers it as any unexpected error (a 500)
+        raise RuntimeError(f"order entry failed in the matcher: {answer['failed']} (its log has the traceback)")
     order = Order(**{name: None if value is None else Order._meta.get_field(name).to_python(value)
                      for name, value in answer["order"].items()})
     order.user, order.contract = request.user, request.contract
@@ -205,7 +211,7 @@ def _encode(result) -> dict:
     if isinstance(result, ExchangeError):
         return {"error": [int(result.code), result.msg, result.http_status]}
     if isinstance(result, Exception):  # orders_place_many logged it
-        return {"error": [int(ErrorCode.UNKNOWN), "Internal error; please retry.", 500]}
+        return {"failed": type(result).__name__}
     return {"order": {field.attname: _plain(getattr(result, field.attname))
                       for field in Order._meta.concrete_fields}}
 

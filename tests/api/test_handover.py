@@ -59,7 +59,7 @@ class WebRequest(threading.Thread):
         try:
             self.handed = handover.submit(self.request)
             self.result = self.handed.result() if self.handed is not None else None
-        except ExchangeError as exc:
+        except Exception as exc:  # what the API's exception handler would get
             self.error = exc
 
 
@@ -122,6 +122,14 @@ def test_refusals_come_back_with_the_web_placements_code_message_and_status(fund
     assert len(placed) == 1 and refused == [(ErrorCode.CLIENT_ORDER_ID_DUPLICATED, "ClientOrderId is duplicated.", 400)]
     assert list(Order.objects.filter(user=alice).values_list("client_order_id", flat=True)) == ["dup"]
     assert not Order.objects.filter(user=poor).exists()
+
+
+def test_an_unexpected_error_in_the_matcher_reaches_the_web_as_one(funded, btcusdt, monkeypatch):
+    """Not an ExchangeError with a made-up code: the web raises, and the API's exception handler
+    logs it and answers the 500 it answers for any unexpected error."""
+    monkeypatch.setattr(handover, "orders_place_many", lambda requests: [KeyError("boom")] * len(requests))
+    [web] = served(btcusdt, limit(funded("alice"), btcusdt))
+    assert type(web.error) is RuntimeError and "KeyError" in str(web.error) and web.result is None
 
 
 def test_no_answer_in_time_is_1007_and_a_late_request_is_never_placed(funded, btcusdt, settings):
