@@ -216,17 +216,18 @@ def metric_totals(ports: list[int]) -> dict[str, float]:
     group commits' orders and groups (in the matcher when the web hands its orders over,
     `apps.trading.handover`, else in the web), the matcher's batches, and where the web's new
     orders were placed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     totals = dict.fromkeys(COUNTED + ROUTES, 0.0)
     for port in ports:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/metrics")
-        for line in conn.getresponse().read().decode().splitlines():
-            name, _, value = line.partition(" ")
-            base, _, labels = name.partition("{")
-            if base in COUNTED:
-                totals[base] += float(value)
-            elif base == "exchange_order_entry_route_total":
-                totals[labels.split('"')[1]] += float(value)
+        for family in text_string_to_metric_families(conn.getresponse().read().decode()):
+            for sample in family.samples:  # summed over labels (symbol, worker)
+                if sample.name in COUNTED:
+                    totals[sample.name] += sample.value
+                elif sample.name == "exchange_order_entry_route_total":
+                    totals[sample.labels["route"]] += sample.value
     return totals
 
 
