@@ -15,7 +15,11 @@ the web workers, the matcher and PostgreSQL (from /proc, over the order phase), 
 `GET /fapi/v1/ping` at the same concurrency as the baseline (the ratio is what order
 entry costs over the bare stack), then checks that every acknowledged order is in the
 database and that the ledger invariants hold. Rate limits are raised for the run (one
-loopback IP). `--profile` samples the web process with py-spy while orders flow.
+loopback IP). A phase of 20 s or more also prints its rate per 10 s, to show whether it holds
+as the tables grow. On a server without autovacuum the bench vacuums the hot tables every
+10 s while orders flow (`--vacuum-every`), as a tuned autovacuum would (apps.ops.maintenance).
+`--profile` samples the web process with py-spy (where it holds the GIL: its CPU) while
+orders flow.
 """
 import argparse
 import hashlib
@@ -110,7 +114,7 @@ def client_proc(port: int, keys: list, seconds: float, kind: str, seed: int, tag
     def worker(index: int, key: str, secret: str) -> None:
         rng = random.Random(seed * 1000 + index)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        latencies, statuses = [], {}
+        latencies, statuses, done = [], {}, []
         n = 0
         while time.monotonic() < stop_at:
             n += 1
@@ -132,8 +136,10 @@ def client_proc(port: int, keys: list, seconds: float, kind: str, seed: int, tag
             response.read()
             latencies.append(time.perf_counter() - started)
             statuses[response.status] = statuses.get(response.status, 0) + 1
+            if response.status == 200:
+                done.append(time.time())
         with lock:
-            results.append((latencies, statuses))
+            results.append((latencies, statuses, done))
 
     threads = [threading.Thread(target=worker, args=(i, k, s)) for i, (k, s) in enumerate(keys)]
     for t in threads:
@@ -158,13 +164,19 @@ def load(port: int, keys: list, seconds: float, procs: int, kind: str) -> dict:
     elapsed = time.perf_counter() - started
     import numpy as np
 
-    latencies = np.array([x for lat, _ in results for x in lat]) * 1000
+    latencies = np.array([x for lat, _, _ in results for x in lat]) * 1000
     statuses: dict[int, int] = {}
-    for _, st in results:
+    for _, st, _ in results:
         for code, count in st.items():
             statuses[code] = statuses.get(code, 0) + count
+    done = np.array(sorted(t for _, _, times in results for t in times))
+    windows = []  # answered per 10 s of the phase: does the rate hold as the tables grow?
+    if len(done) and seconds >= 2 * WINDOW_SECONDS:
+        edges = np.arange(done[0], done[0] + seconds - WINDOW_SECONDS / 2, WINDOW_SECONDS)
+        windows = [int(c) / WINDOW_SECONDS for c in np.histogram(done, bins=[*edges, edges[-1] + WINDOW_SECONDS])[0]]
     return {"rate": statuses.get(200, 0) / elapsed, "p50": float(np.percentile(latencies, 50)),
-            "p99": float(np.percentile(latencies, 99)), "statuses": statuses, "ok": statuses.get(200, 0)}
+            "p99": float(np.percentile(latencies, 99)), "statuses": statuses, "ok": statuses.get(200, 0),
+            "windows": windows}
 
 
 def cpu_snapshot(processes: list[subprocess.Popen], dsn: str) -> dict[str, float]:
@@ -204,6 +216,44 @@ def cpu_snapshot(processes: list[subprocess.Popen], dsn: str) -> dict[str, float
     return {"web": tree(processes[0].pid), "matcher": tree(processes[1].pid), "postgres": postgres,
             "pg_web": pg_web, "pg_matcher": pg_matcher,
             "machine": machine.user + machine.system + machine.nice + machine.irq + machine.softirq}
+
+
+WINDOW_SECONDS = 10
+
+
+class Vacuum(threading.Thread):
+    """On a server without autovacuum (this project's CI server), VACUUM (ANALYZE) the hot tables
+    every `every` seconds while orders flow, as the autovacuum of a tuned server would
+    (apps.ops.maintenance): otherwise a run longer than a few seconds measures their bloat."""
+
+    def __init__(self, dsn: str, every: float):
+        super().__init__(daemon=True)
+        from apps.ops.maintenance import HOT_TABLES
+
+        self.dsn, self.every, self.tables = dsn, every, HOT_TABLES
+        self.stopping = threading.Event()
+        self.runs, self.seconds = 0, 0.0
+
+    def run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stopping.wait(self.every):
+                started = time.perf_counter()
+                conn.execute(f"VACUUM (ANALYZE) {', '.join(self.tables)}")
+                self.runs, self.seconds = self.runs + 1, self.seconds + time.perf_counter() - started
+
+    def stop(self) -> str:
+        self.stopping.set()
+        self.join()
+        return f"hot tables vacuumed by the bench {self.runs} times ({self.seconds:.2f} s in all)"
+
+
+def autovacuum_on(dsn: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SHOW autovacuum").fetchone()[0] == "on"
 
 
 COUNTED = ("exchange_order_entry_group_orders_sum", "exchange_order_entry_group_orders_count",
@@ -256,7 +306,7 @@ def profile(pid: int, seconds: int) -> None:
         print("  (--profile needs py-spy: .venv/bin/pip install py-spy)")
         return
     out = ROOT / "var" / "bench_api_profile.txt"
-    subprocess.run([spy, "record", "--subprocesses", "-p", str(pid), "-d", str(seconds), "-f", "raw", "-o", str(out), "-r", "200"],
+    subprocess.run([spy, "record", "--subprocesses", "-p", str(pid), "-d", str(seconds), "-f", "raw", "-o", str(out), "-r", "200", "--gil"],
                    capture_output=True)
     self_time: dict[str, int] = {}
     total = 0
@@ -280,6 +330,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--web-workers", type=int, help="WEB_WORKERS for the Procfile's web line (default: its own)")
+    parser.add_argument("--vacuum-every", type=float, default=10, metavar="S",
+                        help="on a server without autovacuum, vacuum the hot tables every S seconds while orders "
+                             "flow, as a tuned autovacuum would (0: never, to see what their bloat costs)")
     args = parser.parse_args()
 
     ensure_services()
@@ -295,6 +348,10 @@ def main() -> None:
     print(f"web: {procfile_line('web')}  (WEB_WORKERS={env.get('WEB_WORKERS', 'default')})")
     print(f"api_orders bench: {args.clients} clients in {args.procs} processes, {args.seconds:.0f} s per phase")
     keys = prepare(env, max(counts))
+    vacuuming = args.vacuum_every > 0 and not autovacuum_on(env["DATABASE_URL"])
+    print("  server autovacuum: " + ("on" if autovacuum_on(env["DATABASE_URL"]) else
+          f"off; the bench vacuums the hot tables every {args.vacuum_every:g} s" if vacuuming else
+          "off, and the bench does not vacuum (--vacuum-every 0)"))
     metrics_ports = [port, free_port()]  # the web's, the matcher's
     processes = start(env, port, metrics_ports[1])
     acknowledged = 0
@@ -308,7 +365,11 @@ def main() -> None:
                 spy = threading.Thread(target=profile, args=(processes[0].pid, int(args.seconds) - 2))
                 spy.start()
             cpu_before, counted_before = cpu_snapshot(processes, env["DATABASE_URL"]), metric_totals(metrics_ports)
+            vacuum = Vacuum(env["DATABASE_URL"], args.vacuum_every) if vacuuming else None
+            if vacuum:
+                vacuum.start()
             orders = load(port, keys[:count], args.seconds, procs, "order")
+            vacuumed = vacuum.stop() if vacuum else None
             cpu_after, counted_after = cpu_snapshot(processes, env["DATABASE_URL"]), metric_totals(metrics_ports)
             if args.profile and count == counts[-1]:
                 spy.join()
@@ -318,6 +379,11 @@ def main() -> None:
             print(f"  {count:3d} clients  {cpu_line(cpu_before, cpu_after, orders['ok'])}")
             for line in metric_lines(counted_before, counted_after):
                 print(f"  {count:3d} clients  {line}")
+            if orders["windows"]:
+                print(f"  {count:3d} clients  orders/s per {WINDOW_SECONDS} s: "
+                      + " ".join(f"{w:.0f}" for w in orders["windows"]) + (f"  ({vacuumed})" if vacuumed else ""))
+            elif vacuumed:
+                print(f"  {count:3d} clients  {vacuumed}")
             print(f"  {count:3d} clients  ratio orders / ping: {orders['rate'] / base['rate']:.2f}   {machine_line()}")
         time.sleep(2)  # let the matcher drain
     finally:

@@ -67,8 +67,9 @@ pg_start() {
     log "PostgreSQL already running on 127.0.0.1:$PG_PORT"
   else
     log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    # autovacuum every 10 s: the hot tables need it (apps/ops/maintenance.py)
     as_pg_user "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 \
-      -o "-p $PG_PORT -k $PG_DIR/run -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on" start >&2 \
+      -o "-p $PG_PORT -k $PG_DIR/run -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on -c autovacuum_naptime=10s" start >&2 \
       || { tail -n 30 "$PG_DIR/postgres.log" >&2; exit 1; }
   fi
   "$PY" - "$PG_PORT" <<'PYEOF'

@@ -33,6 +33,8 @@ NO_AUTO_ACTION = {
     "per (symbol, time) and are re-run by hand or on their next schedule.",
     "backup_failure": "No action is taken automatically for a failed backup: run manage.py backup after fixing "
     "the cause.",
+    "db.autovacuum_off": "No action is taken automatically for a server without autovacuum: it is the database "
+    "server's setting (README, Database server).",
 }
 
 
@@ -62,6 +64,15 @@ def matcher_leader_snapshot(alert) -> dict:
 
     leader = get_redis().get(MATCHER_LEADER_KEY.format(symbol=alert.label)) if alert.label else None
     return {"last_leader_pid": int(leader) if leader else None}
+
+
+@action_register("db.hot_table_dead_rows")
+def hot_table_vacuum_diagnostics(alert) -> dict:
+    """Diagnostics only: the table's last vacuums and the oldest open transaction, which holds
+    back what any vacuum can remove. Ending that transaction is an operator's call."""
+    from .maintenance import vacuum_diagnostics
+
+    return vacuum_diagnostics(alert.label)
 
 
 def action_for(key: str) -> tuple[Callable | None, str]:

@@ -33,6 +33,15 @@ DEFAULT_RULES = [
     dict(name="Ledger invariant broken", key="ledger.invariant_violations", comparison="gt", threshold="0",
          level="CRITICAL", for_seconds=0, cooldown_seconds=3600,
          description="From the scheduled invariant check (every 5 minutes)."),
+    dict(name="Autovacuum off", key="db.autovacuum_off", comparison="gt", threshold="0", level="WARNING",
+         for_seconds=0, cooldown_seconds=86400,
+         description="The database server runs without autovacuum: dead rows of orders and journal commands pile "
+         "up and order entry and the matcher slow down with each (apps.ops.maintenance). Turn it on (README)."),
+    dict(name="Hot table dead rows high", key="db.hot_table_dead_rows", comparison="gt", threshold="100000",
+         level="WARNING", for_seconds=600, cooldown_seconds=3600,
+         description="Per table. Autovacuum runs on these tables at 10,000 dead rows (migration ops 0005): "
+         "100,000 for 10 minutes means it cannot keep up or is held back by a long transaction "
+         "(the alert's details name the oldest)."),
     dict(name="Job failed", key="job_failure", comparison="event", threshold=None, level="CRITICAL",
          for_seconds=0, cooldown_seconds=3600,
          description="Raised by funding, delivery and other jobs: alert_raise(key='job_failure:<job>:<symbol>')."),

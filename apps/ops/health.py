@@ -38,10 +38,13 @@ def matcher_symbols() -> list[str]:
 
 
 def probe_database() -> dict:
+    """Reachable; and whether the server vacuums by itself (informational: without autovacuum
+    the exchange still works, slower as the hot tables bloat; the "Autovacuum off" alert says so)."""
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        return {"ok": True}
+            cursor.execute("SHOW autovacuum")
+            autovacuum = cursor.fetchone()[0] == "on"
+        return {"ok": True, "autovacuum": autovacuum}
     except Exception as exc:  # any failure means not ready; the message says which
         return {"ok": False, "error": str(exc)[:200]}
 

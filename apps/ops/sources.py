@@ -28,6 +28,9 @@ What the built-in sources read:
   `ops:heartbeat:pricefeed`; Redis.
 - ledger.invariant_violations — violations in the last scheduled invariant check
   (`ops:invariants:last`, written every 5 minutes by ledger_check_invariants); Redis.
+- db.autovacuum_off — 1 while the database server runs without autovacuum, else 0;
+  db.hot_table_dead_rows — dead rows per hot table (apps.ops.maintenance); PostgreSQL's
+  statistics views.
 """
 import json
 import time
@@ -179,3 +182,18 @@ def latency_sla_ratio() -> dict[str, Decimal | None]:
     from .metrics import latency_sla_ratios
 
     return latency_sla_ratios()
+
+
+@source_register("db.autovacuum_off", description="1 while the database server runs without autovacuum")
+def autovacuum_off() -> Decimal:
+    from .maintenance import autovacuum_on
+
+    return Decimal(0 if autovacuum_on() else 1)
+
+
+@source_register("db.hot_table_dead_rows", description="Dead rows per hot table (orders, journal, positions, "
+                 "balances)", unit="rows")
+def hot_table_dead_rows() -> dict[str, Decimal]:
+    from .maintenance import hot_tables_dead_rows
+
+    return {table: Decimal(rows) for table, rows in hot_tables_dead_rows().items()}

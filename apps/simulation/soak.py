@@ -23,7 +23,7 @@ listing service); orders go to any contract that is TRADING or CLOSE_ONLY, and t
 runs with the beat's cadence (each simulated minute the clock reaches).
 
 After each passing round the hot tables are vacuumed when the server runs without
-autovacuum (`hot_tables_vacuum`), as autovacuum would: otherwise their dead rows and the
+autovacuum (`apps.ops.maintenance.hot_tables_vacuum`), as autovacuum would: otherwise their dead rows and the
 dead entries of their partial indexes slow every event down as the run goes on.
 """
 from __future__ import annotations
@@ -37,14 +37,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
-from django.db import connection
-
 from apps.contracts.calendar import delivery_symbol
 from apps.contracts.models import Contract, ContractStatus, ContractType
 from apps.ledger.models import AccountKind
 from apps.ledger.selectors import balance_amount
 from apps.ledger.services import account_get_or_create, wallet_deposit
 from apps.ops.invariants import ALL_CHECKS, run_all_invariants
+from apps.ops.maintenance import hot_tables_vacuum
 from apps.positions.models import Position
 from apps.positions.services import leverage_change
 from apps.settlement.delivery import delivery_list
@@ -342,27 +341,6 @@ class Soak:
             except Exception as exc:  # BookInvariantError
                 problems.append(f"book {symbol}: {exc}")
         return problems
-
-
-# The tables whose rows are updated at nearly every event: their dead rows, and the entries of
-# their partial indexes (open orders, pending commands) left by every order that closed and
-# every command done, pile up until a vacuum.
-HOT_TABLES = ("trading_order", "trading_ordercommand", "positions_position", "ledger_balance", "contracts_contract")
-
-
-def hot_tables_vacuum() -> bool:
-    """VACUUM (ANALYZE) the hot tables when the server runs without autovacuum (as a CI server
-    may: a long soak then slowed from ~175 to ~100 events/s by 400,000 events); True if it ran.
-
-    With autovacuum on, the server does this itself; inside a transaction (a test) VACUUM cannot run."""
-    if connection.in_atomic_block:
-        return False
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW autovacuum")
-        if cursor.fetchone()[0] == "on":
-            return False
-        cursor.execute(f"VACUUM (ANALYZE) {', '.join(HOT_TABLES)}")
-    return True
 
 
 def soak_run(*, seed: int, events: int, check_every: int = 10_000, out=None) -> SoakResult:

@@ -15,17 +15,3 @@ def test_name_derives_from_the_configured_database():
 def test_refuses_names_postgres_would_not_take(settings):
     with pytest.raises(ValueError):
         database_recreate_and_use("Robert'); DROP TABLE students;--")
-
-
-@pytest.mark.django_db(transaction=True)
-def test_hot_tables_are_vacuumed_only_where_autovacuum_is_off():
-    from django.db import connection, transaction
-
-    from apps.simulation.soak import hot_tables_vacuum
-
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW autovacuum")
-        autovacuum = cursor.fetchone()[0] == "on"
-    assert hot_tables_vacuum() is (not autovacuum)
-    with transaction.atomic():  # VACUUM cannot run in a transaction: left to the next round
-        assert hot_tables_vacuum() is False
