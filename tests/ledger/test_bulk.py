@@ -232,6 +232,23 @@ def test_database_refuses_income_of_an_unknown_user(alice, usdt):
                                   asset=usdt, transaction=txn, created_at=txn.created_at)
 
 
+def test_database_refuses_income_of_an_unknown_transaction_or_asset_among_good_lines(alice, usdt):
+    txn = wallet_deposit(user=alice, asset=usdt, amount=D("1"))
+
+    def lines(**bad) -> list[Income]:
+        good = dict(user=alice, income_type=IncomeType.TRANSFER, amount=D("1"), asset_id=usdt.pk,
+                    transaction_id=txn.pk, created_at=txn.created_at)
+        return [Income(**good), Income(**{**good, **bad}), Income(**good)]
+
+    for bad, message in (({"transaction_id": txn.pk + 1000}, f"unknown transaction {txn.pk + 1000} or asset {usdt.pk}"),
+                         ({"asset_id": usdt.pk + 1000}, f"unknown transaction {txn.pk} or asset {usdt.pk + 1000}")):
+        with pytest.raises(IntegrityError, match=message):
+            with transaction.atomic():
+                Income.objects.bulk_create(lines(**bad))
+    Income.objects.bulk_create(lines())
+    assert Income.objects.filter(transaction=txn, income_type=IncomeType.TRANSFER).count() >= 3
+
+
 def test_database_keeps_what_entries_reference(alice, usdt, wallet):
     txn = wallet_deposit(user=alice, asset=usdt, amount=D("1"))
     for sql, args in (("DELETE FROM ledger_ledgertransaction WHERE id = %s", [txn.pk]),

@@ -65,3 +65,38 @@ def test_a_repeated_deposit_finds_its_income_line_by_index(make_user, usdt):
     assert _seq_scans(("ledger_income",)) == before
     assert Income.objects.filter(transaction=first, user=user, created_at=first.created_at).count() == 1
 
+
+
+def _rows_read(table: str) -> int:
+    """Rows of `table` read in the current transaction, by sequential and index scans."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+                       " WHERE relname = %s", [table])
+        row = cursor.fetchone()
+        return row[0] if row else 0
+
+
+def test_income_lines_probe_their_transactions_after_the_table_grew(make_user, usdt):
+    """A first statement of several income lines planned the check of their transactions as a
+    hash of the whole transaction table (a NOT EXISTS under an OR becomes a hashed subplan over
+    an index-only scan, which enable_seqscan = off does not price out): every later statement of
+    the connection read every transaction (ledger 0013)."""
+    user = make_user("lines")
+    wallet_deposit(user=user, asset=usdt, amount=D("100"))
+    wallet = account_get_or_create(kind=AccountKind.WALLET, user=user)
+    margin = account_get_or_create(kind=AccountKind.ORDER_MARGIN, user=user)
+    txn = ledger_transfer(source=wallet, destination=margin, asset=usdt, amount=D("1"), kind="ORDER_MARGIN")
+
+    def lines() -> None:
+        Income.objects.bulk_create([Income(user=user, income_type=IncomeType.COMMISSION, amount=D("-1"), asset=usdt,
+                                           transaction=txn, trade_id=n, created_at=timezone.now()) for n in range(3)])
+
+    with connection.cursor() as cursor:
+        cursor.execute("DISCARD PLANS")  # the trigger's next statement is planned now, on small tables
+    lines()
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO ledger_ledgertransaction (kind, memo, reference, created_at)"
+                       " SELECT 'TRANSFER', '', '{}', now() FROM generate_series(1, 20000)")
+    before = _rows_read("ledger_ledgertransaction")
+    lines()
+    assert _rows_read("ledger_ledgertransaction") - before <= 3
