@@ -11,6 +11,8 @@ Now the distinct transaction and asset ids are gathered first, and each table is
 many of them it holds (`id = ANY(ids)`: index probes whatever the plan); only a refusal
 looks for the offending pair, to name it in the message, which is unchanged.
 """
+from importlib import import_module
+
 from django.db import migrations
 
 INCOME = """
@@ -46,33 +48,10 @@ BEGIN
 END $$;
 """
 
-# What migration 0011 left.
-INCOME_BEFORE = """
-CREATE OR REPLACE FUNCTION ledger_income_references() RETURNS trigger LANGUAGE plpgsql
-SET enable_seqscan = off AS $$
-DECLARE
-    bad record;
-BEGIN
-    SELECT g.transaction_id, g.asset_id INTO bad
-    FROM (SELECT DISTINCT n.transaction_id, n.asset_id FROM new_rows n) g
-    WHERE NOT EXISTS (SELECT 1 FROM ledger_ledgertransaction x WHERE x.id = g.transaction_id)
-       OR NOT EXISTS (SELECT 1 FROM ledger_asset a WHERE a.id = g.asset_id)
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'income references unknown transaction % or asset %', bad.transaction_id, bad.asset_id
-            USING ERRCODE = 'foreign_key_violation';
-    END IF;
-    IF current_setting('ledger.income_users_from_positions', true) IS DISTINCT FROM 'on' THEN
-        SELECT n.user_id INTO bad
-        FROM new_rows n WHERE NOT EXISTS (SELECT 1 FROM auth_user u WHERE u.id = n.user_id)
-        LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'income references unknown user %', bad.user_id USING ERRCODE = 'foreign_key_violation';
-        END IF;
-    END IF;
-    RETURN NULL;
-END $$;
-"""
+# What migration 0011 left, for the way back.
+_0011 = import_module("apps.ledger.migrations.0011_bulk_triggers_trust_settlement_statements")
+INCOME_BEFORE = _0011.INCOME.replace(
+    "{guard}", "current_setting('ledger.income_users_from_positions', true) IS DISTINCT FROM 'on'")
 
 
 class Migration(migrations.Migration):
