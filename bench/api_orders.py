@@ -348,8 +348,9 @@ def main() -> None:
     print(f"web: {procfile_line('web')}  (WEB_WORKERS={env.get('WEB_WORKERS', 'default')})")
     print(f"api_orders bench: {args.clients} clients in {args.procs} processes, {args.seconds:.0f} s per phase")
     keys = prepare(env, max(counts))
-    vacuuming = args.vacuum_every > 0 and not autovacuum_on(env["DATABASE_URL"])
-    print("  server autovacuum: " + ("on" if autovacuum_on(env["DATABASE_URL"]) else
+    server_vacuums = autovacuum_on(env["DATABASE_URL"])
+    vacuuming = args.vacuum_every > 0 and not server_vacuums
+    print("  server autovacuum: " + ("on" if server_vacuums else
           f"off; the bench vacuums the hot tables every {args.vacuum_every:g} s" if vacuuming else
           "off, and the bench does not vacuum (--vacuum-every 0)"))
     metrics_ports = [port, free_port()]  # the web's, the matcher's

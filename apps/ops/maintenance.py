@@ -5,8 +5,9 @@ FILLED; PENDING -> DONE), and none of those updates can be HOT: the status is in
 indexes. Every update leaves a dead row and an entry in each index until a vacuum. Without
 one, a fill's foreign-key checks walk the dead versions of its orders and the batch's first
 read walks the dead entries of the pending-command index: on this project's 2-core machine
-a 60 s signed-order run lost a third of its rate (PostgreSQL 1.16 -> 2.85 ms per order),
-and the same run with autovacuum on and the settings below held its rate.
+a 60 s signed-order run at 8 clients fell from 275 to 163 orders/s per 10 s (PostgreSQL
+1.2 -> 3.0 ms per order), and the same run with autovacuum on and the settings below held
+its rate.
 
 - Migration ops 0005 gives the large hot tables their own autovacuum trigger: a fixed
   10,000 dead rows instead of PostgreSQL's 20% of the table, which on a table of ten
@@ -16,8 +17,9 @@ and the same run with autovacuum on and the settings below held its rate.
 - The alert sources `db.autovacuum_off` and `db.hot_table_dead_rows` (apps.ops.sources)
   fire the default rules when the server does not vacuum, or falls behind.
 - `hot_tables_vacuum` does the vacuum by hand on a server without autovacuum (this
-  project's CI server runs with it off): the soak and the order benches call it, as a tuned
-  autovacuum would run, so that what they measure is the exchange and not the bloat.
+  project's CI server runs with it off): the soak calls it after each check round and
+  bench/api_orders.py vacuums `HOT_TABLES` every 10 s, as a tuned autovacuum would run, so
+  that what they measure is the exchange and not the bloat.
 """
 from django.db import connection
 
