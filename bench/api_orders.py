@@ -257,7 +257,8 @@ def autovacuum_on(dsn: str) -> bool:
 
 
 COUNTED = ("exchange_order_entry_group_orders_sum", "exchange_order_entry_group_orders_count",
-           "matcher_batch_seconds_sum", "matcher_batch_seconds_count", "matcher_commands_total")
+           "matcher_batch_seconds_sum", "matcher_batch_seconds_count", "matcher_commands_total",
+           "matcher_entry_seconds_sum", "matcher_entry_seconds_count")
 ROUTES = ("web", "matcher", "timeout")
 
 
@@ -281,13 +282,17 @@ def metric_totals(ports: list[int]) -> dict[str, float]:
     return totals
 
 
-def metric_lines(before: dict[str, float], after: dict[str, float]) -> list[str]:
+def metric_lines(before: dict[str, float], after: dict[str, float], seconds: float) -> list[str]:
+    """`seconds`: the phase's length, for the share of it the matcher was busy."""
     d = {k: after[k] - before[k] for k in before}
     groups, batches = max(d["exchange_order_entry_group_orders_count"], 1), max(d["matcher_batch_seconds_count"], 1)
+    entries = max(d["matcher_entry_seconds_count"], 1)
+    busy = (d["matcher_batch_seconds_sum"] + d["matcher_entry_seconds_sum"]) / seconds
     return [f"orders per group commit: {d['exchange_order_entry_group_orders_sum'] / groups:.2f} ({groups:.0f} groups)"
             f"; placed by the matcher {d['matcher']:.0f}, by the web {d['web']:.0f}, timed out {d['timeout']:.0f}",
             f"matcher batches: {batches:.0f}, {d['matcher_commands_total'] / batches:.2f} commands and "
-            f"{1000 * d['matcher_batch_seconds_sum'] / batches:.2f} ms each"]
+            f"{1000 * d['matcher_batch_seconds_sum'] / batches:.2f} ms each; its order entry: {entries:.0f} groups, "
+            f"{1000 * d['matcher_entry_seconds_sum'] / entries:.2f} ms each; busy {100 * busy:.0f}% of the phase"]
 
 
 def cpu_line(before: dict[str, float], after: dict[str, float], orders: int) -> str:
@@ -378,7 +383,7 @@ def main() -> None:
             print(f"  {count:3d} clients  POST /fapi/v1/order (signed): {orders['rate']:8.0f} orders/s  "
                   f"p50 {orders['p50']:6.2f} ms  p99 {orders['p99']:6.2f} ms  statuses {orders['statuses']}")
             print(f"  {count:3d} clients  {cpu_line(cpu_before, cpu_after, orders['ok'])}")
-            for line in metric_lines(counted_before, counted_after):
+            for line in metric_lines(counted_before, counted_after, orders["ok"] / max(orders["rate"], 1e-9)):
                 print(f"  {count:3d} clients  {line}")
             if orders["windows"]:
                 print(f"  {count:3d} clients  orders/s per {WINDOW_SECONDS} s: "

@@ -103,6 +103,30 @@ def test_a_served_order_is_the_stored_order(funded, btcusdt):
     assert route_count("matcher") == before + 1
 
 
+def test_the_matcher_times_its_order_entry_per_contract(funded, btcusdt):
+    """matcher_entry_seconds: with matcher_batch_seconds, where the matcher's loop spends its time."""
+    from apps.trading.engine import SymbolEngine
+    from apps.trading.matcher import ENTRY_SECONDS, Matcher
+
+    def observed() -> tuple[float, float]:
+        samples = {s.name: s.value for s in ENTRY_SECONDS.collect()[0].samples if s.labels.get("symbol") == "BTCUSDT"}
+        return samples.get("matcher_entry_seconds_count", 0.0), samples.get("matcher_entry_seconds_sum", 0.0)
+
+    matcher = Matcher(["BTCUSDT"])
+    matcher.engines = {"BTCUSDT": SymbolEngine(btcusdt)}
+    handover.announce(["BTCUSDT"])
+    web = WebRequest(limit(funded("alice"), btcusdt, client_order_id="timed-1"))
+    web.start()
+    queue = handover.QUEUE_KEY.format(symbol="BTCUSDT")
+    wait_for(lambda: get_redis().llen(queue) == 1, 5, "the request to be queued")
+    count, total = observed()
+    assert matcher._serve_handed() == 1
+    web.join(5)
+    assert web.error is None and web.result.client_order_id == "timed-1"
+    assert observed()[0] == count + 1 and observed()[1] > total
+    assert matcher._serve_handed() == 0 and observed()[0] == count + 1  # nothing queued: nothing timed
+
+
 def test_refusals_come_back_with_the_web_placements_code_message_and_status(funded, btcusdt):
     alice, poor = funded("alice"), funded("poor", amount=D("1"))
     requests = [limit(poor, btcusdt), limit(alice, btcusdt, price="50000.05"),
