@@ -228,9 +228,9 @@ class Vacuum(threading.Thread):
 
     def __init__(self, dsn: str, every: float):
         super().__init__(daemon=True)
-        from apps.ops.maintenance import HOT_TABLES
+        from apps.ops.maintenance import HOT_TABLES_VACUUM_SQL
 
-        self.dsn, self.every, self.tables = dsn, every, HOT_TABLES
+        self.dsn, self.every, self.sql = dsn, every, HOT_TABLES_VACUUM_SQL
         self.stopping = threading.Event()
         self.runs, self.seconds = 0, 0.0
 
@@ -240,7 +240,7 @@ class Vacuum(threading.Thread):
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             while not self.stopping.wait(self.every):
                 started = time.perf_counter()
-                conn.execute(f"VACUUM (ANALYZE) {', '.join(self.tables)}")
+                conn.execute(self.sql)
                 self.runs, self.seconds = self.runs + 1, self.seconds + time.perf_counter() - started
 
     def stop(self) -> str:

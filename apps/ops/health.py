@@ -8,9 +8,10 @@ Beat, each matcher and the pricefeed also say which pid holds their lease (`lead
 import time
 
 from django.conf import settings
-from django.db import connection
 
 from exchange.redis import get_redis
+
+from .maintenance import autovacuum_on
 
 HEARTBEAT_PREFIX = "ops:heartbeat:"
 BEAT_MAX_AGE_SECONDS = 60
@@ -41,10 +42,7 @@ def probe_database() -> dict:
     """Reachable; and whether the server vacuums by itself (informational: without autovacuum
     the exchange still works, slower as the hot tables bloat; the "Autovacuum off" alert says so)."""
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW autovacuum")
-            autovacuum = cursor.fetchone()[0] == "on"
-        return {"ok": True, "autovacuum": autovacuum}
+        return {"ok": True, "autovacuum": autovacuum_on()}
     except Exception as exc:  # any failure means not ready; the message says which
         return {"ok": False, "error": str(exc)[:200]}
 

@@ -27,6 +27,7 @@ from django.db import connection
 # trigger (migration ops 0005); contracts_contract is a handful of rows, which
 # PostgreSQL's default (50 dead rows) already vacuums soon.
 HOT_TABLES = ("trading_order", "trading_ordercommand", "positions_position", "ledger_balance", "contracts_contract")
+HOT_TABLES_VACUUM_SQL = f"VACUUM (ANALYZE) {', '.join(HOT_TABLES)}"
 
 
 def autovacuum_on() -> bool:
@@ -51,21 +52,25 @@ def hot_tables_vacuum() -> bool:
     if connection.in_atomic_block or autovacuum_on():
         return False
     with connection.cursor() as cursor:
-        cursor.execute(f"VACUUM (ANALYZE) {', '.join(HOT_TABLES)}")
+        cursor.execute(HOT_TABLES_VACUUM_SQL)
     return True
 
 
 def vacuum_diagnostics(table: str) -> dict:
     """What an operator looks at when a hot table's dead rows keep growing: when it was last
-    vacuumed, and the oldest open transaction (a vacuum cannot remove a row that transaction
-    might still see)."""
+    vacuumed, and the session of this database whose transaction is the oldest still holding an
+    id or a snapshot (a vacuum cannot remove a row that transaction might still see)."""
     with connection.cursor() as cursor:
+        # Statistics are read once per transaction and kept: read them afresh.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute("SELECT n_live_tup, n_dead_tup, last_autovacuum, last_vacuum, autovacuum_count"
                        " FROM pg_stat_user_tables WHERE relname = %s", [table])
         row = cursor.fetchone()
         cursor.execute("SELECT pid, extract(epoch FROM now() - xact_start)::float, state, left(query, 200)"
-                       " FROM pg_stat_activity WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()"
-                       " ORDER BY xact_start LIMIT 1")
+                       " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                       " AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)"
+                       " ORDER BY greatest(coalesce(age(backend_xid), 0), coalesce(age(backend_xmin), 0)) DESC"
+                       " LIMIT 1")
         oldest = cursor.fetchone()
     table_stats = None if row is None else {
         "live_rows": row[0], "dead_rows": row[1], "autovacuum_count": row[4],

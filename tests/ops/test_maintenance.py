@@ -3,13 +3,14 @@ the server does not vacuum, and the by-hand vacuum for a server without autovacu
 from datetime import timedelta
 from decimal import Decimal
 
+import psycopg
 import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.ops import sources
 from apps.ops.alerts import rules_evaluate
-from apps.ops.maintenance import HOT_TABLES, autovacuum_on, hot_tables_vacuum
+from apps.ops.maintenance import HOT_TABLES, autovacuum_on, hot_tables_vacuum, vacuum_diagnostics
 from apps.ops.models import Alert, AlertRule, AlertStatus
 from apps.ops.sources import source_read
 
@@ -88,9 +89,21 @@ def test_dead_rows_rule_fires_after_ten_minutes_with_the_oldest_transaction(db, 
     action = alert.details["auto_action"]
     assert action["action"] == "hot_table_vacuum_diagnostics"
     assert action["table"]["dead_rows"] >= 0 and action["autovacuum"] is autovacuum_on()
-    # Another session's open transaction is named with its age (this session's own is left out).
-    assert action["oldest_transaction"] is None or action["oldest_transaction"]["age_seconds"] >= 0
     assert not Alert.objects.filter(label="ledger_balance").exists()
+
+
+def test_vacuum_diagnostics_name_the_session_holding_back_the_cleanup(db):
+    """Another session of this database holding a snapshot open is named, with its age and
+    query; this session's own transaction (the test's) is left out."""
+    with psycopg.connect(**connection.get_connection_params()) as other:
+        assert vacuum_diagnostics("trading_order")["oldest_transaction"] is None
+        other.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        other.execute("SELECT count(*) FROM trading_order")  # the snapshot now holds back the horizon
+        oldest = vacuum_diagnostics("trading_order")["oldest_transaction"]
+        assert oldest["pid"] == other.info.backend_pid and oldest["age_seconds"] >= 0
+        assert oldest["state"] == "idle in transaction" and "trading_order" in oldest["query"]
+        other.rollback()
+        assert vacuum_diagnostics("trading_order")["oldest_transaction"] is None
 
 
 def test_readiness_says_whether_the_server_vacuums(client, db):
