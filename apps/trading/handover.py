@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 
 from apps.ops.metrics import ORDER_ENTRY_GROUP, ORDER_ENTRY_ROUTE
 from exchange.errors import ErrorCode, ExchangeError
+from exchange.pgbulk import instances_saved
 from exchange.redis import get_redis
 
 from .doorbell import CHANNEL as DOORBELL_CHANNEL
@@ -131,7 +132,7 @@ def _decode(answer: dict, request: OrderRequest) -> Order:
     order = Order(**{name: None if value is None else Order._meta.get_field(name).to_python(value)
                      for name, value in answer["order"].items()})
     order.user, order.contract = request.user, request.contract
-    order._state.adding, order._state.db = False, "default"
+    instances_saved([order], [order.pk])  # as the row the matcher stored
     return order
 
 
