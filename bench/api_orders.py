@@ -172,8 +172,8 @@ def load(port: int, keys: list, seconds: float, procs: int, kind: str) -> dict:
     done = np.array(sorted(t for _, _, times in results for t in times))
     windows = []  # answered per 10 s of the phase: does the rate hold as the tables grow?
     if len(done) and seconds >= 2 * WINDOW_SECONDS:
-        edges = np.arange(done[0], done[0] + seconds - WINDOW_SECONDS / 2, WINDOW_SECONDS)
-        windows = [int(c) / WINDOW_SECONDS for c in np.histogram(done, bins=[*edges, edges[-1] + WINDOW_SECONDS])[0]]
+        edges = np.arange(done[0], done[0] + seconds + WINDOW_SECONDS / 2, WINDOW_SECONDS)  # whole windows only
+        windows = [int(c) / WINDOW_SECONDS for c in np.histogram(done, bins=edges)[0]]
     return {"rate": statuses.get(200, 0) / elapsed, "p50": float(np.percentile(latencies, 50)),
             "p99": float(np.percentile(latencies, 99)), "statuses": statuses, "ok": statuses.get(200, 0),
             "windows": windows}
